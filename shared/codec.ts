@@ -1,0 +1,196 @@
+/**
+ * Binary frame codec. Every binary WebSocket message is one frame:
+ *
+ * ```text
+ * type u8 | stream id u32 BE | body
+ * OPEN    body: kind u8 | tunnel ref u32 BE | metadata (UTF-8 JSON)
+ * DATA    body: payload bytes (1 .. maxFramePayload)
+ * WINDOW  body: increment u32 BE (> 0)
+ * END     body: empty
+ * RESET   body: code u16 BE | reason (UTF-8, ≤ 256 bytes)
+ * ```
+ * @module
+ */
+
+import { FrameType, HEADER_LENGTH, type OpenMeta, ProtocolError, type StreamKind } from "./protocol.ts";
+
+/** A decoded OPEN frame. */
+export interface OpenFrame {
+  type: typeof FrameType.Open;
+  stream: number;
+  kind: StreamKind;
+  tunnel: number;
+  meta: OpenMeta;
+}
+/** A decoded DATA frame; `payload` is a view into the message, not a copy. */
+export interface DataFrame {
+  type: typeof FrameType.Data;
+  stream: number;
+  payload: Uint8Array;
+}
+/** A decoded WINDOW frame. */
+export interface WindowFrame {
+  type: typeof FrameType.Window;
+  stream: number;
+  increment: number;
+}
+/** A decoded END frame. */
+export interface EndFrame {
+  type: typeof FrameType.End;
+  stream: number;
+}
+/** A decoded RESET frame. */
+export interface ResetFrame {
+  type: typeof FrameType.Reset;
+  stream: number;
+  code: number;
+  reason: string;
+}
+/** Any decoded frame. */
+export type Frame = OpenFrame | DataFrame | WindowFrame | EndFrame | ResetFrame;
+
+/** Longest RESET reason in bytes; longer reasons are truncated when encoding. */
+export const MAX_REASON_BYTES = 256;
+/** Longest OPEN metadata in bytes. */
+export const MAX_META_BYTES = 4096;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+function readU32(b: Uint8Array, at: number): number {
+  return (
+    ((b[at] as number) * 0x1000000 +
+      (((b[at + 1] as number) << 16) | ((b[at + 2] as number) << 8) | (b[at + 3] as number))) >>>
+    0
+  );
+}
+
+function writeU32(b: Uint8Array, at: number, v: number): void {
+  b[at] = v >>> 24;
+  b[at + 1] = v >>> 16;
+  b[at + 2] = v >>> 8;
+  b[at + 3] = v;
+}
+
+function header(b: Uint8Array, type: FrameType, stream: number): Uint8Array {
+  b[0] = type;
+  writeU32(b, 1, stream);
+  return b;
+}
+
+/**
+ * Decodes one binary message.
+ * @param maxPayload the largest DATA payload accepted.
+ * @throws {ProtocolError} for truncated, oversized, unknown or otherwise malformed frames.
+ */
+export function decodeFrame(b: Uint8Array, maxPayload: number): Frame {
+  if (b.length < HEADER_LENGTH)
+    throw new ProtocolError(`frame of ${b.length} bytes is shorter than its header`);
+  const type = b[0];
+  const stream = readU32(b, 1);
+  if (stream === 0) throw new ProtocolError("stream id 0 is reserved");
+  const bodyLength = b.length - HEADER_LENGTH;
+  switch (type) {
+    case FrameType.Data:
+      if (bodyLength === 0) throw new ProtocolError("empty DATA frame");
+      if (bodyLength > maxPayload)
+        throw new ProtocolError(`DATA frame of ${bodyLength} bytes exceeds ${maxPayload}`);
+      return { type, stream, payload: b.subarray(HEADER_LENGTH) };
+    case FrameType.Window: {
+      if (bodyLength !== 4) throw new ProtocolError("WINDOW frame must carry exactly 4 bytes");
+      const increment = readU32(b, HEADER_LENGTH);
+      if (increment === 0) throw new ProtocolError("WINDOW increment of 0");
+      return { type, stream, increment };
+    }
+    case FrameType.End:
+      if (bodyLength !== 0) throw new ProtocolError("END frame with a body");
+      return { type, stream };
+    case FrameType.Reset: {
+      if (bodyLength < 2 || bodyLength > 2 + MAX_REASON_BYTES)
+        throw new ProtocolError("RESET frame of bad length");
+      const code = ((b[5] as number) << 8) | (b[6] as number);
+      return { type, stream, code, reason: decodeText(b.subarray(7), "RESET reason") };
+    }
+    case FrameType.Open: {
+      if (bodyLength < 5 || bodyLength > 5 + MAX_META_BYTES)
+        throw new ProtocolError("OPEN frame of bad length");
+      const kind = b[5] as StreamKind;
+      const tunnel = readU32(b, 6);
+      const meta = parseMeta(decodeText(b.subarray(10), "OPEN metadata"));
+      return { type, stream, kind, tunnel, meta };
+    }
+    default:
+      throw new ProtocolError(`unknown frame type ${type}`);
+  }
+}
+
+function decodeText(bytes: Uint8Array, what: string): string {
+  try {
+    return decoder.decode(bytes);
+  } catch {
+    throw new ProtocolError(`${what} is not UTF-8`);
+  }
+}
+
+function parseMeta(text: string): OpenMeta {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new ProtocolError("OPEN metadata is not JSON");
+  }
+  if (typeof value !== "object" || value === null || typeof (value as OpenMeta).remote !== "string")
+    throw new ProtocolError("OPEN metadata lacks a remote address");
+  return value as OpenMeta;
+}
+
+/** Encodes an OPEN frame (rare: one per visitor, so it allocates). */
+export function encodeOpen(stream: number, kind: StreamKind, tunnel: number, meta: OpenMeta): Uint8Array {
+  const json = encoder.encode(JSON.stringify(meta));
+  if (json.length > MAX_META_BYTES) throw new RangeError("OPEN metadata too long");
+  const b = header(new Uint8Array(10 + json.length), FrameType.Open, stream);
+  b[5] = kind;
+  writeU32(b, 6, tunnel);
+  b.set(json, 10);
+  return b;
+}
+
+/** Encodes a RESET frame; the reason is truncated to {@link MAX_REASON_BYTES}. */
+export function encodeReset(stream: number, code: number, reason: string): Uint8Array {
+  let text = encoder.encode(reason);
+  if (text.length > MAX_REASON_BYTES) text = encoder.encode(reason.slice(0, MAX_REASON_BYTES / 4));
+  const b = header(new Uint8Array(7 + text.length), FrameType.Reset, stream);
+  b[5] = code >>> 8;
+  b[6] = code;
+  b.set(text, 7);
+  return b;
+}
+
+/** Encodes a WINDOW frame into `into` (at least 9 bytes) and returns the frame view. */
+export function encodeWindow(
+  stream: number,
+  increment: number,
+  into: Uint8Array = new Uint8Array(9),
+): Uint8Array {
+  header(into, FrameType.Window, stream);
+  writeU32(into, HEADER_LENGTH, increment);
+  return into.subarray(0, 9);
+}
+
+/** Encodes an END frame into `into` (at least 5 bytes) and returns the frame view. */
+export function encodeEnd(stream: number, into: Uint8Array = new Uint8Array(HEADER_LENGTH)): Uint8Array {
+  return header(into, FrameType.End, stream).subarray(0, HEADER_LENGTH);
+}
+
+/**
+ * Encodes a DATA frame into `into`, which must hold header + payload, and returns the frame view.
+ * The relay passes one reused scratch buffer, so a chunk costs one copy and no allocation;
+ * WebSocket `send()` copies what it cannot write at once, so the scratch is free again on return.
+ */
+export function encodeData(stream: number, payload: Uint8Array, into?: Uint8Array): Uint8Array {
+  const length = HEADER_LENGTH + payload.length;
+  const b = into && into.length >= length ? into : new Uint8Array(length);
+  header(b, FrameType.Data, stream);
+  b.set(payload, HEADER_LENGTH);
+  return b.subarray(0, length);
+}

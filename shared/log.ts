@@ -1,0 +1,30 @@
+/**
+ * One-line logs on stderr, tagged with the role. Never on the relay's hot path.
+ * @module
+ */
+
+/** A logger for one role. */
+export interface Logger {
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+}
+
+/** Returns a logger that writes `[role] message` lines to stderr; `quiet` drops info lines. */
+export function createLogger(role: string, quiet = false): Logger {
+  const write = (level: string, message: string) =>
+    process.stderr.write(`${new Date().toISOString()} [${role}] ${level}${message}\n`);
+  return {
+    info: (message) => {
+      if (!quiet) write("", message);
+    },
+    warn: (message) => write("WARNING: ", message),
+    error: (message) => write("error: ", message),
+  };
+}
+
+/** Returns the first line of an error's message, for one-line reports. */
+export function describeError(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error);
+  return text.split("\n")[0] ?? text;
+}

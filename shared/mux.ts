@@ -1,0 +1,152 @@
+/**
+ * The stream multiplexer over one WebSocket: frames outgoing stream events, decodes incoming binary
+ * messages and dispatches them to their streams, and spreads connection-level backpressure to every
+ * stream. Both roles own one per WebSocket; the role supplies how to send and what to do on OPEN.
+ * @module
+ */
+
+import {
+  decodeFrame,
+  encodeData,
+  encodeEnd,
+  encodeOpen,
+  encodeReset,
+  encodeWindow,
+  type OpenFrame,
+} from "./codec.ts";
+import { FrameType, HEADER_LENGTH, type OpenMeta, ProtocolError, type StreamKind } from "./protocol.ts";
+import { Stream, type StreamHost } from "./stream.ts";
+
+/** Per-session settings, as announced in the server's hello. */
+export interface MuxSettings {
+  window: number;
+  maxFramePayload: number;
+}
+
+/** Sends one binary frame on the WebSocket. The role reports backpressure with {@link Mux.setBlocked}. */
+export type FrameSender = (frame: Uint8Array) => void;
+
+/** Multiplexes streams over one WebSocket. */
+export class Mux implements StreamHost {
+  /** Open streams by id. */
+  readonly streams = new Map<number, Stream>();
+  readonly window: number;
+  readonly maxFramePayload: number;
+  /** One reused buffer for outgoing DATA frames: one copy per chunk, no allocation. */
+  private readonly scratch: Uint8Array;
+  private readonly small = new Uint8Array(16);
+  private blocked = false;
+  private nextId = 1;
+
+  /**
+   * @param send writes one binary frame to the WebSocket.
+   * @param settings window and frame size for every stream.
+   * @param onOpen called for each OPEN frame; absent on the side that never accepts streams.
+   */
+  constructor(
+    private readonly send: FrameSender,
+    settings: MuxSettings,
+    private readonly onOpen?: (frame: OpenFrame) => void,
+  ) {
+    this.window = settings.window;
+    this.maxFramePayload = settings.maxFramePayload;
+    this.scratch = new Uint8Array(HEADER_LENGTH + settings.maxFramePayload);
+  }
+
+  /** Creates a stream with a fresh id (the opening side). */
+  createStream(onClosed?: (stream: Stream) => void): Stream {
+    const id = this.nextId;
+    this.nextId = id >= 0xffffffff ? 1 : id + 1;
+    return this.addStream(id, onClosed);
+  }
+
+  /** Registers a stream the peer opened. */
+  acceptStream(id: number, onClosed?: (stream: Stream) => void): Stream {
+    if (this.streams.has(id)) throw new ProtocolError(`OPEN for stream ${id}, which is already open`);
+    return this.addStream(id, onClosed);
+  }
+
+  private addStream(id: number, onClosed?: (stream: Stream) => void): Stream {
+    const stream = new Stream(id, this, onClosed);
+    this.streams.set(id, stream);
+    if (this.blocked) stream.setTransportBlocked(true);
+    return stream;
+  }
+
+  /**
+   * Decodes and dispatches one binary message.
+   * @throws {ProtocolError} when the peer broke the protocol; the role closes the WebSocket with 1002.
+   */
+  receive(message: Uint8Array): void {
+    const frame = decodeFrame(message, this.maxFramePayload);
+    if (frame.type === FrameType.Open) {
+      if (!this.onOpen) throw new ProtocolError("OPEN frames are not accepted in this direction");
+      this.onOpen(frame);
+      return;
+    }
+    // Frames for a stream that is gone are normal races with a RESET we sent: drop them.
+    const stream = this.streams.get(frame.stream);
+    if (stream === undefined) return;
+    switch (frame.type) {
+      case FrameType.Data:
+        stream.onData(frame.payload);
+        break;
+      case FrameType.Window:
+        stream.onWindow(frame.increment);
+        break;
+      case FrameType.End:
+        stream.onEnd();
+        break;
+      case FrameType.Reset:
+        stream.onReset();
+        break;
+    }
+  }
+
+  /** Pauses (true) or resumes (false) reading on every stream, for WebSocket backpressure. */
+  setBlocked(blocked: boolean): void {
+    if (blocked === this.blocked) return;
+    this.blocked = blocked;
+    for (const stream of this.streams.values()) stream.setTransportBlocked(blocked);
+  }
+
+  /** True while the WebSocket reported backpressure and no drain yet. */
+  get isBlocked(): boolean {
+    return this.blocked;
+  }
+
+  /** Drops every stream without frames (the WebSocket is gone). */
+  destroyAll(): void {
+    for (const stream of [...this.streams.values()]) stream.destroy();
+  }
+
+  /** Announces a stream the opening side created (one OPEN per visitor). */
+  sendOpen(stream: Stream, kind: StreamKind, tunnel: number, meta: OpenMeta): void {
+    this.send(encodeOpen(stream.id, kind, tunnel, meta));
+  }
+
+  /** @inheritdoc */
+  sendData(stream: number, payload: Uint8Array): void {
+    this.send(encodeData(stream, payload, this.scratch));
+  }
+
+  /** @inheritdoc */
+  sendWindow(stream: number, increment: number): void {
+    this.send(encodeWindow(stream, increment, this.small));
+  }
+
+  /** @inheritdoc */
+  sendEnd(stream: number): void {
+    this.send(encodeEnd(stream, this.small));
+  }
+
+  /** @inheritdoc */
+  sendReset(stream: number, code: number, reason: string): void {
+    this.send(encodeReset(stream, code, reason));
+  }
+
+  /** @inheritdoc */
+  release(stream: Stream): void {
+    this.streams.delete(stream.id);
+  }
+}

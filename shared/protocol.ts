@@ -1,0 +1,192 @@
+/**
+ * The sockets wire protocol, version 1: constants and control-message types shared by server and client.
+ *
+ * Data travels in binary WebSocket frames (see `codec.ts`); rare control messages travel as JSON text
+ * frames. The full description is in PROTOCOL.md.
+ * @module
+ */
+
+/** Protocol version spoken by this build. */
+export const PROTOCOL_VERSION = 1;
+
+/** WebSocket subprotocol that carries the version; a v2 client offers `sockets.v2` and gets a clear 426. */
+export const SUBPROTOCOL = `sockets.v${PROTOCOL_VERSION}`;
+
+/** Path on the control port where clients upgrade to a WebSocket. */
+export const CONNECT_PATH = "/_sockets/connect";
+
+/** Request header that carries the API key (`Authorization: Bearer <key>`). */
+export const AUTH_HEADER = "authorization";
+
+/** Binary frame types. The first byte of every binary WebSocket message. */
+export const FrameType = {
+  /** Server → client: a new visitor; payload names the tunnel, the visitor kind and its metadata. */
+  Open: 1,
+  /** Either way: stream bytes. Counts against the receiver's window. */
+  Data: 2,
+  /** Either way: the receiver wrote this many more bytes into its socket; the sender may send them. */
+  Window: 3,
+  /** Either way: the sender will send no more data on this stream (half-close, TCP FIN). */
+  End: 4,
+  /** Either way: abort the stream in both directions, with a code and a reason. */
+  Reset: 5,
+} as const;
+
+/** A binary frame type number. */
+export type FrameType = (typeof FrameType)[keyof typeof FrameType];
+
+/** What kind of visitor a stream carries; new kinds need no new framing. */
+export const StreamKind = {
+  /** A raw TCP connection to a public port. */
+  Tcp: 1,
+} as const;
+
+/** A stream kind number. */
+export type StreamKind = (typeof StreamKind)[keyof typeof StreamKind];
+
+/** Reset codes carried by RESET frames. */
+export const ResetCode = {
+  /** The socket on the sender's side closed abnormally (RST, error). */
+  Aborted: 1,
+  /** The client could not connect to its local service. */
+  ConnectFailed: 2,
+  /** A limit was reached (streams per tunnel, …). */
+  Limit: 3,
+  /** The tunnel or session is going away. */
+  Shutdown: 4,
+  /** The peer broke the stream's rules (e.g. sent past its window). */
+  Protocol: 5,
+} as const;
+
+/** WebSocket close codes used by sockets. */
+export const CloseCode = {
+  Normal: 1000,
+  GoingAway: 1001,
+  ProtocolError: 1002,
+  PolicyViolation: 1008,
+  InternalError: 1011,
+} as const;
+
+/** Fixed header length of every binary frame: type (1) + stream id (4). */
+export const HEADER_LENGTH = 5;
+
+/** Defaults the server announces in `hello`; both directions of every stream use them. */
+export const DEFAULTS = {
+  /** Initial per-stream window in bytes (credit a sender may have in flight). Covers loopback BDP. */
+  window: 1024 * 1024,
+  /** Largest DATA payload in one frame. */
+  maxFramePayload: 256 * 1024,
+  /** Most concurrent streams (visitors) per tunnel. */
+  maxStreamsPerTunnel: 4096,
+  /** Most tunnels one client may hold. */
+  maxTunnelsPerClient: 32,
+} as const;
+
+/** Settings the server announces to a client right after the upgrade. */
+export interface Hello {
+  type: "hello";
+  protocol: number;
+  window: number;
+  maxFramePayload: number;
+  maxStreamsPerTunnel: number;
+  maxTunnelsPerClient: number;
+}
+
+/** Client → server: publish a local service. */
+export interface ExposeRequest {
+  type: "expose";
+  /** Request number chosen by the client; echoed in the answer. */
+  id: number;
+  kind: "tcp";
+  /** Public port wanted; absent for any. */
+  port?: number;
+}
+
+/** Server → client: a tunnel is live. */
+export interface Exposed {
+  type: "exposed";
+  id: number;
+  /** Tunnel id (nanoid), shown to the user. */
+  tunnel: string;
+  /** Small number that OPEN frames use to name this tunnel. */
+  ref: number;
+  host: string;
+  port: number;
+  url: string;
+}
+
+/** Server → client: a request failed (`id` set) or the session has a problem. */
+export interface ErrorMessage {
+  type: "error";
+  id?: number;
+  code: string;
+  message: string;
+}
+
+/** Every text control message. */
+export type ControlMessage = Hello | ExposeRequest | Exposed | ErrorMessage;
+
+/** Metadata carried by OPEN frames (JSON after the fixed part). */
+export interface OpenMeta {
+  /** The visitor's address as `ip:port`. */
+  remote: string;
+}
+
+/** Raised for anything a peer sends that breaks the protocol; the session closes with 1002. */
+export class ProtocolError extends Error {
+  override name = "ProtocolError";
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null;
+const isPort = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0 && (v as number) < 65536;
+const isCount = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0;
+
+/**
+ * Parses and validates one JSON control message.
+ * @throws {ProtocolError} when the text is not JSON or not a known, well-formed message.
+ */
+export function parseControl(text: string): ControlMessage {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new ProtocolError("control message is not JSON");
+  }
+  if (!isObject(value)) throw new ProtocolError("control message is not an object");
+  switch (value.type) {
+    case "hello":
+      if (
+        isCount(value.protocol) &&
+        isCount(value.window) &&
+        isCount(value.maxFramePayload) &&
+        isCount(value.maxStreamsPerTunnel) &&
+        isCount(value.maxTunnelsPerClient)
+      )
+        return value as unknown as Hello;
+      break;
+    case "expose":
+      if (isCount(value.id) && value.kind === "tcp" && (value.port === undefined || isPort(value.port)))
+        return value as unknown as ExposeRequest;
+      break;
+    case "exposed":
+      if (
+        isCount(value.id) &&
+        typeof value.tunnel === "string" &&
+        isCount(value.ref) &&
+        typeof value.host === "string" &&
+        isPort(value.port) &&
+        typeof value.url === "string"
+      )
+        return value as unknown as Exposed;
+      break;
+    case "error":
+      if (
+        typeof value.code === "string" &&
+        typeof value.message === "string" &&
+        (value.id === undefined || isCount(value.id))
+      )
+        return value as unknown as ErrorMessage;
+      break;
+  }
+  throw new ProtocolError(`malformed or unknown control message: ${String(value.type).slice(0, 40)}`);
+}
