@@ -1,0 +1,305 @@
+/**
+ * Test helpers: real processes, real sockets, bounded waits, and cleanup that runs even when a test fails.
+ * @module
+ */
+
+import { afterAll, setDefaultTimeout } from "bun:test";
+import { createHash, randomBytes } from "node:crypto";
+import { connect, type Socket } from "node:net";
+import { join } from "node:path";
+
+// End-to-end tests start processes and move megabytes; each also bounds its own waits.
+setDefaultTimeout(60_000);
+
+/** Repository root (where server.ts and client.ts live). */
+export const ROOT = join(import.meta.dir, "..");
+
+const cleanups: (() => unknown)[] = [];
+/** Registers something to stop when the test file ends, whatever happened. */
+export function defer(cleanup: () => unknown): void {
+  cleanups.push(cleanup);
+}
+afterAll(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) {
+    try {
+      await cleanup();
+    } catch {}
+  }
+});
+
+/** A spawned role process with its output collected line by line. */
+export interface RoleProcess {
+  proc: Bun.Subprocess<"ignore", "pipe", "pipe">;
+  stdout: () => string;
+  stderr: () => string;
+  /** Resolves with the first match of `pattern` in stdout or stderr, or rejects after `timeoutMs`. */
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
+  /** Resolves with the exit code, or rejects after `timeoutMs`. */
+  exited(timeoutMs?: number): Promise<number>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+/** Spawns `cmd` with its output captured; it is killed (SIGKILL by PID) when the file's tests end. */
+export function spawnRole(cmd: string[], env: Record<string, string | undefined> = {}): RoleProcess {
+  const proc = Bun.spawn(cmd, {
+    cwd: ROOT,
+    env: { ...process.env, SOCKETS_SINGLE_API_KEY: "", SOCKETS_API_KEY: "", SOCKETS_SERVER: "", ...env },
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  let out = "";
+  let err = "";
+  const listeners = new Set<() => void>();
+  const pump = async (stream: ReadableStream<Uint8Array>, append: (s: string) => void) => {
+    const decoder = new TextDecoder();
+    for await (const chunk of stream) {
+      append(decoder.decode(chunk, { stream: true }));
+      for (const l of listeners) l();
+    }
+  };
+  void pump(proc.stdout, (s) => {
+    out += s;
+  });
+  void pump(proc.stderr, (s) => {
+    err += s;
+  });
+  defer(() => proc.kill("SIGKILL"));
+  const role: RoleProcess = {
+    proc,
+    stdout: () => out,
+    stderr: () => err,
+    waitFor(pattern, timeoutMs = 10_000) {
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          const match = out.match(pattern) ?? err.match(pattern);
+          if (match) {
+            finish();
+            resolve(match);
+          }
+        };
+        const timer = setTimeout(() => {
+          finish();
+          reject(new Error(`timed out waiting for ${pattern}\nstdout: ${out}\nstderr: ${err}`));
+        }, timeoutMs);
+        const finish = () => {
+          clearTimeout(timer);
+          listeners.delete(check);
+        };
+        listeners.add(check);
+        check();
+        void proc.exited.then(() => setTimeout(check, 50));
+      });
+    },
+    exited(timeoutMs = 10_000) {
+      return withTimeout(proc.exited, timeoutMs, `process ${cmd.join(" ")} did not exit`);
+    },
+    kill(signal = "SIGTERM") {
+      proc.kill(signal);
+    },
+  };
+  return role;
+}
+
+/** Rejects with `message` if `promise` takes longer than `ms`. */
+export function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout>;
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${message} within ${ms} ms`)), ms);
+    }),
+  ]);
+}
+
+/** A server process on a free port. */
+export interface ServerProcess extends RoleProcess {
+  port: number;
+  url: string;
+  health(): Promise<{ clients: number; tunnels: number; streams: number }>;
+}
+
+/** Starts `bun server.ts` on 127.0.0.1 and a free port; waits for its listening line. */
+export async function startServerProcess(
+  args: string[] = [],
+  env: Record<string, string | undefined> = {},
+  cmd: string[] = ["bun", "server.ts"],
+): Promise<ServerProcess> {
+  const role = spawnRole([...cmd, "--host", "127.0.0.1", "--port", "0", ...args], env);
+  const match = await role.waitFor(/listening on (wss?):\/\/\S+:(\d+)/);
+  const port = Number(match[2]);
+  const scheme = match[1] === "wss" ? "https" : "http";
+  return {
+    ...role,
+    port,
+    url: `${match[1]}://127.0.0.1:${port}`,
+    async health() {
+      const response = await fetch(`${scheme}://127.0.0.1:${port}/health`, {
+        tls: { rejectUnauthorized: false },
+      } as RequestInit);
+      return response.json();
+    },
+  };
+}
+
+/** A client process with its tunnels' public ports. */
+export interface ClientProcess extends RoleProcess {
+  tunnels: { id: string; port: number }[];
+}
+
+/** Starts `bun client.ts` exposing `targets`; waits for one exposed line per target. */
+export async function startClientProcess(
+  server: string,
+  targets: string[],
+  args: string[] = [],
+  env: Record<string, string | undefined> = {},
+  cmd: string[] = ["bun", "client.ts"],
+): Promise<ClientProcess> {
+  const role = spawnRole(
+    [...cmd, "--server", server, ...targets.flatMap((t) => ["--expose", t]), ...args],
+    env,
+  );
+  const pattern = new RegExp(`(?:exposed with tunnel id \\S+, url: \\S+:\\d+\\n[^]*){${targets.length}}`);
+  await role.waitFor(pattern);
+  const tunnels = [...role.stdout().matchAll(/exposed with tunnel id (\S+), url: \S+:(\d+)/g)].map((m) => ({
+    id: m[1] as string,
+    port: Number(m[2]),
+  }));
+  return { ...role, tunnels };
+}
+
+/** A local service for tests, in this process. */
+export interface LocalService {
+  port: number;
+  /** Connections accepted so far. */
+  accepted: number;
+  stop(): void;
+}
+
+/** An echo service that writes back everything (respecting backpressure) and half-closes after the peer's FIN. */
+export function startEchoService(): LocalService {
+  const server = Bun.listen<{ pending: Uint8Array[]; ended: boolean }>({
+    hostname: "127.0.0.1",
+    port: 0,
+    allowHalfOpen: true,
+    socket: {
+      open(socket) {
+        socket.data = { pending: [], ended: false };
+        service.accepted++;
+      },
+      data(socket, chunk) {
+        if (socket.data.pending.length > 0) {
+          socket.data.pending.push(chunk);
+          return;
+        }
+        const n = socket.write(chunk);
+        if (n < chunk.length) {
+          socket.data.pending.push(chunk.subarray(Math.max(n, 0)));
+          socket.pause();
+        }
+      },
+      drain(socket) {
+        const pending = socket.data.pending;
+        while (pending.length > 0) {
+          const chunk = pending[0] as Uint8Array;
+          const n = socket.write(chunk);
+          if (n < chunk.length) {
+            pending[0] = chunk.subarray(Math.max(n, 0));
+            return;
+          }
+          pending.shift();
+        }
+        socket.resume();
+        if (socket.data.ended) socket.shutdown();
+      },
+      end(socket) {
+        socket.data.ended = true;
+        if (socket.data.pending.length === 0) socket.shutdown();
+      },
+    },
+  });
+  const service: LocalService = { port: server.port, accepted: 0, stop: () => server.stop(true) };
+  defer(service.stop);
+  return service;
+}
+
+/** sha256 hex of bytes. */
+export function sha256(data: Uint8Array | Uint8Array[]): string {
+  const hash = createHash("sha256");
+  for (const chunk of Array.isArray(data) ? data : [data]) hash.update(chunk);
+  return hash.digest("hex");
+}
+
+/** Random bytes. */
+export function randomData(size: number): Uint8Array {
+  return new Uint8Array(randomBytes(size));
+}
+
+/** Connects a visitor (node:net) and resolves once connected. */
+export function connectVisitor(port: number, host = "127.0.0.1"): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ port, host, allowHalfOpen: true });
+    socket.once("connect", () => resolve(socket));
+    socket.once("error", reject);
+    defer(() => socket.destroy());
+  });
+}
+
+/** Reads a socket to its end; resolves with what arrived (hash and length), rejects on error. */
+export function readAll(socket: Socket): Promise<{ bytes: number; sha256: string; chunks: Uint8Array[] }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Uint8Array[] = [];
+    let bytes = 0;
+    socket.on("data", (chunk: Uint8Array) => {
+      chunks.push(chunk);
+      bytes += chunk.length;
+    });
+    socket.once("end", () => resolve({ bytes, sha256: sha256(chunks), chunks }));
+    socket.once("error", reject);
+  });
+}
+
+/**
+ * Sends `data` through a visitor connection, half-closes, and reads the echo to its end.
+ * Resolves with the sha256 of what came back.
+ */
+export async function echoThrough(port: number, data: Uint8Array, timeoutMs = 30_000): Promise<string> {
+  const socket = await connectVisitor(port);
+  const received = readAll(socket);
+  socket.end(data);
+  const result = await withTimeout(received, timeoutMs, `echo of ${data.length} bytes did not complete`);
+  socket.destroy();
+  return result.sha256;
+}
+
+/** Resolves once `socket` closes (any reason), or rejects after `timeoutMs`. */
+export function closedWithin(socket: Socket, timeoutMs: number): Promise<void> {
+  return withTimeout(
+    new Promise<void>((resolve) => {
+      if (socket.closed) resolve();
+      else socket.once("close", () => resolve());
+    }),
+    timeoutMs,
+    "socket did not close",
+  );
+}
+
+/** Polls `check` every 50 ms until it returns true, for at most `timeoutMs`. */
+export async function eventually(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 5000,
+  what = "condition",
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check()) return;
+    await Bun.sleep(50);
+  }
+  throw new Error(`${what} not reached within ${timeoutMs} ms`);
+}
+
+/** Resident set size of a process in KiB (from /proc). */
+export async function rssKiB(pid: number): Promise<number> {
+  const status = await Bun.file(`/proc/${pid}/status`).text();
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+}
