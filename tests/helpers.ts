@@ -137,7 +137,7 @@ export async function startServerProcess(
       const response = await fetch(`${scheme}://127.0.0.1:${port}/health`, {
         tls: { rejectUnauthorized: false },
       } as RequestInit);
-      return response.json();
+      return (await response.json()) as { clients: number; tunnels: number; streams: number };
     },
   };
 }
