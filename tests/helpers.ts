@@ -272,12 +272,14 @@ export async function echoThrough(port: number, data: Uint8Array, timeoutMs = 30
   return result.sha256;
 }
 
-/** Resolves once `socket` closes (any reason), or rejects after `timeoutMs`. */
+/** Resolves once the peer closed `socket` (EOF or reset), or rejects after `timeoutMs`. */
 export function closedWithin(socket: Socket, timeoutMs: number): Promise<void> {
   return withTimeout(
     new Promise<void>((resolve) => {
-      if (socket.closed) resolve();
-      else socket.once("close", () => resolve());
+      if (socket.closed || socket.readableEnded) resolve();
+      socket.once("close", () => resolve());
+      socket.once("end", () => resolve());
+      socket.resume();
     }),
     timeoutMs,
     "socket did not close",
