@@ -39,7 +39,6 @@ import {
   PROTOCOL_VERSION,
   ProtocolError,
   parseControl,
-  ResetCode,
   StreamKind,
   SUBPROTOCOL,
 } from "./shared/protocol.ts";
