@@ -182,15 +182,24 @@ export function encodeEnd(stream: number, into: Uint8Array = new Uint8Array(HEAD
   return header(into, FrameType.End, stream).subarray(0, HEADER_LENGTH);
 }
 
+/** Bytes a scratch buffer for {@link encodeData} needs beyond the largest payload. */
+export const DATA_SCRATCH_EXTRA = 32;
+
 /**
- * Encodes a DATA frame into `into`, which must hold header + payload, and returns the frame view.
+ * Encodes a DATA frame into `into` (at least payload + {@link DATA_SCRATCH_EXTRA} bytes, else a new
+ * buffer is made) and returns the frame view, which need not start at `into[0]`.
  * The relay passes one reused scratch buffer, so a chunk costs one copy and no allocation;
  * WebSocket `send()` copies what it cannot write at once, so the scratch is free again on return.
+ * The payload lands at the same address modulo 16 as its source: JSC's `TypedArray.prototype.set`
+ * copies ~10x faster (memcpy instead of a byte loop) when source and target are so aligned.
  */
 export function encodeData(stream: number, payload: Uint8Array, into?: Uint8Array): Uint8Array {
-  const length = HEADER_LENGTH + payload.length;
-  const b = into && into.length >= length ? into : new Uint8Array(length);
-  header(b, FrameType.Data, stream);
-  b.set(payload, HEADER_LENGTH);
-  return b.subarray(0, length);
+  const needed = payload.length + DATA_SCRATCH_EXTRA;
+  const b = into && into.length >= needed ? into : new Uint8Array(needed);
+  const at = 16 + ((payload.byteOffset - b.byteOffset) & 15);
+  const start = at - HEADER_LENGTH;
+  b[start] = FrameType.Data;
+  writeU32(b, start + 1, stream);
+  b.set(payload, at);
+  return b.subarray(start, at + payload.length);
 }

@@ -6,6 +6,7 @@
  */
 
 import {
+  DATA_SCRATCH_EXTRA,
   decodeFrame,
   encodeData,
   encodeEnd,
@@ -14,7 +15,7 @@ import {
   encodeWindow,
   type OpenFrame,
 } from "./codec.ts";
-import { FrameType, HEADER_LENGTH, type OpenMeta, ProtocolError, type StreamKind } from "./protocol.ts";
+import { FrameType, type OpenMeta, ProtocolError, type StreamKind } from "./protocol.ts";
 import { Stream, type StreamHost } from "./stream.ts";
 
 /** Per-session settings, as announced in the server's hello. */
@@ -50,7 +51,7 @@ export class Mux implements StreamHost {
   ) {
     this.window = settings.window;
     this.maxFramePayload = settings.maxFramePayload;
-    this.scratch = new Uint8Array(HEADER_LENGTH + settings.maxFramePayload);
+    this.scratch = new Uint8Array(DATA_SCRATCH_EXTRA + settings.maxFramePayload);
   }
 
   /** Creates a stream with a fresh id (the opening side). */
