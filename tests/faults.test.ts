@@ -4,10 +4,11 @@
  * must keep working.
  */
 
-import { expect, test } from "bun:test";
+import { afterAll, expect, test } from "bun:test";
 import { connect } from "node:net";
 import { CONNECT_PATH, SUBPROTOCOL } from "../shared/protocol.ts";
 import {
+  cleanup,
   closedWithin,
   connectVisitor,
   echoThrough,
@@ -18,8 +19,11 @@ import {
   startClientProcess,
   startEchoService,
   startServerProcess,
+  visitUntilClosed,
   withTimeout,
 } from "./helpers.ts";
+
+afterAll(cleanup);
 
 /** A port that nothing listens on (taken from the kernel, then released). */
 function freePort(): number {
@@ -33,11 +37,7 @@ test("local service not listening: the visitor is closed promptly and both proce
   const server = await startServerProcess();
   const client = await startClientProcess(server.url, [`127.0.0.1:${freePort()}`]);
   const port = (client.tunnels[0] as { port: number }).port;
-  for (let i = 0; i < 3; i++) {
-    const visitor = await connectVisitor(port);
-    visitor.on("error", () => {});
-    await closedWithin(visitor, 3000);
-  }
+  for (let i = 0; i < 3; i++) await visitUntilClosed(port, 3000);
   await client.waitFor(/refused/);
   expect(client.proc.exitCode).toBeNull();
   expect(server.proc.exitCode).toBeNull();
@@ -172,9 +172,7 @@ test("limits: streams per tunnel and tunnels per client", async () => {
   first.write("x");
   second.write("y");
   await eventually(async () => (await server.health()).streams === 2, 3000, "two streams open");
-  const third = await connectVisitor(port);
-  third.on("error", () => {});
-  await closedWithin(third, 3000);
+  await visitUntilClosed(port, 3000); // the third visitor
   await server.waitFor(/limit/);
 
   const greedy = spawnRole([

@@ -1,9 +1,19 @@
 /**
  * Test helpers: real processes, real sockets, bounded waits, and cleanup that runs even when a test fails.
+ *
+ * Every test file that uses these helpers must register the cleanup in its own scope:
+ *
+ * ```ts
+ * afterAll(cleanup);
+ * ```
+ *
+ * (bun test evaluates this module once for the whole run, so a hook registered here would belong to the
+ * first test file only.) As a backstop, spawned processes get SIGKILL from the kernel when the test
+ * runner dies (`setpriv --pdeathsig KILL`, where available): bun test never emits process `'exit'`.
  * @module
  */
 
-import { afterAll, setDefaultTimeout } from "bun:test";
+import { setDefaultTimeout } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import { join } from "node:path";
@@ -15,17 +25,26 @@ setDefaultTimeout(60_000);
 export const ROOT = join(import.meta.dir, "..");
 
 const cleanups: (() => unknown)[] = [];
-/** Registers something to stop when the test file ends, whatever happened. */
-export function defer(cleanup: () => unknown): void {
-  cleanups.push(cleanup);
+/** Registers something to stop by the next {@link cleanup} (the end of the test file), whatever happened. */
+export function defer(stop: () => unknown): void {
+  cleanups.push(stop);
 }
-afterAll(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) {
+
+/**
+ * Stops everything registered with {@link defer} so far (processes, services, sockets), newest first;
+ * errors are ignored and each step is bounded. Register it in every test file: `afterAll(cleanup)`.
+ */
+export async function cleanup(): Promise<void> {
+  for (const stop of cleanups.splice(0).reverse()) {
     try {
-      await cleanup();
+      await withTimeout(Promise.resolve().then(stop), 5000, "cleanup step");
     } catch {}
   }
-});
+}
+
+// Kernel backstop: the child gets SIGKILL when the test runner exits or crashes. setpriv execs the
+// command, so the PID is the command's own.
+const SETPRIV = process.platform === "linux" ? Bun.which("setpriv") : null;
 
 /** A spawned role process with its output collected line by line. */
 export interface RoleProcess {
@@ -39,9 +58,12 @@ export interface RoleProcess {
   kill(signal?: NodeJS.Signals): void;
 }
 
-/** Spawns `cmd` with its output captured; it is killed (SIGKILL by PID) when the file's tests end. */
+/**
+ * Spawns `cmd` in the repository root with its output captured and the API-key and server env vars
+ * cleared (then `env` applied). It is killed (SIGKILL by PID) by {@link cleanup}.
+ */
 export function spawnRole(cmd: string[], env: Record<string, string | undefined> = {}): RoleProcess {
-  const proc = Bun.spawn(cmd, {
+  const proc = Bun.spawn(SETPRIV ? [SETPRIV, "--pdeathsig", "KILL", ...cmd] : cmd, {
     cwd: ROOT,
     env: { ...process.env, SOCKETS_SINGLE_API_KEY: "", SOCKETS_API_KEY: "", SOCKETS_SERVER: "", ...env },
     stdin: "ignore",
@@ -64,7 +86,10 @@ export function spawnRole(cmd: string[], env: Record<string, string | undefined>
   void pump(proc.stderr, (s) => {
     err += s;
   });
-  defer(() => proc.kill("SIGKILL"));
+  defer(async () => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+    await withTimeout(proc.exited, 3000, `process ${proc.pid} did not die`);
+  });
   const role: RoleProcess = {
     proc,
     stdout: () => out,
@@ -284,6 +309,28 @@ export function closedWithin(socket: Socket, timeoutMs: number): Promise<void> {
     timeoutMs,
     "socket did not close",
   );
+}
+
+/**
+ * Connects a visitor and resolves once the peer closed it (EOF or reset, even a reset that beats the
+ * handshake's completion on loopback); rejects if the port refuses the connection or after `timeoutMs`.
+ */
+export function visitUntilClosed(port: number, timeoutMs: number, host = "127.0.0.1"): Promise<void> {
+  const socket = connect({ port, host, allowHalfOpen: true });
+  defer(() => socket.destroy());
+  return withTimeout(
+    new Promise<void>((resolve, reject) => {
+      socket.on("error", (error: NodeJS.ErrnoException) => {
+        if (error.code === "ECONNREFUSED") reject(error);
+        else resolve();
+      });
+      socket.once("end", () => resolve());
+      socket.once("close", () => resolve());
+      socket.resume();
+    }),
+    timeoutMs,
+    "visitor was not closed",
+  ).finally(() => socket.destroy());
 }
 
 /** Polls `check` every 50 ms until it returns true, for at most `timeoutMs`. */

@@ -3,10 +3,11 @@
  * intact both ways with half-close, and no head-of-line blocking between visitors of one tunnel.
  */
 
-import { beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Socket } from "node:net";
 import {
   type ClientProcess,
+  cleanup,
   connectVisitor,
   echoThrough,
   eventually,
@@ -21,6 +22,8 @@ import {
   startServerProcess,
   withTimeout,
 } from "./helpers.ts";
+
+afterAll(cleanup);
 
 const MiB = 1024 * 1024;
 
