@@ -188,5 +188,7 @@ export function parseControl(text: string): ControlMessage {
         return value as unknown as ErrorMessage;
       break;
   }
-  throw new ProtocolError(`malformed or unknown control message: ${String(value.type).slice(0, 40)}`);
+  // JSON.stringify, not String(): a parsed `type` may be an object whose `toString` is not callable.
+  const type = String(JSON.stringify(value.type)).slice(0, 40);
+  throw new ProtocolError(`malformed or unknown control message: type ${type}`);
 }
