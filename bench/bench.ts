@@ -1,0 +1,303 @@
+/**
+ * `bun run bench`: starts a local C service, then measures the same work through each provider
+ * (direct, ssh -R, sockets from source, sockets compiled), one after another, and prints one markdown
+ * table with absolute figures, each one's ratio to direct, and whether our targets are met.
+ *
+ * ```sh
+ * bun run bench                       # full run (1 GiB bulk, 20,000 pings, 2,000 connections, …)
+ * bun run bench --quick               # smaller sizes, under two minutes
+ * bun run bench --only direct,sockets --measures bulk,latency --json out.json
+ * ```
+ * @module
+ */
+
+import { readFileSync, writeFileSync } from "node:fs";
+import { cpus, release } from "node:os";
+import { parseArgs } from "node:util";
+import {
+  bulk,
+  connRate,
+  FULL,
+  integrity,
+  latency,
+  memory,
+  type Params,
+  QUICK,
+  type Sample,
+  type Target,
+} from "./measure.ts";
+import { buildNative } from "./native.ts";
+import { killAll, type Proc, run, spawn } from "./procs.ts";
+import { PROVIDER_NAMES, PROVIDERS, type ProviderName } from "./providers.ts";
+import { cpuTable, footnotes, markdownTable, type ProviderResult, type SampleKey } from "./report.ts";
+
+/** Measurement groups, in the order they run on each tunnel. */
+export const MEASURES = ["memory", "integrity", "latency", "connrate", "bulk"] as const;
+
+/** A measurement group name. */
+export type Measure = (typeof MEASURES)[number];
+
+/** Parsed command line. */
+export interface BenchOptions {
+  quick: boolean;
+  /** Runs per timed measurement (default 3, --quick 1). */
+  repeat?: number;
+  json?: string;
+  only: ProviderName[];
+  measures: Measure[];
+}
+
+const HELP = `Usage: bun run bench [options]
+
+Options:
+  --quick              smaller sizes (256 MiB bulk, 5,000 pings, …): the whole run in under two minutes
+  --repeat N           runs of each timed measurement, the median is reported (default 3, --quick 1)
+  --json FILE          also write every figure (and CPU shares) as JSON to FILE
+  --only LIST          providers to run, comma-separated: ${PROVIDER_NAMES.join(",")} (default: all)
+  --measures LIST      measurements to run, comma-separated: ${MEASURES.join(",")} (default: all)
+  -h, --help           show this help
+`;
+
+function pickList<T extends string>(value: string | undefined, allowed: readonly T[], flag: string): T[] {
+  if (value === undefined) return [...allowed];
+  const picked = value
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const p of picked)
+    if (!allowed.includes(p as T)) throw new Error(`${flag}: unknown '${p}' (one of ${allowed.join(", ")})`);
+  return allowed.filter((a) => picked.includes(a));
+}
+
+/** Turns argv into options; throws on bad input. */
+export function parseBenchArgs(argv: string[]): BenchOptions | "help" {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      quick: { type: "boolean" },
+      repeat: { type: "string" },
+      json: { type: "string" },
+      only: { type: "string" },
+      measures: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) return "help";
+  const repeat = values.repeat === undefined ? undefined : Number(values.repeat);
+  if (repeat !== undefined && !(Number.isInteger(repeat) && repeat >= 1 && repeat <= 20))
+    throw new Error(`--repeat: expected a whole number from 1 to 20, got '${values.repeat}'`);
+  return {
+    quick: values.quick ?? false,
+    repeat,
+    json: values.json,
+    only: pickList(values.only, PROVIDER_NAMES, "--only"),
+    measures: pickList(values.measures, MEASURES, "--measures"),
+  };
+}
+
+const log = (line: string) => process.stderr.write(`${line}\n`);
+
+/** The figure that picks the median run of each measurement. */
+const HEADLINE: Record<SampleKey, string> = {
+  bulkUp1: "gbps",
+  bulkDown1: "gbps",
+  bulkUpN: "gbps",
+  bulkDownN: "gbps",
+  latency: "p50",
+  connRate: "rate",
+  integrity: "ok",
+};
+
+/** The run whose headline figure is the median (lower median for even counts), with every run's figure. */
+export function median(runs: Sample[], field: string): Sample {
+  const value = (s: Sample) => Number(s.result[field]);
+  const sorted = [...runs].sort((a, b) => value(a) - value(b));
+  const mid = sorted[Math.floor((sorted.length - 1) / 2)] as Sample;
+  return runs.length > 1 ? { ...mid, runs: runs.map(value) } : mid;
+}
+
+function summary(key: SampleKey, s: Sample): string {
+  const r = s.result;
+  switch (key) {
+    case "latency":
+      return `p50 ${r.p50} µs, p99 ${r.p99} µs`;
+    case "connRate":
+      return `${r.rate} conn/s, p99 ${r.p99} µs`;
+    case "integrity":
+      return `${r.ok}/${r.conns} sha256 match`;
+    default:
+      return `${Number(r.gbps).toFixed(2)} Gbit/s`;
+  }
+}
+
+/** Runs every selected measurement against one provider's tunnel; failures are recorded, not thrown. */
+async function measureProvider(
+  name: ProviderName,
+  tools: { loadgen: string; service: Proc },
+  params: Params,
+  measures: Measure[],
+): Promise<ProviderResult> {
+  const result: ProviderResult = { name, errors: {}, samples: {} };
+  const provider = PROVIDERS[name];
+  const skip = await provider.prepare();
+  if (skip) {
+    log(`${name}: skipped: ${skip}`);
+    return { ...result, skipped: skip };
+  }
+  let tunnel: Awaited<ReturnType<typeof provider.start>>;
+  try {
+    tunnel = await provider.start(Number(tools.service.stdout().match(/port (\d+)/)?.[1]));
+  } catch (error) {
+    result.errors.start = (error as Error).message;
+    log(`${name}: could not start: ${result.errors.start}`);
+    return result;
+  }
+  try {
+    const target: Target = {
+      loadgen: tools.loadgen,
+      service: { role: "service", pid: tools.service.pid },
+      tunnel,
+    };
+    result.processes = tunnel.describe();
+    log(`${name}: tunnel on port ${tunnel.port} (${result.processes})`);
+    const step = async (key: SampleKey, fn: () => Promise<Sample>, repeat = params.repeat) => {
+      try {
+        const runs: Sample[] = [];
+        for (let i = 0; i < repeat; i++) runs.push(await fn());
+        const s = median(runs, HEADLINE[key]);
+        result.samples[key] = s;
+        log(`${name}: ${key}: ${summary(key, s)}${repeat > 1 ? ` (median of ${s.runs?.join(", ")})` : ""}`);
+      } catch (error) {
+        result.errors[key] = (error as Error).message;
+        log(`${name}: ${key} FAILED: ${result.errors[key]}`);
+      }
+    };
+    // Warm-up: JIT, buffers, the first connections of a fresh tunnel.
+    await connRate(target, params, 200).catch((error: Error) => log(`${name}: warm-up: ${error.message}`));
+    if (measures.includes("memory") && name !== "direct") {
+      try {
+        result.memory = await memory(target, params);
+        const m = result.memory;
+        log(
+          `${name}: memory: idle ${(m.idleKiB / 1024).toFixed(1)} MiB, ${m.held} open ${(m.heldKiB / 1024).toFixed(1)} MiB (${m.kibPerConn.toFixed(1)} KiB each), after ${(m.afterKiB / 1024).toFixed(1)} MiB`,
+        );
+      } catch (error) {
+        result.errors.memory = (error as Error).message;
+        log(`${name}: memory FAILED: ${result.errors.memory}`);
+      }
+    }
+    if (measures.includes("integrity")) await step("integrity", () => integrity(target, params), 1);
+    if (measures.includes("latency")) await step("latency", () => latency(target, params));
+    if (measures.includes("connrate")) await step("connRate", () => connRate(target, params));
+    if (measures.includes("bulk")) {
+      await step("bulkUp1", () => bulk(target, params, true, 1));
+      await step("bulkDown1", () => bulk(target, params, false, 1));
+      await step("bulkUpN", () => bulk(target, params, true, params.bulkConns));
+      await step("bulkDownN", () => bulk(target, params, false, params.bulkConns));
+    }
+  } finally {
+    await tunnel.stop();
+  }
+  return result;
+}
+
+async function machine(): Promise<Record<string, string>> {
+  const ssh = await run(["ssh", "-V"], 5000).catch(() => ({ stderr: "absent" }));
+  return {
+    cpus: `${cpus().length} × ${cpus()[0]?.model ?? "?"}`,
+    kernel: release(),
+    bun: Bun.version,
+    ssh: ssh.stderr.trim(),
+  };
+}
+
+function fdLimit(): number {
+  try {
+    const m = readFileSync("/proc/self/limits", "utf8").match(/Max open files\s+(\d+)/);
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Runs the benchmark; resolves with the markdown report. */
+export async function runBench(options: BenchOptions): Promise<string> {
+  const started = performance.now();
+  const params = { ...(options.quick ? QUICK : FULL) };
+  if (options.repeat !== undefined) params.repeat = options.repeat;
+  const limit = fdLimit();
+  if (limit > 0 && limit < 2 * params.holdCount + 256)
+    log(
+      `warning: open-file limit ${limit} may be too low for ${params.holdCount} connections (ulimit -n 65536)`,
+    );
+  const native = await buildNative();
+  const service = spawn([native.service, "2"], { stdin: true });
+  const results: Partial<Record<ProviderName, ProviderResult>> = {};
+  try {
+    await service.waitFor(/port (\d+)/, 10_000);
+    for (const name of options.only)
+      results[name] = await measureProvider(
+        name,
+        { loadgen: native.loadgen, service },
+        params,
+        options.measures,
+      );
+  } finally {
+    await service.stop();
+  }
+  const elapsed = (performance.now() - started) / 1000;
+  const info = await machine();
+  const report = [
+    `## sockets benchmark (${options.quick ? "--quick" : "full"} run, ${new Date().toISOString().slice(0, 16)}Z, ${elapsed.toFixed(0)} s)`,
+    "",
+    `Machine: ${info.cpus}; Linux ${info.kernel}; Bun ${info.bun}; ${info.ssh}. All traffic on 127.0.0.1.`,
+    `Each timed figure is the median of ${params.repeat} run(s). Sizes: bulk ${params.bulkBytes / 1024 ** 2} MiB per run; latency ${params.latencyRounds} × ${params.latencySize} B after ${params.latencyWarmup} warm-up; ${params.connCount} connections, ${params.connInflight} in flight; ${params.holdCount} held; integrity ${params.integrityConns} × ${params.integrityBytes / 1024 ** 2} MiB.`,
+    "",
+    markdownTable(results, options.only, params.bulkConns, params.holdCount),
+    "",
+    ...footnotes(results, options.only).map((n) => `- ${n}`),
+    "",
+    "CPU during each measurement (median run), % of one core per process (its busiest thread in brackets when lower; other = kernel threads and processes outside the benchmark), and what bounds it:",
+    "",
+    cpuTable(results, options.only),
+    "",
+  ].join("\n");
+  if (options.json)
+    writeFileSync(
+      options.json,
+      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results }, null, 2)}\n`,
+    );
+  return report;
+}
+
+async function main(): Promise<void> {
+  let options: BenchOptions | "help";
+  try {
+    options = parseBenchArgs(process.argv.slice(2));
+  } catch (error) {
+    process.stderr.write(`error: ${(error as Error).message} (see --help)\n`);
+    process.exit(2);
+  }
+  if (options === "help") {
+    process.stdout.write(HELP);
+    return;
+  }
+  const abort = (signal: string) => {
+    process.stderr.write(`${signal}: stopping every process the benchmark started\n`);
+    killAll();
+    process.exit(130);
+  };
+  process.once("SIGINT", () => abort("SIGINT"));
+  process.once("SIGTERM", () => abort("SIGTERM"));
+  try {
+    process.stdout.write(await runBench(options));
+  } catch (error) {
+    process.stderr.write(`error: ${(error as Error).message}\n`);
+    process.exitCode = 1;
+  } finally {
+    killAll();
+  }
+}
+
+if (import.meta.main) await main();

@@ -1,0 +1,123 @@
+/**
+ * The providers the benchmark compares: `direct` (no tunnel, the limit), `ssh` (ssh -N -R, in ssh.ts),
+ * `sockets` (bun server.ts + bun client.ts) and `sockets-compiled` (dist/ executables).
+ * @module
+ */
+
+import { join } from "node:path";
+import { EXECUTABLES, ensureExecutables, ROOT } from "./native.ts";
+import { type Proc, spawn, waitForPort } from "./procs.ts";
+import { sshProvider } from "./ssh.ts";
+
+/** One process of a tunnel: its role in the report and its PID. */
+export interface TunnelProcess {
+  role: string;
+  pid: number;
+}
+
+/** A running tunnel to the local service. */
+export interface Tunnel {
+  /** Port on 127.0.0.1 that visitors connect to. */
+  port: number;
+  /** The tunnel's processes right now, by role (memory and CPU are summed over them). */
+  processes(): TunnelProcess[];
+  /** Which processes those are, for the report. */
+  describe(): string;
+  /** Open streams the tunnel still tracks, when it can tell (sockets: GET /health). */
+  streams?(): Promise<number>;
+  /** Stops every process of the tunnel. */
+  stop(): Promise<void>;
+}
+
+/** Names of the providers, in the order they run. */
+export const PROVIDER_NAMES = ["direct", "ssh", "sockets", "sockets-compiled"] as const;
+
+/** A provider name. */
+export type ProviderName = (typeof PROVIDER_NAMES)[number];
+
+/** One way for a visitor to reach the local service. */
+export interface Provider {
+  name: ProviderName;
+  /** Checks (and builds) what the provider needs: null when it can run, else the note to print. */
+  prepare(): Promise<string | null>;
+  /** Starts a tunnel to 127.0.0.1:servicePort. */
+  start(servicePort: number): Promise<Tunnel>;
+}
+
+const direct: Provider = {
+  name: "direct",
+  async prepare() {
+    return null;
+  },
+  async start(servicePort) {
+    return { port: servicePort, processes: () => [], describe: () => "no tunnel", stop: async () => {} };
+  },
+};
+
+/** Starts a sockets server and client from the given commands and waits for the tunnel's URL. */
+async function startSockets(server: string[], client: string[], servicePort: number): Promise<Tunnel> {
+  const procs: Proc[] = [];
+  const stop = async () => {
+    for (const p of procs.reverse()) await p.stop();
+  };
+  try {
+    const env = { SOCKETS_SINGLE_API_KEY: "", SOCKETS_API_KEY: "", SOCKETS_SERVER: "" };
+    const srv = spawn([...server, "--host", "127.0.0.1", "--port", "0"], { cwd: ROOT, env });
+    procs.push(srv);
+    const [, url] = await srv.waitFor(/listening on (ws:\/\/\S+)/, 20_000);
+    const cli = spawn([...client, "--expose", `127.0.0.1:${servicePort}`, "--server", url as string], {
+      cwd: ROOT,
+      env,
+    });
+    procs.push(cli);
+    const match = await cli.waitFor(/exposed with tunnel id \S+, url: \S+:(\d+)/, 20_000);
+    const port = Number(match[1]);
+    await waitForPort(port, 10_000);
+    const health = `${(url as string).replace(/^ws/, "http")}/health`;
+    return {
+      port,
+      processes: () => [
+        { role: "server", pid: srv.pid },
+        { role: "client", pid: cli.pid },
+      ],
+      describe: () => `server ${srv.pid} + client ${cli.pid}`,
+      async streams() {
+        const body = (await (await fetch(health, { signal: AbortSignal.timeout(2000) })).json()) as {
+          streams: number;
+        };
+        return body.streams;
+      },
+      stop,
+    };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
+
+const sockets: Provider = {
+  name: "sockets",
+  async prepare() {
+    return null;
+  },
+  start: (port) => startSockets(["bun", join(ROOT, "server.ts")], ["bun", join(ROOT, "client.ts")], port),
+};
+
+const socketsCompiled: Provider = {
+  name: "sockets-compiled",
+  async prepare() {
+    const { ok, note } = await ensureExecutables();
+    if (!ok) return note;
+    process.stderr.write(`sockets-compiled: ${note}\n`);
+    return null;
+  },
+  start: (port) => startSockets([EXECUTABLES.server], [EXECUTABLES.client], port),
+};
+
+/** Every provider, by name. */
+export const PROVIDERS: Record<ProviderName, Provider> = {
+  direct,
+  ssh: sshProvider,
+  sockets,
+  "sockets-compiled": socketsCompiled,
+};
