@@ -14,7 +14,15 @@
 
 import { lookup } from "node:dns/promises";
 import { parseArgs } from "node:util";
-import { type HostPort, parseHostPort, parsePort, parseServerUrl, UsageError } from "./shared/args.ts";
+import {
+  type HostPort,
+  parseHostPort,
+  parsePort,
+  parseSeconds,
+  parseServerUrl,
+  UsageError,
+} from "./shared/args.ts";
+import { backoffDelay } from "./shared/backoff.ts";
 import type { OpenFrame } from "./shared/codec.ts";
 import { ConnectError, type ControlConnection, connectControl } from "./shared/connect.ts";
 import { createLogger, describeError, type Logger } from "./shared/log.ts";
@@ -22,10 +30,13 @@ import { Mux } from "./shared/mux.ts";
 import {
   CloseCode,
   type Exposed,
+  type ExposeRequest,
+  type Hello,
   ProtocolError,
   parseControl,
   ResetCode,
   StreamKind,
+  type SyncMessage,
 } from "./shared/protocol.ts";
 import { type RelaySocket, type RelaySocketData, relaySocketHandlers } from "./shared/stream.ts";
 
@@ -45,6 +56,12 @@ export interface ClientOptions {
   ca?: string;
   /** Skip certificate verification. */
   insecure?: boolean;
+  /** Seconds between pings; a server silent for 3 intervals is dead (default 10). */
+  heartbeatSeconds?: number;
+  /** Longest wait between reconnect attempts, in seconds (default 30). */
+  maxBackoffSeconds?: number;
+  /** Called for every tunnel the server confirms: at start, and again after a server restart. */
+  onExposed?: (tunnel: TunnelInfo) => void;
   quiet?: boolean;
 }
 
@@ -59,12 +76,13 @@ export interface TunnelInfo {
 
 /** A running client. */
 export interface ClientHandle {
+  /** The tunnels as last confirmed by the server (same ids and ports across reconnects when possible). */
   tunnels: TunnelInfo[];
   /** Open streams (visitor connections) on this client. */
   stats(): { streams: number };
-  /** Resolves with the reason once the connection to the server is gone. */
+  /** Resolves with the reason once the client gave up (auth rejected, …) or was closed. */
   closed: Promise<string>;
-  /** Closes the tunnels and the connection. */
+  /** Closes the tunnels and the connection (the server releases them at once). */
   close(): Promise<void>;
 }
 
@@ -73,31 +91,44 @@ export class ClientError extends Error {
   override name = "ClientError";
 }
 
-/** Connects, exposes every service and resolves once all tunnels are live. */
+/**
+ * Connects, exposes every service and resolves once all tunnels are live. From then on the client
+ * stays up by itself: a lost connection is resumed (same tunnels, same visitor connections) or, after
+ * a server restart, the tunnels are exposed again on the same ports.
+ */
 export async function startClient(options: ClientOptions): Promise<ClientHandle> {
   const log = createLogger("client", options.quiet);
   await Promise.all(options.expose.map(checkResolves));
+  const url = new URL(options.server);
+  const heartbeatMs = (options.heartbeatSeconds ?? 10) * 1000;
+  const connectTo = (resume?: { session: string; secret: string }) =>
+    connectControl({ url, apiKey: options.apiKey, ca: options.ca, insecure: options.insecure, resume });
+
   let connection: ControlConnection;
   try {
-    connection = await connectControl({
-      url: new URL(options.server),
-      apiKey: options.apiKey,
-      ca: options.ca,
-      insecure: options.insecure,
-    });
+    connection = await connectTo();
   } catch (error) {
     throw new ClientError(describeError(error));
   }
-  const { ws, hello } = connection;
-  const targets = new Map<number, HostPort>();
+  let hello: Hello = connection.hello;
   const mux = new Mux(
-    (frame) => connection.send(frame),
+    () => {},
     hello,
     (frame) => acceptStream(frame),
   );
-  connection.onBlocked = (blocked) => mux.setBlocked(blocked);
+  mux.detach();
+  /** Local service of each tunnel, by the ref the server's OPEN frames use. */
+  const targets = new Map<number, HostPort>();
+  let tunnels: TunnelInfo[] = [];
+  const pending = new Map<number, { resolve: (m: Exposed) => void; reject: (e: Error) => void }>();
+  let nextRequest = 1;
+  let closing = false;
+  let giveUp: (reason: string) => void = () => {};
+  const closed = new Promise<string>((resolve) => {
+    giveUp = resolve;
+  });
 
-  /** A visitor arrived: connect to the local service and relay; reset the stream if that fails. */
+  /** Route: a visitor arrived; connect to the local service and relay, or reset the stream. */
   function acceptStream(frame: OpenFrame): void {
     const target = targets.get(frame.tunnel);
     if (target === undefined) throw new ProtocolError(`OPEN for unknown tunnel ${frame.tunnel}`);
@@ -122,72 +153,173 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     );
   }
 
-  const pending = new Map<number, { resolve: (m: Exposed) => void; reject: (e: Error) => void }>();
-  let closedReason: string | undefined;
-  const closed = new Promise<string>((resolve) => {
-    ws.addEventListener("close", (event) => {
-      mux.destroyAll();
-      closedReason = `connection to server closed (${event.code}${event.reason ? `: ${event.reason}` : ""})`;
-      for (const waiter of pending.values()) waiter.reject(new ClientError(closedReason));
-      resolve(closedReason);
-    });
-  });
-
-  ws.addEventListener("message", (event) => {
-    try {
-      if (typeof event.data === "string") onControl(event.data);
-      else mux.receive(new Uint8Array(event.data as ArrayBuffer));
-    } catch (error) {
-      const reason = `protocol error: ${describeError(error)}`;
-      log.error(reason);
-      ws.close(CloseCode.ProtocolError, reason.slice(0, 120));
-    }
-  });
-
   function onControl(text: string): void {
     const message = parseControl(text);
-    if (message.type === "exposed" || message.type === "error") {
-      const waiter = message.id === undefined ? undefined : pending.get(message.id);
-      if (waiter === undefined) {
-        if (message.type === "error") log.error(`server: ${message.message}`);
-        return;
-      }
-      pending.delete(message.id as number);
-      if (message.type === "exposed") waiter.resolve(message);
-      else waiter.reject(new ClientError(`server refused the tunnel: ${message.message}`));
+    if (message.type === "going-away") {
+      log.info(`server is shutting down; connections in flight have ${message.drain} s to finish`);
       return;
     }
-    throw new ProtocolError(`unexpected '${message.type}' from the server`);
+    if (message.type !== "exposed" && message.type !== "error")
+      throw new ProtocolError(`unexpected '${message.type}' from the server`);
+    const waiter = message.id === undefined ? undefined : pending.get(message.id);
+    if (waiter === undefined) {
+      if (message.type === "error") log.error(`server: ${message.message}`);
+      return;
+    }
+    pending.delete(message.id as number);
+    if (message.type === "exposed") waiter.resolve(message);
+    else waiter.reject(new ClientError(`server refused the tunnel: ${message.message}`));
   }
 
-  let nextRequest = 1;
-  const exposeOne = (local: ExposeOption): Promise<TunnelInfo> => {
+  /** Binds a greeted connection: frames, control messages, heartbeat, and what to do when it is lost. */
+  function bind(conn: ControlConnection): void {
+    connection = conn;
+    hello = conn.hello;
+    const { ws } = conn;
+    let lastSeen = Date.now();
+    const seen = () => {
+      lastSeen = Date.now();
+    };
+    ws.addEventListener("message", (event) => {
+      seen();
+      try {
+        if (typeof event.data === "string") onControl(event.data);
+        else mux.receive(new Uint8Array(event.data as ArrayBuffer));
+      } catch (error) {
+        const reason = `protocol error: ${describeError(error)}`;
+        log.error(reason);
+        ws.close(CloseCode.ProtocolError, reason.slice(0, 120));
+      }
+    });
+    ws.addEventListener("ping", seen);
+    ws.addEventListener("pong", seen);
+    const heartbeat = setInterval(() => {
+      if (Date.now() - lastSeen <= 3 * heartbeatMs) return ws.ping();
+      log.warn(`server silent for ${Math.round((Date.now() - lastSeen) / 1000)} s: connection is dead`);
+      ws.terminate();
+      lost(`server silent`);
+    }, heartbeatMs);
+    let gone = false;
+    const lost = (reason: string) => {
+      if (gone) return;
+      gone = true;
+      clearInterval(heartbeat);
+      mux.detach();
+      for (const waiter of pending.values()) waiter.reject(new ClientError(`connection lost: ${reason}`));
+      pending.clear();
+      if (!closing) void reconnect(reason);
+    };
+    ws.addEventListener("close", (event) =>
+      lost(`closed (${event.code}${event.reason ? `: ${event.reason}` : ""})`),
+    );
+    conn.onBlocked = (blocked) => mux.setBlocked(blocked);
+  }
+
+  /** Expose: ask for a tunnel (the same port and id again after a server restart). */
+  function expose(local: ExposeOption, previous?: TunnelInfo): Promise<TunnelInfo> {
     const id = nextRequest++;
     const answer = new Promise<Exposed>((resolve, reject) => pending.set(id, { resolve, reject }));
-    ws.send(JSON.stringify({ type: "expose", id, kind: "tcp", port: local.publicPort }));
+    const request: ExposeRequest = {
+      type: "expose",
+      id,
+      kind: "tcp",
+      port: local.publicPort ?? previous?.port,
+      tunnel: previous?.id,
+    };
+    connection.ws.send(JSON.stringify(request));
     return answer.then((m) => {
       targets.set(m.ref, { host: local.host, port: local.port });
-      return {
-        id: m.tunnel,
-        url: m.url,
-        host: m.host,
-        port: m.port,
-        local: { host: local.host, port: local.port },
-      };
+      const tunnel = { id: m.tunnel, url: m.url, host: m.host, port: m.port, local: { ...local } };
+      options.onExposed?.(tunnel);
+      return tunnel;
     });
-  };
+  }
 
+  /** After a server restart: the old session is gone, so expose every tunnel again, same port if free. */
+  async function exposeAgain(): Promise<void> {
+    mux.destroyAll();
+    targets.clear();
+    mux.resume((frame) => connection.send(frame), { streams: [], finished: [], accepted: 0 });
+    tunnels = await Promise.all(
+      options.expose.map((local, i) =>
+        expose(local, tunnels[i]).catch((error) => {
+          if (local.publicPort !== undefined) throw error;
+          log.warn(`${describeError(error)}; asking for another port`);
+          return expose(local);
+        }),
+      ),
+    );
+  }
+
+  /** Reconnect: back off with jitter, resume the session, or expose again if the server lost it. */
+  async function reconnect(reason: string): Promise<void> {
+    log.warn(`connection to server lost (${reason}); reconnecting`);
+    const capMs = (options.maxBackoffSeconds ?? 30) * 1000;
+    for (let attempt = 1; !closing; attempt++) {
+      const delay = backoffDelay(attempt, 250, capMs);
+      log.info(`reconnecting in ${(delay / 1000).toFixed(1)} s (attempt ${attempt})`);
+      await Bun.sleep(delay);
+      if (closing) return;
+      let conn: ControlConnection;
+      try {
+        conn = await connectTo({ session: hello.session, secret: hello.secret });
+      } catch (error) {
+        if (error instanceof ConnectError && error.fatal) {
+          log.error(describeError(error));
+          return giveUp(describeError(error));
+        }
+        log.warn(`reconnect attempt ${attempt} failed: ${describeError(error)}`);
+        continue;
+      }
+      bind(conn);
+      try {
+        if (conn.hello.resumed) return resumeSession(conn.sync as SyncMessage);
+        log.info("server lost the session (restarted?); exposing the tunnels again");
+        return await exposeAgain();
+      } catch (error) {
+        log.error(describeError(error));
+        closing = true;
+        conn.ws.close(CloseCode.Normal, "client giving up");
+        return giveUp(describeError(error));
+      }
+    }
+  }
+
+  /** Resume: tell the server our positions, then resend what the blip lost. */
+  function resumeSession(sync: SyncMessage): void {
+    connection.ws.send(JSON.stringify({ type: "sync", ...mux.syncState() } satisfies SyncMessage));
+    mux.resume((frame) => connection.send(frame), sync);
+    for (const tunnel of tunnels) log.info(`resumed: tunnel ${tunnel.id} still at url: ${tunnel.url}`);
+  }
+
+  bind(connection);
+  mux.resume((frame) => connection.send(frame), { streams: [], finished: [], accepted: 0 });
   const close = async () => {
-    if (closedReason === undefined) ws.close(CloseCode.Normal, "client closing");
-    await closed;
+    if (closing) return;
+    closing = true;
+    const { ws } = connection;
+    if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
+      const done = new Promise((resolve) => ws.addEventListener("close", resolve, { once: true }));
+      ws.close(CloseCode.Normal, "client closing");
+      await Promise.race([done, Bun.sleep(2000)]);
+    }
+    mux.destroyAll();
+    giveUp("client closed");
   };
   try {
-    const tunnels = await Promise.all(options.expose.map(exposeOne));
-    return { tunnels, stats: () => ({ streams: mux.streams.size }), closed, close };
+    tunnels = await Promise.all(options.expose.map((local) => expose(local)));
   } catch (error) {
     await close();
     throw error;
   }
+  return {
+    get tunnels() {
+      return tunnels;
+    },
+    stats: () => ({ streams: mux.streams.size }),
+    closed,
+    close,
+  };
 }
 
 /** Fails early, with one line, when an `--expose` host does not resolve. */
@@ -207,6 +339,8 @@ Options:
   --port N             ask for this public port (repeatable: one per --expose, in order)
   --ca FILE            trust this CA or self-signed certificate (PEM) for wss
   --insecure           skip TLS certificate verification (unsafe; prints a warning)
+  --heartbeat SECONDS  ping interval; a server silent for 3 intervals is dead (default 10)
+  --max-backoff SECONDS  longest wait between reconnect attempts (default 30)
   -q, --quiet          log warnings and errors only
   -h, --help           show this help
 
@@ -230,6 +364,8 @@ export async function parseClientArgs(
       port: { type: "string", multiple: true },
       ca: { type: "string" },
       insecure: { type: "boolean" },
+      heartbeat: { type: "string" },
+      "max-backoff": { type: "string" },
       quiet: { type: "boolean", short: "q" },
       help: { type: "boolean", short: "h" },
     },
@@ -244,7 +380,8 @@ export async function parseClientArgs(
     const port = ports[i];
     return port === undefined ? target : { ...target, publicPort: parsePort(port, "--port") };
   });
-  const server = parseServerUrl(values.server ?? env.SOCKETS_SERVER ?? "ws://localhost:7070", "--server");
+  // An empty SOCKETS_SERVER counts as unset, like an empty SOCKETS_API_KEY.
+  const server = parseServerUrl(values.server ?? (env.SOCKETS_SERVER || "ws://localhost:7070"), "--server");
   let ca: string | undefined;
   if (values.ca !== undefined) {
     const file = Bun.file(values.ca);
@@ -257,6 +394,12 @@ export async function parseClientArgs(
     apiKey: env.SOCKETS_API_KEY || undefined,
     ca,
     insecure: values.insecure,
+    heartbeatSeconds:
+      values.heartbeat === undefined ? undefined : parseSeconds(values.heartbeat, "--heartbeat", 0.1, 3600),
+    maxBackoffSeconds:
+      values["max-backoff"] === undefined
+        ? undefined
+        : parseSeconds(values["max-backoff"], "--max-backoff", 0.1, 3600),
     quiet: values.quiet,
   };
 }
@@ -280,16 +423,19 @@ async function main(): Promise<void> {
     );
   let handle: ClientHandle;
   try {
-    handle = await startClient(options);
+    // One stdout line per tunnel the server confirms: at start, and again after a server restart.
+    handle = await startClient({
+      ...options,
+      onExposed(tunnel) {
+        process.stdout.write(`exposed with tunnel id ${tunnel.id}, url: ${tunnel.url}\n`);
+        log.info(`tunnel ${tunnel.id}: ${tunnel.url} -> ${tunnel.local.host}:${tunnel.local.port}`);
+      },
+    });
   } catch (error) {
     process.stderr.write(
       `error: ${error instanceof ConnectError || error instanceof ClientError ? error.message : describeError(error)}\n`,
     );
     process.exit(1);
-  }
-  for (const tunnel of handle.tunnels) {
-    process.stdout.write(`exposed with tunnel id ${tunnel.id}, url: ${tunnel.url}\n`);
-    log.info(`tunnel ${tunnel.id}: ${tunnel.url} -> ${tunnel.local.host}:${tunnel.local.port}`);
   }
   let stopping = false;
   const stop = async () => {

@@ -14,36 +14,29 @@
 
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import type { Server, ServerWebSocket, TCPSocketListener } from "bun";
+import type { Server } from "bun";
 import { Hono } from "hono";
-import { nanoid } from "nanoid";
 import {
   formatHost,
   type PortRange,
   parseCount,
   parsePort,
   parsePortRange,
+  parseSeconds,
   UsageError,
 } from "./shared/args.ts";
 import { bearerKey, keyMatches } from "./shared/auth.ts";
-import { createLogger, describeError, type Logger } from "./shared/log.ts";
-import { Mux } from "./shared/mux.ts";
+import { createLogger, describeError } from "./shared/log.ts";
 import {
   AUTH_HEADER,
-  CloseCode,
   CONNECT_PATH,
-  type ControlMessage,
   DEFAULTS,
-  type ExposeRequest,
-  type Hello,
   PROTOCOL_VERSION,
-  ProtocolError,
-  parseControl,
-  StreamKind,
+  RESUME_HEADER,
   SUBPROTOCOL,
 } from "./shared/protocol.ts";
-import { listenPublic, PortError } from "./shared/public-port.ts";
-import { type RelaySocket, type RelaySocketData, relaySocketHandlers } from "./shared/stream.ts";
+import { FailureLimiter } from "./shared/rate-limit.ts";
+import { Session, type SessionContext, type SessionSocketData } from "./shared/session.ts";
 
 /** Everything the server can be told; the CLI fills it from flags and env. */
 export interface ServerOptions {
@@ -63,17 +56,34 @@ export interface ServerOptions {
   window?: number;
   maxStreamsPerTunnel?: number;
   maxTunnelsPerClient?: number;
+  /** Seconds a dropped client's tunnels stay reserved for it (default 60; 0 = none). */
+  graceSeconds?: number;
+  /** Seconds between pings; a client silent for 3 intervals is dead (default 10). */
+  heartbeatSeconds?: number;
+  /** Seconds streams may take to finish on shutdown (default 10). */
+  drainSeconds?: number;
+  /** Seconds a control-port connection may take to complete its upgrade (default 10). */
+  handshakeSeconds?: number;
+  /** Failed auth attempts per remote address per minute before `429` (default 10). */
+  authFailLimit?: number;
+  /** Seconds without traffic after which a visitor is closed (default 0 = never). */
+  visitorIdleSeconds?: number;
   /** Drop info lines from the log. */
   quiet?: boolean;
 }
 
 /** Counts reported by `GET /health`. */
 export interface ServerStats {
-  status: "ok";
+  status: "ok" | "draining";
   protocol: number;
+  /** Clients connected now. */
   clients: number;
+  /** Tunnels, live and reserved. */
   tunnels: number;
+  /** Visitor connections open. */
   streams: number;
+  /** Sessions whose client is away, within their grace period. */
+  reserved: number;
 }
 
 /** A running server. */
@@ -85,186 +95,92 @@ export interface ServerHandle {
   /** `ws://` or `wss://` URL for clients. */
   url: string;
   stats(): ServerStats;
-  /** Closes every client (going away), every public port and the control port. */
+  /**
+   * Shuts down: stops accepting clients and visitors, tells clients (going-away), lets streams in
+   * flight finish for up to the drain timeout, then closes every client (1001) and port.
+   */
   close(): Promise<void>;
-}
-
-interface Tunnel {
-  id: string;
-  ref: number;
-  port: number;
-  listener: TCPSocketListener<RelaySocketData>;
-  streams: number;
-}
-
-interface SessionData {
-  session: Session | null;
-  remote: string;
-}
-
-interface Settings {
-  host: string;
-  domain: string;
-  tcpPorts?: PortRange;
-  hello: Hello;
-  log: Logger;
-}
-
-/** One connected client: its WebSocket, its stream multiplexer and its tunnels. */
-class Session {
-  readonly mux: Mux;
-  readonly tunnels = new Map<number, Tunnel>();
-  private nextRef = 1;
-  private closing = false;
-
-  constructor(
-    private readonly ws: ServerWebSocket<SessionData>,
-    private readonly settings: Settings,
-  ) {
-    this.mux = new Mux((frame) => this.sendFrame(frame), settings.hello);
-    ws.send(JSON.stringify(settings.hello));
-  }
-
-  private sendFrame(frame: Uint8Array): void {
-    const sent = this.ws.send(frame);
-    // -1: queued past the backpressure limit → pause readers until drain. 0: dropped → the socket is dead.
-    if (sent === -1) this.mux.setBlocked(true);
-    else if (sent === 0 && !this.closing) this.fail(CloseCode.InternalError, "WebSocket send failed");
-  }
-
-  /** A text frame: one control message. */
-  onControl(text: string): void {
-    const message: ControlMessage = parseControl(text);
-    if (message.type !== "expose") throw new ProtocolError(`unexpected '${message.type}' from a client`);
-    this.expose(message);
-  }
-
-  private expose(request: ExposeRequest): void {
-    const { log, hello, host, domain, tcpPorts } = this.settings;
-    if (this.tunnels.size >= hello.maxTunnelsPerClient) {
-      this.reply(request, "limit", `a client may hold at most ${hello.maxTunnelsPerClient} tunnels`);
-      return;
-    }
-    const ref = this.nextRef++;
-    const tunnel = { id: nanoid(12), ref, port: 0, streams: 0 } as Tunnel;
-    try {
-      tunnel.listener = listenPublic<RelaySocketData>(
-        { host, port: request.port, range: tcpPorts },
-        { ...relaySocketHandlers, open: (socket) => this.acceptVisitor(tunnel, socket) },
-      );
-    } catch (error) {
-      const code = error instanceof PortError ? error.code : "listen_failed";
-      this.reply(request, code, describeError(error));
-      return;
-    }
-    tunnel.port = tunnel.listener.port;
-    this.tunnels.set(ref, tunnel);
-    const url = `${formatHost(domain)}:${tunnel.port}`;
-    log.info(`tunnel ${tunnel.id} for ${this.ws.data.remote} on port ${tunnel.port}`);
-    this.ws.send(
-      JSON.stringify({
-        type: "exposed",
-        id: request.id,
-        tunnel: tunnel.id,
-        ref,
-        host: domain,
-        port: tunnel.port,
-        url,
-      }),
-    );
-  }
-
-  private reply(request: ExposeRequest, code: string, message: string): void {
-    this.settings.log.info(`expose refused for ${this.ws.data.remote}: ${message}`);
-    this.ws.send(JSON.stringify({ type: "error", id: request.id, code, message }));
-  }
-
-  /** A visitor connected to a tunnel's public port: announce it as a new stream and relay. */
-  private acceptVisitor(tunnel: Tunnel, socket: RelaySocket): void {
-    socket.data = { stream: null };
-    if (this.closing || tunnel.streams >= this.settings.hello.maxStreamsPerTunnel) {
-      this.settings.log.warn(`tunnel ${tunnel.id}: visitor refused, ${tunnel.streams} streams open (limit)`);
-      socket.terminate();
-      return;
-    }
-    tunnel.streams++;
-    const stream = this.mux.createStream(() => tunnel.streams--);
-    const remote = `${formatHost(socket.remoteAddress)}:${socket.remotePort}`;
-    this.mux.sendOpen(stream, StreamKind.Tcp, tunnel.ref, { remote });
-    stream.attach(socket);
-  }
-
-  /** Closes the WebSocket with a code, after logging why. */
-  fail(code: number, reason: string): void {
-    this.settings.log.warn(`closing client ${this.ws.data.remote}: ${reason}`);
-    this.ws.close(code, reason.slice(0, 120));
-    this.teardown();
-  }
-
-  /** The client is gone: close its public ports and every visitor. */
-  teardown(): void {
-    if (this.closing) return;
-    this.closing = true;
-    for (const tunnel of this.tunnels.values()) tunnel.listener.stop(true);
-    this.mux.destroyAll();
-    this.tunnels.clear();
-  }
 }
 
 /** Starts a server; resolves once the control port listens. */
 export async function startServer(options: ServerOptions = {}): Promise<ServerHandle> {
   const log = createLogger("server", options.quiet);
   const host = options.host ?? "0.0.0.0";
-  const hello: Hello = {
-    type: "hello",
-    protocol: PROTOCOL_VERSION,
-    window: options.window ?? DEFAULTS.window,
-    maxFramePayload: DEFAULTS.maxFramePayload,
-    maxStreamsPerTunnel: options.maxStreamsPerTunnel ?? DEFAULTS.maxStreamsPerTunnel,
-    maxTunnelsPerClient: options.maxTunnelsPerClient ?? DEFAULTS.maxTunnelsPerClient,
-  };
-  const settings: Settings = {
+  const heartbeatMs = (options.heartbeatSeconds ?? 10) * 1000;
+  const sessions = new Map<string, Session>();
+  let draining = false;
+  const context: SessionContext = {
     host,
     domain: options.domain ?? "localhost",
     tcpPorts: options.tcpPorts,
-    hello,
+    limits: {
+      protocol: PROTOCOL_VERSION,
+      window: options.window ?? DEFAULTS.window,
+      maxFramePayload: DEFAULTS.maxFramePayload,
+      maxStreamsPerTunnel: options.maxStreamsPerTunnel ?? DEFAULTS.maxStreamsPerTunnel,
+      maxTunnelsPerClient: options.maxTunnelsPerClient ?? DEFAULTS.maxTunnelsPerClient,
+    },
+    graceSeconds: options.graceSeconds ?? 60,
+    visitorIdleSeconds: options.visitorIdleSeconds ?? 0,
     log,
+    tunnelIds: new Set(),
+    onEnded: (session) => sessions.delete(session.id),
   };
-  const sessions = new Set<Session>();
+  const authFailures = new FailureLimiter(options.authFailLimit ?? 10);
+
   const stats = (): ServerStats => {
-    let tunnels = 0;
-    let streams = 0;
-    for (const s of sessions) {
-      tunnels += s.tunnels.size;
-      streams += s.mux.streams.size;
-    }
-    return { status: "ok", protocol: PROTOCOL_VERSION, clients: sessions.size, tunnels, streams };
+    const all = [...sessions.values()];
+    return {
+      status: draining ? "draining" : "ok",
+      protocol: PROTOCOL_VERSION,
+      clients: all.filter((s) => !s.reserved).length,
+      tunnels: all.reduce((n, s) => n + s.tunnels.size, 0),
+      streams: all.reduce((n, s) => n + s.mux.streams.size, 0),
+      reserved: all.filter((s) => s.reserved).length,
+    };
   };
 
-  const app = new Hono<{ Bindings: Server<SessionData> }>();
+  // Accept: authenticate, agree the version, find the session a reconnecting client resumes.
+  const app = new Hono<{ Bindings: Server<SessionSocketData> }>();
   app.get("/health", (c) => c.json(stats()));
   app.get(CONNECT_PATH, (c) => {
-    const refusal = checkUpgrade(c.req.raw, options.apiKey);
-    if (refusal) {
-      log.info(
-        `refused ${c.req.header("x-forwarded-for") ?? "client"}: ${refusal.status} ${refusal.message}`,
-      );
-      return c.text(`${refusal.message}\n`, refusal.status);
-    }
-    const remote = c.env.requestIP(c.req.raw);
-    const data: SessionData = {
-      session: null,
-      remote: remote ? `${formatHost(remote.address)}:${remote.port}` : "?",
+    const address = c.env.requestIP(c.req.raw);
+    const remote = address ? `${formatHost(address.address)}:${address.port}` : "?";
+    const refuse = (status: 401 | 403 | 426 | 429 | 503, message: string) => {
+      log.info(`refused ${remote}: ${status} ${message}`);
+      return c.text(`${message}\n`, status);
     };
+    const ip = address?.address ?? "?";
+    if (draining) return refuse(503, "server is shutting down");
+    if (authFailures.blocked(ip)) return refuse(429, "too many failed attempts; try again in a minute");
+    if (options.apiKey !== undefined && !keyMatches(bearerKey(c.req.header(AUTH_HEADER)), options.apiKey)) {
+      authFailures.fail(ip);
+      return refuse(401, "authentication failed: missing or wrong API key");
+    }
+    const offered = (c.req.header("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim());
+    if (!offered.includes(SUBPROTOCOL))
+      return refuse(
+        426,
+        `unsupported protocol version: client offered '${offered.join(",") || "none"}', this server speaks ${SUBPROTOCOL}`,
+      );
+    const [sessionId, secret] = (c.req.header(RESUME_HEADER) ?? "").split(" ");
+    const resume = sessionId ? sessions.get(sessionId) : undefined;
+    if (resume && !resume.secretMatches(secret ?? "")) {
+      authFailures.fail(ip);
+      return refuse(403, "resume refused: the session's secret does not match");
+    }
+    const data: SessionSocketData = { session: null, resume: resume ?? null, remote };
     if (c.env.upgrade(c.req.raw, { data, headers: { "Sec-WebSocket-Protocol": SUBPROTOCOL } }))
       return new Response(null);
     return c.text("expected a WebSocket upgrade\n", 400);
   });
 
-  const server = Bun.serve<SessionData>({
+  const server = Bun.serve<SessionSocketData>({
     hostname: host,
     port: options.port ?? 7070,
     tls: options.tls,
+    // Bounds how long a connection may sit on the control port without completing a request (slowloris).
+    idleTimeout: options.handshakeSeconds ?? 10,
     fetch: (req, srv) => app.fetch(req, srv),
     error: (error) => {
       log.error(`request failed: ${describeError(error)}`);
@@ -272,43 +188,47 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     },
     websocket: {
       perMessageDeflate: false,
-      maxPayloadLength: 64 * 1024 + hello.maxFramePayload,
+      maxPayloadLength: 1024 * 1024 + context.limits.maxFramePayload,
       // Credit bounds what each stream queues; this only guards against a misbehaving build.
       backpressureLimit: 64 * 1024 * 1024,
       closeOnBackpressureLimit: true,
+      // Liveness is ours (heartbeat below), in both directions, with the configured timeout.
+      idleTimeout: 0,
+      sendPings: false,
       open(ws) {
-        const session = new Session(ws, settings);
-        ws.data.session = session;
-        sessions.add(session);
+        const session = ws.data.resume ?? new Session(context);
+        ws.data.resume = null;
+        sessions.set(session.id, session);
+        session.attach(ws);
         log.info(`client ${ws.data.remote} connected`);
       },
       message(ws, message) {
-        const session = ws.data.session;
-        if (!session) return;
-        try {
-          if (typeof message === "string") session.onControl(message);
-          else session.mux.receive(message);
-        } catch (error) {
-          if (error instanceof ProtocolError)
-            session.fail(CloseCode.ProtocolError, `protocol error: ${error.message}`);
-          else session.fail(CloseCode.InternalError, `internal error: ${describeError(error)}`);
-        }
+        ws.data.session?.onMessage(message);
       },
       drain(ws) {
-        ws.data.session?.mux.setBlocked(false);
+        ws.data.session?.onDrain();
+      },
+      ping(ws) {
+        if (ws.data.session) ws.data.session.lastSeen = Date.now();
+      },
+      pong(ws) {
+        if (ws.data.session) ws.data.session.lastSeen = Date.now();
       },
       close(ws, code) {
-        const session = ws.data.session;
-        if (!session) return;
-        session.teardown();
-        sessions.delete(session);
+        ws.data.session?.onClose(ws, code);
         log.info(`client ${ws.data.remote} disconnected (${code})`);
       },
     },
   });
 
+  // Heartbeat: ping every client each interval; one silent for three intervals is dead.
+  const heartbeat = setInterval(() => {
+    const now = Date.now();
+    for (const session of sessions.values()) session.heartbeat(now, 3 * heartbeatMs);
+  }, heartbeatMs);
+
   const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${server.port}`;
-  log.info(`listening on ${url} (domain ${settings.domain})`);
+  log.info(`listening on ${url} (domain ${context.domain})`);
   if (!options.apiKey) log.warn("no SOCKETS_SINGLE_API_KEY set: any client may open tunnels");
   return {
     host,
@@ -316,24 +236,16 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     url,
     stats,
     async close() {
-      for (const session of sessions) session.fail(CloseCode.GoingAway, "server shutting down");
-      sessions.clear();
+      if (draining) return;
+      draining = true;
+      clearInterval(heartbeat);
+      void server.stop(false);
+      const drainMs = (options.drainSeconds ?? 10) * 1000;
+      await Promise.all([...sessions.values()].map((session) => session.drain(drainMs)));
+      for (const session of [...sessions.values()]) session.end();
       await server.stop(true);
     },
   };
-}
-
-/** Checks auth and protocol version of an upgrade request; returns the refusal, or null to accept. */
-function checkUpgrade(req: Request, apiKey?: string): { status: 401 | 426; message: string } | null {
-  if (apiKey !== undefined && !keyMatches(bearerKey(req.headers.get(AUTH_HEADER)), apiKey))
-    return { status: 401, message: "authentication failed: missing or wrong API key" };
-  const offered = (req.headers.get("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim());
-  if (!offered.includes(SUBPROTOCOL))
-    return {
-      status: 426,
-      message: `unsupported protocol version: client offered '${offered.join(",") || "none"}', this server speaks ${SUBPROTOCOL}`,
-    };
-  return null;
 }
 
 const HELP = `Usage: bun server.ts [options]
@@ -348,6 +260,12 @@ Options:
   --window BYTES         per-stream flow-control window (default ${DEFAULTS.window})
   --max-streams N        most visitors open at once per tunnel (default ${DEFAULTS.maxStreamsPerTunnel})
   --max-tunnels N        most tunnels per client (default ${DEFAULTS.maxTunnelsPerClient})
+  --grace SECONDS        keep a dropped client's tunnels and connections for it (default 60; 0 = no)
+  --heartbeat SECONDS    ping interval; a client silent for 3 intervals is dead (default 10)
+  --drain-timeout SECONDS  on SIGTERM/SIGINT, how long streams may take to finish (default 10)
+  --handshake-timeout SECONDS  close control-port connections idle this long before upgrading (default 10)
+  --auth-fail-limit N    failed auth attempts per address per minute before 429 (default 10)
+  --visitor-idle-timeout SECONDS  close visitor connections idle this long (default 0 = never)
   -q, --quiet            log warnings and errors only
   -h, --help             show this help
 
@@ -374,6 +292,12 @@ export function parseServerArgs(
       window: { type: "string" },
       "max-streams": { type: "string" },
       "max-tunnels": { type: "string" },
+      grace: { type: "string" },
+      heartbeat: { type: "string" },
+      "drain-timeout": { type: "string" },
+      "handshake-timeout": { type: "string" },
+      "auth-fail-limit": { type: "string" },
+      "visitor-idle-timeout": { type: "string" },
       quiet: { type: "boolean", short: "q" },
       help: { type: "boolean", short: "h" },
     },
@@ -399,8 +323,22 @@ export function parseServerArgs(
       values["max-streams"] === undefined ? undefined : parseCount(values["max-streams"], "--max-streams"),
     maxTunnelsPerClient:
       values["max-tunnels"] === undefined ? undefined : parseCount(values["max-tunnels"], "--max-tunnels"),
+    graceSeconds: optional(values.grace, (v) => parseSeconds(v, "--grace", 0, 86_400)),
+    heartbeatSeconds: optional(values.heartbeat, (v) => parseSeconds(v, "--heartbeat", 0.1, 3600)),
+    drainSeconds: optional(values["drain-timeout"], (v) => parseSeconds(v, "--drain-timeout", 0, 3600)),
+    handshakeSeconds: optional(values["handshake-timeout"], (v) =>
+      Math.ceil(parseSeconds(v, "--handshake-timeout", 1, 255)),
+    ),
+    authFailLimit: optional(values["auth-fail-limit"], (v) => parseCount(v, "--auth-fail-limit")),
+    visitorIdleSeconds: optional(values["visitor-idle-timeout"], (v) =>
+      Math.ceil(parseSeconds(v, "--visitor-idle-timeout", 0, 86_400)),
+    ),
     quiet: values.quiet,
   };
+}
+
+function optional<T>(value: string | undefined, parse: (value: string) => T): T | undefined {
+  return value === undefined ? undefined : parse(value);
 }
 
 function readPem(file: string, flag: string): string {

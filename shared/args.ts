@@ -68,6 +68,14 @@ export function parseCount(value: string, flag: string): number {
   return n;
 }
 
+/** Parses a number of seconds (decimals allowed) within `[min, max]`. */
+export function parseSeconds(value: string, flag: string, min: number, max: number): number {
+  const n = /^\d+(\.\d+)?$/.test(value) ? Number(value) : Number.NaN;
+  if (!(n >= min && n <= max))
+    throw new UsageError(`${flag}: '${value}' is not a number of seconds (${min}-${max})`);
+  return n;
+}
+
 /** Formats a host for a URL (brackets around IPv6). */
 export function formatHost(host: string): string {
   return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;

@@ -5,7 +5,15 @@
  */
 
 import { describeError } from "./log.ts";
-import { AUTH_HEADER, CONNECT_PATH, type Hello, parseControl, SUBPROTOCOL } from "./protocol.ts";
+import {
+  AUTH_HEADER,
+  CONNECT_PATH,
+  type Hello,
+  parseControl,
+  RESUME_HEADER,
+  SUBPROTOCOL,
+  type SyncMessage,
+} from "./protocol.ts";
 
 /** How to reach the server. */
 export interface ConnectOptions {
@@ -15,12 +23,16 @@ export interface ConnectOptions {
   insecure?: boolean;
   /** Give up after this long (ms). */
   timeout?: number;
+  /** The session to resume, from an earlier hello. */
+  resume?: { session: string; secret: string };
 }
 
 /** An open, greeted control connection. */
 export interface ControlConnection {
   ws: WebSocket;
   hello: Hello;
+  /** The server's stream positions, when `hello.resumed`. */
+  sync?: SyncMessage;
   /** Sends a binary frame and reports backpressure through {@link ControlConnection.onBlocked}. */
   send(frame: Uint8Array): void;
   /** Called with true when the send buffer is past its high mark, false once it drained below the low. */
@@ -30,6 +42,16 @@ export interface ControlConnection {
 /** Connection failure with a one-line, user-facing message. */
 export class ConnectError extends Error {
   override name = "ConnectError";
+  /**
+   * @param message one line for the user.
+   * @param fatal true when trying again cannot help (auth rejected, version mismatch, resume refused).
+   */
+  constructor(
+    message: string,
+    readonly fatal = false,
+  ) {
+    super(message);
+  }
 }
 
 // The client WebSocket has no drain event; bufferedAmount is the only signal, polled while high.
@@ -44,47 +66,58 @@ export async function connectControl(options: ConnectOptions): Promise<ControlCo
   const url = new URL(CONNECT_PATH, options.url);
   const headers: Record<string, string> = {};
   if (options.apiKey) headers[AUTH_HEADER] = `Bearer ${options.apiKey}`;
+  if (options.resume) headers[RESUME_HEADER] = `${options.resume.session} ${options.resume.secret}`;
   const tls = { ca: options.ca, rejectUnauthorized: !options.insecure };
   const ws = new WebSocket(url.href, { protocols: [SUBPROTOCOL], headers, tls } as unknown as string[]);
   ws.binaryType = "arraybuffer";
   const timeout = options.timeout ?? 10_000;
 
-  const hello = await new Promise<Hello>((resolve, reject) => {
+  const greeting = await new Promise<{ hello: Hello; sync?: SyncMessage }>((resolve, reject) => {
     const timer = setTimeout(() => {
-      ws.close();
+      ws.terminate();
       reject(new ConnectError(`no answer from ${options.url.href} within ${timeout / 1000} s`));
     }, timeout);
     const fail = () => {
       clearTimeout(timer);
       explainFailure(url, headers, tls).then(reject, reject);
     };
-    ws.addEventListener("error", fail, { once: true });
-    ws.addEventListener(
-      "message",
-      (event) => {
-        clearTimeout(timer);
-        ws.removeEventListener("error", fail);
-        try {
-          const message = typeof event.data === "string" ? parseControl(event.data) : undefined;
-          if (message?.type !== "hello") throw new Error("first message is not hello");
-          resolve(message);
-        } catch (error) {
-          ws.close();
-          reject(
-            new ConnectError(
-              `server at ${options.url.href} does not speak ${SUBPROTOCOL}: ${describeError(error)}`,
-            ),
-          );
+    let hello: Hello | undefined;
+    const onMessage = (event: MessageEvent) => {
+      try {
+        const message = typeof event.data === "string" ? parseControl(event.data) : undefined;
+        if (hello === undefined && message?.type === "hello") hello = message;
+        else if (hello?.resumed && message?.type === "sync") {
+          done();
+          return resolve({ hello, sync: message });
+        } else throw new Error(`unexpected ${message?.type ?? "binary frame"} before the session started`);
+        if (!hello.resumed) {
+          done();
+          resolve({ hello });
         }
-      },
-      { once: true },
-    );
+      } catch (error) {
+        done();
+        ws.close();
+        reject(
+          new ConnectError(
+            `server at ${options.url.href} does not speak ${SUBPROTOCOL}: ${describeError(error)}`,
+            true,
+          ),
+        );
+      }
+    };
+    const done = () => {
+      clearTimeout(timer);
+      ws.removeEventListener("error", fail);
+      ws.removeEventListener("message", onMessage);
+    };
+    ws.addEventListener("error", fail, { once: true });
+    ws.addEventListener("message", onMessage);
   });
 
   let blocked = false;
   const connection: ControlConnection = {
     ws,
-    hello,
+    ...greeting,
     onBlocked: () => {},
     send(frame) {
       ws.send(frame);
@@ -123,8 +156,11 @@ async function explainFailure(
       signal: AbortSignal.timeout(5000),
     } as RequestInit);
     const body = (await response.text()).trim().split("\n")[0] ?? "";
-    if (response.status === 401) return new ConnectError(`server ${where} rejected the API key: ${body}`);
-    return new ConnectError(`server ${where} refused the connection: ${response.status} ${body}`);
+    if (response.status === 401)
+      return new ConnectError(`server ${where} rejected the API key: ${body}`, true);
+    // 426: another protocol version; 403: the resume secret does not match. Neither heals by retrying.
+    const fatal = response.status === 426 || response.status === 403;
+    return new ConnectError(`server ${where} refused the connection: ${response.status} ${body}`, fatal);
   } catch (error) {
     const code = (error as { code?: string }).code ?? "";
     const text = `${code} ${describeError(error)}`;

@@ -16,7 +16,7 @@ import {
   type OpenFrame,
 } from "./codec.ts";
 import { FrameType, type OpenMeta, ProtocolError, type StreamKind } from "./protocol.ts";
-import { Stream, type StreamHost } from "./stream.ts";
+import { Stream, type StreamHost, type StreamPosition } from "./stream.ts";
 
 /** Per-session settings, as announced in the server's hello. */
 export interface MuxSettings {
@@ -26,6 +26,19 @@ export interface MuxSettings {
 
 /** Sends one binary frame on the WebSocket. The role reports backpressure with {@link Mux.setBlocked}. */
 export type FrameSender = (frame: Uint8Array) => void;
+
+/** Every stream's position, exchanged as a `sync` control message when a session resumes. */
+export interface SyncState {
+  /** `[id, received, acked, endReceived ? 1 : 0]` per open stream. */
+  streams: [number, number, number, number][];
+  /** Streams this side freed cleanly recently (the peer may have missed their last frames). */
+  finished: number[];
+  /** Highest stream id this side accepted from the peer (0 on the opening side). */
+  accepted: number;
+}
+
+/** How many cleanly freed stream ids a mux remembers for the next resume. */
+const FINISHED_MEMORY = 4096;
 
 /** Multiplexes streams over one WebSocket. */
 export class Mux implements StreamHost {
@@ -37,7 +50,11 @@ export class Mux implements StreamHost {
   private readonly scratch: Uint8Array;
   private readonly small = new Uint8Array(16);
   private blocked = false;
+  /** Whether frames reach the peer; while detached (WebSocket down or resuming) they are dropped. */
+  private live = true;
   private nextId = 1;
+  private highestAccepted = 0;
+  private readonly finished = new Set<number>();
 
   /**
    * @param send writes one binary frame to the WebSocket.
@@ -45,7 +62,7 @@ export class Mux implements StreamHost {
    * @param onOpen called for each OPEN frame; absent on the side that never accepts streams.
    */
   constructor(
-    private readonly send: FrameSender,
+    private send: FrameSender,
     settings: MuxSettings,
     private readonly onOpen?: (frame: OpenFrame) => void,
   ) {
@@ -64,6 +81,7 @@ export class Mux implements StreamHost {
   /** Registers a stream the peer opened. */
   acceptStream(id: number, onClosed?: (stream: Stream) => void): Stream {
     if (this.streams.has(id)) throw new ProtocolError(`OPEN for stream ${id}, which is already open`);
+    if (id > this.highestAccepted) this.highestAccepted = id;
     return this.addStream(id, onClosed);
   }
 
@@ -116,38 +134,92 @@ export class Mux implements StreamHost {
     return this.blocked;
   }
 
-  /** Drops every stream without frames (the WebSocket is gone). */
+  /** Drops every stream without frames (the session is over). */
   destroyAll(): void {
     for (const stream of [...this.streams.values()]) stream.destroy();
+    this.finished.clear();
+  }
+
+  /**
+   * The WebSocket is gone: stop reading every socket and drop frames until {@link Mux.resume}. Streams
+   * keep their sockets and their unacknowledged bytes; a blip loses nothing.
+   */
+  detach(): void {
+    this.live = false;
+    this.setBlocked(true);
+  }
+
+  /** This side's stream positions for the peer; call while detached, on the new WebSocket. */
+  syncState(): SyncState {
+    const streams: SyncState["streams"] = [];
+    for (const stream of this.streams.values()) {
+      const p = stream.position();
+      streams.push([stream.id, p.received, p.acked, p.endReceived ? 1 : 0]);
+    }
+    return { streams, finished: [...this.finished], accepted: this.highestAccepted };
+  }
+
+  /**
+   * Goes live on a new WebSocket and reconciles with the peer's positions: resends what it missed,
+   * OPENs it never saw (opening side), and drops streams the peer no longer has.
+   * @throws {ProtocolError} when the peer's state is inconsistent with ours.
+   */
+  resume(send: FrameSender, peer: SyncState): void {
+    this.send = send;
+    this.live = true;
+    const positions = new Map<number, StreamPosition>();
+    for (const [id, received, acked, ended] of peer.streams)
+      positions.set(id, { received, acked, endReceived: ended === 1 });
+    const finished = new Set(peer.finished);
+    for (const stream of [...this.streams.values()]) {
+      const position = positions.get(stream.id);
+      if (position) stream.resume(position);
+      else if (finished.has(stream.id)) stream.finishedByPeer();
+      else if (stream.open && stream.id > peer.accepted) {
+        this.sendOpenFrame(stream);
+        stream.resume({ received: 0, acked: 0, endReceived: false });
+      } else stream.destroy();
+    }
+    this.setBlocked(false);
   }
 
   /** Announces a stream the opening side created (one OPEN per visitor). */
   sendOpen(stream: Stream, kind: StreamKind, tunnel: number, meta: OpenMeta): void {
-    this.send(encodeOpen(stream.id, kind, tunnel, meta));
+    stream.open = { kind, tunnel, meta };
+    this.sendOpenFrame(stream);
+  }
+
+  private sendOpenFrame(stream: Stream): void {
+    const open = stream.open;
+    if (this.live && open) this.send(encodeOpen(stream.id, open.kind, open.tunnel, open.meta));
   }
 
   /** @inheritdoc */
   sendData(stream: number, payload: Uint8Array): void {
-    this.send(encodeData(stream, payload, this.scratch));
+    if (this.live) this.send(encodeData(stream, payload, this.scratch));
   }
 
   /** @inheritdoc */
   sendWindow(stream: number, increment: number): void {
-    this.send(encodeWindow(stream, increment, this.small));
+    if (this.live) this.send(encodeWindow(stream, increment, this.small));
   }
 
   /** @inheritdoc */
   sendEnd(stream: number): void {
-    this.send(encodeEnd(stream, this.small));
+    if (this.live) this.send(encodeEnd(stream, this.small));
   }
 
   /** @inheritdoc */
   sendReset(stream: number, code: number, reason: string): void {
-    this.send(encodeReset(stream, code, reason));
+    if (this.live) this.send(encodeReset(stream, code, reason));
   }
 
   /** @inheritdoc */
-  release(stream: Stream): void {
+  release(stream: Stream, clean: boolean): void {
     this.streams.delete(stream.id);
+    if (!clean) return;
+    this.finished.add(stream.id);
+    if (this.finished.size > FINISHED_MEMORY)
+      this.finished.delete(this.finished.values().next().value as number);
   }
 }

@@ -18,6 +18,9 @@ export const CONNECT_PATH = "/_sockets/connect";
 /** Request header that carries the API key (`Authorization: Bearer <key>`). */
 export const AUTH_HEADER = "authorization";
 
+/** Request header with which a reconnecting client claims its session: `<session id> <resume secret>`. */
+export const RESUME_HEADER = "sockets-resume";
+
 /** Binary frame types. The first byte of every binary WebSocket message. */
 export const FrameType = {
   /** Server → client: a new visitor; payload names the tunnel, the visitor kind and its metadata. */
@@ -56,6 +59,8 @@ export const ResetCode = {
   Shutdown: 4,
   /** The peer broke the stream's rules (e.g. sent past its window). */
   Protocol: 5,
+  /** The visitor sent and received nothing for the server's `--visitor-idle-timeout`. */
+  Idle: 6,
 } as const;
 
 /** WebSocket close codes used by sockets. */
@@ -65,6 +70,8 @@ export const CloseCode = {
   ProtocolError: 1002,
   PolicyViolation: 1008,
   InternalError: 1011,
+  /** The session was taken over by a newer connection that resumed it. */
+  Replaced: 4000,
 } as const;
 
 /** Fixed header length of every binary frame: type (1) + stream id (4). */
@@ -90,6 +97,33 @@ export interface Hello {
   maxFramePayload: number;
   maxStreamsPerTunnel: number;
   maxTunnelsPerClient: number;
+  /** Session id: with the secret, what a reconnecting client presents in {@link RESUME_HEADER}. */
+  session: string;
+  /** Resume secret, known only to this client; never the API key. */
+  secret: string;
+  /** True when this connection resumed an earlier session: its tunnels and streams still stand. */
+  resumed: boolean;
+}
+
+/**
+ * Either way, once per resume, before any frame: every stream's receive position. The server sends its
+ * own right after a resumed hello; the client answers with its own, then both resend what was lost.
+ */
+export interface SyncMessage {
+  type: "sync";
+  /** `[stream id, bytes received, bytes acknowledged, END received ? 1 : 0]` per open stream. */
+  streams: [number, number, number, number][];
+  /** Streams freed cleanly on the sender's side whose last frames the peer may have missed. */
+  finished: number[];
+  /** Highest stream id the sender accepted (client), 0 for the server. */
+  accepted: number;
+}
+
+/** Server → client: the server is shutting down; no new visitors, streams in flight may finish. */
+export interface GoingAway {
+  type: "going-away";
+  /** Seconds the server waits for streams to finish before it closes the connection. */
+  drain: number;
 }
 
 /** Client → server: publish a local service. */
@@ -100,6 +134,8 @@ export interface ExposeRequest {
   kind: "tcp";
   /** Public port wanted; absent for any. */
   port?: number;
+  /** Tunnel id wanted (a client re-exposing after a server restart keeps its id); absent for a new one. */
+  tunnel?: string;
 }
 
 /** Server → client: a tunnel is live. */
@@ -124,7 +160,10 @@ export interface ErrorMessage {
 }
 
 /** Every text control message. */
-export type ControlMessage = Hello | ExposeRequest | Exposed | ErrorMessage;
+export type ControlMessage = Hello | SyncMessage | GoingAway | ExposeRequest | Exposed | ErrorMessage;
+
+/** What a tunnel id may look like (nanoid's alphabet). */
+export const TUNNEL_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** Metadata carried by OPEN frames (JSON after the fixed part). */
 export interface OpenMeta {
@@ -140,6 +179,15 @@ export class ProtocolError extends Error {
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null;
 const isPort = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0 && (v as number) < 65536;
 const isCount = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0;
+const isSeq = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+const isStreamId = (v: unknown): v is number => isCount(v) && (v as number) <= 0xffffffff;
+const isPosition = (v: unknown): boolean =>
+  Array.isArray(v) &&
+  v.length === 4 &&
+  isStreamId(v[0]) &&
+  isSeq(v[1]) &&
+  isSeq(v[2]) &&
+  (v[3] === 0 || v[3] === 1);
 
 /**
  * Parses and validates one JSON control message.
@@ -160,12 +208,33 @@ export function parseControl(text: string): ControlMessage {
         isCount(value.window) &&
         isCount(value.maxFramePayload) &&
         isCount(value.maxStreamsPerTunnel) &&
-        isCount(value.maxTunnelsPerClient)
+        isCount(value.maxTunnelsPerClient) &&
+        typeof value.session === "string" &&
+        typeof value.secret === "string" &&
+        typeof value.resumed === "boolean"
       )
         return value as unknown as Hello;
       break;
+    case "sync":
+      if (
+        Array.isArray(value.streams) &&
+        value.streams.every(isPosition) &&
+        Array.isArray(value.finished) &&
+        value.finished.every(isStreamId) &&
+        isSeq(value.accepted)
+      )
+        return value as unknown as SyncMessage;
+      break;
+    case "going-away":
+      if (isSeq(value.drain)) return value as unknown as GoingAway;
+      break;
     case "expose":
-      if (isCount(value.id) && value.kind === "tcp" && (value.port === undefined || isPort(value.port)))
+      if (
+        isCount(value.id) &&
+        value.kind === "tcp" &&
+        (value.port === undefined || isPort(value.port)) &&
+        (value.tunnel === undefined || (typeof value.tunnel === "string" && TUNNEL_ID.test(value.tunnel)))
+      )
         return value as unknown as ExposeRequest;
       break;
     case "exposed":

@@ -4,18 +4,21 @@
  * (local-service sockets).
  *
  * Rules (see PROTOCOL.md):
- * - We send at most `sendCredit` DATA bytes; out of credit, the rest of the chunk is held and the socket
- *   paused until a WINDOW frame arrives. Memory per stream is bounded by one read chunk on the send side
- *   and by the window on the receive side (`pending`), whatever the peers do.
+ * - At most one window of DATA is unacknowledged; out of credit, the rest of the chunk is held and the
+ *   socket paused until a WINDOW frame arrives. Unacknowledged bytes are kept (by reference) so that a
+ *   resumed session can resend what a blip lost. Memory per stream is bounded by the window plus one
+ *   read chunk on the send side and by the window on the receive side (`pending`), whatever peers do.
  * - Bytes received are written to the socket; credit goes back (WINDOW) once the kernel took them,
- *   batched per quarter window.
+ *   batched per quarter window, and at once when the write side is shut.
  * - FIN from our socket becomes END (after held bytes); END from the peer becomes `shutdown()` (after
- *   pending bytes). The stream is freed when both directions ended, or at once on RESET.
+ *   pending bytes). The stream is freed when both directions ended and every byte we sent was
+ *   acknowledged, or at once on RESET.
  * @module
  */
 
 import type { Socket } from "bun";
-import { ProtocolError, ResetCode } from "./protocol.ts";
+import { ByteQueue } from "./byte-queue.ts";
+import { type OpenMeta, ProtocolError, ResetCode, type StreamKind } from "./protocol.ts";
 
 /** What a stream needs from the multiplexer that owns it. */
 export interface StreamHost {
@@ -25,7 +28,8 @@ export interface StreamHost {
   sendWindow(stream: number, increment: number): void;
   sendEnd(stream: number): void;
   sendReset(stream: number, code: number, reason: string): void;
-  release(stream: Stream): void;
+  /** The stream is freed; `clean` when both directions ended and every byte was acknowledged. */
+  release(stream: Stream, clean: boolean): void;
 }
 
 /** The `data` slot of every relayed Bun socket. */
@@ -36,6 +40,23 @@ export interface RelaySocketData {
 /** A relayed Bun TCP socket. */
 export type RelaySocket = Socket<RelaySocketData>;
 
+/** One stream's receive position, as told to the peer when a session resumes (see PROTOCOL.md). */
+export interface StreamPosition {
+  /** Bytes received on this stream so far. */
+  received: number;
+  /** Bytes written into the socket and credited back to the sender so far. */
+  acked: number;
+  /** Whether the peer's END arrived. */
+  endReceived: boolean;
+}
+
+/** How the opening side announced a stream, kept so that an OPEN lost in a blip can be sent again. */
+export interface OpenInfo {
+  kind: StreamKind;
+  tunnel: number;
+  meta: OpenMeta;
+}
+
 const PAUSED_BY_CREDIT = 1;
 const PAUSED_BY_TRANSPORT = 2;
 
@@ -43,21 +64,30 @@ const PAUSED_BY_TRANSPORT = 2;
 export class Stream {
   /** The socket, once connected; null before (client side) and after it closed. */
   private socket: RelaySocket | null = null;
-  private sendCredit: number;
-  /** Bytes the peer may still send before our next WINDOW; exceeding it is a protocol error. */
-  private recvAllowance: number;
-  /** Bytes written into the socket whose credit was not yet returned. */
-  private unacked = 0;
+  /** Set by the opening side: how the stream was announced. */
+  open: OpenInfo | null = null;
+  /** DATA bytes sent so far (sequence number of the next byte). */
+  private sentSeq = 0;
+  /** Of those, bytes the peer credited back (wrote into its socket). */
+  private ackedSeq = 0;
+  /** Bytes sent but not yet credited, kept (by reference) to resend after a resume. */
+  private readonly unacked = new ByteQueue();
   /** Bytes read from the socket but not yet sent, for lack of credit. */
   private held: Uint8Array | null = null;
+  /** DATA bytes received so far. */
+  private recvSeq = 0;
+  /** Of those, bytes written into the socket. */
+  private writtenSeq = 0;
+  /** Of those, bytes credited back to the peer (WINDOW or resume). */
+  private creditedSeq = 0;
   /** Bytes from the peer that the socket has not taken yet (bounded by the window). */
-  private pending: Uint8Array[] = [];
+  private readonly pending = new ByteQueue();
   private readEnded = false;
   private endSent = false;
   private endReceived = false;
   private writeShut = false;
   private pauses = 0;
-  /** True once the stream was freed (both directions ended, or reset). */
+  /** True once the stream was freed (both directions ended and acknowledged, or reset). */
   closed = false;
 
   /**
@@ -69,10 +99,7 @@ export class Stream {
     readonly id: number,
     private readonly host: StreamHost,
     private readonly onClosed?: (stream: Stream) => void,
-  ) {
-    this.sendCredit = host.window;
-    this.recvAllowance = host.window;
-  }
+  ) {}
 
   /** Binds the socket (at once on the server, after connect on the client) and flushes what waited. */
   attach(socket: RelaySocket): void {
@@ -100,11 +127,15 @@ export class Stream {
 
   private sendWithinCredit(chunk: Uint8Array): void {
     const max = this.host.maxFramePayload;
+    let credit = this.host.window - (this.sentSeq - this.ackedSeq);
     let offset = 0;
-    while (offset < chunk.length && this.sendCredit > 0) {
-      const n = Math.min(chunk.length - offset, this.sendCredit, max);
-      this.host.sendData(this.id, n === chunk.length ? chunk : chunk.subarray(offset, offset + n));
-      this.sendCredit -= n;
+    while (offset < chunk.length && credit > 0) {
+      const n = Math.min(chunk.length - offset, credit, max);
+      const piece = n === chunk.length ? chunk : chunk.subarray(offset, offset + n);
+      this.host.sendData(this.id, piece);
+      this.unacked.push(piece);
+      this.sentSeq += n;
+      credit -= n;
       offset += n;
     }
     if (offset < chunk.length) {
@@ -130,7 +161,7 @@ export class Stream {
     this.socket = null;
     if (this.closed) return;
     if (!error && !this.readEnded) this.onSocketEnd();
-    if (!error && !this.writeShut && this.endReceived && this.pending.length === 0) this.writeShut = true;
+    if (!error && !this.writeShut && this.endReceived && this.pending.length === 0) this.shutWrite();
     if (error || !this.writeShut) {
       this.reset(ResetCode.Aborted, error ? `connection aborted: ${error.message}` : "connection closed");
       return;
@@ -141,9 +172,9 @@ export class Stream {
   /** DATA from the peer. */
   onData(payload: Uint8Array): void {
     if (this.endReceived) throw new ProtocolError(`DATA after END on stream ${this.id}`);
-    if (payload.length > this.recvAllowance)
+    if (this.recvSeq + payload.length - this.creditedSeq > this.host.window)
       throw new ProtocolError(`stream ${this.id}: peer sent ${payload.length} bytes past its window`);
-    this.recvAllowance -= payload.length;
+    this.recvSeq += payload.length;
     const socket = this.socket;
     if (socket === null || this.pending.length !== 0) {
       this.pending.push(payload);
@@ -151,14 +182,21 @@ export class Stream {
     }
     const written = socket.write(payload);
     if (written < 0) return; // closing: the close handler settles the stream
-    this.credit(written);
+    this.wrote(written);
     if (written < payload.length) this.pending.push(payload.subarray(written));
   }
 
-  /** WINDOW from the peer: send what was held, then resume reading. */
+  /** WINDOW from the peer: forget what it acknowledged, send what was held, resume reading. */
   onWindow(increment: number): void {
-    this.sendCredit += increment;
-    if (this.sendCredit > 0x7fffffff) throw new ProtocolError(`stream ${this.id}: window overflow`);
+    if (this.ackedSeq + increment > this.sentSeq)
+      throw new ProtocolError(`stream ${this.id}: WINDOW acknowledges bytes never sent`);
+    this.ackedSeq += increment;
+    this.unacked.drop(increment);
+    this.sendHeld();
+    this.maybeFree();
+  }
+
+  private sendHeld(): void {
     const held = this.held;
     if (held === null) return;
     this.held = null;
@@ -192,60 +230,106 @@ export class Stream {
     if (this.closed) return;
     this.closed = true;
     this.held = null;
-    this.pending.length = 0;
+    this.pending.clear();
+    this.unacked.clear();
     const socket = this.socket;
     this.socket = null;
     if (socket) {
       socket.data.stream = null;
       socket.terminate();
     }
-    this.host.release(this);
+    this.host.release(this, false);
     this.onClosed?.(this);
   }
 
-  /** Connection-level backpressure: the WebSocket is full, so stop or restart reading. */
+  /** Connection-level backpressure or a resume in progress: stop or restart reading. */
   setTransportBlocked(blocked: boolean): void {
     if (blocked) this.pause(PAUSED_BY_TRANSPORT);
     else this.unpause(PAUSED_BY_TRANSPORT);
   }
 
-  /** Bytes buffered by this stream in either direction (for tests and /health). */
+  /** Bytes buffered by this stream: held, unacknowledged and pending (for tests and /health). */
   get bufferedBytes(): number {
-    let n = this.held?.length ?? 0;
-    for (const chunk of this.pending) n += chunk.length;
-    return n;
+    return (this.held?.length ?? 0) + this.unacked.length + this.pending.length;
+  }
+
+  /**
+   * This side's receive position, for the peer after a resume. Everything written so far counts as
+   * credited: the position itself returns that credit, so WINDOW frames lost in the blip do not matter.
+   */
+  position(): StreamPosition {
+    this.creditedSeq = this.writtenSeq;
+    return { received: this.recvSeq, acked: this.writtenSeq, endReceived: this.endReceived };
+  }
+
+  /**
+   * Applies the peer's position after a resume: forget what it acknowledged, resend what it never
+   * received (DATA lost in the blip), and END again if that was lost too.
+   * @throws {ProtocolError} when the position claims bytes this side never sent.
+   */
+  resume(peer: StreamPosition): void {
+    if (this.closed) return;
+    if (peer.acked > peer.received || peer.received > this.sentSeq || peer.acked < this.ackedSeq)
+      throw new ProtocolError(`stream ${this.id}: resume position out of range`);
+    this.unacked.drop(peer.acked - this.ackedSeq);
+    this.ackedSeq = peer.acked;
+    const max = this.host.maxFramePayload;
+    this.unacked.forEachFrom(peer.received - this.ackedSeq, (chunk) => {
+      for (let at = 0; at < chunk.length; at += max)
+        this.host.sendData(this.id, chunk.subarray(at, Math.min(chunk.length, at + max)));
+    });
+    if (this.endSent && !peer.endReceived) this.host.sendEnd(this.id);
+    this.sendHeld();
+    this.maybeFree();
+  }
+
+  /**
+   * The peer freed this stream cleanly while the transport was down: it received and wrote all our
+   * bytes and our END, and we had all of its bytes; only its END may have been lost.
+   */
+  finishedByPeer(): void {
+    if (this.closed) return;
+    this.unacked.clear();
+    this.ackedSeq = this.sentSeq;
+    this.onEnd();
+    this.maybeFree();
   }
 
   private flushPending(): void {
     const socket = this.socket;
     if (socket === null) return;
     const pending = this.pending;
-    while (pending.length !== 0) {
-      const chunk = pending[0] as Uint8Array;
+    for (let chunk = pending.peek(); chunk !== undefined; chunk = pending.peek()) {
       const written = socket.write(chunk);
       if (written < 0) return;
-      this.credit(written);
-      if (written < chunk.length) {
-        pending[0] = chunk.subarray(written);
-        return;
-      }
-      pending.shift();
+      this.wrote(written);
+      pending.drop(written);
+      if (written < chunk.length) return;
     }
     if (this.endReceived && !this.writeShut) {
-      this.writeShut = true;
       socket.shutdown();
+      this.shutWrite();
       this.maybeFree();
     }
   }
 
-  private credit(written: number): void {
-    this.unacked += written;
+  /** Our write side is done: return the last credit at once, so the peer can free the stream. */
+  private shutWrite(): void {
+    this.writeShut = true;
+    this.returnCredit();
+  }
+
+  private wrote(n: number): void {
+    this.writtenSeq += n;
     // Batch credit: a WINDOW per quarter window keeps the sender busy without a frame per chunk.
-    if (this.unacked >= this.host.window >>> 2) {
-      this.host.sendWindow(this.id, this.unacked);
-      this.recvAllowance += this.unacked;
-      this.unacked = 0;
-    }
+    if (this.writtenSeq - this.creditedSeq >= this.host.window >>> 2) this.returnCredit();
+  }
+
+  private returnCredit(): void {
+    const increment = this.writtenSeq - this.creditedSeq;
+    if (increment === 0) return;
+    this.creditedSeq = this.writtenSeq;
+    this.host.sendWindow(this.id, increment);
   }
 
   private sendEnd(): void {
@@ -257,6 +341,7 @@ export class Stream {
 
   private maybeFree(): void {
     if (this.closed || !this.endSent || !this.endReceived || !this.writeShut) return;
+    if (this.ackedSeq !== this.sentSeq) return; // the peer may still need a resend after a blip
     this.closed = true;
     const socket = this.socket;
     this.socket = null;
@@ -264,7 +349,7 @@ export class Stream {
       socket.data.stream = null;
       socket.end(); // both directions are done: close the descriptor
     }
-    this.host.release(this);
+    this.host.release(this, true);
     this.onClosed?.(this);
   }
 
@@ -306,5 +391,9 @@ export const relaySocketHandlers = {
   },
   error(socket: RelaySocket, error: Error) {
     socket.data.stream?.onSocketClose(error);
+  },
+  /** Fires only where `socket.timeout(seconds)` was set: the server's visitor idle timeout. */
+  timeout(socket: RelaySocket) {
+    socket.data.stream?.reset(ResetCode.Idle, "idle timeout");
   },
 };

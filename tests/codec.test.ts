@@ -283,8 +283,22 @@ describe("control messages", () => {
       maxFramePayload: MAX,
       maxStreamsPerTunnel: 4096,
       maxTunnelsPerClient: 32,
+      session: "s1",
+      secret: "k",
+      resumed: false,
     },
+    {
+      type: "sync",
+      streams: [
+        [1, 10, 8, 0],
+        [0xffffffff, 0, 0, 1],
+      ],
+      finished: [3, 4],
+      accepted: 7,
+    },
+    { type: "going-away", drain: 10 },
     { type: "expose", id: 1, kind: "tcp" },
+    { type: "expose", id: 4, kind: "tcp", port: 5000, tunnel: "V1StGXR8_Z5j" },
     { type: "expose", id: 2, kind: "tcp", port: 65535 },
     { type: "exposed", id: 1, tunnel: "abc", ref: 1, host: "localhost", port: 4000, url: "localhost:4000" },
     { type: "error", id: 3, code: "port_taken", message: "port 4000 is already in use on the server" },
@@ -298,6 +312,9 @@ describe("control messages", () => {
   test("malformed or unknown messages are ProtocolErrors", () => {
     const bad = [
       "",
+      '{"type":"sync","streams":[[0,1,1,0]],"finished":[],"accepted":0}',
+      '{"type":"sync","streams":[[1,1,2]],"finished":[],"accepted":0}',
+      '{"type":"expose","id":1,"kind":"tcp","tunnel":"../x"}',
       "{",
       "not json",
       "null",

@@ -44,9 +44,10 @@ test("local service not listening: the visitor is closed promptly and both proce
   await eventually(async () => (await server.health()).streams === 0, 3000, "server streams freed");
 });
 
-test("client killed with SIGKILL: the public port closes within seconds", async () => {
+test("client killed with SIGKILL: the public port closes within seconds of the grace period", async () => {
   const service = startEchoService();
-  const server = await startServerProcess();
+  // The tunnel stays reserved for --grace seconds in case the client comes back; then it is released.
+  const server = await startServerProcess(["--grace", "1"]);
   const client = await startClientProcess(server.url, [`127.0.0.1:${service.port}`]);
   const port = (client.tunnels[0] as { port: number }).port;
   const visitor = await connectVisitor(port);

@@ -1,0 +1,335 @@
+/**
+ * The server's view of one client: its WebSocket (while connected), its stream multiplexer, its
+ * tunnels with their public listeners, and its life cycle:
+ *
+ * ```text
+ * live ──ws lost/silent──▶ reserved ──grace over──▶ ended
+ *   ▲                          │
+ *   └──── syncing ◀──resumed───┘     (client closes with 1000, or server shuts down: ended at once)
+ * ```
+ *
+ * While reserved, the public ports stay bound (refusing new visitors at once) and visitor connections
+ * stay open and paused with their unacknowledged bytes, so a client that resumes within the grace
+ * period gets the same tunnels back and loses no connection and no byte.
+ * @module
+ */
+
+import { randomBytes } from "node:crypto";
+import type { ServerWebSocket, TCPSocketListener } from "bun";
+import { nanoid } from "nanoid";
+import { formatHost, type PortRange } from "./args.ts";
+import { keyMatches } from "./auth.ts";
+import { describeError, type Logger } from "./log.ts";
+import { Mux } from "./mux.ts";
+import {
+  CloseCode,
+  type ExposeRequest,
+  type Hello,
+  ProtocolError,
+  parseControl,
+  StreamKind,
+  type SyncMessage,
+} from "./protocol.ts";
+import { listenPublic, PortError } from "./public-port.ts";
+import { type RelaySocket, type RelaySocketData, relaySocketHandlers } from "./stream.ts";
+
+/** The `data` slot of every client WebSocket. */
+export interface SessionSocketData {
+  session: Session | null;
+  /** A reserved session this connection resumes (set by the upgrade handler). */
+  resume: Session | null;
+  remote: string;
+}
+
+/** A client's WebSocket on the server. */
+export type SessionSocket = ServerWebSocket<SessionSocketData>;
+
+/** Server-wide settings and registries every session uses. */
+export interface SessionContext {
+  host: string;
+  domain: string;
+  tcpPorts?: PortRange;
+  /** Settings announced in hello (session fields are filled per session). */
+  limits: Omit<Hello, "type" | "session" | "secret" | "resumed">;
+  /** Seconds a dropped client's tunnels stay reserved. */
+  graceSeconds: number;
+  /** Seconds without a byte either way after which a visitor is closed; 0 = never. */
+  visitorIdleSeconds: number;
+  log: Logger;
+  /** Tunnel ids in use server-wide (live and reserved). */
+  tunnelIds: Set<string>;
+  /** Called once when the session ended for good. */
+  onEnded(session: Session): void;
+}
+
+/** One public TCP tunnel of a session. */
+export interface Tunnel {
+  id: string;
+  ref: number;
+  port: number;
+  listener: TCPSocketListener<RelaySocketData>;
+  streams: number;
+}
+
+type State = "live" | "syncing" | "reserved" | "draining" | "ended";
+
+/** One client, across the WebSocket connections it resumes the session with. */
+export class Session {
+  /** Session id, sent in hello; public within the connection, useless without the secret. */
+  readonly id = nanoid(16);
+  /** Resume secret: 32 random bytes, sent only to this client. */
+  readonly secret = randomBytes(32).toString("base64url");
+  readonly mux: Mux;
+  readonly tunnels = new Map<number, Tunnel>();
+  /** When the client was last heard from (any message, ping or pong), ms since the epoch. */
+  lastSeen = Date.now();
+  private ws: SessionSocket | null = null;
+  private state: State = "live";
+  private graceTimer: ReturnType<typeof setTimeout> | undefined;
+  private nextRef = 1;
+
+  constructor(private readonly context: SessionContext) {
+    this.mux = new Mux(() => {}, context.limits);
+    this.mux.detach();
+  }
+
+  /** The client's address, for logs. */
+  get remote(): string {
+    return this.ws?.data.remote ?? "(disconnected)";
+  }
+
+  /** True while the grace period runs. */
+  get reserved(): boolean {
+    return this.state === "reserved";
+  }
+
+  /** Checks a presented resume secret in constant time. */
+  secretMatches(presented: string): boolean {
+    return keyMatches(presented, this.secret);
+  }
+
+  /**
+   * Binds a WebSocket: a new session starts live; a resumed one sends its stream positions and waits
+   * for the client's before frames flow. A still-connected older WebSocket is replaced.
+   */
+  attach(ws: SessionSocket): void {
+    const resumed = this.ws !== null || this.state === "reserved";
+    if (this.ws) {
+      const old = this.ws;
+      old.data.session = null;
+      this.mux.detach();
+      old.close(CloseCode.Replaced, "session resumed on a newer connection");
+    }
+    clearTimeout(this.graceTimer);
+    this.ws = ws;
+    ws.data.session = this;
+    this.lastSeen = Date.now();
+    const hello: Hello = {
+      type: "hello",
+      ...this.context.limits,
+      session: this.id,
+      secret: this.secret,
+      resumed,
+    };
+    ws.send(JSON.stringify(hello));
+    if (resumed) {
+      this.state = "syncing";
+      ws.send(JSON.stringify({ type: "sync", ...this.mux.syncState() } satisfies SyncMessage));
+    } else {
+      this.state = "live";
+      this.mux.resume((frame) => this.sendFrame(frame), { streams: [], finished: [], accepted: 0 });
+    }
+  }
+
+  private sendFrame(frame: Uint8Array): void {
+    const ws = this.ws;
+    if (ws === null) return;
+    const sent = ws.send(frame);
+    // -1: queued past the backpressure mark → pause readers until drain. 0: dropped → the socket is dead.
+    if (sent === -1) this.mux.setBlocked(true);
+    else if (sent === 0) this.fail(CloseCode.InternalError, "WebSocket send failed");
+  }
+
+  /** One message from the client's WebSocket. */
+  onMessage(message: string | Uint8Array): void {
+    this.lastSeen = Date.now();
+    try {
+      if (typeof message === "string") this.onControl(message);
+      else if (this.state === "live" || this.state === "draining") this.mux.receive(message);
+      else throw new ProtocolError("binary frame before sync");
+    } catch (error) {
+      // A broken protocol is no network blip: the session ends instead of being reserved.
+      if (error instanceof ProtocolError)
+        this.fail(CloseCode.ProtocolError, `protocol error: ${error.message}`);
+      else this.fail(CloseCode.InternalError, `internal error: ${describeError(error)}`);
+    }
+  }
+
+  /** The WebSocket can take more: resume reading every stream. */
+  onDrain(): void {
+    if (this.state === "live" || this.state === "draining") this.mux.setBlocked(false);
+  }
+
+  private onControl(text: string): void {
+    const message = parseControl(text);
+    if (message.type === "expose" && this.state === "live") this.expose(message);
+    else if (message.type === "sync" && this.state === "syncing") {
+      this.state = "live";
+      this.mux.resume((frame) => this.sendFrame(frame), message);
+      this.context.log.info(
+        `client ${this.remote} resumed session: ${this.tunnels.size} tunnels, ${this.mux.streams.size} streams kept`,
+      );
+    } else throw new ProtocolError(`unexpected '${message.type}' from a client (${this.state})`);
+  }
+
+  private expose(request: ExposeRequest): void {
+    const { log, limits, host, domain, tcpPorts, tunnelIds } = this.context;
+    if (this.tunnels.size >= limits.maxTunnelsPerClient) {
+      this.refuse(request, "limit", `a client may hold at most ${limits.maxTunnelsPerClient} tunnels`);
+      return;
+    }
+    // A client re-exposing after a server restart keeps its tunnel id unless another client holds it.
+    const wanted = request.tunnel;
+    const id = wanted !== undefined && !tunnelIds.has(wanted) ? wanted : nanoid(12);
+    const ref = this.nextRef++;
+    const tunnel = { id, ref, port: 0, streams: 0 } as Tunnel;
+    try {
+      tunnel.listener = listenPublic<RelaySocketData>(
+        { host, port: request.port, range: tcpPorts },
+        { ...relaySocketHandlers, open: (socket) => this.acceptVisitor(tunnel, socket) },
+      );
+    } catch (error) {
+      this.refuse(request, error instanceof PortError ? error.code : "listen_failed", describeError(error));
+      return;
+    }
+    tunnel.port = tunnel.listener.port;
+    this.tunnels.set(ref, tunnel);
+    tunnelIds.add(tunnel.id);
+    const url = `${formatHost(domain)}:${tunnel.port}`;
+    log.info(`tunnel ${tunnel.id} for ${this.remote} on port ${tunnel.port}`);
+    const exposed = {
+      type: "exposed",
+      id: request.id,
+      tunnel: tunnel.id,
+      ref,
+      host: domain,
+      port: tunnel.port,
+      url,
+    };
+    this.ws?.send(JSON.stringify(exposed));
+  }
+
+  private refuse(request: ExposeRequest, code: string, message: string): void {
+    this.context.log.info(`expose refused for ${this.remote}: ${message}`);
+    this.ws?.send(JSON.stringify({ type: "error", id: request.id, code, message }));
+  }
+
+  /** A visitor connected to a tunnel's public port: announce it as a new stream and relay. */
+  private acceptVisitor(tunnel: Tunnel, socket: RelaySocket): void {
+    socket.data = { stream: null };
+    // While the client is away (or the server drains) a visitor is refused at once, not left hanging.
+    if (this.state !== "live") {
+      socket.terminate();
+      return;
+    }
+    const limit = this.context.limits.maxStreamsPerTunnel;
+    if (tunnel.streams >= limit) {
+      this.context.log.warn(`tunnel ${tunnel.id}: visitor refused, ${tunnel.streams} streams open (limit)`);
+      socket.terminate();
+      return;
+    }
+    tunnel.streams++;
+    const stream = this.mux.createStream(() => tunnel.streams--);
+    const remote = `${formatHost(socket.remoteAddress)}:${socket.remotePort}`;
+    this.mux.sendOpen(stream, StreamKind.Tcp, tunnel.ref, { remote });
+    stream.attach(socket);
+    if (this.context.visitorIdleSeconds > 0) socket.timeout(this.context.visitorIdleSeconds);
+  }
+
+  /** Heartbeat tick: ping a live client, or declare it dead after `timeoutMs` of silence. */
+  heartbeat(now: number, timeoutMs: number): void {
+    const ws = this.ws;
+    if (ws === null || this.state === "reserved") return;
+    if (now - this.lastSeen > timeoutMs) {
+      this.context.log.warn(
+        `client ${this.remote} silent for ${Math.round((now - this.lastSeen) / 1000)} s: dead`,
+      );
+      ws.terminate();
+      this.onClose(ws, 1006);
+      return;
+    }
+    ws.ping();
+  }
+
+  /**
+   * The WebSocket closed. A client that said goodbye (1000) ends the session; any other loss keeps
+   * the tunnels and streams reserved for the grace period.
+   */
+  onClose(ws: SessionSocket, code: number): void {
+    if (ws !== this.ws) return; // an old connection that a resume replaced
+    this.ws = null;
+    ws.data.session = null;
+    if (code === CloseCode.Normal || this.state === "draining" || this.context.graceSeconds === 0) {
+      this.end();
+      return;
+    }
+    this.state = "reserved";
+    this.mux.detach();
+    this.context.log.info(
+      `client ${ws.data.remote} lost (${code}): ${this.tunnels.size} tunnels reserved for ${this.context.graceSeconds} s`,
+    );
+    this.graceTimer = setTimeout(() => {
+      this.context.log.info(`session ${this.id}: grace period over, tunnels released`);
+      this.end();
+    }, this.context.graceSeconds * 1000);
+  }
+
+  /**
+   * Server shutdown: no new visitors (the public ports close), tell the client, let streams finish.
+   * Resolves when no stream is left or `drainMs` passed.
+   */
+  async drain(drainMs: number): Promise<void> {
+    if (this.state !== "live") return this.end();
+    this.state = "draining";
+    for (const tunnel of this.tunnels.values()) tunnel.listener.stop(false);
+    this.ws?.send(JSON.stringify({ type: "going-away", drain: Math.round(drainMs / 1000) }));
+    const deadline = Date.now() + drainMs;
+    while (this.mux.streams.size > 0 && this.ws !== null && Date.now() < deadline) await Bun.sleep(50);
+  }
+
+  /**
+   * Closes the WebSocket with a code, after logging why. A protocol error ends the session; a failed
+   * send keeps the tunnels reserved, as any other loss of the connection does.
+   */
+  fail(code: number, reason: string): void {
+    const ws = this.ws;
+    if (ws === null) return;
+    this.context.log.warn(`closing client ${ws.data.remote}: ${reason}`);
+    if (code === CloseCode.ProtocolError) {
+      this.end(code, reason.slice(0, 120));
+      return;
+    }
+    ws.close(code, reason.slice(0, 120));
+    this.onClose(ws, code);
+  }
+
+  /** Ends the session for good: closes its public ports, every visitor and the WebSocket. */
+  end(code: number = CloseCode.GoingAway, reason = "server shutting down"): void {
+    if (this.state === "ended") return;
+    this.state = "ended";
+    clearTimeout(this.graceTimer);
+    for (const tunnel of this.tunnels.values()) {
+      tunnel.listener.stop(true);
+      this.context.tunnelIds.delete(tunnel.id);
+    }
+    this.tunnels.clear();
+    this.mux.destroyAll();
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      ws.data.session = null;
+      ws.close(code, reason);
+    }
+    this.context.onEnded(this);
+  }
+}
