@@ -421,7 +421,17 @@ async function main(): Promise<void> {
     log.warn(
       "--insecure: the server's TLS certificate is NOT verified; anyone on the path can read and alter the traffic",
     );
-  let handle: ClientHandle;
+  // Signals are handled from the first moment: one arriving during start-up still exits cleanly.
+  let handle: ClientHandle | undefined;
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    await handle?.close();
+    process.exit(0);
+  };
+  process.on("SIGINT", () => void stop());
+  process.on("SIGTERM", () => void stop());
   try {
     // One stdout line per tunnel the server confirms: at start, and again after a server restart.
     handle = await startClient({
@@ -432,19 +442,12 @@ async function main(): Promise<void> {
       },
     });
   } catch (error) {
+    if (stopping) return;
     process.stderr.write(
       `error: ${error instanceof ConnectError || error instanceof ClientError ? error.message : describeError(error)}\n`,
     );
     process.exit(1);
   }
-  let stopping = false;
-  const stop = async () => {
-    stopping = true;
-    await handle.close();
-    process.exit(0);
-  };
-  process.once("SIGINT", () => void stop());
-  process.once("SIGTERM", () => void stop());
   const reason = await handle.closed;
   if (stopping) return;
   process.stderr.write(`error: ${reason}\n`);

@@ -62,7 +62,7 @@ export interface ServerOptions {
   heartbeatSeconds?: number;
   /** Seconds streams may take to finish on shutdown (default 10). */
   drainSeconds?: number;
-  /** Seconds a control-port connection may take to complete its upgrade (default 10). */
+  /** Seconds a client may take, once upgraded, to send its first expose or sync (default 10). */
   handshakeSeconds?: number;
   /** Failed auth attempts per remote address per minute before `429` (default 10). */
   authFailLimit?: number;
@@ -121,7 +121,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       maxTunnelsPerClient: options.maxTunnelsPerClient ?? DEFAULTS.maxTunnelsPerClient,
     },
     graceSeconds: options.graceSeconds ?? 60,
-    visitorIdleSeconds: options.visitorIdleSeconds ?? 0,
+    handshakeSeconds: options.handshakeSeconds ?? 10,
     log,
     tunnelIds: new Set(),
     onEnded: (session) => sessions.delete(session.id),
@@ -179,8 +179,9 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     hostname: host,
     port: options.port ?? 7070,
     tls: options.tls,
-    // Bounds how long a connection may sit on the control port without completing a request (slowloris).
-    idleTimeout: options.handshakeSeconds ?? 10,
+    // An incomplete HTTP request (slowloris) is closed by Bun itself after ~10-12 s, whatever this says;
+    // this bounds idle keep-alive connections. The protocol handshake has its own timeout (Session).
+    idleTimeout: 10,
     fetch: (req, srv) => app.fetch(req, srv),
     error: (error) => {
       log.error(`request failed: ${describeError(error)}`);
@@ -227,6 +228,19 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     for (const session of sessions.values()) session.heartbeat(now, 3 * heartbeatMs);
   }, heartbeatMs);
 
+  // Visitor idle timeout: a sweep a few times per timeout period, off unless asked for.
+  const idleMs = (options.visitorIdleSeconds ?? 0) * 1000;
+  const idleSweep =
+    idleMs > 0
+      ? setInterval(
+          () => {
+            const now = Date.now();
+            for (const session of sessions.values()) session.sweepIdle(now, idleMs);
+          },
+          Math.min(1000, idleMs / 4),
+        )
+      : undefined;
+
   const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${server.port}`;
   log.info(`listening on ${url} (domain ${context.domain})`);
   if (!options.apiKey) log.warn("no SOCKETS_SINGLE_API_KEY set: any client may open tunnels");
@@ -239,6 +253,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       if (draining) return;
       draining = true;
       clearInterval(heartbeat);
+      clearInterval(idleSweep);
       void server.stop(false);
       const drainMs = (options.drainSeconds ?? 10) * 1000;
       await Promise.all([...sessions.values()].map((session) => session.drain(drainMs)));
@@ -263,7 +278,7 @@ Options:
   --grace SECONDS        keep a dropped client's tunnels and connections for it (default 60; 0 = no)
   --heartbeat SECONDS    ping interval; a client silent for 3 intervals is dead (default 10)
   --drain-timeout SECONDS  on SIGTERM/SIGINT, how long streams may take to finish (default 10)
-  --handshake-timeout SECONDS  close control-port connections idle this long before upgrading (default 10)
+  --handshake-timeout SECONDS  close clients that send no expose/sync this long after connecting (default 10)
   --auth-fail-limit N    failed auth attempts per address per minute before 429 (default 10)
   --visitor-idle-timeout SECONDS  close visitor connections idle this long (default 0 = never)
   -q, --quiet            log warnings and errors only
@@ -327,11 +342,11 @@ export function parseServerArgs(
     heartbeatSeconds: optional(values.heartbeat, (v) => parseSeconds(v, "--heartbeat", 0.1, 3600)),
     drainSeconds: optional(values["drain-timeout"], (v) => parseSeconds(v, "--drain-timeout", 0, 3600)),
     handshakeSeconds: optional(values["handshake-timeout"], (v) =>
-      Math.ceil(parseSeconds(v, "--handshake-timeout", 1, 255)),
+      parseSeconds(v, "--handshake-timeout", 0.1, 3600),
     ),
     authFailLimit: optional(values["auth-fail-limit"], (v) => parseCount(v, "--auth-fail-limit")),
     visitorIdleSeconds: optional(values["visitor-idle-timeout"], (v) =>
-      Math.ceil(parseSeconds(v, "--visitor-idle-timeout", 0, 86_400)),
+      parseSeconds(v, "--visitor-idle-timeout", 0, 86_400),
     ),
     quiet: values.quiet,
   };
@@ -363,7 +378,18 @@ async function main(): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
-  let handle: ServerHandle;
+  // Signals are handled from the first moment: one arriving during start-up still exits cleanly.
+  let handle: ServerHandle | undefined;
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write(`${signal}: shutting down\n`);
+    await handle?.close();
+    process.exit(0);
+  };
+  process.on("SIGINT", () => void stop("SIGINT"));
+  process.on("SIGTERM", () => void stop("SIGTERM"));
   try {
     handle = await startServer(options);
   } catch (error) {
@@ -372,13 +398,6 @@ async function main(): Promise<void> {
     );
     process.exit(1);
   }
-  const stop = async (signal: string) => {
-    process.stderr.write(`${signal}: shutting down\n`);
-    await handle.close();
-    process.exit(0);
-  };
-  process.once("SIGINT", () => void stop("SIGINT"));
-  process.once("SIGTERM", () => void stop("SIGTERM"));
 }
 
 if (import.meta.main) await main();

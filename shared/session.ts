@@ -27,6 +27,7 @@ import {
   type Hello,
   ProtocolError,
   parseControl,
+  ResetCode,
   StreamKind,
   type SyncMessage,
 } from "./protocol.ts";
@@ -53,8 +54,8 @@ export interface SessionContext {
   limits: Omit<Hello, "type" | "session" | "secret" | "resumed">;
   /** Seconds a dropped client's tunnels stay reserved. */
   graceSeconds: number;
-  /** Seconds without a byte either way after which a visitor is closed; 0 = never. */
-  visitorIdleSeconds: number;
+  /** Seconds a client may take, after the upgrade, to send its first expose or sync. */
+  handshakeSeconds: number;
   log: Logger;
   /** Tunnel ids in use server-wide (live and reserved). */
   tunnelIds: Set<string>;
@@ -86,7 +87,10 @@ export class Session {
   private ws: SessionSocket | null = null;
   private state: State = "live";
   private graceTimer: ReturnType<typeof setTimeout> | undefined;
+  private handshakeTimer: ReturnType<typeof setTimeout> | undefined;
   private nextRef = 1;
+  /** Per stream: its byte count at the last idle sweep that saw it move, and when. */
+  private readonly idleMarks = new Map<number, { progress: number; since: number }>();
 
   constructor(private readonly context: SessionContext) {
     this.mux = new Mux(() => {}, context.limits);
@@ -132,6 +136,13 @@ export class Session {
       resumed,
     };
     ws.send(JSON.stringify(hello));
+    // A connection that upgrades and then says nothing holds resources for nothing: bound it.
+    if (this.tunnels.size === 0 || resumed)
+      this.handshakeTimer = setTimeout(
+        () =>
+          this.fail(CloseCode.PolicyViolation, `no expose or sync within ${this.context.handshakeSeconds} s`),
+        this.context.handshakeSeconds * 1000,
+      );
     if (resumed) {
       this.state = "syncing";
       ws.send(JSON.stringify({ type: "sync", ...this.mux.syncState() } satisfies SyncMessage));
@@ -172,6 +183,7 @@ export class Session {
 
   private onControl(text: string): void {
     const message = parseControl(text);
+    clearTimeout(this.handshakeTimer);
     if (message.type === "expose" && this.state === "live") this.expose(message);
     else if (message.type === "sync" && this.state === "syncing") {
       this.state = "live";
@@ -243,7 +255,23 @@ export class Session {
     const remote = `${formatHost(socket.remoteAddress)}:${socket.remotePort}`;
     this.mux.sendOpen(stream, StreamKind.Tcp, tunnel.ref, { remote });
     stream.attach(socket);
-    if (this.context.visitorIdleSeconds > 0) socket.timeout(this.context.visitorIdleSeconds);
+  }
+
+  /**
+   * Idle sweep (`--visitor-idle-timeout`): resets visitors whose byte counts did not move for
+   * `idleMs`. A sweep instead of Bun's `socket.timeout()`, which fires on a 4 s grid and keeps the
+   * socket open; the counters it reads already exist, so the relay's hot path pays nothing.
+   */
+  sweepIdle(now: number, idleMs: number): void {
+    if (this.state !== "live") return;
+    const marks = this.idleMarks;
+    for (const [id, stream] of this.mux.streams) {
+      const mark = marks.get(id);
+      if (mark === undefined || mark.progress !== stream.progress)
+        marks.set(id, { progress: stream.progress, since: now });
+      else if (now - mark.since >= idleMs) stream.reset(ResetCode.Idle, "idle timeout");
+    }
+    for (const id of marks.keys()) if (!this.mux.streams.has(id)) marks.delete(id);
   }
 
   /** Heartbeat tick: ping a live client, or declare it dead after `timeoutMs` of silence. */
@@ -269,7 +297,9 @@ export class Session {
     if (ws !== this.ws) return; // an old connection that a resume replaced
     this.ws = null;
     ws.data.session = null;
-    if (code === CloseCode.Normal || this.state === "draining" || this.context.graceSeconds === 0) {
+    clearTimeout(this.handshakeTimer);
+    const nothingToKeep = this.tunnels.size === 0 || this.context.graceSeconds === 0;
+    if (code === CloseCode.Normal || this.state === "draining" || nothingToKeep) {
       this.end();
       return;
     }
@@ -298,14 +328,14 @@ export class Session {
   }
 
   /**
-   * Closes the WebSocket with a code, after logging why. A protocol error ends the session; a failed
-   * send keeps the tunnels reserved, as any other loss of the connection does.
+   * Closes the WebSocket with a code, after logging why. A protocol error or policy violation ends the
+   * session; a failed send keeps the tunnels reserved, as any other loss of the connection does.
    */
   fail(code: number, reason: string): void {
     const ws = this.ws;
     if (ws === null) return;
     this.context.log.warn(`closing client ${ws.data.remote}: ${reason}`);
-    if (code === CloseCode.ProtocolError) {
+    if (code === CloseCode.ProtocolError || code === CloseCode.PolicyViolation) {
       this.end(code, reason.slice(0, 120));
       return;
     }
@@ -318,6 +348,7 @@ export class Session {
     if (this.state === "ended") return;
     this.state = "ended";
     clearTimeout(this.graceTimer);
+    clearTimeout(this.handshakeTimer);
     for (const tunnel of this.tunnels.values()) {
       tunnel.listener.stop(true);
       this.context.tunnelIds.delete(tunnel.id);

@@ -253,6 +253,11 @@ export class Stream {
     return (this.held?.length ?? 0) + this.unacked.length + this.pending.length;
   }
 
+  /** Bytes moved so far in both directions; unchanged between two looks means the stream is idle. */
+  get progress(): number {
+    return this.sentSeq + this.recvSeq;
+  }
+
   /**
    * This side's receive position, for the peer after a resume. Everything written so far counts as
    * credited: the position itself returns that credit, so WINDOW frames lost in the blip do not matter.
@@ -391,9 +396,5 @@ export const relaySocketHandlers = {
   },
   error(socket: RelaySocket, error: Error) {
     socket.data.stream?.onSocketClose(error);
-  },
-  /** Fires only where `socket.timeout(seconds)` was set: the server's visitor idle timeout. */
-  timeout(socket: RelaySocket) {
-    socket.data.stream?.reset(ResetCode.Idle, "idle timeout");
   },
 };
