@@ -26,7 +26,7 @@ import {
   type Sample,
   type Target,
 } from "./measure.ts";
-import { buildNative } from "./native.ts";
+import { buildNative, ROOT } from "./native.ts";
 import { killAll, type Proc, run, spawn } from "./procs.ts";
 import { PROVIDER_NAMES, PROVIDERS, type ProviderName } from "./providers.ts";
 import { cpuTable, footnotes, markdownTable, type ProviderResult, type SampleKey } from "./report.ts";
@@ -202,9 +202,23 @@ async function measureProvider(
   return result;
 }
 
+/** The code measured: commit, and which tunnel sources differ from it. */
+async function codeVersion(): Promise<string> {
+  const head = await run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], 5000).catch(() => null);
+  if (head?.code !== 0) return "not a git checkout";
+  const paths = ["server.ts", "client.ts", "shared", "scripts", "package.json"];
+  const status = await run(["git", "-C", ROOT, "status", "--porcelain", "--", ...paths], 5000);
+  const changed = status.stdout
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => l.slice(3));
+  return `commit ${head.stdout.trim()}${changed.length ? ` + uncommitted changes in ${changed.join(", ")}` : ""}`;
+}
+
 async function machine(): Promise<Record<string, string>> {
   const ssh = await run(["ssh", "-V"], 5000).catch(() => ({ stderr: "absent" }));
   return {
+    code: await codeVersion(),
     cpus: `${cpus().length} × ${cpus()[0]?.model ?? "?"}`,
     kernel: release(),
     bun: Bun.version,
@@ -251,6 +265,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
   const report = [
     `## sockets benchmark (${options.quick ? "--quick" : "full"} run, ${new Date().toISOString().slice(0, 16)}Z, ${elapsed.toFixed(0)} s)`,
     "",
+    `Code: ${info.code}.`,
     `Machine: ${info.cpus}; Linux ${info.kernel}; Bun ${info.bun}; ${info.ssh}. All traffic on 127.0.0.1.`,
     `Each timed figure is the median of ${params.repeat} run(s). Sizes: bulk ${params.bulkBytes / 1024 ** 2} MiB per run; latency ${params.latencyRounds} × ${params.latencySize} B after ${params.latencyWarmup} warm-up; ${params.connCount} connections, ${params.connInflight} in flight; ${params.holdCount} held; integrity ${params.integrityConns} × ${params.integrityBytes / 1024 ** 2} MiB.`,
     "",

@@ -171,6 +171,12 @@ function integrityCell(r: ProviderResult): string {
 }
 
 const GEN_BOUND = 80;
+const NOISE = 25;
+
+/** CPU used meanwhile by anything outside the benchmark's processes (other users, kernel threads). */
+function otherPct(s: Sample): number {
+  return s.machinePct - s.cpu.reduce((a, c) => a + c.pct, 0);
+}
 
 /** True when the load generator's busiest thread was ≥ 80% of a core: the figure may be generator-bound. */
 function generatorBound(s: Sample | undefined): boolean {
@@ -190,7 +196,9 @@ function cell(row: Row, r: ProviderResult | undefined, direct: number | undefine
     text += ` (${fixed(2)(v / direct)}×)`;
   if (row.label.includes("after they closed") && r.memory)
     text += ` (${fixed(0)((r.memory.afterKiB / r.memory.idleKiB) * 100)}%)`;
-  if (row.sample && generatorBound(r.samples[row.sample])) text += " ᵍ";
+  const sample = row.sample ? r.samples[row.sample] : undefined;
+  if (generatorBound(sample)) text += " ᵍ";
+  if (sample && otherPct(sample) >= NOISE) text += " ⁿ";
   return text;
 }
 
@@ -253,8 +261,7 @@ function cpuCell(s: Sample | undefined): string {
       (c) =>
         `${c.role} ${c.pct.toFixed(0)}${c.busiestThreadPct < c.pct - 5 ? ` (${c.busiestThreadPct.toFixed(0)})` : ""}`,
     );
-  const ours = s.cpu.reduce((a, c) => a + c.pct, 0);
-  const other = s.machinePct - ours;
+  const other = otherPct(s);
   if (other >= 5) parts.push(`other ${other.toFixed(0)}`);
   return `${parts.join(", ")} → ${boundBy(s)}`;
 }
@@ -262,14 +269,15 @@ function cpuCell(s: Sample | undefined): string {
 const CORES = cpus().length;
 
 /**
- * Names what bounds a measurement: a saturated thread (≥ 75% of a core), else every core busy (CPU-bound
- * as a whole), else nothing saturated: the figure is bound by wake-ups and hand-offs (latency).
+ * Names what bounds a measurement: a saturated thread (≥ 75% of a core), else the cores busy (≥ 75% of
+ * all of them: CPU-bound as a whole), else nothing saturated: bound by wake-ups and hand-offs (latency).
  */
 export function boundBy(s: Sample): string {
   const busiest = [...s.cpu].sort((a, b) => b.busiestThreadPct - a.busiestThreadPct)[0];
   if (busiest && busiest.busiestThreadPct >= 75) return `**${busiest.role}** thread`;
   const ours = s.cpu.reduce((a, c) => a + c.pct, 0);
-  if (Math.max(s.machinePct, ours) >= CORES * 100 * 0.85) return `**all ${CORES} cores busy**`;
+  const busy = Math.max(s.machinePct, ours);
+  if (busy >= CORES * 100 * 0.75) return `**cores busy** (${busy.toFixed(0)}% of ${CORES * 100}%)`;
   return "nothing saturated (hand-offs)";
 }
 
@@ -286,7 +294,8 @@ export function cpuTable(results: Results, order: ProviderName[]): string {
 /** Notes under the table: skipped providers, failures, generator-bound marks, memory details. */
 export function footnotes(results: Results, order: ProviderName[]): string[] {
   const notes: string[] = [
-    "ᵍ = the load generator's busiest thread was ≥ 80% of a core during this figure: it may be generator-bound (the real limit is higher).",
+    `ᵍ = the load generator's busiest thread was ≥ ${GEN_BOUND}% of a core during this figure: it may be generator-bound (the real limit is higher).`,
+    `ⁿ = processes outside the benchmark (or kernel threads) used ≥ ${NOISE}% of a core during this figure: noisy.`,
   ];
   for (const name of order) {
     const r = results[name];
