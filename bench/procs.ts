@@ -235,14 +235,23 @@ export function cpuSample(pid: number): CpuSample {
   return { total: statTicks(`/proc/${pid}/stat`), threads };
 }
 
-/** Busy and total CPU ticks of the whole machine (all cores), from /proc/stat. */
+/**
+ * Busy and total CPU ticks of the whole machine (all cores), from /proc/stat. Busy counts user, nice,
+ * system and steal time; interrupt time is left out, as on loopback it is mostly our own traffic.
+ */
 export function machineTicks(): { busy: number; total: number } {
   try {
     const line = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "";
-    // cpu user nice system idle iowait irq softirq steal guest guest_nice (guest is already in user)
-    const f = line.trim().split(/\s+/).slice(1, 9).map(Number);
-    const total = f.reduce((a, b) => a + b, 0);
-    return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), total };
+    // cpu user nice system idle iowait irq softirq steal (guest time is already in user)
+    const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = line
+      .trim()
+      .split(/\s+/)
+      .slice(1, 9)
+      .map(Number);
+    return {
+      busy: user + nice + system + steal,
+      total: user + nice + system + idle + iowait + irq + softirq + steal,
+    };
   } catch {
     return { busy: 0, total: 0 };
   }

@@ -173,9 +173,14 @@ function integrityCell(r: ProviderResult): string {
 const GEN_BOUND = 80;
 const NOISE = 25;
 
-/** CPU used meanwhile by anything outside the benchmark's processes (other users, kernel threads). */
-function otherPct(s: Sample): number {
+/** CPU used meanwhile by anything outside the benchmark's processes (other users, kernel threads), % of a core. */
+export function othersPct(s: Sample): number {
   return s.machinePct - s.cpu.reduce((a, c) => a + c.pct, 0);
+}
+
+/** True when processes outside the benchmark stayed below the noise mark during the sample. */
+export function isQuiet(s: Sample): boolean {
+  return othersPct(s) < NOISE;
 }
 
 /** True when the load generator's busiest thread was ≥ 80% of a core: the figure may be generator-bound. */
@@ -198,7 +203,7 @@ function cell(row: Row, r: ProviderResult | undefined, direct: number | undefine
     text += ` (${fixed(0)((r.memory.afterKiB / r.memory.idleKiB) * 100)}%)`;
   const sample = row.sample ? r.samples[row.sample] : undefined;
   if (generatorBound(sample)) text += " ᵍ";
-  if (sample && otherPct(sample) >= NOISE) text += " ⁿ";
+  if (sample && !isQuiet(sample)) text += " ⁿ";
   return text;
 }
 
@@ -261,7 +266,7 @@ function cpuCell(s: Sample | undefined): string {
       (c) =>
         `${c.role} ${c.pct.toFixed(0)}${c.busiestThreadPct < c.pct - 5 ? ` (${c.busiestThreadPct.toFixed(0)})` : ""}`,
     );
-  const other = otherPct(s);
+  const other = othersPct(s);
   if (other >= 5) parts.push(`other ${other.toFixed(0)}`);
   return `${parts.join(", ")} → ${boundBy(s)}`;
 }
