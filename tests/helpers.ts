@@ -13,7 +13,7 @@
  * @module
  */
 
-import { setDefaultTimeout } from "bun:test";
+import { expect, setDefaultTimeout } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import { join } from "node:path";
@@ -53,7 +53,7 @@ export interface RoleProcess {
   stderr: () => string;
   /** Resolves with the first match of `pattern` in stdout or stderr, or rejects after `timeoutMs`. */
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
-  /** Resolves with the exit code, or rejects after `timeoutMs`. */
+  /** Resolves with the exit code once the process exited and its output was read, or rejects after `timeoutMs`. */
   exited(timeoutMs?: number): Promise<number>;
   kill(signal?: NodeJS.Signals): void;
 }
@@ -80,12 +80,14 @@ export function spawnRole(cmd: string[], env: Record<string, string | undefined>
       for (const l of listeners) l();
     }
   };
-  void pump(proc.stdout, (s) => {
-    out += s;
-  });
-  void pump(proc.stderr, (s) => {
-    err += s;
-  });
+  const pumped = Promise.all([
+    pump(proc.stdout, (s) => {
+      out += s;
+    }),
+    pump(proc.stderr, (s) => {
+      err += s;
+    }),
+  ]).catch(() => {});
   defer(async () => {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
     await withTimeout(proc.exited, 3000, `process ${proc.pid} did not die`);
@@ -117,13 +119,61 @@ export function spawnRole(cmd: string[], env: Record<string, string | undefined>
       });
     },
     exited(timeoutMs = 10_000) {
-      return withTimeout(proc.exited, timeoutMs, `process ${cmd.join(" ")} did not exit`);
+      return withTimeout(
+        Promise.all([proc.exited, pumped]).then(([code]) => code),
+        timeoutMs,
+        `process ${cmd.join(" ")} did not exit`,
+      );
     },
     kill(signal = "SIGTERM") {
       proc.kill(signal);
     },
   };
   return role;
+}
+
+/** How a process that ran to its end went. */
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  /** Wall time from spawn to exit, in ms. */
+  ms: number;
+}
+
+/** Runs `cmd` (see {@link spawnRole}) to its end; rejects if it does not exit within `timeoutMs`. */
+export async function runToExit(
+  cmd: string[],
+  env: Record<string, string | undefined> = {},
+  timeoutMs = 10_000,
+): Promise<RunResult> {
+  const started = performance.now();
+  const role = spawnRole(cmd, env);
+  const code = await role.exited(timeoutMs);
+  return { code, stdout: role.stdout(), stderr: role.stderr(), ms: performance.now() - started };
+}
+
+/**
+ * Asserts the CLI error contract: non-zero exit, nothing on stdout, exactly one line on stderr that
+ * matches `pattern`, no stack trace, and an exit within `withinMs`.
+ */
+export function expectOneLineError(result: RunResult, pattern: RegExp, withinMs = 5000): void {
+  const context = `stdout: ${result.stdout}\nstderr: ${result.stderr}`;
+  expect(result.code, context).not.toBe(0);
+  expect(result.stdout, context).toBe("");
+  const lines = result.stderr.split("\n").filter((line) => line.trim() !== "");
+  expect(lines, context).toHaveLength(1);
+  expect(lines[0], context).toMatch(pattern);
+  expect(result.stderr, context).not.toMatch(/^\s+at |\bat .+:\d+:\d+\)?$/m);
+  expect(result.ms).toBeLessThan(withinMs);
+}
+
+/** A TCP port on 127.0.0.1 that nothing listens on (taken from the kernel, then released). */
+export function freePort(): number {
+  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = probe.port;
+  probe.stop(true);
+  return port;
 }
 
 /** Rejects with `message` if `promise` takes longer than `ms`. */

@@ -1,0 +1,245 @@
+/**
+ * The command-line contract, each case as a real process: bad input is one clear line on stderr, a
+ * non-zero exit within seconds and no stack trace; --help prints usage; signals shut down with exit 0;
+ * the API key never appears in the server's output.
+ */
+
+import { afterAll, describe, expect, test } from "bun:test";
+import {
+  cleanup,
+  echoThrough,
+  expectOneLineError,
+  freePort,
+  randomData,
+  runToExit,
+  sha256,
+  spawnRole,
+  startClientProcess,
+  startEchoService,
+  startServerProcess,
+} from "./helpers.ts";
+
+afterAll(cleanup);
+
+const SERVER = ["bun", "server.ts"];
+const CLIENT = ["bun", "client.ts"];
+
+describe("server: bad input", () => {
+  const cases: [string, string[], RegExp][] = [
+    ["unknown flag", ["--bogus"], /unknown option '--bogus'/i],
+    ["empty --tcp-ports", ["--tcp-ports", ""], /--tcp-ports: '' is not a range/],
+    ["reversed --tcp-ports", ["--tcp-ports", "5000-4000"], /--tcp-ports: range 5000-4000 is empty/],
+    ["--port out of range", ["--port", "70000"], /--port: '70000' is not a port/],
+    [
+      "missing --tls-cert file",
+      ["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"],
+      /--tls-cert: cannot read '\/nonexistent\/cert\.pem': ENOENT/,
+    ],
+    [
+      "--tls-cert that is a directory",
+      ["--tls-cert", "/", "--tls-key", "/"],
+      /--tls-cert: cannot read '\/': EISDIR/,
+    ],
+    ["--tls-cert without --tls-key", ["--tls-cert", "/nonexistent/cert.pem"], /--tls-cert and --tls-key/],
+  ];
+  for (const [name, args, pattern] of cases)
+    test(name, async () => {
+      expectOneLineError(
+        await runToExit([...SERVER, "--host", "127.0.0.1", "--port", "0", ...args]),
+        pattern,
+      );
+    });
+
+  test("--port already taken", async () => {
+    const holder = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    try {
+      const result = await runToExit([...SERVER, "--host", "127.0.0.1", "--port", String(holder.port)]);
+      expectOneLineError(result, new RegExp(`port ${holder.port}.*in use`));
+    } finally {
+      holder.stop(true);
+    }
+  });
+});
+
+describe("client: bad input", () => {
+  const cases: [string, string[], RegExp][] = [
+    ["unknown flag", ["--expose", "127.0.0.1:80", "--bogus"], /unknown option '--bogus'/i],
+    ["no --expose", [], /--expose HOST:PORT is required/],
+    ["--expose without a value", ["--expose"], /--expose/],
+    ["--expose without a port", ["--expose", "localhost"], /--expose: 'localhost' is not HOST:PORT/],
+    ["--expose with port 0", ["--expose", "127.0.0.1:0"], /--expose: '0' is not a port/],
+    ["--expose with port 70000", ["--expose", "127.0.0.1:70000"], /--expose: '70000' is not a port/],
+    [
+      "--expose host that does not resolve",
+      ["--expose", "no-such-host.invalid:80"],
+      /--expose: cannot resolve host 'no-such-host\.invalid'/,
+    ],
+    [
+      "--server with http://",
+      ["--expose", "127.0.0.1:80", "--server", "http://localhost:7070"],
+      /--server: 'http:\/\/localhost:7070' must start with ws:\/\/ or wss:\/\//,
+    ],
+    [
+      "--server without a scheme",
+      ["--expose", "127.0.0.1:80", "--server", "localhost:7070"],
+      /--server: 'localhost:7070' must start with ws:\/\//,
+    ],
+    [
+      "--server that is not a URL",
+      ["--expose", "127.0.0.1:80", "--server", "not a url"],
+      /--server: 'not a url' is not a URL/,
+    ],
+    ["--port 0", ["--expose", "127.0.0.1:80", "--port", "0"], /--port: '0' is not a port/],
+    [
+      "more --port than --expose",
+      ["--expose", "127.0.0.1:80", "--port", "5000", "--port", "5001"],
+      /--port given more times than --expose/,
+    ],
+    [
+      "missing --ca file",
+      ["--expose", "127.0.0.1:80", "--server", "wss://127.0.0.1:1", "--ca", "/nonexistent/ca.pem"],
+      /--ca: cannot read '\/nonexistent\/ca\.pem'/,
+    ],
+  ];
+  for (const [name, args, pattern] of cases)
+    test(name, async () => {
+      expectOneLineError(await runToExit([...CLIENT, ...args]), pattern);
+    });
+
+  test("server unreachable: fails fast", async () => {
+    const port = freePort();
+    const result = await runToExit([
+      ...CLIENT,
+      "--expose",
+      "127.0.0.1:80",
+      "--server",
+      `ws://127.0.0.1:${port}`,
+    ]);
+    expectOneLineError(
+      result,
+      new RegExp(`cannot reach server ws://127\\.0\\.0\\.1:${port}: connection refused`),
+      3000,
+    );
+  });
+
+  test("SOCKETS_SERVER is used when --server is absent", async () => {
+    const port = freePort();
+    const result = await runToExit([...CLIENT, "--expose", "127.0.0.1:80"], {
+      SOCKETS_SERVER: `ws://127.0.0.1:${port}`,
+    });
+    expectOneLineError(result, new RegExp(`cannot reach server ws://127\\.0\\.0\\.1:${port}`), 3000);
+  });
+
+  test("a public port another tunnel already holds: port taken", async () => {
+    const service = startEchoService();
+    const server = await startServerProcess();
+    const first = await startClientProcess(server.url, [`127.0.0.1:${service.port}`]);
+    const taken = (first.tunnels[0] as { port: number }).port;
+    const result = await runToExit([
+      ...CLIENT,
+      "--server",
+      server.url,
+      "--expose",
+      `127.0.0.1:${service.port}`,
+      "--port",
+      String(taken),
+    ]);
+    expectOneLineError(result, new RegExp(`server refused the tunnel: port ${taken} is already in use`));
+    // The first tunnel is untouched and still carries traffic.
+    const data = randomData(64 * 1024);
+    expect(await echoThrough(taken, data)).toBe(sha256(data));
+    expect(await server.health()).toMatchObject({ clients: 1, tunnels: 1 });
+  });
+
+  test("--port: the tunnel gets the public port asked for", async () => {
+    const service = startEchoService();
+    const server = await startServerProcess();
+    const wanted = freePort();
+    const client = await startClientProcess(
+      server.url,
+      [`127.0.0.1:${service.port}`],
+      ["--port", String(wanted)],
+    );
+    expect(client.tunnels.map((t) => t.port)).toEqual([wanted]);
+    const data = randomData(1000);
+    expect(await echoThrough(wanted, data)).toBe(sha256(data));
+  });
+});
+
+describe("--help", () => {
+  for (const [role, cmd] of [
+    ["server", SERVER],
+    ["client", CLIENT],
+  ] as const)
+    for (const flag of ["--help", "-h"])
+      test(`${role} ${flag} prints usage on stdout and exits 0`, async () => {
+        const result = await runToExit([...cmd, flag]);
+        expect(result.code).toBe(0);
+        expect(result.stdout).toStartWith(`Usage: bun ${role}.ts`);
+        expect(result.stdout).toContain("--help");
+        expect(result.stderr).toBe("");
+      });
+});
+
+describe("signals", () => {
+  for (const signal of ["SIGTERM", "SIGINT"] as const)
+    test(`server: ${signal} shuts down with exit 0; its client notices and keeps trying`, async () => {
+      const service = startEchoService();
+      const server = await startServerProcess();
+      const client = await startClientProcess(server.url, [`127.0.0.1:${service.port}`]);
+      server.kill(signal);
+      expect(await server.exited(5000)).toBe(0);
+      // The client hears the going-away notice and keeps trying: the server may come back.
+      await client.waitFor(/reconnecting/, 5000);
+      expect(client.stderr()).toMatch(/server is shutting down/);
+      expect(client.proc.exitCode).toBeNull();
+    });
+
+  for (const signal of ["SIGINT", "SIGTERM"] as const)
+    test(`client: ${signal} exits 0 and the server drops its tunnel`, async () => {
+      const service = startEchoService();
+      const server = await startServerProcess();
+      const client = await startClientProcess(server.url, [`127.0.0.1:${service.port}`]);
+      client.kill(signal);
+      const code = await client.exited(5000);
+      expect({ code, signal: client.proc.signalCode }, client.stderr()).toEqual({ code: 0, signal: null });
+      expect(client.stderr()).not.toMatch(/error/);
+      const deadline = Date.now() + 5000;
+      while ((await server.health()).tunnels !== 0 && Date.now() < deadline) await Bun.sleep(20);
+      expect(await server.health()).toMatchObject({ clients: 0, tunnels: 0 });
+    });
+
+  test("server without clients: SIGTERM exits 0 promptly", async () => {
+    const server = spawnRole([...SERVER, "--host", "127.0.0.1", "--port", "0"]);
+    await server.waitFor(/listening on/);
+    server.kill("SIGTERM");
+    expect(await server.exited(3000)).toBe(0);
+  });
+});
+
+test("the server never prints the API key, whether the client's key is right or wrong", async () => {
+  const key = `k-${crypto.randomUUID()}`;
+  const wrong = `w-${crypto.randomUUID()}`;
+  const service = startEchoService();
+  const server = await startServerProcess([], { SOCKETS_SINGLE_API_KEY: key });
+  const client = await startClientProcess(server.url, [`127.0.0.1:${service.port}`], [], {
+    SOCKETS_API_KEY: key,
+  });
+  const rejected = await runToExit(
+    [...CLIENT, "--server", server.url, "--expose", `127.0.0.1:${service.port}`],
+    {
+      SOCKETS_API_KEY: wrong,
+    },
+  );
+  expect(rejected.code).not.toBe(0);
+  client.kill("SIGINT");
+  await client.exited();
+  server.kill("SIGTERM");
+  expect(await server.exited()).toBe(0);
+  const output = server.stdout() + server.stderr();
+  expect(output).toContain("refused"); // the rejection was logged…
+  expect(output).not.toContain(key); // …but no key, right or wrong
+  expect(output).not.toContain(wrong);
+  expect(client.stdout() + client.stderr() + rejected.stdout + rejected.stderr).not.toContain(key);
+  expect(rejected.stderr).not.toContain(wrong);
+});
