@@ -10,6 +10,7 @@ import { connect, type Socket } from "node:net";
 import { startClient } from "../client.ts";
 import { CONNECT_PATH, SUBPROTOCOL } from "../shared/protocol.ts";
 import {
+  exposedLines,
   rawStatus,
   refusedOrClosed,
   startEcho,
@@ -298,9 +299,15 @@ test("SIGTERM drains: a 16 MiB echo in flight completes, new visitors and client
   expect(await server.exited(15_000)).toBe(0);
   expect(Date.now() - termAt).toBeLessThan(15_000);
 
-  // The client of a server that shut down gracefully keeps trying; SIGINT ends it cleanly.
+  // The client of a server that shut down gracefully keeps trying, and is back once the server is.
   await client.waitFor(/reconnecting/, 5000);
   expect(client.proc.exitCode).toBeNull();
+  await startServerOn(server.port);
+  await eventually(() => exposedLines(client.stdout()).length >= 2, 10_000, "exposed again after restart");
+  expect(exposedLines(client.stdout())[1]).toEqual(exposedLines(client.stdout())[0]);
+  const data = randomData(64 * 1024);
+  expect(await echoThrough(port, data)).toBe(sha256(data));
+  // SIGINT ends it cleanly.
   client.kill("SIGINT");
   expect(await client.exited(5000)).toBe(0);
 });

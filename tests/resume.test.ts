@@ -242,6 +242,38 @@ test("resume hijack: another client with the same key cannot take the reserved p
   expect(await server.health()).toMatchObject({ clients: 1, tunnels: 1, reserved: 0 });
 });
 
+test("grace period over: the reserved port is released; the client, back later, exposes the same port and id again", async () => {
+  const echo = startEcho();
+  const server = await startServerOn(0, ["--grace", "1"]);
+  const proxy = startProxy(server.port);
+  const client = await startClientProcess(
+    `ws://127.0.0.1:${proxy.port}`,
+    [`127.0.0.1:${echo.port}`],
+    ["--max-backoff", "1"],
+  );
+  const tunnel = only(client.tunnels);
+
+  proxy.refuse(true);
+  proxy.cut();
+  await eventually(async () => (await server.health()).reserved === 1, 3000, "tunnel reserved");
+  await eventually(
+    async () => {
+      const h = await server.health();
+      return h.reserved === 0 && h.tunnels === 0 && h.clients === 0;
+    },
+    4000,
+    "reservation released after --grace 1",
+  );
+  expect(await refusedOrClosed(tunnel.port, 2000)).toBe("refused");
+
+  proxy.refuse(false);
+  await eventually(() => exposedLines(client.stdout()).length >= 2, 10_000, "a second exposed line");
+  expect(exposedLines(client.stdout())).toEqual([tunnel, tunnel]);
+  await expectEcho(tunnel.port);
+  expect(client.proc.exitCode).toBeNull();
+  expect(await server.health()).toMatchObject({ clients: 1, tunnels: 1, reserved: 0 });
+});
+
 test("resume upgrade with a wrong secret gets 403; with the session's own secret, 101", async () => {
   const key = "resume-secret-test-key-0123";
   const server = await startServerOn(0, ["--grace", "30"], { SOCKETS_SINGLE_API_KEY: key });
