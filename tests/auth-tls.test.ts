@@ -13,6 +13,7 @@ import {
   cleanup,
   defer,
   echoThrough,
+  eventually,
   expectOneLineError,
   type LocalService,
   randomData,
@@ -39,8 +40,7 @@ async function expectEcho(client: ClientProcess): Promise<void> {
 async function stopClient(client: ClientProcess, server: ServerProcess): Promise<void> {
   client.kill("SIGINT");
   expect(await client.exited(5000)).toBe(0);
-  const deadline = Date.now() + 5000;
-  while ((await server.health()).tunnels !== 0 && Date.now() < deadline) await Bun.sleep(20);
+  await eventually(async () => (await server.health()).tunnels === 0, 5000, "tunnel released");
 }
 
 describe("API key", () => {

@@ -8,6 +8,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import {
   cleanup,
   echoThrough,
+  eventually,
   expectOneLineError,
   freePort,
   randomData,
@@ -204,8 +205,7 @@ describe("signals", () => {
       const code = await client.exited(5000);
       expect({ code, signal: client.proc.signalCode }, client.stderr()).toEqual({ code: 0, signal: null });
       expect(client.stderr()).not.toMatch(/error/);
-      const deadline = Date.now() + 5000;
-      while ((await server.health()).tunnels !== 0 && Date.now() < deadline) await Bun.sleep(20);
+      await eventually(async () => (await server.health()).tunnels === 0, 5000, "tunnel released");
       expect(await server.health()).toMatchObject({ clients: 0, tunnels: 0 });
     });
 
