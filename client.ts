@@ -176,9 +176,11 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     connection = conn;
     hello = conn.hello;
     const { ws } = conn;
+    // A flag per message (not a clock read: this runs for every frame); the heartbeat reads it.
+    let heard = false;
     let lastSeen = Date.now();
     const seen = () => {
-      lastSeen = Date.now();
+      heard = true;
     };
     ws.addEventListener("message", (event) => {
       seen();
@@ -194,6 +196,10 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     ws.addEventListener("ping", seen);
     ws.addEventListener("pong", seen);
     const heartbeat = setInterval(() => {
+      if (heard) {
+        heard = false;
+        lastSeen = Date.now();
+      }
       if (Date.now() - lastSeen <= 3 * heartbeatMs) return ws.ping();
       log.warn(`server silent for ${Math.round((Date.now() - lastSeen) / 1000)} s: connection is dead`);
       ws.terminate();

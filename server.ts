@@ -210,10 +210,10 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
         ws.data.session?.onDrain();
       },
       ping(ws) {
-        if (ws.data.session) ws.data.session.lastSeen = Date.now();
+        if (ws.data.session) ws.data.session.heard = true;
       },
       pong(ws) {
-        if (ws.data.session) ws.data.session.lastSeen = Date.now();
+        if (ws.data.session) ws.data.session.heard = true;
       },
       close(ws, code) {
         ws.data.session?.onClose(ws, code);

@@ -82,8 +82,10 @@ export class Session {
   readonly secret = randomBytes(32).toString("base64url");
   readonly mux: Mux;
   readonly tunnels = new Map<number, Tunnel>();
-  /** When the client was last heard from (any message, ping or pong), ms since the epoch. */
-  lastSeen = Date.now();
+  /** Set by any message, ping or pong; the heartbeat turns it into {@link Session.lastSeen}. */
+  heard = false;
+  /** When the heartbeat last found the client heard from, ms since the epoch. */
+  private lastSeen = Date.now();
   private ws: SessionSocket | null = null;
   private state: State = "live";
   private graceTimer: ReturnType<typeof setTimeout> | undefined;
@@ -163,7 +165,7 @@ export class Session {
 
   /** One message from the client's WebSocket. */
   onMessage(message: string | Uint8Array): void {
-    this.lastSeen = Date.now();
+    this.heard = true; // a flag, not a clock read: this runs for every frame
     try {
       if (typeof message === "string") this.onControl(message);
       else if (this.state === "live" || this.state === "draining") this.mux.receive(message);
@@ -278,7 +280,10 @@ export class Session {
   heartbeat(now: number, timeoutMs: number): void {
     const ws = this.ws;
     if (ws === null || this.state === "reserved") return;
-    if (now - this.lastSeen > timeoutMs) {
+    if (this.heard) {
+      this.heard = false;
+      this.lastSeen = now;
+    } else if (now - this.lastSeen > timeoutMs) {
       this.context.log.warn(
         `client ${this.remote} silent for ${Math.round((now - this.lastSeen) / 1000)} s: dead`,
       );
