@@ -25,7 +25,7 @@ import {
 import { backoffDelay } from "./shared/backoff.ts";
 import type { OpenFrame } from "./shared/codec.ts";
 import { ConnectError, type ControlConnection, connectControl } from "./shared/connect.ts";
-import { createLogger, describeError, type Logger } from "./shared/log.ts";
+import { commandName, createLogger, describeError, type Logger } from "./shared/log.ts";
 import { Mux } from "./shared/mux.ts";
 import {
   CloseCode,
@@ -337,7 +337,7 @@ async function checkResolves(target: HostPort): Promise<void> {
   }
 }
 
-const HELP = `Usage: bun client.ts --expose HOST:PORT [options]
+const HELP = `Usage: ${commandName("client.ts")} --expose HOST:PORT [options]
 
 Options:
   --expose HOST:PORT   local service to publish (repeatable: one tunnel each)

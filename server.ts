@@ -26,7 +26,7 @@ import {
   UsageError,
 } from "./shared/args.ts";
 import { bearerKey, keyMatches } from "./shared/auth.ts";
-import { createLogger, describeError } from "./shared/log.ts";
+import { commandName, createLogger, describeError } from "./shared/log.ts";
 import {
   AUTH_HEADER,
   CONNECT_PATH,
@@ -263,7 +263,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   };
 }
 
-const HELP = `Usage: bun server.ts [options]
+const HELP = `Usage: ${commandName("server.ts")} [options]
 
 Options:
   --host ADDR            bind address for the control port and public ports (default 0.0.0.0)
@@ -328,8 +328,13 @@ export function parseServerArgs(
       values["tcp-ports"] === undefined ? undefined : parsePortRange(values["tcp-ports"], "--tcp-ports"),
     tls: values["tls-cert"]
       ? {
-          cert: readPem(values["tls-cert"], "--tls-cert"),
-          key: readPem(values["tls-key"] as string, "--tls-key"),
+          cert: readPem(values["tls-cert"], "--tls-cert", "certificate", /-----BEGIN CERTIFICATE-----/),
+          key: readPem(
+            values["tls-key"] as string,
+            "--tls-key",
+            "private key",
+            /-----BEGIN [A-Z ]*PRIVATE KEY-----/,
+          ),
         }
       : undefined,
     apiKey: env.SOCKETS_SINGLE_API_KEY || undefined,
@@ -356,14 +361,17 @@ function optional<T>(value: string | undefined, parse: (value: string) => T): T 
   return value === undefined ? undefined : parse(value);
 }
 
-function readPem(file: string, flag: string): string {
+function readPem(file: string, flag: string, what: string, label: RegExp): string {
+  let text: string;
   try {
-    return readFileSync(file, "utf8");
+    text = readFileSync(file, "utf8");
   } catch (error) {
     throw new UsageError(
       `${flag}: cannot read '${file}': ${(error as NodeJS.ErrnoException).code ?? describeError(error)}`,
     );
   }
+  if (!label.test(text)) throw new UsageError(`${flag}: '${file}' holds no PEM ${what}`);
+  return text;
 }
 
 async function main(): Promise<void> {

@@ -28,3 +28,9 @@ export function describeError(error: unknown): string {
   const text = error instanceof Error ? error.message : String(error);
   return text.split("\n")[0] ?? text;
 }
+
+/** How the user started this role: `bun server.ts`, or the executable's name when compiled. */
+export function commandName(script: string): string {
+  const executable = process.execPath.split("/").pop() ?? "bun";
+  return executable === "bun" ? `bun ${script}` : executable;
+}

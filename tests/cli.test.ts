@@ -42,6 +42,11 @@ describe("server: bad input", () => {
       /--tls-cert: cannot read '\/': EISDIR/,
     ],
     ["--tls-cert without --tls-key", ["--tls-cert", "/nonexistent/cert.pem"], /--tls-cert and --tls-key/],
+    [
+      "--tls-cert that is not PEM",
+      ["--tls-cert", "package.json", "--tls-key", "package.json"],
+      /--tls-cert: 'package\.json' holds no PEM certificate/,
+    ],
   ];
   for (const [name, args, pattern] of cases)
     test(name, async () => {
