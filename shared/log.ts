@@ -31,6 +31,7 @@ export function describeError(error: unknown): string {
 
 /** How the user started this role: `bun server.ts`, or the executable's name when compiled. */
 export function commandName(script: string): string {
-  const executable = process.execPath.split("/").pop() ?? "bun";
-  return executable === "bun" ? `bun ${script}` : executable;
+  // Modules of a `bun build --compile` executable live in its embedded /$bunfs/ file system.
+  const compiled = import.meta.path.startsWith("/$bunfs/");
+  return compiled ? (process.execPath.split("/").pop() as string) : `bun ${script}`;
 }
