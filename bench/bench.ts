@@ -181,9 +181,15 @@ async function measureProvider(
           if (isQuiet(run) || repeat === 1) quiet.push(run);
           else log(`${name}: ${key}: noisy run (others used ${othersPct(run).toFixed(0)}% of a core), again`);
         }
-        const s = median(quiet.length > 0 ? quiet : runs, HEADLINE[key]);
+        const picked = median(quiet.length > 0 ? quiet : runs, HEADLINE[key]);
+        const figure = (r: Sample) => Number(r.result[HEADLINE[key]]);
+        const s: Sample = { ...picked, runs: runs.map(figure), quietRuns: quiet.length };
         result.samples[key] = s;
-        log(`${name}: ${key}: ${summary(key, s)}${s.runs ? ` (median of ${s.runs.join(", ")})` : ""}`);
+        if (runs.length > 1)
+          log(
+            `${name}: ${key}: ${summary(key, s)} (median of ${(quiet.length > 0 ? quiet : runs).map(figure).join(", ")}; ${runs.length - quiet.length} noisy run(s) set aside)`,
+          );
+        else log(`${name}: ${key}: ${summary(key, s)}`);
       } catch (error) {
         result.errors[key] = (error as Error).message;
         log(`${name}: ${key} FAILED: ${result.errors[key]}`);

@@ -72,8 +72,10 @@ export interface Sample {
   /** Busy CPU of the whole machine meanwhile, in % of one core (at most 100 × cores). */
   machinePct: number;
   seconds: number;
-  /** When repeated: the headline figure of every run (this sample is the median one). */
+  /** When repeated: the headline figure of every run, in order (this sample is the median quiet one). */
   runs?: number[];
+  /** How many of those runs were quiet (the median is taken over them, or over all if none was). */
+  quietRuns?: number;
 }
 
 /** What a measurement runs against. */
