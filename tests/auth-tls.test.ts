@@ -4,13 +4,12 @@
  * by default and accepted with --ca or --insecure, and bytes cross wss intact.
  */
 
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   type ClientProcess,
-  cleanup,
   defer,
   echoThrough,
   eventually,
@@ -19,13 +18,14 @@ import {
   randomData,
   runToExit,
   type ServerProcess,
+  setupFile,
   sha256,
   startClientProcess,
   startEchoService,
   startServerProcess,
 } from "./helpers.ts";
 
-afterAll(cleanup);
+setupFile();
 
 const CLIENT = ["bun", "client.ts"];
 

@@ -4,23 +4,23 @@
  * `bun client.ts`. An existing dist/ is reused when it is newer than every source file.
  */
 
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { beforeAll, expect, test } from "bun:test";
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import {
-  cleanup,
   echoThrough,
   expectOneLineError,
   ROOT,
   randomData,
   runToExit,
+  setupFile,
   sha256,
   startClientProcess,
   startEchoService,
   startServerProcess,
 } from "./helpers.ts";
 
-afterAll(cleanup);
+setupFile();
 
 const SERVER = join(ROOT, "dist", "sockets-server");
 const CLIENT = join(ROOT, "dist", "sockets-client");

@@ -4,15 +4,15 @@
  * the API key never appears in the server's output.
  */
 
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import {
-  cleanup,
   echoThrough,
   eventually,
   expectOneLineError,
   freePort,
   randomData,
   runToExit,
+  setupFile,
   sha256,
   spawnRole,
   startClientProcess,
@@ -20,7 +20,7 @@ import {
   startServerProcess,
 } from "./helpers.ts";
 
-afterAll(cleanup);
+setupFile();
 
 const SERVER = ["bun", "server.ts"];
 const CLIENT = ["bun", "client.ts"];

@@ -2,7 +2,7 @@
  * Fault-injection helpers for the "stays up" tests: a TCP proxy that can cut and refuse connections,
  * a restartable echo service, a server started on a chosen port, long visitor streams hashed
  * incrementally, and raw HTTP probes of the control port. Everything registers its cleanup with
- * {@link defer} from helpers.ts, so each test file's `afterAll(cleanup)` stops it.
+ * {@link defer} from helpers.ts, so each test file's `setupFile()` cleanup stops it.
  * @module
  */
 

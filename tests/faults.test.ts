@@ -4,16 +4,16 @@
  * must keep working.
  */
 
-import { afterAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { connect } from "node:net";
 import { CONNECT_PATH, SUBPROTOCOL } from "../shared/protocol.ts";
 import {
-  cleanup,
   closedWithin,
   connectVisitor,
   echoThrough,
   eventually,
   randomData,
+  setupFile,
   sha256,
   spawnRole,
   startClientProcess,
@@ -23,7 +23,7 @@ import {
   withTimeout,
 } from "./helpers.ts";
 
-afterAll(cleanup);
+setupFile();
 
 /** A port that nothing listens on (taken from the kernel, then released). */
 function freePort(): number {

@@ -1,25 +1,31 @@
 /**
  * Test helpers: real processes, real sockets, bounded waits, and cleanup that runs even when a test fails.
  *
- * Every test file that uses these helpers must register the cleanup in its own scope:
+ * Every test file that uses these helpers must call, at its top level:
  *
  * ```ts
- * afterAll(cleanup);
+ * setupFile();
  * ```
  *
- * (bun test evaluates this module once for the whole run, so a hook registered here would belong to the
- * first test file only.) As a backstop, spawned processes get SIGKILL from the kernel when the test
+ * (bun test evaluates this module once for the whole run, so a hook or a default timeout set here would
+ * belong to the first test file only.) As a backstop, spawned processes get SIGKILL from the kernel when the test
  * runner dies (`setpriv --pdeathsig KILL`, where available): bun test never emits process `'exit'`.
  * @module
  */
 
-import { expect, setDefaultTimeout } from "bun:test";
+import { afterAll, expect, setDefaultTimeout } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 
-// End-to-end tests start processes and move megabytes; each also bounds its own waits.
-setDefaultTimeout(60_000);
+/**
+ * Sets up the calling test file: a 60 s default timeout (end-to-end tests start processes and move
+ * megabytes; each also bounds its own waits) and {@link cleanup} after its last test.
+ */
+export function setupFile(): void {
+  setDefaultTimeout(60_000);
+  afterAll(cleanup);
+}
 
 /** Repository root (where server.ts and client.ts live). */
 export const ROOT = join(import.meta.dir, "..");
@@ -32,7 +38,7 @@ export function defer(stop: () => unknown): void {
 
 /**
  * Stops everything registered with {@link defer} so far (processes, services, sockets), newest first;
- * errors are ignored and each step is bounded. Register it in every test file: `afterAll(cleanup)`.
+ * errors are ignored and each step is bounded. Every test file registers it through {@link setupFile}.
  */
 export async function cleanup(): Promise<void> {
   for (const stop of cleanups.splice(0).reverse()) {

@@ -4,7 +4,7 @@
  * that lets a stream in flight finish.
  */
 
-import { afterAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import { startClient } from "../client.ts";
@@ -19,7 +19,6 @@ import {
   upgradeHeaders,
 } from "./fault-helpers.ts";
 import {
-  cleanup,
   closedWithin,
   connectVisitor,
   defer,
@@ -27,13 +26,14 @@ import {
   eventually,
   randomData,
   rssKiB,
+  setupFile,
   sha256,
   spawnRole,
   startClientProcess,
   withTimeout,
 } from "./helpers.ts";
 
-afterAll(cleanup);
+setupFile();
 
 const MiB = 1024 * 1024;
 

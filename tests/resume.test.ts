@@ -4,7 +4,7 @@
  * a byte; nobody else can take a reserved tunnel; a local service that restarts is picked up again.
  */
 
-import { afterAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { CONNECT_PATH, RESUME_HEADER, SUBPROTOCOL } from "../shared/protocol.ts";
 import {
   count,
@@ -19,19 +19,19 @@ import {
   upgradeHeaders,
 } from "./fault-helpers.ts";
 import {
-  cleanup,
   closedWithin,
   connectVisitor,
   echoThrough,
   eventually,
   randomData,
+  setupFile,
   sha256,
   spawnRole,
   startClientProcess,
   withTimeout,
 } from "./helpers.ts";
 
-afterAll(cleanup);
+setupFile();
 
 const MiB = 1024 * 1024;
 

@@ -3,11 +3,10 @@
  * intact both ways with half-close, and no head-of-line blocking between visitors of one tunnel.
  */
 
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { beforeAll, describe, expect, test } from "bun:test";
 import type { Socket } from "node:net";
 import {
   type ClientProcess,
-  cleanup,
   connectVisitor,
   echoThrough,
   eventually,
@@ -15,6 +14,7 @@ import {
   readAll,
   rssKiB,
   type ServerProcess,
+  setupFile,
   sha256,
   spawnRole,
   startClientProcess,
@@ -23,7 +23,7 @@ import {
   withTimeout,
 } from "./helpers.ts";
 
-afterAll(cleanup);
+setupFile();
 
 const MiB = 1024 * 1024;
 
