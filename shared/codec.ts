@@ -8,6 +8,7 @@
  * WINDOW  body: increment u32 BE (> 0)
  * END     body: empty
  * RESET   body: code u16 BE | reason (UTF-8, ≤ 256 bytes)
+ * BATCH   stream id 0; body: repeated length u16 BE | frame (any type but BATCH)
  * ```
  * @module
  */
@@ -121,6 +122,25 @@ export function decodeFrame(b: Uint8Array, maxPayload: number): Frame {
     }
     default:
       throw new ProtocolError(`unknown frame type ${type}`);
+  }
+}
+
+/**
+ * Calls `visit` with each frame of a BATCH message (views, no copies).
+ * @throws {ProtocolError} when a length runs past the message, a frame is empty or nested, or the
+ * batch is empty.
+ */
+export function forEachInBatch(b: Uint8Array, visit: (frame: Uint8Array) => void): void {
+  if (b.length < HEADER_LENGTH + 2 || readU32(b, 1) !== 0) throw new ProtocolError("malformed BATCH frame");
+  let at = HEADER_LENGTH;
+  while (at < b.length) {
+    if (at + 2 > b.length) throw new ProtocolError("BATCH frame ends inside a length");
+    const length = ((b[at] as number) << 8) | (b[at + 1] as number);
+    const end = at + 2 + length;
+    if (length === 0 || end > b.length) throw new ProtocolError("BATCH entry of bad length");
+    if (b[at + 2] === FrameType.Batch) throw new ProtocolError("BATCH inside BATCH");
+    visit(b.subarray(at + 2, end));
+    at = end;
   }
 }
 

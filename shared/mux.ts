@@ -5,6 +5,7 @@
  * @module
  */
 
+import { Batcher } from "./batcher.ts";
 import {
   DATA_SCRATCH_EXTRA,
   decodeFrame,
@@ -13,6 +14,7 @@ import {
   encodeOpen,
   encodeReset,
   encodeWindow,
+  forEachInBatch,
   type OpenFrame,
 } from "./codec.ts";
 import { FrameType, type OpenMeta, ProtocolError, type StreamKind } from "./protocol.ts";
@@ -55,6 +57,8 @@ export class Mux implements StreamHost {
   private nextId = 1;
   private highestAccepted = 0;
   private readonly finished = new Set<number>();
+  /** Every frame leaves through here: small ones coalesced per event-loop round. */
+  private readonly batcher: Batcher;
 
   /**
    * @param send writes one binary frame to the WebSocket.
@@ -62,10 +66,11 @@ export class Mux implements StreamHost {
    * @param onOpen called for each OPEN frame; absent on the side that never accepts streams.
    */
   constructor(
-    private send: FrameSender,
+    send: FrameSender,
     settings: MuxSettings,
     private readonly onOpen?: (frame: OpenFrame) => void,
   ) {
+    this.batcher = new Batcher(send);
     this.window = settings.window;
     this.maxFramePayload = settings.maxFramePayload;
     this.scratch = new Uint8Array(DATA_SCRATCH_EXTRA + settings.maxFramePayload);
@@ -97,6 +102,11 @@ export class Mux implements StreamHost {
    * @throws {ProtocolError} when the peer broke the protocol; the role closes the WebSocket with 1002.
    */
   receive(message: Uint8Array): void {
+    if (message[0] === FrameType.Batch) forEachInBatch(message, (frame) => this.receiveFrame(frame));
+    else this.receiveFrame(message);
+  }
+
+  private receiveFrame(message: Uint8Array): void {
     const frame = decodeFrame(message, this.maxFramePayload);
     if (frame.type === FrameType.Open) {
       if (!this.onOpen) throw new ProtocolError("OPEN frames are not accepted in this direction");
@@ -120,6 +130,11 @@ export class Mux implements StreamHost {
         stream.onReset();
         break;
     }
+  }
+
+  /** Sends the small frames batched so far now, instead of when this event-loop round ends. */
+  flush(): void {
+    this.batcher.flush();
   }
 
   /** Pauses (true) or resumes (false) reading on every stream, for WebSocket backpressure. */
@@ -146,6 +161,7 @@ export class Mux implements StreamHost {
    */
   detach(): void {
     this.live = false;
+    this.batcher.drop();
     this.setBlocked(true);
   }
 
@@ -165,7 +181,7 @@ export class Mux implements StreamHost {
    * @throws {ProtocolError} when the peer's state is inconsistent with ours.
    */
   resume(send: FrameSender, peer: SyncState): void {
-    this.send = send;
+    this.batcher.send = send;
     this.live = true;
     const positions = new Map<number, StreamPosition>();
     for (const [id, received, acked, ended] of peer.streams)
@@ -191,27 +207,27 @@ export class Mux implements StreamHost {
 
   private sendOpenFrame(stream: Stream): void {
     const open = stream.open;
-    if (this.live && open) this.send(encodeOpen(stream.id, open.kind, open.tunnel, open.meta));
+    if (this.live && open) this.batcher.push(encodeOpen(stream.id, open.kind, open.tunnel, open.meta));
   }
 
   /** @inheritdoc */
   sendData(stream: number, payload: Uint8Array): void {
-    if (this.live) this.send(encodeData(stream, payload, this.scratch));
+    if (this.live) this.batcher.push(encodeData(stream, payload, this.scratch));
   }
 
   /** @inheritdoc */
   sendWindow(stream: number, increment: number): void {
-    if (this.live) this.send(encodeWindow(stream, increment, this.small));
+    if (this.live) this.batcher.push(encodeWindow(stream, increment, this.small));
   }
 
   /** @inheritdoc */
   sendEnd(stream: number): void {
-    if (this.live) this.send(encodeEnd(stream, this.small));
+    if (this.live) this.batcher.push(encodeEnd(stream, this.small));
   }
 
   /** @inheritdoc */
   sendReset(stream: number, code: number, reason: string): void {
-    if (this.live) this.send(encodeReset(stream, code, reason));
+    if (this.live) this.batcher.push(encodeReset(stream, code, reason));
   }
 
   /** @inheritdoc */

@@ -129,7 +129,15 @@ function read(side: Side, size: number): void {
 }
 
 function deliver(from: Side, to: Side, count: number): void {
+  from.mux.flush(); // small frames wait for the end of the event-loop round otherwise
   for (let i = 0; i < count && from.outbox.length > 0; i++) to.mux.receive(from.outbox.shift() as Uint8Array);
+}
+
+/** Whether frames are on their way either way (batched ones are sent first). */
+function inFlight(server: Side, client: Side): boolean {
+  server.mux.flush();
+  client.mux.flush();
+  return server.outbox.length > 0 || client.outbox.length > 0;
 }
 
 function blip(server: Side, client: Side, sender: (side: Side) => (frame: Uint8Array) => void): void {
@@ -172,7 +180,7 @@ function run(actions: Action[]): { server: Side; client: Side } {
         s.finSent = true;
         s.stream.onSocketEnd();
       }
-    if (server.outbox.length === 0 && client.outbox.length === 0) break;
+    if (!inFlight(server, client)) break;
     deliver(server, client, 1);
     deliver(client, server, 1);
   }
@@ -208,7 +216,7 @@ describe("stream state machine", () => {
         deliver(server, client, 1_000); // the OPEN reaches the client at the latest now
         const resetter = side(fromServer);
         resetter.stream?.reset(5, "test reset");
-        for (let i = 0; i < 1_000 && (server.outbox.length || client.outbox.length); i++) {
+        for (let i = 0; i < 1_000 && inFlight(server, client); i++) {
           deliver(server, client, 1);
           deliver(client, server, 1);
         }

@@ -1,0 +1,75 @@
+/**
+ * Coalesces small frames into BATCH messages: the first frame of an event-loop round leaves at once;
+ * the small frames that follow in the same round of socket events leave together, in one WebSocket
+ * message (one syscall, one wake-up of the peer), when the round ends. Large frames go out at once,
+ * after whatever is batched, so order is kept.
+ * @module
+ */
+
+import { FrameType, HEADER_LENGTH } from "./protocol.ts";
+
+/** Frames up to this size are batched; bigger ones (bulk DATA) go out at once. */
+export const BATCHABLE_BYTES = 2048;
+const CAPACITY = 32 * 1024;
+
+/** Batches small frames for one WebSocket; {@link Batcher.drop} forgets them when it is gone. */
+export class Batcher {
+  private readonly buffer = new Uint8Array(CAPACITY);
+  private length = HEADER_LENGTH;
+  private count = 0;
+  private scheduled = false;
+  private readonly flushSoon = () => {
+    this.scheduled = false;
+    this.flush();
+  };
+
+  /** @param send writes one WebSocket message (which copies it). */
+  constructor(public send: (message: Uint8Array) => void) {
+    this.buffer[0] = FrameType.Batch; // stream id 0: bytes 1-4 stay zero
+  }
+
+  /**
+   * Sends `frame`. The first frame of an event-loop round goes out at once (no added latency for a
+   * lone request); small frames after it in the same round are batched until the round ends; a
+   * large frame goes out at once, behind what is batched.
+   */
+  push(frame: Uint8Array): void {
+    if (!this.scheduled) {
+      this.scheduled = true;
+      // setImmediate runs once the loop has dispatched every socket event of this round.
+      setImmediate(this.flushSoon);
+      this.send(frame);
+      return;
+    }
+    if (frame.length > BATCHABLE_BYTES) {
+      this.flush();
+      this.send(frame);
+      return;
+    }
+    if (this.length + 2 + frame.length > CAPACITY) this.flush();
+    const b = this.buffer;
+    b[this.length] = frame.length >>> 8;
+    b[this.length + 1] = frame.length;
+    b.set(frame, this.length + 2);
+    this.length += 2 + frame.length;
+    this.count++;
+  }
+
+  /** Sends what is batched now: a lone frame as itself, several as one BATCH message. */
+  flush(): void {
+    if (this.count === 0) return;
+    const lone = this.count === 1;
+    const message = lone
+      ? this.buffer.subarray(HEADER_LENGTH + 2, this.length)
+      : this.buffer.subarray(0, this.length);
+    this.length = HEADER_LENGTH;
+    this.count = 0;
+    this.send(message);
+  }
+
+  /** Forgets what is batched (the WebSocket is gone; a resume resends what mattered). */
+  drop(): void {
+    this.length = HEADER_LENGTH;
+    this.count = 0;
+  }
+}
