@@ -283,6 +283,8 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
         log.info("server lost the session (restarted?); exposing the tunnels again");
         return await exposeAgain();
       } catch (error) {
+        // Lost again while exposing: the close handler has already started the next reconnect.
+        if (conn.ws.readyState !== WebSocket.OPEN) return;
         log.error(describeError(error));
         closing = true;
         conn.ws.close(CloseCode.Normal, "client giving up");

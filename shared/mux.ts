@@ -152,7 +152,10 @@ export class Mux implements StreamHost {
   /** Drops every stream without frames (the session is over). */
   destroyAll(): void {
     for (const stream of [...this.streams.values()]) stream.destroy();
+    // A new session numbers its streams from 1 again.
     this.finished.clear();
+    this.highestAccepted = 0;
+    this.nextId = 1;
   }
 
   /**
