@@ -9,7 +9,14 @@
 import { createHash, randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import type { Socket as BunSocket, TCPSocketListener } from "bun";
-import { defer, type RoleProcess, spawnRole, withTimeout } from "./helpers.ts";
+import {
+  defer,
+  type EchoService,
+  type RoleProcess,
+  spawnRole,
+  startEchoService,
+  withTimeout,
+} from "./helpers.ts";
 
 /** What `GET /health` answers once grace periods exist. */
 export interface Health {
@@ -234,82 +241,13 @@ export function startProxy(targetPort: number): Proxy {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// A restartable echo service
+// A restartable echo service: the one from helpers.ts
 
 /** An echo service that can be stopped and started again on the same port. */
-export interface Echo {
-  port: number;
-  accepted: number;
-  /** Stops listening and closes every connection. */
-  stop(): void;
-  /** Listens again on the same port. */
-  restart(): void;
-}
-
-interface EchoData {
-  pending: Uint8Array[];
-  ended: boolean;
-}
+export type Echo = EchoService;
 
 /** Echoes everything back (respecting backpressure) and half-closes after the peer's FIN. */
-export function startEcho(port = 0): Echo {
-  let listener: TCPSocketListener<EchoData> | null = null;
-  const listen = (p: number) =>
-    Bun.listen<EchoData>({
-      hostname: "127.0.0.1",
-      port: p,
-      allowHalfOpen: true,
-      socket: {
-        open(socket) {
-          socket.data = { pending: [], ended: false };
-          echo.accepted++;
-        },
-        data(socket, chunk) {
-          if (socket.data.pending.length > 0) {
-            socket.data.pending.push(chunk);
-            return;
-          }
-          const n = socket.write(chunk);
-          if (n < chunk.length) {
-            socket.data.pending.push(chunk.subarray(Math.max(n, 0)));
-            socket.pause();
-          }
-        },
-        drain(socket) {
-          const pending = socket.data.pending;
-          while (pending.length > 0) {
-            const chunk = pending[0] as Uint8Array;
-            const n = socket.write(chunk);
-            if (n < chunk.length) {
-              pending[0] = chunk.subarray(Math.max(n, 0));
-              return;
-            }
-            pending.shift();
-          }
-          socket.resume();
-          if (socket.data.ended) socket.shutdown();
-        },
-        end(socket) {
-          socket.data.ended = true;
-          if (socket.data.pending.length === 0) socket.shutdown();
-        },
-      },
-    });
-  listener = listen(port);
-  const echo: Echo = {
-    port: listener.port,
-    accepted: 0,
-    stop() {
-      listener?.stop(true);
-      listener = null;
-    },
-    restart() {
-      if (!listener) listener = listen(echo.port);
-    },
-  };
-  defer(echo.stop);
-  return echo;
-}
+export const startEcho: (port?: number) => Echo = startEchoService;
 
 // ---------------------------------------------------------------------------------------------------
 // Long visitor streams

@@ -257,49 +257,70 @@ export interface LocalService {
   stop(): void;
 }
 
-/** An echo service that writes back everything (respecting backpressure) and half-closes after the peer's FIN. */
-export function startEchoService(): LocalService {
-  const server = Bun.listen<{ pending: Uint8Array[]; ended: boolean }>({
-    hostname: "127.0.0.1",
-    port: 0,
-    allowHalfOpen: true,
-    socket: {
-      open(socket) {
-        socket.data = { pending: [], ended: false };
-        service.accepted++;
-      },
-      data(socket, chunk) {
-        if (socket.data.pending.length > 0) {
-          socket.data.pending.push(chunk);
-          return;
-        }
-        const n = socket.write(chunk);
-        if (n < chunk.length) {
-          socket.data.pending.push(chunk.subarray(Math.max(n, 0)));
-          socket.pause();
-        }
-      },
-      drain(socket) {
-        const pending = socket.data.pending;
-        while (pending.length > 0) {
-          const chunk = pending[0] as Uint8Array;
-          const n = socket.write(chunk);
-          if (n < chunk.length) {
-            pending[0] = chunk.subarray(Math.max(n, 0));
+/** An echo service that can also be stopped and started again on the same port. */
+export interface EchoService extends LocalService {
+  /** Listens again on the same port after {@link LocalService.stop}. */
+  restart(): void;
+}
+
+/**
+ * An echo service that writes back everything (respecting backpressure) and half-closes after the
+ * peer's FIN; on `port`, or a free one.
+ */
+export function startEchoService(port = 0): EchoService {
+  const listen = (p: number) =>
+    Bun.listen<{ pending: Uint8Array[]; ended: boolean }>({
+      hostname: "127.0.0.1",
+      port: p,
+      allowHalfOpen: true,
+      socket: {
+        open(socket) {
+          socket.data = { pending: [], ended: false };
+          service.accepted++;
+        },
+        data(socket, chunk) {
+          if (socket.data.pending.length > 0) {
+            socket.data.pending.push(chunk);
             return;
           }
-          pending.shift();
-        }
-        socket.resume();
-        if (socket.data.ended) socket.shutdown();
+          const n = socket.write(chunk);
+          if (n < chunk.length) {
+            socket.data.pending.push(chunk.subarray(Math.max(n, 0)));
+            socket.pause();
+          }
+        },
+        drain(socket) {
+          const pending = socket.data.pending;
+          while (pending.length > 0) {
+            const chunk = pending[0] as Uint8Array;
+            const n = socket.write(chunk);
+            if (n < chunk.length) {
+              pending[0] = chunk.subarray(Math.max(n, 0));
+              return;
+            }
+            pending.shift();
+          }
+          socket.resume();
+          if (socket.data.ended) socket.shutdown();
+        },
+        end(socket) {
+          socket.data.ended = true;
+          if (socket.data.pending.length === 0) socket.shutdown();
+        },
       },
-      end(socket) {
-        socket.data.ended = true;
-        if (socket.data.pending.length === 0) socket.shutdown();
-      },
+    });
+  let listener: ReturnType<typeof listen> | null = listen(port);
+  const service: EchoService = {
+    port: listener.port,
+    accepted: 0,
+    stop() {
+      listener?.stop(true);
+      listener = null;
     },
-  });
-  const service: LocalService = { port: server.port, accepted: 0, stop: () => server.stop(true) };
+    restart() {
+      if (!listener) listener = listen(service.port);
+    },
+  };
   defer(service.stop);
   return service;
 }
