@@ -1,0 +1,100 @@
+/**
+ * The head rewriting a reverse proxy does (RFC 9110 §7.6): hop-by-hop fields removed, the visitor's own
+ * forwarding fields replaced by the proxy's, Host optionally rewritten.
+ * @module
+ */
+
+import {
+  type HeaderList,
+  headerTokens,
+  headerValues,
+  type RequestHead,
+  type RequestHeadLine,
+  type ResponseHead,
+  type ResponseHeadLine,
+} from "./http1-head.ts";
+
+/** Where and how the visitor reached the proxy, for {@link forwardRequestHead}. */
+export interface ForwardOptions {
+  /** The visitor's IP address: X-Forwarded-For. */
+  remoteIp: string;
+  /** "http" or "https": X-Forwarded-Proto. */
+  proto: string;
+  /** X-Forwarded-Host; default {@link requestHost}. */
+  host?: string;
+  /** Replaces (or supplies) the Host header sent on. */
+  rewriteHost?: string;
+}
+
+/** Hop-by-hop fields (RFC 9110 §7.6.1), dropped whether or not Connection lists them. */
+const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"]);
+/** Forwarding fields a visitor may not supply: the proxy writes its own. */
+const FORWARDING = new Set(["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"]);
+/** Fields that framing or routing depend on: never dropped even when Connection names them. */
+const PROTECTED = new Set(["host", "content-length", "transfer-encoding"]);
+
+/** The authority a request is for: that of an absolute-form target, else the Host header ("" if none). */
+export function requestHost(head: RequestHeadLine): string {
+  const absolute = /^https?:\/\/(?:[^/?#@]*@)?([^/?#]*)/i.exec(head.target);
+  if (absolute) return absolute[1] ?? "";
+  return headerValues(head.headers, "host")[0] ?? "";
+}
+
+/** Copies the end-to-end fields, dropping hop-by-hop ones (and `also`); keeps Upgrade when `upgrade`. */
+function endToEnd(headers: HeaderList, upgrade: boolean, also?: ReadonlySet<string>): HeaderList {
+  const listed = new Set(headerTokens(headers, "connection"));
+  return headers.filter(([name]) => {
+    const lower = name.toLowerCase();
+    if (lower === "upgrade") return upgrade;
+    if (HOP_BY_HOP.has(lower) || also?.has(lower)) return false;
+    return !listed.has(lower) || PROTECTED.has(lower);
+  });
+}
+
+/** The Connection field that carries the sender's intent onward, if any. */
+function connectionField(version: string, keepAlive: boolean, upgrade: boolean): HeaderList {
+  if (upgrade) return [["Connection", "upgrade"]];
+  if (version === "HTTP/1.1" && !keepAlive) return [["Connection", "close"]];
+  if (version === "HTTP/1.0" && keepAlive) return [["Connection", "keep-alive"]];
+  return [];
+}
+
+/**
+ * The head to send upstream for a visitor's request: hop-by-hop fields removed (Connection, what it
+ * lists, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade — Upgrade kept with `Connection: upgrade`
+ * on an upgrade request), the visitor's X-Forwarded-* and Forwarded dropped and fresh X-Forwarded-For,
+ * -Proto and -Host appended, Host optionally rewritten, an absolute-form target made origin-form.
+ * Content-Length, Transfer-Encoding and Host survive even when Connection lists them.
+ */
+export function forwardRequestHead(head: RequestHead, options: ForwardOptions): RequestHeadLine {
+  const originalHost = options.host ?? requestHost(head);
+  const headers = endToEnd(head.headers, head.upgrade, FORWARDING);
+  const rewrite = options.rewriteHost;
+  if (rewrite !== undefined) {
+    const at = headers.findIndex(([name]) => name.toLowerCase() === "host");
+    if (at >= 0) headers[at] = [headers[at]?.[0] ?? "Host", rewrite];
+    else headers.unshift(["Host", rewrite]);
+  }
+  headers.push(...connectionField(head.version, head.keepAlive, head.upgrade));
+  headers.push(["X-Forwarded-For", options.remoteIp], ["X-Forwarded-Proto", options.proto]);
+  if (originalHost) headers.push(["X-Forwarded-Host", originalHost]);
+  const origin = /^https?:\/\/[^/?#]*/i.exec(head.target);
+  const target = origin ? head.target.slice(origin[0].length) || "/" : head.target;
+  return {
+    method: head.method,
+    target: target.startsWith("?") ? `/${target}` : target,
+    version: head.version,
+    headers,
+  };
+}
+
+/**
+ * The head to send back to the visitor: hop-by-hop fields removed as for requests (Upgrade and
+ * `Connection: upgrade` kept on a 101), everything else — duplicate Set-Cookie included — kept in order.
+ */
+export function forwardResponseHead(head: ResponseHead): ResponseHeadLine {
+  const upgrade = head.status === 101;
+  const headers = endToEnd(head.headers, upgrade);
+  headers.push(...connectionField(head.version, head.keepAlive, upgrade));
+  return { version: head.version, status: head.status, reason: head.reason, headers };
+}
