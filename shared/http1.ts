@@ -62,14 +62,13 @@ export abstract class MessageFramer<H extends RequestHead | ResponseHead> {
   private remaining = 0;
   private readonly chunked = new ChunkedScanner();
   private failure: Error | null = null;
+  private last: H | null = null;
 
   /** Parses the exact bytes of one head. */
   protected abstract parseHead(bytes: Uint8Array): H;
 
   /** The state after a message ends (a framer may wait for a protocol switch). */
   protected abstract afterMessage(head: H): State;
-
-  private last: H | null = null;
 
   /**
    * Feeds the next bytes of the stream and returns what they complete, in order.
