@@ -15,6 +15,7 @@
 import { lookup } from "node:dns/promises";
 import { parseArgs } from "node:util";
 import {
+  formatHost,
   type HostPort,
   parseHostPort,
   parsePort,
@@ -36,14 +37,21 @@ import {
   parseControl,
   ResetCode,
   StreamKind,
+  SUBDOMAIN,
   type SyncMessage,
 } from "./shared/protocol.ts";
 import { type RelaySocket, type RelaySocketData, relaySocketHandlers } from "./shared/stream.ts";
 
 /** One local service to publish. */
 export interface ExposeOption extends HostPort {
-  /** Public port to ask for; absent for any. */
+  /** A raw TCP tunnel (default) or an HTTP tunnel at `NAME.DOMAIN`. */
+  kind?: "tcp" | "http";
+  /** TCP: the public port to ask for; absent for any. */
   publicPort?: number;
+  /** HTTP: the name to ask for; absent for a random one. */
+  subdomain?: string;
+  /** HTTP: keep the visitor's Host header instead of sending the local address (default false). */
+  preserveHost?: boolean;
 }
 
 /** Everything the client can be told; the CLI fills it from flags and env. */
@@ -68,6 +76,8 @@ export interface ClientOptions {
 /** A live tunnel, as the server announced it. */
 export interface TunnelInfo {
   id: string;
+  /** HTTP tunnels: the name under the server's domain. */
+  name?: string;
   url: string;
   host: string;
   port: number;
@@ -133,7 +143,7 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     const target = targets.get(frame.tunnel);
     if (target === undefined) throw new ProtocolError(`OPEN for unknown tunnel ${frame.tunnel}`);
     const stream = mux.acceptStream(frame.stream);
-    if (frame.kind !== StreamKind.Tcp) {
+    if (frame.kind !== StreamKind.Tcp && frame.kind !== StreamKind.Http) {
       stream.reset(ResetCode.Protocol, `stream kind ${frame.kind} is not supported by this client`);
       return;
     }
@@ -225,17 +235,27 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
   function expose(local: ExposeOption, previous?: TunnelInfo): Promise<TunnelInfo> {
     const id = nextRequest++;
     const answer = new Promise<Exposed>((resolve, reject) => pending.set(id, { resolve, reject }));
+    const http = local.kind === "http";
     const request: ExposeRequest = {
       type: "expose",
       id,
-      kind: "tcp",
-      port: local.publicPort ?? previous?.port,
+      kind: http ? "http" : "tcp",
+      port: http ? undefined : (local.publicPort ?? previous?.port),
+      subdomain: http ? (local.subdomain ?? previous?.name) : undefined,
+      hostHeader: http && !local.preserveHost ? `${formatHost(local.host)}:${local.port}` : undefined,
       tunnel: previous?.id,
     };
     connection.ws.send(JSON.stringify(request));
     return answer.then((m) => {
       targets.set(m.ref, { host: local.host, port: local.port });
-      const tunnel = { id: m.tunnel, url: m.url, host: m.host, port: m.port, local: { ...local } };
+      const tunnel = {
+        id: m.tunnel,
+        name: m.name,
+        url: m.url,
+        host: m.host,
+        port: m.port,
+        local: { ...local },
+      };
       options.onExposed?.(tunnel);
       return tunnel;
     });
@@ -249,8 +269,8 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     tunnels = await Promise.all(
       options.expose.map((local, i) =>
         expose(local, tunnels[i]).catch((error) => {
-          if (local.publicPort !== undefined) throw error;
-          log.warn(`${describeError(error)}; asking for another port`);
+          if (local.publicPort !== undefined || local.subdomain !== undefined) throw error;
+          log.warn(`${describeError(error)}; asking for another one`);
           return expose(local);
         }),
       ),
@@ -345,6 +365,9 @@ Options:
   --expose HOST:PORT   local service to publish (repeatable: one tunnel each)
   --server URL         ws:// or wss:// server (default: env SOCKETS_SERVER, else ws://localhost:7070)
   --port N             ask for this public port (repeatable: one per --expose, in order)
+  --http HOST:PORT     local web service to publish at http://NAME.DOMAIN (repeatable: one tunnel each)
+  --subdomain NAME     ask for this NAME (repeatable: one per --http, in order; default random)
+  --host-header MODE   rewrite (Host = the local address, default) or preserve (the visitor's)
   --ca FILE            trust this CA or self-signed certificate (PEM) for wss
   --insecure           skip TLS certificate verification (unsafe; prints a warning)
   --heartbeat SECONDS  ping interval; a server silent for 3 intervals is dead (default 10)
@@ -368,6 +391,9 @@ export async function parseClientArgs(
     allowPositionals: false,
     options: {
       expose: { type: "string", multiple: true },
+      http: { type: "string", multiple: true },
+      subdomain: { type: "string", multiple: true },
+      "host-header": { type: "string" },
       server: { type: "string" },
       port: { type: "string", multiple: true },
       ca: { type: "string" },
@@ -380,14 +406,35 @@ export async function parseClientArgs(
   });
   if (values.help) return "help";
   const exposes = values.expose ?? [];
-  if (exposes.length === 0) throw new UsageError("--expose HOST:PORT is required");
+  const https = values.http ?? [];
+  if (exposes.length + https.length === 0)
+    throw new UsageError("--expose HOST:PORT or --http HOST:PORT is required");
   const ports = values.port ?? [];
   if (ports.length > exposes.length) throw new UsageError("--port given more times than --expose");
-  const expose = exposes.map((value, i): ExposeOption => {
+  const subdomains = values.subdomain ?? [];
+  if (subdomains.length > https.length) throw new UsageError("--subdomain given more times than --http");
+  const hostHeader = values["host-header"] ?? "rewrite";
+  if (hostHeader !== "rewrite" && hostHeader !== "preserve")
+    throw new UsageError(`--host-header: '${hostHeader}' is not rewrite or preserve`);
+  const tcp = exposes.map((value, i): ExposeOption => {
     const target = parseHostPort(value, "--expose");
     const port = ports[i];
     return port === undefined ? target : { ...target, publicPort: parsePort(port, "--port") };
   });
+  const http = https.map((value, i): ExposeOption => {
+    const subdomain = subdomains[i];
+    if (subdomain !== undefined && !SUBDOMAIN.test(subdomain))
+      throw new UsageError(
+        `--subdomain: '${subdomain}' is not a DNS label (a-z, 0-9, inner '-', at most 63)`,
+      );
+    return {
+      ...parseHostPort(value, "--http"),
+      kind: "http",
+      subdomain,
+      preserveHost: hostHeader === "preserve",
+    };
+  });
+  const expose = [...tcp, ...http];
   // An empty SOCKETS_SERVER counts as unset, like an empty SOCKETS_API_KEY.
   const server = parseServerUrl(values.server ?? (env.SOCKETS_SERVER || "ws://localhost:7070"), "--server");
   let ca: string | undefined;

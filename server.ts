@@ -26,6 +26,7 @@ import {
   UsageError,
 } from "./shared/args.ts";
 import { bearerKey, keyMatches } from "./shared/auth.ts";
+import { listenHttp } from "./shared/http-ingress.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import {
   AUTH_HEADER,
@@ -48,6 +49,8 @@ export interface ServerOptions {
   domain?: string;
   /** Range for public TCP ports; absent means any free port. */
   tcpPorts?: PortRange;
+  /** Public port for HTTP tunnels (`NAME.DOMAIN`); 0 picks a free one; absent means no HTTP tunnels. */
+  httpPort?: number;
   /** PEM certificate and key: serve wss/https. */
   tls?: { cert: string; key: string };
   /** Clients must present this key; absent means no auth. */
@@ -94,6 +97,8 @@ export interface ServerHandle {
   port: number;
   /** `ws://` or `wss://` URL for clients. */
   url: string;
+  /** Bound HTTP tunnel port, when `httpPort` was given. */
+  httpPort?: number;
   stats(): ServerStats;
   /**
    * Shuts down: stops accepting clients and visitors, tells clients (going-away), lets streams in
@@ -124,6 +129,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     handshakeSeconds: options.handshakeSeconds ?? 10,
     log,
     tunnelIds: new Set(),
+    httpRoutes: new Map(),
     onEnded: (session) => sessions.delete(session.id),
   };
   const authFailures = new FailureLimiter(options.authFailLimit ?? 10);
@@ -222,6 +228,23 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     },
   });
 
+  // HTTP tunnels: visitors routed by Host to NAME.DOMAIN on their own port.
+  let http: ReturnType<typeof listenHttp> | undefined;
+  try {
+    if (options.httpPort !== undefined)
+      http = listenHttp({
+        host,
+        port: options.httpPort,
+        domain: context.domain,
+        route: (name) => context.httpRoutes.get(name),
+        log,
+      });
+  } catch (error) {
+    await server.stop(true);
+    throw new Error(`--http-port ${options.httpPort}: ${describeError(error)}`);
+  }
+  context.httpPort = http?.port;
+
   // Heartbeat: ping every client each interval; one silent for three intervals is dead.
   const heartbeat = setInterval(() => {
     const now = Date.now();
@@ -243,11 +266,13 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
 
   const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${server.port}`;
   log.info(`listening on ${url} (domain ${context.domain})`);
+  if (http) log.info(`http tunnels on http://*.${context.domain}:${http.port}`);
   if (!options.apiKey) log.warn("no SOCKETS_SINGLE_API_KEY set: any client may open tunnels");
   return {
     host,
     port: server.port as number,
     url,
+    httpPort: http?.port,
     stats,
     async close() {
       if (draining) return;
@@ -255,9 +280,11 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       clearInterval(heartbeat);
       clearInterval(idleSweep);
       void server.stop(false);
+      http?.stop(false);
       const drainMs = (options.drainSeconds ?? 10) * 1000;
       await Promise.all([...sessions.values()].map((session) => session.drain(drainMs)));
       for (const session of [...sessions.values()]) session.end();
+      http?.stop(true);
       await server.stop(true);
     },
   };
@@ -270,6 +297,7 @@ Options:
   --port N               control port: client WebSocket, GET /health (default 7070; 0 = any free)
   --domain NAME          public host name printed in tunnel URLs (default localhost)
   --tcp-ports MIN-MAX    range for public TCP ports (default: any free port)
+  --http-port N          public port for HTTP tunnels at http://NAME.DOMAIN:N (0 = any free; default: none)
   --tls-cert FILE        PEM certificate: serve wss/https (needs --tls-key)
   --tls-key FILE         PEM private key for --tls-cert
   --window BYTES         per-stream flow-control window (default ${DEFAULTS.window})
@@ -302,6 +330,7 @@ export function parseServerArgs(
       port: { type: "string" },
       domain: { type: "string" },
       "tcp-ports": { type: "string" },
+      "http-port": { type: "string" },
       "tls-cert": { type: "string" },
       "tls-key": { type: "string" },
       window: { type: "string" },
@@ -326,6 +355,7 @@ export function parseServerArgs(
     domain: values.domain,
     tcpPorts:
       values["tcp-ports"] === undefined ? undefined : parsePortRange(values["tcp-ports"], "--tcp-ports"),
+    httpPort: optional(values["http-port"], (v) => parsePort(v, "--http-port", true)),
     tls: values["tls-cert"]
       ? {
           cert: readPem(values["tls-cert"], "--tls-cert", "certificate", /-----BEGIN CERTIFICATE-----/),

@@ -127,7 +127,7 @@ export class Mux implements StreamHost {
         stream.onEnd();
         break;
       case FrameType.Reset:
-        stream.onReset();
+        stream.onReset(frame.code, frame.reason);
         break;
     }
   }

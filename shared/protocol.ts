@@ -47,6 +47,8 @@ export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 export const StreamKind = {
   /** A raw TCP connection to a public port. */
   Tcp: 1,
+  /** An HTTP connection routed by Host on the server's HTTP port; request heads carry X-Forwarded-*. */
+  Http: 2,
 } as const;
 
 /** A stream kind number. */
@@ -136,9 +138,13 @@ export interface ExposeRequest {
   type: "expose";
   /** Request number chosen by the client; echoed in the answer. */
   id: number;
-  kind: "tcp";
-  /** Public port wanted; absent for any. */
+  kind: "tcp" | "http";
+  /** Public port wanted (tcp); absent for any. */
   port?: number;
+  /** Name wanted under the server's domain (http); absent for a random one. */
+  subdomain?: string;
+  /** Host header to send the local service (http): its own address; absent to keep the visitor's. */
+  hostHeader?: string;
   /** Tunnel id wanted (a client re-exposing after a server restart keeps its id); absent for a new one. */
   tunnel?: string;
 }
@@ -151,6 +157,8 @@ export interface Exposed {
   tunnel: string;
   /** Small number that OPEN frames use to name this tunnel. */
   ref: number;
+  /** HTTP tunnels: the name under the server's domain. */
+  name?: string;
   host: string;
   port: number;
   url: string;
@@ -166,6 +174,9 @@ export interface ErrorMessage {
 
 /** Every text control message. */
 export type ControlMessage = Hello | SyncMessage | GoingAway | ExposeRequest | Exposed | ErrorMessage;
+
+/** What an HTTP tunnel's name may look like: one DNS label, lower case. */
+export const SUBDOMAIN = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 
 /** What a tunnel id may look like (nanoid's alphabet). */
 export const TUNNEL_ID = /^[A-Za-z0-9_-]{1,64}$/;
@@ -236,8 +247,12 @@ export function parseControl(text: string): ControlMessage {
     case "expose":
       if (
         isCount(value.id) &&
-        value.kind === "tcp" &&
+        (value.kind === "tcp" || value.kind === "http") &&
         (value.port === undefined || isPort(value.port)) &&
+        (value.subdomain === undefined ||
+          (typeof value.subdomain === "string" && value.subdomain.length <= 63)) &&
+        (value.hostHeader === undefined ||
+          (typeof value.hostHeader === "string" && value.hostHeader.length <= 300)) &&
         (value.tunnel === undefined || (typeof value.tunnel === "string" && TUNNEL_ID.test(value.tunnel)))
       )
         return value as unknown as ExposeRequest;

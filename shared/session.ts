@@ -16,9 +16,10 @@
 
 import { randomBytes } from "node:crypto";
 import type { ServerWebSocket, TCPSocketListener } from "bun";
-import { nanoid } from "nanoid";
+import { customAlphabet, nanoid } from "nanoid";
 import { formatHost, type PortRange } from "./args.ts";
 import { keyMatches } from "./auth.ts";
+import type { HttpRoute } from "./http-ingress.ts";
 import { describeError, type Logger } from "./log.ts";
 import { Mux } from "./mux.ts";
 import {
@@ -29,10 +30,11 @@ import {
   parseControl,
   ResetCode,
   StreamKind,
+  SUBDOMAIN,
   type SyncMessage,
 } from "./protocol.ts";
 import { listenPublic, PortError } from "./public-port.ts";
-import { type RelaySocket, type RelaySocketData, relaySocketHandlers } from "./stream.ts";
+import { type RelaySocket, type RelaySocketData, relaySocketHandlers, type Stream } from "./stream.ts";
 
 /** The `data` slot of every client WebSocket. */
 export interface SessionSocketData {
@@ -59,6 +61,10 @@ export interface SessionContext {
   log: Logger;
   /** Tunnel ids in use server-wide (live and reserved). */
   tunnelIds: Set<string>;
+  /** The public HTTP port, if the server has one. */
+  httpPort?: number;
+  /** HTTP tunnels by name, server-wide (live and reserved). */
+  httpRoutes: Map<string, HttpRoute>;
   /** Called once when the session ended for good. */
   onEnded(session: Session): void;
 }
@@ -67,10 +73,17 @@ export interface SessionContext {
 export interface Tunnel {
   id: string;
   ref: number;
+  /** Its public port (for HTTP tunnels, the server's HTTP port). */
   port: number;
-  listener: TCPSocketListener<RelaySocketData>;
+  /** TCP tunnels: the public listener. */
+  listener?: TCPSocketListener<RelaySocketData>;
+  /** HTTP tunnels: the name under the server's domain. */
+  name?: string;
   streams: number;
 }
+
+/** A random HTTP tunnel name: DNS-safe, lower-case letters and digits. */
+const randomName = customAlphabet("abcdefghijklmnopqrstuvwxyz0123456789", 10);
 
 /** Bytes queued on a client's WebSocket past which every stream stops reading until it drains. */
 const SEND_HIGH_WATER = 4 * 1024 * 1024;
@@ -201,7 +214,7 @@ export class Session {
   }
 
   private expose(request: ExposeRequest): void {
-    const { log, limits, host, domain, tcpPorts, tunnelIds } = this.context;
+    const { log, limits, domain, tunnelIds } = this.context;
     if (this.tunnels.size >= limits.maxTunnelsPerClient) {
       this.refuse(request, "limit", `a client may hold at most ${limits.maxTunnelsPerClient} tunnels`);
       return;
@@ -209,32 +222,78 @@ export class Session {
     // A client re-exposing after a server restart keeps its tunnel id unless another client holds it.
     const wanted = request.tunnel;
     const id = wanted !== undefined && !tunnelIds.has(wanted) ? wanted : nanoid(12);
-    const ref = this.nextRef++;
-    const tunnel = { id, ref, port: 0, streams: 0 } as Tunnel;
+    const tunnel = { id, ref: this.nextRef++, port: 0, streams: 0 } as Tunnel;
+    const opened = request.kind === "http" ? this.openHttp(tunnel, request) : this.openTcp(tunnel, request);
+    if (opened !== null) {
+      this.refuse(request, opened.code, opened.message);
+      return;
+    }
+    this.tunnels.set(tunnel.ref, tunnel);
+    tunnelIds.add(tunnel.id);
+    const url =
+      tunnel.name === undefined
+        ? `${formatHost(domain)}:${tunnel.port}`
+        : `http://${tunnel.name}.${domain}:${tunnel.port}`;
+    log.info(`tunnel ${tunnel.id} for ${this.remote}: ${url}`);
+    const host = tunnel.name === undefined ? domain : `${tunnel.name}.${domain}`;
+    const { ref, port, name } = tunnel;
+    const exposed = { type: "exposed", id: request.id, tunnel: id, ref, name, host, port, url };
+    this.ws?.send(JSON.stringify(exposed));
+  }
+
+  /** A TCP tunnel: its own public port. */
+  private openTcp(tunnel: Tunnel, request: ExposeRequest): { code: string; message: string } | null {
+    const { host, tcpPorts } = this.context;
     try {
       tunnel.listener = listenPublic<RelaySocketData>(
         { host, port: request.port, range: tcpPorts },
         { ...relaySocketHandlers, open: (socket) => this.acceptVisitor(tunnel, socket) },
       );
     } catch (error) {
-      this.refuse(request, error instanceof PortError ? error.code : "listen_failed", describeError(error));
-      return;
+      return {
+        code: error instanceof PortError ? error.code : "listen_failed",
+        message: describeError(error),
+      };
     }
     tunnel.port = tunnel.listener.port;
-    this.tunnels.set(ref, tunnel);
-    tunnelIds.add(tunnel.id);
-    const url = `${formatHost(domain)}:${tunnel.port}`;
-    log.info(`tunnel ${tunnel.id} for ${this.remote} on port ${tunnel.port}`);
-    const exposed = {
-      type: "exposed",
-      id: request.id,
-      tunnel: tunnel.id,
-      ref,
-      host: domain,
-      port: tunnel.port,
-      url,
-    };
-    this.ws?.send(JSON.stringify(exposed));
+    return null;
+  }
+
+  /** An HTTP tunnel: a name on the server's HTTP port. */
+  private openHttp(tunnel: Tunnel, request: ExposeRequest): { code: string; message: string } | null {
+    const { httpPort, httpRoutes } = this.context;
+    if (httpPort === undefined) return { code: "no_http", message: "this server has no --http-port" };
+    const name = request.subdomain ?? randomName();
+    if (!SUBDOMAIN.test(name))
+      return {
+        code: "bad_subdomain",
+        message: `subdomain '${name}' is not a DNS label (a-z, 0-9, inner '-', at most 63)`,
+      };
+    if (httpRoutes.has(name)) return { code: "subdomain_taken", message: `subdomain '${name}' is taken` };
+    tunnel.name = name;
+    tunnel.port = httpPort;
+    httpRoutes.set(name, {
+      hostHeader: request.hostHeader,
+      open: (socket) => this.acceptHttpVisitor(tunnel, socket),
+    });
+    return null;
+  }
+
+  /** A visitor's first request named an HTTP tunnel of this session: announce it as a new stream. */
+  private acceptHttpVisitor(
+    tunnel: Tunnel,
+    socket: RelaySocket,
+  ): Stream | { status: number; message: string } {
+    if (this.state !== "live")
+      return { status: 502, message: "the tunnel's client is offline; try again shortly" };
+    if (tunnel.streams >= this.context.limits.maxStreamsPerTunnel)
+      return { status: 502, message: "too many connections to this tunnel" };
+    tunnel.streams++;
+    const stream = this.mux.createStream(() => tunnel.streams--);
+    const remote = `${formatHost(socket.remoteAddress)}:${socket.remotePort}`;
+    this.mux.sendOpen(stream, StreamKind.Http, tunnel.ref, { remote });
+    stream.attach(socket);
+    return stream;
   }
 
   private refuse(request: ExposeRequest, code: string, message: string): void {
@@ -330,7 +389,7 @@ export class Session {
   async drain(drainMs: number): Promise<void> {
     if (this.state !== "live") return this.end();
     this.state = "draining";
-    for (const tunnel of this.tunnels.values()) tunnel.listener.stop(false);
+    for (const tunnel of this.tunnels.values()) this.closeTunnel(tunnel, false);
     this.ws?.send(JSON.stringify({ type: "going-away", drain: Math.round(drainMs / 1000) }));
     const deadline = Date.now() + drainMs;
     while (this.mux.streams.size > 0 && this.ws !== null && Date.now() < deadline) await Bun.sleep(50);
@@ -352,6 +411,12 @@ export class Session {
     this.onClose(ws, code);
   }
 
+  /** Stops a tunnel taking visitors: its public port closes, or its name goes. */
+  private closeTunnel(tunnel: Tunnel, closeVisitors: boolean): void {
+    tunnel.listener?.stop(closeVisitors);
+    if (tunnel.name !== undefined) this.context.httpRoutes.delete(tunnel.name);
+  }
+
   /** Ends the session for good: closes its public ports, every visitor and the WebSocket. */
   end(code: number = CloseCode.GoingAway, reason = "server shutting down"): void {
     if (this.state === "ended") return;
@@ -359,7 +424,7 @@ export class Session {
     clearTimeout(this.graceTimer);
     clearTimeout(this.handshakeTimer);
     for (const tunnel of this.tunnels.values()) {
-      tunnel.listener.stop(true);
+      this.closeTunnel(tunnel, true);
       this.context.tunnelIds.delete(tunnel.id);
     }
     this.tunnels.clear();

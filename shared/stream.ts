@@ -213,8 +213,19 @@ export class Stream {
     this.flushPending();
   }
 
-  /** RESET from the peer: drop everything and abort the socket. */
-  onReset(): void {
+  /**
+   * Set by a role that can answer a visitor better than an abort (the HTTP ingress answers 502 when
+   * nothing came back yet). Returning true means it took the socket and will close it.
+   */
+  onPeerReset?: (code: number, reason: string, received: number) => boolean;
+
+  /** RESET from the peer: drop everything and abort the socket (unless {@link onPeerReset} took it). */
+  onReset(code: number = ResetCode.Aborted, reason = ""): void {
+    const socket = this.socket;
+    if (socket && this.onPeerReset?.(code, reason, this.recvSeq)) {
+      socket.data.stream = null;
+      this.socket = null;
+    }
     this.destroy();
   }
 

@@ -70,7 +70,14 @@ describe("server: bad input", () => {
 describe("client: bad input", () => {
   const cases: [string, string[], RegExp][] = [
     ["unknown flag", ["--expose", "127.0.0.1:80", "--bogus"], /unknown option '--bogus'/i],
-    ["no --expose", [], /--expose HOST:PORT is required/],
+    ["no --expose", [], /--expose HOST:PORT or --http HOST:PORT is required/],
+    [
+      "--subdomain that is not a DNS label",
+      ["--http", "3000", "--subdomain", "UPPER"],
+      /--subdomain: 'UPPER'/,
+    ],
+    ["--subdomain without --http", ["--expose", "3000", "--subdomain", "a"], /more times than --http/],
+    ["--host-header neither mode", ["--http", "3000", "--host-header", "keep"], /--host-header: 'keep'/],
     ["--expose without a value", ["--expose"], /--expose/],
     ["--expose without a port", ["--expose", "localhost"], /--expose: 'localhost' is not HOST:PORT/],
     ["--expose with port 0", ["--expose", "127.0.0.1:0"], /--expose: '0' is not a port/],

@@ -1,0 +1,149 @@
+/**
+ * The server's public HTTP port: each visitor connection is framed request by request
+ * (`RequestFramer`), routed by the Host of its first request (`NAME.DOMAIN`) to an HTTP tunnel, and
+ * carried as one stream of kind Http: request heads are re-written with X-Forwarded-* (and the Host
+ * the tunnel asked for), bodies pass through as they come (never buffered), responses come back as
+ * raw bytes. An upgrade request (WebSocket) turns the connection into raw bytes both ways.
+ *
+ * Unknown names get 404, a tunnel whose client is away or whose local service refuses gets 502, a
+ * malformed request its 4xx/5xx: each a small text page, then the connection closes.
+ * @module
+ */
+
+import type { TCPSocketListener } from "bun";
+import { formatHost } from "./args.ts";
+import {
+  forwardRequestHead,
+  HttpParseError,
+  type RequestEvent,
+  RequestFramer,
+  requestHost,
+  serializeHead,
+} from "./http1.ts";
+import type { Logger } from "./log.ts";
+import { type RelaySocket, type RelaySocketData, relaySocketHandlers, type Stream } from "./stream.ts";
+
+/** Where a name leads: an HTTP tunnel that opens a stream per visitor connection. */
+export interface HttpRoute {
+  /** Host header for the local service, or undefined to keep the visitor's. */
+  hostHeader?: string;
+  /** Opens a stream for this visitor, or says why not. */
+  open(socket: HttpSocket): Stream | { status: number; message: string };
+}
+
+/** The `data` slot of a visitor socket on the HTTP port. */
+export interface HttpSocketData extends RelaySocketData {
+  framer: RequestFramer;
+  route: HttpRoute | null;
+}
+
+/** A visitor socket on the HTTP port. */
+export type HttpSocket = RelaySocket & { data: HttpSocketData };
+
+/** Where to listen and how to find routes. */
+export interface HttpIngressOptions {
+  host: string;
+  port: number;
+  /** Public names are `NAME.<domain>`. */
+  domain: string;
+  /** The tunnel behind a name, if any. */
+  route(name: string): HttpRoute | undefined;
+  log: Logger;
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  400: "Bad Request",
+  404: "Not Found",
+  413: "Content Too Large",
+  431: "Request Header Fields Too Large",
+  501: "Not Implemented",
+  502: "Bad Gateway",
+};
+
+/** Writes a small text response and closes the connection. */
+function respond(socket: RelaySocket, status: number, message: string): void {
+  const body = `${message}\n`;
+  const head = `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n`;
+  socket.write(head + body);
+  socket.end();
+}
+
+/** The tunnel name in a Host value (`NAME.DOMAIN[:port]`), or undefined. */
+export function nameOf(host: string, domain: string): string | undefined {
+  const bare = host.toLowerCase().replace(/:\d+$/, "");
+  const suffix = `.${domain.toLowerCase()}`;
+  return bare.endsWith(suffix) && bare.length > suffix.length ? bare.slice(0, -suffix.length) : undefined;
+}
+
+/** Opens the HTTP port; visitors are routed as described in the module comment. */
+export function listenHttp(options: HttpIngressOptions): TCPSocketListener<HttpSocketData> {
+  const { domain, log } = options;
+
+  /** Route: the first request's Host picks the tunnel for the whole connection. */
+  function route(socket: HttpSocket, host: string): Stream | null {
+    const name = nameOf(host, domain);
+    const target = name === undefined ? undefined : options.route(name);
+    if (target === undefined) {
+      respond(socket, 404, `no tunnel at ${host || "(no Host header)"}`);
+      return null;
+    }
+    const opened = target.open(socket);
+    if (!(opened as Stream).id) {
+      const refusal = opened as { status: number; message: string };
+      respond(socket, refusal.status, refusal.message);
+      return null;
+    }
+    const stream = opened as Stream;
+    socket.data.route = target;
+    // Nothing came back yet: answer the visitor with a page rather than a reset.
+    stream.onPeerReset = (_code, reason, received) => {
+      if (received > 0) return false;
+      respond(socket, 502, `the tunnel's local service did not answer: ${reason}`);
+      return true;
+    };
+    return stream;
+  }
+
+  function relay(socket: HttpSocket, events: RequestEvent[]): void {
+    const data = socket.data;
+    for (const event of events) {
+      if (event.type === "head") {
+        const stream = data.stream ?? route(socket, requestHost(event.head));
+        if (stream === null || data.route === null) return;
+        const head = forwardRequestHead(event.head, {
+          remoteIp: socket.remoteAddress,
+          proto: "http",
+          rewriteHost: data.route.hostHeader,
+        });
+        stream.onSocketData(serializeHead(head));
+      } else if (event.type === "body" || event.type === "passthrough")
+        data.stream?.onSocketData(event.bytes);
+      else if (data.framer.awaitingUpgrade) relay(socket, data.framer.switchToPassthrough());
+    }
+  }
+
+  return Bun.listen<HttpSocketData>({
+    hostname: options.host,
+    port: options.port,
+    allowHalfOpen: true,
+    socket: {
+      ...(relaySocketHandlers as unknown as Bun.SocketHandler<HttpSocketData>),
+      open(socket) {
+        socket.data = { stream: null, framer: new RequestFramer(), route: null };
+      },
+      data(socket, chunk) {
+        let events: RequestEvent[];
+        try {
+          events = socket.data.framer.feed(chunk);
+        } catch (error) {
+          const status = error instanceof HttpParseError ? error.status : 400;
+          log.info(`http visitor ${formatHost(socket.remoteAddress)}: ${(error as Error).message}`);
+          if (socket.data.stream) socket.data.stream.reset(1, `bad request: ${(error as Error).message}`);
+          else respond(socket, status, (error as Error).message);
+          return;
+        }
+        relay(socket as HttpSocket, events);
+      },
+    },
+  });
+}

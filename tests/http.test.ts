@@ -1,0 +1,216 @@
+/**
+ * HTTP tunnels end to end: a local web app published at http://NAME.localhost:PORT through real server
+ * and client processes, reached with fetch and a WebSocket (Bun resolves *.localhost to loopback).
+ */
+
+import { beforeAll, describe, expect, test } from "bun:test";
+import { createHash } from "node:crypto";
+import {
+  type ClientProcess,
+  randomData,
+  type ServerProcess,
+  setupFile,
+  sha256,
+  spawnRole,
+  startClientProcess,
+  startServerProcess,
+  withTimeout,
+} from "./helpers.ts";
+
+setupFile();
+
+const MiB = 1024 * 1024;
+
+/** The local web app: echoes what it saw, hashes uploads, streams downloads, echoes WebSocket messages. */
+function startApp() {
+  let hits = 0;
+  const app = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    async fetch(req, server) {
+      hits++;
+      const url = new URL(req.url);
+      if (url.pathname === "/ws") {
+        if (server.upgrade(req)) return undefined;
+        return new Response("expected a WebSocket", { status: 400 });
+      }
+      if (url.pathname === "/headers") return Response.json(Object.fromEntries(req.headers));
+      if (url.pathname === "/sha256") {
+        const hash = createHash("sha256");
+        let bytes = 0;
+        for await (const chunk of req.body ?? []) {
+          hash.update(chunk);
+          bytes += chunk.length;
+        }
+        return Response.json({ bytes, sha256: hash.digest("hex") });
+      }
+      if (url.pathname === "/bytes") {
+        const size = Number(url.searchParams.get("n"));
+        return new Response(deterministic(size), { headers: { "content-type": "application/octet-stream" } });
+      }
+      if (url.pathname === "/cookies") {
+        const headers = new Headers();
+        for (const c of ["a=1", "b=2", "c=3"]) headers.append("set-cookie", c);
+        return new Response("ok", { headers });
+      }
+      if (url.pathname === "/empty") return new Response(null, { status: 204 });
+      return new Response(`hello from ${url.pathname}`);
+    },
+    websocket: {
+      message(ws, message) {
+        ws.send(message);
+      },
+    },
+  });
+  return { port: app.port as number, hits: () => hits, stop: () => app.stop(true) };
+}
+
+/** `size` pseudo-random bytes, the same for the same size (so both sides can hash them). */
+function deterministic(size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  let x = 0x9e3779b9;
+  for (let i = 0; i < size; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+describe("http tunnel", () => {
+  let server: ServerProcess;
+  let client: ClientProcess;
+  let app: ReturnType<typeof startApp>;
+  let base: string;
+  let httpPort: number;
+
+  beforeAll(async () => {
+    app = startApp();
+    server = await startServerProcess(["--http-port", "0", "--domain", "localhost"]);
+    httpPort = Number((await server.waitFor(/http tunnels on http:\/\/\*\.localhost:(\d+)/))[1]);
+    client = await startClientProcess(
+      server.url,
+      [],
+      ["--http", `127.0.0.1:${app.port}`, "--subdomain", "demo"],
+    );
+    await client.waitFor(/exposed with tunnel id \S+, url: http:/);
+    base = `http://demo.localhost:${httpPort}`;
+  });
+
+  test("prints the URL; a GET reaches the local app with X-Forwarded-* and the local Host", async () => {
+    expect(client.stdout()).toContain(`url: ${base}\n`);
+    const response = await fetch(`${base}/headers`, { headers: { "x-forwarded-for": "6.6.6.6" } });
+    expect(response.status).toBe(200);
+    const seen = (await response.json()) as Record<string, string>;
+    expect(seen.host).toBe(`127.0.0.1:${app.port}`);
+    expect(seen["x-forwarded-for"]).toBe("127.0.0.1"); // the visitor's own copy is not trusted
+    expect(seen["x-forwarded-host"]).toBe(`demo.localhost:${httpPort}`);
+    expect(seen["x-forwarded-proto"]).toBe("http");
+  });
+
+  test("keep-alive: 50 sequential requests, then 20 concurrent clients × 5 requests", async () => {
+    for (let i = 0; i < 50; i++)
+      expect(await (await fetch(`${base}/n${i}`)).text()).toBe(`hello from /n${i}`);
+    const clients = Array.from({ length: 20 }, async (_, c) => {
+      for (let i = 0; i < 5; i++)
+        expect(await (await fetch(`${base}/c${c}/${i}`)).text()).toBe(`hello from /c${c}/${i}`);
+    });
+    await Promise.all(clients);
+  });
+
+  test("a 32 MiB upload and a 32 MiB download arrive intact (sha256)", async () => {
+    const body = randomData(32 * MiB);
+    const up = (await (await fetch(`${base}/sha256`, { method: "POST", body })).json()) as { sha256: string };
+    expect(up.sha256).toBe(sha256(body));
+    const down = new Uint8Array(await (await fetch(`${base}/bytes?n=${32 * MiB}`)).arrayBuffer());
+    expect(sha256(down)).toBe(sha256(deterministic(32 * MiB)));
+  });
+
+  test("HEAD, 204 and three Set-Cookie headers come through as sent", async () => {
+    const head = await fetch(`${base}/hello`, { method: "HEAD" });
+    expect(head.status).toBe(200);
+    expect(await head.text()).toBe("");
+    expect((await fetch(`${base}/empty`)).status).toBe(204);
+    const cookies = await fetch(`${base}/cookies`);
+    expect(cookies.headers.getSetCookie()).toEqual(["a=1", "b=2", "c=3"]);
+  });
+
+  test("a WebSocket through the tunnel: 200 messages of random sizes, text and binary, all equal", async () => {
+    const ws = new WebSocket(`ws://demo.localhost:${httpPort}/ws`);
+    ws.binaryType = "arraybuffer";
+    await withTimeout(
+      new Promise((resolve) => ws.addEventListener("open", resolve, { once: true })),
+      5000,
+      "no open",
+    );
+    const sent: string[] = [];
+    const received: string[] = [];
+    const all = new Promise<void>((resolve) =>
+      ws.addEventListener("message", (event) => {
+        received.push(
+          typeof event.data === "string" ? `t:${event.data}` : `b:${sha256(new Uint8Array(event.data))}`,
+        );
+        if (received.length === 200) resolve();
+      }),
+    );
+    for (let i = 0; i < 200; i++) {
+      if (i % 2 === 0) {
+        const text = `message ${i} ${"x".repeat(i * 13)}`;
+        sent.push(`t:${text}`);
+        ws.send(text);
+      } else {
+        const data = randomData(1 + ((i * 7919) % (256 * 1024)));
+        sent.push(`b:${sha256(data)}`);
+        ws.send(data);
+      }
+    }
+    await withTimeout(all, 20_000, "echoes did not all arrive");
+    expect(received).toEqual(sent);
+    const closed = new Promise<number>((resolve) => ws.addEventListener("close", (e) => resolve(e.code)));
+    ws.close(4321, "bye");
+    expect(await withTimeout(closed, 5000, "no close")).toBe(4321);
+  });
+
+  test("an unknown name gets 404 and nothing reaches the app", async () => {
+    const before = app.hits();
+    const response = await fetch(`http://nobody.localhost:${httpPort}/`);
+    expect(response.status).toBe(404);
+    expect(await response.text()).toContain("no tunnel at nobody.localhost");
+    expect(app.hits()).toBe(before);
+  });
+
+  test("a taken --subdomain: the second client exits non-zero with one clear line", async () => {
+    const second = spawnRole([
+      "bun",
+      "client.ts",
+      "--server",
+      server.url,
+      "--http",
+      `127.0.0.1:${app.port}`,
+      "--subdomain",
+      "demo",
+    ]);
+    expect(await second.exited(10_000)).not.toBe(0);
+    expect(second.stderr()).toMatch(/subdomain 'demo' is taken/);
+  });
+});
+
+test("local service down: the visitor gets 502 promptly", async () => {
+  const server = await startServerProcess(["--http-port", "0", "--domain", "localhost"]);
+  const port = Number((await server.waitFor(/http tunnels on http:\/\/\*\.localhost:(\d+)/))[1]);
+  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const deadPort = probe.port;
+  probe.stop(true);
+  const client = await startClientProcess(
+    server.url,
+    [],
+    ["--http", `127.0.0.1:${deadPort}`, "--subdomain", "down"],
+  );
+  await client.waitFor(/exposed with tunnel id \S+, url: http:/);
+  const started = Date.now();
+  const response = await fetch(`http://down.localhost:${port}/`);
+  expect(response.status).toBe(502);
+  expect(await response.text()).toContain("did not answer");
+  expect(Date.now() - started).toBeLessThan(2000);
+});
