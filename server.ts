@@ -237,6 +237,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
         port: options.httpPort,
         domain: context.domain,
         route: (name) => context.httpRoutes.get(name),
+        tls: options.tls,
         log,
       });
   } catch (error) {
@@ -244,6 +245,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     throw new Error(`--http-port ${options.httpPort}: ${describeError(error)}`);
   }
   context.httpPort = http?.port;
+  context.httpScheme = options.tls ? "https" : "http";
 
   // Heartbeat: ping every client each interval; one silent for three intervals is dead.
   const heartbeat = setInterval(() => {
@@ -266,7 +268,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
 
   const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${server.port}`;
   log.info(`listening on ${url} (domain ${context.domain})`);
-  if (http) log.info(`http tunnels on http://*.${context.domain}:${http.port}`);
+  if (http) log.info(`http tunnels on ${context.httpScheme}://*.${context.domain}:${http.port}`);
   if (!options.apiKey) log.warn("no SOCKETS_SINGLE_API_KEY set: any client may open tunnels");
   return {
     host,
@@ -297,7 +299,8 @@ Options:
   --port N               control port: client WebSocket, GET /health (default 7070; 0 = any free)
   --domain NAME          public host name printed in tunnel URLs (default localhost)
   --tcp-ports MIN-MAX    range for public TCP ports (default: any free port)
-  --http-port N          public port for HTTP tunnels at http://NAME.DOMAIN:N (0 = any free; default: none)
+  --http-port N          public port for HTTP tunnels at http(s)://NAME.DOMAIN:N (0 = any free; default:
+                         none); https with --tls-cert (a wildcard certificate for *.DOMAIN)
   --tls-cert FILE        PEM certificate: serve wss/https (needs --tls-key)
   --tls-key FILE         PEM private key for --tls-cert
   --window BYTES         per-stream flow-control window (default ${DEFAULTS.window})

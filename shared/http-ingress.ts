@@ -5,6 +5,8 @@
  * the tunnel asked for), bodies pass through as they come (never buffered), responses come back as
  * raw bytes. An upgrade request (WebSocket) turns the connection into raw bytes both ways.
  *
+ * With the server's certificate (a wildcard for `*.DOMAIN`) the port serves https.
+ *
  * Unknown names get 404, a tunnel whose client is away or whose local service refuses gets 502, a
  * malformed request its 4xx/5xx: each a small text page, then the connection closes.
  * @module
@@ -48,6 +50,8 @@ export interface HttpIngressOptions {
   domain: string;
   /** The tunnel behind a name, if any. */
   route(name: string): HttpRoute | undefined;
+  /** PEM certificate (a wildcard for `*.DOMAIN`) and key: serve https. */
+  tls?: { cert: string; key: string };
   log: Logger;
 }
 
@@ -78,6 +82,7 @@ export function nameOf(host: string, domain: string): string | undefined {
 /** Opens the HTTP port; visitors are routed as described in the module comment. */
 export function listenHttp(options: HttpIngressOptions): TCPSocketListener<HttpSocketData> {
   const { domain, log } = options;
+  const proto = options.tls ? "https" : "http";
 
   /** Route: the first request's Host picks the tunnel for the whole connection. */
   function route(socket: HttpSocket, host: string): Stream | null {
@@ -112,7 +117,7 @@ export function listenHttp(options: HttpIngressOptions): TCPSocketListener<HttpS
         if (stream === null || data.route === null) return;
         const head = forwardRequestHead(event.head, {
           remoteIp: socket.remoteAddress,
-          proto: "http",
+          proto,
           rewriteHost: data.route.hostHeader,
         });
         stream.onSocketData(serializeHead(head));
@@ -125,6 +130,7 @@ export function listenHttp(options: HttpIngressOptions): TCPSocketListener<HttpS
   return Bun.listen<HttpSocketData>({
     hostname: options.host,
     port: options.port,
+    tls: options.tls,
     allowHalfOpen: true,
     socket: {
       ...(relaySocketHandlers as unknown as Bun.SocketHandler<HttpSocketData>),

@@ -63,6 +63,8 @@ export interface SessionContext {
   tunnelIds: Set<string>;
   /** The public HTTP port, if the server has one. */
   httpPort?: number;
+  /** "https" when the HTTP port has the server's certificate. */
+  httpScheme?: "http" | "https";
   /** HTTP tunnels by name, server-wide (live and reserved). */
   httpRoutes: Map<string, HttpRoute>;
   /** Called once when the session ended for good. */
@@ -233,7 +235,7 @@ export class Session {
     const url =
       tunnel.name === undefined
         ? `${formatHost(domain)}:${tunnel.port}`
-        : `http://${tunnel.name}.${domain}:${tunnel.port}`;
+        : `${this.context.httpScheme ?? "http"}://${tunnel.name}.${domain}:${tunnel.port}`;
     log.info(`tunnel ${tunnel.id} for ${this.remote}: ${url}`);
     const host = tunnel.name === undefined ? domain : `${tunnel.name}.${domain}`;
     const { ref, port, name } = tunnel;

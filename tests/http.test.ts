@@ -5,9 +5,14 @@
 
 import { beforeAll, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import {
   type ClientProcess,
+  defer,
   randomData,
+  runToExit,
   type ServerProcess,
   setupFile,
   sha256,
@@ -213,4 +218,58 @@ test("local service down: the visitor gets 502 promptly", async () => {
   expect(response.status).toBe(502);
   expect(await response.text()).toContain("did not answer");
   expect(Date.now() - started).toBeLessThan(2000);
+});
+
+test("https: with a wildcard certificate for *.DOMAIN the HTTP port serves https URLs", async () => {
+  if (!Bun.which("openssl")) throw new Error("openssl is not installed (apt-get install openssl)");
+  const dir = mkdtempSync(join(tmpdir(), "sockets-https-"));
+  defer(() => rmSync(dir, { recursive: true, force: true }));
+  const [cert, key] = [join(dir, "cert.pem"), join(dir, "key.pem")];
+  const made = await runToExit([
+    "openssl",
+    "req",
+    "-x509",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=localhost",
+    "-addext",
+    // A wildcard needs two labels after it: *.tunnel.localhost, not *.localhost.
+    "subjectAltName=DNS:localhost,DNS:*.tunnel.localhost,IP:127.0.0.1",
+    "-keyout",
+    key,
+    "-out",
+    cert,
+  ]);
+  expect(made.code).toBe(0);
+  const app = startApp();
+  defer(app.stop);
+  const server = await startServerProcess([
+    "--http-port",
+    "0",
+    "--domain",
+    "tunnel.localhost",
+    "--tls-cert",
+    cert,
+    "--tls-key",
+    key,
+  ]);
+  const port = Number((await server.waitFor(/http tunnels on https:\/\/\*\.tunnel\.localhost:(\d+)/))[1]);
+  const client = await startClientProcess(server.url, [], ["--ca", cert, "--http", `127.0.0.1:${app.port}`]);
+  const url = (await client.waitFor(/url: (https:\/\/[a-z0-9]+\.tunnel\.localhost:\d+)/))[1] as string;
+  expect(url).toEndWith(`.tunnel.localhost:${port}`);
+  const tls = { ca: await Bun.file(cert).text() };
+  const response = await fetch(`${url}/headers`, { tls } as RequestInit);
+  const seen = (await response.json()) as Record<string, string>;
+  expect(seen["x-forwarded-proto"]).toBe("https");
+  const body = randomData(4 * MiB);
+  const up = (await (await fetch(`${url}/sha256`, { method: "POST", body, tls } as RequestInit)).json()) as {
+    sha256: string;
+  };
+  expect(up.sha256).toBe(sha256(body));
 });
