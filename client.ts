@@ -52,6 +52,8 @@ export interface ExposeOption extends HostPort {
   subdomain?: string;
   /** HTTP: keep the visitor's Host header instead of sending the local address (default false). */
   preserveHost?: boolean;
+  /** HTTP: `user:password` visitors must present (basic auth, checked by the server). */
+  basicAuth?: string;
 }
 
 /** Everything the client can be told; the CLI fills it from flags and env. */
@@ -243,6 +245,7 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
       port: http ? undefined : (local.publicPort ?? previous?.port),
       subdomain: http ? (local.subdomain ?? previous?.name) : undefined,
       hostHeader: http && !local.preserveHost ? `${formatHost(local.host)}:${local.port}` : undefined,
+      basicAuth: http ? local.basicAuth : undefined,
       tunnel: previous?.id,
     };
     connection.ws.send(JSON.stringify(request));
@@ -368,6 +371,7 @@ Options:
   --http HOST:PORT     local web service to publish at http://NAME.DOMAIN (repeatable: one tunnel each)
   --subdomain NAME     ask for this NAME (repeatable: one per --http, in order; default random)
   --host-header MODE   rewrite (Host = the local address, default) or preserve (the visitor's)
+  --basic-auth USER:PASSWORD  visitors of every --http tunnel must log in (checked by the server)
   --ca FILE            trust this CA or self-signed certificate (PEM) for wss
   --insecure           skip TLS certificate verification (unsafe; prints a warning)
   --heartbeat SECONDS  ping interval; a server silent for 3 intervals is dead (default 10)
@@ -394,6 +398,7 @@ export async function parseClientArgs(
       http: { type: "string", multiple: true },
       subdomain: { type: "string", multiple: true },
       "host-header": { type: "string" },
+      "basic-auth": { type: "string" },
       server: { type: "string" },
       port: { type: "string", multiple: true },
       ca: { type: "string" },
@@ -413,6 +418,10 @@ export async function parseClientArgs(
   if (ports.length > exposes.length) throw new UsageError("--port given more times than --expose");
   const subdomains = values.subdomain ?? [];
   if (subdomains.length > https.length) throw new UsageError("--subdomain given more times than --http");
+  const basicAuth = values["basic-auth"];
+  if (basicAuth !== undefined && !/^[^:]+:.+$/.test(basicAuth))
+    throw new UsageError("--basic-auth: expected USER:PASSWORD");
+  if (basicAuth !== undefined && https.length === 0) throw new UsageError("--basic-auth needs --http");
   const hostHeader = values["host-header"] ?? "rewrite";
   if (hostHeader !== "rewrite" && hostHeader !== "preserve")
     throw new UsageError(`--host-header: '${hostHeader}' is not rewrite or preserve`);
@@ -432,6 +441,7 @@ export async function parseClientArgs(
       kind: "http",
       subdomain,
       preserveHost: hostHeader === "preserve",
+      basicAuth,
     };
   });
   const expose = [...tcp, ...http];

@@ -14,11 +14,14 @@
 
 import type { TCPSocketListener } from "bun";
 import { formatHost } from "./args.ts";
+import { keyMatches } from "./auth.ts";
 import {
   forwardRequestHead,
   HttpParseError,
+  headerValues,
   type RequestEvent,
   RequestFramer,
+  type RequestHead,
   requestHost,
   serializeHead,
 } from "./http1.ts";
@@ -29,6 +32,8 @@ import { type RelaySocket, type RelaySocketData, relaySocketHandlers, type Strea
 export interface HttpRoute {
   /** Host header for the local service, or undefined to keep the visitor's. */
   hostHeader?: string;
+  /** `user:password` every request must present (HTTP basic auth), checked here, never forwarded. */
+  basicAuth?: string;
   /** Opens a stream for this visitor, or says why not. */
   open(socket: HttpSocket): Stream | { status: number; message: string };
 }
@@ -57,6 +62,7 @@ export interface HttpIngressOptions {
 
 const STATUS_TEXT: Record<number, string> = {
   400: "Bad Request",
+  401: "Unauthorized",
   404: "Not Found",
   413: "Content Too Large",
   431: "Request Header Fields Too Large",
@@ -64,10 +70,21 @@ const STATUS_TEXT: Record<number, string> = {
   502: "Bad Gateway",
 };
 
+const UNAUTHORIZED = 'www-authenticate: Basic realm="sockets tunnel", charset="UTF-8"\r\n';
+
+/** Whether a request carries the tunnel's basic-auth credentials (constant-time compare). */
+function authorized(head: RequestHead, route: HttpRoute): boolean {
+  if (route.basicAuth === undefined) return true;
+  const value = headerValues(head.headers, "authorization")[0] ?? "";
+  const match = /^Basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(value);
+  const presented = match ? Buffer.from(match[1] as string, "base64").toString("utf8") : undefined;
+  return keyMatches(presented, route.basicAuth);
+}
+
 /** Writes a small text response and closes the connection. */
-function respond(socket: RelaySocket, status: number, message: string): void {
+function respond(socket: RelaySocket, status: number, message: string, extraHeaders = ""): void {
   const body = `${message}\n`;
-  const head = `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n`;
+  const head = `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extraHeaders}connection: close\r\n\r\n`;
   socket.write(head + body);
   socket.end();
 }
@@ -85,11 +102,16 @@ export function listenHttp(options: HttpIngressOptions): TCPSocketListener<HttpS
   const proto = options.tls ? "https" : "http";
 
   /** Route: the first request's Host picks the tunnel for the whole connection. */
-  function route(socket: HttpSocket, host: string): Stream | null {
+  function route(socket: HttpSocket, head: RequestHead): Stream | null {
+    const host = requestHost(head);
     const name = nameOf(host, domain);
     const target = name === undefined ? undefined : options.route(name);
     if (target === undefined) {
       respond(socket, 404, `no tunnel at ${host || "(no Host header)"}`);
+      return null;
+    }
+    if (!authorized(head, target)) {
+      respond(socket, 401, "this tunnel needs a user name and password", UNAUTHORIZED);
       return null;
     }
     const opened = target.open(socket);
@@ -113,13 +135,20 @@ export function listenHttp(options: HttpIngressOptions): TCPSocketListener<HttpS
     const data = socket.data;
     for (const event of events) {
       if (event.type === "head") {
-        const stream = data.stream ?? route(socket, requestHost(event.head));
+        const stream = data.stream ?? route(socket, event.head);
         if (stream === null || data.route === null) return;
+        if (!authorized(event.head, data.route)) {
+          // Responses to earlier requests may still be on their way: no page, just close.
+          stream.reset(1, "basic auth failed on a later request");
+          return;
+        }
         const head = forwardRequestHead(event.head, {
           remoteIp: socket.remoteAddress,
           proto,
           rewriteHost: data.route.hostHeader,
         });
+        if (data.route.basicAuth !== undefined)
+          head.headers = head.headers.filter(([name]) => name.toLowerCase() !== "authorization");
         stream.onSocketData(serializeHead(head));
       } else if (event.type === "body" || event.type === "passthrough")
         data.stream?.onSocketData(event.bytes);

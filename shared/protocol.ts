@@ -145,6 +145,8 @@ export interface ExposeRequest {
   subdomain?: string;
   /** Host header to send the local service (http): its own address; absent to keep the visitor's. */
   hostHeader?: string;
+  /** `user:password` every visitor request must present (http, basic auth); absent for none. */
+  basicAuth?: string;
   /** Tunnel id wanted (a client re-exposing after a server restart keeps its id); absent for a new one. */
   tunnel?: string;
 }
@@ -251,6 +253,8 @@ export function parseControl(text: string): ControlMessage {
         (value.port === undefined || isPort(value.port)) &&
         (value.subdomain === undefined ||
           (typeof value.subdomain === "string" && value.subdomain.length <= 63)) &&
+        (value.basicAuth === undefined ||
+          (typeof value.basicAuth === "string" && value.basicAuth.length <= 512)) &&
         (value.hostHeader === undefined ||
           (typeof value.hostHeader === "string" && value.hostHeader.length <= 300)) &&
         (value.tunnel === undefined || (typeof value.tunnel === "string" && TUNNEL_ID.test(value.tunnel)))

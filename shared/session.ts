@@ -276,6 +276,7 @@ export class Session {
     tunnel.port = httpPort;
     httpRoutes.set(name, {
       hostHeader: request.hostHeader,
+      basicAuth: request.basicAuth,
       open: (socket) => this.acceptHttpVisitor(tunnel, socket),
     });
     return null;

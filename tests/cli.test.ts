@@ -78,6 +78,11 @@ describe("client: bad input", () => {
     ],
     ["--subdomain without --http", ["--expose", "3000", "--subdomain", "a"], /more times than --http/],
     ["--host-header neither mode", ["--http", "3000", "--host-header", "keep"], /--host-header: 'keep'/],
+    [
+      "--basic-auth without a password",
+      ["--http", "3000", "--basic-auth", "alice"],
+      /--basic-auth: expected USER:PASSWORD/,
+    ],
     ["--expose without a value", ["--expose"], /--expose/],
     ["--expose without a port", ["--expose", "localhost"], /--expose: 'localhost' is not HOST:PORT/],
     ["--expose with port 0", ["--expose", "127.0.0.1:0"], /--expose: '0' is not a port/],

@@ -273,3 +273,27 @@ test("https: with a wildcard certificate for *.DOMAIN the HTTP port serves https
   };
   expect(up.sha256).toBe(sha256(body));
 });
+
+test("--basic-auth: no or wrong credentials get 401 before anything reaches the app; right ones pass, unforwarded", async () => {
+  const app = startApp();
+  defer(app.stop);
+  const server = await startServerProcess(["--http-port", "0", "--domain", "localhost"]);
+  const port = Number((await server.waitFor(/http tunnels on http:\/\/\*\.localhost:(\d+)/))[1]);
+  const client = await startClientProcess(
+    server.url,
+    [],
+    ["--http", `127.0.0.1:${app.port}`, "--subdomain", "locked", "--basic-auth", "alice:s3cret"],
+  );
+  await client.waitFor(/exposed with tunnel id \S+, url: http:/);
+  const url = `http://locked.localhost:${port}/headers`;
+  const basic = (credentials: string) => ({ authorization: `Basic ${btoa(credentials)}` });
+  const before = app.hits();
+  const anonymous = await fetch(url);
+  expect(anonymous.status).toBe(401);
+  expect(anonymous.headers.get("www-authenticate")).toContain("Basic");
+  expect((await fetch(url, { headers: basic("alice:wrong") })).status).toBe(401);
+  expect(app.hits()).toBe(before);
+  const allowed = await fetch(url, { headers: basic("alice:s3cret") });
+  expect(allowed.status).toBe(200);
+  expect(((await allowed.json()) as Record<string, string>).authorization).toBeUndefined();
+});
