@@ -40,6 +40,7 @@ import {
   SUBDOMAIN,
   type SyncMessage,
 } from "./shared/protocol.ts";
+import { RequestLogTap } from "./shared/request-log.ts";
 import { type RelaySocket, type RelaySocketData, relaySocketHandlers } from "./shared/stream.ts";
 
 /** One local service to publish. */
@@ -70,6 +71,10 @@ export interface ClientOptions {
   heartbeatSeconds?: number;
   /** Longest wait between reconnect attempts, in seconds (default 30). */
   maxBackoffSeconds?: number;
+  /** Prints one line per HTTP request on HTTP tunnels (method, path, status, duration, bytes). */
+  logRequest?: (line: string) => void;
+  /** CLI: print the request log on stdout (`--log-requests`, or stdout is a terminal). */
+  logRequests?: boolean;
   /** Called for every tunnel the server confirms: at start, and again after a server restart. */
   onExposed?: (tunnel: TunnelInfo) => void;
   quiet?: boolean;
@@ -145,6 +150,8 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     const target = targets.get(frame.tunnel);
     if (target === undefined) throw new ProtocolError(`OPEN for unknown tunnel ${frame.tunnel}`);
     const stream = mux.acceptStream(frame.stream);
+    if (frame.kind === StreamKind.Http && options.logRequest)
+      stream.tap = new RequestLogTap(options.logRequest);
     if (frame.kind !== StreamKind.Tcp && frame.kind !== StreamKind.Http) {
       stream.reset(ResetCode.Protocol, `stream kind ${frame.kind} is not supported by this client`);
       return;
@@ -372,6 +379,7 @@ Options:
   --subdomain NAME     ask for this NAME (repeatable: one per --http, in order; default random)
   --host-header MODE   rewrite (Host = the local address, default) or preserve (the visitor's)
   --basic-auth USER:PASSWORD  visitors of every --http tunnel must log in (checked by the server)
+  --log-requests       one stdout line per HTTP request (default when stdout is a terminal)
   --ca FILE            trust this CA or self-signed certificate (PEM) for wss
   --insecure           skip TLS certificate verification (unsafe; prints a warning)
   --heartbeat SECONDS  ping interval; a server silent for 3 intervals is dead (default 10)
@@ -399,6 +407,7 @@ export async function parseClientArgs(
       subdomain: { type: "string", multiple: true },
       "host-header": { type: "string" },
       "basic-auth": { type: "string" },
+      "log-requests": { type: "boolean" },
       server: { type: "string" },
       port: { type: "string", multiple: true },
       ca: { type: "string" },
@@ -465,6 +474,7 @@ export async function parseClientArgs(
       values["max-backoff"] === undefined
         ? undefined
         : parseSeconds(values["max-backoff"], "--max-backoff", 0.1, 3600),
+    logRequests: values["log-requests"] ?? process.stdout.isTTY === true,
     quiet: values.quiet,
   };
 }
@@ -501,6 +511,7 @@ async function main(): Promise<void> {
     // One stdout line per tunnel the server confirms: at start, and again after a server restart.
     handle = await startClient({
       ...options,
+      logRequest: options.logRequests ? (line) => process.stdout.write(`${line}\n`) : undefined,
       onExposed(tunnel) {
         process.stdout.write(`exposed with tunnel id ${tunnel.id}, url: ${tunnel.url}\n`);
         log.info(`tunnel ${tunnel.id}: ${tunnel.url} -> ${tunnel.local.host}:${tunnel.local.port}`);

@@ -57,6 +57,14 @@ export interface OpenInfo {
   meta: OpenMeta;
 }
 
+/** Watches the bytes a stream relays, without changing them (the client's HTTP request log). */
+export interface StreamTap {
+  /** Bytes from the peer, about to be written into our socket. */
+  toSocket(bytes: Uint8Array): void;
+  /** Bytes read from our socket, about to be sent to the peer. */
+  fromSocket(bytes: Uint8Array): void;
+}
+
 const PAUSED_BY_CREDIT = 1;
 const PAUSED_BY_TRANSPORT = 2;
 
@@ -66,6 +74,8 @@ export class Stream {
   private socket: RelaySocket | null = null;
   /** Set by the opening side: how the stream was announced. */
   open: OpenInfo | null = null;
+  /** Optional observer of the relayed bytes. */
+  tap?: StreamTap;
   /** DATA bytes sent so far (sequence number of the next byte). */
   private sentSeq = 0;
   /** Of those, bytes the peer credited back (wrote into its socket). */
@@ -116,6 +126,7 @@ export class Stream {
   /** Bytes read from our socket: frame them within credit, hold the rest and pause. */
   onSocketData(chunk: Uint8Array): void {
     if (this.closed) return;
+    this.tap?.fromSocket(chunk);
     if (this.held !== null) {
       // A read that raced our pause(): keep it behind what is held, order intact.
       this.held = concat(this.held, chunk);
@@ -175,6 +186,7 @@ export class Stream {
     if (this.recvSeq + payload.length - this.creditedSeq > this.host.window)
       throw new ProtocolError(`stream ${this.id}: peer sent ${payload.length} bytes past its window`);
     this.recvSeq += payload.length;
+    this.tap?.toSocket(payload);
     const socket = this.socket;
     if (socket === null || this.pending.length !== 0) {
       this.pending.push(payload);

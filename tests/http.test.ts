@@ -297,3 +297,28 @@ test("--basic-auth: no or wrong credentials get 401 before anything reaches the 
   expect(allowed.status).toBe(200);
   expect(((await allowed.json()) as Record<string, string>).authorization).toBeUndefined();
 });
+
+test("--log-requests: one stdout line per request with method, path, status, duration and bytes", async () => {
+  const app = startApp();
+  defer(app.stop);
+  const server = await startServerProcess(["--http-port", "0", "--domain", "localhost"]);
+  const port = Number((await server.waitFor(/http tunnels on http:\/\/\*\.localhost:(\d+)/))[1]);
+  const client = await startClientProcess(
+    server.url,
+    [],
+    ["--http", `127.0.0.1:${app.port}`, "--subdomain", "logged", "--log-requests"],
+  );
+  await client.waitFor(/exposed with tunnel id \S+, url: http:/);
+  const base = `http://logged.localhost:${port}`;
+  expect(await (await fetch(`${base}/hello`)).text()).toBe("hello from /hello");
+  expect((await fetch(`${base}/empty`)).status).toBe(204);
+  await fetch(`${base}/sha256`, { method: "POST", body: randomData(1000) }).then((r) => r.text());
+  await client.waitFor(/POST \/sha256 200 \d+ ms \d+ B/);
+  const lines = client
+    .stdout()
+    .split("\n")
+    .filter((l) => / ms \d+ B$/.test(l));
+  expect(lines).toHaveLength(3);
+  expect(lines[0]).toMatch(/^\d\d:\d\d:\d\d GET \/hello 200 \d+ ms 17 B$/);
+  expect(lines[1]).toMatch(/^\d\d:\d\d:\d\d GET \/empty 204 \d+ ms 0 B$/);
+});

@@ -1,0 +1,80 @@
+/**
+ * The client's request log for HTTP tunnels: one line per request — method, path, status, duration,
+ * response bytes — read off the bytes a stream relays, without changing or holding them. Parsing
+ * trouble switches the log off for that connection; it never touches the relay.
+ * @module
+ */
+
+import { type RequestEvent, RequestFramer, ResponseFramer } from "./http1.ts";
+import type { StreamTap } from "./stream.ts";
+
+interface Pending {
+  method: string;
+  target: string;
+  started: number;
+  status: number;
+  bytes: number;
+}
+
+/** Watches one HTTP connection and prints a line as each response ends. */
+export class RequestLogTap implements StreamTap {
+  private readonly requests = new RequestFramer();
+  private readonly responses = new ResponseFramer();
+  private readonly pending: Pending[] = [];
+  private off = false;
+
+  /** @param print writes one finished line. */
+  constructor(private readonly print: (line: string) => void) {}
+
+  /** Request bytes on their way to the local service. */
+  toSocket(bytes: Uint8Array): void {
+    if (this.off) return;
+    try {
+      this.countRequests(this.requests.feed(bytes));
+    } catch {
+      this.off = true;
+    }
+  }
+
+  private countRequests(events: RequestEvent[]): void {
+    for (const event of events) {
+      if (event.type !== "head") continue;
+      const { method, target } = event.head;
+      this.responses.expectResponse(method);
+      this.pending.push({ method, target, started: performance.now(), status: 0, bytes: 0 });
+    }
+  }
+
+  /** Response bytes on their way back to the visitor. */
+  fromSocket(bytes: Uint8Array): void {
+    if (this.off) return;
+    try {
+      for (const event of this.responses.feed(bytes)) {
+        const current = this.pending[0];
+        if (current === undefined) break;
+        if (event.type === "head") {
+          const { status } = event.head;
+          if (status >= 200 || status === 101) current.status = status;
+          // An upgrade refused: the requests held behind it are HTTP after all.
+          if (status >= 200 && this.requests.awaitingUpgrade)
+            this.countRequests(this.requests.declineUpgrade());
+          if (event.head.status === 101) {
+            this.finish();
+            this.off = true; // the connection is no longer HTTP
+          }
+        } else if (event.type === "body") current.bytes += event.bytes.length;
+        else if (event.type === "end-of-message" && current.status !== 0) this.finish();
+      }
+    } catch {
+      this.off = true;
+    }
+  }
+
+  private finish(): void {
+    const done = this.pending.shift();
+    if (done === undefined) return;
+    const time = new Date().toTimeString().slice(0, 8);
+    const ms = Math.round(performance.now() - done.started);
+    this.print(`${time} ${done.method} ${done.target} ${done.status} ${ms} ms ${done.bytes} B`);
+  }
+}
