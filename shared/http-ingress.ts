@@ -42,6 +42,8 @@ export interface HttpRoute {
 export interface HttpSocketData extends RelaySocketData {
   framer: RequestFramer;
   route: HttpRoute | null;
+  /** An error page was sent: whatever else the visitor sends is ignored. */
+  answered: boolean;
 }
 
 /** A visitor socket on the HTTP port. */
@@ -82,7 +84,8 @@ function authorized(head: RequestHead, route: HttpRoute): boolean {
 }
 
 /** Writes a small text response and closes the connection. */
-function respond(socket: RelaySocket, status: number, message: string, extraHeaders = ""): void {
+function respond(socket: HttpSocket, status: number, message: string, extraHeaders = ""): void {
+  socket.data.answered = true;
   const body = `${message}\n`;
   const head = `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extraHeaders}connection: close\r\n\r\n`;
   socket.write(head + body);
@@ -164,9 +167,10 @@ export function listenHttp(options: HttpIngressOptions): TCPSocketListener<HttpS
     socket: {
       ...(relaySocketHandlers as unknown as Bun.SocketHandler<HttpSocketData>),
       open(socket) {
-        socket.data = { stream: null, framer: new RequestFramer(), route: null };
+        socket.data = { stream: null, framer: new RequestFramer(), route: null, answered: false };
       },
       data(socket, chunk) {
+        if (socket.data.answered) return;
         let events: RequestEvent[];
         try {
           events = socket.data.framer.feed(chunk);
