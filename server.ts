@@ -12,6 +12,7 @@
  * @module
  */
 
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import type { Server } from "bun";
@@ -26,7 +27,8 @@ import {
   UsageError,
 } from "./shared/args.ts";
 import { bearerKey, keyMatches } from "./shared/auth.ts";
-import { listenHttp } from "./shared/http-ingress.ts";
+import { HttpFront } from "./shared/http-front.ts";
+import { type HttpIngressOptions, listenHttp, nameOf } from "./shared/http-ingress.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import {
   AUTH_HEADER,
@@ -146,8 +148,37 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     };
   };
 
+  // HTTP tunnels, routed by Host to NAME.DOMAIN: on --http-port when given, and always on the control
+  // port, through the front and an internal loopback ingress.
+  const scheme = options.tls ? "https" : "http";
+  context.httpScheme = scheme;
+  const ingress = (port: number, hostname: string, extra: Partial<HttpIngressOptions>) =>
+    listenHttp({
+      host: hostname,
+      port,
+      domain: context.domain,
+      route: (name) => context.httpRoutes.get(name),
+      log,
+      ...extra,
+    });
+  const viaToken = randomBytes(24).toString("base64url");
+  const internal = ingress(0, "127.0.0.1", { viaToken });
+  const front = new HttpFront(internal.port, scheme, viaToken);
+  let http: ReturnType<typeof listenHttp> | undefined;
+  try {
+    if (options.httpPort !== undefined) http = ingress(options.httpPort, host, { tls: options.tls });
+  } catch (error) {
+    internal.stop(true);
+    throw new Error(`--http-port ${options.httpPort}: ${describeError(error)}`);
+  }
+
   // Accept: authenticate, agree the version, find the session a reconnecting client resumes.
   const app = new Hono<{ Bindings: Server<SessionSocketData> }>();
+  // Route: a NAME.DOMAIN Host is a visitor of an HTTP tunnel, whatever the path.
+  app.use("*", async (c, next) => {
+    if (nameOf(c.req.header("host") ?? "", context.domain) === undefined) return next();
+    return front.forward(c.req.raw, c.env.requestIP(c.req.raw)?.address ?? "");
+  });
   app.get("/health", (c) => c.json(stats()));
   app.get(CONNECT_PATH, (c) => {
     const address = c.env.requestIP(c.req.raw);
@@ -228,24 +259,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     },
   });
 
-  // HTTP tunnels: visitors routed by Host to NAME.DOMAIN on their own port.
-  let http: ReturnType<typeof listenHttp> | undefined;
-  try {
-    if (options.httpPort !== undefined)
-      http = listenHttp({
-        host,
-        port: options.httpPort,
-        domain: context.domain,
-        route: (name) => context.httpRoutes.get(name),
-        tls: options.tls,
-        log,
-      });
-  } catch (error) {
-    await server.stop(true);
-    throw new Error(`--http-port ${options.httpPort}: ${describeError(error)}`);
-  }
-  context.httpPort = http?.port;
-  context.httpScheme = options.tls ? "https" : "http";
+  context.httpPort = http?.port ?? (server.port as number);
 
   // Heartbeat: ping every client each interval; one silent for three intervals is dead.
   const heartbeat = setInterval(() => {
@@ -268,7 +282,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
 
   const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${server.port}`;
   log.info(`listening on ${url} (domain ${context.domain})`);
-  if (http) log.info(`http tunnels on ${context.httpScheme}://*.${context.domain}:${http.port}`);
+  log.info(`http tunnels on ${scheme}://*.${context.domain}:${context.httpPort}`);
   if (!options.apiKey) log.warn("no SOCKETS_SINGLE_API_KEY set: any client may open tunnels");
   return {
     host,
@@ -283,10 +297,12 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       clearInterval(idleSweep);
       void server.stop(false);
       http?.stop(false);
+      internal.stop(false);
       const drainMs = (options.drainSeconds ?? 10) * 1000;
       await Promise.all([...sessions.values()].map((session) => session.drain(drainMs)));
       for (const session of [...sessions.values()]) session.end();
       http?.stop(true);
+      internal.stop(true);
       await server.stop(true);
     },
   };
@@ -299,8 +315,9 @@ Options:
   --port N               control port: client WebSocket, GET /health (default 7070; 0 = any free)
   --domain NAME          public host name printed in tunnel URLs (default localhost)
   --tcp-ports MIN-MAX    range for public TCP ports (default: any free port)
-  --http-port N          public port for HTTP tunnels at http(s)://NAME.DOMAIN:N (0 = any free; default:
-                         none); https with --tls-cert (a wildcard certificate for *.DOMAIN)
+  --http-port N          a separate public port for HTTP tunnels at http(s)://NAME.DOMAIN:N (0 = any free);
+                         https with --tls-cert (a wildcard certificate for *.DOMAIN). Without it, HTTP
+                         tunnels are served on --port (no WebSocket upgrades there yet)
   --tls-cert FILE        PEM certificate: serve wss/https (needs --tls-key)
   --tls-key FILE         PEM private key for --tls-cert
   --window BYTES         per-stream flow-control window (default ${DEFAULTS.window})

@@ -15,6 +15,7 @@
 import type { TCPSocketListener } from "bun";
 import { formatHost } from "./args.ts";
 import { keyMatches } from "./auth.ts";
+import { VIA_HEADER } from "./http-front.ts";
 import {
   forwardRequestHead,
   HttpParseError,
@@ -44,6 +45,8 @@ export interface HttpSocketData extends RelaySocketData {
   route: HttpRoute | null;
   /** An error page was sent: whatever else the visitor sends is ignored. */
   answered: boolean;
+  /** The tunnel name the connection was routed to. */
+  name: string | undefined;
 }
 
 /** A visitor socket on the HTTP port. */
@@ -59,6 +62,11 @@ export interface HttpIngressOptions {
   route(name: string): HttpRoute | undefined;
   /** PEM certificate (a wildcard for `*.DOMAIN`) and key: serve https. */
   tls?: { cert: string; key: string };
+  /**
+   * The internal ingress behind the control port: requests carrying this token in `x-sockets-via`
+   * name the real visitor address and scheme. Without it (the public port) the header is dropped.
+   */
+  viaToken?: string;
   log: Logger;
 }
 
@@ -125,6 +133,7 @@ export function listenHttp(options: HttpIngressOptions): TCPSocketListener<HttpS
     }
     const stream = opened as Stream;
     socket.data.route = target;
+    socket.data.name = name;
     // Nothing came back yet: answer the visitor with a page rather than a reset.
     stream.onPeerReset = (_code, reason, received) => {
       if (received > 0) return false;
@@ -134,24 +143,38 @@ export function listenHttp(options: HttpIngressOptions): TCPSocketListener<HttpS
     return stream;
   }
 
+  /** Who sent a request: the socket's peer, or (behind the control port) the visitor the front names. */
+  function visitorOrigin(socket: HttpSocket, head: RequestHead): { remoteIp: string; proto: string } {
+    const via = options.viaToken === undefined ? undefined : headerValues(head.headers, VIA_HEADER)[0];
+    const [token, ip, scheme] = (via ?? "").split(" ");
+    if (token !== undefined && ip && scheme && keyMatches(token, options.viaToken as string))
+      return { remoteIp: ip, proto: scheme };
+    return { remoteIp: socket.remoteAddress, proto };
+  }
+
   function relay(socket: HttpSocket, events: RequestEvent[]): void {
     const data = socket.data;
     for (const event of events) {
       if (event.type === "head") {
         const stream = data.stream ?? route(socket, event.head);
         if (stream === null || data.route === null) return;
+        if (nameOf(requestHost(event.head), domain) !== data.name) {
+          // A connection belongs to the tunnel of its first request: never carry a request elsewhere.
+          stream.reset(1, "request for another host on the same connection");
+          return;
+        }
+        const origin = visitorOrigin(socket, event.head);
         if (!authorized(event.head, data.route)) {
           // Responses to earlier requests may still be on their way: no page, just close.
           stream.reset(1, "basic auth failed on a later request");
           return;
         }
-        const head = forwardRequestHead(event.head, {
-          remoteIp: socket.remoteAddress,
-          proto,
-          rewriteHost: data.route.hostHeader,
+        const head = forwardRequestHead(event.head, { ...origin, rewriteHost: data.route.hostHeader });
+        const dropAuthorization = data.route.basicAuth !== undefined;
+        head.headers = head.headers.filter(([field]) => {
+          const name = field.toLowerCase();
+          return name !== VIA_HEADER && !(dropAuthorization && name === "authorization");
         });
-        if (data.route.basicAuth !== undefined)
-          head.headers = head.headers.filter(([name]) => name.toLowerCase() !== "authorization");
         stream.onSocketData(serializeHead(head));
       } else if (event.type === "body" || event.type === "passthrough")
         data.stream?.onSocketData(event.bytes);
@@ -167,7 +190,13 @@ export function listenHttp(options: HttpIngressOptions): TCPSocketListener<HttpS
     socket: {
       ...(relaySocketHandlers as unknown as Bun.SocketHandler<HttpSocketData>),
       open(socket) {
-        socket.data = { stream: null, framer: new RequestFramer(), route: null, answered: false };
+        socket.data = {
+          stream: null,
+          framer: new RequestFramer(),
+          route: null,
+          answered: false,
+          name: undefined,
+        };
       },
       data(socket, chunk) {
         if (socket.data.answered) return;

@@ -6,11 +6,13 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   type ClientProcess,
   defer,
+  eventually,
   randomData,
   runToExit,
   type ServerProcess,
@@ -177,6 +179,25 @@ describe("http tunnel", () => {
     expect(await withTimeout(closed, 5000, "no close")).toBe(4321);
   });
 
+  test("a connection stays with its first request's tunnel: a request for another host on it is cut off", async () => {
+    const socket = connect({ host: "127.0.0.1", port: httpPort });
+    defer(() => socket.destroy());
+    await new Promise((resolve) => socket.once("connect", resolve));
+    let received = "";
+    socket.on("data", (d) => {
+      received += String(d);
+    });
+    socket.on("error", () => {});
+    const closed = new Promise((resolve) => socket.once("close", resolve));
+    socket.write(`GET /first HTTP/1.1\r\nHost: demo.localhost:${httpPort}\r\n\r\n`);
+    await eventually(() => received.includes("hello from /first"), 5000, "an answer to the first request");
+    const before = app.hits();
+    socket.write(`GET /second HTTP/1.1\r\nHost: other.localhost:${httpPort}\r\n\r\n`);
+    await withTimeout(closed, 5000, "the connection was not closed");
+    expect(received).not.toContain("/second");
+    expect(app.hits()).toBe(before);
+  });
+
   test("an unknown name gets 404 and nothing reaches the app", async () => {
     const before = app.hits();
     const response = await fetch(`http://nobody.localhost:${httpPort}/`);
@@ -321,4 +342,32 @@ test("--log-requests: one stdout line per request with method, path, status, dur
   expect(lines).toHaveLength(3);
   expect(lines[0]).toMatch(/^\d\d:\d\d:\d\d GET \/hello 200 \d+ ms 17 B$/);
   expect(lines[1]).toMatch(/^\d\d:\d\d:\d\d GET \/empty 204 \d+ ms 0 B$/);
+});
+
+test("without --http-port, HTTP tunnels are served on the control port, next to /health and the clients", async () => {
+  const app = startApp();
+  defer(app.stop);
+  const server = await startServerProcess(["--domain", "localhost"]);
+  expect(await server.waitFor(/http tunnels on http:\/\/\*\.localhost:(\d+)/).then((m) => Number(m[1]))).toBe(
+    server.port,
+  );
+  const client = await startClientProcess(
+    server.url,
+    [],
+    ["--http", `127.0.0.1:${app.port}`, "--subdomain", "front"],
+  );
+  await client.waitFor(new RegExp(`url: http://front\\.localhost:${server.port}\\n`));
+  const base = `http://front.localhost:${server.port}`;
+  const seen = (await (await fetch(`${base}/headers`)).json()) as Record<string, string>;
+  expect(seen.host).toBe(`127.0.0.1:${app.port}`);
+  expect(seen["x-forwarded-host"]).toBe(`front.localhost:${server.port}`);
+  expect(seen["x-forwarded-for"]).toBe("127.0.0.1");
+  expect(seen["x-sockets-via"]).toBeUndefined();
+  const body = randomData(8 * MiB);
+  const up = (await (await fetch(`${base}/sha256`, { method: "POST", body })).json()) as { sha256: string };
+  expect(up.sha256).toBe(sha256(body));
+  const down = new Uint8Array(await (await fetch(`${base}/bytes?n=${8 * MiB}`)).arrayBuffer());
+  expect(sha256(down)).toBe(sha256(deterministic(8 * MiB)));
+  expect((await fetch(`http://nobody.localhost:${server.port}/`)).status).toBe(404);
+  expect(await server.health()).toMatchObject({ clients: 1, tunnels: 1 });
 });
