@@ -116,14 +116,36 @@ describe("http tunnel", () => {
     expect(seen["x-forwarded-proto"]).toBe("http");
   });
 
-  test("keep-alive: 50 sequential requests, then 20 concurrent clients × 5 requests", async () => {
+  test("keep-alive: 50 sequential requests, then 50 concurrent clients × 20 requests, every body checked", async () => {
     for (let i = 0; i < 50; i++)
       expect(await (await fetch(`${base}/n${i}`)).text()).toBe(`hello from /n${i}`);
-    const clients = Array.from({ length: 20 }, async (_, c) => {
-      for (let i = 0; i < 5; i++)
+    const clients = Array.from({ length: 50 }, async (_, c) => {
+      for (let i = 0; i < 20; i++)
         expect(await (await fetch(`${base}/c${c}/${i}`)).text()).toBe(`hello from /c${c}/${i}`);
     });
     await Promise.all(clients);
+  });
+
+  test("curl: GET, a 16 MiB POST and HEAD through the tunnel (sha256)", async () => {
+    if (!Bun.which("curl")) throw new Error("curl is not installed (apt-get install curl)");
+    const dir = mkdtempSync(join(tmpdir(), "sockets-curl-"));
+    defer(() => rmSync(dir, { recursive: true, force: true }));
+    const get = await runToExit(["curl", "-sS", "--max-time", "10", `${base}/curl`]);
+    expect(get.stdout).toBe("hello from /curl");
+    const body = randomData(16 * MiB);
+    await Bun.write(join(dir, "body.bin"), body);
+    const post = await runToExit([
+      "curl",
+      "-sS",
+      "--max-time",
+      "20",
+      "--data-binary",
+      `@${join(dir, "body.bin")}`,
+      `${base}/sha256`,
+    ]);
+    expect((JSON.parse(post.stdout) as { sha256: string }).sha256).toBe(sha256(body));
+    const head = await runToExit(["curl", "-sS", "-I", "--max-time", "10", `${base}/hello`]);
+    expect(head.stdout).toMatch(/^HTTP\/1\.1 200/);
   });
 
   test("a 32 MiB upload and a 32 MiB download arrive intact (sha256)", async () => {
