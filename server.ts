@@ -40,6 +40,7 @@ import {
 } from "./shared/protocol.ts";
 import { FailureLimiter } from "./shared/rate-limit.ts";
 import { Session, type SessionContext, type SessionSocketData } from "./shared/session.ts";
+import { bridgeHandlers } from "./shared/ws-bridge.ts";
 
 /** Everything the server can be told; the CLI fills it from flags and env. */
 export interface ServerOptions {
@@ -177,7 +178,15 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   // Route: a NAME.DOMAIN Host is a visitor of an HTTP tunnel, whatever the path.
   app.use("*", async (c, next) => {
     if (nameOf(c.req.header("host") ?? "", context.domain) === undefined) return next();
-    return front.forward(c.req.raw, c.env.requestIP(c.req.raw)?.address ?? "");
+    const ip = c.env.requestIP(c.req.raw)?.address ?? "";
+    if ((c.req.header("upgrade") ?? "").toLowerCase() !== "websocket") return front.forward(c.req.raw, ip);
+    const upstream = await front.connectWebSocket(c.req.raw, ip);
+    if (upstream instanceof Response) return upstream;
+    const data: SessionSocketData = { session: null, resume: null, remote: ip, bridge: upstream };
+    const headers = upstream.protocol ? { "Sec-WebSocket-Protocol": upstream.protocol } : undefined;
+    if (c.env.upgrade(c.req.raw, { data, headers })) return new Response(null);
+    upstream.close();
+    return c.text("expected a WebSocket upgrade\n", 400);
   });
   app.get("/health", (c) => c.json(stats()));
   app.get(CONNECT_PATH, (c) => {
@@ -226,7 +235,9 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     },
     websocket: {
       perMessageDeflate: false,
-      maxPayloadLength: 1024 * 1024 + context.limits.maxFramePayload,
+      // Tunnel frames stay far below this (the codec enforces maxFramePayload); it bounds the messages
+      // of visitors' WebSockets bridged to HTTP tunnels, as Bun's default does.
+      maxPayloadLength: 16 * 1024 * 1024,
       // Credit bounds what each stream queues; this only guards against a misbehaving build.
       backpressureLimit: 64 * 1024 * 1024,
       closeOnBackpressureLimit: true,
@@ -234,6 +245,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       idleTimeout: 0,
       sendPings: false,
       open(ws) {
+        if (ws.data.bridge) return bridgeHandlers.open(ws);
         const session = ws.data.resume ?? new Session(context);
         ws.data.resume = null;
         sessions.set(session.id, session);
@@ -241,10 +253,12 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
         log.info(`client ${ws.data.remote} connected`);
       },
       message(ws, message) {
-        ws.data.session?.onMessage(message);
+        if (ws.data.bridge) bridgeHandlers.message(ws, message);
+        else ws.data.session?.onMessage(message);
       },
       drain(ws) {
-        ws.data.session?.onDrain();
+        if (ws.data.bridge) bridgeHandlers.drain(ws);
+        else ws.data.session?.onDrain();
       },
       ping(ws) {
         if (ws.data.session) ws.data.session.heard = true;
@@ -252,7 +266,8 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       pong(ws) {
         if (ws.data.session) ws.data.session.heard = true;
       },
-      close(ws, code) {
+      close(ws, code, reason) {
+        if (ws.data.bridge) return bridgeHandlers.close(ws, code, reason);
         ws.data.session?.onClose(ws, code);
         log.info(`client ${ws.data.remote} disconnected (${code})`);
       },
@@ -317,7 +332,7 @@ Options:
   --tcp-ports MIN-MAX    range for public TCP ports (default: any free port)
   --http-port N          a separate public port for HTTP tunnels at http(s)://NAME.DOMAIN:N (0 = any free);
                          https with --tls-cert (a wildcard certificate for *.DOMAIN). Without it, HTTP
-                         tunnels are served on --port (no WebSocket upgrades there yet)
+                         tunnels are served on --port as well
   --tls-cert FILE        PEM certificate: serve wss/https (needs --tls-key)
   --tls-key FILE         PEM private key for --tls-cert
   --window BYTES         per-stream flow-control window (default ${DEFAULTS.window})

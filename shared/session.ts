@@ -39,6 +39,8 @@ import { type RelaySocket, type RelaySocketData, relaySocketHandlers, type Strea
 /** The `data` slot of every client WebSocket. */
 export interface SessionSocketData {
   session: Session | null;
+  /** Set instead for a visitor's WebSocket to an HTTP tunnel, bridged to the ingress. */
+  bridge?: WebSocket | null;
   /** A reserved session this connection resumes (set by the upgrade handler). */
   resume: Session | null;
   remote: string;

@@ -393,3 +393,43 @@ test("without --http-port, HTTP tunnels are served on the control port, next to 
   expect((await fetch(`http://nobody.localhost:${server.port}/`)).status).toBe(404);
   expect(await server.health()).toMatchObject({ clients: 1, tunnels: 1 });
 });
+
+test("a WebSocket to an HTTP tunnel on the control port is bridged: messages both ways, close code kept", async () => {
+  const app = startApp();
+  defer(app.stop);
+  const server = await startServerProcess(["--domain", "localhost"]);
+  const client = await startClientProcess(
+    server.url,
+    [],
+    ["--http", `127.0.0.1:${app.port}`, "--subdomain", "wsfront"],
+  );
+  await client.waitFor(/exposed with tunnel id \S+, url: http:/);
+  const ws = new WebSocket(`ws://wsfront.localhost:${server.port}/ws`);
+  ws.binaryType = "arraybuffer";
+  await withTimeout(
+    new Promise((resolve) => ws.addEventListener("open", resolve, { once: true })),
+    5000,
+    "no open",
+  );
+  const sent: string[] = [];
+  const received: string[] = [];
+  const all = new Promise<void>((resolve) =>
+    ws.addEventListener("message", (event) => {
+      received.push(
+        typeof event.data === "string" ? `t:${event.data}` : `b:${sha256(new Uint8Array(event.data))}`,
+      );
+      if (received.length === 100) resolve();
+    }),
+  );
+  for (let i = 0; i < 100; i++) {
+    const data = i % 2 === 0 ? `text ${i}` : randomData(1 + ((i * 7919) % (512 * 1024)));
+    sent.push(typeof data === "string" ? `t:${data}` : `b:${sha256(data)}`);
+    ws.send(data);
+  }
+  await withTimeout(all, 20_000, "echoes did not all arrive");
+  expect(received).toEqual(sent);
+  const closed = new Promise<number>((resolve) => ws.addEventListener("close", (e) => resolve(e.code)));
+  ws.close(4321, "bye");
+  expect(await withTimeout(closed, 5000, "no close")).toBe(4321);
+  expect(await server.health()).toMatchObject({ clients: 1 });
+});
