@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { deflateSync } from "node:zlib";
 import { chromium } from "playwright-core";
-import { defer, setupFile, startClientProcess, startServerProcess, withTimeout } from "./helpers.ts";
+import { defer, setupFile, startHttpClient, startHttpServer, withTimeout } from "./helpers.ts";
 
 setupFile();
 
@@ -128,14 +128,9 @@ describe("http tunnel in a real browser", () => {
       );
 
     const app = startApp();
-    const server = await startServerProcess(["--http-port", "0", "--domain", "localhost"]);
-    const httpPort = Number((await server.waitFor(/http tunnels on http:\/\/\*\.localhost:(\d+)/))[1]);
-    const client = await startClientProcess(
-      server.url,
-      [],
-      ["--http", `127.0.0.1:${app.port}`, "--subdomain", "browser"],
-    );
-    await client.waitFor(/exposed with tunnel id \S+, url: http:/);
+    const server = await startHttpServer();
+    const httpPort = server.httpPort;
+    const client = await startHttpClient(server.url, app.port, "browser");
     const publicUrl = `http://browser.localhost:${httpPort}`;
     expect(client.stdout()).toContain(`url: ${publicUrl}\n`);
 

@@ -249,6 +249,32 @@ export async function startClientProcess(
   return { ...role, tunnels };
 }
 
+/** A server process with HTTP tunnels, and the port they are served on. */
+export type HttpServerProcess = ServerProcess & { httpPort: number };
+
+/** A server process with HTTP tunnels under `localhost`, and the port they are served on. */
+export async function startHttpServer(args: string[] = ["--http-port", "0"]): Promise<HttpServerProcess> {
+  const server = await startServerProcess([...args, "--domain", "localhost"]);
+  const httpPort = Number((await server.waitFor(/http tunnels on https?:\/\/\*\.localhost:(\d+)/))[1]);
+  return { ...server, httpPort };
+}
+
+/** A client publishing the web app on 127.0.0.1:`appPort` as HTTP tunnel `name`; resolves once exposed. */
+export async function startHttpClient(
+  serverUrl: string,
+  appPort: number,
+  name: string,
+  args: string[] = [],
+): Promise<ClientProcess> {
+  const client = await startClientProcess(
+    serverUrl,
+    [],
+    ["--http", `127.0.0.1:${appPort}`, "--subdomain", name, ...args],
+  );
+  await client.waitFor(/exposed with tunnel id \S+, url: http/);
+  return client;
+}
+
 /** A local service for tests, in this process. */
 export interface LocalService {
   port: number;

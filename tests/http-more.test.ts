@@ -10,17 +10,16 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import {
-  type ClientProcess,
   defer,
   expectOneLineError,
+  type HttpServerProcess,
   randomData,
   rssKiB,
   runToExit,
-  type ServerProcess,
   setupFile,
   sha256,
-  startClientProcess,
-  startServerProcess,
+  startHttpClient,
+  startHttpServer,
   withTimeout,
 } from "./helpers.ts";
 
@@ -279,8 +278,7 @@ async function load(
 }
 
 describe("http tunnel, more", () => {
-  let server: ServerProcess;
-  let client: ClientProcess;
+  let server: HttpServerProcess;
   let app: ReturnType<typeof startApp>;
   let httpPort: number;
   let host: string;
@@ -288,14 +286,9 @@ describe("http tunnel, more", () => {
 
   beforeAll(async () => {
     app = startApp();
-    server = await startServerProcess(["--http-port", "0", "--domain", "localhost"]);
-    httpPort = Number((await server.waitFor(/http tunnels on http:\/\/\*\.localhost:(\d+)/))[1]);
-    client = await startClientProcess(
-      server.url,
-      [],
-      ["--http", `127.0.0.1:${app.port}`, "--subdomain", "more"],
-    );
-    await client.waitFor(/exposed with tunnel id \S+, url: http:/);
+    server = await startHttpServer();
+    httpPort = server.httpPort;
+    await startHttpClient(server.url, app.port, "more");
     host = `more.localhost:${httpPort}`;
     base = `http://${host}`;
   });
@@ -574,14 +567,9 @@ describe("http tunnel, more", () => {
 
   test("a visitor that never reads a 1 GiB download stalls nothing else, and memory stays bounded", async () => {
     // A pair of its own, so RSS is not measured against what the 100 MiB transfers left behind.
-    const server2 = await startServerProcess(["--http-port", "0", "--domain", "localhost"]);
-    const port2 = Number((await server2.waitFor(/http tunnels on http:\/\/\*\.localhost:(\d+)/))[1]);
-    const client2 = await startClientProcess(
-      server2.url,
-      [],
-      ["--http", `127.0.0.1:${app.port}`, "--subdomain", "slow"],
-    );
-    await client2.waitFor(/exposed with tunnel id \S+, url: http:/);
+    const server2 = await startHttpServer();
+    const port2 = server2.httpPort;
+    const client2 = await startHttpClient(server2.url, app.port, "slow");
     const host2 = `slow.localhost:${port2}`;
     // Warm up both processes on this path (JIT, buffers) before the baseline.
     for (let i = 0; i < 20; i++)

@@ -13,13 +13,15 @@ import {
   type ClientProcess,
   defer,
   eventually,
+  type HttpServerProcess,
   randomData,
   runToExit,
-  type ServerProcess,
   setupFile,
   sha256,
   spawnRole,
   startClientProcess,
+  startHttpClient,
+  startHttpServer,
   startServerProcess,
   withTimeout,
 } from "./helpers.ts";
@@ -86,7 +88,7 @@ function deterministic(size: number): Uint8Array {
 }
 
 describe("http tunnel", () => {
-  let server: ServerProcess;
+  let server: HttpServerProcess;
   let client: ClientProcess;
   let app: ReturnType<typeof startApp>;
   let base: string;
@@ -94,14 +96,9 @@ describe("http tunnel", () => {
 
   beforeAll(async () => {
     app = startApp();
-    server = await startServerProcess(["--http-port", "0", "--domain", "localhost"]);
-    httpPort = Number((await server.waitFor(/http tunnels on http:\/\/\*\.localhost:(\d+)/))[1]);
-    client = await startClientProcess(
-      server.url,
-      [],
-      ["--http", `127.0.0.1:${app.port}`, "--subdomain", "demo"],
-    );
-    await client.waitFor(/exposed with tunnel id \S+, url: http:/);
+    server = await startHttpServer();
+    httpPort = server.httpPort;
+    client = await startHttpClient(server.url, app.port, "demo");
     base = `http://demo.localhost:${httpPort}`;
   });
 
@@ -245,17 +242,12 @@ describe("http tunnel", () => {
 });
 
 test("local service down: the visitor gets 502 promptly", async () => {
-  const server = await startServerProcess(["--http-port", "0", "--domain", "localhost"]);
-  const port = Number((await server.waitFor(/http tunnels on http:\/\/\*\.localhost:(\d+)/))[1]);
+  const server = await startHttpServer();
+  const port = server.httpPort;
   const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
   const deadPort = probe.port;
   probe.stop(true);
-  const client = await startClientProcess(
-    server.url,
-    [],
-    ["--http", `127.0.0.1:${deadPort}`, "--subdomain", "down"],
-  );
-  await client.waitFor(/exposed with tunnel id \S+, url: http:/);
+  const _client = await startHttpClient(server.url, deadPort, "down");
   const started = Date.now();
   const response = await fetch(`http://down.localhost:${port}/`);
   expect(response.status).toBe(502);
@@ -320,14 +312,9 @@ test("https: with a wildcard certificate for *.DOMAIN the HTTP port serves https
 test("--basic-auth: no or wrong credentials get 401 before anything reaches the app; right ones pass, unforwarded", async () => {
   const app = startApp();
   defer(app.stop);
-  const server = await startServerProcess(["--http-port", "0", "--domain", "localhost"]);
-  const port = Number((await server.waitFor(/http tunnels on http:\/\/\*\.localhost:(\d+)/))[1]);
-  const client = await startClientProcess(
-    server.url,
-    [],
-    ["--http", `127.0.0.1:${app.port}`, "--subdomain", "locked", "--basic-auth", "alice:s3cret"],
-  );
-  await client.waitFor(/exposed with tunnel id \S+, url: http:/);
+  const server = await startHttpServer();
+  const port = server.httpPort;
+  const _client = await startHttpClient(server.url, app.port, "locked", ["--basic-auth", "alice:s3cret"]);
   const url = `http://locked.localhost:${port}/headers`;
   const basic = (credentials: string) => ({ authorization: `Basic ${btoa(credentials)}` });
   const before = app.hits();
@@ -344,14 +331,9 @@ test("--basic-auth: no or wrong credentials get 401 before anything reaches the 
 test("--log-requests: one stdout line per request with method, path, status, duration and bytes", async () => {
   const app = startApp();
   defer(app.stop);
-  const server = await startServerProcess(["--http-port", "0", "--domain", "localhost"]);
-  const port = Number((await server.waitFor(/http tunnels on http:\/\/\*\.localhost:(\d+)/))[1]);
-  const client = await startClientProcess(
-    server.url,
-    [],
-    ["--http", `127.0.0.1:${app.port}`, "--subdomain", "logged", "--log-requests"],
-  );
-  await client.waitFor(/exposed with tunnel id \S+, url: http:/);
+  const server = await startHttpServer();
+  const port = server.httpPort;
+  const client = await startHttpClient(server.url, app.port, "logged", ["--log-requests"]);
   const base = `http://logged.localhost:${port}`;
   expect(await (await fetch(`${base}/hello`)).text()).toBe("hello from /hello");
   expect((await fetch(`${base}/empty`)).status).toBe(204);
@@ -398,12 +380,7 @@ test("a WebSocket to an HTTP tunnel on the control port is bridged: messages bot
   const app = startApp();
   defer(app.stop);
   const server = await startServerProcess(["--domain", "localhost"]);
-  const client = await startClientProcess(
-    server.url,
-    [],
-    ["--http", `127.0.0.1:${app.port}`, "--subdomain", "wsfront"],
-  );
-  await client.waitFor(/exposed with tunnel id \S+, url: http:/);
+  const _client = await startHttpClient(server.url, app.port, "wsfront");
   const ws = new WebSocket(`ws://wsfront.localhost:${server.port}/ws`);
   ws.binaryType = "arraybuffer";
   await withTimeout(
