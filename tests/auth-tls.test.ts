@@ -15,6 +15,7 @@ import {
   eventually,
   expectOneLineError,
   type LocalService,
+  makeCertificate,
   randomData,
   runToExit,
   type ServerProcess,
@@ -87,33 +88,8 @@ describe("TLS with a self-signed certificate", () => {
   let server: ServerProcess;
   let wss: string;
 
-  /** Makes a self-signed certificate for localhost and 127.0.0.1 with openssl; returns [cert, key]. */
-  async function selfSigned(name: string): Promise<[string, string]> {
-    if (!Bun.which("openssl")) throw new Error("openssl is not installed (apt-get install openssl)");
-    const [certFile, keyFile] = [join(dir, `${name}.pem`), join(dir, `${name}.key`)];
-    const result = await runToExit([
-      "openssl",
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
-      "-days",
-      "2",
-      "-subj",
-      "/CN=localhost",
-      "-addext",
-      "subjectAltName=DNS:localhost,IP:127.0.0.1",
-      "-keyout",
-      keyFile,
-      "-out",
-      certFile,
-    ]);
-    if (result.code !== 0) throw new Error(`openssl failed: ${result.stderr}`);
-    return [certFile, keyFile];
-  }
+  /** A self-signed certificate for localhost and 127.0.0.1; returns [cert, key]. */
+  const selfSigned = (name: string) => makeCertificate(dir, name, "DNS:localhost,IP:127.0.0.1");
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "sockets-tls-"));

@@ -14,6 +14,7 @@ import {
   defer,
   eventually,
   type HttpServerProcess,
+  makeCertificate,
   randomData,
   runToExit,
   setupFile,
@@ -85,6 +86,41 @@ function deterministic(size: number): Uint8Array {
     out[i] = x & 0xff;
   }
   return out;
+}
+
+/**
+ * Opens a WebSocket to `url`, sends `count` messages (even ones text, odd ones binary of up to
+ * `maxBinary` bytes) and resolves with what was sent and what the echo brought back, in order; then
+ * closes with 4321 and resolves the close code the visitor saw.
+ */
+async function echoOverWebSocket(url: string, count: number, maxBinary: number) {
+  const ws = new WebSocket(url);
+  ws.binaryType = "arraybuffer";
+  await withTimeout(
+    new Promise((resolve) => ws.addEventListener("open", resolve, { once: true })),
+    5000,
+    "no open",
+  );
+  const sent: string[] = [];
+  const received: string[] = [];
+  const all = new Promise<void>((resolve) =>
+    ws.addEventListener("message", (event) => {
+      received.push(
+        typeof event.data === "string" ? `t:${event.data}` : `b:${sha256(new Uint8Array(event.data))}`,
+      );
+      if (received.length === count) resolve();
+    }),
+  );
+  for (let i = 0; i < count; i++) {
+    const data =
+      i % 2 === 0 ? `message ${i} ${"x".repeat(i * 13)}` : randomData(1 + ((i * 7919) % maxBinary));
+    sent.push(typeof data === "string" ? `t:${data}` : `b:${sha256(data)}`);
+    ws.send(data);
+  }
+  await withTimeout(all, 20_000, "echoes did not all arrive");
+  const closed = new Promise<number>((resolve) => ws.addEventListener("close", (e) => resolve(e.code)));
+  ws.close(4321, "bye");
+  return { sent, received, closeCode: await withTimeout(closed, 5000, "no close") };
 }
 
 describe("http tunnel", () => {
@@ -163,39 +199,9 @@ describe("http tunnel", () => {
   });
 
   test("a WebSocket through the tunnel: 200 messages of random sizes, text and binary, all equal", async () => {
-    const ws = new WebSocket(`ws://demo.localhost:${httpPort}/ws`);
-    ws.binaryType = "arraybuffer";
-    await withTimeout(
-      new Promise((resolve) => ws.addEventListener("open", resolve, { once: true })),
-      5000,
-      "no open",
-    );
-    const sent: string[] = [];
-    const received: string[] = [];
-    const all = new Promise<void>((resolve) =>
-      ws.addEventListener("message", (event) => {
-        received.push(
-          typeof event.data === "string" ? `t:${event.data}` : `b:${sha256(new Uint8Array(event.data))}`,
-        );
-        if (received.length === 200) resolve();
-      }),
-    );
-    for (let i = 0; i < 200; i++) {
-      if (i % 2 === 0) {
-        const text = `message ${i} ${"x".repeat(i * 13)}`;
-        sent.push(`t:${text}`);
-        ws.send(text);
-      } else {
-        const data = randomData(1 + ((i * 7919) % (256 * 1024)));
-        sent.push(`b:${sha256(data)}`);
-        ws.send(data);
-      }
-    }
-    await withTimeout(all, 20_000, "echoes did not all arrive");
-    expect(received).toEqual(sent);
-    const closed = new Promise<number>((resolve) => ws.addEventListener("close", (e) => resolve(e.code)));
-    ws.close(4321, "bye");
-    expect(await withTimeout(closed, 5000, "no close")).toBe(4321);
+    const echo = await echoOverWebSocket(`ws://demo.localhost:${httpPort}/ws`, 200, 256 * 1024);
+    expect(echo.received).toEqual(echo.sent);
+    expect(echo.closeCode).toBe(4321);
   });
 
   test("a connection stays with its first request's tunnel: a request for another host on it is cut off", async () => {
@@ -256,32 +262,10 @@ test("local service down: the visitor gets 502 promptly", async () => {
 });
 
 test("https: with a wildcard certificate for *.DOMAIN the HTTP port serves https URLs", async () => {
-  if (!Bun.which("openssl")) throw new Error("openssl is not installed (apt-get install openssl)");
   const dir = mkdtempSync(join(tmpdir(), "sockets-https-"));
   defer(() => rmSync(dir, { recursive: true, force: true }));
-  const [cert, key] = [join(dir, "cert.pem"), join(dir, "key.pem")];
-  const made = await runToExit([
-    "openssl",
-    "req",
-    "-x509",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:prime256v1",
-    "-nodes",
-    "-days",
-    "2",
-    "-subj",
-    "/CN=localhost",
-    "-addext",
-    // A wildcard needs two labels after it: *.tunnel.localhost, not *.localhost.
-    "subjectAltName=DNS:localhost,DNS:*.tunnel.localhost,IP:127.0.0.1",
-    "-keyout",
-    key,
-    "-out",
-    cert,
-  ]);
-  expect(made.code).toBe(0);
+  // A wildcard needs two labels after it: *.tunnel.localhost, not *.localhost.
+  const [cert, key] = await makeCertificate(dir, "wild", "DNS:localhost,DNS:*.tunnel.localhost,IP:127.0.0.1");
   const app = startApp();
   defer(app.stop);
   const server = await startServerProcess([
@@ -380,33 +364,9 @@ test("a WebSocket to an HTTP tunnel on the control port is bridged: messages bot
   const app = startApp();
   defer(app.stop);
   const server = await startServerProcess(["--domain", "localhost"]);
-  const _client = await startHttpClient(server.url, app.port, "wsfront");
-  const ws = new WebSocket(`ws://wsfront.localhost:${server.port}/ws`);
-  ws.binaryType = "arraybuffer";
-  await withTimeout(
-    new Promise((resolve) => ws.addEventListener("open", resolve, { once: true })),
-    5000,
-    "no open",
-  );
-  const sent: string[] = [];
-  const received: string[] = [];
-  const all = new Promise<void>((resolve) =>
-    ws.addEventListener("message", (event) => {
-      received.push(
-        typeof event.data === "string" ? `t:${event.data}` : `b:${sha256(new Uint8Array(event.data))}`,
-      );
-      if (received.length === 100) resolve();
-    }),
-  );
-  for (let i = 0; i < 100; i++) {
-    const data = i % 2 === 0 ? `text ${i}` : randomData(1 + ((i * 7919) % (512 * 1024)));
-    sent.push(typeof data === "string" ? `t:${data}` : `b:${sha256(data)}`);
-    ws.send(data);
-  }
-  await withTimeout(all, 20_000, "echoes did not all arrive");
-  expect(received).toEqual(sent);
-  const closed = new Promise<number>((resolve) => ws.addEventListener("close", (e) => resolve(e.code)));
-  ws.close(4321, "bye");
-  expect(await withTimeout(closed, 5000, "no close")).toBe(4321);
+  await startHttpClient(server.url, app.port, "wsfront");
+  const echo = await echoOverWebSocket(`ws://wsfront.localhost:${server.port}/ws`, 100, 512 * 1024);
+  expect(echo.received).toEqual(echo.sent);
+  expect(echo.closeCode).toBe(4321);
   expect(await server.health()).toMatchObject({ clients: 1 });
 });
