@@ -310,6 +310,17 @@ export async function makeCertificate(
   return [certFile, keyFile];
 }
 
+/** A local web app's answer to an upload: `{ bytes, sha256 }` of the request body, hashed as it streams. */
+export async function hashBodyResponse(req: Request): Promise<Response> {
+  const hash = createHash("sha256");
+  let bytes = 0;
+  for await (const chunk of req.body ?? []) {
+    hash.update(chunk);
+    bytes += chunk.length;
+  }
+  return Response.json({ bytes, sha256: hash.digest("hex") });
+}
+
 /** A local service for tests, in this process. */
 export interface LocalService {
   port: number;

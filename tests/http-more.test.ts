@@ -13,6 +13,7 @@ import {
   defer,
   expectOneLineError,
   type HttpServerProcess,
+  hashBodyResponse,
   randomData,
   rssKiB,
   runToExit,
@@ -80,15 +81,8 @@ function startApp() {
             headers: { "content-type": "text/event-stream", "cache-control": "no-cache" },
           });
         }
-        case "/sha256": {
-          const hash = createHash("sha256");
-          let bytes = 0;
-          for await (const chunk of req.body ?? []) {
-            hash.update(chunk);
-            bytes += chunk.length;
-          }
-          return Response.json({ bytes, sha256: hash.digest("hex") });
-        }
+        case "/sha256":
+          return hashBodyResponse(req);
         case "/bytes": {
           // Pull-based: the next chunk is made only when the previous one was taken (backpressure).
           const n = Number(url.searchParams.get("n"));

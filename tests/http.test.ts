@@ -4,7 +4,6 @@
  */
 
 import { beforeAll, describe, expect, test } from "bun:test";
-import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
@@ -14,6 +13,7 @@ import {
   defer,
   eventually,
   type HttpServerProcess,
+  hashBodyResponse,
   makeCertificate,
   randomData,
   runToExit,
@@ -45,15 +45,7 @@ function startApp() {
         return new Response("expected a WebSocket", { status: 400 });
       }
       if (url.pathname === "/headers") return Response.json(Object.fromEntries(req.headers));
-      if (url.pathname === "/sha256") {
-        const hash = createHash("sha256");
-        let bytes = 0;
-        for await (const chunk of req.body ?? []) {
-          hash.update(chunk);
-          bytes += chunk.length;
-        }
-        return Response.json({ bytes, sha256: hash.digest("hex") });
-      }
+      if (url.pathname === "/sha256") return hashBodyResponse(req);
       if (url.pathname === "/bytes") {
         const size = Number(url.searchParams.get("n"));
         return new Response(deterministic(size), { headers: { "content-type": "application/octet-stream" } });
