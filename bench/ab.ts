@@ -1,0 +1,63 @@
+/**
+ * `bun bench/ab.ts DIR_A DIR_B RUNS MODE ARGS…`: A/B comparison of two checkouts of sockets on one
+ * load-generator mode, runs alternated A B A B … against one service; prints each side's median.
+ * For judging a relay change; `bun run bench` is the full comparison.
+ * @module
+ */
+import { join } from "node:path";
+import { buildNative } from "./native.ts";
+import { killAll, spawn } from "./procs.ts";
+
+const [dirA, dirB, runsText, mode, ...rest] = process.argv.slice(2);
+if (!dirA || !dirB || !runsText || !mode) {
+  console.error("usage: bun bench/ab.ts DIR_A DIR_B RUNS MODE ARGS...   (env KEY: figure, default gbps)");
+  process.exit(2);
+}
+const key = process.env.KEY ?? (mode === "connrate" ? "rate" : mode === "latency" ? "p50" : "gbps");
+const tools = await buildNative();
+try {
+  const service = spawn([tools.service], { stdin: true });
+  const servicePort = Number((await service.waitFor(/port (\d+)/, 10_000))[1]);
+  const ports: number[] = [];
+  for (const [i, dir] of [dirA, dirB].entries()) {
+    const env = Object.fromEntries(
+      (process.env[i ? "ENV_B" : "ENV_A"] ?? "")
+        .split(" ")
+        .filter(Boolean)
+        .map((kv) => kv.split("=") as [string, string]),
+    );
+    const srv = spawn(
+      [
+        "bun",
+        join(dir, "server.ts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        ...(process.env.SA ?? "").split(" ").filter(Boolean),
+      ],
+      { cwd: dir, env },
+    );
+    const url = (await srv.waitFor(/listening on (ws:\/\/\S+)/, 20_000))[1] as string;
+    const cli = spawn(
+      ["bun", join(dir, "client.ts"), "--expose", `127.0.0.1:${servicePort}`, "--server", url],
+      { cwd: dir, env },
+    );
+    ports.push(Number((await cli.waitFor(/url: \S+:(\d+)/, 20_000))[1]));
+  }
+  const figures: number[][] = [[], []];
+  for (let r = 0; r < Number(runsText); r++) {
+    for (const side of [0, 1]) {
+      const p = Bun.spawnSync([tools.loadgen, mode, String(ports[side]), ...rest]);
+      const result = JSON.parse(p.stdout.toString().trim().split("\n").pop() as string);
+      (figures[side] as number[]).push(result[key]);
+    }
+  }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  for (const side of [0, 1]) {
+    const xs = figures[side] as number[];
+    console.log(`${side ? "B" : "A"} ${key} median ${median(xs)}  [${xs.join(" ")}]`);
+  }
+} finally {
+  killAll();
+}
