@@ -10,7 +10,9 @@ import { killAll, spawn } from "./procs.ts";
 
 const [dirA, dirB, runsText, mode, ...rest] = process.argv.slice(2);
 if (!dirA || !dirB || !runsText || !mode) {
-  console.error("usage: bun bench/ab.ts DIR_A DIR_B RUNS MODE ARGS...   (env KEY: figure, default gbps)");
+  console.error(
+    "usage: bun bench/ab.ts DIR_A DIR_B RUNS MODE ARGS...   (env KEY: figure; ENV_A/ENV_B: environment, SA_A/SA_B: server flags of each side)",
+  );
   process.exit(2);
 }
 const key = process.env.KEY ?? (mode === "connrate" ? "rate" : mode === "latency" ? "p50" : "gbps");
@@ -34,7 +36,7 @@ try {
         "127.0.0.1",
         "--port",
         "0",
-        ...(process.env.SA ?? "").split(" ").filter(Boolean),
+        ...(process.env[i ? "SA_B" : "SA_A"] ?? "").split(" ").filter(Boolean),
       ],
       { cwd: dir, env },
     );

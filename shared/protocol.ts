@@ -7,9 +7,9 @@
  */
 
 /** Protocol version spoken by this build. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
-/** WebSocket subprotocol that carries the version; a v2 client offers `sockets.v2` and gets a clear 426. */
+/** WebSocket subprotocol that carries the version; a peer of another version gets a clear 426. */
 export const SUBPROTOCOL = `sockets.v${PROTOCOL_VERSION}`;
 
 /** Path on the control port where clients upgrade to a WebSocket. */
@@ -86,8 +86,12 @@ export const HEADER_LENGTH = 5;
 
 /** Defaults the server announces in `hello`; both directions of every stream use them. */
 export const DEFAULTS = {
-  /** Initial per-stream window in bytes (credit a sender may have in flight). Covers loopback BDP. */
-  window: 1024 * 1024,
+  /**
+   * Per-stream window in bytes: the most a sender may have in flight on one stream. Our senders start
+   * at 1 MiB and grow to this while the receiver keeps up (stream.ts); 8 MiB covers the socket buffers
+   * of a loopback or LAN path (1 MiB left a single stream at ~85% of its speed here).
+   */
+  window: 8 * 1024 * 1024,
   /** Largest DATA payload in one frame. */
   maxFramePayload: 256 * 1024,
   /** Most concurrent streams (visitors) per tunnel. */

@@ -65,6 +65,11 @@ export interface StreamTap {
   fromSocket(bytes: Uint8Array): void;
 }
 
+/** Credit a new stream lets itself use, at most the session's window (see {@link Stream}'s sendWindow). */
+export const INITIAL_SEND_WINDOW = 1024 * 1024;
+/** A stream doubles its send window when a whole window was acknowledged within this many ms. */
+export const GROW_WITHIN_MS = 20;
+
 const PAUSED_BY_CREDIT = 1;
 const PAUSED_BY_TRANSPORT = 2;
 
@@ -82,6 +87,23 @@ export class Stream {
   private ackedSeq = 0;
   /** Bytes sent but not yet credited, kept (by reference) to resend after a resume. */
   private readonly unacked = new ByteQueue();
+  /**
+   * Credit this stream lets itself use: starts at {@link INITIAL_SEND_WINDOW} and doubles, up to the
+   * session's window, each time a whole window is acknowledged within {@link GROW_WITHIN_MS} of the
+   * credit running out. A fast path (loopback, LAN) reaches the full window in a few ms, where the
+   * socket buffers on the way would otherwise starve it; a slow reader never acknowledges that fast,
+   * so the peer buffers at most the initial window for it.
+   */
+  private sendWindow: number;
+  /**
+   * Bytes written into the socket after which this receiver returns credit: a quarter of the initial
+   * send window, whatever the peer's window has grown to (a quarter of a larger one would starve it).
+   */
+  private readonly creditBatch: number;
+  /** When credit last ran out (performance.now()), or 0 when it has not since the last adaptation. */
+  private starvedAt = 0;
+  /** {@link Stream.ackedSeq} at that moment. */
+  private starvedAcked = 0;
   /** Bytes read from the socket but not yet sent, for lack of credit. */
   private held: Uint8Array | null = null;
   /** DATA bytes received so far. */
@@ -109,7 +131,10 @@ export class Stream {
     readonly id: number,
     private readonly host: StreamHost,
     private readonly onClosed?: (stream: Stream) => void,
-  ) {}
+  ) {
+    this.sendWindow = Math.min(host.window, INITIAL_SEND_WINDOW);
+    this.creditBatch = this.sendWindow >>> 2;
+  }
 
   /** Binds the socket (at once on the server, after connect on the client) and flushes what waited. */
   attach(socket: RelaySocket): void {
@@ -138,7 +163,7 @@ export class Stream {
 
   private sendWithinCredit(chunk: Uint8Array): void {
     const max = this.host.maxFramePayload;
-    let credit = this.host.window - (this.sentSeq - this.ackedSeq);
+    let credit = this.sendWindow - (this.sentSeq - this.ackedSeq);
     let offset = 0;
     while (offset < chunk.length && credit > 0) {
       const n = Math.min(chunk.length - offset, credit, max);
@@ -152,7 +177,18 @@ export class Stream {
     if (offset < chunk.length) {
       this.held = chunk.subarray(offset);
       this.pause(PAUSED_BY_CREDIT);
+      if (this.starvedAt === 0 && this.sendWindow < this.host.window) {
+        this.starvedAt = performance.now();
+        this.starvedAcked = this.ackedSeq;
+      }
     }
+  }
+
+  /** A whole send window was acknowledged since credit ran out: double it if that took little time. */
+  private adaptSendWindow(): void {
+    if (performance.now() - this.starvedAt < GROW_WITHIN_MS)
+      this.sendWindow = Math.min(this.host.window, this.sendWindow * 2);
+    this.starvedAt = 0;
   }
 
   /** The socket can take more: write what the peer sent earlier. */
@@ -204,6 +240,7 @@ export class Stream {
       throw new ProtocolError(`stream ${this.id}: WINDOW acknowledges bytes never sent`);
     this.ackedSeq += increment;
     this.unacked.drop(increment);
+    if (this.starvedAt !== 0 && this.ackedSeq - this.starvedAcked >= this.sendWindow) this.adaptSendWindow();
     this.sendHeld();
     this.maybeFree();
   }
@@ -349,8 +386,9 @@ export class Stream {
 
   private wrote(n: number): void {
     this.writtenSeq += n;
-    // Batch credit: a WINDOW per quarter window keeps the sender busy without a frame per chunk.
-    if (this.writtenSeq - this.creditedSeq >= this.host.window >>> 2) this.returnCredit();
+    // Batch credit: a WINDOW per quarter of the initial send window keeps the sender busy without a
+    // frame per chunk.
+    if (this.writtenSeq - this.creditedSeq >= this.creditBatch) this.returnCredit();
   }
 
   private returnCredit(): void {

@@ -9,6 +9,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import type { Socket as BunSocket, TCPSocketListener } from "bun";
+import { SUBPROTOCOL } from "../shared/protocol.ts";
 import {
   defer,
   type EchoService,
@@ -391,7 +392,7 @@ export function upgradeHeaders(extra: Record<string, string> = {}): Record<strin
     Connection: "Upgrade",
     "Sec-WebSocket-Key": randomBytes(16).toString("base64"),
     "Sec-WebSocket-Version": "13",
-    "Sec-WebSocket-Protocol": "sockets.v1",
+    "Sec-WebSocket-Protocol": SUBPROTOCOL,
     ...extra,
   };
 }

@@ -9,7 +9,13 @@ import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { Mux } from "../shared/mux.ts";
 import { StreamKind } from "../shared/protocol.ts";
-import type { RelaySocket, Stream } from "../shared/stream.ts";
+import {
+  GROW_WITHIN_MS,
+  INITIAL_SEND_WINDOW,
+  type RelaySocket,
+  Stream,
+  type StreamHost,
+} from "../shared/stream.ts";
 
 /** A socket double: takes a random share of each write, records what it took, obeys pause. */
 class FakeSocket {
@@ -226,5 +232,55 @@ describe("stream state machine", () => {
       }),
       { numRuns: 300 },
     );
+  });
+});
+
+describe("send window", () => {
+  const MiB = 1024 * 1024;
+  /** A stream whose host records the DATA bytes it sends; its socket read 64 MiB at once. */
+  function starvedStream(window: number) {
+    let sent = 0;
+    const host: StreamHost = {
+      window,
+      maxFramePayload: 256 * 1024,
+      sendData: (_id, payload) => {
+        sent += payload.length;
+      },
+      sendWindow: () => {},
+      sendEnd: () => {},
+      sendReset: () => {},
+      release: () => {},
+    };
+    const stream = new Stream(1, host);
+    stream.onSocketData(new Uint8Array(64 * MiB));
+    return { stream, sent: () => sent };
+  }
+
+  test("starts at 1 MiB and doubles, up to the session window, while whole windows are acknowledged fast", () => {
+    const { stream, sent } = starvedStream(8 * MiB);
+    expect(sent()).toBe(INITIAL_SEND_WINDOW);
+    const inFlight: number[] = [];
+    let acked = 0;
+    for (let round = 0; round < 5; round++) {
+      const outstanding = sent() - acked;
+      stream.onWindow(outstanding); // the whole window, at once: far within GROW_WITHIN_MS
+      acked += outstanding;
+      inFlight.push(sent() - acked);
+    }
+    expect(inFlight).toEqual([2 * MiB, 4 * MiB, 8 * MiB, 8 * MiB, 8 * MiB]);
+  });
+
+  test("does not grow for a receiver that acknowledges slowly (a visitor that reads slowly)", async () => {
+    const { stream, sent } = starvedStream(8 * MiB);
+    await Bun.sleep(GROW_WITHIN_MS + 10);
+    stream.onWindow(INITIAL_SEND_WINDOW);
+    expect(sent() - INITIAL_SEND_WINDOW).toBe(INITIAL_SEND_WINDOW);
+  });
+
+  test("a session window below 1 MiB is used as it is, and never exceeded", () => {
+    const { stream, sent } = starvedStream(64 * 1024);
+    expect(sent()).toBe(64 * 1024);
+    stream.onWindow(64 * 1024);
+    expect(sent()).toBe(128 * 1024);
   });
 });
