@@ -24,6 +24,8 @@ import { Stream, type StreamHost, type StreamPosition } from "./stream.ts";
 export interface MuxSettings {
   window: number;
   maxFramePayload: number;
+  /** Where each stream's send window starts (tests); both sides must agree, as credit batches follow it. */
+  initialWindow?: number;
 }
 
 /** Sends one binary frame on the WebSocket. The role reports backpressure with {@link Mux.setBlocked}. */
@@ -47,6 +49,7 @@ export class Mux implements StreamHost {
   /** Open streams by id. */
   readonly streams = new Map<number, Stream>();
   readonly window: number;
+  readonly initialWindow?: number;
   readonly maxFramePayload: number;
   /** One reused buffer for outgoing DATA frames: one copy per chunk, no allocation. */
   private readonly scratch: Uint8Array;
@@ -78,6 +81,7 @@ export class Mux implements StreamHost {
   ) {
     this.batcher = new Batcher(send);
     this.window = settings.window;
+    this.initialWindow = settings.initialWindow;
     this.maxFramePayload = settings.maxFramePayload;
     this.scratch = new Uint8Array(DATA_SCRATCH_EXTRA + settings.maxFramePayload);
   }

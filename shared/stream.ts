@@ -22,7 +22,10 @@ import { type OpenMeta, ProtocolError, ResetCode, type StreamKind } from "./prot
 
 /** What a stream needs from the multiplexer that owns it. */
 export interface StreamHost {
+  /** The most a stream may have in flight (the session's window). */
   readonly window: number;
+  /** What a stream's send window starts at, before it grows (default {@link INITIAL_SEND_WINDOW}). */
+  readonly initialWindow?: number;
   readonly maxFramePayload: number;
   sendData(stream: number, payload: Uint8Array): void;
   sendWindow(stream: number, increment: number): void;
@@ -132,7 +135,7 @@ export class Stream {
     private readonly host: StreamHost,
     private readonly onClosed?: (stream: Stream) => void,
   ) {
-    this.sendWindow = Math.min(host.window, INITIAL_SEND_WINDOW);
+    this.sendWindow = Math.min(host.window, host.initialWindow ?? INITIAL_SEND_WINDOW);
     this.creditBatch = this.sendWindow >>> 2;
   }
 
