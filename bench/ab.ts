@@ -17,6 +17,11 @@ if (!dirA || !dirB || !runsText || !mode) {
 }
 const key = process.env.KEY ?? (mode === "connrate" ? "rate" : mode === "latency" ? "p50" : "gbps");
 const tools = await buildNative();
+for (const signal of ["SIGINT", "SIGTERM"] as const)
+  process.on(signal, () => {
+    killAll();
+    process.exit(130);
+  });
 try {
   const service = spawn([tools.service], { stdin: true });
   const servicePort = Number((await service.waitFor(/port (\d+)/, 10_000))[1]);
