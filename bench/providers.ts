@@ -30,7 +30,7 @@ export interface Tunnel {
 }
 
 /** Names of the providers, in the order they run. */
-export const PROVIDER_NAMES = ["direct", "ssh", "sockets", "sockets-compiled"] as const;
+export const PROVIDER_NAMES = ["direct", "ssh", "sockets", "sockets-compiled", "sockets-tuned"] as const;
 
 /** A provider name. */
 export type ProviderName = (typeof PROVIDER_NAMES)[number];
@@ -55,13 +55,18 @@ const direct: Provider = {
 };
 
 /** Starts a sockets server and client from the given commands and waits for the tunnel's URL. */
-async function startSockets(server: string[], client: string[], servicePort: number): Promise<Tunnel> {
+async function startSockets(
+  server: string[],
+  client: string[],
+  servicePort: number,
+  extraEnv: Record<string, string> = {},
+): Promise<Tunnel> {
   const procs: Proc[] = [];
   const stop = async () => {
     for (const p of procs.reverse()) await p.stop();
   };
   try {
-    const env = { SOCKETS_SINGLE_API_KEY: "", SOCKETS_API_KEY: "", SOCKETS_SERVER: "" };
+    const env = { SOCKETS_SINGLE_API_KEY: "", SOCKETS_API_KEY: "", SOCKETS_SERVER: "", ...extraEnv };
     const srv = spawn([...server, "--host", "127.0.0.1", "--port", "0"], { cwd: ROOT, env });
     procs.push(srv);
     const [, url] = await srv.waitFor(/listening on (ws:\/\/\S+)/, 20_000);
@@ -114,10 +119,26 @@ const socketsCompiled: Provider = {
   start: (port) => startSockets([EXECUTABLES.server], [EXECUTABLES.client], port),
 };
 
+/**
+ * `bun server.ts` + `bun client.ts` with mimalloc keeping freed pages on both sides: the client does
+ * that by itself; the server only when asked (README: "Memory for speed"). Shows what the opt-in buys.
+ */
+const socketsTuned: Provider = {
+  name: "sockets-tuned",
+  async prepare() {
+    return null;
+  },
+  start: (port) =>
+    startSockets(["bun", join(ROOT, "server.ts")], ["bun", join(ROOT, "client.ts")], port, {
+      MIMALLOC_PURGE_DELAY: "-1",
+    }),
+};
+
 /** Every provider, by name. */
 export const PROVIDERS: Record<ProviderName, Provider> = {
   direct,
   ssh: sshProvider,
   sockets,
   "sockets-compiled": socketsCompiled,
+  "sockets-tuned": socketsTuned,
 };

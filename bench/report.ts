@@ -32,7 +32,13 @@ export type SampleKey =
   | "integrity";
 
 /** Providers that the targets are about. */
-const SUBJECTS: ProviderName[] = ["sockets", "sockets-compiled"];
+const SUBJECTS: ProviderName[] = ["sockets", "sockets-compiled", "sockets-tuned"];
+/** How the "met?" column names each subject. */
+const SHORT: Partial<Record<ProviderName, string>> = {
+  sockets: "src",
+  "sockets-compiled": "bin",
+  "sockets-tuned": "tuned",
+};
 
 type Results = Partial<Record<ProviderName, ProviderResult>>;
 
@@ -215,9 +221,7 @@ function verdict(row: Row, results: Results): string {
     if (!r || r.skipped) continue;
     const v = row.value(r);
     const met = v === undefined ? undefined : row.target.met(v, results, r);
-    parts.push(
-      `${name === "sockets" ? "src" : "bin"}: ${met === undefined ? "n/a" : met ? "yes" : "**no**"}`,
-    );
+    parts.push(`${SHORT[name]}: ${met === undefined ? "n/a" : met ? "yes" : "**no**"}`);
   }
   return parts.join(", ");
 }
@@ -225,7 +229,13 @@ function verdict(row: Row, results: Results): string {
 /** The main table: one row per figure, one column per provider, the target and whether it is met. */
 export function markdownTable(results: Results, order: ProviderName[], nBulk: number, held: number): string {
   const ran = order.filter((n) => results[n]);
-  const header = ["figure", "unit", ...ran, "target", "met? (src = bun *.ts, bin = compiled)"];
+  const header = [
+    "figure",
+    "unit",
+    ...ran,
+    "target",
+    "met? (src = bun *.ts, bin = compiled, tuned = server opted in to MIMALLOC_PURGE_DELAY=-1)",
+  ];
   const lines = [`| ${header.join(" | ")} |`, `| ${header.map(() => "---").join(" | ")} |`];
   for (const row of rows(nBulk, held)) {
     const direct = get(results, "direct", row);
