@@ -21,8 +21,9 @@
 
 import { dlopen, FFIType, ptr } from "bun:ffi";
 
-/** The environment variable, and the value the relay runs best with. */
+/** The environment variable mimalloc reads its purge delay (ms) from. */
 export const PURGE_DELAY_VARIABLE = "MIMALLOC_PURGE_DELAY";
+/** Never purge: freed pages stay mapped for the next allocation. */
 const RETAIN = "-1";
 
 /** A C string array (argv/envp) for execve: NUL-terminated strings, then a null pointer. */
@@ -36,7 +37,7 @@ function cStringArray(items: string[]): { pointers: BigUint64Array; keep: Buffer
 /** The command line that started this process, as execve needs it. */
 function ownCommand(): string[] {
   // A `bun build --compile` executable runs its embedded entry from /$bunfs/: no script to name.
-  const compiled = Bun.main.startsWith("/$bunfs/") || Bun.main.startsWith("B:/~BUN/");
+  const compiled = Bun.main.startsWith("/$bunfs/");
   const scriptAndArgs = compiled ? process.argv.slice(2) : process.argv.slice(1);
   return [process.execPath, ...(compiled ? [] : process.execArgv), ...scriptAndArgs];
 }
