@@ -14,7 +14,6 @@
 
 import { lookup } from "node:dns/promises";
 import { parseArgs } from "node:util";
-import { tuneAllocatorOrReexec } from "./shared/allocator.ts";
 import {
   formatHost,
   type HostPort,
@@ -531,7 +530,4 @@ async function main(): Promise<void> {
   process.exit(1);
 }
 
-if (import.meta.main) {
-  tuneAllocatorOrReexec(); // first: it may start this process again, with the allocator tuned
-  await main();
-}
+if (import.meta.main) await main();

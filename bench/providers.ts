@@ -120,8 +120,8 @@ const socketsCompiled: Provider = {
 };
 
 /**
- * `bun server.ts` + `bun client.ts` with mimalloc keeping freed pages on both sides: the client does
- * that by itself; the server only when asked (README: "Memory for speed"). Shows what the opt-in buys.
+ * `bun server.ts` + `bun client.ts` with `MIMALLOC_PURGE_DELAY=-1` on both sides: mimalloc keeps freed
+ * pages for reuse (README: "Memory for speed"). Shows what that opt-in buys beside the default.
  */
 const socketsTuned: Provider = {
   name: "sockets-tuned",

@@ -234,7 +234,7 @@ export function markdownTable(results: Results, order: ProviderName[], nBulk: nu
     "unit",
     ...ran,
     "target",
-    "met? (src = bun *.ts, bin = compiled, tuned = server opted in to MIMALLOC_PURGE_DELAY=-1)",
+    "met? (src = bun *.ts, bin = compiled, tuned = both with MIMALLOC_PURGE_DELAY=-1)",
   ];
   const lines = [`| ${header.join(" | ")} |`, `| ${header.map(() => "---").join(" | ")} |`];
   for (const row of rows(nBulk, held)) {

@@ -7,7 +7,6 @@
 import { describe, expect, test } from "bun:test";
 import {
   echoThrough,
-  environOf,
   eventually,
   expectOneLineError,
   freePort,
@@ -260,27 +259,4 @@ test("the server never prints the API key, whether the client's key is right or 
   expect(output).not.toContain(wrong);
   expect(client.stdout() + client.stderr() + rejected.stdout + rejected.stderr).not.toContain(key);
   expect(rejected.stderr).not.toContain(wrong);
-});
-
-describe("allocator tuning", () => {
-  test("the client re-executes itself once with MIMALLOC_PURGE_DELAY=-1: same PID, still works; the server does not", async () => {
-    const service = startEchoService();
-    try {
-      const server = await startServerProcess();
-      const client = await startClientProcess(server.url, [`127.0.0.1:${service.port}`]);
-      expect((await environOf(client.proc.pid)).MIMALLOC_PURGE_DELAY).toBe("-1");
-      expect((await environOf(server.proc.pid)).MIMALLOC_PURGE_DELAY).toBeUndefined();
-      const port = (client.tunnels[0] as { port: number }).port;
-      const payload = randomData(1024 * 1024);
-      expect(await echoThrough(port, payload)).toBe(sha256(payload));
-    } finally {
-      service.stop();
-    }
-  });
-
-  test("a MIMALLOC_PURGE_DELAY of the user's is kept", async () => {
-    const server = await startServerProcess();
-    const client = await startClientProcess(server.url, ["127.0.0.1:9"], [], { MIMALLOC_PURGE_DELAY: "10" });
-    expect((await environOf(client.proc.pid)).MIMALLOC_PURGE_DELAY).toBe("10");
-  });
 });

@@ -496,16 +496,6 @@ export async function eventually(
   throw new Error(`${what} not reached within ${timeoutMs} ms`);
 }
 
-/** A process's environment as it runs now (from /proc: after any execve it did). */
-export async function environOf(pid: number): Promise<Record<string, string>> {
-  const text = await Bun.file(`/proc/${pid}/environ`).text();
-  const entries = text
-    .split("\0")
-    .filter(Boolean)
-    .map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)]);
-  return Object.fromEntries(entries);
-}
-
 /** Resident set size of a process in KiB (from /proc). */
 export async function rssKiB(pid: number): Promise<number> {
   const status = await Bun.file(`/proc/${pid}/status`).text();
