@@ -31,7 +31,7 @@ try {
       (process.env[i ? "ENV_B" : "ENV_A"] ?? "")
         .split(" ")
         .filter(Boolean)
-        .map((kv) => kv.split("=") as [string, string]),
+        .map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]),
     );
     const srv = spawn(
       [

@@ -112,9 +112,12 @@ export class Mux implements StreamHost {
    * @throws {ProtocolError} when the peer broke the protocol; the role closes the WebSocket with 1002.
    */
   receive(message: Uint8Array): void {
-    if (message[0] === FrameType.Batch) forEachInBatch(message, (frame) => this.receiveFrame(frame));
+    if (message[0] === FrameType.Batch) forEachInBatch(message, this.receiveFrameInBatch);
     else this.receiveFrame(message);
   }
+
+  /** {@link Mux.receiveFrame}, bound once: no closure per BATCH message. */
+  private readonly receiveFrameInBatch = (frame: Uint8Array) => this.receiveFrame(frame);
 
   private receiveFrame(message: Uint8Array): void {
     const frame = decodeFrame(message, this.maxFramePayload);

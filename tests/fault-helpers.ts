@@ -17,6 +17,7 @@ import {
   spawnRole,
   startEchoService,
   withTimeout,
+  writeQueued,
 } from "./helpers.ts";
 
 /** What `GET /health` answers once grace periods exist. */
@@ -122,16 +123,7 @@ function relayWrite(to: BunSocket<ProxySide>, chunk: Uint8Array): void {
 }
 
 function relayDrain(socket: BunSocket<ProxySide>): void {
-  const queue = socket.data.queue;
-  while (queue.length > 0) {
-    const chunk = queue[0] as Uint8Array;
-    const n = socket.write(chunk);
-    if (n < chunk.length) {
-      queue[0] = chunk.subarray(Math.max(n, 0));
-      return;
-    }
-    queue.shift();
-  }
+  if (!writeQueued(socket, socket.data.queue)) return;
   socket.data.other?.resume();
   if (socket.data.finPending) socket.end();
 }

@@ -335,6 +335,26 @@ export interface EchoService extends LocalService {
   restart(): void;
 }
 
+/** One mebibyte, for test sizes. */
+export const MiB = 1024 * 1024;
+
+/**
+ * Writes the queued chunks to `socket` in order until the kernel takes less than given; keeps the
+ * rest queued. Returns true once the queue is empty (the test doubles' drain handlers).
+ */
+export function writeQueued(socket: { write(chunk: Uint8Array): number }, queue: Uint8Array[]): boolean {
+  while (queue.length > 0) {
+    const chunk = queue[0] as Uint8Array;
+    const n = socket.write(chunk);
+    if (n < chunk.length) {
+      queue[0] = chunk.subarray(Math.max(n, 0));
+      return false;
+    }
+    queue.shift();
+  }
+  return true;
+}
+
 /**
  * An echo service that writes back everything (respecting backpressure) and half-closes after the
  * peer's FIN; on `port`, or a free one.
@@ -362,16 +382,7 @@ export function startEchoService(port = 0): EchoService {
           }
         },
         drain(socket) {
-          const pending = socket.data.pending;
-          while (pending.length > 0) {
-            const chunk = pending[0] as Uint8Array;
-            const n = socket.write(chunk);
-            if (n < chunk.length) {
-              pending[0] = chunk.subarray(Math.max(n, 0));
-              return;
-            }
-            pending.shift();
-          }
+          if (!writeQueued(socket, socket.data.pending)) return;
           socket.resume();
           if (socket.data.ended) socket.shutdown();
         },

@@ -14,6 +14,7 @@ import {
   eventually,
   type HttpServerProcess,
   hashBodyResponse,
+  MiB,
   makeCertificate,
   randomData,
   runToExit,
@@ -28,8 +29,6 @@ import {
 } from "./helpers.ts";
 
 setupFile();
-
-const MiB = 1024 * 1024;
 
 /** The local web app: echoes what it saw, hashes uploads, streams downloads, echoes WebSocket messages. */
 function startApp() {

@@ -24,6 +24,7 @@ import {
   defer,
   echoThrough,
   eventually,
+  MiB,
   randomData,
   rssKiB,
   setupFile,
@@ -34,8 +35,6 @@ import {
 } from "./helpers.ts";
 
 setupFile();
-
-const MiB = 1024 * 1024;
 
 test("1,000 concurrent visitors on one tunnel, each echo-verified; afterwards streams and memory return", async () => {
   const echo = startEcho();

@@ -23,6 +23,7 @@ import {
   connectVisitor,
   echoThrough,
   eventually,
+  MiB,
   randomData,
   setupFile,
   sha256,
@@ -32,8 +33,6 @@ import {
 } from "./helpers.ts";
 
 setupFile();
-
-const MiB = 1024 * 1024;
 
 /** The only tunnel of a client. */
 const only = (tunnels: { id: string; port: number }[]) => tunnels[0] as { id: string; port: number };

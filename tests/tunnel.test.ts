@@ -10,6 +10,7 @@ import {
   connectVisitor,
   echoThrough,
   eventually,
+  MiB,
   randomData,
   readAll,
   rssKiB,
@@ -21,11 +22,10 @@ import {
   startEchoService,
   startServerProcess,
   withTimeout,
+  writeQueued,
 } from "./helpers.ts";
 
 setupFile();
-
-const MiB = 1024 * 1024;
 
 describe("echo tunnel", () => {
   let server: ServerProcess;
@@ -162,17 +162,8 @@ function startModeService(pushBytes: number) {
     socket.shutdown();
   }
   function echo(socket: S, data?: Uint8Array) {
-    const pending = socket.data.pending;
-    if (data) pending.push(new Uint8Array(data));
-    while (pending.length > 0) {
-      const next = pending[0] as Uint8Array;
-      const n = socket.write(next);
-      if (n < next.length) {
-        pending[0] = next.subarray(Math.max(n, 0));
-        return;
-      }
-      pending.shift();
-    }
+    if (data) socket.data.pending.push(new Uint8Array(data));
+    if (!writeQueued(socket, socket.data.pending)) return;
     if (socket.data.mode === "X") socket.shutdown();
   }
   return { port: server.port, stop: () => server.stop(true) };
