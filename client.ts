@@ -205,7 +205,7 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
       seen();
       try {
         if (typeof event.data === "string") onControl(event.data);
-        else mux.receive(new Uint8Array(event.data as ArrayBuffer));
+        else mux.receive(new Uint8Array(event.data as ArrayBuffer), true);
       } catch (error) {
         const reason = `protocol error: ${describeError(error)}`;
         log.error(reason);

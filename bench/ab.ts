@@ -4,9 +4,11 @@
  * For judging a relay change; `bun run bench` is the full comparison.
  * @module
  */
+
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { buildNative } from "./native.ts";
-import { killAll, spawn } from "./procs.ts";
+import { killAll, type Proc, rssKiB, spawn } from "./procs.ts";
 
 const [dirA, dirB, runsText, mode, ...rest] = process.argv.slice(2);
 if (!dirA || !dirB || !runsText || !mode) {
@@ -26,6 +28,7 @@ try {
   const service = spawn([tools.service], { stdin: true });
   const servicePort = Number((await service.waitFor(/port (\d+)/, 10_000))[1]);
   const ports: number[] = [];
+  const tunnels: Proc[][] = [[], []];
   for (const [i, dir] of [dirA, dirB].entries()) {
     const env = Object.fromEntries(
       (process.env[i ? "ENV_B" : "ENV_A"] ?? "")
@@ -51,6 +54,7 @@ try {
       { cwd: dir, env },
     );
     ports.push(Number((await cli.waitFor(/url: \S+:(\d+)/, 20_000))[1]));
+    tunnels[i] = [srv, cli];
   }
   const figures: number[][] = [[], []];
   for (let r = 0; r < Number(runsText); r++) {
@@ -64,7 +68,21 @@ try {
   for (const side of [0, 1]) {
     const xs = figures[side] as number[];
     console.log(`${side ? "B" : "A"} ${key} median ${median(xs)}  [${xs.join(" ")}]`);
+    for (const [role, p] of ["server", "client"].entries()) {
+      const pid = (tunnels[side] as Proc[])[role]?.pid ?? 0;
+      const [minflt, ticks] = faultsAndTicks(pid);
+      console.log(
+        `  ${p}: rss ${(rssKiB(pid) / 1024).toFixed(0)} MiB, minor faults ${minflt}, cpu ${ticks / 100} s`,
+      );
+    }
   }
 } finally {
   killAll();
+}
+
+/** Minor page faults and CPU ticks (user + system) of a process so far. */
+function faultsAndTicks(pid: number): [number, number] {
+  const text = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+  return [Number(fields[7]), Number(fields[11]) + Number(fields[12])];
 }

@@ -11,6 +11,9 @@ export class ByteQueue {
   /** Total bytes queued. */
   length = 0;
 
+  /** @param onDropped called with each chunk once all of it was dropped (not on {@link ByteQueue.clear}). */
+  constructor(private readonly onDropped?: (chunk: Uint8Array) => void) {}
+
   /** Appends a chunk (kept by reference: the caller must not reuse its memory). */
   push(chunk: Uint8Array): void {
     if (chunk.length === 0) return;
@@ -32,6 +35,7 @@ export class ByteQueue {
       if (first.length <= left) {
         left -= first.length;
         this.head++;
+        this.onDropped?.(first);
       } else {
         this.chunks[this.head] = first.subarray(left);
         left = 0;

@@ -18,7 +18,7 @@ import {
   type OpenFrame,
 } from "./codec.ts";
 import { FrameType, type OpenMeta, ProtocolError, type StreamKind } from "./protocol.ts";
-import { Stream, type StreamHost, type StreamPosition } from "./stream.ts";
+import { markDisposable, Stream, type StreamHost, type StreamPosition } from "./stream.ts";
 
 /** Per-session settings, as announced in the server's hello. */
 export interface MuxSettings {
@@ -109,11 +109,16 @@ export class Mux implements StreamHost {
 
   /**
    * Decodes and dispatches one binary message.
+   * @param owned the message is a fresh buffer that nothing else keeps: a DATA frame's stream may free
+   * it once its payload is written (a BATCH is left to the collector: its frames share the buffer).
    * @throws {ProtocolError} when the peer broke the protocol; the role closes the WebSocket with 1002.
    */
-  receive(message: Uint8Array): void {
+  receive(message: Uint8Array, owned = false): void {
     if (message[0] === FrameType.Batch) forEachInBatch(message, this.receiveFrameInBatch);
-    else this.receiveFrame(message);
+    else {
+      if (owned && message[0] === FrameType.Data) markDisposable(message);
+      this.receiveFrame(message);
+    }
   }
 
   /** {@link Mux.receiveFrame}, bound once: no closure per BATCH message. */

@@ -189,7 +189,7 @@ export class Session {
     this.heard = true; // a flag, not a clock read: this runs for every frame
     try {
       if (typeof message === "string") this.onControl(message);
-      else if (this.state === "live" || this.state === "draining") this.mux.receive(message);
+      else if (this.state === "live" || this.state === "draining") this.mux.receive(message, true);
       else throw new ProtocolError("binary frame before sync");
     } catch (error) {
       // A broken protocol is no network blip: the session ends instead of being reserved.

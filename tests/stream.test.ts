@@ -30,6 +30,8 @@ class FakeSocket {
 
   write(chunk: Uint8Array): number {
     if (this.shut || this.aborted) return -1;
+    // The relay never writes nothing; an empty chunk here is one it freed too early.
+    if (chunk.length === 0) throw new Error("write of an empty chunk: freed before it was written?");
     const n = Math.min(chunk.length, this.room);
     for (let i = 0; i < n; i++) this.received.push(chunk[i] as number);
     return n;
@@ -76,6 +78,7 @@ function pair() {
     outbox: [],
   };
   const client: Side = { ...server, socket: new FakeSocket(), sent: [], outbox: [] };
+  // Each frame arrives as its own buffer, as a WebSocket message does.
   const sender = (side: Side) => (frame: Uint8Array) => side.outbox.push(frame.slice());
   server.mux = new Mux(sender(server), settings);
   client.mux = new Mux(sender(client), settings, (open) => {
@@ -133,12 +136,13 @@ function read(side: Side, size: number): void {
     chunk[i] = counter++ & 0xff;
     side.sent.push(chunk[i] as number);
   }
-  side.stream.onSocketData(chunk);
+  side.stream.onSocketData(chunk, true); // a fresh read, as Bun's: the relay may free it
 }
 
 function deliver(from: Side, to: Side, count: number): void {
   from.mux.flush(); // small frames wait for the end of the event-loop round otherwise
-  for (let i = 0; i < count && from.outbox.length > 0; i++) to.mux.receive(from.outbox.shift() as Uint8Array);
+  for (let i = 0; i < count && from.outbox.length > 0; i++)
+    to.mux.receive(from.outbox.shift() as Uint8Array, true);
 }
 
 /** Whether frames are on their way either way (batched ones are sent first). */
@@ -284,5 +288,124 @@ describe("send window", () => {
     expect(sent()).toBe(64 * 1024);
     stream.onWindow(64 * 1024);
     expect(sent()).toBe(128 * 1024);
+  });
+});
+
+describe("freeing relayed buffers early", () => {
+  /** A stream whose host keeps nothing and whose socket takes `room` bytes per write. */
+  function streamWithSocket(window: number) {
+    const host: StreamHost = {
+      window,
+      initialWindow: window,
+      maxFramePayload: 1024,
+      sendData: () => {},
+      sendWindow: () => {},
+      sendEnd: () => {},
+      sendReset: () => {},
+      release: () => {},
+    };
+    const stream = new Stream(1, host);
+    const socket = new FakeSocket();
+    stream.attach(socket as unknown as RelaySocket);
+    return { stream, socket };
+  }
+
+  test("a socket read is freed once all of it was acknowledged, and not before", () => {
+    const { stream } = streamWithSocket(4096);
+    const read = new Uint8Array(3000);
+    stream.onSocketData(read, true);
+    stream.onWindow(2048);
+    expect(read.length).toBe(3000); // the last 952 bytes may still have to be resent after a blip
+    stream.onWindow(952);
+    expect(read.length).toBe(0);
+    expect(read.buffer.byteLength).toBe(0);
+  });
+
+  test("a read split by a full window is freed only after its held tail was sent and acknowledged", () => {
+    const { stream } = streamWithSocket(1024);
+    const read = new Uint8Array(2500);
+    stream.onSocketData(read, true);
+    stream.onWindow(1024); // sends the next 1024 from what is held
+    stream.onWindow(1024);
+    expect(read.length).toBe(2500);
+    stream.onWindow(452);
+    expect(read.length).toBe(0);
+  });
+
+  test("nothing is freed that the stream was not told it owns, or that a tap saw", () => {
+    const { stream } = streamWithSocket(4096);
+    const borrowed = new Uint8Array(100);
+    stream.onSocketData(borrowed);
+    stream.onWindow(100);
+    expect(borrowed.length).toBe(100);
+
+    const tapped = streamWithSocket(4096).stream;
+    tapped.tap = { toSocket: () => {}, fromSocket: () => {} };
+    const seen = new Uint8Array(100);
+    tapped.onSocketData(seen, true);
+    tapped.onWindow(100);
+    expect(seen.length).toBe(100);
+  });
+
+  test("a received DATA message is freed once written, after a partial write only once drained", () => {
+    const muxes = (room: number) => {
+      const frames: Uint8Array[] = [];
+      const sender = new Mux((frame) => frames.push(frame.slice()), {
+        window: 1 << 16,
+        maxFramePayload: 1 << 14,
+      });
+      const socket = new FakeSocket();
+      socket.room = room;
+      const receiver = new Mux(
+        () => {},
+        { window: 1 << 16, maxFramePayload: 1 << 14 },
+        (open) => receiver.acceptStream(open.stream).attach(socket as unknown as RelaySocket),
+      );
+      const stream = sender.createStream();
+      sender.sendOpen(stream, StreamKind.Tcp, 1, { remote: "127.0.0.1:1" });
+      return { sender, receiver, stream, socket, frames };
+    };
+    const whole = muxes(Number.POSITIVE_INFINITY);
+    whole.stream.onSocketData(new Uint8Array(5000).fill(7));
+    whole.sender.flush();
+    const [open, data] = whole.frames as [Uint8Array, Uint8Array];
+    whole.receiver.receive(open, true);
+    whole.receiver.receive(data, true);
+    expect(data.length).toBe(0);
+    expect(whole.socket.received.length).toBe(5000);
+
+    const partial = muxes(3000);
+    partial.stream.onSocketData(new Uint8Array(5000).fill(7));
+    partial.sender.flush();
+    const [open2, data2] = partial.frames as [Uint8Array, Uint8Array];
+    partial.receiver.receive(open2, true);
+    partial.receiver.receive(data2, true);
+    expect(data2.length).toBeGreaterThan(0); // 2,000 bytes still wait for the socket
+    partial.socket.room = Number.POSITIVE_INFINITY;
+    partial.receiver.streams.get(partial.stream.id)?.onSocketDrain();
+    expect(data2.length).toBe(0);
+    expect(partial.socket.received).toEqual(new Array(5000).fill(7));
+  });
+
+  test("a BATCH message is never freed: its frames share one buffer", () => {
+    const frames: Uint8Array[] = [];
+    const sender = new Mux((frame) => frames.push(frame.slice()), {
+      window: 1 << 16,
+      maxFramePayload: 1 << 14,
+    });
+    const receiver = new Mux(
+      () => {},
+      { window: 1 << 16, maxFramePayload: 1 << 14 },
+      (open) => receiver.acceptStream(open.stream).attach(new FakeSocket() as unknown as RelaySocket),
+    );
+    const stream = sender.createStream();
+    sender.sendOpen(stream, StreamKind.Tcp, 1, { remote: "127.0.0.1:1" }); // leaves at once
+    stream.onSocketData(new Uint8Array(10)); // small: batched with the next
+    stream.onSocketData(new Uint8Array(10));
+    sender.flush();
+    const batch = frames[1] as Uint8Array;
+    receiver.receive(frames[0] as Uint8Array, true);
+    receiver.receive(batch, true);
+    expect(batch.length).toBeGreaterThan(0);
   });
 });
