@@ -26,6 +26,8 @@ export interface MuxSettings {
   maxFramePayload: number;
   /** Where each stream's send window starts (tests); both sides must agree, as credit batches follow it. */
   initialWindow?: number;
+  /** Received and read buffers from this size on are freed once relayed (tests lower it). */
+  disposeMinBytes?: number;
 }
 
 /** Sends one binary frame on the WebSocket. The role reports backpressure with {@link Mux.setBlocked}. */
@@ -50,6 +52,7 @@ export class Mux implements StreamHost {
   readonly streams = new Map<number, Stream>();
   readonly window: number;
   readonly initialWindow?: number;
+  readonly disposeMinBytes?: number;
   readonly maxFramePayload: number;
   /** One reused buffer for outgoing DATA frames: one copy per chunk, no allocation. */
   private readonly scratch: Uint8Array;
@@ -82,6 +85,7 @@ export class Mux implements StreamHost {
     this.batcher = new Batcher(send);
     this.window = settings.window;
     this.initialWindow = settings.initialWindow;
+    this.disposeMinBytes = settings.disposeMinBytes;
     this.maxFramePayload = settings.maxFramePayload;
     this.scratch = new Uint8Array(DATA_SCRATCH_EXTRA + settings.maxFramePayload);
   }
@@ -116,7 +120,7 @@ export class Mux implements StreamHost {
   receive(message: Uint8Array, owned = false): void {
     if (message[0] === FrameType.Batch) forEachInBatch(message, this.receiveFrameInBatch);
     else {
-      if (owned && message[0] === FrameType.Data) markDisposable(message);
+      if (owned && message[0] === FrameType.Data) markDisposable(message, this.disposeMinBytes);
       this.receiveFrame(message);
     }
   }

@@ -26,6 +26,8 @@ export interface StreamHost {
   readonly window: number;
   /** What a stream's send window starts at, before it grows (default {@link INITIAL_SEND_WINDOW}). */
   readonly initialWindow?: number;
+  /** Buffers from this size on are freed once relayed (default {@link DISPOSE_MIN_BYTES}; tests: 1). */
+  readonly disposeMinBytes?: number;
   readonly maxFramePayload: number;
   sendData(stream: number, payload: Uint8Array): void;
   sendWindow(stream: number, increment: number): void;
@@ -86,11 +88,19 @@ const PAUSED_BY_TRANSPORT = 2;
 const disposable = new WeakSet<ArrayBufferLike>();
 
 /**
- * Marks `bytes` as freeable by the relay once relayed. Only for a view of a whole buffer that no one
- * else keeps: the relay detaches the buffer, which empties every view of it.
+ * Smaller buffers are left to the collector: the allocator keeps their pages in use among other
+ * small objects, so they cost no faults, and bookkeeping per message would cost latency.
  */
-export function markDisposable(bytes: Uint8Array): void {
-  if (bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength) disposable.add(bytes.buffer);
+export const DISPOSE_MIN_BYTES = 16 * 1024;
+
+/**
+ * Marks `bytes` as freeable by the relay once relayed, if it is at least `minBytes` long. Only for a
+ * view of a whole buffer that no one else keeps: the relay detaches the buffer, which empties every
+ * view of it.
+ */
+export function markDisposable(bytes: Uint8Array, minBytes = DISPOSE_MIN_BYTES): void {
+  if (bytes.byteLength >= minBytes && bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength)
+    disposable.add(bytes.buffer);
 }
 
 /** Frees the buffer under `chunk` when it was marked and `chunk` is its last part still in use. */
@@ -183,7 +193,7 @@ export class Stream {
   onSocketData(chunk: Uint8Array, owned = false): void {
     if (this.closed) return;
     if (this.tap) this.tap.fromSocket(chunk);
-    else if (owned) markDisposable(chunk);
+    else if (owned) markDisposable(chunk, this.host.disposeMinBytes);
     if (this.held !== null) {
       // A read that raced our pause(): keep it behind what is held, order intact.
       this.held = concat(this.held, chunk);

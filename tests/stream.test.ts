@@ -10,6 +10,7 @@ import fc from "fast-check";
 import { Mux } from "../shared/mux.ts";
 import { StreamKind } from "../shared/protocol.ts";
 import {
+  DISPOSE_MIN_BYTES,
   GROW_WITHIN_MS,
   INITIAL_SEND_WINDOW,
   type RelaySocket,
@@ -66,7 +67,8 @@ interface Side {
 const WINDOW = 64;
 // Streams start at an eighth of the window and grow (at once: the test runs faster than 20 ms per
 // window), so resumes and resets meet streams at every window size.
-const settings = { window: WINDOW, initialWindow: WINDOW / 8, maxFramePayload: 16 };
+// Every read and message is freed once relayed, however small (the relay's threshold is 16 KiB).
+const settings = { window: WINDOW, initialWindow: WINDOW / 8, maxFramePayload: 16, disposeMinBytes: 1 };
 
 function pair() {
   const server: Side = {
@@ -298,6 +300,7 @@ describe("freeing relayed buffers early", () => {
       window,
       initialWindow: window,
       maxFramePayload: 1024,
+      disposeMinBytes: 1,
       sendData: () => {},
       sendWindow: () => {},
       sendEnd: () => {},
@@ -358,7 +361,7 @@ describe("freeing relayed buffers early", () => {
       socket.room = room;
       const receiver = new Mux(
         () => {},
-        { window: 1 << 16, maxFramePayload: 1 << 14 },
+        { window: 1 << 16, maxFramePayload: 1 << 14, disposeMinBytes: 1 },
         (open) => receiver.acceptStream(open.stream).attach(socket as unknown as RelaySocket),
       );
       const stream = sender.createStream();
@@ -395,7 +398,7 @@ describe("freeing relayed buffers early", () => {
     });
     const receiver = new Mux(
       () => {},
-      { window: 1 << 16, maxFramePayload: 1 << 14 },
+      { window: 1 << 16, maxFramePayload: 1 << 14, disposeMinBytes: 1 },
       (open) => receiver.acceptStream(open.stream).attach(new FakeSocket() as unknown as RelaySocket),
     );
     const stream = sender.createStream();
@@ -408,4 +411,23 @@ describe("freeing relayed buffers early", () => {
     receiver.receive(batch, true);
     expect(batch.length).toBeGreaterThan(0);
   });
+});
+
+test("reads and messages below DISPOSE_MIN_BYTES are left to the collector", () => {
+  const small = new Uint8Array(DISPOSE_MIN_BYTES - 1);
+  const large = new Uint8Array(DISPOSE_MIN_BYTES);
+  const host: StreamHost = {
+    window: 1 << 20,
+    maxFramePayload: 1 << 16,
+    sendData: () => {},
+    sendWindow: () => {},
+    sendEnd: () => {},
+    sendReset: () => {},
+    release: () => {},
+  };
+  const stream = new Stream(1, host);
+  stream.onSocketData(small, true);
+  stream.onSocketData(large, true);
+  stream.onWindow(small.length + large.length);
+  expect([small.length, large.length]).toEqual([DISPOSE_MIN_BYTES - 1, 0]);
 });
