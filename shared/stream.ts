@@ -28,6 +28,8 @@ export interface StreamHost {
   readonly initialWindow?: number;
   /** Buffers from this size on are freed once relayed (default {@link DISPOSE_MIN_BYTES}; tests: 1). */
   readonly disposeMinBytes?: number;
+  /** Milliseconds for the send window's growth rule (default `performance.now`; tests step it). */
+  readonly clock?: () => number;
   readonly maxFramePayload: number;
   sendData(stream: number, payload: Uint8Array): void;
   sendWindow(stream: number, increment: number): void;
@@ -137,7 +139,7 @@ export class Stream {
    * send window, whatever the peer's window has grown to (a quarter of a larger one would starve it).
    */
   private readonly creditBatch: number;
-  /** When credit last ran out (performance.now()), or 0 when it has not since the last adaptation. */
+  /** When credit last ran out (the host's clock), or 0 when it has not since the last adaptation. */
   private starvedAt = 0;
   /** {@link Stream.ackedSeq} at that moment. */
   private starvedAcked = 0;
@@ -220,7 +222,7 @@ export class Stream {
       this.held = chunk.subarray(offset);
       this.pause(PAUSED_BY_CREDIT);
       if (this.starvedAt === 0 && this.sendWindow < this.host.window) {
-        this.starvedAt = performance.now();
+        this.starvedAt = this.host.clock?.() ?? performance.now();
         this.starvedAcked = this.ackedSeq;
       }
     }
@@ -228,7 +230,7 @@ export class Stream {
 
   /** A whole send window was acknowledged since credit ran out: double it if that took little time. */
   private adaptSendWindow(): void {
-    if (performance.now() - this.starvedAt < GROW_WITHIN_MS)
+    if ((this.host.clock?.() ?? performance.now()) - this.starvedAt < GROW_WITHIN_MS)
       this.sendWindow = Math.min(this.host.window, this.sendWindow * 2);
     this.starvedAt = 0;
   }
