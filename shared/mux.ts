@@ -17,8 +17,9 @@ import {
   forEachInBatch,
   type OpenFrame,
 } from "./codec.ts";
+import { markDisposable } from "./disposable.ts";
 import { FrameType, type OpenMeta, ProtocolError, type StreamKind } from "./protocol.ts";
-import { markDisposable, Stream, type StreamHost, type StreamPosition } from "./stream.ts";
+import { Stream, type StreamHost, type StreamPosition } from "./stream.ts";
 
 /** Per-session settings, as announced in the server's hello. */
 export interface MuxSettings {

@@ -18,6 +18,7 @@
 
 import type { Socket } from "bun";
 import { ByteQueue } from "./byte-queue.ts";
+import { dispose, forgetDisposable, markDisposable } from "./disposable.ts";
 import { type OpenMeta, ProtocolError, ResetCode, type StreamKind } from "./protocol.ts";
 
 /** What a stream needs from the multiplexer that owns it. */
@@ -26,7 +27,7 @@ export interface StreamHost {
   readonly window: number;
   /** What a stream's send window starts at, before it grows (default {@link INITIAL_SEND_WINDOW}). */
   readonly initialWindow?: number;
-  /** Buffers from this size on are freed once relayed (default {@link DISPOSE_MIN_BYTES}; tests: 1). */
+  /** Buffers from this size on are freed once relayed (default 16 KiB, `DISPOSE_MIN_BYTES` of disposable.ts; tests: 1). */
   readonly disposeMinBytes?: number;
   /** Milliseconds for the send window's growth rule (default `performance.now`; tests step it). */
   readonly clock?: () => number;
@@ -79,38 +80,6 @@ export const GROW_WITHIN_MS = 20;
 
 const PAUSED_BY_CREDIT = 1;
 const PAUSED_BY_TRANSPORT = 2;
-
-/**
- * Buffers that nothing but the relay refers to: a Bun socket read, or a WebSocket message holding one
- * DATA frame. Freed ({@link dispose}) as soon as their last byte was relayed and acknowledged, instead
- * of at the next garbage collection: the allocator then hands the same warm pages to the next read,
- * where garbage piling up between collections made it purge and re-fault them (page faults were ~20%
- * of a relaying process's CPU).
- */
-const disposable = new WeakSet<ArrayBufferLike>();
-
-/**
- * Smaller buffers are left to the collector: the allocator keeps their pages in use among other
- * small objects, so they cost no faults, and bookkeeping per message would cost latency.
- */
-export const DISPOSE_MIN_BYTES = 16 * 1024;
-
-/**
- * Marks `bytes` as freeable by the relay once relayed, if it is at least `minBytes` long. Only for a
- * view of a whole buffer that no one else keeps: the relay detaches the buffer, which empties every
- * view of it.
- */
-export function markDisposable(bytes: Uint8Array, minBytes = DISPOSE_MIN_BYTES): void {
-  if (bytes.byteLength >= minBytes && bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength)
-    disposable.add(bytes.buffer);
-}
-
-/** Frees the buffer under `chunk` when it was marked and `chunk` is its last part still in use. */
-function dispose(chunk: Uint8Array): void {
-  const buffer = chunk.buffer;
-  if (chunk.byteOffset + chunk.byteLength === buffer.byteLength && disposable.delete(buffer))
-    (buffer as ArrayBuffer).transfer(0);
-}
 
 /** Relays one TCP socket over one stream id. */
 export class Stream {
@@ -269,7 +238,7 @@ export class Stream {
     // A tap may keep what it saw (a request head split across frames): nothing is freed early then.
     if (this.tap) {
       this.tap.toSocket(payload);
-      disposable.delete(payload.buffer);
+      forgetDisposable(payload);
     }
     const socket = this.socket;
     if (socket === null || this.pending.length !== 0) {

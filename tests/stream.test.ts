@@ -7,10 +7,10 @@
 
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
+import { DISPOSE_MIN_BYTES } from "../shared/disposable.ts";
 import { Mux } from "../shared/mux.ts";
 import { StreamKind } from "../shared/protocol.ts";
 import {
-  DISPOSE_MIN_BYTES,
   GROW_WITHIN_MS,
   INITIAL_SEND_WINDOW,
   type RelaySocket,
