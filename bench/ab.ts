@@ -1,6 +1,7 @@
 /**
  * `bun bench/ab.ts DIR_A DIR_B RUNS MODE ARGS…`: A/B comparison of two checkouts of sockets on one
- * load-generator mode, runs alternated A B A B … against one service; prints each side's median.
+ * load-generator mode, runs alternated A B A B … against one service; prints each side's median, then
+ * each side's server and client RSS, minor page faults and CPU seconds.
  * For judging a relay change; `bun run bench` is the full comparison.
  * @module
  */
