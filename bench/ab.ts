@@ -6,10 +6,9 @@
  * @module
  */
 
-import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { buildNative } from "./native.ts";
-import { killAll, type Proc, rssKiB, spawn } from "./procs.ts";
+import { CLK_TCK, cpuSample, killAll, minorFaults, type Proc, rssKiB, spawn } from "./procs.ts";
 
 const [dirA, dirB, runsText, mode, ...rest] = process.argv.slice(2);
 if (!dirA || !dirB || !runsText || !mode) {
@@ -71,19 +70,12 @@ try {
     console.log(`${side ? "B" : "A"} ${key} median ${median(xs)}  [${xs.join(" ")}]`);
     for (const [role, p] of ["server", "client"].entries()) {
       const pid = (tunnels[side] as Proc[])[role]?.pid ?? 0;
-      const [minflt, ticks] = faultsAndTicks(pid);
+      const [minflt, ticks] = [minorFaults(pid), cpuSample(pid).total];
       console.log(
-        `  ${p}: rss ${(rssKiB(pid) / 1024).toFixed(0)} MiB, minor faults ${minflt}, cpu ${ticks / 100} s`,
+        `  ${p}: rss ${(rssKiB(pid) / 1024).toFixed(0)} MiB, minor faults ${minflt}, cpu ${ticks / CLK_TCK} s`,
       );
     }
   }
 } finally {
   killAll();
-}
-
-/** Minor page faults and CPU ticks (user + system) of a process so far. */
-function faultsAndTicks(pid: number): [number, number] {
-  const text = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
-  return [Number(fields[7]), Number(fields[11]) + Number(fields[12])];
 }

@@ -204,16 +204,27 @@ export function rssKiB(pid: number): number {
   }
 }
 
-/** CPU ticks (user + system) from a /proc stat line; 0 when unreadable. */
-function statTicks(path: string): number {
+/** The fields of a /proc stat file after the command name (state is [0]), or null when unreadable. */
+function statFields(path: string): string[] | null {
   try {
     const text = readFileSync(path, "utf8");
-    // Fields after the ")" that closes the command name: state is field 3, utime 14, stime 15.
-    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
-    return Number(fields[11]) + Number(fields[12]);
+    return text.slice(text.lastIndexOf(")") + 2).split(" ");
   } catch {
-    return 0;
+    return null;
   }
+}
+
+/** CPU ticks (user + system) from a /proc stat file; 0 when unreadable. */
+function statTicks(path: string): number {
+  // Fields after the ")" that closes the command name: state is field 3, utime 14, stime 15.
+  const fields = statFields(path);
+  return fields ? Number(fields[11]) + Number(fields[12]) : 0;
+}
+
+/** Minor page faults of a process so far (field 10 of its stat); 0 if it is gone. */
+export function minorFaults(pid: number): number {
+  const fields = statFields(`/proc/${pid}/stat`);
+  return fields ? Number(fields[7]) : 0;
 }
 
 /** Clock ticks per second of /proc CPU times (USER_HZ; 100 on Linux). */

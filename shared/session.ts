@@ -293,10 +293,15 @@ export class Session {
       return { status: 502, message: "the tunnel's client is offline; try again shortly" };
     if (tunnel.streams >= this.context.limits.maxStreamsPerTunnel)
       return { status: 502, message: "too many connections to this tunnel" };
+    return this.relayVisitor(tunnel, socket, StreamKind.Http);
+  }
+
+  /** Announces a visitor as a new stream of `tunnel` (OPEN) and relays its socket. */
+  private relayVisitor(tunnel: Tunnel, socket: RelaySocket, kind: StreamKind): Stream {
     tunnel.streams++;
     const stream = this.mux.createStream(() => tunnel.streams--);
     const remote = `${formatHost(socket.remoteAddress)}:${socket.remotePort}`;
-    this.mux.sendOpen(stream, StreamKind.Http, tunnel.ref, { remote });
+    this.mux.sendOpen(stream, kind, tunnel.ref, { remote });
     stream.attach(socket);
     return stream;
   }
@@ -320,11 +325,7 @@ export class Session {
       socket.terminate();
       return;
     }
-    tunnel.streams++;
-    const stream = this.mux.createStream(() => tunnel.streams--);
-    const remote = `${formatHost(socket.remoteAddress)}:${socket.remotePort}`;
-    this.mux.sendOpen(stream, StreamKind.Tcp, tunnel.ref, { remote });
-    stream.attach(socket);
+    this.relayVisitor(tunnel, socket, StreamKind.Tcp);
   }
 
   /**

@@ -191,7 +191,7 @@ export class Stream {
       this.held = chunk.subarray(offset);
       this.pause(PAUSED_BY_CREDIT);
       if (this.starvedAt === 0 && this.sendWindow < this.host.window) {
-        this.starvedAt = this.host.clock?.() ?? performance.now();
+        this.starvedAt = this.now();
         this.starvedAcked = this.ackedSeq;
       }
     }
@@ -199,9 +199,13 @@ export class Stream {
 
   /** A whole send window was acknowledged since credit ran out: double it if that took little time. */
   private adaptSendWindow(): void {
-    if ((this.host.clock?.() ?? performance.now()) - this.starvedAt < GROW_WITHIN_MS)
+    if (this.now() - this.starvedAt < GROW_WITHIN_MS)
       this.sendWindow = Math.min(this.host.window, this.sendWindow * 2);
     this.starvedAt = 0;
+  }
+
+  private now(): number {
+    return this.host.clock?.() ?? performance.now();
   }
 
   /** The socket can take more: write what the peer sent earlier. */

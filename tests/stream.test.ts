@@ -54,6 +54,14 @@ class FakeSocket {
   }
 }
 
+/** A stream host that frames nothing: every send is a no-op unless `overrides` says otherwise. */
+function quietHost(
+  overrides: Partial<StreamHost> & Pick<StreamHost, "window" | "maxFramePayload">,
+): StreamHost {
+  const none = () => {};
+  return { sendData: none, sendWindow: none, sendEnd: none, sendReset: none, release: none, ...overrides };
+}
+
 /** One side: its mux, its socket, what its socket "read" so far, and the frames in flight to the peer. */
 interface Side {
   mux: Mux;
@@ -249,18 +257,14 @@ describe("send window", () => {
   function starvedStream(window: number) {
     let sent = 0;
     const clock = { now: 1000 };
-    const host: StreamHost = {
+    const host = quietHost({
       window,
       clock: () => clock.now,
       maxFramePayload: 256 * 1024,
       sendData: (_id, payload) => {
         sent += payload.length;
       },
-      sendWindow: () => {},
-      sendEnd: () => {},
-      sendReset: () => {},
-      release: () => {},
-    };
+    });
     const stream = new Stream(1, host);
     stream.onSocketData(new Uint8Array(64 * MiB));
     return { stream, sent: () => sent, clock };
@@ -301,17 +305,7 @@ describe("send window", () => {
 describe("freeing relayed buffers early", () => {
   /** A stream whose host keeps nothing and whose socket takes `room` bytes per write. */
   function streamWithSocket(window: number) {
-    const host: StreamHost = {
-      window,
-      initialWindow: window,
-      maxFramePayload: 1024,
-      disposeMinBytes: 1,
-      sendData: () => {},
-      sendWindow: () => {},
-      sendEnd: () => {},
-      sendReset: () => {},
-      release: () => {},
-    };
+    const host = quietHost({ window, initialWindow: window, maxFramePayload: 1024, disposeMinBytes: 1 });
     const stream = new Stream(1, host);
     const socket = new FakeSocket();
     stream.attach(socket as unknown as RelaySocket);
@@ -421,16 +415,7 @@ describe("freeing relayed buffers early", () => {
 test("reads and messages below DISPOSE_MIN_BYTES are left to the collector", () => {
   const small = new Uint8Array(DISPOSE_MIN_BYTES - 1);
   const large = new Uint8Array(DISPOSE_MIN_BYTES);
-  const host: StreamHost = {
-    window: 1 << 20,
-    maxFramePayload: 1 << 16,
-    sendData: () => {},
-    sendWindow: () => {},
-    sendEnd: () => {},
-    sendReset: () => {},
-    release: () => {},
-  };
-  const stream = new Stream(1, host);
+  const stream = new Stream(1, quietHost({ window: 1 << 20, maxFramePayload: 1 << 16 }));
   stream.onSocketData(small, true);
   stream.onSocketData(large, true);
   stream.onWindow(small.length + large.length);
