@@ -31,6 +31,7 @@ import { killAll, type Proc, run, spawn } from "./procs.ts";
 import { PROVIDER_NAMES, PROVIDERS, type ProviderName } from "./providers.ts";
 import {
   cpuTable,
+  floorTable,
   footnotes,
   isQuiet,
   markdownTable,
@@ -257,6 +258,22 @@ function fdLimit(): number {
   }
 }
 
+/** The table against `relay-floor`, with its lead-in; nothing when the floor did not run. */
+function floorSection(
+  results: Partial<Record<ProviderName, ProviderResult>>,
+  order: ProviderName[],
+  params: { bulkConns: number; holdCount: number },
+): string[] {
+  const table = floorTable(results, order, params.bulkConns, params.holdCount);
+  if (!table) return [];
+  return [
+    "Against the floor: each figure divided by relay-floor's (two minimal C relays, the same three loopback hops with no tunnel work; latency and connection p99: lower is better; its connection rate pays three TCP connections per visitor, a tunnel two):",
+    "",
+    table,
+    "",
+  ];
+}
+
 /** Runs the benchmark; resolves with the markdown report. */
 export async function runBench(options: BenchOptions): Promise<string> {
   const started = performance.now();
@@ -295,6 +312,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
     "",
     ...footnotes(results, options.only).map((n) => `- ${n}`),
     "",
+    ...floorSection(results, options.only, params),
     "CPU during each measurement (median run), % of one core per process (its busiest thread in brackets when lower; other = kernel threads and processes outside the benchmark), and what bounds it:",
     "",
     cpuTable(results, options.only),

@@ -1,5 +1,5 @@
 /**
- * Build steps the benchmark needs before it measures: the C load generator and service (gcc -O2 into
+ * Build steps the benchmark needs before it measures: the C load generator, service and floor relay (gcc -O2 into
  * bench/.build/, gitignored) and the compiled tunnel executables (dist/, via scripts/build.ts) when they
  * are missing or older than the sources.
  * @module
@@ -25,10 +25,12 @@ function mtime(path: string): number {
 export interface NativeTools {
   loadgen: string;
   service: string;
+  /** The minimal TCP relay of the `relay-floor` provider. */
+  relay: string;
 }
 
 /**
- * Compiles bench/loadgen.c and bench/service.c when the binary is missing or older than its source.
+ * Compiles bench/loadgen.c, bench/service.c and bench/relay.c when the binary is missing or older than its source.
  * @throws {Error} when gcc is missing or fails; the benchmark cannot run without them.
  */
 export async function buildNative(): Promise<NativeTools> {
@@ -37,7 +39,7 @@ export async function buildNative(): Promise<NativeTools> {
   mkdirSync(BUILD, { recursive: true });
   const header = mtime(join(import.meta.dir, "sha256.h"));
   const tools: Record<string, string> = {};
-  for (const name of ["loadgen", "service"]) {
+  for (const name of ["loadgen", "service", "relay"]) {
     const source = join(import.meta.dir, `${name}.c`);
     const out = join(BUILD, name);
     tools[name] = out;
@@ -45,7 +47,7 @@ export async function buildNative(): Promise<NativeTools> {
     const result = await run(["gcc", "-O2", "-Wall", "-pthread", "-o", out, source], 60_000);
     if (result.code !== 0) throw new Error(`gcc ${name}.c failed: ${result.stderr.trim()}`);
   }
-  return { loadgen: tools.loadgen as string, service: tools.service as string };
+  return { loadgen: tools.loadgen as string, service: tools.service as string, relay: tools.relay as string };
 }
 
 /** Newest modification time of the files that go into the compiled tunnel executables. */

@@ -1,11 +1,12 @@
 /**
- * The providers the benchmark compares: `direct` (no tunnel, the limit), `ssh` (ssh -N -R, in ssh.ts),
- * `sockets` (bun server.ts + bun client.ts) and `sockets-compiled` (dist/ executables).
+ * The providers the benchmark compares: `direct` (no tunnel, the limit), `relay-floor` (two chained minimal
+ * C relays: what three loopback hops cost with no tunnel work), `ssh` (ssh -N -R, in ssh.ts), `sockets`
+ * (bun server.ts + bun client.ts), `sockets-compiled` (dist/ executables) and `sockets-tuned`.
  * @module
  */
 
 import { join } from "node:path";
-import { EXECUTABLES, ensureExecutables, ROOT } from "./native.ts";
+import { buildNative, EXECUTABLES, ensureExecutables, ROOT } from "./native.ts";
 import { type Proc, spawn, waitForPort } from "./procs.ts";
 import { sshProvider } from "./ssh.ts";
 
@@ -30,7 +31,14 @@ export interface Tunnel {
 }
 
 /** Names of the providers, in the order they run. */
-export const PROVIDER_NAMES = ["direct", "ssh", "sockets", "sockets-compiled", "sockets-tuned"] as const;
+export const PROVIDER_NAMES = [
+  "direct",
+  "relay-floor",
+  "ssh",
+  "sockets",
+  "sockets-compiled",
+  "sockets-tuned",
+] as const;
 
 /** A provider name. */
 export type ProviderName = (typeof PROVIDER_NAMES)[number];
@@ -51,6 +59,47 @@ const direct: Provider = {
   },
   async start(servicePort) {
     return { port: servicePort, processes: () => [], describe: () => "no tunnel", stop: async () => {} };
+  },
+};
+
+/**
+ * Two bench/relay.c processes chained, visitor → relay → relay → service: three loopback TCP hops, as
+ * through a tunnel, with one read and one write per chunk and nothing else. The floor for bulk; its
+ * connection rate pays three TCP connections per visitor where a tunnel pays two.
+ */
+const relayFloor: Provider = {
+  name: "relay-floor",
+  async prepare() {
+    await buildNative();
+    return null;
+  },
+  async start(servicePort) {
+    const { relay } = await buildNative();
+    const procs: Proc[] = [];
+    const stop = async () => {
+      for (const p of procs.reverse()) await p.stop();
+    };
+    try {
+      let target = servicePort;
+      for (let i = 0; i < 2; i++) {
+        const p = spawn([relay, String(target)], { stdin: true });
+        procs.push(p);
+        target = Number((await p.waitFor(/port (\d+)/, 10_000))[1]);
+      }
+      const [client, server] = procs as [Proc, Proc];
+      return {
+        port: target,
+        processes: () => [
+          { role: "relay 1", pid: server.pid },
+          { role: "relay 2", pid: client.pid },
+        ],
+        describe: () => `relay ${server.pid} → relay ${client.pid}`,
+        stop,
+      };
+    } catch (error) {
+      await stop();
+      throw error;
+    }
   },
 };
 
@@ -137,6 +186,7 @@ const socketsTuned: Provider = {
 /** Every provider, by name. */
 export const PROVIDERS: Record<ProviderName, Provider> = {
   direct,
+  "relay-floor": relayFloor,
   ssh: sshProvider,
   sockets,
   "sockets-compiled": socketsCompiled,

@@ -257,6 +257,29 @@ export function markdownTable(results: Results, order: ProviderName[], nBulk: nu
   return lines.join("\n");
 }
 
+/**
+ * Each subject's timed figures as a ratio to `relay-floor`'s in the same run (for latency and the
+ * connection p99, lower is better): how much of what three loopback hops allow the tunnel keeps.
+ * Empty when the floor did not run.
+ */
+export function floorTable(results: Results, order: ProviderName[], nBulk: number, held: number): string {
+  const floor = results["relay-floor"];
+  if (!floor || floor.skipped) return "";
+  const subjects = SUBJECTS.filter((n) => order.includes(n) && results[n] && !results[n]?.skipped);
+  const header = ["figure", ...subjects.map((n) => `${n} ÷ relay-floor`)];
+  const lines = [`| ${header.join(" | ")} |`, `| ${header.map(() => "---").join(" | ")} |`];
+  for (const row of rows(nBulk, held)) {
+    if (!row.ratio) continue;
+    const ref = row.value(floor);
+    const cells = subjects.map((n) => {
+      const v = row.value(results[n] as ProviderResult);
+      return v === undefined || ref === undefined || ref <= 0 ? "—" : `${fixed(2)(v / ref)}×`;
+    });
+    lines.push(`| ${[row.label, ...cells].join(" | ")} |`);
+  }
+  return lines.join("\n");
+}
+
 const CPU_ROWS: { key: SampleKey; label: string }[] = [
   { key: "bulkUp1", label: "bulk 1 conn ↑" },
   { key: "bulkDown1", label: "bulk 1 conn ↓" },
