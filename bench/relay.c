@@ -53,6 +53,12 @@ static void die(const char *what) {
 
 /* What epoll should report for `e`: reads unless the peer is backed up, writes while bytes wait. */
 static void arm(struct end *e, int op) {
+  if (e->rd_eof && e->wr_shut) {
+    /* Both directions of this socket are done: epoll would report EPOLLHUP on every wait until the
+     * other socket of the pair is done too, so stop watching it. */
+    epoll_ctl(ep, EPOLL_CTL_DEL, e->fd, NULL);
+    return;
+  }
   uint32_t events = 0;
   if (e->connecting || e->pend_len) events |= EPOLLOUT;
   if (!e->connecting && !e->rd_eof && !e->peer->connecting && !e->peer->pend_len) events |= EPOLLIN;
