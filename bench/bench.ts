@@ -261,10 +261,9 @@ function fdLimit(): number {
 /** The table against `relay-floor`, with its lead-in; nothing when the floor did not run. */
 function floorSection(
   results: Partial<Record<ProviderName, ProviderResult>>,
-  order: ProviderName[],
   params: { bulkConns: number; holdCount: number },
 ): string[] {
-  const table = floorTable(results, order, params.bulkConns, params.holdCount);
+  const table = floorTable(results, params.bulkConns, params.holdCount);
   if (!table) return [];
   return [
     "Against the floor: each figure divided by relay-floor's (two minimal C relays, the same three loopback hops with no tunnel work; latency and connection p99: lower is better; its connection rate pays three TCP connections per visitor, a tunnel two):",
@@ -312,7 +311,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
     "",
     ...footnotes(results, options.only).map((n) => `- ${n}`),
     "",
-    ...floorSection(results, options.only, params),
+    ...floorSection(results, params),
     "CPU during each measurement (median run), % of one core per process (its busiest thread in brackets when lower; other = kernel threads and processes outside the benchmark), and what bounds it:",
     "",
     cpuTable(results, options.only),

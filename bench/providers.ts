@@ -63,6 +63,27 @@ const direct: Provider = {
 };
 
 /**
+ * Starts a tunnel's processes through `start`, which spawns each with the `track` it is given; if
+ * `start` fails, every process it spawned is stopped before the error goes on.
+ */
+async function launch(start: (track: (p: Proc) => Proc) => Promise<Omit<Tunnel, "stop">>): Promise<Tunnel> {
+  const procs: Proc[] = [];
+  const stop = async () => {
+    for (const p of procs.reverse()) await p.stop();
+  };
+  const track = (p: Proc) => {
+    procs.push(p);
+    return p;
+  };
+  try {
+    return { ...(await start(track)), stop };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
+
+/**
  * Two bench/relay.c processes chained, visitor → relay → relay → service: three loopback TCP hops, as
  * through a tunnel, with one read and one write per chunk and nothing else. The floor for bulk; its
  * connection rate pays three TCP connections per visitor where a tunnel pays two.
@@ -70,60 +91,48 @@ const direct: Provider = {
 const relayFloor: Provider = {
   name: "relay-floor",
   async prepare() {
-    await buildNative();
-    return null;
+    return null; // gcc and the build are the benchmark's own prerequisites
   },
-  async start(servicePort) {
-    const { relay } = await buildNative();
-    const procs: Proc[] = [];
-    const stop = async () => {
-      for (const p of procs.reverse()) await p.stop();
-    };
-    try {
+  start: (servicePort) =>
+    launch(async (track) => {
+      const { relay } = await buildNative();
+      // Spawned from the service outwards: relay 2 forwards to the service, relay 1 to relay 2.
+      const relays: Proc[] = [];
       let target = servicePort;
       for (let i = 0; i < 2; i++) {
-        const p = spawn([relay, String(target)], { stdin: true });
-        procs.push(p);
+        const p = track(spawn([relay, String(target)], { stdin: true }));
+        relays.push(p);
         target = Number((await p.waitFor(/port (\d+)/, 10_000))[1]);
       }
-      const [client, server] = procs as [Proc, Proc];
+      const [second, first] = relays as [Proc, Proc];
       return {
         port: target,
         processes: () => [
-          { role: "relay 1", pid: server.pid },
-          { role: "relay 2", pid: client.pid },
+          { role: "relay 1", pid: first.pid },
+          { role: "relay 2", pid: second.pid },
         ],
-        describe: () => `relay ${server.pid} → relay ${client.pid}`,
-        stop,
+        describe: () => `relay ${first.pid} → relay ${second.pid}`,
       };
-    } catch (error) {
-      await stop();
-      throw error;
-    }
-  },
+    }),
 };
 
 /** Starts a sockets server and client from the given commands and waits for the tunnel's URL. */
-async function startSockets(
+function startSockets(
   server: string[],
   client: string[],
   servicePort: number,
   extraEnv: Record<string, string> = {},
 ): Promise<Tunnel> {
-  const procs: Proc[] = [];
-  const stop = async () => {
-    for (const p of procs.reverse()) await p.stop();
-  };
-  try {
+  return launch(async (track) => {
     const env = { SOCKETS_SINGLE_API_KEY: "", SOCKETS_API_KEY: "", SOCKETS_SERVER: "", ...extraEnv };
-    const srv = spawn([...server, "--host", "127.0.0.1", "--port", "0"], { cwd: ROOT, env });
-    procs.push(srv);
+    const srv = track(spawn([...server, "--host", "127.0.0.1", "--port", "0"], { cwd: ROOT, env }));
     const [, url] = await srv.waitFor(/listening on (ws:\/\/\S+)/, 20_000);
-    const cli = spawn([...client, "--expose", `127.0.0.1:${servicePort}`, "--server", url as string], {
-      cwd: ROOT,
-      env,
-    });
-    procs.push(cli);
+    const cli = track(
+      spawn([...client, "--expose", `127.0.0.1:${servicePort}`, "--server", url as string], {
+        cwd: ROOT,
+        env,
+      }),
+    );
     const match = await cli.waitFor(/exposed with tunnel id \S+, url: \S+:(\d+)/, 20_000);
     const port = Number(match[1]);
     await waitForPort(port, 10_000);
@@ -141,12 +150,8 @@ async function startSockets(
         };
         return body.streams;
       },
-      stop,
     };
-  } catch (error) {
-    await stop();
-    throw error;
-  }
+  });
 }
 
 const sockets: Provider = {

@@ -169,6 +169,11 @@ function rows(nBulk: number, held: number): Row[] {
   ];
 }
 
+/** The header row and separator of a markdown table. */
+function tableHead(header: string[]): string[] {
+  return [`| ${header.join(" | ")} |`, `| ${header.map(() => "---").join(" | ")} |`];
+}
+
 function integrityCell(r: ProviderResult): string {
   if (r.skipped) return "skipped";
   const s = r.samples.integrity;
@@ -236,7 +241,7 @@ export function markdownTable(results: Results, order: ProviderName[], nBulk: nu
     "target",
     "met? (src = bun *.ts, bin = compiled, tuned = both with MIMALLOC_PURGE_DELAY=-1)",
   ];
-  const lines = [`| ${header.join(" | ")} |`, `| ${header.map(() => "---").join(" | ")} |`];
+  const lines = tableHead(header);
   for (const row of rows(nBulk, held)) {
     const direct = get(results, "direct", row);
     const cells = ran.map((n) => cell(row, results[n], direct));
@@ -262,12 +267,12 @@ export function markdownTable(results: Results, order: ProviderName[], nBulk: nu
  * connection p99, lower is better): how much of what three loopback hops allow the tunnel keeps.
  * Empty when the floor did not run.
  */
-export function floorTable(results: Results, order: ProviderName[], nBulk: number, held: number): string {
+export function floorTable(results: Results, nBulk: number, held: number): string {
   const floor = results["relay-floor"];
   if (!floor || floor.skipped) return "";
-  const subjects = SUBJECTS.filter((n) => order.includes(n) && results[n] && !results[n]?.skipped);
+  const subjects = SUBJECTS.filter((n) => results[n] && !results[n]?.skipped);
   const header = ["figure", ...subjects.map((n) => `${n} ÷ relay-floor`)];
-  const lines = [`| ${header.join(" | ")} |`, `| ${header.map(() => "---").join(" | ")} |`];
+  const lines = tableHead(header);
   for (const row of rows(nBulk, held)) {
     if (!row.ratio) continue;
     const ref = row.value(floor);
@@ -323,7 +328,7 @@ export function boundBy(s: Sample): string {
 export function cpuTable(results: Results, order: ProviderName[]): string {
   const ran = order.filter((n) => results[n] && !results[n]?.skipped);
   const header = ["measurement", ...ran];
-  const lines = [`| ${header.join(" | ")} |`, `| ${header.map(() => "---").join(" | ")} |`];
+  const lines = tableHead(header);
   for (const { key, label } of CPU_ROWS)
     lines.push(`| ${[label, ...ran.map((n) => cpuCell(results[n]?.samples[key]))].join(" | ")} |`);
   return lines.join("\n");
