@@ -249,6 +249,7 @@ export function markdownTable(results: Results, order: ProviderName[], nBulk: nu
       `| ${[row.label, row.unit, ...cells, row.target?.text ?? "", verdict(row, results)].join(" | ")} |`,
     );
   }
+  const measured = ran.some((n) => results[n]?.samples.integrity !== undefined);
   const integrityOk = ran.every((n) => {
     const r = results[n] as ProviderResult;
     return (
@@ -257,7 +258,7 @@ export function markdownTable(results: Results, order: ProviderName[], nBulk: nu
     );
   });
   lines.push(
-    `| integrity, sha256 per connection | | ${ran.map((n) => integrityCell(results[n] as ProviderResult)).join(" | ")} | every hash matches, every provider | ${integrityOk ? "yes" : "**no**"} |`,
+    `| integrity, sha256 per connection | | ${ran.map((n) => integrityCell(results[n] as ProviderResult)).join(" | ")} | every hash matches, every provider | ${!measured ? "n/a" : integrityOk ? "yes" : "**no**"} |`,
   );
   return lines.join("\n");
 }
