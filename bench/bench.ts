@@ -258,7 +258,7 @@ function fdLimit(): number {
   }
 }
 
-/** The table against `relay-floor`, with its lead-in; nothing when the floor did not run. */
+/** The table against `mux-floor`, with its lead-in; nothing when the floor did not run. */
 function floorSection(
   results: Partial<Record<ProviderName, ProviderResult>>,
   params: { bulkConns: number; holdCount: number },
@@ -266,7 +266,7 @@ function floorSection(
   const table = floorTable(results, params.bulkConns, params.holdCount);
   if (!table) return [];
   return [
-    "Against the floor: each figure divided by relay-floor's (two minimal C relays, the same three loopback hops with no tunnel work; latency and connection p99: lower is better; its connection rate pays three TCP connections per visitor, a tunnel two):",
+    "Against the floor: each figure divided by mux-floor's (a minimal multiplexing relay in C: the tunnel's topology, visitors over one link and a connection to the service each, with no other work; latency and connection p99: lower is better):",
     "",
     table,
     "",

@@ -25,12 +25,12 @@ function mtime(path: string): number {
 export interface NativeTools {
   loadgen: string;
   service: string;
-  /** The minimal TCP relay of the `relay-floor` provider. */
-  relay: string;
+  /** The minimal multiplexing relay of the `mux-floor` provider. */
+  muxfloor: string;
 }
 
 /**
- * Compiles bench/loadgen.c, bench/service.c and bench/relay.c when the binary is missing or older than its source.
+ * Compiles bench/loadgen.c, bench/service.c and bench/muxfloor.c when the binary is missing or older than its source.
  * @throws {Error} when gcc is missing or fails; the benchmark cannot run without them.
  */
 export async function buildNative(): Promise<NativeTools> {
@@ -39,7 +39,7 @@ export async function buildNative(): Promise<NativeTools> {
   mkdirSync(BUILD, { recursive: true });
   const header = mtime(join(import.meta.dir, "sha256.h"));
   const tools: Record<string, string> = {};
-  for (const name of ["loadgen", "service", "relay"]) {
+  for (const name of ["loadgen", "service", "muxfloor"]) {
     const source = join(import.meta.dir, `${name}.c`);
     const out = join(BUILD, name);
     tools[name] = out;
@@ -47,7 +47,11 @@ export async function buildNative(): Promise<NativeTools> {
     const result = await run(["gcc", "-O2", "-Wall", "-pthread", "-o", out, source], 60_000);
     if (result.code !== 0) throw new Error(`gcc ${name}.c failed: ${result.stderr.trim()}`);
   }
-  return { loadgen: tools.loadgen as string, service: tools.service as string, relay: tools.relay as string };
+  return {
+    loadgen: tools.loadgen as string,
+    service: tools.service as string,
+    muxfloor: tools.muxfloor as string,
+  };
 }
 
 /** Newest modification time of the files that go into the compiled tunnel executables. */

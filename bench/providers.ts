@@ -1,6 +1,6 @@
 /**
- * The providers the benchmark compares: `direct` (no tunnel, the limit), `relay-floor` (two chained minimal
- * C relays: what three loopback hops cost with no tunnel work), `ssh` (ssh -N -R, in ssh.ts), `sockets`
+ * The providers the benchmark compares: `direct` (no tunnel, the limit), `mux-floor` (a minimal
+ * multiplexing relay in C: the tunnel's topology with the least work it allows), `ssh` (ssh -N -R, in ssh.ts), `sockets`
  * (bun server.ts + bun client.ts), `sockets-compiled` (dist/ executables) and `sockets-tuned`.
  * @module
  */
@@ -33,7 +33,7 @@ export interface Tunnel {
 /** Names of the providers, in the order they run. */
 export const PROVIDER_NAMES = [
   "direct",
-  "relay-floor",
+  "mux-floor",
   "ssh",
   "sockets",
   "sockets-compiled",
@@ -84,34 +84,29 @@ async function launch(start: (track: (p: Proc) => Proc) => Promise<Omit<Tunnel, 
 }
 
 /**
- * Two bench/relay.c processes chained, visitor → relay → relay → service: three loopback TCP hops, as
- * through a tunnel, with one read and one write per chunk and nothing else. The floor for bulk; its
- * connection rate pays three TCP connections per visitor where a tunnel pays two.
+ * bench/muxfloor.c as server and client: the tunnel's own topology (visitors multiplexed over one TCP
+ * link, a connection to the service per visitor) with the least user-space work it allows. The floor
+ * for every figure, the connection rate included.
  */
-const relayFloor: Provider = {
-  name: "relay-floor",
+const muxFloor: Provider = {
+  name: "mux-floor",
   async prepare() {
     return null; // gcc and the build are the benchmark's own prerequisites
   },
   start: (servicePort) =>
     launch(async (track) => {
-      const { relay } = await buildNative();
-      // Spawned from the service outwards: relay 2 forwards to the service, relay 1 to relay 2.
-      const relays: Proc[] = [];
-      let target = servicePort;
-      for (let i = 0; i < 2; i++) {
-        const p = track(spawn([relay, String(target)], { stdin: true }));
-        relays.push(p);
-        target = Number((await p.waitFor(/port (\d+)/, 10_000))[1]);
-      }
-      const [second, first] = relays as [Proc, Proc];
+      const { muxfloor } = await buildNative();
+      const server = track(spawn([muxfloor, "server"], { stdin: true }));
+      const [, link] = await server.waitFor(/link (\d+)/, 10_000);
+      const client = track(spawn([muxfloor, "client", link as string, String(servicePort)], { stdin: true }));
+      const port = Number((await server.waitFor(/port (\d+)/, 10_000))[1]);
       return {
-        port: target,
+        port,
         processes: () => [
-          { role: "relay 1", pid: first.pid },
-          { role: "relay 2", pid: second.pid },
+          { role: "server", pid: server.pid },
+          { role: "client", pid: client.pid },
         ],
-        describe: () => `relay ${first.pid} → relay ${second.pid}`,
+        describe: () => `muxfloor server ${server.pid}, client ${client.pid}`,
       };
     }),
 };
@@ -191,7 +186,7 @@ const socketsTuned: Provider = {
 /** Every provider, by name. */
 export const PROVIDERS: Record<ProviderName, Provider> = {
   direct,
-  "relay-floor": relayFloor,
+  "mux-floor": muxFloor,
   ssh: sshProvider,
   sockets,
   "sockets-compiled": socketsCompiled,

@@ -264,15 +264,15 @@ export function markdownTable(results: Results, order: ProviderName[], nBulk: nu
 }
 
 /**
- * Each subject's timed figures as a ratio to `relay-floor`'s in the same run (for latency and the
+ * Each subject's timed figures as a ratio to `mux-floor`'s in the same run (for latency and the
  * connection p99, lower is better): how much of what three loopback hops allow the tunnel keeps.
  * Empty when the floor did not run.
  */
 export function floorTable(results: Results, nBulk: number, held: number): string {
-  const floor = results["relay-floor"];
+  const floor = results["mux-floor"];
   if (!floor || floor.skipped) return "";
   const subjects = SUBJECTS.filter((n) => results[n] && !results[n]?.skipped);
-  const header = ["figure", ...subjects.map((n) => `${n} ÷ relay-floor`)];
+  const header = ["figure", ...subjects.map((n) => `${n} ÷ mux-floor`)];
   const lines = tableHead(header);
   for (const row of rows(nBulk, held)) {
     if (!row.ratio) continue;
