@@ -13,10 +13,15 @@ import { CLK_TCK, cpuSample, killAll, minorFaults, type Proc, rssKiB, spawn } fr
 const [dirA, dirB, runsText, mode, ...rest] = process.argv.slice(2);
 if (!dirA || !dirB || !runsText || !mode) {
   console.error(
-    "usage: bun bench/ab.ts DIR_A DIR_B RUNS MODE ARGS...   (env KEY: figure; ENV_A/ENV_B: environment, SA_A/SA_B: server flags of each side)",
+    "usage: bun bench/ab.ts DIR_A DIR_B RUNS MODE ARGS...   (env KEY: figure; ENV_A/ENV_B: environment, SA_A/SA_B: server flags of each side; PIN=S,C: server on CPU S, client on CPU C)",
   );
   process.exit(2);
 }
+// Pinning server and client to two CPUs removes most of the scheduler's noise (the two on one CPU relay
+// ~40% slower), so that small differences show in fewer runs. The C processes are left to float: pinned
+// beside them, the runs varied more.
+const [pinServer, pinClient] = (process.env.PIN ?? "").split(",");
+const pinned = (cpu: string | undefined, cmd: string[]) => (cpu ? ["taskset", "-c", cpu, ...cmd] : cmd);
 const key = process.env.KEY ?? (mode === "connrate" ? "rate" : mode === "latency" ? "p50" : "gbps");
 const tools = await buildNative();
 for (const signal of ["SIGINT", "SIGTERM"] as const)
@@ -37,7 +42,7 @@ try {
         .map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]),
     );
     const srv = spawn(
-      [
+      pinned(pinServer, [
         "bun",
         join(dir, "server.ts"),
         "--host",
@@ -45,12 +50,19 @@ try {
         "--port",
         "0",
         ...(process.env[i ? "SA_B" : "SA_A"] ?? "").split(" ").filter(Boolean),
-      ],
+      ]),
       { cwd: dir, env },
     );
     const url = (await srv.waitFor(/listening on (ws:\/\/\S+)/, 20_000))[1] as string;
     const cli = spawn(
-      ["bun", join(dir, "client.ts"), "--expose", `127.0.0.1:${servicePort}`, "--server", url],
+      pinned(pinClient, [
+        "bun",
+        join(dir, "client.ts"),
+        "--expose",
+        `127.0.0.1:${servicePort}`,
+        "--server",
+        url,
+      ]),
       { cwd: dir, env },
     );
     ports.push(Number((await cli.waitFor(/url: \S+:(\d+)/, 20_000))[1]));
