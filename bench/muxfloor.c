@@ -101,6 +101,11 @@ static void watch(int ep, int op, int fd, uint32_t events, void *ptr) {
   epoll_ctl(ep, op, fd, &ev);
 }
 
+/* The link is read unless a socket holds up its input, and watched for room while output waits. */
+static void watch_link(void) {
+  watch(top, EPOLL_CTL_MOD, link_fd, (in_blocked ? 0 : EPOLLIN) | (out_blocked ? EPOLLOUT : 0), &link_fd);
+}
+
 /* Reads visitors (and accepts them) only while the link takes what is queued. */
 static void set_out_blocked(int blocked) {
   if (blocked == out_blocked) return;
@@ -108,11 +113,11 @@ static void set_out_blocked(int blocked) {
   int op = blocked ? EPOLL_CTL_DEL : EPOLL_CTL_ADD;
   watch(top, op, inner, EPOLLIN, &inner);
   if (listener >= 0) watch(top, op, listener, EPOLLIN, &listener);
-  watch(top, EPOLL_CTL_MOD, link_fd, (in_blocked ? 0 : EPOLLIN) | (blocked ? EPOLLOUT : 0), &link_fd);
+  watch_link();
 }
 
-/* Writes what is queued for the link; returns 0 when all of it left. */
-static int flush_out(void) {
+/* Writes what is queued for the link, as much as it takes. */
+static void flush_out(void) {
   while (out_off < out_len) {
     ssize_t n = write(link_fd, out + out_off, out_len - out_off);
     if (n < 0) {
@@ -123,7 +128,6 @@ static int flush_out(void) {
   }
   if (out_off == out_len) out_off = out_len = 0;
   set_out_blocked(out_len != 0);
-  return out_len != 0;
 }
 
 /* Makes room for `need` more bytes of output; returns 0 when there is room. */
@@ -273,7 +277,7 @@ static void parse_input(void) {
       if (fd < 0 || (connect(fd, (struct sockaddr *)&to, sizeof to) < 0 && errno != EINPROGRESS)) {
         if (fd >= 0) close(fd);
         if (room(HEADER) == 0) queue_control(RST, id);
-      } else if (find(id) || slots[id & (SLOTS - 1)]) {
+      } else if (slots[id & (SLOTS - 1)]) { /* its slot is still taken by an older stream */
         close(fd);
         if (room(HEADER) == 0) queue_control(RST, id);
       } else {
@@ -297,16 +301,12 @@ static void parse_input(void) {
   }
 }
 
-static void set_in_watch(void) {
-  watch(top, EPOLL_CTL_MOD, link_fd, (in_blocked ? 0 : EPOLLIN) | (out_blocked ? EPOLLOUT : 0), &link_fd);
-}
-
 static void resume_input(void) {
   if (in_blocked) watch(top, EPOLL_CTL_DEL, in_blocked->fd, 0, NULL);
   in_blocked = NULL;
   resume_pending = 0;
   parse_input();
-  set_in_watch();
+  watch_link();
 }
 
 static void on_link_readable(void) {
@@ -319,7 +319,7 @@ static void on_link_readable(void) {
   }
   in_len += (size_t)n;
   parse_input();
-  if (in_blocked) set_in_watch();
+  if (in_blocked) watch_link();
 }
 
 static void on_accept(void) {

@@ -1,7 +1,8 @@
 /**
  * The providers the benchmark compares: `direct` (no tunnel, the limit), `mux-floor` (a minimal
- * multiplexing relay in C: the tunnel's topology with the least work it allows), `ssh` (ssh -N -R, in ssh.ts), `sockets`
- * (bun server.ts + bun client.ts), `sockets-compiled` (dist/ executables) and `sockets-tuned`.
+ * multiplexing relay in C: the tunnel's topology with the least work it allows), `ssh` (ssh -N -R, in
+ * ssh.ts), `sockets` (bun server.ts + bun client.ts), `sockets-compiled` (dist/ executables) and
+ * `sockets-tuned`.
  * @module
  */
 

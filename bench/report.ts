@@ -265,7 +265,7 @@ export function markdownTable(results: Results, order: ProviderName[], nBulk: nu
 
 /**
  * Each subject's timed figures as a ratio to `mux-floor`'s in the same run (for latency and the
- * connection p99, lower is better): how much of what three loopback hops allow the tunnel keeps.
+ * connection p99, lower is better): how much of what the tunnel's topology allows the tunnel keeps.
  * Empty when the floor did not run.
  */
 export function floorTable(results: Results, nBulk: number, held: number): string {
