@@ -37,26 +37,24 @@ describe("batcher", () => {
     );
   });
 
-  test("the first frame of a round leaves at once; later small ones share one BATCH message", () => {
+  test("the small frames of a round share one BATCH message; a large one leaves at once, after them", () => {
     const messages: Uint8Array[] = [];
     const batcher = new Batcher((m) => messages.push(m.slice()));
     batcher.push(frame(10, 2));
-    expect(messages.map((m) => m[0])).toEqual([2]);
-    batcher.push(frame(10, 3));
-    batcher.push(frame(20, 4));
-    expect(messages).toHaveLength(1);
-    batcher.flush();
-    expect(messages.map((m) => m[0])).toEqual([2, FrameType.Batch]);
-    expect(messages[1]?.length).toBe(5 + 2 + 10 + 2 + 20);
+    batcher.push(frame(20, 3));
+    expect(messages).toHaveLength(0);
+    batcher.push(frame(BATCHABLE_BYTES + 1, 4));
+    expect(messages.map((m) => m[0])).toEqual([FrameType.Batch, 4]);
+    expect(messages[0]?.length).toBe(5 + 2 + 10 + 2 + 20);
   });
 
   test("a lone batched frame is sent as itself", () => {
     const messages: Uint8Array[] = [];
     const batcher = new Batcher((m) => messages.push(m.slice()));
     batcher.push(frame(10, 2));
-    batcher.push(frame(10, 3));
     batcher.flush();
-    expect(messages.map((m) => m[0])).toEqual([2, 3]);
+    expect(messages.map((m) => m[0])).toEqual([2]);
+    expect(messages[0]?.length).toBe(10);
   });
 
   test("dropped frames are never sent", () => {
@@ -66,17 +64,20 @@ describe("batcher", () => {
     batcher.push(frame(10, 3));
     batcher.drop();
     batcher.flush();
-    expect(messages).toHaveLength(1);
+    expect(messages).toHaveLength(0);
   });
 
   test("batched frames leave by themselves when the event-loop round ends", async () => {
     const messages: Uint8Array[] = [];
     const batcher = new Batcher((m) => messages.push(m.slice()));
     for (let i = 0; i < 3; i++) batcher.push(frame(10, 2));
-    expect(messages).toHaveLength(1);
+    expect(messages).toHaveLength(0);
     await new Promise((resolve) => setImmediate(resolve));
-    expect(messages).toHaveLength(2);
-    expect(messages[1]?.[0]).toBe(FrameType.Batch);
+    expect(messages).toHaveLength(1);
+    expect(messages[0]?.[0]).toBe(FrameType.Batch);
+    batcher.push(frame(10, 3)); // a new round schedules its own flush
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(messages.map((m) => m[0])).toEqual([FrameType.Batch, 3]);
   });
 });
 

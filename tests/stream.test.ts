@@ -9,7 +9,7 @@ import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { DISPOSE_MIN_BYTES } from "../shared/disposable.ts";
 import { Mux } from "../shared/mux.ts";
-import { StreamKind } from "../shared/protocol.ts";
+import { FrameType, StreamKind } from "../shared/protocol.ts";
 import {
   GROW_WITHIN_MS,
   INITIAL_SEND_WINDOW,
@@ -401,13 +401,15 @@ describe("freeing relayed buffers early", () => {
       (open) => receiver.acceptStream(open.stream).attach(new FakeSocket() as unknown as RelaySocket),
     );
     const stream = sender.createStream();
-    sender.sendOpen(stream, StreamKind.Tcp, 1, { remote: "127.0.0.1:1" }); // leaves at once
-    stream.onSocketData(new Uint8Array(10)); // small: batched with the next
+    sender.sendOpen(stream, StreamKind.Tcp, 1, { remote: "127.0.0.1:1" }); // small frames: one BATCH
+    stream.onSocketData(new Uint8Array(10));
     stream.onSocketData(new Uint8Array(10));
     sender.flush();
-    const batch = frames[1] as Uint8Array;
-    receiver.receive(frames[0] as Uint8Array, true);
+    expect(frames.map((f) => f[0])).toEqual([FrameType.Batch]);
+    const batch = frames[0] as Uint8Array;
+    expect(receiver.streams.get(stream.id)).toBeUndefined();
     receiver.receive(batch, true);
+    expect(receiver.streams.get(stream.id)).toBeDefined(); // the OPEN in it was dispatched
     expect(batch.length).toBeGreaterThan(0);
   });
 });
