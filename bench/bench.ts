@@ -49,7 +49,7 @@ export type Measure = (typeof MEASURES)[number];
 /** Parsed command line. */
 export interface BenchOptions {
   quick: boolean;
-  /** Runs per timed measurement (default 3, --quick 1). */
+  /** Runs per timed measurement (default 5, --quick 1). */
   repeat?: number;
   json?: string;
   only: ProviderName[];
@@ -60,7 +60,7 @@ const HELP = `Usage: bun run bench [options]
 
 Options:
   --quick              smaller sizes (256 MiB bulk, 5,000 pings, …): the whole run in under two minutes
-  --repeat N           runs of each timed measurement, the median is reported (default 3, --quick 1)
+  --repeat N           runs of each timed measurement, the median is reported (default 5, --quick 1)
   --json FILE          also write every figure (and CPU shares) as JSON to FILE
   --only LIST          providers to run, comma-separated: ${PROVIDER_NAMES.join(",")} (default: all)
   --measures LIST      measurements to run, comma-separated: ${MEASURES.join(",")} (default: all)

@@ -41,7 +41,7 @@ export const FULL: Params = {
   integrityConns: 16,
   integrityBytes: 8 * 1024 ** 2,
   settleMs: 10_000,
-  repeat: 3,
+  repeat: 5,
 };
 
 /** `--quick`: everything smaller, the whole run well under two minutes. */
