@@ -64,6 +64,9 @@ static struct stream *graveyard;
 static unsigned char out[OUT_SIZE];
 static size_t out_off, out_len;
 static int out_blocked;
+/* RSTs that found the link's output full: queued as soon as it drains (each id at most once). */
+static uint32_t rst_pending[SLOTS];
+static size_t rst_count;
 
 /* Link input: unparsed bytes in [in_off, in_len); the DATA frame being written, if any. */
 static unsigned char in[IN_SIZE];
@@ -127,6 +130,7 @@ static void flush_out(void) {
     out_off += (size_t)n;
   }
   if (out_off == out_len) out_off = out_len = 0;
+  while (rst_count && OUT_SIZE - out_len >= HEADER) queue_control(RST, rst_pending[--rst_count]);
   set_out_blocked(out_len != 0);
 }
 
@@ -140,6 +144,12 @@ static int room(size_t need) {
     out_off = 0;
   }
   return OUT_SIZE - out_len >= need ? 0 : -1;
+}
+
+/* Tells the peer that stream `id` failed, now or once the link drains. */
+static void queue_rst(uint32_t id) {
+  if (room(HEADER) == 0) queue_control(RST, id);
+  else if (rst_count < SLOTS) rst_pending[rst_count++] = id;
 }
 
 static void arm(struct stream *s) {
@@ -183,9 +193,9 @@ static struct stream *find(uint32_t id) {
   return s && s->id == id ? s : NULL;
 }
 
-/* The stream failed on our side: tell the peer (unless the link is full) and forget it. */
+/* The stream failed on our side: tell the peer and forget it. */
 static void reset(struct stream *s) {
-  if (room(HEADER) == 0) queue_control(RST, s->id);
+  queue_rst(s->id);
   free_stream(s);
 }
 
@@ -276,10 +286,10 @@ static void parse_input(void) {
       to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
       if (fd < 0 || (connect(fd, (struct sockaddr *)&to, sizeof to) < 0 && errno != EINPROGRESS)) {
         if (fd >= 0) close(fd);
-        if (room(HEADER) == 0) queue_control(RST, id);
+        queue_rst(id);
       } else if (slots[id & (SLOTS - 1)]) { /* its slot is still taken by an older stream */
         close(fd);
-        if (room(HEADER) == 0) queue_control(RST, id);
+        queue_rst(id);
       } else {
         add_stream(fd, id, 1);
       }
