@@ -8,7 +8,7 @@
 
 import { join } from "node:path";
 import { buildNative } from "./native.ts";
-import { CLK_TCK, cpuSample, killAll, minorFaults, type Proc, rssKiB, spawn } from "./procs.ts";
+import { CLK_TCK, cpuSample, killAll, minorFaults, type Proc, rssKiB, run, spawn } from "./procs.ts";
 
 const [dirA, dirB, runsText, mode, ...rest] = process.argv.slice(2);
 if (!dirA || !dirB || !runsText || !mode) {
@@ -20,6 +20,11 @@ if (!dirA || !dirB || !runsText || !mode) {
 // Pinning server and client to two CPUs removes most of the scheduler's noise (the two on one CPU relay
 // ~40% slower), so that small differences show in fewer runs. The C processes are left to float: pinned
 // beside them, the runs varied more.
+const runs = Number(runsText);
+if (!(Number.isInteger(runs) && runs >= 1 && runs <= 100)) {
+  console.error(`RUNS: expected a whole number from 1 to 100, got '${runsText}'`);
+  process.exit(2);
+}
 const [pinServer, pinClient] = (process.env.PIN ?? "").split(",");
 const pinned = (cpu: string | undefined, cmd: string[]) => (cpu ? ["taskset", "-c", cpu, ...cmd] : cmd);
 const key = process.env.KEY ?? (mode === "connrate" ? "rate" : mode === "latency" ? "p50" : "gbps");
@@ -69,10 +74,12 @@ try {
     tunnels[i] = [srv, cli];
   }
   const figures: number[][] = [[], []];
-  for (let r = 0; r < Number(runsText); r++) {
+  for (let r = 0; r < runs; r++) {
     for (const side of [0, 1]) {
-      const p = Bun.spawnSync([tools.loadgen, mode, String(ports[side]), ...rest]);
-      const result = JSON.parse(p.stdout.toString().trim().split("\n").pop() as string);
+      // A run that hangs (a stuck tunnel) is killed after 5 minutes instead of waiting forever.
+      const p = await run([tools.loadgen, mode, String(ports[side]), ...rest], 300_000);
+      if (p.code !== 0) throw new Error(`loadgen exited with ${p.code}: ${p.stderr.trim()}`);
+      const result = JSON.parse(p.stdout.trim().split("\n").pop() as string);
       (figures[side] as number[]).push(result[key]);
     }
   }

@@ -72,8 +72,7 @@ static size_t rst_count;
 static unsigned char in[IN_SIZE];
 static size_t in_off, in_len;
 static struct stream *cur; /* NULL while its stream is gone: its payload is skipped */
-static uint32_t cur_left;  /* payload bytes of the current DATA frame not yet consumed */
-static int in_data;        /* inside a DATA frame's payload */
+static uint32_t cur_left;  /* payload bytes of the current DATA frame not yet consumed (0: at a header) */
 static struct stream *in_blocked; /* the socket the link waits on, watched in `top` for EPOLLOUT */
 static int resume_pending;         /* that socket was freed: parse on at the end of the round */
 
@@ -244,7 +243,7 @@ static void on_stream_writable(struct stream *s) {
 /* Parses link input until it runs out or a socket cannot take its bytes. */
 static void parse_input(void) {
   while (in_off < in_len) {
-    if (in_data) {
+    if (cur_left) {
       size_t avail = in_len - in_off < cur_left ? in_len - in_off : cur_left;
       size_t done = avail;
       if (cur) {
@@ -257,7 +256,6 @@ static void parse_input(void) {
       }
       in_off += done;
       cur_left -= (uint32_t)done;
-      if (cur_left == 0) in_data = 0;
       if (done < avail) {
         block_input_on(cur);
         return;
@@ -279,7 +277,6 @@ static void parse_input(void) {
     if (h[0] == DATA) {
       cur = s;
       cur_left = len;
-      in_data = len > 0;
     } else if (h[0] == OPEN && !is_server) {
       int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
       struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(service_port)};

@@ -38,20 +38,18 @@ export async function buildNative(): Promise<NativeTools> {
     throw new Error("gcc not found: install it (apt-get install gcc) to build bench/*.c");
   mkdirSync(BUILD, { recursive: true });
   const header = mtime(join(import.meta.dir, "sha256.h"));
-  const tools: Record<string, string> = {};
-  for (const name of ["loadgen", "service", "muxfloor"]) {
+  const tools: NativeTools = {
+    loadgen: join(BUILD, "loadgen"),
+    service: join(BUILD, "service"),
+    muxfloor: join(BUILD, "muxfloor"),
+  };
+  for (const [name, out] of Object.entries(tools)) {
     const source = join(import.meta.dir, `${name}.c`);
-    const out = join(BUILD, name);
-    tools[name] = out;
     if (mtime(out) > Math.max(mtime(source), header)) continue;
     const result = await run(["gcc", "-O2", "-Wall", "-pthread", "-o", out, source], 60_000);
     if (result.code !== 0) throw new Error(`gcc ${name}.c failed: ${result.stderr.trim()}`);
   }
-  return {
-    loadgen: tools.loadgen as string,
-    service: tools.service as string,
-    muxfloor: tools.muxfloor as string,
-  };
+  return tools;
 }
 
 /** Newest modification time of the files that go into the compiled tunnel executables. */
