@@ -8,7 +8,8 @@
 
 import { join } from "node:path";
 import { buildNative } from "./native.ts";
-import { CLK_TCK, cpuSample, killAll, minorFaults, type Proc, rssKiB, run, spawn } from "./procs.ts";
+import { CLK_TCK, cpuSample, killAll, minorFaults, rssKiB, run, spawn } from "./procs.ts";
+import { startSockets, type Tunnel } from "./providers.ts";
 
 const [dirA, dirB, runsText, mode, ...rest] = process.argv.slice(2);
 if (!dirA || !dirB || !runsText || !mode) {
@@ -37,47 +38,29 @@ for (const signal of ["SIGINT", "SIGTERM"] as const)
 try {
   const service = spawn([tools.service], { stdin: true });
   const servicePort = Number((await service.waitFor(/port (\d+)/, 10_000))[1]);
-  const ports: number[] = [];
-  const tunnels: Proc[][] = [[], []];
+  const tunnels: Tunnel[] = [];
   for (const [i, dir] of [dirA, dirB].entries()) {
-    const env = Object.fromEntries(
+    const extraEnv = Object.fromEntries(
       (process.env[i ? "ENV_B" : "ENV_A"] ?? "")
         .split(" ")
         .filter(Boolean)
         .map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]),
     );
-    const srv = spawn(
-      pinned(pinServer, [
-        "bun",
-        join(dir, "server.ts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        ...(process.env[i ? "SA_B" : "SA_A"] ?? "").split(" ").filter(Boolean),
-      ]),
-      { cwd: dir, env },
+    const serverFlags = (process.env[i ? "SA_B" : "SA_A"] ?? "").split(" ").filter(Boolean);
+    tunnels.push(
+      await startSockets(
+        pinned(pinServer, ["bun", join(dir, "server.ts"), ...serverFlags]),
+        pinned(pinClient, ["bun", join(dir, "client.ts")]),
+        servicePort,
+        { extraEnv, cwd: dir },
+      ),
     );
-    const url = (await srv.waitFor(/listening on (ws:\/\/\S+)/, 20_000))[1] as string;
-    const cli = spawn(
-      pinned(pinClient, [
-        "bun",
-        join(dir, "client.ts"),
-        "--expose",
-        `127.0.0.1:${servicePort}`,
-        "--server",
-        url,
-      ]),
-      { cwd: dir, env },
-    );
-    ports.push(Number((await cli.waitFor(/url: \S+:(\d+)/, 20_000))[1]));
-    tunnels[i] = [srv, cli];
   }
   const figures: number[][] = [[], []];
   for (let r = 0; r < runs; r++) {
     for (const side of [0, 1]) {
       // A run that hangs (a stuck tunnel) is killed after 5 minutes instead of waiting forever.
-      const p = await run([tools.loadgen, mode, String(ports[side]), ...rest], 300_000);
+      const p = await run([tools.loadgen, mode, String(tunnels[side]?.port), ...rest], 300_000);
       if (p.code !== 0) throw new Error(`loadgen exited with ${p.code}: ${p.stderr.trim()}`);
       const result = JSON.parse(p.stdout.trim().split("\n").pop() as string);
       (figures[side] as number[]).push(result[key]);
@@ -87,11 +70,10 @@ try {
   for (const side of [0, 1]) {
     const xs = figures[side] as number[];
     console.log(`${side ? "B" : "A"} ${key} median ${median(xs)}  [${xs.join(" ")}]`);
-    for (const [role, p] of ["server", "client"].entries()) {
-      const pid = (tunnels[side] as Proc[])[role]?.pid ?? 0;
+    for (const { role, pid } of (tunnels[side] as Tunnel).processes()) {
       const [minflt, ticks] = [minorFaults(pid), cpuSample(pid).total];
       console.log(
-        `  ${p}: rss ${(rssKiB(pid) / 1024).toFixed(0)} MiB, minor faults ${minflt}, cpu ${ticks / CLK_TCK} s`,
+        `  ${role}: rss ${(rssKiB(pid) / 1024).toFixed(0)} MiB, minor faults ${minflt}, cpu ${ticks / CLK_TCK} s`,
       );
     }
   }

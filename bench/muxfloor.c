@@ -334,7 +334,13 @@ static void on_accept(void) {
     if (room(HEADER)) return;
     int fd = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
-    while (slots[next_id & (SLOTS - 1)] || next_id == 0) next_id++;
+    /* The next free id; bounded: a full table (more visitors than SLOTS) refuses the visitor. */
+    uint32_t probes = 0;
+    while ((slots[next_id & (SLOTS - 1)] || next_id == 0) && probes++ < SLOTS) next_id++;
+    if (probes > SLOTS) {
+      close(fd);
+      continue;
+    }
     struct stream *s = add_stream(fd, next_id++, 0);
     queue_control(OPEN, s->id);
   }

@@ -112,22 +112,23 @@ const muxFloor: Provider = {
     }),
 };
 
-/** Starts a sockets server and client from the given commands and waits for the tunnel's URL. */
-function startSockets(
+/**
+ * Starts a sockets server and client from the given commands (their flags for the bench's loopback
+ * tunnel are appended) and waits until the tunnel's port takes connections. `extraEnv` is added to
+ * both processes' environment; `cwd` defaults to this checkout (`bench/ab.ts` passes another).
+ */
+export function startSockets(
   server: string[],
   client: string[],
   servicePort: number,
-  extraEnv: Record<string, string> = {},
+  { extraEnv = {}, cwd = ROOT }: { extraEnv?: Record<string, string>; cwd?: string } = {},
 ): Promise<Tunnel> {
   return launch(async (track) => {
     const env = { SOCKETS_SINGLE_API_KEY: "", SOCKETS_API_KEY: "", SOCKETS_SERVER: "", ...extraEnv };
-    const srv = track(spawn([...server, "--host", "127.0.0.1", "--port", "0"], { cwd: ROOT, env }));
+    const srv = track(spawn([...server, "--host", "127.0.0.1", "--port", "0"], { cwd, env }));
     const [, url] = await srv.waitFor(/listening on (ws:\/\/\S+)/, 20_000);
     const cli = track(
-      spawn([...client, "--expose", `127.0.0.1:${servicePort}`, "--server", url as string], {
-        cwd: ROOT,
-        env,
-      }),
+      spawn([...client, "--expose", `127.0.0.1:${servicePort}`, "--server", url as string], { cwd, env }),
     );
     const match = await cli.waitFor(/exposed with tunnel id \S+, url: \S+:(\d+)/, 20_000);
     const port = Number(match[1]);
@@ -180,7 +181,7 @@ const socketsTuned: Provider = {
   },
   start: (port) =>
     startSockets(["bun", join(ROOT, "server.ts")], ["bun", join(ROOT, "client.ts")], port, {
-      MIMALLOC_PURGE_DELAY: "-1",
+      extraEnv: { MIMALLOC_PURGE_DELAY: "-1" },
     }),
 };
 

@@ -349,24 +349,29 @@ describe("freeing relayed buffers early", () => {
     expect(seen.length).toBe(100);
   });
 
+  /**
+   * A sender mux with one opened stream (its OPEN not flushed yet), and a receiver that frees every
+   * message once relayed, whose stream writes into a socket taking `room` bytes per write.
+   */
+  function muxes(room: number) {
+    const frames: Uint8Array[] = [];
+    const sender = new Mux((frame) => frames.push(frame.slice()), {
+      window: 1 << 16,
+      maxFramePayload: 1 << 14,
+    });
+    const socket = new FakeSocket();
+    socket.room = room;
+    const receiver = new Mux(
+      () => {},
+      { window: 1 << 16, maxFramePayload: 1 << 14, disposeMinBytes: 1 },
+      (open) => receiver.acceptStream(open.stream).attach(socket as unknown as RelaySocket),
+    );
+    const stream = sender.createStream();
+    sender.sendOpen(stream, StreamKind.Tcp, 1, { remote: "127.0.0.1:1" });
+    return { sender, receiver, stream, socket, frames };
+  }
+
   test("a received DATA message is freed once written, after a partial write only once drained", () => {
-    const muxes = (room: number) => {
-      const frames: Uint8Array[] = [];
-      const sender = new Mux((frame) => frames.push(frame.slice()), {
-        window: 1 << 16,
-        maxFramePayload: 1 << 14,
-      });
-      const socket = new FakeSocket();
-      socket.room = room;
-      const receiver = new Mux(
-        () => {},
-        { window: 1 << 16, maxFramePayload: 1 << 14, disposeMinBytes: 1 },
-        (open) => receiver.acceptStream(open.stream).attach(socket as unknown as RelaySocket),
-      );
-      const stream = sender.createStream();
-      sender.sendOpen(stream, StreamKind.Tcp, 1, { remote: "127.0.0.1:1" });
-      return { sender, receiver, stream, socket, frames };
-    };
     const whole = muxes(Number.POSITIVE_INFINITY);
     whole.stream.onSocketData(new Uint8Array(5000).fill(7));
     whole.sender.flush();
@@ -390,18 +395,8 @@ describe("freeing relayed buffers early", () => {
   });
 
   test("a BATCH message is never freed: its frames share one buffer", () => {
-    const frames: Uint8Array[] = [];
-    const sender = new Mux((frame) => frames.push(frame.slice()), {
-      window: 1 << 16,
-      maxFramePayload: 1 << 14,
-    });
-    const receiver = new Mux(
-      () => {},
-      { window: 1 << 16, maxFramePayload: 1 << 14, disposeMinBytes: 1 },
-      (open) => receiver.acceptStream(open.stream).attach(new FakeSocket() as unknown as RelaySocket),
-    );
-    const stream = sender.createStream();
-    sender.sendOpen(stream, StreamKind.Tcp, 1, { remote: "127.0.0.1:1" }); // small frames: one BATCH
+    // The OPEN and two small DATA frames: one BATCH.
+    const { sender, receiver, stream, frames } = muxes(Number.POSITIVE_INFINITY);
     stream.onSocketData(new Uint8Array(10));
     stream.onSocketData(new Uint8Array(10));
     sender.flush();
