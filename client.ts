@@ -13,15 +13,16 @@
  */
 
 import { lookup } from "node:dns/promises";
-import { parseArgs } from "node:util";
 import {
   formatHost,
   type HostPort,
+  parseFlags,
   parseHostPort,
   parsePort,
   parseSeconds,
   parseServerUrl,
   UsageError,
+  usageLine,
 } from "./shared/args.ts";
 import { backoffDelay } from "./shared/backoff.ts";
 import type { OpenFrame } from "./shared/codec.ts";
@@ -258,17 +259,18 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     connection.ws.send(JSON.stringify(request));
     return answer.then((m) => {
       targets.set(m.ref, { host: local.host, port: local.port });
-      const tunnel = {
-        id: m.tunnel,
-        name: m.name,
-        url: m.url,
-        host: m.host,
-        port: m.port,
-        local: { ...local },
-      };
-      options.onExposed?.(tunnel);
-      return tunnel;
+      return { id: m.tunnel, name: m.name, url: m.url, host: m.host, port: m.port, local: { ...local } };
     });
+  }
+
+  /**
+   * Exposes every service; announces them only once all are up, so that a refusal of one never leaves
+   * the others printed as live (the caller closes the connection, and the server releases them).
+   */
+  async function exposeAll(each: (local: ExposeOption, i: number) => Promise<TunnelInfo>): Promise<void> {
+    const all = await Promise.all(options.expose.map(each));
+    tunnels = all;
+    for (const tunnel of all) options.onExposed?.(tunnel);
   }
 
   /** After a server restart: the old session is gone, so expose every tunnel again, same port if free. */
@@ -276,14 +278,12 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     mux.destroyAll();
     targets.clear();
     mux.resume((frame) => connection.send(frame), { streams: [], finished: [], accepted: 0 });
-    tunnels = await Promise.all(
-      options.expose.map((local, i) =>
-        expose(local, tunnels[i]).catch((error) => {
-          if (local.publicPort !== undefined || local.subdomain !== undefined) throw error;
-          log.warn(`${describeError(error)}; asking for another one`);
-          return expose(local);
-        }),
-      ),
+    await exposeAll((local, i) =>
+      expose(local, tunnels[i]).catch((error) => {
+        if (local.publicPort !== undefined || local.subdomain !== undefined) throw error;
+        log.warn(`${describeError(error)}; asking for another one`);
+        return expose(local);
+      }),
     );
   }
 
@@ -345,7 +345,7 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     giveUp("client closed");
   };
   try {
-    tunnels = await Promise.all(options.expose.map((local) => expose(local)));
+    await exposeAll((local) => expose(local));
   } catch (error) {
     await close();
     throw error;
@@ -397,7 +397,7 @@ export async function parseClientArgs(
   argv: string[],
   env: Record<string, string | undefined>,
 ): Promise<ClientOptions | "help"> {
-  const { values } = parseArgs({
+  const { values } = parseFlags({
     args: argv,
     strict: true,
     allowPositionals: false,
@@ -484,7 +484,7 @@ async function main(): Promise<void> {
   try {
     options = await parseClientArgs(process.argv.slice(2), process.env);
   } catch (error) {
-    process.stderr.write(`error: ${describeError(error)} (see --help)\n`);
+    process.stderr.write(`${usageLine(error)}\n`);
     process.exit(2);
   }
   if (options === "help") {

@@ -14,17 +14,18 @@
 
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { parseArgs } from "node:util";
 import type { Server } from "bun";
 import { Hono } from "hono";
 import {
   formatHost,
   type PortRange,
   parseCount,
+  parseFlags,
   parsePort,
   parsePortRange,
   parseSeconds,
   UsageError,
+  usageLine,
 } from "./shared/args.ts";
 import { bearerKey, keyMatches } from "./shared/auth.ts";
 import { HttpFront } from "./shared/http-front.ts";
@@ -38,13 +39,14 @@ import {
   RESUME_HEADER,
   SUBPROTOCOL,
 } from "./shared/protocol.ts";
+import { defaultHost } from "./shared/public-port.ts";
 import { FailureLimiter } from "./shared/rate-limit.ts";
 import { Session, type SessionContext, type SessionSocketData } from "./shared/session.ts";
 import { bridgeHandlers } from "./shared/ws-bridge.ts";
 
 /** Everything the server can be told; the CLI fills it from flags and env. */
 export interface ServerOptions {
-  /** Bind address of the control port and of public ports. */
+  /** Bind address of the control port and of public ports (default `::` where dual-stack works, else 0.0.0.0). */
   host?: string;
   /** Control port; 0 picks a free one. */
   port?: number;
@@ -113,7 +115,7 @@ export interface ServerHandle {
 /** Starts a server; resolves once the control port listens. */
 export async function startServer(options: ServerOptions = {}): Promise<ServerHandle> {
   const log = createLogger("server", options.quiet);
-  const host = options.host ?? "0.0.0.0";
+  const host = options.host ?? (await defaultHost());
   const heartbeatMs = (options.heartbeatSeconds ?? 10) * 1000;
   const sessions = new Map<string, Session>();
   let draining = false;
@@ -133,6 +135,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     log,
     tunnelIds: new Set(),
     httpRoutes: new Map(),
+    portHolders: new Map(),
     onEnded: (session) => sessions.delete(session.id),
   };
   const authFailures = new FailureLimiter(options.authFailLimit ?? 10);
@@ -275,6 +278,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   });
 
   context.httpPort = http?.port ?? (server.port as number);
+  context.ownPorts = [server.port as number, internal.port, ...(http ? [http.port] : [])];
 
   // Heartbeat: ping every client each interval; one silent for three intervals is dead.
   const heartbeat = setInterval(() => {
@@ -326,10 +330,12 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
 const HELP = `Usage: ${commandName("server.ts")} [options]
 
 Options:
-  --host ADDR            bind address for the control port and public ports (default 0.0.0.0)
+  --host ADDR            bind address for the control port and public ports (default :: for IPv4 and
+                         IPv6 where the machine has IPv6, else 0.0.0.0)
   --port N               control port: client WebSocket, GET /health (default 7070; 0 = any free)
   --domain NAME          public host name printed in tunnel URLs (default localhost)
-  --tcp-ports MIN-MAX    range for public TCP ports (default: any free port)
+  --tcp-ports MIN-MAX    range for public TCP ports (default: any free unprivileged port, 1024-65535,
+                         never the server's own; a range may include privileged ports)
   --http-port N          a separate public port for HTTP tunnels at http(s)://NAME.DOMAIN:N (0 = any free);
                          https with --tls-cert (a wildcard certificate for *.DOMAIN). Without it, HTTP
                          tunnels are served on --port as well
@@ -356,7 +362,7 @@ export function parseServerArgs(
   argv: string[],
   env: Record<string, string | undefined>,
 ): ServerOptions | "help" {
-  const { values } = parseArgs({
+  const { values } = parseFlags({
     args: argv,
     strict: true,
     allowPositionals: false,
@@ -444,7 +450,7 @@ async function main(): Promise<void> {
   try {
     options = parseServerArgs(process.argv.slice(2), process.env);
   } catch (error) {
-    process.stderr.write(`error: ${describeError(error)} (see --help)\n`);
+    process.stderr.write(`${usageLine(error)}\n`);
     process.exit(2);
   }
   if (options === "help") {

@@ -4,9 +4,101 @@
  * @module
  */
 
+import { type ParseArgsConfig, parseArgs } from "node:util";
+
 /** Bad command-line input; the CLI prints its message on one line and exits 2. */
 export class UsageError extends Error {
   override name = "UsageError";
+  /**
+   * @param message one line naming the flag and the bad value.
+   * @param seeHelp whether the CLI should point at `--help` (not when the message already names the fix).
+   */
+  constructor(
+    message: string,
+    readonly seeHelp = true,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * `parseArgs` from `node:util`, same config, whose errors are one-line {@link UsageError}s; an unknown
+ * flag names the closest known one (`unknown option --prot; did you mean --port?`).
+ */
+export function parseFlags<const T extends ParseArgsConfig>(config: T): ReturnType<typeof parseArgs<T>> {
+  try {
+    return parseArgs(config);
+  } catch (error) {
+    throw flagError(error, config.options ?? {});
+  }
+}
+
+/** The line a CLI prints for bad input: the message, and a pointer to `--help` unless it names the fix. */
+export function usageLine(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const first = message.split("\n")[0] ?? message;
+  return error instanceof UsageError && !error.seeHelp ? `error: ${first}` : `error: ${first} (see --help)`;
+}
+
+/** The options table of a parseArgs config. */
+type FlagOptions = NonNullable<ParseArgsConfig["options"]>;
+
+/** Turns parseArgs's error (its messages carry Node's advice about `--`) into one plain line. */
+function flagError(error: unknown, options: FlagOptions): unknown {
+  const { code, message } = error as { code?: string; message?: string };
+  const text = message ?? "";
+  const quoted = /'([^']*)'/.exec(text)?.[1] ?? "";
+  if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
+    const flag = quoted.replace(/=.*$/, "");
+    const best = closestFlag(flag, options);
+    return best === undefined
+      ? new UsageError(`unknown option ${flag}`)
+      : new UsageError(`unknown option ${flag}; did you mean ${best}?`, false);
+  }
+  if (code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL")
+    return new UsageError(`unexpected argument '${quoted}' (every value follows its --flag)`);
+  if (code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
+    const flag = /--[\w-]+/.exec(quoted)?.[0] ?? quoted;
+    return text.includes("does not take")
+      ? new UsageError(`${flag} takes no value`)
+      : new UsageError(`${flag} needs a value`);
+  }
+  return error;
+}
+
+/** The known flag nearest to `typed` (edit distance at most 2, or a prefix of it), if any. */
+function closestFlag(typed: string, options: FlagOptions): string | undefined {
+  const name = typed.replace(/^-+/, "");
+  if (name === "") return undefined;
+  let best: string | undefined;
+  let bestDistance = Number.POSITIVE_INFINITY;
+  for (const known of Object.keys(options)) {
+    // A truncated flag (`--tls`) is as likely a slip as a typo, but a long guess from a short stub is not.
+    const distance = known.startsWith(name) && name.length >= 3 ? 1 : editDistance(name, known);
+    if (distance < bestDistance) [best, bestDistance] = [known, distance];
+  }
+  const limit = name.length <= 3 ? 1 : 2;
+  return best !== undefined && bestDistance <= limit ? `--${best}` : undefined;
+}
+
+/** Levenshtein distance, with a swap of two neighbours counted as one edit (`--prot` → `--port`). */
+function editDistance(a: string, b: string): number {
+  const rows = Array.from({ length: a.length + 1 }, (_, i) =>
+    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
+  );
+  const at = (i: number, j: number) => (rows[i] as number[])[j] as number;
+  for (let i = 1; i <= a.length; i++)
+    for (let j = 1; j <= b.length; j++) {
+      let d = Math.min(
+        at(i - 1, j) + 1,
+        at(i, j - 1) + 1,
+        at(i - 1, j - 1) + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1])
+        d = Math.min(d, at(i - 2, j - 2) + 1);
+      (rows[i] as number[])[j] = d;
+    }
+  return at(a.length, b.length);
 }
 
 /** A host and a port. */

@@ -4,6 +4,8 @@
  * @module
  */
 
+import { isIP } from "node:net";
+import { connect as tlsConnect } from "node:tls";
 import { describeError } from "./log.ts";
 import {
   AUTH_HEADER,
@@ -75,7 +77,11 @@ export async function connectControl(options: ConnectOptions): Promise<ControlCo
   const greeting = await new Promise<{ hello: Hello; sync?: SyncMessage }>((resolve, reject) => {
     const timer = setTimeout(() => {
       ws.terminate();
-      reject(new ConnectError(`no answer from ${options.url.href} within ${timeout / 1000} s`));
+      reject(
+        new ConnectError(
+          `no answer from ${options.url.href} within ${timeout / 1000} s${portNote(options.url)}`,
+        ),
+      );
     }, timeout);
     const fail = () => {
       clearTimeout(timer);
@@ -137,9 +143,33 @@ export async function connectControl(options: ConnectOptions): Promise<ControlCo
   return connection;
 }
 
+/** The server's default control port, suggested when a URL without a port reached nothing. */
+const DEFAULT_SERVER_PORT = 7070;
+
+/** Statuses a sockets server refuses an upgrade with, each as one line of text/plain. */
+const REFUSALS = new Set([400, 401, 403, 426, 429, 503]);
+
+/** How long each diagnostic probe may take. */
+const PROBE_MS = 3000;
+
+/** The port a URL means, written or implied by its scheme. */
+function portOf(url: URL): number {
+  return Number(url.port || (url.protocol === "wss:" ? 443 : 80));
+}
+
+/**
+ * A URL without a port means 80 or 443, rarely where a sockets server listens: every failure to reach
+ * one says so, with the URL the user probably meant.
+ */
+function portNote(url: URL): string {
+  if (url.port !== "") return "";
+  return ` (the URL has no port, so ${url.protocol}// meant ${portOf(url)}; a sockets server listens on ${DEFAULT_SERVER_PORT} unless told otherwise: --server ${url.protocol}//${url.host}:${DEFAULT_SERVER_PORT})`;
+}
+
 /**
  * The WebSocket API reports every failed upgrade the same way; ask the same URL over plain HTTP(S) to
- * learn why: the server's refusal (401, 426), a TLS verification failure, or no route to it.
+ * learn why: the server's refusal (401, 426), something that is no sockets server, a TLS failure (the
+ * wrong scheme, or a certificate for another name), or no route to it.
  */
 async function explainFailure(
   url: URL,
@@ -149,27 +179,114 @@ async function explainFailure(
   const httpUrl = new URL(url);
   httpUrl.protocol = url.protocol === "wss:" ? "https:" : "http:";
   const where = `${url.protocol}//${url.host}`;
+  let response: Response;
   try {
-    const response = await fetch(httpUrl, {
+    response = await fetch(httpUrl, {
       headers: { ...headers, "sec-websocket-protocol": SUBPROTOCOL },
       tls,
       signal: AbortSignal.timeout(5000),
+      redirect: "manual",
     } as RequestInit);
-    const body = (await response.text()).trim().split("\n")[0] ?? "";
-    if (response.status === 401)
-      return new ConnectError(`server ${where} rejected the API key: ${body}`, true);
-    // 426: another protocol version; 403: the resume secret does not match. Neither heals by retrying.
-    const fatal = response.status === 426 || response.status === 403;
-    return new ConnectError(`server ${where} refused the connection: ${response.status} ${body}`, fatal);
   } catch (error) {
-    const code = (error as { code?: string }).code ?? "";
-    const text = `${code} ${describeError(error)}`;
-    if (TLS_CODES.test(text))
+    return explainUnreachable(url, error);
+  }
+  const type = response.headers.get("content-type") ?? "";
+  const body = (await response.text()).trim().split("\n")[0] ?? "";
+  // Anything else (a web page, a redirect, a 404) comes from another program on that port: its body
+  // would only confuse.
+  if (!REFUSALS.has(response.status) || !type.startsWith("text/plain")) {
+    const answer = `${response.status}${response.statusText ? ` ${response.statusText}` : ""}${type ? `, ${type.split(";")[0]}` : ""}`;
+    return new ConnectError(
+      `${where} is not a sockets server (it answered HTTP ${answer} instead of a WebSocket upgrade); check the host and port in --server${portNote(url)}`,
+    );
+  }
+  if (response.status === 401) return new ConnectError(`server ${where} rejected the API key: ${body}`, true);
+  // 426: another protocol version; 403: the resume secret does not match. Neither heals by retrying.
+  const fatal = response.status === 426 || response.status === 403;
+  return new ConnectError(`server ${where} refused the connection: ${response.status} ${body}`, fatal);
+}
+
+/** The request never got an HTTP answer: refused, the wrong scheme, a certificate problem, or no route. */
+async function explainUnreachable(url: URL, error: unknown): Promise<ConnectError> {
+  const where = `${url.protocol}//${url.host}`;
+  const host = url.hostname.replace(/^\[|\]$/g, "");
+  const port = portOf(url);
+  const code = (error as { code?: string }).code ?? "";
+  // Bun's fetch appends advice about its own `verbose` option, which means nothing to a user.
+  const reason = describeError(error).replace(/\.?\s*For more information, pass `verbose: true`.*$/, "");
+  if (code === "ConnectionRefused" || code === "ECONNREFUSED")
+    return new ConnectError(`cannot reach server ${where}: connection refused${portNote(url)}`);
+  if (url.protocol === "wss:" && TLS_CODES.test(`${code} ${reason}`)) {
+    if (/ALTNAME|HOSTNAME/i.test(`${code} ${reason}`)) {
+      const names = (await peerCertificate(host, port))?.names;
+      if (names !== undefined) {
+        const usable = names.find((n) => !n.includes("*"));
+        const example = usable === undefined ? "" : ` (e.g. wss://${formatName(usable)}:${port})`;
+        return new ConnectError(
+          `the certificate of ${where} is for ${names.join(", ")}, not ${url.hostname}: name the server by one of those in --server${example}, or give the server a certificate for ${url.hostname}`,
+        );
+      }
+    }
+    if (await answersPlainHttp(url))
       return new ConnectError(
-        `TLS verification of ${where} failed (${code || describeError(error)}); trust its certificate with --ca FILE, or skip the check with --insecure`,
+        `server ${where} speaks plain ws://, not TLS (wss://): use --server ws://${url.hostname}:${port}`,
       );
-    if (code === "ConnectionRefused" || code === "ECONNREFUSED")
-      return new ConnectError(`cannot reach server ${where}: connection refused`);
-    return new ConnectError(`cannot reach server ${where}: ${describeError(error)}`);
+    return new ConnectError(
+      `TLS verification of ${where} failed (${code || reason}); trust its certificate with --ca FILE, or skip the check with --insecure`,
+    );
+  }
+  if (url.protocol === "ws:" && (await peerCertificate(host, port)) !== undefined)
+    return new ConnectError(
+      `server ${where} expects TLS (wss://), not plain ws://: use --server wss://${url.hostname}:${port}`,
+    );
+  return new ConnectError(`cannot reach server ${where}: ${reason}${portNote(url)}`);
+}
+
+/** A certificate name as a URL host (`IP Address:::1` → `[::1]`). */
+function formatName(name: string): string {
+  const bare = name.replace(/^(DNS|IP Address):/, "");
+  return bare.includes(":") ? `[${bare}]` : bare;
+}
+
+/**
+ * Completes a TLS handshake without verification and reads the names the certificate holds; undefined
+ * when the port does not speak TLS (or does not answer within {@link PROBE_MS}).
+ */
+function peerCertificate(host: string, port: number): Promise<{ names: string[] } | undefined> {
+  return new Promise((resolve) => {
+    const socket = tlsConnect({
+      host,
+      port,
+      rejectUnauthorized: false,
+      // SNI takes names only; an IP address there is refused (and the server's default certificate is wanted).
+      ...(isIP(host) ? {} : { servername: host }),
+    });
+    const finish = (result: { names: string[] } | undefined) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(result);
+    };
+    const timer = setTimeout(() => finish(undefined), PROBE_MS);
+    socket.once("secureConnect", () => {
+      const cert = socket.getPeerCertificate();
+      const alt = (cert?.subjectaltname ?? "").split(/,\s*/).filter((n) => n !== "");
+      const names = alt.length > 0 ? alt : cert?.subject?.CN ? [`CN=${cert.subject.CN}`] : ["no name"];
+      finish({ names });
+    });
+    socket.once("error", () => finish(undefined));
+  });
+}
+
+/** True when the URL's port answers plain HTTP (any answer at all), i.e. it has no TLS. */
+async function answersPlainHttp(url: URL): Promise<boolean> {
+  const plain = new URL(url);
+  plain.protocol = "http:";
+  if (plain.port === "") plain.port = String(portOf(url));
+  try {
+    const response = await fetch(plain, { signal: AbortSignal.timeout(PROBE_MS), redirect: "manual" });
+    await response.arrayBuffer();
+    return true;
+  } catch {
+    return false;
   }
 }

@@ -1,6 +1,7 @@
 /**
  * Opening a tunnel's public TCP listener: on the port a client asked for, in the server's
- * `--tcp-ports` range, or on any free port.
+ * `--tcp-ports` range, or on any free port; never on one of the server's own ports, and without a
+ * range never on a privileged one (below 1024). Also the default bind address.
  * @module
  */
 
@@ -23,9 +24,14 @@ export interface PublicPortRequest {
   host: string;
   /** The port the client asked for, if any. */
   port?: number;
-  /** The server's allowed range; absent means any port. */
+  /** The server's allowed range; absent means any unprivileged port. */
   range?: PortRange;
+  /** The server's own ports (control, HTTP): never handed to a client. */
+  own?: readonly number[];
 }
+
+/** Ports below this need privileges (ssh, http, smtp, …): no client gets one unless `--tcp-ports` allows it. */
+export const FIRST_UNPRIVILEGED_PORT = 1024;
 
 /**
  * Listens on a public port with half-close enabled.
@@ -33,6 +39,7 @@ export interface PublicPortRequest {
  */
 export function listenPublic<T>(request: PublicPortRequest, socket: SocketHandler<T>): TCPSocketListener<T> {
   const { host, port, range } = request;
+  const own = new Set(request.own ?? []);
   const listen = (p: number) => Bun.listen<T>({ hostname: host, port: p, allowHalfOpen: true, socket });
   if (port !== undefined) {
     if (range && (port < range.min || port > range.max))
@@ -40,6 +47,14 @@ export function listenPublic<T>(request: PublicPortRequest, socket: SocketHandle
         "port_out_of_range",
         `port ${port} is outside the server's range ${range.min}-${range.max}`,
       );
+    // As root, listening on 22 or 80 succeeds: only the operator's --tcp-ports may hand those out.
+    if (!range && port < FIRST_UNPRIVILEGED_PORT)
+      throw new PortError(
+        "port_out_of_range",
+        `port ${port} is privileged (below ${FIRST_UNPRIVILEGED_PORT}); this server hands out ${FIRST_UNPRIVILEGED_PORT}-65535 unless started with --tcp-ports`,
+      );
+    if (own.has(port))
+      throw new PortError("port_taken", `port ${port} is the server's own (control or HTTP port)`);
     try {
       return listen(port);
     } catch (error) {
@@ -47,6 +62,7 @@ export function listenPublic<T>(request: PublicPortRequest, socket: SocketHandle
     }
   }
   if (!range) {
+    // The kernel picks from its ephemeral range (never privileged, never a port in use, so never ours).
     try {
       return listen(0);
     } catch (error) {
@@ -58,6 +74,7 @@ export function listenPublic<T>(request: PublicPortRequest, socket: SocketHandle
   const start = Math.floor(Math.random() * size);
   for (let i = 0; i < size; i++) {
     const candidate = range.min + ((start + i) % size);
+    if (own.has(candidate)) continue;
     try {
       return listen(candidate);
     } catch (error) {
@@ -78,4 +95,28 @@ function listenError(error: unknown, port: number): PortError {
   if (code === "EACCES")
     return new PortError("listen_failed", `port ${port} needs privileges the server lacks`);
   return new PortError("listen_failed", `cannot listen on port ${port}: ${(error as Error).message}`);
+}
+
+/**
+ * The default bind address: `::` where the machine has IPv6 and a socket there also takes IPv4
+ * (dual stack: one listener serves both families), else `0.0.0.0`. Probed with a real listener and
+ * an IPv4 connection to it, since `net.ipv6.bindv6only` or a kernel without IPv6 change the answer.
+ */
+export async function defaultHost(): Promise<string> {
+  let probe: TCPSocketListener<undefined> | undefined;
+  try {
+    probe = Bun.listen({ hostname: "::", port: 0, socket: { data() {} } });
+    const port = probe.port;
+    const client = await Promise.race([
+      Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {} } }),
+      Bun.sleep(1000).then(() => undefined),
+    ]);
+    if (client === undefined) return "0.0.0.0";
+    client.end();
+    return "::";
+  } catch {
+    return "0.0.0.0";
+  } finally {
+    probe?.stop(true);
+  }
 }

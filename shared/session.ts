@@ -69,6 +69,10 @@ export interface SessionContext {
   httpScheme?: "http" | "https";
   /** HTTP tunnels by name, server-wide (live and reserved). */
   httpRoutes: Map<string, HttpRoute>;
+  /** TCP tunnels' public ports and the session holding each, server-wide (live and reserved). */
+  portHolders?: Map<number, Session>;
+  /** The server's own ports (control, HTTP): never a tunnel's. */
+  ownPorts?: readonly number[];
   /** Called once when the session ended for good. */
   onEnded(session: Session): void;
 }
@@ -109,6 +113,8 @@ export class Session {
   private ws: SessionSocket | null = null;
   private state: State = "live";
   private graceTimer: ReturnType<typeof setTimeout> | undefined;
+  /** When the grace period ends (ms since the epoch), while reserved: told to whoever wants its ports. */
+  private graceEnds = 0;
   private handshakeTimer: ReturnType<typeof setTimeout> | undefined;
   private nextRef = 1;
   /** Per stream: its byte count at the last idle sweep that saw it move, and when. */
@@ -247,19 +253,29 @@ export class Session {
 
   /** A TCP tunnel: its own public port. */
   private openTcp(tunnel: Tunnel, request: ExposeRequest): { code: string; message: string } | null {
-    const { host, tcpPorts } = this.context;
+    const { host, tcpPorts, ownPorts, portHolders } = this.context;
     try {
       tunnel.listener = listenPublic<RelaySocketData>(
-        { host, port: request.port, range: tcpPorts },
+        { host, port: request.port, range: tcpPorts, own: ownPorts },
         { ...relaySocketHandlers, open: (socket) => this.acceptVisitor(tunnel, socket) },
       );
     } catch (error) {
+      // "In use" is true but useless when a dropped client's session holds the port: say for how long.
+      const holder = request.port === undefined ? undefined : portHolders?.get(request.port);
+      if (holder?.reserved) {
+        const left = Math.max(1, Math.ceil((holder.graceEnds - Date.now()) / 1000));
+        return {
+          code: "port_reserved",
+          message: `port ${request.port} is reserved for a dropped client's session for up to ${left} s more (the server's --grace); wait, or ask for another port`,
+        };
+      }
       return {
         code: error instanceof PortError ? error.code : "listen_failed",
         message: describeError(error),
       };
     }
     tunnel.port = tunnel.listener.port;
+    portHolders?.set(tunnel.port, this);
     return null;
   }
 
@@ -378,6 +394,7 @@ export class Session {
       return;
     }
     this.state = "reserved";
+    this.graceEnds = Date.now() + this.context.graceSeconds * 1000;
     this.mux.detach();
     this.context.log.info(
       `client ${ws.data.remote} lost (${code}): ${this.tunnels.size} tunnels reserved for ${this.context.graceSeconds} s`,
@@ -420,6 +437,8 @@ export class Session {
   /** Stops a tunnel taking visitors: its public port closes, or its name goes. */
   private closeTunnel(tunnel: Tunnel, closeVisitors: boolean): void {
     tunnel.listener?.stop(closeVisitors);
+    if (tunnel.listener && this.context.portHolders?.get(tunnel.port) === this)
+      this.context.portHolders.delete(tunnel.port);
     if (tunnel.name !== undefined) this.context.httpRoutes.delete(tunnel.name);
   }
 
