@@ -56,7 +56,7 @@ function flagError(error: unknown, options: FlagOptions): unknown {
       : new UsageError(`unknown option ${flag}; did you mean ${best}?`, false);
   }
   if (code === "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL")
-    return new UsageError(`unexpected argument '${quoted}' (every value follows its --flag)`);
+    return new UsageError(`unexpected argument '${quoted}': every value follows its --flag`);
   if (code === "ERR_PARSE_ARGS_INVALID_OPTION_VALUE") {
     const flag = /--[\w-]+/.exec(quoted)?.[0] ?? quoted;
     return text.includes("does not take")

@@ -6,11 +6,13 @@ import { describe, expect, test } from "bun:test";
 import {
   formatHost,
   parseCount,
+  parseFlags,
   parseHostPort,
   parsePort,
   parsePortRange,
   parseServerUrl,
   UsageError,
+  usageLine,
 } from "../shared/args.ts";
 
 /** Asserts that `run` throws a one-line UsageError that names `flag` (and `value`, if given). */
@@ -123,5 +125,49 @@ describe("parseCount and formatHost", () => {
     expect(formatHost("[::1]")).toBe("[::1]");
     expect(formatHost("127.0.0.1")).toBe("127.0.0.1");
     expect(formatHost("example.com")).toBe("example.com");
+  });
+});
+
+describe("parseFlags", () => {
+  const options = {
+    port: { type: "string" },
+    "tcp-ports": { type: "string" },
+    insecure: { type: "boolean" },
+    quiet: { type: "boolean", short: "q" },
+  } as const;
+  const parse = (args: string[]) => parseFlags({ args, options, strict: true, allowPositionals: false });
+  /** The CLI line for what `args` fail with. */
+  const lineOf = (args: string[]) => {
+    try {
+      parse(args);
+    } catch (error) {
+      expect(error).toBeInstanceOf(UsageError);
+      return usageLine(error);
+    }
+    throw new Error(`${args.join(" ")} parsed`);
+  };
+
+  test("parses what parseArgs parses", () => {
+    expect(parse(["--port", "1", "-q", "--insecure"]).values).toEqual({
+      port: "1",
+      quiet: true,
+      insecure: true,
+    });
+  });
+  test("an unknown flag near a known one: did you mean, without the --help pointer", () => {
+    expect(lineOf(["--prot", "1"])).toBe("error: unknown option --prot; did you mean --port?");
+    expect(lineOf(["--prot=1"])).toBe("error: unknown option --prot; did you mean --port?");
+    expect(lineOf(["--tcp-port", "1-2"])).toBe("error: unknown option --tcp-port; did you mean --tcp-ports?");
+    expect(lineOf(["--insecur"])).toBe("error: unknown option --insecur; did you mean --insecure?");
+    expect(lineOf(["--tcp"])).toBe("error: unknown option --tcp; did you mean --tcp-ports?");
+  });
+  test("an unknown flag near nothing, and other mistakes: one plain line and --help", () => {
+    expect(lineOf(["--bogus"])).toBe("error: unknown option --bogus (see --help)");
+    expect(lineOf(["-x"])).toBe("error: unknown option -x (see --help)");
+    expect(lineOf(["--port"])).toBe("error: --port needs a value (see --help)");
+    expect(lineOf(["--quiet=1"])).toBe("error: --quiet takes no value (see --help)");
+    expect(lineOf(["8000"])).toBe(
+      "error: unexpected argument '8000': every value follows its --flag (see --help)",
+    );
   });
 });

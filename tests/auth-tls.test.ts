@@ -16,11 +16,13 @@ import {
   expectOneLineError,
   type LocalService,
   makeCertificate,
+  ROOT,
   randomData,
   runToExit,
   type ServerProcess,
   setupFile,
   sha256,
+  spawnRole,
   startClientProcess,
   startEchoService,
   startServerProcess,
@@ -80,6 +82,21 @@ describe("API key", () => {
     });
 });
 
+test("wss:// to a plain server, even with --insecure: one line naming the scheme ws://", async () => {
+  const server = await startServerProcess();
+  const wss = server.url.replace("ws://", "wss://");
+  const result = await runToExit([...CLIENT, "--server", wss, "--expose", "80", "--insecure"]);
+  expect(result.code, result.stderr).toBe(1);
+  expect(result.stdout).toBe("");
+  // The --insecure warning, then the error, which advises neither --insecure nor --ca.
+  const lines = result.stderr.trim().split("\n");
+  expect(lines).toHaveLength(2);
+  expect(lines[0]).toMatch(/WARNING: --insecure/);
+  expect(lines[1]).toBe(
+    `error: server ${wss} speaks plain ws://, not TLS (wss://): use --server ${server.url}`,
+  );
+});
+
 describe("TLS with a self-signed certificate", () => {
   let dir: string;
   let cert: string;
@@ -122,7 +139,7 @@ describe("TLS with a self-signed certificate", () => {
     expectOneLineError(result, /TLS verification .* failed/);
   });
 
-  test("plain ws:// to the TLS port fails with one line", async () => {
+  test("plain ws:// to the TLS port: one line naming the scheme wss://", async () => {
     const result = await runToExit([
       ...CLIENT,
       "--server",
@@ -130,7 +147,39 @@ describe("TLS with a self-signed certificate", () => {
       "--expose",
       `127.0.0.1:${service.port}`,
     ]);
-    expectOneLineError(result, /server ws:\/\/127\.0\.0\.1:\d+/);
+    expectOneLineError(
+      result,
+      /^error: server ws:\/\/127\.0\.0\.1:(\d+) expects TLS \(wss:\/\/\), not plain ws:\/\/: use --server wss:\/\/127\.0\.0\.1:\1$/,
+    );
+  });
+
+  test("--ca trusted, but the certificate is for another name: names the names it holds", async () => {
+    // The same kind of certificate, for localhost only: 127.0.0.1 is not among its names.
+    const [certFile, keyFile] = await makeCertificate(dir, "named", "DNS:localhost");
+    const named = await startServerProcess(["--tls-cert", certFile, "--tls-key", keyFile]);
+    const result = await runToExit([
+      ...CLIENT,
+      "--server",
+      named.url,
+      "--expose",
+      `127.0.0.1:${service.port}`,
+      "--ca",
+      certFile,
+    ]);
+    expectOneLineError(
+      result,
+      new RegExp(
+        `^error: the certificate of wss://127\\.0\\.0\\.1:${named.port} is for DNS:localhost, not 127\\.0\\.0\\.1: name the server by one of those in --server \\(e\\.g\\. wss://localhost:${named.port}\\), or give the server a certificate for 127\\.0\\.0\\.1$`,
+      ),
+    );
+    expect(result.stderr).not.toContain("--ca");
+    // …and the advice works.
+    const client = await startClientProcess(
+      `wss://localhost:${named.port}`,
+      [`127.0.0.1:${service.port}`],
+      ["--ca", certFile],
+    );
+    await expectEcho(client);
   });
 
   for (const host of ["127.0.0.1", "localhost"])
@@ -168,4 +217,41 @@ describe("TLS with a self-signed certificate", () => {
     });
     await expectEcho(client);
   });
+});
+
+test("README's TLS recipe runs as written on one machine (free ports in place of 7443 and 8080)", async () => {
+  if (!Bun.which("curl")) throw new Error("curl is not installed (apt-get install curl)");
+  const readme = await Bun.file(join(ROOT, "README.md")).text();
+  const block = /```sh\n([\s\S]*?)```/.exec(readme.slice(readme.indexOf("\n## TLS\n")))?.[1] ?? "";
+  const commands = block
+    .replace(/\\\n\s*/g, "")
+    .split("\n")
+    .map((line) => line.replace(/\s+#.*$/, "").trim());
+  const find = (prefix: string) => {
+    const line = commands.find((c) => c.startsWith(prefix));
+    if (line === undefined) throw new Error(`README's TLS recipe has no '${prefix}' line`);
+    return line;
+  };
+  const dir = mkdtempSync(join(tmpdir(), "sockets-recipe-"));
+  defer(() => rmSync(dir, { recursive: true, force: true }));
+  const inDir = (line: string) => [
+    "sh",
+    "-c",
+    `cd '${dir}' && exec ${line.replace(/ (server|client)\.ts /, ` '${ROOT}/$1.ts' `)}`,
+  ];
+
+  const made = await runToExit(inDir(find("openssl req ")));
+  expect(made.code, made.stderr).toBe(0);
+  const web = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("hello\n") });
+  defer(() => web.stop(true));
+  const server = spawnRole(inDir(find("bun server.ts ").replace("--port 7443", "--port 0")));
+  const port = Number((await server.waitFor(/listening on wss:\/\/\S+:(\d+)/))[1]);
+  const client = spawnRole(
+    inDir(find("bun client.ts ").replaceAll(":7443", `:${port}`).replace(":8080", `:${web.port}`)),
+  );
+  await client.waitFor(
+    new RegExp(`exposed with tunnel id \\S+, url: https://demo\\.tunnel\\.localhost:${port}`),
+  );
+  const visitor = await runToExit(inDir(find("curl ").replaceAll(":7443", `:${port}`)));
+  expect(visitor, visitor.stderr).toMatchObject({ code: 0, stdout: "hello\n" });
 });
