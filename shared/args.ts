@@ -168,6 +168,14 @@ export function parseSeconds(value: string, flag: string, min: number, max: numb
   return n;
 }
 
+/**
+ * An IPv4 peer of a dual-stack (`::`) socket as IPv4: `::ffff:192.0.2.1` → `192.0.2.1`; any other
+ * address unchanged. For logs and X-Forwarded-For, where backends and people expect the IPv4 form.
+ */
+export function unmappedAddress(address: string): string {
+  return address.replace(/^::ffff:(?=\d{1,3}(\.\d{1,3}){3}$)/i, "");
+}
+
 /** Formats a host for a URL (brackets around IPv6). */
 export function formatHost(host: string): string {
   return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;

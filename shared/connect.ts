@@ -195,7 +195,13 @@ async function explainFailure(
   // Anything else (a web page, a redirect, a 404) comes from another program on that port: its body
   // would only confuse.
   if (!REFUSALS.has(response.status) || !type.startsWith("text/plain")) {
-    const answer = `${response.status}${response.statusText ? ` ${response.statusText}` : ""}${type ? `, ${type.split(";")[0]}` : ""}`;
+    const location = response.headers.get("location");
+    const answer = `${response.status}${response.statusText ? ` ${response.statusText}` : ""}${type ? `, ${type.split(";")[0]}` : ""}${location ? `, to ${location}` : ""}`;
+    // A reverse proxy in front of the server answers these while the server behind it is down.
+    if (response.status === 502 || response.status === 504)
+      return new ConnectError(
+        `${where} answered HTTP ${answer}: a proxy there cannot reach the sockets server behind it`,
+      );
     return new ConnectError(
       `${where} is not a sockets server (it answered HTTP ${answer} instead of a WebSocket upgrade); check the host and port in --server${portNote(url)}`,
     );

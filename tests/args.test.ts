@@ -12,6 +12,7 @@ import {
   parsePortRange,
   parseServerUrl,
   UsageError,
+  unmappedAddress,
   usageLine,
 } from "../shared/args.ts";
 
@@ -170,4 +171,11 @@ describe("parseFlags", () => {
       "error: unexpected argument '8000': every value follows its --flag (see --help)",
     );
   });
+});
+
+test("unmappedAddress gives an IPv4 peer of a dual-stack socket its IPv4 form", () => {
+  expect(unmappedAddress("::ffff:192.0.2.1")).toBe("192.0.2.1");
+  expect(unmappedAddress("::FFFF:127.0.0.1")).toBe("127.0.0.1");
+  for (const other of ["::1", "2001:db8::1", "127.0.0.1", "::ffff:c000:201", "::ffff:1.2.3"])
+    expect(unmappedAddress(other)).toBe(other);
 });

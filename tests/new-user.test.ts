@@ -241,6 +241,26 @@ describe("--server that is not what it should be", () => {
     );
   });
 
+  test("a proxy whose sockets server is down: says so, not 'not a sockets server'", async () => {
+    const proxy = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: () =>
+        new Response("<html>502 Bad Gateway</html>", {
+          status: 502,
+          headers: { "content-type": "text/html" },
+        }),
+    });
+    defer(() => proxy.stop(true));
+    const result = await runToExit([...CLIENT, "--expose", "80", "--server", `ws://127.0.0.1:${proxy.port}`]);
+    expectOneLineError(
+      result,
+      new RegExp(
+        `^error: ws://127\\.0\\.0\\.1:${proxy.port} answered HTTP 502 Bad Gateway, text/html: a proxy there cannot reach the sockets server behind it$`,
+      ),
+    );
+  });
+
   test("ws://localhost without a port: says it meant 80 and names the server's 7070", async () => {
     const result = await runToExit([...CLIENT, "--expose", "80", "--server", "ws://localhost"], {}, 20_000);
     // Whatever port 80 does here (refuse, answer, drop), the line says what the URL meant.
