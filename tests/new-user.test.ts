@@ -279,6 +279,9 @@ test("README's /health example has the fields and the protocol version the serve
   const server = await startServerProcess();
   const actual = await server.health();
   const documented = JSON.parse(example as string) as Record<string, unknown>;
-  expect(Object.keys(documented).sort()).toEqual(Object.keys(actual).sort());
+  expect(
+    Object.keys(documented).sort(),
+    "README's /health example lists exactly the fields the server answers (document new ones there)",
+  ).toEqual(Object.keys(actual).sort());
   expect(documented.protocol).toBe((actual as unknown as Record<string, unknown>).protocol);
 });
