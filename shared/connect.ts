@@ -197,8 +197,8 @@ async function explainFailure(
   if (!REFUSALS.has(response.status) || !type.startsWith("text/plain")) {
     const location = response.headers.get("location");
     const answer = `${response.status}${response.statusText ? ` ${response.statusText}` : ""}${type ? `, ${type.split(";")[0]}` : ""}${location ? `, to ${location}` : ""}`;
-    // A reverse proxy in front of the server answers these while the server behind it is down.
-    if (response.status === 502 || response.status === 504)
+    // A reverse proxy in front of the server answers these (as a page) while the server behind it is down.
+    if (response.status === 502 || response.status === 503 || response.status === 504)
       return new ConnectError(
         `${where} answered HTTP ${answer}: a proxy there cannot reach the sockets server behind it`,
       );
