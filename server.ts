@@ -28,6 +28,7 @@ import {
   usageLine,
 } from "./shared/args.ts";
 import { bearerKey, keyMatches } from "./shared/auth.ts";
+import { Budget, DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "./shared/budget.ts";
 import { HttpFront } from "./shared/http-front.ts";
 import { type HttpIngressOptions, listenHttp, nameOf } from "./shared/http-ingress.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
@@ -60,8 +61,12 @@ export interface ServerOptions {
   tls?: { cert: string; key: string };
   /** Clients must present this key; absent means no auth. */
   apiKey?: string;
-  /** Per-stream flow-control window in bytes. */
+  /** Most a stream's flow-control window may grow to, in bytes. */
   window?: number;
+  /** Bytes one client's streams may buffer in the server, per direction (default 64 MiB). */
+  clientBudget?: number;
+  /** Bytes all clients' streams may buffer in the server together, per direction (default 256 MiB). */
+  serverBudget?: number;
   maxStreamsPerTunnel?: number;
   maxTunnelsPerClient?: number;
   /** Seconds a dropped client's tunnels stay reserved for it (default 60; 0 = none). */
@@ -92,6 +97,10 @@ export interface ServerStats {
   streams: number;
   /** Sessions whose client is away, within their grace period. */
   reserved: number;
+  /** Bytes buffered for all clients: received and not yet written to visitors, sent and not yet acknowledged. */
+  buffered: { received: number; sent: number };
+  /** The largest stream window now: granted to us by clients (`send`), granted by us (`receive`). */
+  largestWindow: { send: number; receive: number };
 }
 
 /** A running server. */
@@ -126,12 +135,18 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     limits: {
       protocol: PROTOCOL_VERSION,
       window: options.window ?? DEFAULTS.window,
+      initialWindow: Math.min(options.window ?? DEFAULTS.window, DEFAULTS.initialWindow),
       maxFramePayload: DEFAULTS.maxFramePayload,
       maxStreamsPerTunnel: options.maxStreamsPerTunnel ?? DEFAULTS.maxStreamsPerTunnel,
       maxTunnelsPerClient: options.maxTunnelsPerClient ?? DEFAULTS.maxTunnelsPerClient,
     },
     graceSeconds: options.graceSeconds ?? 60,
     handshakeSeconds: options.handshakeSeconds ?? 10,
+    budgets: {
+      perClient: options.clientBudget ?? DEFAULT_CLIENT_BUDGET,
+      received: new Budget(options.serverBudget ?? DEFAULT_SERVER_BUDGET),
+      sent: new Budget(options.serverBudget ?? DEFAULT_SERVER_BUDGET),
+    },
     log,
     tunnelIds: new Set(),
     httpRoutes: new Map(),
@@ -142,6 +157,13 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
 
   const stats = (): ServerStats => {
     const all = [...sessions.values()];
+    const largestWindow = { send: 0, receive: 0 };
+    for (const session of all)
+      for (const stream of session.mux.streams.values()) {
+        largestWindow.send = Math.max(largestWindow.send, stream.sendWindowBytes);
+        largestWindow.receive = Math.max(largestWindow.receive, stream.recvWindowBytes);
+      }
+    const budgets = context.budgets;
     return {
       status: draining ? "draining" : "ok",
       protocol: PROTOCOL_VERSION,
@@ -149,6 +171,8 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       tunnels: all.reduce((n, s) => n + s.tunnels.size, 0),
       streams: all.reduce((n, s) => n + s.mux.streams.size, 0),
       reserved: all.filter((s) => s.reserved).length,
+      buffered: { received: budgets?.received.used ?? 0, sent: budgets?.sent.used ?? 0 },
+      largestWindow,
     };
   };
 
@@ -341,7 +365,9 @@ Options:
                          tunnels are served on --port as well
   --tls-cert FILE        PEM certificate: serve wss/https (needs --tls-key)
   --tls-key FILE         PEM private key for --tls-cert
-  --window BYTES         per-stream flow-control window (default ${DEFAULTS.window})
+  --window BYTES         most a stream's flow-control window grows to (default ${DEFAULTS.window})
+  --client-budget BYTES  bytes one client's streams may buffer here, per direction (default ${DEFAULT_CLIENT_BUDGET})
+  --server-budget BYTES  bytes all clients' streams may buffer here, per direction (default ${DEFAULT_SERVER_BUDGET})
   --max-streams N        most visitors open at once per tunnel (default ${DEFAULTS.maxStreamsPerTunnel})
   --max-tunnels N        most tunnels per client (default ${DEFAULTS.maxTunnelsPerClient})
   --grace SECONDS        keep a dropped client's tunnels and connections for it (default 60; 0 = no)
@@ -375,6 +401,8 @@ export function parseServerArgs(
       "tls-cert": { type: "string" },
       "tls-key": { type: "string" },
       window: { type: "string" },
+      "client-budget": { type: "string" },
+      "server-budget": { type: "string" },
       "max-streams": { type: "string" },
       "max-tunnels": { type: "string" },
       grace: { type: "string" },
@@ -410,6 +438,8 @@ export function parseServerArgs(
       : undefined,
     apiKey: env.SOCKETS_SINGLE_API_KEY || undefined,
     window: values.window === undefined ? undefined : parseCount(values.window, "--window"),
+    clientBudget: optional(values["client-budget"], (v) => parseCount(v, "--client-budget")),
+    serverBudget: optional(values["server-budget"], (v) => parseCount(v, "--server-budget")),
     maxStreamsPerTunnel:
       values["max-streams"] === undefined ? undefined : parseCount(values["max-streams"], "--max-streams"),
     maxTunnelsPerClient:

@@ -9,6 +9,9 @@
  * END     body: empty
  * RESET   body: code u16 BE | reason (UTF-8, ≤ 256 bytes)
  * BATCH   stream id 0; body: repeated length u16 BE | frame (any type but BATCH)
+ * GROW    body: increment u32 BE (> 0)
+ * PING    stream id 0; body: token u32 BE
+ * PONG    stream id 0; body: token u32 BE (the PING's)
  * ```
  * @module
  */
@@ -47,8 +50,20 @@ export interface ResetFrame {
   code: number;
   reason: string;
 }
+/** A decoded GROW frame. */
+export interface GrowFrame {
+  type: typeof FrameType.Grow;
+  stream: number;
+  increment: number;
+}
+/** A decoded PING or PONG frame (stream id 0). */
+export interface PingFrame {
+  type: typeof FrameType.Ping | typeof FrameType.Pong;
+  stream: 0;
+  token: number;
+}
 /** Any decoded frame. */
-export type Frame = OpenFrame | DataFrame | WindowFrame | EndFrame | ResetFrame;
+export type Frame = OpenFrame | DataFrame | WindowFrame | EndFrame | ResetFrame | GrowFrame | PingFrame;
 
 /** Longest RESET reason in bytes; longer reasons are truncated when encoding. */
 export const MAX_REASON_BYTES = 256;
@@ -89,18 +104,25 @@ export function decodeFrame(b: Uint8Array, maxPayload: number): Frame {
     throw new ProtocolError(`frame of ${b.length} bytes is shorter than its header`);
   const type = b[0];
   const stream = readU32(b, 1);
-  if (stream === 0) throw new ProtocolError("stream id 0 is reserved");
   const bodyLength = b.length - HEADER_LENGTH;
+  if (type === FrameType.Ping || type === FrameType.Pong) {
+    if (stream !== 0 || bodyLength !== 4)
+      throw new ProtocolError("PING/PONG frame must be stream 0 with 4 bytes");
+    return { type, stream, token: readU32(b, HEADER_LENGTH) };
+  }
+  if (stream === 0) throw new ProtocolError("stream id 0 is reserved");
   switch (type) {
     case FrameType.Data:
       if (bodyLength === 0) throw new ProtocolError("empty DATA frame");
       if (bodyLength > maxPayload)
         throw new ProtocolError(`DATA frame of ${bodyLength} bytes exceeds ${maxPayload}`);
       return { type, stream, payload: b.subarray(HEADER_LENGTH) };
-    case FrameType.Window: {
-      if (bodyLength !== 4) throw new ProtocolError("WINDOW frame must carry exactly 4 bytes");
+    case FrameType.Window:
+    case FrameType.Grow: {
+      const name = type === FrameType.Window ? "WINDOW" : "GROW";
+      if (bodyLength !== 4) throw new ProtocolError(`${name} frame must carry exactly 4 bytes`);
       const increment = readU32(b, HEADER_LENGTH);
-      if (increment === 0) throw new ProtocolError("WINDOW increment of 0");
+      if (increment === 0) throw new ProtocolError(`${name} increment of 0`);
       return { type, stream, increment };
     }
     case FrameType.End:
@@ -195,6 +217,24 @@ export function encodeWindow(
   header(into, FrameType.Window, stream);
   writeU32(into, HEADER_LENGTH, increment);
   return into.subarray(0, 9);
+}
+
+/** Encodes a GROW frame into `into` (at least 9 bytes) and returns the frame view. */
+export function encodeGrow(
+  stream: number,
+  increment: number,
+  into: Uint8Array = new Uint8Array(9),
+): Uint8Array {
+  header(into, FrameType.Grow, stream);
+  writeU32(into, HEADER_LENGTH, increment);
+  return into.subarray(0, 9);
+}
+
+/** Encodes a PING (or, with `pong`, a PONG) frame carrying `token`. */
+export function encodePing(token: number, pong = false): Uint8Array {
+  const b = header(new Uint8Array(9), pong ? FrameType.Pong : FrameType.Ping, 0);
+  writeU32(b, HEADER_LENGTH, token);
+  return b;
 }
 
 /** Encodes an END frame into `into` (at least 5 bytes) and returns the frame view. */

@@ -1,17 +1,22 @@
 /**
  * The stream multiplexer over one WebSocket: frames outgoing stream events, decodes incoming binary
- * messages and dispatches them to their streams, and spreads connection-level backpressure to every
- * stream. Both roles own one per WebSocket; the role supplies how to send and what to do on OPEN.
+ * messages and dispatches them to their streams, spreads connection-level backpressure to every
+ * stream, measures the session's round trip (PING/PONG) for the streams' window growth, and counts
+ * what the streams buffer against the memory budgets. Both roles own one per WebSocket; the role
+ * supplies how to send and what to do on OPEN.
  * @module
  */
 
 import { Batcher } from "./batcher.ts";
+import { Budget } from "./budget.ts";
 import {
   DATA_SCRATCH_EXTRA,
   decodeFrame,
   encodeData,
   encodeEnd,
+  encodeGrow,
   encodeOpen,
+  encodePing,
   encodeReset,
   encodeWindow,
   forEachInBatch,
@@ -23,12 +28,30 @@ import { Stream, type StreamHost, type StreamPosition } from "./stream.ts";
 
 /** Per-session settings, as announced in the server's hello. */
 export interface MuxSettings {
+  /** Most a stream's window may grow to. */
   window: number;
   maxFramePayload: number;
-  /** Where each stream's send window starts (tests); both sides must agree, as credit batches follow it. */
+  /** Where each stream's window starts, both directions; both sides must agree (hello says it). */
   initialWindow?: number;
   /** Received and read buffers from this size on are freed once relayed (tests lower it). */
   disposeMinBytes?: number;
+  /** Milliseconds for round trips and window growth (default `performance.now`; tests step it). */
+  clock?: () => number;
+}
+
+/**
+ * Memory budgets of one session (the server's per client), each within a server-wide one. `received`:
+ * bytes from the peer not yet written into sockets; over it, the role stops reading the WebSocket
+ * (`onReceivePressure`). `sent`: bytes read from sockets and not yet acknowledged; over it, every
+ * stream of the session stops reading its socket.
+ */
+export interface MuxBudgets {
+  /** Most bytes per direction for this session. */
+  limit: number;
+  /** Server-wide budgets every session counts into, one per direction. */
+  shared?: { received: Budget; sent: Budget };
+  /** Told true when the WebSocket must stop being read, false when it may be read again. */
+  onReceivePressure?: (over: boolean) => void;
 }
 
 /** Sends one binary frame on the WebSocket. The role reports backpressure with {@link Mux.setBlocked}. */
@@ -36,8 +59,8 @@ export type FrameSender = (frame: Uint8Array) => void;
 
 /** Every stream's position, exchanged as a `sync` control message when a session resumes. */
 export interface SyncState {
-  /** `[id, received, acked, endReceived ? 1 : 0]` per open stream. */
-  streams: [number, number, number, number][];
+  /** `[id, received, acked, endReceived ? 1 : 0, window granted]` per open stream. */
+  streams: [number, number, number, number, number][];
   /** Streams this side freed cleanly recently (the peer may have missed their last frames). */
   finished: number[];
   /** Highest stream id this side accepted from the peer (0 on the opening side). */
@@ -46,6 +69,14 @@ export interface SyncState {
 
 /** How many cleanly freed stream ids a mux remembers for the next resume. */
 const FINISHED_MEMORY = 4096;
+/** A round-trip sample older than this (ms) is refreshed by a PING the next time a stream asks. */
+const RTT_REFRESH_MS = 2000;
+/** A PING unanswered this long (ms) is taken as lost (a blip dropped it) and sent again when asked. */
+const PING_LOST_MS = 5000;
+
+/** Why a mux's streams stop reading their sockets (bits). */
+const BLOCKED_BY_TRANSPORT = 1;
+const BLOCKED_BY_BUDGET = 2;
 
 /** Multiplexes streams over one WebSocket. */
 export class Mux implements StreamHost {
@@ -58,7 +89,22 @@ export class Mux implements StreamHost {
   /** One reused buffer for outgoing DATA frames: one copy per chunk, no allocation. */
   private readonly scratch: Uint8Array;
   private readonly small = new Uint8Array(16);
-  private blocked = false;
+  /** {@link BLOCKED_BY_TRANSPORT} and {@link BLOCKED_BY_BUDGET}: streams read while none is set. */
+  private blocked = 0;
+  /** @inheritdoc */
+  readonly clock: () => number;
+  /** Smoothed round trip (ms, RFC 6298 weights), 0 until the first PONG. */
+  private srtt = 0;
+  /** Lowest round trip seen (ms), for /health and tests. */
+  private minRtt = 0;
+  private pingToken = 0;
+  /** When the outstanding PING left, or 0 when none is outstanding. */
+  private pingSentAt = 0;
+  private rttSampledAt = 0;
+  /** Received-and-unwritten bytes of every stream, against the session's budget. */
+  readonly received?: Budget;
+  /** Sent-or-held and unacknowledged bytes of every stream, against the session's budget. */
+  readonly sent?: Budget;
   /** Whether frames reach the peer; while detached (WebSocket down or resuming) they are dropped. */
   private live = true;
   private nextId = 1;
@@ -82,10 +128,18 @@ export class Mux implements StreamHost {
     send: FrameSender,
     settings: MuxSettings,
     private readonly onOpen?: (frame: OpenFrame) => void,
+    budgets?: MuxBudgets,
   ) {
     this.batcher = new Batcher(send);
     this.window = settings.window;
     this.initialWindow = settings.initialWindow;
+    this.clock = settings.clock ?? (() => performance.now());
+    if (budgets !== undefined) {
+      this.received = new Budget(budgets.limit, budgets.shared?.received, budgets.onReceivePressure);
+      this.sent = new Budget(budgets.limit, budgets.shared?.sent, (over) =>
+        this.setBlockedBy(BLOCKED_BY_BUDGET, over),
+      );
+    }
     this.disposeMinBytes = settings.disposeMinBytes;
     this.maxFramePayload = settings.maxFramePayload;
     this.scratch = new Uint8Array(DATA_SCRATCH_EXTRA + settings.maxFramePayload);
@@ -108,8 +162,56 @@ export class Mux implements StreamHost {
   private addStream(id: number, onClosed?: (stream: Stream) => void): Stream {
     const stream = new Stream(id, this, onClosed);
     this.streams.set(id, stream);
-    if (this.blocked) stream.setTransportBlocked(true);
+    if (this.blocked !== 0) stream.setTransportBlocked(true);
     return stream;
+  }
+
+  /** @inheritdoc */
+  get rtt(): number {
+    const now = this.clock();
+    const sentAt = this.pingSentAt;
+    if (sentAt === 0 ? now - this.rttSampledAt > RTT_REFRESH_MS : now - sentAt > PING_LOST_MS) this.ping();
+    return this.srtt;
+  }
+
+  /** The lowest round trip measured so far, in ms (0 until measured). */
+  get minRttMs(): number {
+    return this.minRtt;
+  }
+
+  /** Sends a PING: its PONG gives a round-trip sample. Each side measures its own. */
+  ping(): void {
+    if (!this.live) return;
+    this.pingToken = (this.pingToken + 1) >>> 0 || 1;
+    this.pingSentAt = this.clock();
+    this.batcher.push(encodePing(this.pingToken));
+  }
+
+  private onPong(token: number): void {
+    if (token !== this.pingToken || this.pingSentAt === 0) return; // a late answer to a ping taken as lost
+    const now = this.clock();
+    // The sample includes the queues on the way (as QUIC's does): a loaded path is a longer path.
+    const sample = Math.max(now - this.pingSentAt, 0.001);
+    this.srtt = this.srtt === 0 ? sample : this.srtt * 0.875 + sample * 0.125;
+    this.minRtt = this.minRtt === 0 ? sample : Math.min(this.minRtt, sample);
+    this.pingSentAt = 0;
+    this.rttSampledAt = now;
+  }
+
+  /** @inheritdoc */
+  mayGrow(n: number): boolean {
+    const received = this.received;
+    return received === undefined || received.fits(n);
+  }
+
+  /** @inheritdoc */
+  accountReceived(n: number): void {
+    this.received?.add(n);
+  }
+
+  /** @inheritdoc */
+  accountSent(n: number): void {
+    this.sent?.add(n);
   }
 
   /**
@@ -136,6 +238,14 @@ export class Mux implements StreamHost {
       this.onOpen(frame);
       return;
     }
+    if (frame.type === FrameType.Ping) {
+      if (this.live) this.batcher.push(encodePing(frame.token, true));
+      return;
+    }
+    if (frame.type === FrameType.Pong) {
+      this.onPong(frame.token);
+      return;
+    }
     // Frames for a stream that is gone are normal races with a RESET we sent: drop them.
     const stream = this.streams.get(frame.stream);
     if (stream === undefined) return;
@@ -145,6 +255,9 @@ export class Mux implements StreamHost {
         break;
       case FrameType.Window:
         stream.onWindow(frame.increment);
+        break;
+      case FrameType.Grow:
+        stream.onGrow(frame.increment);
         break;
       case FrameType.End:
         stream.onEnd();
@@ -162,19 +275,26 @@ export class Mux implements StreamHost {
 
   /** Pauses (true) or resumes (false) reading on every stream, for WebSocket backpressure. */
   setBlocked(blocked: boolean): void {
-    if (blocked === this.blocked) return;
-    this.blocked = blocked;
-    for (const stream of this.streams.values()) stream.setTransportBlocked(blocked);
+    this.setBlockedBy(BLOCKED_BY_TRANSPORT, blocked);
   }
 
-  /** True while the WebSocket reported backpressure and no drain yet. */
+  private setBlockedBy(reason: number, blocked: boolean): void {
+    const before = this.blocked;
+    this.blocked = blocked ? before | reason : before & ~reason;
+    if ((before === 0) === (this.blocked === 0)) return;
+    for (const stream of this.streams.values()) stream.setTransportBlocked(this.blocked !== 0);
+  }
+
+  /** True while the WebSocket reported backpressure (no drain yet) or the send budget is spent. */
   get isBlocked(): boolean {
-    return this.blocked;
+    return this.blocked !== 0;
   }
 
-  /** Drops every stream without frames (the session is over). */
+  /** Drops every stream without frames (the session is over; a new one may follow on the client). */
   destroyAll(): void {
     for (const stream of [...this.streams.values()]) stream.destroy();
+    this.received?.dispose();
+    this.sent?.dispose();
     // A new session numbers its streams from 1 again.
     this.finished = [];
     this.finishedNext = 0;
@@ -197,7 +317,7 @@ export class Mux implements StreamHost {
     const streams: SyncState["streams"] = [];
     for (const stream of this.streams.values()) {
       const p = stream.position();
-      streams.push([stream.id, p.received, p.acked, p.endReceived ? 1 : 0]);
+      streams.push([stream.id, p.received, p.acked, p.endReceived ? 1 : 0, p.window]);
     }
     return { streams, finished: [...this.finished], accepted: this.highestAccepted };
   }
@@ -211,8 +331,8 @@ export class Mux implements StreamHost {
     this.batcher.send = send;
     this.live = true;
     const positions = new Map<number, StreamPosition>();
-    for (const [id, received, acked, ended] of peer.streams)
-      positions.set(id, { received, acked, endReceived: ended === 1 });
+    for (const [id, received, acked, ended, window] of peer.streams)
+      positions.set(id, { received, acked, endReceived: ended === 1, window });
     const finished = new Set(peer.finished);
     for (const stream of [...this.streams.values()]) {
       const position = positions.get(stream.id);
@@ -220,10 +340,11 @@ export class Mux implements StreamHost {
       else if (finished.has(stream.id)) stream.finishedByPeer();
       else if (stream.open && stream.id > peer.accepted) {
         this.sendOpenFrame(stream);
-        stream.resume({ received: 0, acked: 0, endReceived: false });
+        stream.resume({ received: 0, acked: 0, endReceived: false, window: 1 });
       } else stream.destroy();
     }
     this.setBlocked(false);
+    this.ping(); // a fresh round trip for the new connection (the path may have changed)
   }
 
   /** Announces a stream the opening side created (one OPEN per visitor). */
@@ -245,6 +366,11 @@ export class Mux implements StreamHost {
   /** @inheritdoc */
   sendWindow(stream: number, increment: number): void {
     if (this.live) this.batcher.push(encodeWindow(stream, increment, this.small));
+  }
+
+  /** @inheritdoc */
+  sendGrow(stream: number, increment: number): void {
+    if (this.live) this.batcher.push(encodeGrow(stream, increment, this.small));
   }
 
   /** @inheritdoc */

@@ -1,13 +1,17 @@
 /**
- * The sockets wire protocol, version 1: constants and control-message types shared by server and client.
+ * The sockets wire protocol, version 3: constants and control-message types shared by server and client.
  *
  * Data travels in binary WebSocket frames (see `codec.ts`); rare control messages travel as JSON text
  * frames. The full description is in PROTOCOL.md.
  * @module
  */
 
-/** Protocol version spoken by this build. */
-export const PROTOCOL_VERSION = 2;
+/**
+ * Protocol version spoken by this build. v3: credit is receiver-driven (the receiver grows a stream's
+ * window with GROW frames and enforces exactly what it granted), PING/PONG measure the round trip, and
+ * `hello` and `sync` carry window sizes.
+ */
+export const PROTOCOL_VERSION = 3;
 
 /** WebSocket subprotocol that carries the version; a peer of another version gets a clear 426. */
 export const SUBPROTOCOL = `sockets.v${PROTOCOL_VERSION}`;
@@ -27,7 +31,10 @@ export const FrameType = {
   Open: 1,
   /** Either way: stream bytes. Counts against the receiver's window. */
   Data: 2,
-  /** Either way: the receiver wrote this many more bytes into its socket; the sender may send them. */
+  /**
+   * Either way: the receiver wrote this many more bytes into its socket. The sender forgets them (they
+   * can no longer be lost) and may send as many new ones: its window slides.
+   */
   Window: 3,
   /** Either way: the sender will send no more data on this stream (half-close, TCP FIN). */
   End: 4,
@@ -38,6 +45,15 @@ export const FrameType = {
    * `length u16 | frame`. Saves a syscall and a wake-up per frame when many streams are busy.
    */
   Batch: 6,
+  /**
+   * Either way: the receiver enlarges the stream's window by this many bytes (it decides the window:
+   * see stream.ts, auto-tuning). Windows never shrink.
+   */
+  Grow: 7,
+  /** Either way, stream id 0: a round-trip probe; the peer answers PONG with the same 4-byte token. */
+  Ping: 8,
+  /** Either way, stream id 0: the answer to a PING, echoing its token. */
+  Pong: 9,
 } as const;
 
 /** A binary frame type number. */
@@ -87,11 +103,18 @@ export const HEADER_LENGTH = 5;
 /** Defaults the server announces in `hello`; both directions of every stream use them. */
 export const DEFAULTS = {
   /**
-   * Per-stream window in bytes: the most a sender may have in flight on one stream. Our senders start
-   * at 1 MiB and grow to this while the receiver keeps up (stream.ts); 8 MiB covers the socket buffers
-   * of a loopback or LAN path (1 MiB left a single stream at ~85% of its speed here).
+   * Most a stream's window may grow to, in bytes (`--window`). Each receiver grants `initialWindow`
+   * and grows it while its socket consumes a window within a few round trips (stream.ts), so this is
+   * what one stream can reach on a long path: window / RTT (16 MiB: ~2.7 Gbit/s at 50 ms, ~670 Mbit/s
+   * at 200 ms). Memory is bounded by the budgets (`--client-budget`, `--server-budget`), not by this
+   * times the number of streams: growth stops where they say so.
    */
-  window: 8 * 1024 * 1024,
+  window: 16 * 1024 * 1024,
+  /**
+   * Window every stream starts with, in each direction, granted without a round trip: the first bytes
+   * leave at once. 1 MiB: ~170 Mbit/s at 50 ms before growth; a never-reading visitor pins at most this.
+   */
+  initialWindow: 1024 * 1024,
   /**
    * Largest DATA payload in one frame: Bun's largest socket read (uSockets' 512 KiB receive buffer), so
    * that a read is never split into two frames, two copies into the frame buffer and two sends (256 KiB
@@ -108,7 +131,10 @@ export const DEFAULTS = {
 export interface Hello {
   type: "hello";
   protocol: number;
+  /** Most a stream's window may grow to (bytes). */
   window: number;
+  /** What every stream's window starts at, in both directions (bytes, at most `window`). */
+  initialWindow: number;
   maxFramePayload: number;
   maxStreamsPerTunnel: number;
   maxTunnelsPerClient: number;
@@ -126,8 +152,11 @@ export interface Hello {
  */
 export interface SyncMessage {
   type: "sync";
-  /** `[stream id, bytes received, bytes acknowledged, END received ? 1 : 0]` per open stream. */
-  streams: [number, number, number, number][];
+  /**
+   * `[stream id, bytes received, bytes acknowledged, END received ? 1 : 0, window granted]` per open
+   * stream (the window: GROW frames lost in the blip are not needed again).
+   */
+  streams: [number, number, number, number, number][];
   /** Streams freed cleanly on the sender's side whose last frames the peer may have missed. */
   finished: number[];
   /** Highest stream id the sender accepted (client), 0 for the server. */
@@ -209,11 +238,12 @@ const isSeq = (v: unknown): v is number => Number.isSafeInteger(v) && (v as numb
 const isStreamId = (v: unknown): v is number => isCount(v) && (v as number) <= 0xffffffff;
 const isPosition = (v: unknown): boolean =>
   Array.isArray(v) &&
-  v.length === 4 &&
+  v.length === 5 &&
   isStreamId(v[0]) &&
   isSeq(v[1]) &&
   isSeq(v[2]) &&
-  (v[3] === 0 || v[3] === 1);
+  (v[3] === 0 || v[3] === 1) &&
+  isCount(v[4]);
 
 /**
  * Parses and validates one JSON control message.
@@ -232,6 +262,8 @@ export function parseControl(text: string): ControlMessage {
       if (
         isCount(value.protocol) &&
         isCount(value.window) &&
+        isCount(value.initialWindow) &&
+        (value.initialWindow as number) <= (value.window as number) &&
         isCount(value.maxFramePayload) &&
         isCount(value.maxStreamsPerTunnel) &&
         isCount(value.maxTunnelsPerClient) &&

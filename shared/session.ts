@@ -19,6 +19,7 @@ import type { ServerWebSocket, TCPSocketListener } from "bun";
 import { customAlphabet, nanoid } from "nanoid";
 import { formatHost, type PortRange } from "./args.ts";
 import { keyMatches } from "./auth.ts";
+import type { Budget } from "./budget.ts";
 import type { HttpRoute } from "./http-ingress.ts";
 import { describeError, type Logger } from "./log.ts";
 import { Mux } from "./mux.ts";
@@ -60,6 +61,11 @@ export interface SessionContext {
   graceSeconds: number;
   /** Seconds a client may take, after the upgrade, to send its first expose or sync. */
   handshakeSeconds: number;
+  /**
+   * Memory budgets (bytes buffered per direction): `perClient` for each session, within the
+   * server-wide `received` and `sent` budgets every session counts into. Absent: unbounded.
+   */
+  budgets?: { perClient: number; received: Budget; sent: Budget };
   log: Logger;
   /** Tunnel ids in use server-wide (live and reserved). */
   tunnelIds: Set<string>;
@@ -120,9 +126,35 @@ export class Session {
   /** Per stream: its byte count at the last idle sweep that saw it move, and when. */
   private readonly idleMarks = new Map<number, { progress: number; since: number }>();
 
+  /** True while the receive budget is spent: the WebSocket is not read (see {@link Session.applyPause}). */
+  private receivePaused = false;
+
   constructor(private readonly context: SessionContext) {
-    this.mux = new Mux(() => {}, context.limits);
+    const budgets = context.budgets;
+    this.mux = new Mux(
+      () => {},
+      context.limits,
+      undefined,
+      budgets && {
+        limit: budgets.perClient,
+        shared: budgets,
+        // Bytes from this client wait for visitors that do not read them: stop reading the client's
+        // WebSocket (TCP backpressure reaches it, and its own streams pause) rather than hold more.
+        onReceivePressure: (over) => {
+          this.receivePaused = over;
+          this.applyPause();
+        },
+      },
+    );
     this.mux.detach();
+  }
+
+  /** Reads the WebSocket or not, as the receive budget says (only while live: a sync must get through). */
+  private applyPause(): void {
+    const ws = this.ws;
+    if (ws === null) return;
+    if (this.receivePaused && (this.state === "live" || this.state === "draining")) ws.pause();
+    else if (ws.isPaused) ws.resume();
   }
 
   /** The client's address, for logs. */
@@ -178,6 +210,7 @@ export class Session {
       this.state = "live";
       this.mux.resume((frame) => this.sendFrame(frame), { streams: [], finished: [], accepted: 0 });
     }
+    this.applyPause();
   }
 
   private sendFrame(frame: Uint8Array): void {
@@ -217,6 +250,7 @@ export class Session {
     else if (message.type === "sync" && this.state === "syncing") {
       this.state = "live";
       this.mux.resume((frame) => this.sendFrame(frame), message);
+      this.applyPause();
       this.context.log.info(
         `client ${this.remote} resumed session: ${this.tunnels.size} tunnels, ${this.mux.streams.size} streams kept`,
       );
@@ -365,7 +399,8 @@ export class Session {
   heartbeat(now: number, timeoutMs: number): void {
     const ws = this.ws;
     if (ws === null || this.state === "reserved") return;
-    if (this.heard) {
+    // While paused for its budget we do not read the client, so its silence is ours.
+    if (this.heard || ws.isPaused) {
       this.heard = false;
       this.lastSeen = now;
     } else if (now - this.lastSeen > timeoutMs) {

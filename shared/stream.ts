@@ -3,13 +3,18 @@
  * flow control and half-close. The same class serves the server (visitor sockets) and the client
  * (local-service sockets).
  *
- * Rules (see PROTOCOL.md):
- * - At most one window of DATA is unacknowledged; out of credit, the rest of the chunk is held and the
- *   socket paused until a WINDOW frame arrives. Unacknowledged bytes are kept (by reference) so that a
- *   resumed session can resend what a blip lost. Memory per stream is bounded by the window plus one
- *   read chunk on the send side and by the window on the receive side (`pending`), whatever peers do.
- * - Bytes received are written to the socket; credit goes back (WINDOW) once the kernel took them,
- *   batched per quarter window, and at once when the write side is shut.
+ * Rules (see PROTOCOL.md, "Flow control"):
+ * - Credit is receiver-driven. Each direction's receiver grants a window (initially `initialWindow`)
+ *   and enforces exactly that: a sender past it is a protocol error. It returns credit (WINDOW) for the
+ *   bytes its socket took, batched, and grows the window (GROW) when its socket consumed half of it
+ *   within a few round trips (auto-tuning, as QUIC receivers do): a window then follows the
+ *   bandwidth-delay product up to the session's `window`, while a visitor that reads slowly or not at
+ *   all never gets more than it consumes. The receiver decides because only the receiver can tell a
+ *   slow reader from a long path, and because what it enforces must be what it granted.
+ * - A sender keeps at most its granted window unacknowledged; out of credit, the rest of the chunk is
+ *   held and the socket paused until a WINDOW or GROW arrives. Unacknowledged bytes are kept (by
+ *   reference) so that a resumed session can resend what a blip lost.
+ * - Buffered bytes are counted into the host's memory budgets (per chunk, never per byte).
  * - FIN from our socket becomes END (after held bytes); END from the peer becomes `shutdown()` (after
  *   pending bytes). The stream is freed when both directions ended and every byte we sent was
  *   acknowledged, or at once on RESET.
@@ -19,21 +24,30 @@
 import type { Socket } from "bun";
 import { ByteQueue } from "./byte-queue.ts";
 import { dispose, forgetDisposable, markDisposable } from "./disposable.ts";
-import { type OpenMeta, ProtocolError, ResetCode, type StreamKind } from "./protocol.ts";
+import { DEFAULTS, type OpenMeta, ProtocolError, ResetCode, type StreamKind } from "./protocol.ts";
 
 /** What a stream needs from the multiplexer that owns it. */
 export interface StreamHost {
-  /** The most a stream may have in flight (the session's window). */
+  /** The most a stream's window may grow to (the session's `window`). */
   readonly window: number;
-  /** What a stream's send window starts at, before it grows (default {@link INITIAL_SEND_WINDOW}). */
+  /** What every stream's window starts at, both directions (default {@link INITIAL_WINDOW}). */
   readonly initialWindow?: number;
   /** Buffers from this size on are freed once relayed (default 16 KiB, `DISPOSE_MIN_BYTES` of disposable.ts; tests: 1). */
   readonly disposeMinBytes?: number;
-  /** Milliseconds for the send window's growth rule (default `performance.now`; tests step it). */
+  /** Milliseconds for the window's growth rule (default `performance.now`; tests step it). */
   readonly clock?: () => number;
+  /** The session's smoothed round trip in ms, 0 while unknown (reading it may send a PING). */
+  readonly rtt?: number;
   readonly maxFramePayload: number;
+  /** Whether a stream's window may grow by `n` bytes within the memory budgets (absent: yes). */
+  mayGrow?(n: number): boolean;
+  /** Counts bytes received and not yet written into our socket (negative: fewer). */
+  accountReceived?(n: number): void;
+  /** Counts bytes read from our socket and not yet acknowledged by the peer (negative: fewer). */
+  accountSent?(n: number): void;
   sendData(stream: number, payload: Uint8Array): void;
   sendWindow(stream: number, increment: number): void;
+  sendGrow(stream: number, increment: number): void;
   sendEnd(stream: number): void;
   sendReset(stream: number, code: number, reason: string): void;
   /** The stream is freed; `clean` when both directions ended and every byte was acknowledged. */
@@ -56,6 +70,8 @@ export interface StreamPosition {
   acked: number;
   /** Whether the peer's END arrived. */
   endReceived: boolean;
+  /** The window this side grants the peer (GROW frames lost in a blip are not needed again). */
+  window: number;
 }
 
 /** How the opening side announced a stream, kept so that an OPEN lost in a blip can be sent again. */
@@ -73,10 +89,23 @@ export interface StreamTap {
   fromSocket(bytes: Uint8Array): void;
 }
 
-/** Credit a new stream lets itself use, at most the session's window (see {@link Stream}'s sendWindow). */
-export const INITIAL_SEND_WINDOW = 1024 * 1024;
-/** A stream doubles its send window when a whole window was acknowledged within this many ms. */
-export const GROW_WITHIN_MS = 20;
+/** The window every stream starts with, both directions, unless the session says otherwise. */
+export const INITIAL_WINDOW = DEFAULTS.initialWindow;
+/**
+ * Growth rule (QUIC receive-window auto-tuning, as quic-go does it): when the socket consumed half the
+ * window or more since the last check, the window doubles if that took less than
+ * `fraction × GROW_RTTS × rtt`, `fraction` being the share of the window consumed. A stream limited
+ * by its window consumes half of it in half a round trip, so it grows until the window is a few
+ * bandwidth-delay products or the session's `window`; one limited by its reader stops where the reader
+ * is.
+ */
+export const GROW_RTTS = 4;
+/**
+ * ... with this floor (ms) in place of `GROW_RTTS × rtt`: on loopback or a LAN the round trip is
+ * shorter than the event loop's own turns, and the socket buffers on the way need more than one
+ * round trip's worth. A reader faster than ~a window per 20 ms (400 Mbit/s at 1 MiB) still grows it.
+ */
+export const GROW_FLOOR_MS = 20;
 
 const PAUSED_BY_CREDIT = 1;
 const PAUSED_BY_TRANSPORT = 2;
@@ -96,22 +125,23 @@ export class Stream {
   /** Bytes sent but not yet credited, kept (by reference) to resend after a resume. */
   private readonly unacked = new ByteQueue(dispose);
   /**
-   * Credit this stream lets itself use: starts at {@link INITIAL_SEND_WINDOW} and doubles, up to the
-   * session's window, each time a whole window is acknowledged within {@link GROW_WITHIN_MS} of the
-   * credit running out. A fast path (loopback, LAN) reaches the full window in a few ms, where the
-   * socket buffers on the way would otherwise starve it; a slow reader never acknowledges that fast,
-   * so the peer buffers at most the initial window for it.
+   * The window the peer granted us: the most we may have unacknowledged. Starts at the initial window,
+   * grows by the peer's GROW frames, never past the session's `window` (a peer granting more does not
+   * make us buffer more).
    */
   private sendWindow: number;
+  /** The window we grant the peer, and enforce: the initial one plus every GROW we sent. */
+  private recvWindow: number;
   /**
    * Bytes written into the socket after which this receiver returns credit: a quarter of the initial
-   * send window, whatever the peer's window has grown to (a quarter of a larger one would starve it).
+   * window, whatever the window has grown to (frames stay as rare as before growth, and the sender's
+   * unacknowledged bytes are freed as often).
    */
   private readonly creditBatch: number;
-  /** When credit last ran out (the host's clock), or 0 when it has not since the last adaptation. */
-  private starvedAt = 0;
-  /** {@link Stream.ackedSeq} at that moment. */
-  private starvedAcked = 0;
+  /** When the current growth epoch began (the host's clock), or 0 before the first DATA. */
+  private epochAt = 0;
+  /** {@link Stream.writtenSeq} when it began. */
+  private epochWritten = 0;
   /** Bytes read from the socket but not yet sent, for lack of credit. */
   private held: Uint8Array | null = null;
   /** DATA bytes received so far. */
@@ -140,8 +170,9 @@ export class Stream {
     private readonly host: StreamHost,
     private readonly onClosed?: (stream: Stream) => void,
   ) {
-    this.sendWindow = Math.min(host.window, host.initialWindow ?? INITIAL_SEND_WINDOW);
-    this.creditBatch = this.sendWindow >>> 2;
+    this.sendWindow = Math.min(host.window, host.initialWindow ?? INITIAL_WINDOW);
+    this.recvWindow = this.sendWindow;
+    this.creditBatch = Math.max(1, this.sendWindow >>> 2);
   }
 
   /** Binds the socket (at once on the server, after connect on the client) and flushes what waited. */
@@ -168,9 +199,11 @@ export class Stream {
     if (this.held !== null) {
       // A read that raced our pause(): keep it behind what is held, order intact.
       this.held = concat(this.held, chunk);
+      this.host.accountSent?.(chunk.length);
       this.pause(PAUSED_BY_CREDIT);
       return;
     }
+    this.host.accountSent?.(chunk.length);
     this.sendWithinCredit(chunk);
   }
 
@@ -190,18 +223,7 @@ export class Stream {
     if (offset < chunk.length) {
       this.held = chunk.subarray(offset);
       this.pause(PAUSED_BY_CREDIT);
-      if (this.starvedAt === 0 && this.sendWindow < this.host.window) {
-        this.starvedAt = this.now();
-        this.starvedAcked = this.ackedSeq;
-      }
     }
-  }
-
-  /** A whole send window was acknowledged since credit ran out: double it if that took little time. */
-  private adaptSendWindow(): void {
-    if (this.now() - this.starvedAt < GROW_WITHIN_MS)
-      this.sendWindow = Math.min(this.host.window, this.sendWindow * 2);
-    this.starvedAt = 0;
   }
 
   private now(): number {
@@ -236,8 +258,10 @@ export class Stream {
   /** DATA from the peer. */
   onData(payload: Uint8Array): void {
     if (this.endReceived) throw new ProtocolError(`DATA after END on stream ${this.id}`);
-    if (this.recvSeq + payload.length - this.creditedSeq > this.host.window)
+    // Exactly what we granted: the initial window plus our GROWs, past what we credited back.
+    if (this.recvSeq + payload.length - this.creditedSeq > this.recvWindow)
       throw new ProtocolError(`stream ${this.id}: peer sent ${payload.length} bytes past its window`);
+    if (this.epochAt === 0) this.epochAt = this.now();
     this.recvSeq += payload.length;
     // A tap may keep what it saw (a request head split across frames): nothing is freed early then.
     if (this.tap) {
@@ -247,13 +271,16 @@ export class Stream {
     const socket = this.socket;
     if (socket === null || this.pending.length !== 0) {
       this.pending.push(payload);
+      this.host.accountReceived?.(payload.length);
       return;
     }
     const written = socket.write(payload);
     if (written < 0) return; // closing: the close handler settles the stream
     this.wrote(written);
-    if (written < payload.length) this.pending.push(payload.subarray(written));
-    else dispose(payload);
+    if (written < payload.length) {
+      this.pending.push(payload.subarray(written));
+      this.host.accountReceived?.(payload.length - written);
+    } else dispose(payload);
   }
 
   /** WINDOW from the peer: forget what it acknowledged, send what was held, resume reading. */
@@ -262,9 +289,16 @@ export class Stream {
       throw new ProtocolError(`stream ${this.id}: WINDOW acknowledges bytes never sent`);
     this.ackedSeq += increment;
     this.unacked.drop(increment);
-    if (this.starvedAt !== 0 && this.ackedSeq - this.starvedAcked >= this.sendWindow) this.adaptSendWindow();
+    this.host.accountSent?.(-increment);
     this.sendHeld();
     this.maybeFree();
+  }
+
+  /** GROW from the peer: it grants a larger window (never past the session's `window` here). */
+  onGrow(increment: number): void {
+    if (this.closed) return;
+    this.sendWindow = Math.min(this.host.window, this.sendWindow + increment);
+    this.sendHeld();
   }
 
   private sendHeld(): void {
@@ -311,6 +345,8 @@ export class Stream {
   destroy(): void {
     if (this.closed) return;
     this.closed = true;
+    this.host.accountSent?.(-((this.held?.length ?? 0) + this.unacked.length));
+    this.host.accountReceived?.(-this.pending.length);
     this.held = null;
     this.pending.clear();
     this.unacked.clear();
@@ -335,6 +371,16 @@ export class Stream {
     return (this.held?.length ?? 0) + this.unacked.length + this.pending.length;
   }
 
+  /** The window the peer granted us (what we may have in flight), for /health and tests. */
+  get sendWindowBytes(): number {
+    return this.sendWindow;
+  }
+
+  /** The window we grant the peer, for /health and tests. */
+  get recvWindowBytes(): number {
+    return this.recvWindow;
+  }
+
   /** Bytes moved so far in both directions; unchanged between two looks means the stream is idle. */
   get progress(): number {
     return this.sentSeq + this.recvSeq;
@@ -346,7 +392,12 @@ export class Stream {
    */
   position(): StreamPosition {
     this.creditedSeq = this.writtenSeq;
-    return { received: this.recvSeq, acked: this.writtenSeq, endReceived: this.endReceived };
+    return {
+      received: this.recvSeq,
+      acked: this.writtenSeq,
+      endReceived: this.endReceived,
+      window: this.recvWindow,
+    };
   }
 
   /**
@@ -359,7 +410,10 @@ export class Stream {
     if (peer.acked > peer.received || peer.received > this.sentSeq || peer.acked < this.ackedSeq)
       throw new ProtocolError(`stream ${this.id}: resume position out of range`);
     this.unacked.drop(peer.acked - this.ackedSeq);
+    this.host.accountSent?.(this.ackedSeq - peer.acked);
     this.ackedSeq = peer.acked;
+    // The peer's grant as it stands (GROWs lost in the blip included); windows never shrink.
+    this.sendWindow = Math.min(this.host.window, Math.max(this.sendWindow, peer.window));
     const max = this.host.maxFramePayload;
     this.unacked.forEachFrom(peer.received - this.ackedSeq, (chunk) => {
       for (let at = 0; at < chunk.length; at += max)
@@ -376,6 +430,7 @@ export class Stream {
    */
   finishedByPeer(): void {
     if (this.closed) return;
+    this.host.accountSent?.(-this.unacked.length);
     this.unacked.clear();
     this.ackedSeq = this.sentSeq;
     this.onEnd();
@@ -389,8 +444,9 @@ export class Stream {
     for (let chunk = pending.peek(); chunk !== undefined; chunk = pending.peek()) {
       const written = socket.write(chunk);
       if (written < 0) return;
-      this.wrote(written);
       pending.drop(written);
+      this.host.accountReceived?.(-written);
+      this.wrote(written);
       if (written < chunk.length) return;
     }
     if (this.endReceived && !this.writeShut) {
@@ -408,9 +464,32 @@ export class Stream {
 
   private wrote(n: number): void {
     this.writtenSeq += n;
-    // Batch credit: a WINDOW per quarter of the initial send window keeps the sender busy without a
-    // frame per chunk.
+    if (this.writtenSeq - this.epochWritten >= this.recvWindow >>> 1) this.tuneWindow();
+    // Batch credit: a WINDOW per quarter of the initial window keeps the sender busy without a frame
+    // per chunk.
     if (this.writtenSeq - this.creditedSeq >= this.creditBatch) this.returnCredit();
+  }
+
+  /**
+   * Half the window or more was consumed since the epoch began: double the window if that was fast
+   * for the round trip ({@link GROW_RTTS}, {@link GROW_FLOOR_MS}) and the budgets have room, then start
+   * a new epoch. Runs once per half window, so the clock is read rarely.
+   */
+  private tuneWindow(): void {
+    const now = this.now();
+    const host = this.host;
+    const window = this.recvWindow;
+    if (window < host.window) {
+      const fraction = (this.writtenSeq - this.epochWritten) / window;
+      const within = fraction * Math.max(GROW_RTTS * (host.rtt ?? 0), GROW_FLOOR_MS);
+      const grown = Math.min(host.window, window * 2);
+      if (now - this.epochAt < within && (host.mayGrow?.(grown - window) ?? true)) {
+        this.recvWindow = grown;
+        host.sendGrow(this.id, grown - window);
+      }
+    }
+    this.epochAt = now;
+    this.epochWritten = this.writtenSeq;
   }
 
   private returnCredit(): void {

@@ -11,7 +11,9 @@ import {
   decodeFrame,
   encodeData,
   encodeEnd,
+  encodeGrow,
   encodeOpen,
+  encodePing,
   encodeReset,
   encodeWindow,
   type Frame,
@@ -97,6 +99,27 @@ describe("frames round-trip", () => {
     expect(decodeFrame(encodeEnd(9), MAX)).toEqual({ type: FrameType.End, stream: 9 });
   });
 
+  test("GROW", () => {
+    expect(decodeFrame(encodeGrow(5, 1 << 20), MAX)).toEqual({
+      type: FrameType.Grow,
+      stream: 5,
+      increment: 1 << 20,
+    });
+  });
+
+  test("PING and PONG on stream 0, and nowhere else", () => {
+    expect(decodeFrame(encodePing(0xfffffffe), MAX)).toEqual({
+      type: FrameType.Ping,
+      stream: 0,
+      token: 0xfffffffe,
+    });
+    expect(decodeFrame(encodePing(7, true), MAX)).toEqual({ type: FrameType.Pong, stream: 0, token: 7 });
+    expectProtocolError(raw(FrameType.Ping, 1, [0, 0, 0, 1]), /PING/);
+    expectProtocolError(raw(FrameType.Pong, 0, [0, 0, 1]), /PING/);
+    expectProtocolError(raw(FrameType.Grow, 3, [0, 0, 0, 0]), /GROW increment of 0/);
+    expectProtocolError(raw(FrameType.Grow, 3, [0, 0, 1]), /GROW frame must/);
+  });
+
   test("RESET, and a long reason is truncated to fit", () => {
     expect(decodeFrame(encodeReset(4, 0xbeef, "local service refused"), MAX)).toEqual({
       type: FrameType.Reset,
@@ -132,6 +155,16 @@ describe("frames round-trip", () => {
       fc
         .record({ stream: streamId, increment: fc.integer({ min: 1, max: 0xffffffff }) })
         .map(({ stream, increment }) => ({ type: FrameType.Window, stream, increment })),
+      fc
+        .record({ stream: streamId, increment: fc.integer({ min: 1, max: 0xffffffff }) })
+        .map(({ stream, increment }) => ({ type: FrameType.Grow, stream, increment })),
+      fc
+        .record({ token: fc.integer({ min: 0, max: 0xffffffff }), pong: fc.boolean() })
+        .map(({ token, pong }) => ({
+          type: pong ? FrameType.Pong : FrameType.Ping,
+          stream: 0 as const,
+          token,
+        })),
       streamId.map((stream) => ({ type: FrameType.End, stream })),
       fc
         .record({
@@ -160,6 +193,13 @@ describe("frames round-trip", () => {
             break;
           case FrameType.Reset:
             bytes = encodeReset(f.stream, f.code, f.reason);
+            break;
+          case FrameType.Grow:
+            bytes = encodeGrow(f.stream, f.increment);
+            break;
+          case FrameType.Ping:
+          case FrameType.Pong:
+            bytes = encodePing(f.token, f.type === FrameType.Pong);
             break;
         }
         expect(decodeFrame(bytes, MAX)).toEqual(f);
@@ -221,7 +261,7 @@ describe("malformed frames are ProtocolErrors", () => {
   });
 
   test("unknown frame types", () => {
-    for (const type of [0, 6, 7, 42, 128, 255])
+    for (const type of [0, 6, 10, 42, 128, 255])
       expectProtocolError(raw(type, 1, [1, 2, 3]), /unknown frame type/);
   });
 
@@ -231,6 +271,7 @@ describe("malformed frames are ProtocolErrors", () => {
     expectProtocolError(encodeWindow(0, 1), /stream id 0/);
     expectProtocolError(encodeEnd(0), /stream id 0/);
     expectProtocolError(encodeReset(0, 1, "x"), /stream id 0/);
+    expectProtocolError(encodeGrow(0, 1), /stream id 0/);
   });
 
   test("WINDOW increment 0", () => {
@@ -278,8 +319,9 @@ describe("control messages", () => {
   const valid: ControlMessage[] = [
     {
       type: "hello",
-      protocol: 1,
+      protocol: 3,
       window: DEFAULTS.window,
+      initialWindow: DEFAULTS.initialWindow,
       maxFramePayload: MAX,
       maxStreamsPerTunnel: 4096,
       maxTunnelsPerClient: 32,
@@ -290,8 +332,8 @@ describe("control messages", () => {
     {
       type: "sync",
       streams: [
-        [1, 10, 8, 0],
-        [0xffffffff, 0, 0, 1],
+        [1, 10, 8, 0, 1 << 20],
+        [0xffffffff, 0, 0, 1, 1],
       ],
       finished: [3, 4],
       accepted: 7,
@@ -314,6 +356,9 @@ describe("control messages", () => {
       "",
       '{"type":"sync","streams":[[0,1,1,0]],"finished":[],"accepted":0}',
       '{"type":"sync","streams":[[1,1,2]],"finished":[],"accepted":0}',
+      '{"type":"sync","streams":[[1,1,1,0]],"finished":[],"accepted":0}',
+      '{"type":"sync","streams":[[1,1,1,0,0]],"finished":[],"accepted":0}',
+      '{"type":"hello","protocol":3,"window":1,"initialWindow":2,"maxFramePayload":1,"maxStreamsPerTunnel":1,"maxTunnelsPerClient":1,"session":"s","secret":"k","resumed":false}',
       '{"type":"expose","id":1,"kind":"tcp","tunnel":"../x"}',
       "{",
       "not json",

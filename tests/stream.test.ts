@@ -1,8 +1,10 @@
 /**
  * Property tests of the stream state machine: two multiplexers joined by in-memory frame queues, with
- * sockets whose reads, partial writes, drains, FINs, resets and transport blips (frames lost, then a
- * resume) come in random order. Whatever the order: no exception but ProtocolError escapes, bytes
- * arrive in order with nothing lost or repeated, and every stream is freed in the end.
+ * sockets whose reads, partial writes, drains, FINs, resets, transport blips (frames lost, then a
+ * resume) and the passing of time come in random order. Whatever the order: no exception but
+ * ProtocolError escapes, bytes arrive in order with nothing lost or repeated, every stream is freed in
+ * the end, no sender has more in flight than its receiver granted, and a receiver's window grows only
+ * by what its socket consumed.
  */
 
 import { describe, expect, test } from "bun:test";
@@ -10,13 +12,7 @@ import fc from "fast-check";
 import { DISPOSE_MIN_BYTES } from "../shared/disposable.ts";
 import { Mux } from "../shared/mux.ts";
 import { FrameType, StreamKind } from "../shared/protocol.ts";
-import {
-  GROW_WITHIN_MS,
-  INITIAL_SEND_WINDOW,
-  type RelaySocket,
-  Stream,
-  type StreamHost,
-} from "../shared/stream.ts";
+import { GROW_FLOOR_MS, GROW_RTTS, type RelaySocket, Stream, type StreamHost } from "../shared/stream.ts";
 
 /** A socket double: takes a random share of each write, records what it took, obeys pause. */
 class FakeSocket {
@@ -59,7 +55,15 @@ function quietHost(
   overrides: Partial<StreamHost> & Pick<StreamHost, "window" | "maxFramePayload">,
 ): StreamHost {
   const none = () => {};
-  return { sendData: none, sendWindow: none, sendEnd: none, sendReset: none, release: none, ...overrides };
+  return {
+    sendData: none,
+    sendWindow: none,
+    sendGrow: none,
+    sendEnd: none,
+    sendReset: none,
+    release: none,
+    ...overrides,
+  };
 }
 
 /** One side: its mux, its socket, what its socket "read" so far, and the frames in flight to the peer. */
@@ -73,10 +77,20 @@ interface Side {
 }
 
 const WINDOW = 64;
-// Streams start at an eighth of the window and grow (at once: the test runs faster than 20 ms per
-// window), so resumes and resets meet streams at every window size.
-// Every read and message is freed once relayed, however small (the relay's threshold is 16 KiB).
-const settings = { window: WINDOW, initialWindow: WINDOW / 8, maxFramePayload: 16, disposeMinBytes: 1 };
+const INITIAL = WINDOW / 8;
+/** The muxes' clock (ms), stepped by "tick" actions: windows grow when time passes slowly. */
+let clockNow = 1000;
+// Streams start at an eighth of the window and grow when their socket consumes half a window within
+// GROW_FLOOR_MS (no PONG is ever answered in time to matter), so resumes and resets meet streams at
+// every window size. Every read and message is freed once relayed, however small (the relay's
+// threshold is 16 KiB).
+const settings = {
+  window: WINDOW,
+  initialWindow: INITIAL,
+  maxFramePayload: 16,
+  disposeMinBytes: 1,
+  clock: () => clockNow,
+};
 
 function pair() {
   const server: Side = {
@@ -106,6 +120,7 @@ type Action =
   | { kind: "deliver"; toClient: boolean; count: number }
   | { kind: "room"; server: boolean; room: number }
   | { kind: "fin"; server: boolean }
+  | { kind: "tick"; ms: number }
   | { kind: "blip" };
 
 const action: fc.Arbitrary<Action> = fc.oneof(
@@ -135,6 +150,13 @@ const action: fc.Arbitrary<Action> = fc.oneof(
   },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant("fin" as const), server: fc.boolean() }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant("blip" as const) }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant("tick" as const),
+      ms: fc.integer({ min: 0, max: 3 * GROW_FLOOR_MS }),
+    }),
+  },
 );
 
 let counter = 0;
@@ -173,11 +195,33 @@ function blip(server: Side, client: Side, sender: (side: Side) => (frame: Uint8A
   server.mux.resume(sender(server), clientSync);
 }
 
+/**
+ * Flow-control invariants, each direction: the sender's window is at most what its receiver granted
+ * (GROWs in flight make it smaller, never larger), the receiver's at most the session's window, and a
+ * receiver's window grew only by consumption: doubling from W needs W/2 bytes taken by its socket, so
+ * a window of W took at least (W - initial) / 2.
+ */
+function checkWindows(server: Side, client: Side): void {
+  for (const [from, to] of [
+    [server, client],
+    [client, server],
+  ] as const) {
+    const sending = from.stream;
+    const receiving = to.stream;
+    if (!sending || !receiving || sending.closed || receiving.closed) continue;
+    expect(sending.sendWindowBytes).toBeLessThanOrEqual(receiving.recvWindowBytes);
+    expect(receiving.recvWindowBytes).toBeLessThanOrEqual(WINDOW);
+    expect(to.socket.received.length).toBeGreaterThanOrEqual((receiving.recvWindowBytes - INITIAL) / 2);
+  }
+}
+
 function run(actions: Action[]): { server: Side; client: Side } {
   const { server, client, sender } = pair();
   const side = (isServer: boolean) => (isServer ? server : client);
   for (const a of actions) {
-    if (a.kind === "read") read(side(a.server), a.size);
+    checkWindows(server, client);
+    if (a.kind === "tick") clockNow += a.ms;
+    else if (a.kind === "read") read(side(a.server), a.size);
     else if (a.kind === "deliver") deliver(side(!a.toClient), side(a.toClient), a.count);
     else if (a.kind === "room") {
       const s = side(a.server);
@@ -205,6 +249,7 @@ function run(actions: Action[]): { server: Side; client: Side } {
     if (!inFlight(server, client)) break;
     deliver(server, client, 1);
     deliver(client, server, 1);
+    checkWindows(server, client);
   }
   return { server, client };
 }
@@ -251,54 +296,124 @@ describe("stream state machine", () => {
   });
 });
 
-describe("send window", () => {
-  const MiB = 1024 * 1024;
-  /** A stream whose host records the DATA bytes it sends; its socket read 64 MiB at once. */
-  function starvedStream(window: number) {
-    let sent = 0;
+describe("window auto-tuning (receiver-driven)", () => {
+  /** The unit of these tests: a small "MiB", so that the byte-recording socket stays cheap. */
+  const MiB = 64 * 1024;
+  /**
+   * A receiving stream whose socket takes `room` bytes per write, on a host with a stepped clock and a
+   * fixed round trip, that records the GROW and WINDOW frames it sends.
+   */
+  function receiver({ window = 16 * MiB, rtt = 50, room = Number.POSITIVE_INFINITY, mayGrow = true } = {}) {
     const clock = { now: 1000 };
+    const grows: number[] = [];
+    let credited = 0;
     const host = quietHost({
       window,
+      initialWindow: MiB,
+      rtt,
       clock: () => clock.now,
-      maxFramePayload: 256 * 1024,
-      sendData: (_id, payload) => {
-        sent += payload.length;
+      maxFramePayload: MiB,
+      mayGrow: () => mayGrow,
+      sendGrow: (_id, n) => grows.push(n),
+      sendWindow: (_id, n) => {
+        credited += n;
       },
     });
     const stream = new Stream(1, host);
-    stream.onSocketData(new Uint8Array(64 * MiB));
-    return { stream, sent: () => sent, clock };
+    const socket = new FakeSocket();
+    socket.room = room;
+    stream.attach(socket as unknown as RelaySocket);
+    /** The peer sends `n` bytes `afterMs` after the last delivery. */
+    const deliver = (n: number, afterMs = 0) => {
+      clock.now += afterMs;
+      stream.onData(new Uint8Array(n));
+    };
+    return { stream, socket, grows, clock, deliver, credited: () => credited };
   }
 
-  test("starts at 1 MiB and doubles, up to the session window, while whole windows are acknowledged fast", () => {
-    const { stream, sent } = starvedStream(8 * MiB);
-    expect(sent()).toBe(INITIAL_SEND_WINDOW);
-    const inFlight: number[] = [];
-    let acked = 0;
-    for (let round = 0; round < 5; round++) {
-      const outstanding = sent() - acked;
-      stream.onWindow(outstanding); // the whole window, at once: far within GROW_WITHIN_MS
-      acked += outstanding;
-      inFlight.push(sent() - acked);
-    }
-    expect(inFlight).toEqual([2 * MiB, 4 * MiB, 8 * MiB, 8 * MiB, 8 * MiB]);
+  test("a window used up within a few round trips doubles, up to the session's window", () => {
+    const r = receiver({ window: 8 * MiB, rtt: 50 });
+    // Window-limited on a 50 ms path: a window's worth arrives per round trip.
+    for (let round = 0; round < 6; round++) r.deliver(r.stream.recvWindowBytes, 50);
+    expect(r.grows).toEqual([MiB, 2 * MiB, 4 * MiB]);
+    expect(r.stream.recvWindowBytes).toBe(8 * MiB);
   });
 
-  test("does not grow for a receiver that acknowledges slowly (a visitor that reads slowly)", () => {
-    const { stream, sent, clock } = starvedStream(8 * MiB);
-    clock.now += GROW_WITHIN_MS; // the whole window took exactly the limit: too slow
-    stream.onWindow(INITIAL_SEND_WINDOW);
-    expect(sent() - INITIAL_SEND_WINDOW).toBe(INITIAL_SEND_WINDOW);
-    clock.now += GROW_WITHIN_MS - 1; // the next one just within it: grows
-    stream.onWindow(INITIAL_SEND_WINDOW);
-    expect(sent() - 2 * INITIAL_SEND_WINDOW).toBe(2 * INITIAL_SEND_WINDOW);
+  test("half a window consumed slower than GROW_RTTS × fraction × rtt does not grow it", () => {
+    const rtt = 50;
+    const r = receiver({ rtt });
+    r.deliver(1); // the epoch starts with the first byte
+    // Half the window took exactly the limit (fraction 1/2 → 2 × rtt): too slow.
+    r.deliver(MiB / 2 - 1, (GROW_RTTS / 2) * rtt);
+    expect(r.grows).toEqual([]);
+    // The next half within it: grows.
+    r.deliver(MiB / 2, (GROW_RTTS / 2) * rtt - 1);
+    expect(r.grows).toEqual([MiB]);
   });
 
-  test("a session window below 1 MiB is used as it is, and never exceeded", () => {
-    const { stream, sent } = starvedStream(64 * 1024);
-    expect(sent()).toBe(64 * 1024);
-    stream.onWindow(64 * 1024);
-    expect(sent()).toBe(128 * 1024);
+  test("on a path shorter than the event loop's turns, GROW_FLOOR_MS stands in for the round trip", () => {
+    const r = receiver({ rtt: 0.05 });
+    r.deliver(1);
+    r.deliver(MiB / 2 - 1, GROW_FLOOR_MS / 2 - 1);
+    expect(r.grows).toEqual([MiB]);
+  });
+
+  test("a stalled reader's window never grows, and DATA past the granted window is a protocol error", () => {
+    const r = receiver({ room: 0 });
+    for (let i = 0; i < 8; i++) r.deliver(MiB / 8, 1);
+    expect(r.grows).toEqual([]);
+    expect(r.credited()).toBe(0);
+    // The session's window is 16 MiB, but this stream granted 1 MiB: one byte more is refused.
+    expect(() => r.deliver(1)).toThrow(/past its window/);
+  });
+
+  test("no growth where the memory budget says no", () => {
+    const r = receiver({ mayGrow: false });
+    for (let round = 0; round < 4; round++) r.deliver(MiB, 1);
+    expect(r.grows).toEqual([]);
+    expect(r.stream.recvWindowBytes).toBe(MiB);
+  });
+
+  test("a sender uses exactly what GROW granted, never past the session's window", () => {
+    let sent = 0;
+    const stream = new Stream(
+      1,
+      quietHost({
+        window: 4 * MiB,
+        initialWindow: MiB,
+        maxFramePayload: 256 * 1024,
+        sendData: (_id, payload) => {
+          sent += payload.length;
+        },
+      }),
+    );
+    stream.onSocketData(new Uint8Array(64 * MiB));
+    expect(sent).toBe(MiB);
+    stream.onGrow(MiB);
+    expect(sent).toBe(2 * MiB);
+    stream.onGrow(64 * MiB); // a peer granting more than the session allows: capped
+    expect(sent).toBe(4 * MiB);
+    expect(stream.sendWindowBytes).toBe(4 * MiB);
+    stream.onWindow(MiB);
+    expect(sent).toBe(5 * MiB);
+  });
+
+  test("a session window below the initial one is used as it is, and never exceeded", () => {
+    let sent = 0;
+    const stream = new Stream(
+      1,
+      quietHost({
+        window: 16 * 1024,
+        maxFramePayload: 4 * 1024,
+        sendData: (_id, payload) => {
+          sent += payload.length;
+        },
+      }),
+    );
+    stream.onSocketData(new Uint8Array(1 << 20));
+    expect(sent).toBe(16 * 1024);
+    stream.onWindow(16 * 1024);
+    expect(sent).toBe(32 * 1024);
   });
 });
 
