@@ -7,6 +7,7 @@
  * bun run bench                       # full run (1 GiB bulk, 20,000 pings, 2,000 connections, …)
  * bun run bench --quick               # smaller sizes, under two minutes
  * bun run bench --only direct,sockets --measures bulk,latency --json out.json
+ * bun run bench --only direct,ssh,sockets --measures longpath   # the long-path section alone
  * ```
  * @module
  */
@@ -14,6 +15,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { cpus, release } from "node:os";
 import { parseArgs } from "node:util";
+import { LONG_PATH_PROVIDERS, type LongPathProvider, longPathReport, runLongPath } from "./longpath.ts";
 import {
   bulk,
   connRate,
@@ -41,7 +43,7 @@ import {
 } from "./report.ts";
 
 /** Measurement groups, in the order they run on each tunnel. */
-export const MEASURES = ["memory", "integrity", "latency", "connrate", "bulk"] as const;
+export const MEASURES = ["memory", "integrity", "latency", "connrate", "bulk", "longpath"] as const;
 
 /** A measurement group name. */
 export type Measure = (typeof MEASURES)[number];
@@ -54,6 +56,8 @@ export interface BenchOptions {
   json?: string;
   only: ProviderName[];
   measures: Measure[];
+  /** The long path runs sockets from this checkout instead (before/after tables). */
+  socketsRoot?: string;
 }
 
 const HELP = `Usage: bun run bench [options]
@@ -63,7 +67,9 @@ Options:
   --repeat N           runs of each timed measurement, the median is reported (default 5, --quick 1)
   --json FILE          also write every figure (and CPU shares) as JSON to FILE
   --only LIST          providers to run, comma-separated: ${PROVIDER_NAMES.join(",")} (default: all)
-  --measures LIST      measurements to run, comma-separated: ${MEASURES.join(",")} (default: all)
+  --measures LIST      measurements to run, comma-separated: ${MEASURES.join(",")} (default: all);
+                       longpath: direct (as the bare path), ssh and sockets across +50 and +200 ms (longpath.ts)
+  --sockets-root DIR   longpath: run sockets from another checkout (for a before/after table)
   -h, --help           show this help
 `;
 
@@ -89,6 +95,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions | "help" {
       json: { type: "string" },
       only: { type: "string" },
       measures: { type: "string" },
+      "sockets-root": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -102,6 +109,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions | "help" {
     json: values.json,
     only: pickList(values.only, PROVIDER_NAMES, "--only"),
     measures: pickList(values.measures, MEASURES, "--measures"),
+    socketsRoot: values["sockets-root"],
   };
 }
 
@@ -286,18 +294,27 @@ export async function runBench(options: BenchOptions): Promise<string> {
   const native = await buildNative();
   const service = spawn([native.service, "2"], { stdin: true });
   const results: Partial<Record<ProviderName, ProviderResult>> = {};
+  const loopback = options.measures.filter((m) => m !== "longpath");
   try {
     await service.waitFor(/port (\d+)/, 10_000);
-    for (const name of options.only)
-      results[name] = await measureProvider(
-        name,
-        { loadgen: native.loadgen, service },
-        params,
-        options.measures,
-      );
+    for (const name of loopback.length > 0 ? options.only : [])
+      results[name] = await measureProvider(name, { loadgen: native.loadgen, service }, params, loopback);
   } finally {
     await service.stop();
   }
+  const longPathProviders = options.only
+    .map((name) => (name === "direct" ? "bare" : name))
+    .filter((name): name is LongPathProvider => (LONG_PATH_PROVIDERS as readonly string[]).includes(name));
+  const longPathSeconds = options.quick ? 3 : 5;
+  const longPath = options.measures.includes("longpath")
+    ? await runLongPath({
+        rtts: [50, 200],
+        seconds: longPathSeconds,
+        providers: longPathProviders,
+        socketsRoot: options.socketsRoot,
+        log,
+      })
+    : [];
   const elapsed = (performance.now() - started) / 1000;
   const info = await machine();
   const report = [
@@ -305,22 +322,27 @@ export async function runBench(options: BenchOptions): Promise<string> {
     "",
     `Code: ${info.code}.`,
     `Machine: ${info.cpus}; Linux ${info.kernel}; Bun ${info.bun}; ${info.ssh}. All traffic on 127.0.0.1.`,
-    `Each timed figure is the median of ${params.repeat} run(s). Sizes: bulk ${params.bulkBytes / 1024 ** 2} MiB per run; latency ${params.latencyRounds} × ${params.latencySize} B after ${params.latencyWarmup} warm-up; ${params.connCount} connections, ${params.connInflight} in flight; ${params.holdCount} held; integrity ${params.integrityConns} × ${params.integrityBytes / 1024 ** 2} MiB.`,
+    `Each timed loopback figure is the median of ${params.repeat} run(s). Sizes: bulk ${params.bulkBytes / 1024 ** 2} MiB per run; latency ${params.latencyRounds} × ${params.latencySize} B after ${params.latencyWarmup} warm-up; ${params.connCount} connections, ${params.connInflight} in flight; ${params.holdCount} held; integrity ${params.integrityConns} × ${params.integrityBytes / 1024 ** 2} MiB.`,
     "",
     markdownTable(results, options.only, params.bulkConns, params.holdCount),
     "",
     ...footnotes(results, options.only).map((n) => `- ${n}`),
     "",
     ...floorSection(results, params),
-    "CPU during each measurement (median run), % of one core per process (its busiest thread in brackets when lower; other = kernel threads and processes outside the benchmark), and what bounds it:",
-    "",
-    cpuTable(results, options.only),
-    "",
+    ...(loopback.length > 0
+      ? [
+          "CPU during each measurement (median run), % of one core per process (its busiest thread in brackets when lower; other = kernel threads and processes outside the benchmark), and what bounds it:",
+          "",
+          cpuTable(results, options.only),
+          "",
+        ]
+      : []),
+    longPathReport(longPath, longPathSeconds),
   ].join("\n");
   if (options.json)
     writeFileSync(
       options.json,
-      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results }, null, 2)}\n`,
+      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath }, null, 2)}\n`,
     );
   return report;
 }

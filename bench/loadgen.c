@@ -10,6 +10,13 @@
  *   loadgen hold      PORT COUNT INFLIGHT     open COUNT echo-verified connections, print, wait for a line
  *                                             on stdin, check none was dropped, close them all, print
  *   loadgen integrity PORT CONNS BYTES        random bytes echoed with half-close; sha256 both ways
+ *   loadgen ramp      PORT SVCPORT DIR CONNS SECONDS
+ *                                             long path: this process is also the service, listening on
+ *                                             SVCPORT; CONNS visitors through PORT move bytes one way
+ *                                             (DIR up: visitor -> service, down: service -> visitor) for
+ *                                             SECONDS; bytes are counted where they arrive, per 100 ms
+ *   loadgen ttfb      PORT SVCPORT COUNT      COUNT fresh connections, one after another: time from
+ *                                             connect() to the first byte the service sends on accept
  *
  * BYTES is the total over all connections for up/down.
  */
@@ -458,6 +465,144 @@ static void run_integrity(int conns, uint64_t bytes) {
          cpu_seconds(RUSAGE_SELF));
 }
 
+/* ---------- long path: ramp (throughput over time) and ttfb ---------- */
+
+#define BUCKET 0.1
+#define MAX_BUCKETS 1200
+
+static double ramp_t0, ramp_end;
+static uint64_t buckets[MAX_BUCKETS];
+static int listen_fd;
+
+static int listen_on(int p) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+  if (fd < 0) return -1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(p)};
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(fd, 256) < 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* Blocking calls wake up at least every 100 ms, so that every thread sees the end of the run. */
+static void short_timeouts(int fd) {
+  struct timeval t = {.tv_sec = 0, .tv_usec = 100000};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &t, sizeof t);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &t, sizeof t);
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+struct ramp_end {
+  pthread_t tid;
+  int fd, sender, error;
+};
+
+static void *ramp_worker(void *arg) {
+  struct ramp_end *e = arg;
+  unsigned char *buf = malloc(CHUNK);
+  uint64_t seed = (uint64_t)(uintptr_t)e;
+  fill_random(buf, CHUNK, &seed);
+  short_timeouts(e->fd);
+  while (now() < ramp_end) {
+    ssize_t n = e->sender ? write(e->fd, buf, CHUNK) : read(e->fd, buf, CHUNK);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+    if (n <= 0) {
+      e->error = 1;
+      break;
+    }
+    if (!e->sender) {
+      int b = (int)((now() - ramp_t0) / BUCKET);
+      if (b >= 0 && b < MAX_BUCKETS) __atomic_fetch_add(&buckets[b], (uint64_t)n, __ATOMIC_RELAXED);
+    }
+  }
+  free(buf);
+  return NULL;
+}
+
+static void run_ramp(int svcport, int up, int conns, double seconds) {
+  listen_fd = listen_on(svcport);
+  if (listen_fd < 0) fail("listen");
+  struct ramp_end visitors[MAX_CONNS], services[MAX_CONNS];
+  memset(visitors, 0, sizeof visitors);
+  memset(services, 0, sizeof services);
+  if (seconds * 10 > MAX_BUCKETS) seconds = MAX_BUCKETS / 10.0;
+  ramp_t0 = now();
+  ramp_end = ramp_t0 + seconds;
+  for (int i = 0; i < conns; i++) {
+    visitors[i].fd = dial(0);
+    if (visitors[i].fd < 0) fail("connect");
+    services[i].fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (services[i].fd < 0) fail("accept");
+    visitors[i].sender = up;
+    services[i].sender = !up;
+  }
+  // The clock starts once every connection is through: the ramp measures flow control, not connects.
+  ramp_t0 = now();
+  ramp_end = ramp_t0 + seconds;
+  for (int i = 0; i < conns; i++) {
+    pthread_create(&visitors[i].tid, NULL, ramp_worker, &visitors[i]);
+    pthread_create(&services[i].tid, NULL, ramp_worker, &services[i]);
+  }
+  int errors = 0;
+  for (int i = 0; i < conns; i++) {
+    pthread_join(visitors[i].tid, NULL);
+    pthread_join(services[i].tid, NULL);
+    errors += visitors[i].error + services[i].error;
+    close(visitors[i].fd);
+    close(services[i].fd);
+  }
+  int n = (int)(seconds / BUCKET + 0.5);
+  uint64_t total = 0;
+  printf("{\"mode\":\"ramp\",\"dir\":\"%s\",\"conns\":%d,\"seconds\":%.3f,\"bucketMs\":%d,\"errors\":%d,\"mbps\":[",
+         up ? "up" : "down", conns, seconds, (int)(BUCKET * 1000), errors);
+  for (int i = 0; i < n; i++) {
+    total += buckets[i];
+    printf("%s%.1f", i ? "," : "", (double)buckets[i] * 8 / BUCKET / 1e6);
+  }
+  printf("],\"bytes\":%llu,\"cpu\":%.3f}\n", (unsigned long long)total, cpu_seconds(RUSAGE_SELF));
+}
+
+static void *ttfb_service(void *arg) {
+  (void)arg;
+  for (;;) {
+    int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR) continue;
+      return NULL;
+    }
+    // The visitor sends nothing: closing at once after the byte is a clean FIN, and the next accept
+    // is not held up by this connection's end crossing the path.
+    unsigned char hello = 'h';
+    if (write(fd, &hello, 1) != 1) {}
+    close(fd);
+  }
+}
+
+static void run_ttfb(int svcport, int count) {
+  listen_fd = listen_on(svcport);
+  if (listen_fd < 0) fail("listen");
+  pthread_t tid;
+  pthread_create(&tid, NULL, ttfb_service, NULL);
+  double *ms = calloc((size_t)count, sizeof *ms);
+  int errors = 0, ok = 0;
+  for (int i = 0; i < count; i++) {
+    double t0 = now();
+    int fd = dial(0);
+    unsigned char b;
+    if (fd < 0 || read(fd, &b, 1) != 1) errors++;
+    else ms[ok++] = (now() - t0) * 1000;
+    if (fd >= 0) close(fd);
+  }
+  qsort(ms, (size_t)ok, sizeof *ms, cmp_double);
+  printf("{\"mode\":\"ttfb\",\"count\":%d,\"errors\":%d,\"p50\":%.2f,\"min\":%.2f,\"max\":%.2f,\"cpu\":%.3f}\n",
+         count, errors, ok ? pct(ms, ok, 0.5) : 0, ok ? ms[0] : 0, ok ? ms[ok - 1] : 0, cpu_seconds(RUSAGE_SELF));
+  free(ms);
+}
+
 static long arg(char **argv, int argc, int i) {
   if (i >= argc) {
     fprintf(stderr, "loadgen: missing argument %d (see the header of bench/loadgen.c)\n", i);
@@ -488,7 +633,17 @@ int main(int argc, char **argv) {
     long conns = arg(argv, argc, 3);
     if (conns < 1 || conns > MAX_CONNS) conns = 16;
     run_integrity((int)conns, (uint64_t)arg(argv, argc, 4));
-  } else {
+  } else if (!strcmp(mode, "ramp")) {
+    if (argc < 7) {
+      fprintf(stderr, "usage: loadgen ramp PORT SVCPORT up|down CONNS SECONDS\n");
+      return 2;
+    }
+    long conns = arg(argv, argc, 5);
+    if (conns < 1 || conns > MAX_CONNS) conns = 1;
+    run_ramp((int)arg(argv, argc, 3), !strcmp(argv[4], "up"), (int)conns, atof(argv[6]));
+  } else if (!strcmp(mode, "ttfb"))
+    run_ttfb((int)arg(argv, argc, 3), (int)arg(argv, argc, 4));
+  else {
     fprintf(stderr, "loadgen: unknown mode '%s'\n", mode);
     return 2;
   }

@@ -115,20 +115,36 @@ const muxFloor: Provider = {
 /**
  * Starts a sockets server and client from the given commands (their flags for the bench's loopback
  * tunnel are appended) and waits until the tunnel's port takes connections. `extraEnv` is added to
- * both processes' environment; `cwd` defaults to this checkout (`bench/ab.ts` passes another).
+ * both processes' environment; `cwd` defaults to this checkout (`bench/ab.ts` passes another); `via`
+ * puts something between client and server (the long path's delay proxy): given the server's control
+ * port, it resolves with the port the client should dial, and is stopped with the tunnel.
  */
 export function startSockets(
   server: string[],
   client: string[],
   servicePort: number,
-  { extraEnv = {}, cwd = ROOT }: { extraEnv?: Record<string, string>; cwd?: string } = {},
+  {
+    extraEnv = {},
+    cwd = ROOT,
+    via,
+  }: {
+    extraEnv?: Record<string, string>;
+    cwd?: string;
+    via?: (port: number) => Promise<Proc & { port: number }>;
+  } = {},
 ): Promise<Tunnel> {
   return launch(async (track) => {
     const env = { SOCKETS_SINGLE_API_KEY: "", SOCKETS_API_KEY: "", SOCKETS_SERVER: "", ...extraEnv };
     const srv = track(spawn([...server, "--host", "127.0.0.1", "--port", "0"], { cwd, env }));
     const [, url] = await srv.waitFor(/listening on (ws:\/\/\S+)/, 20_000);
+    let dial = url as string;
+    if (via) {
+      const proxy = await via(Number(new URL(dial).port));
+      track(proxy);
+      dial = `ws://127.0.0.1:${proxy.port}`;
+    }
     const cli = track(
-      spawn([...client, "--expose", `127.0.0.1:${servicePort}`, "--server", url as string], { cwd, env }),
+      spawn([...client, "--expose", `127.0.0.1:${servicePort}`, "--server", dial], { cwd, env }),
     );
     const match = await cli.waitFor(/exposed with tunnel id \S+, url: \S+:(\d+)/, 20_000);
     const port = Number(match[1]);

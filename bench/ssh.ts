@@ -56,8 +56,15 @@ function sshdConfig(dir: string, port: number): string {
   ].join("\n")}\n`;
 }
 
-/** Starts the private sshd (config, keys in a temp dir) and the forwarding ssh client. */
-async function startSsh(servicePort: number): Promise<Tunnel> {
+/**
+ * Starts the private sshd (config, keys in a temp dir) and the forwarding ssh client. `via` puts
+ * something between them (the long path's delay proxy): given sshd's port, it resolves with the port
+ * the ssh client should dial, and is stopped with the tunnel.
+ */
+export async function startSsh(
+  servicePort: number,
+  via?: (port: number) => Promise<Proc & { port: number }>,
+): Promise<Tunnel> {
   const dir = mkdtempSync(join(tmpdir(), "sockets-bench-ssh-"));
   const procs: Proc[] = [];
   const removeDir = () => rmSync(dir, { recursive: true, force: true });
@@ -99,6 +106,11 @@ async function startSsh(servicePort: number): Promise<Tunnel> {
     }
     const daemon = sshd as Proc;
     sessions = () => descendants(daemon.pid);
+    if (via) {
+      const proxy = await via(sshPort);
+      procs.push(proxy);
+      sshPort = proxy.port;
+    }
     const publicPort = freePort();
     const client = spawn([
       "ssh",
@@ -149,5 +161,5 @@ export const sshProvider: Provider = {
   async prepare() {
     return missing();
   },
-  start: startSsh,
+  start: (port) => startSsh(port),
 };
