@@ -25,12 +25,19 @@ import {
   parsePortRange,
   parseSeconds,
   UsageError,
+  unmappedAddress,
   usageLine,
 } from "./shared/args.ts";
 import { bearerKey, keyMatches } from "./shared/auth.ts";
 import { Budget, DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "./shared/budget.ts";
 import { HttpFront } from "./shared/http-front.ts";
-import { type HttpIngressOptions, listenHttp, nameOf } from "./shared/http-ingress.ts";
+import {
+  DEFAULT_REQUEST_TIMEOUT_SECONDS,
+  HeadBudget,
+  type HttpIngressOptions,
+  listenHttp,
+  nameOf,
+} from "./shared/http-ingress.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import {
   AUTH_HEADER,
@@ -79,6 +86,11 @@ export interface ServerOptions {
   handshakeSeconds?: number;
   /** Failed auth attempts per remote address per minute before `429` (default 10). */
   authFailLimit?: number;
+  /**
+   * Seconds an HTTP visitor may take to send a complete request head, after connecting or after its
+   * previous response (default 10); also how long an idle keep-alive connection is kept.
+   */
+  requestTimeoutSeconds?: number;
   /** Seconds without traffic after which a visitor is closed (default 0 = never). */
   visitorIdleSeconds?: number;
   /** Drop info lines from the log. */
@@ -180,12 +192,15 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   // port, through the front and an internal loopback ingress.
   const scheme = options.tls ? "https" : "http";
   context.httpScheme = scheme;
+  const heads = new HeadBudget();
   const ingress = (port: number, hostname: string, extra: Partial<HttpIngressOptions>) =>
     listenHttp({
       host: hostname,
       port,
       domain: context.domain,
       route: (name) => context.httpRoutes.get(name),
+      requestTimeoutSeconds: options.requestTimeoutSeconds,
+      heads,
       log,
       ...extra,
     });
@@ -205,7 +220,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   // Route: a NAME.DOMAIN Host is a visitor of an HTTP tunnel, whatever the path.
   app.use("*", async (c, next) => {
     if (nameOf(c.req.header("host") ?? "", context.domain) === undefined) return next();
-    const ip = c.env.requestIP(c.req.raw)?.address ?? "";
+    const ip = unmappedAddress(c.env.requestIP(c.req.raw)?.address ?? "");
     if ((c.req.header("upgrade") ?? "").toLowerCase() !== "websocket") return front.forward(c.req.raw, ip);
     const upstream = await front.connectWebSocket(c.req.raw, ip);
     if (upstream instanceof Response) return upstream;
@@ -218,12 +233,12 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   app.get("/health", (c) => c.json(stats()));
   app.get(CONNECT_PATH, (c) => {
     const address = c.env.requestIP(c.req.raw);
-    const remote = address ? `${formatHost(address.address)}:${address.port}` : "?";
+    const remote = address ? `${formatHost(unmappedAddress(address.address))}:${address.port}` : "?";
     const refuse = (status: 401 | 403 | 426 | 429 | 503, message: string) => {
       log.info(`refused ${remote}: ${status} ${message}`);
       return c.text(`${message}\n`, status);
     };
-    const ip = address?.address ?? "?";
+    const ip = address ? unmappedAddress(address.address) : "?";
     if (draining) return refuse(503, "server is shutting down");
     if (authFailures.blocked(ip)) return refuse(429, "too many failed attempts; try again in a minute");
     if (options.apiKey !== undefined && !keyMatches(bearerKey(c.req.header(AUTH_HEADER)), options.apiKey)) {
@@ -295,7 +310,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       },
       close(ws, code, reason) {
         if (ws.data.bridge) return bridgeHandlers.close(ws, code, reason);
-        ws.data.session?.onClose(ws, code);
+        ws.data.session?.onClose(ws, code, reason);
         log.info(`client ${ws.data.remote} disconnected (${code})`);
       },
     },
@@ -375,6 +390,9 @@ Options:
   --drain-timeout SECONDS  on SIGTERM/SIGINT, how long streams may take to finish (default 10)
   --handshake-timeout SECONDS  close clients that send no expose/sync this long after connecting (default 10)
   --auth-fail-limit N    failed auth attempts per address per minute before 429 (default 10)
+  --request-timeout SECONDS  HTTP visitors must complete a request head this long after connecting or
+                         after their previous response; idle keep-alive connections close then too
+                         (default ${DEFAULT_REQUEST_TIMEOUT_SECONDS})
   --visitor-idle-timeout SECONDS  close visitor connections idle this long (default 0 = never)
   -q, --quiet            log warnings and errors only
   -h, --help             show this help
@@ -411,6 +429,7 @@ export function parseServerArgs(
       "handshake-timeout": { type: "string" },
       "auth-fail-limit": { type: "string" },
       "visitor-idle-timeout": { type: "string" },
+      "request-timeout": { type: "string" },
       quiet: { type: "boolean", short: "q" },
       help: { type: "boolean", short: "h" },
     },
@@ -451,6 +470,9 @@ export function parseServerArgs(
       parseSeconds(v, "--handshake-timeout", 0.1, 3600),
     ),
     authFailLimit: optional(values["auth-fail-limit"], (v) => parseCount(v, "--auth-fail-limit")),
+    requestTimeoutSeconds: optional(values["request-timeout"], (v) =>
+      parseSeconds(v, "--request-timeout", 0.1, 3600),
+    ),
     visitorIdleSeconds: optional(values["visitor-idle-timeout"], (v) =>
       parseSeconds(v, "--visitor-idle-timeout", 0, 86_400),
     ),

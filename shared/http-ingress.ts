@@ -1,9 +1,20 @@
 /**
  * The server's public HTTP port: each visitor connection is framed request by request
- * (`RequestFramer`), routed by the Host of its first request (`NAME.DOMAIN`) to an HTTP tunnel, and
- * carried as one stream of kind Http: request heads are re-written with X-Forwarded-* (and the Host
- * the tunnel asked for), bodies pass through as they come (never buffered), responses come back as
- * raw bytes. An upgrade request (WebSocket) turns the connection into raw bytes both ways.
+ * (`RequestFramer`), routed by the authority of its first request (`NAME.DOMAIN`) to an HTTP tunnel,
+ * and carried as one stream of kind Http: request heads are re-written with X-Forwarded-* (and the
+ * Host the tunnel asked for), bodies pass through as they come (never buffered). Responses come back
+ * as raw bytes and are framed too (`ResponseFramer`), without copying, so that the ingress knows:
+ * - which answer belongs to an upgrade request: only a 101 switches the connection to raw bytes both
+ *   ways; until that answer, bytes after the upgrade request wait in the framer (bounded), and any
+ *   other answer returns them to request framing. (Switching on the request alone let a second
+ *   request in the same packet reach the backend unrouted and unrewritten.)
+ * - when the connection is idle (no request in progress, every response complete): an idle
+ *   connection, or one whose head does not complete, is closed after the request timeout.
+ *
+ * Every path ends in the socket being closed: an error page is followed by our FIN and, if the
+ * visitor does not close within {@link LINGER_MS}, by an abort; a visitor's FIN is passed on while a
+ * response is due, and closes the connection once it is idle. The bytes every incomplete head holds
+ * are counted against one budget per server ({@link HeadBudget}).
  *
  * With the server's certificate (a wildcard for `*.DOMAIN`) the port serves https.
  *
@@ -12,8 +23,9 @@
  * @module
  */
 
+import { STATUS_CODES } from "node:http";
 import type { TCPSocketListener } from "bun";
-import { formatHost } from "./args.ts";
+import { formatHost, unmappedAddress } from "./args.ts";
 import { keyMatches } from "./auth.ts";
 import { VIA_HEADER } from "./http-front.ts";
 import {
@@ -23,11 +35,13 @@ import {
   type RequestEvent,
   RequestFramer,
   type RequestHead,
+  ResponseFramer,
   requestHost,
   serializeHead,
 } from "./http1.ts";
 import type { Logger } from "./log.ts";
-import { type RelaySocket, type RelaySocketData, relaySocketHandlers, type Stream } from "./stream.ts";
+import { ResetCode } from "./protocol.ts";
+import type { RelaySocket, RelaySocketData, Stream } from "./stream.ts";
 
 /** Where a name leads: an HTTP tunnel that opens a stream per visitor connection. */
 export interface HttpRoute {
@@ -41,16 +55,29 @@ export interface HttpRoute {
 
 /** The `data` slot of a visitor socket on the HTTP port. */
 export interface HttpSocketData extends RelaySocketData {
-  framer: RequestFramer;
-  route: HttpRoute | null;
-  /** An error page was sent: whatever else the visitor sends is ignored. */
-  answered: boolean;
-  /** The tunnel name the connection was routed to. */
-  name: string | undefined;
+  /** The connection's framing and state; set when the socket opens. */
+  connection: HttpConnection;
 }
 
 /** A visitor socket on the HTTP port. */
 export type HttpSocket = RelaySocket & { data: HttpSocketData };
+
+/** Default seconds a visitor may take to complete a request head after connecting or after its last response. */
+export const DEFAULT_REQUEST_TIMEOUT_SECONDS = 10;
+/** Default bytes all incomplete request and response heads of one server may hold together. */
+export const DEFAULT_HEAD_BUDGET = 32 * 1024 * 1024;
+/** After an error page (or a visitor's FIN on an idle connection), how long the peer has to close. */
+export const LINGER_MS = 2000;
+/** How often deadlines are checked: a deadline is met at most this late. */
+const SWEEP_MS = 250;
+
+/** Bytes held by incomplete heads across every HTTP listener of a server, against one limit. */
+export class HeadBudget {
+  /** Bytes held now. */
+  used = 0;
+  /** @param limit most bytes all incomplete heads may hold together. */
+  constructor(readonly limit = DEFAULT_HEAD_BUDGET) {}
+}
 
 /** Where to listen and how to find routes. */
 export interface HttpIngressOptions {
@@ -67,18 +94,20 @@ export interface HttpIngressOptions {
    * name the real visitor address and scheme. Without it (the public port) the header is dropped.
    */
   viaToken?: string;
+  /** Seconds to complete a head after connecting or after the previous response (default 10). */
+  requestTimeoutSeconds?: number;
+  /** Shared by the server's HTTP listeners (default: one of their own with the default limit). */
+  heads?: HeadBudget;
   log: Logger;
 }
 
-const STATUS_TEXT: Record<number, string> = {
-  400: "Bad Request",
-  401: "Unauthorized",
-  404: "Not Found",
-  413: "Content Too Large",
-  431: "Request Header Fields Too Large",
-  501: "Not Implemented",
-  502: "Bad Gateway",
-};
+/** A listening HTTP ingress. */
+export interface HttpIngress {
+  /** The bound port. */
+  readonly port: number;
+  /** Stops accepting; with `closeActive`, closes every visitor connection too. */
+  stop(closeActive?: boolean): void;
+}
 
 const UNAUTHORIZED = 'www-authenticate: Basic realm="sockets tunnel", charset="UTF-8"\r\n';
 
@@ -91,15 +120,6 @@ function authorized(head: RequestHead, route: HttpRoute): boolean {
   return keyMatches(presented, route.basicAuth);
 }
 
-/** Writes a small text response and closes the connection. */
-function respond(socket: HttpSocket, status: number, message: string, extraHeaders = ""): void {
-  socket.data.answered = true;
-  const body = `${message}\n`;
-  const head = `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extraHeaders}connection: close\r\n\r\n`;
-  socket.write(head + body);
-  socket.end();
-}
-
 /** The tunnel name in a Host value (`NAME.DOMAIN[:port]`), or undefined. */
 export function nameOf(host: string, domain: string): string | undefined {
   const bare = host.toLowerCase().replace(/:\d+$/, "");
@@ -107,111 +127,344 @@ export function nameOf(host: string, domain: string): string | undefined {
   return bare.endsWith(suffix) && bare.length > suffix.length ? bare.slice(0, -suffix.length) : undefined;
 }
 
+/**
+ * One visitor connection: its two framers, the tunnel it was routed to, and where it is in its life.
+ * Its stream (once routed) is `socket.data.stream`, set and cleared by the stream itself.
+ */
+export class HttpConnection {
+  readonly requests = new RequestFramer();
+  readonly responses = new ResponseFramer();
+  route: HttpRoute | null = null;
+  /** The tunnel name the connection was routed to. */
+  name: string | undefined;
+  /** An error page was sent: whatever else the visitor sends is ignored. */
+  answered = false;
+  /** The visitor sent FIN. */
+  visitorEnded = false;
+  /** A request or response said `Connection: close` (or was HTTP/1.0 without keep-alive). */
+  lastExchange = false;
+  /** A 101 came back: raw bytes both ways, no framing. */
+  upgraded = false;
+  /** Bytes this connection's incomplete heads hold, as counted in the budget. */
+  heldBytes = 0;
+  /** When (performance.now) the connection is closed unless something moves it on; 0 = no deadline. */
+  deadline = 0;
+  /** Response bytes not yet taken by the visitor when the deadline was set: a reader that moves is kept. */
+  unwrittenAtArm = 0;
+
+  constructor(readonly socket: HttpSocket) {}
+
+  /** The stream of the tunnel this connection was routed to, while it lives. */
+  get stream(): Stream | null {
+    return this.socket.data.stream;
+  }
+
+  /** No request in progress and every response complete (a keep-alive connection between requests). */
+  get idle(): boolean {
+    return (
+      !this.upgraded &&
+      this.responses.pendingRequests === 0 &&
+      this.responses.betweenMessages &&
+      this.requests.betweenMessages
+    );
+  }
+}
+
 /** Opens the HTTP port; visitors are routed as described in the module comment. */
-export function listenHttp(options: HttpIngressOptions): TCPSocketListener<HttpSocketData> {
+export function listenHttp(options: HttpIngressOptions): HttpIngress {
   const { domain, log } = options;
   const proto = options.tls ? "https" : "http";
+  const heads = options.heads ?? new HeadBudget();
+  const requestTimeoutMs = (options.requestTimeoutSeconds ?? DEFAULT_REQUEST_TIMEOUT_SECONDS) * 1000;
+  /** Connections with a deadline: waiting for a head, lingering after an answer or a FIN. */
+  const timed = new Set<HttpConnection>();
 
-  /** Route: the first request's Host picks the tunnel for the whole connection. */
-  function route(socket: HttpSocket, head: RequestHead): Stream | null {
+  const arm = (conn: HttpConnection, ms: number) => {
+    conn.deadline = performance.now() + ms;
+    conn.unwrittenAtArm = conn.stream?.unwritten ?? 0;
+    timed.add(conn);
+  };
+  const disarm = (conn: HttpConnection) => {
+    conn.deadline = 0;
+    timed.delete(conn);
+  };
+
+  const sweep = setInterval(() => {
+    const now = performance.now();
+    for (const conn of timed) if (now >= conn.deadline) expire(conn);
+  }, SWEEP_MS);
+  sweep.unref?.();
+
+  /** A deadline passed: a head never completed, an idle connection, or a visitor that never closed. */
+  function expire(conn: HttpConnection): void {
+    const stream = conn.stream;
+    // A response the visitor is still reading (slowly) is not idle: only a stalled one is.
+    const unwritten = stream?.unwritten ?? 0;
+    if (unwritten > 0 && unwritten !== conn.unwrittenAtArm) {
+      arm(conn, requestTimeoutMs);
+      return;
+    }
+    disarm(conn);
+    if (stream) stream.reset(ResetCode.Idle, conn.visitorEnded ? "visitor done" : "request timeout");
+    else conn.socket.terminate();
+  }
+
+  /** Writes a small text response, sends FIN, and gives the visitor {@link LINGER_MS} to close. */
+  function respond(conn: HttpConnection, status: number, message: string, extraHeaders = ""): void {
+    conn.answered = true;
+    const body = `${message}\n`;
+    const head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extraHeaders}connection: close\r\n\r\n`;
+    conn.socket.write(head + body);
+    conn.socket.end();
+    arm(conn, LINGER_MS);
+  }
+
+  /** A visitor broke HTTP: a page if nothing was relayed yet, else a reset of its stream. */
+  function refuse(conn: HttpConnection, error: unknown): void {
+    const status = error instanceof HttpParseError ? error.status : 400;
+    const message = (error as Error).message;
+    log.info(`http visitor ${formatHost(unmappedAddress(conn.socket.remoteAddress))}: ${message}`);
+    const stream = conn.stream;
+    if (stream) stream.reset(ResetCode.Protocol, `bad request: ${message}`);
+    else respond(conn, status, message);
+  }
+
+  /** Counts what the connection's heads hold now; false (and a 503) when the server's budget is spent. */
+  function account(conn: HttpConnection): boolean {
+    const held = conn.requests.pendingBytes + conn.responses.pendingBytes;
+    const grown = held - conn.heldBytes;
+    heads.used += grown;
+    conn.heldBytes = held;
+    if (grown <= 0 || heads.used <= heads.limit) return true;
+    log.warn(`http visitor refused: incomplete heads hold ${heads.used} bytes (limit ${heads.limit})`);
+    release(conn);
+    const stream = conn.stream;
+    if (stream) stream.reset(ResetCode.Limit, "server busy");
+    else respond(conn, 503, "server busy: too many incomplete requests; try again shortly");
+    return false;
+  }
+
+  function release(conn: HttpConnection): void {
+    heads.used -= conn.heldBytes;
+    conn.heldBytes = 0;
+  }
+
+  /** Route: the first request's authority picks the tunnel for the whole connection. */
+  function route(conn: HttpConnection, head: RequestHead): Stream | null {
     const host = requestHost(head);
     const name = nameOf(host, domain);
     const target = name === undefined ? undefined : options.route(name);
     if (target === undefined) {
-      respond(socket, 404, `no tunnel at ${host || "(no Host header)"}`);
+      respond(conn, 404, `no tunnel at ${host || "(no Host header)"}`);
       return null;
     }
     if (!authorized(head, target)) {
-      respond(socket, 401, "this tunnel needs a user name and password", UNAUTHORIZED);
+      respond(conn, 401, "this tunnel needs a user name and password", UNAUTHORIZED);
       return null;
     }
-    const opened = target.open(socket);
+    const opened = target.open(conn.socket);
     if (!(opened as Stream).id) {
       const refusal = opened as { status: number; message: string };
-      respond(socket, refusal.status, refusal.message);
+      respond(conn, refusal.status, refusal.message);
       return null;
     }
     const stream = opened as Stream;
-    socket.data.route = target;
-    socket.data.name = name;
-    // Nothing came back yet: answer the visitor with a page rather than a reset.
+    conn.route = target;
+    conn.name = name;
+    // Nothing came back yet: answer the visitor with a page rather than a reset. The reason (which
+    // names the client's loopback addresses) goes to the log, not to the visitor.
     stream.onPeerReset = (_code, reason, received) => {
       if (received > 0) return false;
-      respond(socket, 502, `the tunnel's local service did not answer: ${reason}`);
+      log.info(`tunnel ${name}: ${reason}`);
+      respond(conn, 502, "the tunnel's local service did not answer");
       return true;
+    };
+    stream.tap = {
+      toSocket: (bytes) => onResponseBytes(conn, bytes),
+      fromSocket: () => {},
+      end: () => onBackendEnd(conn),
     };
     return stream;
   }
 
   /** Who sent a request: the socket's peer, or (behind the control port) the visitor the front names. */
-  function visitorOrigin(socket: HttpSocket, head: RequestHead): { remoteIp: string; proto: string } {
+  function visitorOrigin(conn: HttpConnection, head: RequestHead): { remoteIp: string; proto: string } {
     const via = options.viaToken === undefined ? undefined : headerValues(head.headers, VIA_HEADER)[0];
     const [token, ip, scheme] = (via ?? "").split(" ");
     if (token !== undefined && ip && scheme && keyMatches(token, options.viaToken as string))
       return { remoteIp: ip, proto: scheme };
-    return { remoteIp: socket.remoteAddress, proto };
+    return { remoteIp: unmappedAddress(conn.socket.remoteAddress), proto };
   }
 
-  function relay(socket: HttpSocket, events: RequestEvent[]): void {
-    const data = socket.data;
+  /** Relays the visitor's request events onto the tunnel's stream. */
+  function relay(conn: HttpConnection, events: RequestEvent[]): void {
     for (const event of events) {
       if (event.type === "head") {
-        const stream = data.stream ?? route(socket, event.head);
-        if (stream === null || data.route === null) return;
-        if (nameOf(requestHost(event.head), domain) !== data.name) {
+        const stream = conn.stream ?? route(conn, event.head);
+        if (stream === null || conn.route === null) return;
+        disarm(conn); // a request is in progress: its response is the backend's business
+        if (nameOf(requestHost(event.head), domain) !== conn.name) {
           // A connection belongs to the tunnel of its first request: never carry a request elsewhere.
-          stream.reset(1, "request for another host on the same connection");
+          stream.reset(ResetCode.Protocol, "request for another host on the same connection");
           return;
         }
-        const origin = visitorOrigin(socket, event.head);
-        if (!authorized(event.head, data.route)) {
+        if (!authorized(event.head, conn.route)) {
           // Responses to earlier requests may still be on their way: no page, just close.
-          stream.reset(1, "basic auth failed on a later request");
+          stream.reset(ResetCode.Protocol, "basic auth failed on a later request");
           return;
         }
-        const head = forwardRequestHead(event.head, { ...origin, rewriteHost: data.route.hostHeader });
-        const dropAuthorization = data.route.basicAuth !== undefined;
+        const head = forwardRequestHead(event.head, {
+          ...visitorOrigin(conn, event.head),
+          rewriteHost: conn.route.hostHeader,
+        });
+        const dropAuthorization = conn.route.basicAuth !== undefined;
         head.headers = head.headers.filter(([field]) => {
           const name = field.toLowerCase();
           return name !== VIA_HEADER && !(dropAuthorization && name === "authorization");
         });
+        conn.responses.expectResponse(event.head.method);
+        if (!event.head.keepAlive) conn.lastExchange = true;
         stream.onSocketData(serializeHead(head));
       } else if (event.type === "body" || event.type === "passthrough")
-        data.stream?.onSocketData(event.bytes);
-      else if (data.framer.awaitingUpgrade) relay(socket, data.framer.switchToPassthrough());
+        conn.stream?.onSocketData(event.bytes);
     }
   }
 
-  return Bun.listen<HttpSocketData>({
+  /** Bytes of the backend's responses, about to be written to the visitor: framed, never changed. */
+  function onResponseBytes(conn: HttpConnection, bytes: Uint8Array): void {
+    if (conn.upgraded) return;
+    let events: ReturnType<ResponseFramer["feed"]>;
+    try {
+      events = conn.responses.feed(bytes);
+    } catch (error) {
+      log.info(`tunnel ${conn.name}: bad response from the local service: ${(error as Error).message}`);
+      // Inside the stream's own receive path: reset once it returned.
+      const stream = conn.stream;
+      queueMicrotask(() => stream?.reset(ResetCode.Protocol, "bad response"));
+      return;
+    }
+    if (!account(conn)) return;
+    for (const event of events) {
+      if (event.type === "head") {
+        const head = event.head;
+        // The answer to an upgrade request is the only final answer outstanding (bytes after that
+        // request wait in the framer): 101 switches to raw bytes, anything else resumes framing.
+        if (head.status < 200 && head.status !== 101) continue;
+        if (!head.keepAlive && head.status !== 101) conn.lastExchange = true;
+        const answersUpgrade = conn.requests.awaitingUpgrade && conn.responses.pendingRequests === 0;
+        if (head.status === 101) {
+          if (!answersUpgrade) {
+            const stream = conn.stream;
+            queueMicrotask(() => stream?.reset(ResetCode.Protocol, "101 to a request that asked no upgrade"));
+            return;
+          }
+          conn.upgraded = true;
+          release(conn);
+          relay(conn, conn.requests.switchToPassthrough());
+          if (conn.visitorEnded) conn.stream?.onSocketEnd();
+          return;
+        }
+        if (answersUpgrade) declined(conn);
+      } else if (event.type === "end-of-message" && conn.idle) becameIdle(conn);
+    }
+  }
+
+  /**
+   * The backend closed its side: nothing more will come back, so once the visitor has what came (the
+   * stream then sends it FIN), it has {@link LINGER_MS} to close, more while it is still reading.
+   */
+  function onBackendEnd(conn: HttpConnection): void {
+    if (!conn.upgraded)
+      try {
+        conn.responses.end(); // ends a close-delimited body
+      } catch {}
+    if (!conn.upgraded || conn.visitorEnded) arm(conn, LINGER_MS);
+  }
+
+  /** The upgrade was answered with a final status: held bytes are requests again. */
+  function declined(conn: HttpConnection): void {
+    let events: RequestEvent[];
+    try {
+      events = conn.requests.declineUpgrade();
+    } catch (error) {
+      refuse(conn, error);
+      return;
+    }
+    relay(conn, events);
+    if (conn.visitorEnded && !conn.requests.awaitingUpgrade) conn.stream?.onSocketEnd();
+  }
+
+  /** Between requests: wait for the next head, or for a visitor that sent FIN to close. */
+  function becameIdle(conn: HttpConnection): void {
+    arm(conn, conn.visitorEnded || conn.lastExchange ? LINGER_MS : requestTimeoutMs);
+  }
+
+  const listener: TCPSocketListener<HttpSocketData> = Bun.listen<HttpSocketData>({
     hostname: options.host,
     port: options.port,
     tls: options.tls,
     allowHalfOpen: true,
     socket: {
-      ...(relaySocketHandlers as unknown as Bun.SocketHandler<HttpSocketData>),
       open(socket) {
-        socket.data = {
-          stream: null,
-          framer: new RequestFramer(),
-          route: null,
-          answered: false,
-          name: undefined,
-        };
+        const conn = new HttpConnection(socket as HttpSocket);
+        socket.data = { stream: null, connection: conn };
+        arm(conn, requestTimeoutMs);
       },
       data(socket, chunk) {
-        if (socket.data.answered) return;
-        let events: RequestEvent[];
-        try {
-          events = socket.data.framer.feed(chunk);
-        } catch (error) {
-          const status = error instanceof HttpParseError ? error.status : 400;
-          log.info(`http visitor ${formatHost(socket.remoteAddress)}: ${(error as Error).message}`);
-          if (socket.data.stream) socket.data.stream.reset(1, `bad request: ${(error as Error).message}`);
-          else respond(socket, status, (error as Error).message);
+        const conn = socket.data.connection;
+        if (conn.answered) return;
+        if (conn.upgraded) {
+          socket.data.stream?.onSocketData(chunk, true);
           return;
         }
-        relay(socket as HttpSocket, events);
+        let events: RequestEvent[];
+        try {
+          events = conn.requests.feed(chunk);
+        } catch (error) {
+          refuse(conn, error);
+          return;
+        }
+        if (account(conn)) relay(conn, events);
+      },
+      drain(socket) {
+        socket.data.stream?.onSocketDrain();
+      },
+      end(socket) {
+        const conn = socket.data.connection;
+        conn.visitorEnded = true;
+        const stream = socket.data.stream;
+        if (conn.answered || stream === null) {
+          // Nothing to relay (never routed, or answered with a page): both sides are done.
+          socket.end();
+          arm(conn, LINGER_MS);
+        } else if (conn.upgraded || !conn.requests.awaitingUpgrade) {
+          // Passed on as END: the backend may still answer what it got (the bytes after an upgrade
+          // request wait for its answer, and so does this FIN).
+          stream.onSocketEnd();
+          if (conn.idle) becameIdle(conn);
+        }
+      },
+      close(socket, error) {
+        const conn = socket.data.connection;
+        disarm(conn);
+        release(conn);
+        socket.data.stream?.onSocketClose(error);
+      },
+      error(socket, error) {
+        socket.data.stream?.onSocketClose(error);
       },
     },
   });
+
+  return {
+    port: listener.port,
+    stop(closeActive = false) {
+      listener.stop(closeActive);
+      if (closeActive) {
+        clearInterval(sweep);
+        for (const conn of timed) conn.socket.terminate();
+        timed.clear();
+      }
+    },
+  };
 }

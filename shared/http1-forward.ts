@@ -28,16 +28,32 @@ export interface ForwardOptions {
 
 /** Hop-by-hop fields (RFC 9110 §7.6.1), dropped whether or not Connection lists them. */
 const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"]);
-/** Forwarding fields a visitor may not supply: the proxy writes its own. */
-const FORWARDING = new Set(["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"]);
+/**
+ * Fields about the visitor's origin that a visitor may not supply: the proxy writes its own
+ * X-Forwarded-*, and drops X-Real-IP (which nginx-style backends trust) rather than vouch for it.
+ * Compared after mapping `_` to `-`: CGI and WSGI servers turn both into the same `HTTP_X_…` variable,
+ * so `X_Forwarded_For` would otherwise pass as the real thing.
+ */
+const FORWARDING = new Set([
+  "x-forwarded-for",
+  "x-forwarded-proto",
+  "x-forwarded-host",
+  "forwarded",
+  "x-real-ip",
+]);
 /** Fields that framing or routing depend on: never dropped even when Connection names them. */
 const PROTECTED = new Set(["host", "content-length", "transfer-encoding"]);
 
-/** The authority a request is for: that of an absolute-form target, else the Host header ("" if none). */
+/**
+ * The authority a request is for: its Host header, or (HTTP/1.0 without Host) an absolute-form
+ * target's authority; "" if neither. Routing by Host on every port is one rule that `Bun.serve` (the
+ * control port, which builds the URL from Host) and our own framing share; a target that names another
+ * authority than Host is refused when the head is parsed (http1-head.ts), so the two never disagree.
+ */
 export function requestHost(head: RequestHeadLine): string {
-  const absolute = /^https?:\/\/(?:[^/?#@]*@)?([^/?#]*)/i.exec(head.target);
-  if (absolute) return absolute[1] ?? "";
-  return headerValues(head.headers, "host")[0] ?? "";
+  const host = headerValues(head.headers, "host")[0];
+  if (host !== undefined) return host;
+  return /^https?:\/\/(?:[^/?#@]*@)?([^/?#]*)/i.exec(head.target)?.[1] ?? "";
 }
 
 /** Copies the end-to-end fields, dropping hop-by-hop ones (and `also`); keeps Upgrade when `upgrade`. */
@@ -46,7 +62,7 @@ function endToEnd(headers: HeaderList, upgrade: boolean, also?: ReadonlySet<stri
   return headers.filter(([name]) => {
     const lower = name.toLowerCase();
     if (lower === "upgrade") return upgrade;
-    if (HOP_BY_HOP.has(lower) || also?.has(lower)) return false;
+    if (HOP_BY_HOP.has(lower) || also?.has(lower.replaceAll("_", "-"))) return false;
     return !listed.has(lower) || PROTECTED.has(lower);
   });
 }
@@ -59,6 +75,20 @@ function connectionField(version: string, keepAlive: boolean, upgrade: boolean):
   return [];
 }
 
+/** The fields with every Content-Length field but the first dropped and that one set to `length`. */
+function singleContentLength(headers: HeaderList, length: number): HeaderList {
+  const out: HeaderList = [];
+  let kept = false;
+  for (const [name, value] of headers) {
+    if (name.toLowerCase() !== "content-length") out.push([name, value]);
+    else if (!kept) {
+      out.push([name, String(length)]);
+      kept = true;
+    }
+  }
+  return out;
+}
+
 /**
  * The head to send upstream for a visitor's request: hop-by-hop fields removed (Connection, what it
  * lists, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade — Upgrade kept with `Connection: upgrade`
@@ -68,13 +98,16 @@ function connectionField(version: string, keepAlive: boolean, upgrade: boolean):
  */
 export function forwardRequestHead(head: RequestHead, options: ForwardOptions): RequestHeadLine {
   const originalHost = options.host ?? requestHost(head);
-  const headers = endToEnd(head.headers, head.upgrade, FORWARDING);
+  let headers = endToEnd(head.headers, head.upgrade, FORWARDING);
   const rewrite = options.rewriteHost;
   if (rewrite !== undefined) {
     const at = headers.findIndex(([name]) => name.toLowerCase() === "host");
     if (at >= 0) headers[at] = [headers[at]?.[0] ?? "Host", rewrite];
     else headers.unshift(["Host", rewrite]);
   }
+  // `Content-Length: 3, 3` (or the field repeated) is one length by RFC 9110 §8.6, which lets a
+  // recipient send it on as a single value: backends that parse lists differently never see one.
+  if (head.body === "length") headers = singleContentLength(headers, head.contentLength);
   headers.push(...connectionField(head.version, head.keepAlive, head.upgrade));
   headers.push(["X-Forwarded-For", options.remoteIp], ["X-Forwarded-Proto", options.proto]);
   if (originalHost) headers.push(["X-Forwarded-Host", originalHost]);

@@ -242,6 +242,11 @@ export function parseRequestHeadBytes(bytes: Uint8Array): RequestHead {
   const hosts = headerValues(headers, "host");
   if (hosts.length > 1) throw new HttpParseError("more than one Host header");
   if (hosts.length === 0 && version === "HTTP/1.1") throw new HttpParseError("missing Host header");
+  // RFC 9112 §3.2.2 has an origin server ignore Host for an absolute-form target; a gateway that routes
+  // by name must not let the two disagree (the backend would see another tunnel's Host): refuse.
+  const authority = /^https?:\/\/(?:[^/?#@]*@)?([^/?#]*)/i.exec(target)?.[1];
+  if (authority !== undefined && hosts.length === 1 && authority.toLowerCase() !== hosts[0]?.toLowerCase())
+    throw new HttpParseError("the request target names another host than the Host header");
   const http11 = version === "HTTP/1.1";
   const upgrade =
     http11 &&

@@ -64,6 +64,16 @@ export abstract class MessageFramer<H extends RequestHead | ResponseHead> {
   private failure: Error | null = null;
   private last: H | null = null;
 
+  /** Between two messages: no head or body in progress and no protocol switch awaited. */
+  get betweenMessages(): boolean {
+    return this.state === State.Head && this.headLength === 0 && !this.sawCr;
+  }
+
+  /** Bytes the framer holds copied: an incomplete head (and, for requests, bytes held for an upgrade). */
+  get pendingBytes(): number {
+    return this.headLength;
+  }
+
   /** Parses the exact bytes of one head. */
   protected abstract parseHead(bytes: Uint8Array): H;
 
@@ -211,6 +221,9 @@ export abstract class MessageFramer<H extends RequestHead | ResponseHead> {
     this.append(chunk.subarray(at, at + take));
     const end = findHeadEnd(this.head, Math.max(0, before - 3), this.headLength);
     if (end < 0) {
+      // A head with bare LF (or bare CR) line ends never shows CRLFCRLF: refuse it now rather than
+      // wait for 64 KiB that never come.
+      checkLineEnds(this.head, Math.max(0, before - 1), this.headLength);
       if (this.headLength >= MAX_HEAD_BYTES) throw new HttpParseError("head larger than 64 KiB", 431);
       return at + take;
     }
@@ -254,6 +267,17 @@ export abstract class MessageFramer<H extends RequestHead | ResponseHead> {
 }
 
 /**
+ * Throws when `bytes[from, to)` holds an LF not preceded by CR, or a CR followed by anything but LF
+ * (a CR at `to - 1` may still be followed by its LF).
+ */
+function checkLineEnds(bytes: Uint8Array, from: number, to: number): void {
+  for (let i = bytes.indexOf(LF, from); i >= 0 && i < to; i = bytes.indexOf(LF, i + 1))
+    if (i === 0 || bytes[i - 1] !== CR) throw new HttpParseError("bare LF in the head");
+  for (let i = bytes.indexOf(CR, from); i >= 0 && i < to - 1; i = bytes.indexOf(CR, i + 1))
+    if (bytes[i + 1] !== LF) throw new HttpParseError("bare CR in the head");
+}
+
+/**
  * Frames the requests a visitor sends. After an upgrade request it waits for the answer: bytes that
  * arrive meanwhile are held (copied, at most {@link MAX_HEAD_BYTES}) until {@link switchToPassthrough}
  * (the answer was 101: they are passthrough) or {@link declineUpgrade} (it was not: they are parsed).
@@ -277,6 +301,10 @@ export class RequestFramer extends MessageFramer<RequestHead> {
     this.heldBytes += bytes.length;
     if (this.heldBytes > MAX_HEAD_BYTES) throw new HttpParseError("too much data before the upgrade answer");
     this.held.push(bytes.slice());
+  }
+
+  override get pendingBytes(): number {
+    return super.pendingBytes + this.heldBytes;
   }
 
   /** Whether the last request asked for an upgrade whose answer has not been reported yet. */

@@ -17,7 +17,7 @@
 import { randomBytes } from "node:crypto";
 import type { ServerWebSocket, TCPSocketListener } from "bun";
 import { customAlphabet, nanoid } from "nanoid";
-import { formatHost, type PortRange } from "./args.ts";
+import { formatHost, type PortRange, unmappedAddress } from "./args.ts";
 import { keyMatches } from "./auth.ts";
 import type { Budget } from "./budget.ts";
 import type { HttpRoute } from "./http-ingress.ts";
@@ -101,6 +101,15 @@ const randomName = customAlphabet("abcdefghijklmnopqrstuvwxyz0123456789", 10);
 
 /** Bytes queued on a client's WebSocket past which every stream stops reading until it drains. */
 const SEND_HIGH_WATER = 4 * 1024 * 1024;
+
+/** Close codes with which Bun ends a WebSocket whose peer broke RFC 6455 (1002, 1007, 1009). */
+const BROKEN_CLOSE_CODES = new Set<number>([CloseCode.ProtocolError, 1007, 1009]);
+
+/**
+ * Bun reports a message over `maxPayloadLength` to the server as 1006 with this reason (the client
+ * gets 1009): checked on Bun 1.4.5.
+ */
+const BUN_TOO_BIG = /too big message/i;
 
 type State = "live" | "syncing" | "reserved" | "draining" | "ended";
 
@@ -245,9 +254,9 @@ export class Session {
 
   private onControl(text: string): void {
     const message = parseControl(text);
-    clearTimeout(this.handshakeTimer);
     if (message.type === "expose" && this.state === "live") this.expose(message);
     else if (message.type === "sync" && this.state === "syncing") {
+      clearTimeout(this.handshakeTimer);
       this.state = "live";
       this.mux.resume((frame) => this.sendFrame(frame), message);
       this.applyPause();
@@ -273,6 +282,8 @@ export class Session {
       return;
     }
     this.tunnels.set(tunnel.ref, tunnel);
+    // Only a live tunnel ends the handshake: refused requests alone do not keep a connection open.
+    clearTimeout(this.handshakeTimer);
     tunnelIds.add(tunnel.id);
     const url =
       tunnel.name === undefined
@@ -350,7 +361,7 @@ export class Session {
   private relayVisitor(tunnel: Tunnel, socket: RelaySocket, kind: StreamKind): Stream {
     tunnel.streams++;
     const stream = this.mux.createStream(() => tunnel.streams--);
-    const remote = `${formatHost(socket.remoteAddress)}:${socket.remotePort}`;
+    const remote = `${formatHost(unmappedAddress(socket.remoteAddress))}:${socket.remotePort}`;
     this.mux.sendOpen(stream, kind, tunnel.ref, { remote });
     stream.attach(socket);
     return stream;
@@ -418,13 +429,20 @@ export class Session {
    * The WebSocket closed. A client that said goodbye (1000) ends the session; any other loss keeps
    * the tunnels and streams reserved for the grace period.
    */
-  onClose(ws: SessionSocket, code: number): void {
+  onClose(ws: SessionSocket, code: number, reason = ""): void {
     if (ws !== this.ws) return; // an old connection that a resume replaced
     this.ws = null;
     ws.data.session = null;
     clearTimeout(this.handshakeTimer);
     const nothingToKeep = this.tunnels.size === 0 || this.context.graceSeconds === 0;
-    if (code === CloseCode.Normal || this.state === "draining" || nothingToKeep) {
+    // A client that broke the WebSocket protocol (Bun closed it: bad frame, bad UTF-8, a message over
+    // the size limit) is no network blip: nothing is reserved for it.
+    const broken = BROKEN_CLOSE_CODES.has(code) || BUN_TOO_BIG.test(reason);
+    if (code === CloseCode.Normal || this.state === "draining" || nothingToKeep || broken) {
+      if (broken)
+        this.context.log.warn(
+          `client ${ws.data.remote} broke the protocol (${code} ${reason}): session ended`,
+        );
       this.end();
       return;
     }

@@ -87,6 +87,8 @@ export interface StreamTap {
   toSocket(bytes: Uint8Array): void;
   /** Bytes read from our socket, about to be sent to the peer. */
   fromSocket(bytes: Uint8Array): void;
+  /** The peer's END arrived: no more bytes toward our socket. */
+  end?(): void;
 }
 
 /** The window every stream starts with, both directions, unless the session says otherwise. */
@@ -315,6 +317,7 @@ export class Stream {
   onEnd(): void {
     if (this.endReceived) return;
     this.endReceived = true;
+    this.tap?.end?.();
     this.flushPending();
   }
 
@@ -364,6 +367,11 @@ export class Stream {
   setTransportBlocked(blocked: boolean): void {
     if (blocked) this.pause(PAUSED_BY_TRANSPORT);
     else this.unpause(PAUSED_BY_TRANSPORT);
+  }
+
+  /** Bytes from the peer that our socket has not taken yet. */
+  get unwritten(): number {
+    return this.pending.length;
   }
 
   /** Bytes buffered by this stream: held, unacknowledged and pending (for tests and /health). */

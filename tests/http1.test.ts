@@ -755,14 +755,43 @@ describe("forwarding", () => {
     expect(parseRequestHead(serializeHead(out))?.upgrade).toBe(true);
   });
 
-  test("an absolute-form target routes by its authority and goes on in origin-form", () => {
-    const head = parse("GET http://user@App.example:8080?q=1 HTTP/1.1\r\nHost: other\r\n\r\n");
-    expect(requestHost(head)).toBe("App.example:8080");
+  test("an absolute-form target must name the Host's authority; it goes on in origin-form", () => {
+    // One rule on every port: Host routes (Bun.serve on the control port builds URLs from Host).
+    expect(() => parse("GET http://user@App.example:8080?q=1 HTTP/1.1\r\nHost: other\r\n\r\n")).toThrow(
+      "the request target names another host than the Host header",
+    );
+    const head = parse("GET http://user@App.example:8080?q=1 HTTP/1.1\r\nHost: app.example:8080\r\n\r\n");
+    expect(requestHost(head)).toBe("app.example:8080");
     const out = forwardRequestHead(head, { remoteIp: "1.2.3.4", proto: "http" });
     expect(out.target).toBe("/?q=1");
-    expect(out.headers).toContainEqual(["X-Forwarded-Host", "App.example:8080"]);
+    expect(out.headers).toContainEqual(["X-Forwarded-Host", "app.example:8080"]);
     const bare = parse("GET https://a.b HTTP/1.1\r\nHost: a.b\r\n\r\n");
     expect(forwardRequestHead(bare, { remoteIp: "1.2.3.4", proto: "http" }).target).toBe("/");
+    const old = parse("GET http://a.b/x HTTP/1.0\r\n\r\n");
+    expect(requestHost(old)).toBe("a.b");
+  });
+
+  test("X-Real-IP and underscore spellings of forwarding fields go (CGI maps _ to -)", () => {
+    const head = parse(
+      "GET / HTTP/1.1\r\nHost: a.b\r\nX-Real-IP: 6.6.6.6\r\nX_Forwarded_For: 6.6.6.6\r\n" +
+        "x_forwarded_proto: https\r\nX_REAL_IP: 6.6.6.6\r\nX-Custom_Thing: kept\r\n\r\n",
+    );
+    const out = forwardRequestHead(head, { remoteIp: "203.0.113.7", proto: "http" });
+    expect(out.headers).toEqual([
+      ["Host", "a.b"],
+      ["X-Custom_Thing", "kept"],
+      ["X-Forwarded-For", "203.0.113.7"],
+      ["X-Forwarded-Proto", "http"],
+      ["X-Forwarded-Host", "a.b"],
+    ]);
+  });
+
+  test("a Content-Length list of one value goes on as that single value", () => {
+    const head = parse("POST / HTTP/1.1\r\nHost: a.b\r\nContent-Length: 3, 3\r\ncontent-length: 3\r\n\r\n");
+    const out = forwardRequestHead(head, { remoteIp: "1.2.3.4", proto: "http" });
+    expect(out.headers.filter(([name]) => name.toLowerCase() === "content-length")).toEqual([
+      ["Content-Length", "3"],
+    ]);
   });
 
   test("responses: duplicate Set-Cookie kept in order; hop-by-hop dropped; 101 keeps Upgrade", () => {
