@@ -134,15 +134,16 @@ test("DATA past the window is a protocol error", async () => {
   const ws = await rawSession(server.url);
   ws.send(JSON.stringify({ type: "expose", id: 1, kind: "tcp" }));
   const opened = new Promise<MessageEvent>((resolve) => {
+    // Protocol v3 also sends PING frames (type 8): the OPEN (type 1) is the one wanted.
     ws.addEventListener("message", (e) => {
-      if (typeof e.data !== "string") resolve(e);
+      if (typeof e.data !== "string" && new Uint8Array(e.data as ArrayBuffer)[0] === 1) resolve(e);
     });
   });
   ws.binaryType = "arraybuffer";
   const exposed = await withTimeout(
     new Promise<{ port: number }>((resolve) =>
-      ws.addEventListener("message", (e) => typeof e.data === "string" && resolve(JSON.parse(e.data)), {
-        once: true,
+      ws.addEventListener("message", (e) => {
+        if (typeof e.data === "string" && e.data.includes('"exposed"')) resolve(JSON.parse(e.data));
       }),
     ),
     5000,
