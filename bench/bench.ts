@@ -8,6 +8,7 @@
  * bun run bench --quick               # smaller sizes, under two minutes
  * bun run bench --only direct,sockets --measures bulk,latency --json out.json
  * bun run bench --only direct,ssh,sockets --measures longpath   # the long-path section alone
+ * bun run bench --measures http      # the HTTP section alone: HTTP tunnels (both ports), TCP tunnel, direct
  * ```
  * @module
  */
@@ -15,6 +16,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { cpus, release } from "node:os";
 import { parseArgs } from "node:util";
+import { HTTP_FULL, HTTP_QUICK, type HttpResult, httpReport, runHttp } from "./http.ts";
 import { LONG_PATH_PROVIDERS, type LongPathProvider, longPathReport, runLongPath } from "./longpath.ts";
 import {
   bulk,
@@ -43,7 +45,7 @@ import {
 } from "./report.ts";
 
 /** Measurement groups, in the order they run on each tunnel. */
-export const MEASURES = ["memory", "integrity", "latency", "connrate", "bulk", "longpath"] as const;
+export const MEASURES = ["memory", "integrity", "latency", "connrate", "bulk", "longpath", "http"] as const;
 
 /** A measurement group name. */
 export type Measure = (typeof MEASURES)[number];
@@ -56,7 +58,7 @@ export interface BenchOptions {
   json?: string;
   only: ProviderName[];
   measures: Measure[];
-  /** The long path runs sockets from this checkout instead (before/after tables). */
+  /** The long path and the HTTP section run sockets from this checkout instead (before/after tables). */
   socketsRoot?: string;
 }
 
@@ -69,7 +71,9 @@ Options:
   --only LIST          providers to run, comma-separated: ${PROVIDER_NAMES.join(",")} (default: all)
   --measures LIST      measurements to run, comma-separated: ${MEASURES.join(",")} (default: all);
                        longpath: direct (as the bare path), ssh and sockets across +50 and +200 ms (longpath.ts)
-  --sockets-root DIR   longpath: run sockets from another checkout (for a before/after table)
+                       http: HTTP tunnels on the control port and on --http-port, a TCP tunnel and direct:
+                       small GET and 64 B POST (wrk), 200 MiB each way (sha256), WebSocket echo (http.ts)
+  --sockets-root DIR   longpath, http: run sockets from another checkout (for a before/after table)
   -h, --help           show this help
 `;
 
@@ -294,7 +298,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
   const native = await buildNative();
   const service = spawn([native.service, "2"], { stdin: true });
   const results: Partial<Record<ProviderName, ProviderResult>> = {};
-  const loopback = options.measures.filter((m) => m !== "longpath");
+  const loopback = options.measures.filter((m) => m !== "longpath" && m !== "http");
   try {
     await service.waitFor(/port (\d+)/, 10_000);
     for (const name of loopback.length > 0 ? options.only : [])
@@ -315,6 +319,12 @@ export async function runBench(options: BenchOptions): Promise<string> {
         log,
       })
     : [];
+  let http: HttpResult | undefined;
+  if (options.measures.includes("http") && options.only.includes("sockets")) {
+    const httpParams = { ...(options.quick ? HTTP_QUICK : HTTP_FULL) };
+    if (options.repeat !== undefined) httpParams.repeat = options.repeat;
+    http = await runHttp({ params: httpParams, socketsRoot: options.socketsRoot, log });
+  } else if (options.measures.includes("http")) log("http: skipped: it measures sockets (add it to --only)");
   const elapsed = (performance.now() - started) / 1000;
   const info = await machine();
   const report = [
@@ -324,13 +334,13 @@ export async function runBench(options: BenchOptions): Promise<string> {
     `Machine: ${info.cpus}; Linux ${info.kernel}; Bun ${info.bun}; ${info.ssh}. All traffic on 127.0.0.1.`,
     `Each timed loopback figure is the median of ${params.repeat} run(s). Sizes: bulk ${params.bulkBytes / 1024 ** 2} MiB per run; latency ${params.latencyRounds} × ${params.latencySize} B after ${params.latencyWarmup} warm-up; ${params.connCount} connections, ${params.connInflight} in flight; ${params.holdCount} held; integrity ${params.integrityConns} × ${params.integrityBytes / 1024 ** 2} MiB.`,
     "",
-    markdownTable(results, options.only, params.bulkConns, params.holdCount),
-    "",
-    ...footnotes(results, options.only).map((n) => `- ${n}`),
-    "",
-    ...floorSection(results, params),
     ...(loopback.length > 0
       ? [
+          markdownTable(results, options.only, params.bulkConns, params.holdCount),
+          "",
+          ...footnotes(results, options.only).map((n) => `- ${n}`),
+          "",
+          ...floorSection(results, params),
           "CPU during each measurement (median run), % of one core per process (its busiest thread in brackets when lower; other = kernel threads and processes outside the benchmark), and what bounds it:",
           "",
           cpuTable(results, options.only),
@@ -338,11 +348,12 @@ export async function runBench(options: BenchOptions): Promise<string> {
         ]
       : []),
     longPathReport(longPath, longPathSeconds),
+    http ? httpReport(http) : "",
   ].join("\n");
   if (options.json)
     writeFileSync(
       options.json,
-      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath }, null, 2)}\n`,
+      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http }, null, 2)}\n`,
     );
   return report;
 }
