@@ -14,7 +14,6 @@
 
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
-import type { Server } from "bun";
 import { Hono } from "hono";
 import {
   formatHost,
@@ -30,13 +29,12 @@ import {
 } from "./shared/args.ts";
 import { bearerKey, keyMatches } from "./shared/auth.ts";
 import { Budget, DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "./shared/budget.ts";
-import { HttpFront } from "./shared/http-front.ts";
+import { type ControlEnv, listenControl } from "./shared/control-port.ts";
 import {
   DEFAULT_REQUEST_TIMEOUT_SECONDS,
   HeadBudget,
-  type HttpIngressOptions,
+  type HttpIngress,
   listenHttp,
-  nameOf,
 } from "./shared/http-ingress.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import {
@@ -50,7 +48,6 @@ import {
 import { defaultHost } from "./shared/public-port.ts";
 import { FailureLimiter } from "./shared/rate-limit.ts";
 import { Session, type SessionContext, type SessionSocketData } from "./shared/session.ts";
-import { bridgeHandlers } from "./shared/ws-bridge.ts";
 
 /** Everything the server can be told; the CLI fills it from flags and env. */
 export interface ServerOptions {
@@ -188,48 +185,21 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     };
   };
 
-  // HTTP tunnels, routed by Host to NAME.DOMAIN: on --http-port when given, and always on the control
-  // port, through the front and an internal loopback ingress.
+  // HTTP tunnels, routed by Host to NAME.DOMAIN: on the control port and, when given, on --http-port,
+  // by the same code on both.
   const scheme = options.tls ? "https" : "http";
   context.httpScheme = scheme;
-  const heads = new HeadBudget();
-  const ingress = (port: number, hostname: string, extra: Partial<HttpIngressOptions>) =>
-    listenHttp({
-      host: hostname,
-      port,
-      domain: context.domain,
-      route: (name) => context.httpRoutes.get(name),
-      requestTimeoutSeconds: options.requestTimeoutSeconds,
-      heads,
-      log,
-      ...extra,
-    });
-  const viaToken = randomBytes(24).toString("base64url");
-  const internal = ingress(0, "127.0.0.1", { viaToken });
-  const front = new HttpFront(internal.port, scheme, viaToken);
-  let http: ReturnType<typeof listenHttp> | undefined;
-  try {
-    if (options.httpPort !== undefined) http = ingress(options.httpPort, host, { tls: options.tls });
-  } catch (error) {
-    internal.stop(true);
-    throw new Error(`--http-port ${options.httpPort}: ${describeError(error)}`);
-  }
+  const http = {
+    domain: context.domain,
+    route: (name: string) => context.httpRoutes.get(name),
+    requestTimeoutSeconds: options.requestTimeoutSeconds,
+    heads: new HeadBudget(),
+    tls: options.tls,
+    log,
+  };
 
   // Accept: authenticate, agree the version, find the session a reconnecting client resumes.
-  const app = new Hono<{ Bindings: Server<SessionSocketData> }>();
-  // Route: a NAME.DOMAIN Host is a visitor of an HTTP tunnel, whatever the path.
-  app.use("*", async (c, next) => {
-    if (nameOf(c.req.header("host") ?? "", context.domain) === undefined) return next();
-    const ip = unmappedAddress(c.env.requestIP(c.req.raw)?.address ?? "");
-    if ((c.req.header("upgrade") ?? "").toLowerCase() !== "websocket") return front.forward(c.req.raw, ip);
-    const upstream = await front.connectWebSocket(c.req.raw, ip);
-    if (upstream instanceof Response) return upstream;
-    const data: SessionSocketData = { session: null, resume: null, remote: ip, bridge: upstream };
-    const headers = upstream.protocol ? { "Sec-WebSocket-Protocol": upstream.protocol } : undefined;
-    if (c.env.upgrade(c.req.raw, { data, headers })) return new Response(null);
-    upstream.close();
-    return c.text("expected a WebSocket upgrade\n", 400);
-  });
+  const app = new Hono<{ Bindings: ControlEnv<SessionSocketData> }>();
   app.get("/health", (c) => c.json(stats()));
   app.get(CONNECT_PATH, (c) => {
     const address = c.env.requestIP(c.req.raw);
@@ -263,45 +233,28 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     return c.text("expected a WebSocket upgrade\n", 400);
   });
 
-  const server = Bun.serve<SessionSocketData>({
-    hostname: host,
+  const control = listenControl<SessionSocketData>({
+    ...http,
+    host,
     port: options.port ?? 7070,
-    tls: options.tls,
-    // An incomplete HTTP request (slowloris) is closed by Bun itself after ~10-12 s, whatever this says;
-    // this bounds idle keep-alive connections. The protocol handshake has its own timeout (Session).
-    idleTimeout: 10,
-    fetch: (req, srv) => app.fetch(req, srv),
-    error: (error) => {
-      log.error(`request failed: ${describeError(error)}`);
-      return new Response("internal error\n", { status: 500 });
-    },
-    websocket: {
-      perMessageDeflate: false,
-      // Tunnel frames stay far below this (the codec enforces maxFramePayload); it bounds the messages
-      // of visitors' WebSockets bridged to HTTP tunnels, as Bun's default does.
+    app,
+    limits: {
+      // Tunnel frames stay far below this (the codec enforces maxFramePayload).
       maxPayloadLength: 16 * 1024 * 1024,
-      // Credit bounds what each stream queues; this only guards against a misbehaving build.
+      // Credit and the budgets bound what each client queues; this only guards against a misbehaving build.
       backpressureLimit: 64 * 1024 * 1024,
-      closeOnBackpressureLimit: true,
-      // Liveness is ours (heartbeat below), in both directions, with the configured timeout.
-      idleTimeout: 0,
-      sendPings: false,
+    },
+    // Liveness is ours (the heartbeat below), in both directions, with the configured timeout.
+    websocket: {
       open(ws) {
-        if (ws.data.bridge) return bridgeHandlers.open(ws);
         const session = ws.data.resume ?? new Session(context);
         ws.data.resume = null;
         sessions.set(session.id, session);
         session.attach(ws);
         log.info(`client ${ws.data.remote} connected`);
       },
-      message(ws, message) {
-        if (ws.data.bridge) bridgeHandlers.message(ws, message);
-        else ws.data.session?.onMessage(message);
-      },
-      drain(ws) {
-        if (ws.data.bridge) bridgeHandlers.drain(ws);
-        else ws.data.session?.onDrain();
-      },
+      message: (ws, message) => ws.data.session?.onMessage(message),
+      drain: (ws) => ws.data.session?.onDrain(),
       ping(ws) {
         if (ws.data.session) ws.data.session.heard = true;
       },
@@ -309,15 +262,21 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
         if (ws.data.session) ws.data.session.heard = true;
       },
       close(ws, code, reason) {
-        if (ws.data.bridge) return bridgeHandlers.close(ws, code, reason);
         ws.data.session?.onClose(ws, code, reason);
         log.info(`client ${ws.data.remote} disconnected (${code})`);
       },
     },
   });
+  let httpPort: HttpIngress | undefined;
+  try {
+    if (options.httpPort !== undefined) httpPort = listenHttp({ ...http, host, port: options.httpPort });
+  } catch (error) {
+    control.stop(true);
+    throw new Error(`--http-port ${options.httpPort}: ${describeError(error)}`);
+  }
 
-  context.httpPort = http?.port ?? (server.port as number);
-  context.ownPorts = [server.port as number, internal.port, ...(http ? [http.port] : [])];
+  context.httpPort = httpPort?.port ?? control.port;
+  context.ownPorts = [control.port, ...(httpPort ? [httpPort.port] : [])];
 
   // Heartbeat: ping every client each interval; one silent for three intervals is dead.
   const heartbeat = setInterval(() => {
@@ -338,30 +297,28 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
         )
       : undefined;
 
-  const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${server.port}`;
+  const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${control.port}`;
   log.info(`listening on ${url} (domain ${context.domain})`);
   log.info(`http tunnels on ${scheme}://*.${context.domain}:${context.httpPort}`);
   if (!options.apiKey) log.warn("no SOCKETS_SINGLE_API_KEY set: any client may open tunnels");
   return {
     host,
-    port: server.port as number,
+    port: control.port,
     url,
-    httpPort: http?.port,
+    httpPort: httpPort?.port,
     stats,
     async close() {
       if (draining) return;
       draining = true;
       clearInterval(heartbeat);
       clearInterval(idleSweep);
-      void server.stop(false);
-      http?.stop(false);
-      internal.stop(false);
+      control.stop(false);
+      httpPort?.stop(false);
       const drainMs = (options.drainSeconds ?? 10) * 1000;
       await Promise.all([...sessions.values()].map((session) => session.drain(drainMs)));
       for (const session of [...sessions.values()]) session.end();
-      http?.stop(true);
-      internal.stop(true);
-      await server.stop(true);
+      httpPort?.stop(true);
+      control.stop(true);
     },
   };
 }

@@ -27,7 +27,6 @@ import { STATUS_CODES } from "node:http";
 import type { TCPSocketListener } from "bun";
 import { formatHost, unmappedAddress } from "./args.ts";
 import { keyMatches } from "./auth.ts";
-import { VIA_HEADER } from "./http-front.ts";
 import {
   forwardRequestHead,
   HttpParseError,
@@ -89,15 +88,15 @@ export interface HttpIngressOptions {
   route(name: string): HttpRoute | undefined;
   /** PEM certificate (a wildcard for `*.DOMAIN`) and key: serve https. */
   tls?: { cert: string; key: string };
-  /**
-   * The internal ingress behind the control port: requests carrying this token in `x-sockets-via`
-   * name the real visitor address and scheme. Without it (the public port) the header is dropped.
-   */
-  viaToken?: string;
   /** Seconds to complete a head after connecting or after the previous response (default 10). */
   requestTimeoutSeconds?: number;
   /** Shared by the server's HTTP listeners (default: one of their own with the default limit). */
   heads?: HeadBudget;
+  /**
+   * Requests whose Host names no tunnel, on a port that serves more than tunnels (the control port:
+   * clients' upgrades, `/health`). Without it they get 404.
+   */
+  local?: LocalRequests;
   log: Logger;
 }
 
@@ -107,6 +106,26 @@ export interface HttpIngress {
   readonly port: number;
   /** Stops accepting; with `closeActive`, closes every visitor connection too. */
   stop(closeActive?: boolean): void;
+}
+
+/** The port's own requests (see {@link HttpIngressOptions.local}). */
+export interface LocalRequests {
+  /**
+   * Answers one request (its body, if any, is skipped). The connection is not read until the promise
+   * settles; the handler may write a response, or take the socket over ({@link HttpConnection.takeOver}).
+   */
+  handle(connection: HttpConnection, head: RequestHead): Promise<void>;
+}
+
+/** What runs a connection once the ingress handed it over (a WebSocket). */
+export interface SocketTakeover {
+  onData(chunk: Uint8Array): void;
+  onDrain(): void;
+  /** The peer sent FIN. */
+  onEnd(): void;
+  /** Whether the new owner wants the socket unread for now. */
+  readonly paused?: boolean;
+  onClose(): void;
 }
 
 const UNAUTHORIZED = 'www-authenticate: Basic realm="sockets tunnel", charset="UTF-8"\r\n';
@@ -145,6 +164,13 @@ export class HttpConnection {
   lastExchange = false;
   /** A 101 came back: raw bytes both ways, no framing. */
   upgraded = false;
+  /** A local request is being answered: events wait in {@link backlog}. */
+  busy = false;
+  /** Inside a local request's body (skipped). */
+  inLocalBody = false;
+  backlog: RequestEvent[] = [];
+  /** Set when the connection now runs something else (a WebSocket): every socket event goes there. */
+  takenOver: SocketTakeover | null = null;
   /** Bytes this connection's incomplete heads hold, as counted in the budget. */
   heldBytes = 0;
   /** When (performance.now) the connection is closed unless something moves it on; 0 = no deadline. */
@@ -152,11 +178,34 @@ export class HttpConnection {
   /** Response bytes not yet taken by the visitor when the deadline was set: a reader that moves is kept. */
   unwrittenAtArm = 0;
 
-  constructor(readonly socket: HttpSocket) {}
+  /**
+   * @param socket the visitor's socket.
+   * @param linger gives a connection that was answered and sent FIN {@link LINGER_MS} to close.
+   */
+  constructor(
+    readonly socket: HttpSocket,
+    private readonly linger: (connection: HttpConnection) => void,
+  ) {}
+
+  /** After a final answer: FIN now; the visitor has {@link LINGER_MS} to close, then it is dropped. */
+  close(): void {
+    this.answered = true;
+    this.socket.end();
+    this.linger(this);
+  }
 
   /** The stream of the tunnel this connection was routed to, while it lives. */
   get stream(): Stream | null {
     return this.socket.data.stream;
+  }
+
+  /**
+   * Hands the socket to `takeover` after a local upgrade; returns the bytes the visitor sent after the
+   * upgrade request, which now belong to it.
+   */
+  takeOver(takeover: SocketTakeover): Uint8Array[] {
+    this.takenOver = takeover;
+    return this.requests.switchToPassthrough().map((event) => (event as { bytes: Uint8Array }).bytes);
   }
 
   /** No request in progress and every response complete (a keep-alive connection between requests). */
@@ -184,6 +233,7 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
     conn.unwrittenAtArm = conn.stream?.unwritten ?? 0;
     timed.add(conn);
   };
+  const lingerFor = (conn: HttpConnection) => arm(conn, LINGER_MS);
   const disarm = (conn: HttpConnection) => {
     conn.deadline = 0;
     timed.delete(conn);
@@ -211,12 +261,10 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
 
   /** Writes a small text response, sends FIN, and gives the visitor {@link LINGER_MS} to close. */
   function respond(conn: HttpConnection, status: number, message: string, extraHeaders = ""): void {
-    conn.answered = true;
     const body = `${message}\n`;
     const head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extraHeaders}connection: close\r\n\r\n`;
     conn.socket.write(head + body);
-    conn.socket.end();
-    arm(conn, LINGER_MS);
+    conn.close();
   }
 
   /** A visitor broke HTTP: a page if nothing was relayed yet, else a reset of its stream. */
@@ -287,19 +335,23 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
     return stream;
   }
 
-  /** Who sent a request: the socket's peer, or (behind the control port) the visitor the front names. */
-  function visitorOrigin(conn: HttpConnection, head: RequestHead): { remoteIp: string; proto: string } {
-    const via = options.viaToken === undefined ? undefined : headerValues(head.headers, VIA_HEADER)[0];
-    const [token, ip, scheme] = (via ?? "").split(" ");
-    if (token !== undefined && ip && scheme && keyMatches(token, options.viaToken as string))
-      return { remoteIp: ip, proto: scheme };
-    return { remoteIp: unmappedAddress(conn.socket.remoteAddress), proto };
-  }
-
   /** Relays the visitor's request events onto the tunnel's stream. */
   function relay(conn: HttpConnection, events: RequestEvent[]): void {
-    for (const event of events) {
+    for (let i = 0; i < events.length; i++) {
+      const event = events[i] as RequestEvent;
+      if (conn.busy) {
+        conn.backlog.push(...events.slice(i));
+        return;
+      }
+      if (conn.inLocalBody) {
+        if (event.type === "end-of-message") conn.inLocalBody = false;
+        continue;
+      }
       if (event.type === "head") {
+        if (conn.stream === null && options.local && nameOf(requestHost(event.head), domain) === undefined) {
+          answerLocally(conn, event.head, options.local);
+          continue;
+        }
         const stream = conn.stream ?? route(conn, event.head);
         if (stream === null || conn.route === null) return;
         disarm(conn); // a request is in progress: its response is the backend's business
@@ -314,20 +366,46 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
           return;
         }
         const head = forwardRequestHead(event.head, {
-          ...visitorOrigin(conn, event.head),
+          remoteIp: unmappedAddress(conn.socket.remoteAddress),
+          proto,
           rewriteHost: conn.route.hostHeader,
         });
-        const dropAuthorization = conn.route.basicAuth !== undefined;
-        head.headers = head.headers.filter(([field]) => {
-          const name = field.toLowerCase();
-          return name !== VIA_HEADER && !(dropAuthorization && name === "authorization");
-        });
+        if (conn.route.basicAuth !== undefined)
+          head.headers = head.headers.filter(([field]) => field.toLowerCase() !== "authorization");
         conn.responses.expectResponse(event.head.method);
         if (!event.head.keepAlive) conn.lastExchange = true;
         stream.onSocketData(serializeHead(head));
       } else if (event.type === "body" || event.type === "passthrough")
         conn.stream?.onSocketData(event.bytes);
     }
+  }
+
+  /** A request for the port itself: the connection waits (unread) until it is answered. */
+  function answerLocally(conn: HttpConnection, head: RequestHead, local: LocalRequests): void {
+    disarm(conn);
+    conn.busy = true;
+    conn.inLocalBody = true;
+    conn.socket.pause();
+    local.handle(conn, head).then(
+      () => {
+        conn.busy = false;
+        if (conn.answered) return;
+        if (conn.takenOver) {
+          // Reading was paused for the answer; the new owner pauses again if it wants to.
+          if (!(conn.takenOver.paused ?? false)) conn.socket.resume();
+          return;
+        }
+        conn.socket.resume();
+        const backlog = conn.backlog;
+        conn.backlog = [];
+        relay(conn, backlog);
+        if (conn.idle && !conn.busy && conn.stream === null) becameIdle(conn);
+      },
+      (error) => {
+        log.error(`local request failed: ${(error as Error).message}`);
+        conn.socket.terminate();
+      },
+    );
   }
 
   /** Bytes of the backend's responses, about to be written to the visitor: framed, never changed. */
@@ -406,12 +484,16 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
     allowHalfOpen: true,
     socket: {
       open(socket) {
-        const conn = new HttpConnection(socket as HttpSocket);
+        const conn = new HttpConnection(socket as HttpSocket, lingerFor);
         socket.data = { stream: null, connection: conn };
         arm(conn, requestTimeoutMs);
       },
       data(socket, chunk) {
         const conn = socket.data.connection;
+        if (conn.takenOver) {
+          conn.takenOver.onData(chunk);
+          return;
+        }
         if (conn.answered) return;
         if (conn.upgraded) {
           socket.data.stream?.onSocketData(chunk, true);
@@ -427,10 +509,16 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
         if (account(conn)) relay(conn, events);
       },
       drain(socket) {
-        socket.data.stream?.onSocketDrain();
+        const conn = socket.data.connection;
+        if (conn.takenOver) conn.takenOver.onDrain();
+        else socket.data.stream?.onSocketDrain();
       },
       end(socket) {
         const conn = socket.data.connection;
+        if (conn.takenOver) {
+          conn.takenOver.onEnd();
+          return;
+        }
         conn.visitorEnded = true;
         const stream = socket.data.stream;
         if (conn.answered || stream === null) {
@@ -445,13 +533,17 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
         }
       },
       close(socket, error) {
-        const conn = socket.data.connection;
+        // A TLS handshake that failed closes a socket that never opened: no data slot.
+        const conn = socket.data?.connection;
+        if (conn === undefined) return;
         disarm(conn);
         release(conn);
+        conn.takenOver?.onClose();
         socket.data.stream?.onSocketClose(error);
       },
       error(socket, error) {
-        socket.data.stream?.onSocketClose(error);
+        const conn = socket.data?.connection;
+        if (conn !== undefined && !conn.takenOver) socket.data.stream?.onSocketClose(error);
       },
     },
   });

@@ -26,8 +26,19 @@ export function createLogger(role: string, quiet = false): Logger {
 /** Returns the first line of an error's message, for one-line reports. */
 export function describeError(error: unknown): string {
   const text = error instanceof Error ? error.message : String(error);
-  return text.split("\n")[0] ?? text;
+  const line = text.split("\n")[0] ?? text;
+  // Bun's listen errors say only "Failed to listen at HOST": the errno code says why.
+  const code = (error as { code?: unknown } | null)?.code;
+  const why = typeof code === "string" ? ERRNO_TEXT[code] : undefined;
+  return why !== undefined && !line.includes(why) ? `${line}: ${why}` : line;
 }
+
+/** What the errno codes a listener or connection meets mean, in words. */
+const ERRNO_TEXT: Record<string, string> = {
+  EADDRINUSE: "address already in use",
+  EACCES: "permission denied (ports below 1024 need privileges)",
+  EADDRNOTAVAIL: "address not available on this machine",
+};
 
 /** How the user started this role: `bun server.ts`, or the executable's name when compiled. */
 export function commandName(script: string): string {

@@ -15,7 +15,7 @@
  */
 
 import { randomBytes } from "node:crypto";
-import type { ServerWebSocket, TCPSocketListener } from "bun";
+import type { TCPSocketListener } from "bun";
 import { customAlphabet, nanoid } from "nanoid";
 import { formatHost, type PortRange, unmappedAddress } from "./args.ts";
 import { keyMatches } from "./auth.ts";
@@ -36,19 +36,18 @@ import {
 } from "./protocol.ts";
 import { listenPublic, PortError } from "./public-port.ts";
 import { type RelaySocket, type RelaySocketData, relaySocketHandlers, type Stream } from "./stream.ts";
+import type { RawWebSocket } from "./ws-server.ts";
 
 /** The `data` slot of every client WebSocket. */
 export interface SessionSocketData {
   session: Session | null;
-  /** Set instead for a visitor's WebSocket to an HTTP tunnel, bridged to the ingress. */
-  bridge?: WebSocket | null;
   /** A reserved session this connection resumes (set by the upgrade handler). */
   resume: Session | null;
   remote: string;
 }
 
-/** A client's WebSocket on the server. */
-export type SessionSocket = ServerWebSocket<SessionSocketData>;
+/** A client's WebSocket on the server (the control port's own, see ws-server.ts). */
+export type SessionSocket = RawWebSocket<SessionSocketData>;
 
 /** Server-wide settings and registries every session uses. */
 export interface SessionContext {

@@ -179,7 +179,7 @@ describe("an upgrade request cannot smuggle a second request", () => {
   const SMUGGLE = (host: string) =>
     `GET /upgrade HTTP/1.1\r\nHost: ${host}\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n` +
     `GET /second HTTP/1.1\r\nHost: ${host}\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: gopher\r\n` +
-    `X-Forwarded-Host: evil.example\r\nx-sockets-via: forged 6.6.6.6 https\r\nConnection: close\r\n\r\n`;
+    `X-Forwarded-Host: evil.example\r\nX-Smuggled: yes\r\nConnection: close\r\n\r\n`;
 
   for (const mode of ["rewrite", "preserve"])
     test(`a refused upgrade (200) returns to request framing: the next request is routed and rewritten (host ${mode})`, async () => {
@@ -196,7 +196,6 @@ describe("an upgrade request cannot smuggle a second request", () => {
       expect(second).not.toContain("6.6.6.6");
       expect(second).not.toContain("evil.example");
       expect(second).not.toContain("gopher");
-      expect(second.toLowerCase()).not.toContain("x-sockets-via");
       if (mode === "rewrite") expect(second).toContain(`Host: 127.0.0.1:${backend.port}\r\n`);
     });
 
@@ -213,7 +212,7 @@ describe("an upgrade request cannot smuggle a second request", () => {
     const answer = await sendAndRead(socket, SMUGGLE("app.localhost"), (a) => a.includes("\r\n\r\n"));
     expect(answer).toMatch(/^HTTP\/1\.1 101 /);
     // After the 101 the bytes are the upgraded protocol's: passed on untouched, by design.
-    await eventually(async () => backend.received().includes("x-sockets-via: forged"), 3000, "raw bytes");
+    await eventually(async () => backend.received().includes("X-Smuggled: yes"), 3000, "raw bytes");
   });
 
   test("a request held behind an upgrade over 64 KiB is refused, not buffered", async () => {

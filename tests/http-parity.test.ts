@@ -6,9 +6,6 @@
  * answered in order; the visitor's header list arriving as sent apart from the documented X-Forwarded-*
  * and hop-by-hop rules; WebSocket upgrades refused with 404 and 401; a 32 MiB WebSocket message each
  * way; 200 MiB `curl -T` uploads (past Bun.serve's 128 MiB default), fixed-length and chunked.
- *
- * Until the control port's rewrite lands, the control-port cases that fail today (issue 16) are skipped
- * unless `SOCKETS_CONTROL_PORT_PARITY=1`.
  */
 
 import { beforeAll, describe, expect, test } from "bun:test";
@@ -41,23 +38,12 @@ const BIG_TRANSFER_BYTES = 1024 * MiB;
 const PAST_128_MIB_BYTES = 200 * MiB;
 /** Bytes of the response whose Content-Length must survive the tunnel. */
 const LENGTH_KEPT_BYTES = 64 * MiB;
-/** Bytes of the WebSocket message sent each way (the control port's Bun.serve bridge stops at 16 MiB). */
+/** Bytes of the WebSocket message sent each way (Bun.serve's default limit is 16 MiB). */
 const WS_MESSAGE_BYTES = 32 * MiB;
-
-/**
- * The control port goes through Bun.serve, fetch and an internal ingress until the rewrite of issue 16
- * lands: the control-port cases marked as failing there are skipped unless this is set.
- */
-const CONTROL_PORT_FIXED = process.env.SOCKETS_CONTROL_PORT_PARITY === "1";
 
 /** The two ports an HTTP tunnel is served on. */
 type PortKind = "control" | "http-port";
 const PORT_KINDS: PortKind[] = ["control", "http-port"];
-
-/** True when a case known to fail on the control port today must be skipped there. */
-function skipOnControl(kind: PortKind): boolean {
-  return kind === "control" && !CONTROL_PORT_FIXED;
-}
 
 const encoder = new TextEncoder();
 
@@ -484,28 +470,24 @@ describe("HTTP tunnels behave the same on the control port and on --http-port (i
   for (const kind of PORT_KINDS) {
     const host = (name: string) => `${name}.localhost:${ports[kind]}`;
 
-    test.skipIf(skipOnControl(kind))(
-      `${kind}: a ${BIG_TRANSFER_BYTES / MiB} MiB upload with Content-Length arrives intact (sha256, streamed)`,
-      async () => {
-        const response = await withTimeout(
-          fetch(`http://${host("app")}/sha256`, {
-            method: "PUT",
-            headers: { "content-length": String(BIG_TRANSFER_BYTES) },
-            body: patternStream(BIG_TRANSFER_BYTES),
-            duplex: "half",
-          } as RequestInit),
-          60_000,
-          "the upload was not answered",
-        );
-        const text = await response.text();
-        expect(response.status, text).toBe(200);
-        expect(JSON.parse(text)).toEqual({
-          bytes: BIG_TRANSFER_BYTES,
-          sha256: patternSha(BIG_TRANSFER_BYTES),
-        });
-      },
-      90_000,
-    );
+    test(`${kind}: a ${BIG_TRANSFER_BYTES / MiB} MiB upload with Content-Length arrives intact (sha256, streamed)`, async () => {
+      const response = await withTimeout(
+        fetch(`http://${host("app")}/sha256`, {
+          method: "PUT",
+          headers: { "content-length": String(BIG_TRANSFER_BYTES) },
+          body: patternStream(BIG_TRANSFER_BYTES),
+          duplex: "half",
+        } as RequestInit),
+        60_000,
+        "the upload was not answered",
+      );
+      const text = await response.text();
+      expect(response.status, text).toBe(200);
+      expect(JSON.parse(text)).toEqual({
+        bytes: BIG_TRANSFER_BYTES,
+        sha256: patternSha(BIG_TRANSFER_BYTES),
+      });
+    }, 90_000);
 
     test(`${kind}: a ${BIG_TRANSFER_BYTES / MiB} MiB download arrives intact (curl, sha256, streamed)`, async () => {
       let got = { bytes: 0, sha256: "" };
@@ -518,210 +500,189 @@ describe("HTTP tunnels behave the same on the control port and on --http-port (i
       expect(got).toEqual({ bytes: BIG_TRANSFER_BYTES, sha256: patternSha(BIG_TRANSFER_BYTES) });
     }, 90_000);
 
-    test.skipIf(skipOnControl(kind))(
-      `${kind}: a ${LENGTH_KEPT_BYTES / MiB} MiB response keeps its Content-Length (not re-chunked)`,
-      async () => {
-        const response = await withTimeout(
-          fetch(`http://${host("raw")}/bytes?n=${LENGTH_KEPT_BYTES}`),
-          5000,
-          "no response head",
-        );
-        expect(response.status).toBe(200);
-        expect(response.headers.get("transfer-encoding")).toBeNull();
-        expect(response.headers.get("content-length")).toBe(String(LENGTH_KEPT_BYTES));
-        const got = await withTimeout(
-          hashStream(response.body as ReadableStream<Uint8Array>),
-          30_000,
-          "the body did not end",
-        );
-        expect(got).toEqual({ bytes: LENGTH_KEPT_BYTES, sha256: patternSha(LENGTH_KEPT_BYTES) });
-      },
-    );
+    test(`${kind}: a ${LENGTH_KEPT_BYTES / MiB} MiB response keeps its Content-Length (not re-chunked)`, async () => {
+      const response = await withTimeout(
+        fetch(`http://${host("raw")}/bytes?n=${LENGTH_KEPT_BYTES}`),
+        5000,
+        "no response head",
+      );
+      expect(response.status).toBe(200);
+      expect(response.headers.get("transfer-encoding")).toBeNull();
+      expect(response.headers.get("content-length")).toBe(String(LENGTH_KEPT_BYTES));
+      const got = await withTimeout(
+        hashStream(response.body as ReadableStream<Uint8Array>),
+        30_000,
+        "the body did not end",
+      );
+      expect(got).toEqual({ bytes: LENGTH_KEPT_BYTES, sha256: patternSha(LENGTH_KEPT_BYTES) });
+    });
 
-    test.skipIf(skipOnControl(kind))(
-      `${kind}: a response from an HTTP/1.0 upstream (python3 -m http.server) keeps its Content-Length`,
-      async () => {
-        const response = await withTimeout(fetch(`http://${host("py")}/file.bin`), 5000, "no response head");
-        expect(response.status).toBe(200);
-        expect(response.headers.get("transfer-encoding")).toBeNull();
-        expect(response.headers.get("content-length")).toBe(String(pythonFile.bytes));
-        const got = await withTimeout(
-          hashStream(response.body as ReadableStream<Uint8Array>),
-          10_000,
-          "the body did not end",
-        );
-        expect(got).toEqual(pythonFile);
-      },
-    );
+    test(`${kind}: a response from an HTTP/1.0 upstream (python3 -m http.server) keeps its Content-Length`, async () => {
+      const response = await withTimeout(fetch(`http://${host("py")}/file.bin`), 5000, "no response head");
+      expect(response.status).toBe(200);
+      expect(response.headers.get("transfer-encoding")).toBeNull();
+      expect(response.headers.get("content-length")).toBe(String(pythonFile.bytes));
+      const got = await withTimeout(
+        hashStream(response.body as ReadableStream<Uint8Array>),
+        10_000,
+        "the body did not end",
+      );
+      expect(got).toEqual(pythonFile);
+    });
 
-    test.skipIf(skipOnControl(kind))(
-      `${kind}: three pipelined GETs in one write are answered in order on one connection`,
-      async () => {
-        const visitor = await RawVisitor.open(ports[kind]);
-        const paths = [`/pipelined/${kind}/1`, `/pipelined/${kind}/2?x=y`, `/pipelined/${kind}/3`];
-        visitor.write(paths.map((path) => `GET ${path} HTTP/1.1\r\nHost: ${host("raw")}\r\n\r\n`).join(""));
-        const bodies: string[] = [];
-        for (const _ of paths) {
-          const response = await visitor.readResponse(5000);
-          expect(response.status).toBe(200);
-          bodies.push(response.body.toString("latin1"));
-        }
-        expect(bodies).toEqual(paths);
-        expect(raw.received.filter((r) => r.head.includes(`/pipelined/${kind}/`)).length).toBe(3);
-        visitor.destroy();
-      },
-    );
-
-    test.skipIf(skipOnControl(kind))(
-      `${kind}: the backend receives the visitor's header list as sent, but for the documented X-Forwarded-* and hop-by-hop rules`,
-      async () => {
-        const target = `/headers/${kind}?q=1&r=%20`;
-        const body = "hello world";
-        // What the visitor sends: mixed case, repeated fields, no User-Agent or Accept.
-        const sent = [
-          `POST ${target} HTTP/1.1`,
-          `Host: ${host("raw")}`,
-          "x-lower: a",
-          "X-UPPER: B",
-          "X-Mixed-Case: c, d",
-          "Cookie: a=1",
-          "Connection: keep-alive, X-Hop",
-          "Cookie: b=2",
-          "X-Hop: dropped, Connection lists it",
-          "Keep-Alive: timeout=5",
-          "TE: trailers",
-          "Proxy-Connection: keep-alive",
-          "X-Forwarded-For: 6.6.6.6",
-          "X-Forwarded-Proto: gopher",
-          "X-Forwarded-Host: evil.example",
-          "Forwarded: for=6.6.6.6",
-          "X-Real-IP: 6.6.6.6",
-          "X_Forwarded_For: 6.6.6.6",
-          "Accept-Language: en;q=0.8",
-          "Content-Type: text/plain",
-          `Content-Length: ${body.length}`,
-          "X-Last: z",
-        ];
-        // What the backend must see: the same fields in the same order and case, Host rewritten in place
-        // to the local address, hop-by-hop and forwarding fields gone, X-Forwarded-* appended.
-        const expected = [
-          `POST ${target} HTTP/1.1`,
-          `Host: 127.0.0.1:${raw.port}`,
-          "x-lower: a",
-          "X-UPPER: B",
-          "X-Mixed-Case: c, d",
-          "Cookie: a=1",
-          "Cookie: b=2",
-          "Accept-Language: en;q=0.8",
-          "Content-Type: text/plain",
-          `Content-Length: ${body.length}`,
-          "X-Last: z",
-          "X-Forwarded-For: 127.0.0.1",
-          "X-Forwarded-Proto: http",
-          `X-Forwarded-Host: ${host("raw")}`,
-        ];
-        const visitor = await RawVisitor.open(ports[kind]);
-        visitor.write(`${sent.join("\r\n")}\r\n\r\n${body}`);
+    test(`${kind}: three pipelined GETs in one write are answered in order on one connection`, async () => {
+      const visitor = await RawVisitor.open(ports[kind]);
+      const paths = [`/pipelined/${kind}/1`, `/pipelined/${kind}/2?x=y`, `/pipelined/${kind}/3`];
+      visitor.write(paths.map((path) => `GET ${path} HTTP/1.1\r\nHost: ${host("raw")}\r\n\r\n`).join(""));
+      const bodies: string[] = [];
+      for (const _ of paths) {
         const response = await visitor.readResponse(5000);
         expect(response.status).toBe(200);
-        expect(response.body.toString("latin1")).toBe(target);
-        const seen = raw.received.find((r) => r.head.includes(`/headers/${kind}?`));
-        expect(seen?.head.slice(0, -4).split("\r\n")).toEqual(expected);
-        expect(seen?.body).toBe(body);
-        visitor.destroy();
-      },
-    );
+        bodies.push(response.body.toString("latin1"));
+      }
+      expect(bodies).toEqual(paths);
+      expect(raw.received.filter((r) => r.head.includes(`/pipelined/${kind}/`)).length).toBe(3);
+      visitor.destroy();
+    });
 
-    test.skipIf(skipOnControl(kind))(
-      `${kind}: WebSocket upgrades: an unknown name gets 404, a --basic-auth tunnel without credentials 401 with WWW-Authenticate`,
-      async () => {
-        const upgrade = (name: string, extra = "") =>
-          `GET /ws HTTP/1.1\r\nHost: ${host(name)}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-          `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n${extra}\r\n`;
-        const hitsBefore = app.hits();
-        const ask = async (request: string) => {
-          const visitor = await RawVisitor.open(ports[kind]);
-          visitor.write(request);
-          const response = await visitor.readResponse(5000);
-          visitor.destroy();
-          return response;
-        };
-        const unknown = await ask(upgrade("nobody"));
-        expect(unknown.statusLine).toMatch(/^HTTP\/1\.1 404 /);
-        const anonymous = await ask(upgrade("locked"));
-        expect(anonymous.statusLine).toMatch(/^HTTP\/1\.1 401 /);
-        expect(field(anonymous, "www-authenticate")).toMatch(/^Basic /);
-        const wrong = await ask(upgrade("locked", `Authorization: Basic ${btoa("alice:wrong")}\r\n`));
-        expect(wrong.statusLine).toMatch(/^HTTP\/1\.1 401 /);
-        expect(app.hits()).toBe(hitsBefore);
-        // The right credentials pass: the refusals were about them, not about upgrades.
+    test(`${kind}: the backend receives the visitor's header list as sent, but for the documented X-Forwarded-* and hop-by-hop rules`, async () => {
+      const target = `/headers/${kind}?q=1&r=%20`;
+      const body = "hello world";
+      // What the visitor sends: mixed case, repeated fields, no User-Agent or Accept.
+      const sent = [
+        `POST ${target} HTTP/1.1`,
+        `Host: ${host("raw")}`,
+        "x-lower: a",
+        "X-UPPER: B",
+        "X-Mixed-Case: c, d",
+        "Cookie: a=1",
+        "Connection: keep-alive, X-Hop",
+        "Cookie: b=2",
+        "X-Hop: dropped, Connection lists it",
+        "Keep-Alive: timeout=5",
+        "TE: trailers",
+        "Proxy-Connection: keep-alive",
+        "X-Forwarded-For: 6.6.6.6",
+        "X-Forwarded-Proto: gopher",
+        "X-Forwarded-Host: evil.example",
+        "Forwarded: for=6.6.6.6",
+        "X-Real-IP: 6.6.6.6",
+        "X_Forwarded_For: 6.6.6.6",
+        "Accept-Language: en;q=0.8",
+        "Content-Type: text/plain",
+        `Content-Length: ${body.length}`,
+        "X-Last: z",
+      ];
+      // What the backend must see: the same fields in the same order and case, Host rewritten in place
+      // to the local address, hop-by-hop and forwarding fields gone, X-Forwarded-* appended.
+      const expected = [
+        `POST ${target} HTTP/1.1`,
+        `Host: 127.0.0.1:${raw.port}`,
+        "x-lower: a",
+        "X-UPPER: B",
+        "X-Mixed-Case: c, d",
+        "Cookie: a=1",
+        "Cookie: b=2",
+        "Accept-Language: en;q=0.8",
+        "Content-Type: text/plain",
+        `Content-Length: ${body.length}`,
+        "X-Last: z",
+        "X-Forwarded-For: 127.0.0.1",
+        "X-Forwarded-Proto: http",
+        `X-Forwarded-Host: ${host("raw")}`,
+      ];
+      const visitor = await RawVisitor.open(ports[kind]);
+      visitor.write(`${sent.join("\r\n")}\r\n\r\n${body}`);
+      const response = await visitor.readResponse(5000);
+      expect(response.status).toBe(200);
+      expect(response.body.toString("latin1")).toBe(target);
+      const seen = raw.received.find((r) => r.head.includes(`/headers/${kind}?`));
+      expect(seen?.head.slice(0, -4).split("\r\n")).toEqual(expected);
+      expect(seen?.body).toBe(body);
+      visitor.destroy();
+    });
+
+    test(`${kind}: WebSocket upgrades: an unknown name gets 404, a --basic-auth tunnel without credentials 401 with WWW-Authenticate`, async () => {
+      const upgrade = (name: string, extra = "") =>
+        `GET /ws HTTP/1.1\r\nHost: ${host(name)}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+        `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n${extra}\r\n`;
+      const hitsBefore = app.hits();
+      const ask = async (request: string) => {
         const visitor = await RawVisitor.open(ports[kind]);
-        visitor.write(upgrade("locked", `Authorization: Basic ${btoa("alice:s3cret")}\r\n`));
-        expect((await visitor.readResponse(5000)).statusLine).toMatch(/^HTTP\/1\.1 101 /);
+        visitor.write(request);
+        const response = await visitor.readResponse(5000);
         visitor.destroy();
-      },
-    );
+        return response;
+      };
+      const unknown = await ask(upgrade("nobody"));
+      expect(unknown.statusLine).toMatch(/^HTTP\/1\.1 404 /);
+      const anonymous = await ask(upgrade("locked"));
+      expect(anonymous.statusLine).toMatch(/^HTTP\/1\.1 401 /);
+      expect(field(anonymous, "www-authenticate")).toMatch(/^Basic /);
+      const wrong = await ask(upgrade("locked", `Authorization: Basic ${btoa("alice:wrong")}\r\n`));
+      expect(wrong.statusLine).toMatch(/^HTTP\/1\.1 401 /);
+      expect(app.hits()).toBe(hitsBefore);
+      // The right credentials pass: the refusals were about them, not about upgrades.
+      const visitor = await RawVisitor.open(ports[kind]);
+      visitor.write(upgrade("locked", `Authorization: Basic ${btoa("alice:s3cret")}\r\n`));
+      expect((await visitor.readResponse(5000)).statusLine).toMatch(/^HTTP\/1\.1 101 /);
+      visitor.destroy();
+    });
 
-    test.skipIf(skipOnControl(kind))(
-      `${kind}: a ${WS_MESSAGE_BYTES / MiB} MiB WebSocket message goes up and comes back whole (sha256)`,
-      async () => {
-        const ws = new WebSocket(`ws://${host("app")}/ws`);
-        ws.binaryType = "arraybuffer";
-        defer(() => ws.close());
-        const closed = new Promise<{ code: number; reason: string }>((resolve) =>
-          ws.addEventListener("close", (e) => resolve({ code: e.code, reason: e.reason })),
-        );
-        await withTimeout(
-          new Promise((resolve, reject) => {
-            ws.addEventListener("open", resolve, { once: true });
-            ws.addEventListener("error", reject, { once: true });
+    test(`${kind}: a ${WS_MESSAGE_BYTES / MiB} MiB WebSocket message goes up and comes back whole (sha256)`, async () => {
+      const ws = new WebSocket(`ws://${host("app")}/ws`);
+      ws.binaryType = "arraybuffer";
+      defer(() => ws.close());
+      const closed = new Promise<{ code: number; reason: string }>((resolve) =>
+        ws.addEventListener("close", (e) => resolve({ code: e.code, reason: e.reason })),
+      );
+      await withTimeout(
+        new Promise((resolve, reject) => {
+          ws.addEventListener("open", resolve, { once: true });
+          ws.addEventListener("error", reject, { once: true });
+        }),
+        5000,
+        "the WebSocket did not open",
+      );
+      const message = randomData(WS_MESSAGE_BYTES);
+      const echoed = new Promise<ArrayBuffer>((resolve) =>
+        ws.addEventListener("message", (e) => resolve(e.data as ArrayBuffer), { once: true }),
+      );
+      const receivedBefore = app.wsReceived.length;
+      ws.send(message);
+      const echo = await withTimeout(
+        Promise.race([
+          echoed,
+          closed.then((c) => {
+            throw new Error(`closed with ${c.code} ${c.reason} before the echo`);
           }),
-          5000,
-          "the WebSocket did not open",
-        );
-        const message = randomData(WS_MESSAGE_BYTES);
-        const echoed = new Promise<ArrayBuffer>((resolve) =>
-          ws.addEventListener("message", (e) => resolve(e.data as ArrayBuffer), { once: true }),
-        );
-        const receivedBefore = app.wsReceived.length;
-        ws.send(message);
-        const echo = await withTimeout(
-          Promise.race([
-            echoed,
-            closed.then((c) => {
-              throw new Error(`closed with ${c.code} ${c.reason} before the echo`);
-            }),
-          ]),
-          20_000,
-          "no echo",
-        );
-        expect(app.wsReceived.slice(receivedBefore)).toEqual([WS_MESSAGE_BYTES]);
-        expect(echo.byteLength).toBe(WS_MESSAGE_BYTES);
-        expect(sha256(new Uint8Array(echo))).toBe(sha256(message));
-        ws.close(1000);
-        expect((await withTimeout(closed, 5000, "no close")).code).toBe(1000);
-      },
-    );
+        ]),
+        20_000,
+        "no echo",
+      );
+      expect(app.wsReceived.slice(receivedBefore)).toEqual([WS_MESSAGE_BYTES]);
+      expect(echo.byteLength).toBe(WS_MESSAGE_BYTES);
+      expect(sha256(new Uint8Array(echo))).toBe(sha256(message));
+      ws.close(1000);
+      expect((await withTimeout(closed, 5000, "no close")).code).toBe(1000);
+    });
 
-    test.skipIf(skipOnControl(kind))(
-      `${kind}: ${PAST_128_MIB_BYTES / MiB} MiB uploads with curl -T, fixed-length and chunked, pass (no 413)`,
-      async () => {
-        const file = join(dir, "upload.bin");
-        if (!(await Bun.file(file).exists())) await writePatternFile(file, PAST_128_MIB_BYTES);
-        const expected = { bytes: PAST_128_MIB_BYTES, sha256: patternSha(PAST_128_MIB_BYTES) };
-        const url = `http://${host("app")}/sha256`;
-        const fixed = await runCurl(["-T", file, "-w", "\n%{http_code}", url], { timeoutMs: 30_000 });
-        expect(fixed.code, fixed.stderr).toBe(0);
-        expect(fixed.stdout.split("\n").at(-1), fixed.stdout).toBe("200");
-        expect(JSON.parse(fixed.stdout.slice(0, fixed.stdout.lastIndexOf("\n")))).toEqual(expected);
-        const chunked = await runCurl(["-T", "-", "-w", "\n%{http_code}", url], {
-          stdin: file,
-          timeoutMs: 30_000,
-        });
-        expect(chunked.code, chunked.stderr).toBe(0);
-        expect(chunked.stdout.split("\n").at(-1), chunked.stdout).toBe("200");
-        expect(JSON.parse(chunked.stdout.slice(0, chunked.stdout.lastIndexOf("\n")))).toEqual(expected);
-      },
-    );
+    test(`${kind}: ${PAST_128_MIB_BYTES / MiB} MiB uploads with curl -T, fixed-length and chunked, pass (no 413)`, async () => {
+      const file = join(dir, "upload.bin");
+      if (!(await Bun.file(file).exists())) await writePatternFile(file, PAST_128_MIB_BYTES);
+      const expected = { bytes: PAST_128_MIB_BYTES, sha256: patternSha(PAST_128_MIB_BYTES) };
+      const url = `http://${host("app")}/sha256`;
+      const fixed = await runCurl(["-T", file, "-w", "\n%{http_code}", url], { timeoutMs: 30_000 });
+      expect(fixed.code, fixed.stderr).toBe(0);
+      expect(fixed.stdout.split("\n").at(-1), fixed.stdout).toBe("200");
+      expect(JSON.parse(fixed.stdout.slice(0, fixed.stdout.lastIndexOf("\n")))).toEqual(expected);
+      const chunked = await runCurl(["-T", "-", "-w", "\n%{http_code}", url], {
+        stdin: file,
+        timeoutMs: 30_000,
+      });
+      expect(chunked.code, chunked.stderr).toBe(0);
+      expect(chunked.stdout.split("\n").at(-1), chunked.stdout).toBe("200");
+      expect(JSON.parse(chunked.stdout.slice(0, chunked.stdout.lastIndexOf("\n")))).toEqual(expected);
+    });
   }
 });
