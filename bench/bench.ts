@@ -332,10 +332,11 @@ export async function runBench(options: BenchOptions): Promise<string> {
     "",
     `Code: ${info.code}.`,
     `Machine: ${info.cpus}; Linux ${info.kernel}; Bun ${info.bun}; ${info.ssh}. All traffic on 127.0.0.1.`,
-    `Each timed loopback figure is the median of ${params.repeat} run(s). Sizes: bulk ${params.bulkBytes / 1024 ** 2} MiB per run; latency ${params.latencyRounds} × ${params.latencySize} B after ${params.latencyWarmup} warm-up; ${params.connCount} connections, ${params.connInflight} in flight; ${params.holdCount} held; integrity ${params.integrityConns} × ${params.integrityBytes / 1024 ** 2} MiB.`,
     "",
     ...(loopback.length > 0
       ? [
+          `Each timed loopback figure is the median of ${params.repeat} run(s). Sizes: bulk ${params.bulkBytes / 1024 ** 2} MiB per run; latency ${params.latencyRounds} × ${params.latencySize} B after ${params.latencyWarmup} warm-up; ${params.connCount} connections, ${params.connInflight} in flight; ${params.holdCount} held; integrity ${params.integrityConns} × ${params.integrityBytes / 1024 ** 2} MiB.`,
+          "",
           markdownTable(results, options.only, params.bulkConns, params.holdCount),
           "",
           ...footnotes(results, options.only).map((n) => `- ${n}`),
