@@ -647,7 +647,8 @@ static struct response exchange(int p, const char *head, const unsigned char *bo
 }
 
 static void json_error(const char *mode, const char *error, int status) {
-  printf("{\"mode\":\"%s\",\"error\":\"%s (HTTP %d)\"}\n", mode, error, status);
+  if (status) printf("{\"mode\":\"%s\",\"error\":\"%s (HTTP %d)\"}\n", mode, error, status);
+  else printf("{\"mode\":\"%s\",\"error\":\"%s\"}\n", mode, error);
 }
 
 static int client(int up, int p, size_t n, const char *host) {
@@ -682,7 +683,7 @@ static int client(int up, int p, size_t n, const char *host) {
   struct response r = exchange(p, head, data, up ? n : 0, &into);
   double seconds = now() - t0, cpu = cpu_seconds() - cpu0;
   if (r.error || r.status != 200) {
-    json_error(mode, r.error ? r.error : "status", r.status);
+    json_error(mode, r.error ? r.error : "the server answered with another status than 200", r.status);
     return 0;
   }
   printf("{\"phase\":\"timed\",\"seconds\":%.6f,\"cpu\":%.4f}\n", seconds, cpu);
