@@ -62,7 +62,9 @@ function endToEnd(headers: HeaderList, upgrade: boolean, also?: ReadonlySet<stri
   return headers.filter(([name]) => {
     const lower = name.toLowerCase();
     if (lower === "upgrade") return upgrade;
-    if (HOP_BY_HOP.has(lower) || also?.has(lower.replaceAll("_", "-"))) return false;
+    if (HOP_BY_HOP.has(lower)) return false;
+    if (also !== undefined && also.has(lower.includes("_") ? lower.replaceAll("_", "-") : lower))
+      return false;
     return !listed.has(lower) || PROTECTED.has(lower);
   });
 }
