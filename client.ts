@@ -24,11 +24,13 @@ import {
   UsageError,
   usageLine,
 } from "./shared/args.ts";
-import { backoffDelay } from "./shared/backoff.ts";
-import type { OpenFrame } from "./shared/codec.ts";
-import { ConnectError, type ControlConnection, connectControl } from "./shared/connect.ts";
+import { backoffDelay } from "./shared/client/backoff.ts";
+import { ConnectError, type ControlConnection, connectControl } from "./shared/client/connect.ts";
+import { RequestLogTap } from "./shared/client/request-log.ts";
 import { commandName, createLogger, describeError, type Logger } from "./shared/log.ts";
-import { Mux } from "./shared/mux.ts";
+import { Mux } from "./shared/relay/mux.ts";
+import { type RelaySocket, type RelaySocketData, relaySocketHandlers } from "./shared/relay/stream.ts";
+import type { OpenFrame } from "./shared/wire/codec.ts";
 import {
   CloseCode,
   type Exposed,
@@ -40,9 +42,7 @@ import {
   StreamKind,
   SUBDOMAIN,
   type SyncMessage,
-} from "./shared/protocol.ts";
-import { RequestLogTap } from "./shared/request-log.ts";
-import { type RelaySocket, type RelaySocketData, relaySocketHandlers } from "./shared/stream.ts";
+} from "./shared/wire/protocol.ts";
 
 /** One local service to publish. */
 export interface ExposeOption extends HostPort {

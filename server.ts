@@ -12,7 +12,6 @@
  * @module
  */
 
-import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Hono } from "hono";
 import {
@@ -27,16 +26,19 @@ import {
   unmappedAddress,
   usageLine,
 } from "./shared/args.ts";
-import { bearerKey, keyMatches } from "./shared/auth.ts";
-import { Budget, DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "./shared/budget.ts";
-import { type ControlEnv, listenControl } from "./shared/control-port.ts";
+import { commandName, createLogger, describeError } from "./shared/log.ts";
+import { Budget, DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "./shared/relay/budget.ts";
+import { bearerKey, keyMatches } from "./shared/server/auth.ts";
+import { type ControlEnv, listenControl } from "./shared/server/control-port.ts";
 import {
   DEFAULT_REQUEST_TIMEOUT_SECONDS,
   HeadBudget,
   type HttpIngress,
   listenHttp,
-} from "./shared/http-ingress.ts";
-import { commandName, createLogger, describeError } from "./shared/log.ts";
+} from "./shared/server/http-ingress.ts";
+import { defaultHost } from "./shared/server/public-port.ts";
+import { FailureLimiter } from "./shared/server/rate-limit.ts";
+import { Session, type SessionContext, type SessionSocketData } from "./shared/server/session.ts";
 import {
   AUTH_HEADER,
   CONNECT_PATH,
@@ -44,10 +46,7 @@ import {
   PROTOCOL_VERSION,
   RESUME_HEADER,
   SUBPROTOCOL,
-} from "./shared/protocol.ts";
-import { defaultHost } from "./shared/public-port.ts";
-import { FailureLimiter } from "./shared/rate-limit.ts";
-import { Session, type SessionContext, type SessionSocketData } from "./shared/session.ts";
+} from "./shared/wire/protocol.ts";
 
 /** Everything the server can be told; the CLI fills it from flags and env. */
 export interface ServerOptions {

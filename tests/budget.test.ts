@@ -9,7 +9,7 @@
 import { expect, test } from "bun:test";
 import { readdirSync, readFileSync } from "node:fs";
 import type { Socket } from "node:net";
-import { RESUME_FRACTION } from "../shared/budget.ts";
+import { RESUME_FRACTION } from "../shared/relay/budget.ts";
 import {
   connectVisitor,
   defer,

@@ -9,7 +9,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import type { Socket as BunSocket, TCPSocketListener } from "bun";
-import { SUBPROTOCOL } from "../shared/protocol.ts";
+import { SUBPROTOCOL } from "../shared/wire/protocol.ts";
 import {
   defer,
   type EchoService,

@@ -6,7 +6,7 @@
 
 import { expect, test } from "bun:test";
 import { connect } from "node:net";
-import { CONNECT_PATH, SUBPROTOCOL } from "../shared/protocol.ts";
+import { CONNECT_PATH, SUBPROTOCOL } from "../shared/wire/protocol.ts";
 import {
   closedWithin,
   connectVisitor,

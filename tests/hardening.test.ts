@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readdirSync } from "node:fs";
 import { connect, type Socket } from "node:net";
-import { CONNECT_PATH, SUBPROTOCOL } from "../shared/protocol.ts";
+import { CONNECT_PATH, SUBPROTOCOL } from "../shared/wire/protocol.ts";
 import { startServerOn } from "./fault-helpers.ts";
 import {
   type ClientProcess,

@@ -8,7 +8,7 @@ import { expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import { startClient } from "../client.ts";
-import { CONNECT_PATH, SUBPROTOCOL } from "../shared/protocol.ts";
+import { CONNECT_PATH, SUBPROTOCOL } from "../shared/wire/protocol.ts";
 import {
   exposedLines,
   rawStatus,

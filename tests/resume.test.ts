@@ -5,7 +5,7 @@
  */
 
 import { expect, test } from "bun:test";
-import { CONNECT_PATH, RESUME_HEADER, SUBPROTOCOL } from "../shared/protocol.ts";
+import { CONNECT_PATH, RESUME_HEADER, SUBPROTOCOL } from "../shared/wire/protocol.ts";
 import {
   count,
   deferContinue,

@@ -22,9 +22,9 @@
  */
 
 import type { Socket } from "bun";
+import { DEFAULTS, type OpenMeta, ProtocolError, ResetCode, type StreamKind } from "../wire/protocol.ts";
 import { ByteQueue } from "./byte-queue.ts";
 import { dispose, forgetDisposable, markDisposable } from "./disposable.ts";
-import { DEFAULTS, type OpenMeta, ProtocolError, ResetCode, type StreamKind } from "./protocol.ts";
 
 /** What a stream needs from the multiplexer that owns it. */
 export interface StreamHost {

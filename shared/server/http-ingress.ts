@@ -25,8 +25,7 @@
 
 import { STATUS_CODES } from "node:http";
 import type { TCPSocketListener } from "bun";
-import { formatHost, unmappedAddress } from "./args.ts";
-import { keyMatches } from "./auth.ts";
+import { formatHost, unmappedAddress } from "../args.ts";
 import {
   forwardRequestHead,
   HttpParseError,
@@ -37,10 +36,11 @@ import {
   ResponseFramer,
   requestHost,
   serializeHead,
-} from "./http1.ts";
-import type { Logger } from "./log.ts";
-import { ResetCode } from "./protocol.ts";
-import type { RelaySocket, RelaySocketData, Stream } from "./stream.ts";
+} from "../http1/framer.ts";
+import type { Logger } from "../log.ts";
+import type { RelaySocket, RelaySocketData, Stream } from "../relay/stream.ts";
+import { ResetCode } from "../wire/protocol.ts";
+import { keyMatches } from "./auth.ts";
 
 /** Where a name leads: an HTTP tunnel that opens a stream per visitor connection. */
 export interface HttpRoute {

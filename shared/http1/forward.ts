@@ -12,7 +12,7 @@ import {
   type RequestHeadLine,
   type ResponseHead,
   type ResponseHeadLine,
-} from "./http1-head.ts";
+} from "./head.ts";
 
 /** Where and how the visitor reached the proxy, for {@link forwardRequestHead}. */
 export interface ForwardOptions {
@@ -48,7 +48,7 @@ const PROTECTED = new Set(["host", "content-length", "transfer-encoding"]);
  * The authority a request is for: its Host header, or (HTTP/1.0 without Host) an absolute-form
  * target's authority; "" if neither. Routing by Host on every port is one rule that `Bun.serve` (the
  * control port, which builds the URL from Host) and our own framing share; a target that names another
- * authority than Host is refused when the head is parsed (http1-head.ts), so the two never disagree.
+ * authority than Host is refused when the head is parsed (http1/head.ts), so the two never disagree.
  */
 export function requestHost(head: RequestHeadLine): string {
   const host = headerValues(head.headers, "host")[0];
@@ -63,8 +63,7 @@ function endToEnd(headers: HeaderList, upgrade: boolean, also?: ReadonlySet<stri
     const lower = name.toLowerCase();
     if (lower === "upgrade") return upgrade;
     if (HOP_BY_HOP.has(lower)) return false;
-    if (also !== undefined && also.has(lower.includes("_") ? lower.replaceAll("_", "-") : lower))
-      return false;
+    if (also?.has(lower.includes("_") ? lower.replaceAll("_", "-") : lower)) return false;
     return !listed.has(lower) || PROTECTED.has(lower);
   });
 }

@@ -6,7 +6,7 @@
 
 import { isIP } from "node:net";
 import { connect as tlsConnect } from "node:tls";
-import { describeError } from "./log.ts";
+import { describeError } from "../log.ts";
 import {
   AUTH_HEADER,
   CONNECT_PATH,
@@ -15,7 +15,7 @@ import {
   RESUME_HEADER,
   SUBPROTOCOL,
   type SyncMessage,
-} from "./protocol.ts";
+} from "../wire/protocol.ts";
 
 /** How to reach the server. */
 export interface ConnectOptions {

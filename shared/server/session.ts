@@ -17,12 +17,11 @@
 import { randomBytes } from "node:crypto";
 import type { TCPSocketListener } from "bun";
 import { customAlphabet, nanoid } from "nanoid";
-import { formatHost, type PortRange, unmappedAddress } from "./args.ts";
-import { keyMatches } from "./auth.ts";
-import type { Budget } from "./budget.ts";
-import type { HttpRoute } from "./http-ingress.ts";
-import { describeError, type Logger } from "./log.ts";
-import { Mux } from "./mux.ts";
+import { formatHost, type PortRange, unmappedAddress } from "../args.ts";
+import { describeError, type Logger } from "../log.ts";
+import type { Budget } from "../relay/budget.ts";
+import { Mux } from "../relay/mux.ts";
+import { type RelaySocket, type RelaySocketData, relaySocketHandlers, type Stream } from "../relay/stream.ts";
 import {
   CloseCode,
   type ExposeRequest,
@@ -33,9 +32,10 @@ import {
   StreamKind,
   SUBDOMAIN,
   type SyncMessage,
-} from "./protocol.ts";
+} from "../wire/protocol.ts";
+import { keyMatches } from "./auth.ts";
+import type { HttpRoute } from "./http-ingress.ts";
 import { listenPublic, PortError } from "./public-port.ts";
-import { type RelaySocket, type RelaySocketData, relaySocketHandlers, type Stream } from "./stream.ts";
 import type { RawWebSocket } from "./ws-server.ts";
 
 /** The `data` slot of every client WebSocket. */

@@ -7,8 +7,7 @@
  * @module
  */
 
-import { Batcher } from "./batcher.ts";
-import { Budget } from "./budget.ts";
+import { Batcher } from "../wire/batcher.ts";
 import {
   DATA_SCRATCH_EXTRA,
   decodeFrame,
@@ -21,9 +20,10 @@ import {
   encodeWindow,
   forEachInBatch,
   type OpenFrame,
-} from "./codec.ts";
+} from "../wire/codec.ts";
+import { FrameType, type OpenMeta, ProtocolError, type StreamKind } from "../wire/protocol.ts";
+import { Budget } from "./budget.ts";
 import { markDisposable } from "./disposable.ts";
-import { FrameType, type OpenMeta, ProtocolError, type StreamKind } from "./protocol.ts";
 import { Stream, type StreamHost, type StreamPosition } from "./stream.ts";
 
 /** Per-session settings, as announced in the server's hello. */

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { type HeaderList, HttpParseError, latin1, MAX_HEAD_BYTES, parseFieldLines } from "./http1-head.ts";
+import { type HeaderList, HttpParseError, latin1, MAX_HEAD_BYTES, parseFieldLines } from "./head.ts";
 
 /** Longest chunk-size line (size and extensions) accepted. */
 export const MAX_CHUNK_LINE = 4096;

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { ChunkedScanner } from "./http1-chunked.ts";
+import { ChunkedScanner } from "./chunked.ts";
 import {
   findHeadEnd,
   type HeaderList,
@@ -21,11 +21,11 @@ import {
   parseResponseHeadBytes,
   type RequestHead,
   type ResponseHead,
-} from "./http1-head.ts";
+} from "./head.ts";
 
-export * from "./http1-chunked.ts";
-export * from "./http1-forward.ts";
-export * from "./http1-head.ts";
+export * from "./chunked.ts";
+export * from "./forward.ts";
+export * from "./head.ts";
 
 /** What a framer reports, in stream order. */
 export type FramerEvent<H> =

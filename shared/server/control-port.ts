@@ -12,14 +12,14 @@
  */
 
 import { STATUS_CODES } from "node:http";
-import { unmappedAddress } from "./args.ts";
+import { unmappedAddress } from "../args.ts";
+import type { RequestHead } from "../http1/framer.ts";
 import {
   type HttpConnection,
   type HttpIngress,
   type HttpIngressOptions,
   listenHttp,
 } from "./http-ingress.ts";
-import type { RequestHead } from "./http1.ts";
 import {
   RawWebSocket,
   switchingProtocols,

@@ -6,7 +6,7 @@
  */
 
 import type { SocketHandler, TCPSocketListener } from "bun";
-import type { PortRange } from "./args.ts";
+import type { PortRange } from "../args.ts";
 
 /** Why a public port could not be opened; `code` goes to the client in the error message. */
 export class PortError extends Error {

@@ -5,8 +5,8 @@
  * @module
  */
 
-import { type RequestEvent, RequestFramer, ResponseFramer } from "./http1.ts";
-import type { StreamTap } from "./stream.ts";
+import { type RequestEvent, RequestFramer, ResponseFramer } from "../http1/framer.ts";
+import type { StreamTap } from "../relay/stream.ts";
 
 interface Pending {
   method: string;
