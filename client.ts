@@ -129,12 +129,7 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     throw new ClientError(describeError(error));
   }
   let hello: Hello = connection.hello;
-  const mux = new Mux(
-    () => {},
-    hello,
-    (frame) => acceptStream(frame),
-  );
-  mux.detach();
+  const mux = new Mux(null, hello, (frame) => acceptStream(frame));
   /** Local service of each tunnel, by the ref the server's OPEN frames use. */
   const targets = new Map<number, HostPort>();
   let tunnels: TunnelInfo[] = [];
@@ -277,7 +272,7 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
   async function exposeAgain(): Promise<void> {
     mux.destroyAll();
     targets.clear();
-    mux.resume((frame) => connection.send(frame), { streams: [], finished: [], accepted: 0 });
+    mux.start((frame) => connection.send(frame));
     await exposeAll((local, i) =>
       expose(local, tunnels[i]).catch((error) => {
         if (local.publicPort !== undefined || local.subdomain !== undefined) throw error;
@@ -331,7 +326,7 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
   }
 
   bind(connection);
-  mux.resume((frame) => connection.send(frame), { streams: [], finished: [], accepted: 0 });
+  mux.start((frame) => connection.send(frame));
   const close = async () => {
     if (closing) return;
     closing = true;

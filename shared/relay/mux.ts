@@ -67,6 +67,12 @@ export interface SyncState {
   accepted: number;
 }
 
+/**
+ * The sync of a peer that knows no stream of ours: what a new session starts from. {@link Mux.start}
+ * goes live with it; nothing else should spell it out.
+ */
+export const EMPTY_SYNC: Readonly<SyncState> = Object.freeze({ streams: [], finished: [], accepted: 0 });
+
 /** How many cleanly freed stream ids a mux remembers for the next resume. */
 const FINISHED_MEMORY = 4096;
 /** A round-trip sample older than this (ms) is refreshed by a PING the next time a stream asks. */
@@ -120,17 +126,20 @@ export class Mux implements StreamHost {
   private readonly batcher: Batcher;
 
   /**
-   * @param send writes one binary frame to the WebSocket.
+   * @param send writes one binary frame to the WebSocket; `null` builds the mux detached (frames are
+   * dropped and streams do not read) until {@link Mux.start} names the sender. A role builds its mux
+   * before its first WebSocket is greeted, so both roles pass `null`; tests pass a sender and are live
+   * at once.
    * @param settings window and frame size for every stream.
    * @param onOpen called for each OPEN frame; absent on the side that never accepts streams.
    */
   constructor(
-    send: FrameSender,
+    send: FrameSender | null,
     settings: MuxSettings,
     private readonly onOpen?: (frame: OpenFrame) => void,
     budgets?: MuxBudgets,
   ) {
-    this.batcher = new Batcher(send);
+    this.batcher = new Batcher(send ?? (() => {}));
     this.window = settings.window;
     this.initialWindow = settings.initialWindow;
     this.clock = settings.clock ?? (() => performance.now());
@@ -143,6 +152,7 @@ export class Mux implements StreamHost {
     this.disposeMinBytes = settings.disposeMinBytes;
     this.maxFramePayload = settings.maxFramePayload;
     this.scratch = new Uint8Array(DATA_SCRATCH_EXTRA + settings.maxFramePayload);
+    if (send === null) this.detach();
   }
 
   /** Creates a stream with a fresh id (the opening side). */
@@ -312,6 +322,19 @@ export class Mux implements StreamHost {
     this.setBlocked(true);
   }
 
+  /**
+   * Goes live on a WebSocket whose peer knows none of our streams: a new session (a mux built with a
+   * `null` sender), or one the server lost (after {@link Mux.destroyAll}). Same as {@link Mux.resume}
+   * with {@link EMPTY_SYNC}, which is what it does; a stream still open here would be reconciled
+   * against a peer that never saw it, so that is a bug in the caller.
+   * @throws {Error} when streams are still open.
+   */
+  start(send: FrameSender): void {
+    if (this.streams.size !== 0)
+      throw new Error(`Mux.start with ${this.streams.size} streams open: resume() reconciles them`);
+    this.resume(send, EMPTY_SYNC);
+  }
+
   /** This side's stream positions for the peer; call while detached, on the new WebSocket. */
   syncState(): SyncState {
     const streams: SyncState["streams"] = [];
@@ -327,7 +350,7 @@ export class Mux implements StreamHost {
    * OPENs it never saw (opening side), and drops streams the peer no longer has.
    * @throws {ProtocolError} when the peer's state is inconsistent with ours.
    */
-  resume(send: FrameSender, peer: SyncState): void {
+  resume(send: FrameSender, peer: Readonly<SyncState>): void {
     this.batcher.send = send;
     this.live = true;
     const positions = new Map<number, StreamPosition>();

@@ -3,7 +3,7 @@
  * flow control and half-close. The same class serves the server (visitor sockets) and the client
  * (local-service sockets).
  *
- * Rules (see PROTOCOL.md, "Flow control"):
+ * Rules (see PROTOCOL.md, part 1, "Flow control"):
  * - Credit is receiver-driven. Each direction's receiver grants a window (initially `initialWindow`)
  *   and enforces exactly that: a sender past it is a protocol error. It returns credit (WINDOW) for the
  *   bytes its socket took, batched, and grows the window (GROW) when its socket consumed half of it
@@ -15,9 +15,34 @@
  *   held and the socket paused until a WINDOW or GROW arrives. Unacknowledged bytes are kept (by
  *   reference) so that a resumed session can resend what a blip lost.
  * - Buffered bytes are counted into the host's memory budgets (per chunk, never per byte).
- * - FIN from our socket becomes END (after held bytes); END from the peer becomes `shutdown()` (after
- *   pending bytes). The stream is freed when both directions ended and every byte we sent was
- *   acknowledged, or at once on RESET.
+ *
+ * Lifecycle (PROTOCOL.md, "Stream lifecycle", states the same table for the wire). Each direction
+ * ends on its own; the fields in brackets are the state, nothing else is:
+ *
+ * ```text
+ * sending (our socket → peer)                       receiving (peer → our socket)
+ * open            reading our socket, within credit  open           writing what arrives
+ *  │ out of credit                                    │ END received [endReceived]
+ *  ▼                                                  ▼
+ * held [held]     socket paused, rest of a read kept  write shut     shutdown() once `pending` is
+ *  │ WINDOW/GROW: held bytes sent, reading again      [writeShut]    written; the last credit goes
+ *  │ FIN read [readEnded]: END once nothing is held                  back at once (WINDOW)
+ *  ▼
+ * END sent [endSent]
+ *  │ WINDOW for every byte sent (ackedSeq = sentSeq)
+ *  ▼
+ * acknowledged
+ * ```
+ *
+ * The stream is freed (`closed`, `release(clean)`, `onClosed`) at the first of:
+ * - both directions done: END sent and acknowledged, END received and write shut (clean: the id goes
+ *   to the finished list a resume reports);
+ * - a RESET, sent or received: at once, the socket aborted, every buffer dropped;
+ * - `destroy()`: the session is over (no frame).
+ *
+ * {@link Stream.phase} names the combination for logs: `open`, `half-closed-local` (END sent),
+ * `half-closed-remote` (END received), `closing` (both ENDs, waiting for the write side or the last
+ * WINDOW), `freed`.
  * @module
  */
 
@@ -108,6 +133,12 @@ export const GROW_RTTS = 4;
  * round trip's worth. A reader faster than ~a window per 20 ms (400 Mbit/s at 1 MiB) still grows it.
  */
 export const GROW_FLOOR_MS = 20;
+
+/**
+ * Where a stream is in its lifecycle, as a log line prints it (derived: see {@link Stream.phase}).
+ * The names are HTTP/2's (RFC 9113, 5.1), seen from this side: `half-closed-local` = we sent END.
+ */
+export type StreamPhase = "open" | "half-closed-local" | "half-closed-remote" | "closing" | "freed";
 
 const PAUSED_BY_CREDIT = 1;
 const PAUSED_BY_TRANSPORT = 2;
@@ -259,7 +290,7 @@ export class Stream {
 
   /** DATA from the peer. */
   onData(payload: Uint8Array): void {
-    if (this.endReceived) throw new ProtocolError(`DATA after END on stream ${this.id}`);
+    if (this.endReceived) throw new ProtocolError(`DATA after END on stream ${this.id} (${this.phase})`);
     // Exactly what we granted: the initial window plus our GROWs, past what we credited back.
     if (this.recvSeq + payload.length - this.creditedSeq > this.recvWindow)
       throw new ProtocolError(`stream ${this.id}: peer sent ${payload.length} bytes past its window`);
@@ -288,7 +319,7 @@ export class Stream {
   /** WINDOW from the peer: forget what it acknowledged, send what was held, resume reading. */
   onWindow(increment: number): void {
     if (this.ackedSeq + increment > this.sentSeq)
-      throw new ProtocolError(`stream ${this.id}: WINDOW acknowledges bytes never sent`);
+      throw new ProtocolError(`stream ${this.id} (${this.phase}): WINDOW acknowledges bytes never sent`);
     this.ackedSeq += increment;
     this.unacked.drop(increment);
     this.host.accountSent?.(-increment);
@@ -367,6 +398,17 @@ export class Stream {
   setTransportBlocked(blocked: boolean): void {
     if (blocked) this.pause(PAUSED_BY_TRANSPORT);
     else this.unpause(PAUSED_BY_TRANSPORT);
+  }
+
+  /**
+   * The lifecycle phase, derived from the END flags and `closed` (module header): `open`, then
+   * `half-closed-local` (END sent) or `half-closed-remote` (END received), `closing` once both ENDs
+   * passed (until the write side is shut and every byte acknowledged), `freed` at the end.
+   */
+  get phase(): StreamPhase {
+    if (this.closed) return "freed";
+    if (this.endSent) return this.endReceived ? "closing" : "half-closed-local";
+    return this.endReceived ? "half-closed-remote" : "open";
   }
 
   /** Bytes from the peer that our socket has not taken yet. */

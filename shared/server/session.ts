@@ -140,7 +140,7 @@ export class Session {
   constructor(private readonly context: SessionContext) {
     const budgets = context.budgets;
     this.mux = new Mux(
-      () => {},
+      null,
       context.limits,
       undefined,
       budgets && {
@@ -154,7 +154,6 @@ export class Session {
         },
       },
     );
-    this.mux.detach();
   }
 
   /** Reads the WebSocket or not, as the receive budget says (only while live: a sync must get through). */
@@ -216,7 +215,7 @@ export class Session {
       ws.send(JSON.stringify({ type: "sync", ...this.mux.syncState() } satisfies SyncMessage));
     } else {
       this.state = "live";
-      this.mux.resume((frame) => this.sendFrame(frame), { streams: [], finished: [], accepted: 0 });
+      this.mux.start((frame) => this.sendFrame(frame));
     }
     this.applyPause();
   }
