@@ -20,7 +20,7 @@
 import { existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Sample } from "./measure.ts";
-import { ROOT } from "./native.ts";
+import { NATIVE, ROOT } from "./native.ts";
 import { CLK_TCK, type CpuSample, cpuSample, machineTicks, type Proc, run, spawn } from "./procs.ts";
 import type { TunnelProcess } from "./providers.ts";
 import { boundBy, isQuiet, othersPct } from "./report.ts";
@@ -99,11 +99,11 @@ export interface HttpOptions {
 const BUILD = join(import.meta.dir, ".build");
 const HTTPBENCH = join(BUILD, "httpbench");
 
-/** Compiles bench/httpbench.c when the binary is missing or older than its sources. */
+/** Compiles bench/native/httpbench.c when the binary is missing or older than its sources. */
 export async function buildHttpBench(): Promise<string> {
   mkdirSync(BUILD, { recursive: true });
-  const source = join(import.meta.dir, "httpbench.c");
-  const newest = Math.max(statSync(source).mtimeMs, statSync(join(import.meta.dir, "sha256.h")).mtimeMs);
+  const source = join(NATIVE, "httpbench.c");
+  const newest = Math.max(statSync(source).mtimeMs, statSync(join(NATIVE, "sha256.h")).mtimeMs);
   if (!existsSync(HTTPBENCH) || statSync(HTTPBENCH).mtimeMs < newest) {
     const r = await run(["gcc", "-O2", "-Wall", "-pthread", "-o", HTTPBENCH, source], 60_000);
     if (r.code !== 0) throw new Error(`gcc httpbench.c failed: ${r.stderr.trim()}`);

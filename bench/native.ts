@@ -1,7 +1,7 @@
 /**
- * Build steps the benchmark needs before it measures: the C load generator, service and floor relay (gcc -O2 into
- * bench/.build/, gitignored) and the compiled tunnel executables (dist/, via scripts/build.ts) when they
- * are missing or older than the sources.
+ * Build steps the benchmark needs before it measures: the C load generator, service and floor relay
+ * (bench/native/*.c, gcc -O2 into bench/.build/, gitignored) and the compiled tunnel executables (dist/,
+ * via scripts/build.ts) when they are missing or older than the sources.
  * @module
  */
 
@@ -12,6 +12,8 @@ import { run } from "./procs.ts";
 /** Repository root. */
 export const ROOT = join(import.meta.dir, "..");
 const BUILD = join(import.meta.dir, ".build");
+/** The C sources (bench/native/). */
+export const NATIVE = join(import.meta.dir, "native");
 
 function mtime(path: string): number {
   try {
@@ -30,21 +32,21 @@ export interface NativeTools {
 }
 
 /**
- * Compiles bench/loadgen.c, bench/service.c and bench/muxfloor.c when the binary is missing or older than its source.
+ * Compiles bench/native/loadgen.c, service.c and muxfloor.c when the binary is missing or older than its source.
  * @throws {Error} when gcc is missing or fails; the benchmark cannot run without them.
  */
 export async function buildNative(): Promise<NativeTools> {
   if (!Bun.which("gcc"))
-    throw new Error("gcc not found: install it (apt-get install gcc) to build bench/*.c");
+    throw new Error("gcc not found: install it (apt-get install gcc) to build bench/native/*.c");
   mkdirSync(BUILD, { recursive: true });
-  const header = mtime(join(import.meta.dir, "sha256.h"));
+  const header = mtime(join(NATIVE, "sha256.h"));
   const tools: NativeTools = {
     loadgen: join(BUILD, "loadgen"),
     service: join(BUILD, "service"),
     muxfloor: join(BUILD, "muxfloor"),
   };
   for (const [name, out] of Object.entries(tools)) {
-    const source = join(import.meta.dir, `${name}.c`);
+    const source = join(NATIVE, `${name}.c`);
     if (mtime(out) > Math.max(mtime(source), header)) continue;
     const result = await run(["gcc", "-O2", "-Wall", "-pthread", "-o", out, source], 60_000);
     if (result.code !== 0) throw new Error(`gcc ${name}.c failed: ${result.stderr.trim()}`);
@@ -58,7 +60,8 @@ function sourcesMtime(): number {
     join(ROOT, f),
   );
   try {
-    for (const f of readdirSync(join(ROOT, "shared"))) files.push(join(ROOT, "shared", f));
+    for (const f of readdirSync(join(ROOT, "shared"), { recursive: true }))
+      files.push(join(ROOT, "shared", String(f)));
   } catch {}
   return Math.max(...files.map(mtime));
 }

@@ -85,7 +85,7 @@ async function launch(start: (track: (p: Proc) => Proc) => Promise<Omit<Tunnel, 
 }
 
 /**
- * bench/muxfloor.c as server and client: the tunnel's own topology (visitors multiplexed over one TCP
+ * bench/native/muxfloor.c as server and client: the tunnel's own topology (visitors multiplexed over one TCP
  * link, a connection to the service per visitor) with the least user-space work it allows. The floor
  * for every figure, the connection rate included.
  */

@@ -1,4 +1,4 @@
-/* SHA-256 (FIPS 180-4), small and self-contained, for the integrity check of bench/loadgen.c. */
+/* SHA-256 (FIPS 180-4), small and self-contained, for the integrity check of bench/native/loadgen.c. */
 #ifndef BENCH_SHA256_H
 #define BENCH_SHA256_H
 #include <stddef.h>

@@ -1,5 +1,5 @@
 /*
- * The benchmark's load generator: drives bench/service.c on 127.0.0.1:PORT, directly or through a
+ * The benchmark's load generator: drives bench/native/service.c on 127.0.0.1:PORT, directly or through a
  * tunnel, and prints one JSON line with the figures and its own CPU time (to tell when a figure is
  * generator-bound). Every mode is bounded: env BENCH_TIMEOUT seconds (default 300) ends it by SIGALRM.
  *
@@ -605,7 +605,7 @@ static void run_ttfb(int svcport, int count) {
 
 static long arg(char **argv, int argc, int i) {
   if (i >= argc) {
-    fprintf(stderr, "loadgen: missing argument %d (see the header of bench/loadgen.c)\n", i);
+    fprintf(stderr, "loadgen: missing argument %d (see the header of bench/native/loadgen.c)\n", i);
     exit(2);
   }
   return atol(argv[i]);
@@ -616,7 +616,7 @@ int main(int argc, char **argv) {
   const char *limit = getenv("BENCH_TIMEOUT");
   alarm(limit ? (unsigned)atoi(limit) : 300);
   if (argc < 3) {
-    fprintf(stderr, "usage: loadgen MODE PORT ARGS... (see bench/loadgen.c)\n");
+    fprintf(stderr, "usage: loadgen MODE PORT ARGS... (see bench/native/loadgen.c)\n");
     return 2;
   }
   const char *mode = argv[1];
