@@ -18,6 +18,7 @@ import { randomBytes } from "node:crypto";
 import type { TCPSocketListener } from "bun";
 import { customAlphabet, nanoid } from "nanoid";
 import { formatHost, type PortRange, unmappedAddress } from "../args.ts";
+import { Liveness } from "../liveness.ts";
 import { describeError, type Logger } from "../log.ts";
 import type { Budget } from "../relay/budget.ts";
 import { Mux } from "../relay/mux.ts";
@@ -120,10 +121,8 @@ export class Session {
   readonly secret = randomBytes(32).toString("base64url");
   readonly mux: Mux;
   readonly tunnels = new Map<number, Tunnel>();
-  /** Set by any message, ping or pong; the heartbeat turns it into {@link Session.lastSeen}. */
-  heard = false;
-  /** When the heartbeat last found the client heard from, ms since the epoch. */
-  private lastSeen = Date.now();
+  /** When the client was last heard from (any message, ping or pong). */
+  readonly liveness = new Liveness();
   private ws: SessionSocket | null = null;
   private state: State = "live";
   private graceTimer: ReturnType<typeof setTimeout> | undefined;
@@ -194,7 +193,7 @@ export class Session {
     clearTimeout(this.graceTimer);
     this.ws = ws;
     ws.data.session = this;
-    this.lastSeen = Date.now();
+    this.liveness.restart();
     const hello: Hello = {
       type: "hello",
       ...this.context.limits,
@@ -232,7 +231,7 @@ export class Session {
 
   /** One message from the client's WebSocket. */
   onMessage(message: string | Uint8Array): void {
-    this.heard = true; // a flag, not a clock read: this runs for every frame
+    this.liveness.heard();
     try {
       if (typeof message === "string") this.onControl(message);
       else if (this.state === "live" || this.state === "draining") this.mux.receive(message, true);
@@ -409,13 +408,9 @@ export class Session {
     const ws = this.ws;
     if (ws === null || this.state === "reserved") return;
     // While paused for its budget we do not read the client, so its silence is ours.
-    if (this.heard || ws.isPaused) {
-      this.heard = false;
-      this.lastSeen = now;
-    } else if (now - this.lastSeen > timeoutMs) {
-      this.context.log.warn(
-        `client ${this.remote} silent for ${Math.round((now - this.lastSeen) / 1000)} s: dead`,
-      );
+    const silence = this.liveness.silence(now, ws.isPaused);
+    if (silence > timeoutMs) {
+      this.context.log.warn(`client ${this.remote} silent for ${Math.round(silence / 1000)} s: dead`);
       ws.terminate();
       this.onClose(ws, 1006);
       return;

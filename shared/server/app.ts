@@ -1,0 +1,67 @@
+/**
+ * The control port's own requests, as a Hono app: `GET /health`, and the clients' upgrade with its
+ * refusal ladder (503 shutting down, 429 too many failures, 401 wrong key, 426 wrong protocol
+ * version, 403 wrong resume secret), each a one-line text answer and a log line. Visitors of HTTP
+ * tunnels never reach it: the control port routes `NAME.DOMAIN` before (control-port.ts).
+ * @module
+ */
+
+import { Hono } from "hono";
+import { formatHost } from "../args.ts";
+import type { Logger } from "../log.ts";
+import { AUTH_HEADER, CONNECT_PATH, RESUME_HEADER, SUBPROTOCOL } from "../wire/protocol.ts";
+import { bearerKey, keyMatches } from "./auth.ts";
+import type { ControlEnv } from "./control-port.ts";
+import { FailureLimiter } from "./rate-limit.ts";
+import type { SessionRegistry } from "./registry.ts";
+import type { SessionSocketData } from "./session.ts";
+
+/** What the app needs from the server. */
+export interface ControlAppOptions {
+  registry: SessionRegistry;
+  /** Clients must present this key; absent means no auth. */
+  apiKey?: string;
+  /** Failed keys or resume secrets per address per minute before 429. */
+  authFailLimit: number;
+  log: Logger;
+}
+
+/** Builds the control port's app (see the module comment). */
+export function controlApp({ registry, apiKey, authFailLimit, log }: ControlAppOptions) {
+  const authFailures = new FailureLimiter(authFailLimit);
+  const app = new Hono<{ Bindings: ControlEnv<SessionSocketData> }>();
+  app.get("/health", (c) => c.json(registry.stats()));
+  // Accept: authenticate, agree the version, find the session a reconnecting client resumes.
+  app.get(CONNECT_PATH, (c) => {
+    const address = c.env.requestIP(c.req.raw);
+    const ip = address?.address ?? "?";
+    const remote = address ? `${formatHost(ip)}:${address.port}` : "?";
+    const refuse = (status: 401 | 403 | 426 | 429 | 503, message: string) => {
+      log.info(`refused ${remote}: ${status} ${message}`);
+      return c.text(`${message}\n`, status);
+    };
+    if (registry.draining) return refuse(503, "server is shutting down");
+    if (authFailures.blocked(ip)) return refuse(429, "too many failed attempts; try again in a minute");
+    if (apiKey !== undefined && !keyMatches(bearerKey(c.req.header(AUTH_HEADER)), apiKey)) {
+      authFailures.fail(ip);
+      return refuse(401, "authentication failed: missing or wrong API key");
+    }
+    const offered = (c.req.header("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim());
+    if (!offered.includes(SUBPROTOCOL))
+      return refuse(
+        426,
+        `unsupported protocol version: client offered '${offered.join(",") || "none"}', this server speaks ${SUBPROTOCOL}`,
+      );
+    const [sessionId, secret] = (c.req.header(RESUME_HEADER) ?? "").split(" ");
+    const resume = sessionId ? registry.sessions.get(sessionId) : undefined;
+    if (resume && !resume.secretMatches(secret ?? "")) {
+      authFailures.fail(ip);
+      return refuse(403, "resume refused: the session's secret does not match");
+    }
+    const data: SessionSocketData = { session: null, resume: resume ?? null, remote };
+    if (c.env.upgrade(c.req.raw, { data, headers: { "Sec-WebSocket-Protocol": SUBPROTOCOL } }))
+      return new Response(null);
+    return c.text("expected a WebSocket upgrade\n", 400);
+  });
+  return app;
+}

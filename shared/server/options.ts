@@ -1,0 +1,205 @@
+/**
+ * The server's options, each declared once (see shared/options.ts): `--help`, the parser, the
+ * defaults `startServer` uses and README's server table all come from {@link SERVER_OPTIONS}.
+ * @module
+ */
+
+import { readFileSync } from "node:fs";
+import { type PortRange, parseCount, parsePort, parsePortRange, parseSeconds, UsageError } from "../args.ts";
+import { describeError } from "../log.ts";
+import { type EnvSpec, type OptionTable, type OptionValues, parseOptions } from "../options.ts";
+import { DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "../relay/budget.ts";
+import { DEFAULTS } from "../wire/protocol.ts";
+import { DEFAULT_REQUEST_TIMEOUT_SECONDS } from "./http-ingress.ts";
+
+const seconds = (min: number, max: number) => (text: string, flag: string) =>
+  parseSeconds(text, flag, min, max);
+
+/** Reads a PEM file named by a flag; one line naming the flag when it is unreadable or not PEM. */
+function readPem(file: string, flag: string, what: string, label: RegExp): string {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? describeError(error);
+    throw new UsageError(`${flag}: cannot read '${file}': ${code}`);
+  }
+  if (!label.test(text)) throw new UsageError(`${flag}: '${file}' holds no PEM ${what}`);
+  return text;
+}
+
+/** Every server option, in `--help` order. */
+export const SERVER_OPTIONS = {
+  host: {
+    key: "host",
+    value: "ADDR",
+    defaultText: "`::` (IPv4 and IPv6) where the machine has IPv6, else `0.0.0.0`",
+    help: "bind address for the control port and the public ports",
+  },
+  port: {
+    key: "port",
+    value: "N",
+    default: 7070,
+    help: "control port: client WebSocket upgrade, GET /health, HTTP tunnels at NAME.DOMAIN (0 = any free port)",
+    parse: (text: string, flag: string): number => parsePort(text, flag, true),
+  },
+  domain: {
+    key: "domain",
+    value: "NAME",
+    default: "localhost",
+    help: "public host name printed in tunnel URLs; HTTP tunnels are NAME.DOMAIN",
+  },
+  "tcp-ports": {
+    key: "tcpPorts",
+    value: "MIN-MAX",
+    defaultText: "any free port ≥ 1024",
+    help: "range for public TCP ports; a client may ask for any port in it, privileged ones included; never the server's own ports",
+    parse: (text: string, flag: string): PortRange => parsePortRange(text, flag),
+  },
+  "http-port": {
+    key: "httpPort",
+    value: "N",
+    defaultText: "HTTP tunnels on `--port` only",
+    help: "a separate public port for HTTP tunnels, e.g. 80/443 (https with --tls-cert; 0 = any free port)",
+    parse: (text: string, flag: string): number => parsePort(text, flag, true),
+  },
+  "tls-cert": {
+    key: "tlsCert",
+    value: "FILE",
+    defaultText: "plain ws/http",
+    help: "PEM certificate: serve wss/https on --port (and --http-port); a wildcard for *.DOMAIN for HTTP tunnels (needs --tls-key)",
+  },
+  "tls-key": {
+    key: "tlsKey",
+    value: "FILE",
+    help: "PEM private key for --tls-cert",
+  },
+  window: {
+    key: "window",
+    value: "BYTES",
+    default: DEFAULTS.window,
+    help: "most a stream's flow-control window grows to: streams start at 1 MiB and grow with the round trip",
+    parse: (text: string, flag: string): number => parseCount(text, flag),
+  },
+  "client-budget": {
+    key: "clientBudget",
+    value: "BYTES",
+    default: DEFAULT_CLIENT_BUDGET,
+    help: "bytes one client's streams may buffer in the server, per direction; over it, that client is paused",
+    parse: (text: string, flag: string): number => parseCount(text, flag),
+  },
+  "server-budget": {
+    key: "serverBudget",
+    value: "BYTES",
+    default: DEFAULT_SERVER_BUDGET,
+    help: "bytes all clients' streams may buffer in the server together, per direction",
+    parse: (text: string, flag: string): number => parseCount(text, flag),
+  },
+  "max-streams": {
+    key: "maxStreamsPerTunnel",
+    value: "N",
+    default: DEFAULTS.maxStreamsPerTunnel,
+    help: "most visitor connections open at once per tunnel",
+    parse: (text: string, flag: string): number => parseCount(text, flag),
+  },
+  "max-tunnels": {
+    key: "maxTunnelsPerClient",
+    value: "N",
+    default: DEFAULTS.maxTunnelsPerClient,
+    help: "most tunnels one client may hold",
+    parse: (text: string, flag: string): number => parseCount(text, flag),
+  },
+  grace: {
+    key: "graceSeconds",
+    value: "SECONDS",
+    default: 60,
+    help: "how long a dropped client's tunnels, ports, names and open visitor connections stay reserved for it (0 = release at once)",
+    parse: seconds(0, 86_400),
+  },
+  heartbeat: {
+    key: "heartbeatSeconds",
+    value: "SECONDS",
+    default: 10,
+    help: "ping interval; a client silent for 3 intervals is declared dead",
+    parse: seconds(0.1, 3600),
+  },
+  "drain-timeout": {
+    key: "drainSeconds",
+    value: "SECONDS",
+    default: 10,
+    help: "on SIGINT/SIGTERM, how long connections in flight may take to finish",
+    parse: seconds(0, 3600),
+  },
+  "handshake-timeout": {
+    key: "handshakeSeconds",
+    value: "SECONDS",
+    default: 10,
+    help: "a client that has no live tunnel this long after connecting is closed (1008)",
+    parse: seconds(0.1, 3600),
+  },
+  "auth-fail-limit": {
+    key: "authFailLimit",
+    value: "N",
+    default: 10,
+    help: "failed API keys or resume secrets per address per minute before 429",
+    parse: (text: string, flag: string): number => parseCount(text, flag),
+  },
+  "request-timeout": {
+    key: "requestTimeoutSeconds",
+    value: "SECONDS",
+    default: DEFAULT_REQUEST_TIMEOUT_SECONDS,
+    help: "HTTP visitors must complete a request head this long after connecting or after their previous response; idle keep-alive connections close then too",
+    parse: seconds(0.1, 3600),
+  },
+  "visitor-idle-timeout": {
+    key: "visitorIdleSeconds",
+    value: "SECONDS",
+    default: 0,
+    help: "close visitor connections that move no byte either way for this long (0 = never)",
+    parse: seconds(0, 86_400),
+  },
+  quiet: { key: "quiet", short: "q", help: "log warnings and errors only" },
+} as const satisfies OptionTable;
+
+/** Environment variables the server reads that no flag sets. */
+export const SERVER_ENVIRONMENT: EnvSpec[] = [
+  {
+    name: "SOCKETS_SINGLE_API_KEY",
+    help: "clients must present this key",
+    defaultText: "no auth (a warning is logged)",
+  },
+];
+
+/** Everything the server can be told; the CLI fills it from flags and env. */
+export type ServerOptions = Omit<OptionValues<typeof SERVER_OPTIONS>, "tlsCert" | "tlsKey"> & {
+  /** PEM certificate and key: serve wss/https. */
+  tls?: { cert: string; key: string };
+  /** Clients must present this key; absent means no auth. */
+  apiKey?: string;
+};
+
+/**
+ * Turns argv and env into options, or "help".
+ * @throws {UsageError} on bad input, with one line naming the flag.
+ */
+export function parseServerArgs(
+  argv: string[],
+  env: Record<string, string | undefined>,
+): ServerOptions | "help" {
+  const { values, help } = parseOptions(SERVER_OPTIONS, argv, env);
+  if (help) return "help";
+  const { tlsCert, tlsKey, ...rest } = values as OptionValues<typeof SERVER_OPTIONS>;
+  if ((tlsCert === undefined) !== (tlsKey === undefined))
+    throw new UsageError("--tls-cert and --tls-key must be given together");
+  return {
+    ...rest,
+    tls:
+      tlsCert !== undefined && tlsKey !== undefined
+        ? {
+            cert: readPem(tlsCert, "--tls-cert", "certificate", /-----BEGIN CERTIFICATE-----/),
+            key: readPem(tlsKey, "--tls-key", "private key", /-----BEGIN [A-Z ]*PRIVATE KEY-----/),
+          }
+        : undefined,
+    apiKey: env.SOCKETS_SINGLE_API_KEY || undefined,
+  };
+}

@@ -1,0 +1,166 @@
+/**
+ * The server's clients: every {@link Session} by id, the settings they share, the timers that watch
+ * them (heartbeat, visitor idle sweep), what `/health` reports, and the WebSocket events that bind a
+ * client's connection to its session. The server role builds one and hands it the control port's
+ * WebSockets; shutdown drains it.
+ * @module
+ */
+
+import type { Logger } from "../log.ts";
+import { Budget } from "../relay/budget.ts";
+import { DEFAULTS, PROTOCOL_VERSION } from "../wire/protocol.ts";
+import type { HttpRoute } from "./http-ingress.ts";
+import { SERVER_OPTIONS, type ServerOptions } from "./options.ts";
+import { Session, type SessionContext, type SessionSocketData } from "./session.ts";
+import type { WebSocketHandlers } from "./ws-server.ts";
+
+/** Counts reported by `GET /health`. */
+export interface ServerStats {
+  status: "ok" | "draining";
+  protocol: number;
+  /** Clients connected now. */
+  clients: number;
+  /** Tunnels, live and reserved. */
+  tunnels: number;
+  /** Visitor connections open. */
+  streams: number;
+  /** Sessions whose client is away, within their grace period. */
+  reserved: number;
+  /** Bytes buffered for all clients: received and not yet written to visitors, sent and not yet acknowledged. */
+  buffered: { received: number; sent: number };
+  /** The largest stream window now: granted to us by clients (`send`), granted by us (`receive`). */
+  largestWindow: { send: number; receive: number };
+}
+
+/** Every session of a server and what they share. */
+export class SessionRegistry {
+  /** Sessions by id, live and reserved. */
+  readonly sessions = new Map<string, Session>();
+  /** Settings and registries every session uses. */
+  readonly context: SessionContext;
+  /** True once shutdown began: no new clients. */
+  draining = false;
+  private timers: ReturnType<typeof setInterval>[] = [];
+
+  /**
+   * @param options the server's options (defaults from its option table).
+   * @param host the bind address of public ports.
+   * @param log the server's log.
+   */
+  constructor(
+    private readonly options: ServerOptions,
+    host: string,
+    private readonly log: Logger,
+  ) {
+    const window = options.window ?? SERVER_OPTIONS.window.default;
+    const budget = options.serverBudget ?? SERVER_OPTIONS["server-budget"].default;
+    this.context = {
+      host,
+      domain: options.domain ?? SERVER_OPTIONS.domain.default,
+      tcpPorts: options.tcpPorts,
+      limits: {
+        protocol: PROTOCOL_VERSION,
+        window,
+        initialWindow: Math.min(window, DEFAULTS.initialWindow),
+        maxFramePayload: DEFAULTS.maxFramePayload,
+        maxStreamsPerTunnel: options.maxStreamsPerTunnel ?? SERVER_OPTIONS["max-streams"].default,
+        maxTunnelsPerClient: options.maxTunnelsPerClient ?? SERVER_OPTIONS["max-tunnels"].default,
+      },
+      graceSeconds: options.graceSeconds ?? SERVER_OPTIONS.grace.default,
+      handshakeSeconds: options.handshakeSeconds ?? SERVER_OPTIONS["handshake-timeout"].default,
+      budgets: {
+        perClient: options.clientBudget ?? SERVER_OPTIONS["client-budget"].default,
+        received: new Budget(budget),
+        sent: new Budget(budget),
+      },
+      log,
+      httpScheme: options.tls ? "https" : "http",
+      tunnelIds: new Set(),
+      httpRoutes: new Map(),
+      portHolders: new Map(),
+      onEnded: (session) => this.sessions.delete(session.id),
+    };
+  }
+
+  /** The HTTP tunnel behind a name, if any. */
+  route(name: string): HttpRoute | undefined {
+    return this.context.httpRoutes.get(name);
+  }
+
+  /** Where the events of a client's WebSocket go: its session. Liveness is ours (the heartbeat). */
+  readonly websocket: WebSocketHandlers<SessionSocketData> = {
+    open: (ws) => {
+      const session = ws.data.resume ?? new Session(this.context);
+      ws.data.resume = null;
+      this.sessions.set(session.id, session);
+      session.attach(ws);
+      this.log.info(`client ${ws.data.remote} connected`);
+    },
+    message: (ws, message) => ws.data.session?.onMessage(message),
+    drain: (ws) => ws.data.session?.onDrain(),
+    ping: (ws) => ws.data.session?.liveness.heard(),
+    pong: (ws) => ws.data.session?.liveness.heard(),
+    close: (ws, code, reason) => {
+      ws.data.session?.onClose(ws, code, reason);
+      this.log.info(`client ${ws.data.remote} disconnected (${code})`);
+    },
+  };
+
+  /** Starts the heartbeat and, when asked for, the visitor idle sweep. */
+  watch(): void {
+    // Heartbeat: ping every client each interval; one silent for three intervals is dead.
+    const heartbeatMs = (this.options.heartbeatSeconds ?? SERVER_OPTIONS.heartbeat.default) * 1000;
+    this.timers.push(
+      setInterval(() => {
+        const now = Date.now();
+        for (const session of this.sessions.values()) session.heartbeat(now, 3 * heartbeatMs);
+      }, heartbeatMs),
+    );
+    // Visitor idle timeout: a sweep a few times per timeout period, off unless asked for.
+    const idleMs = (this.options.visitorIdleSeconds ?? SERVER_OPTIONS["visitor-idle-timeout"].default) * 1000;
+    if (idleMs > 0)
+      this.timers.push(
+        setInterval(
+          () => {
+            const now = Date.now();
+            for (const session of this.sessions.values()) session.sweepIdle(now, idleMs);
+          },
+          Math.min(1000, idleMs / 4),
+        ),
+      );
+  }
+
+  /** What `/health` says. */
+  stats(): ServerStats {
+    const all = [...this.sessions.values()];
+    const largestWindow = { send: 0, receive: 0 };
+    for (const session of all)
+      for (const stream of session.mux.streams.values()) {
+        largestWindow.send = Math.max(largestWindow.send, stream.sendWindowBytes);
+        largestWindow.receive = Math.max(largestWindow.receive, stream.recvWindowBytes);
+      }
+    const budgets = this.context.budgets;
+    return {
+      status: this.draining ? "draining" : "ok",
+      protocol: PROTOCOL_VERSION,
+      clients: all.filter((s) => !s.reserved).length,
+      tunnels: all.reduce((n, s) => n + s.tunnels.size, 0),
+      streams: all.reduce((n, s) => n + s.mux.streams.size, 0),
+      reserved: all.filter((s) => s.reserved).length,
+      buffered: { received: budgets?.received.used ?? 0, sent: budgets?.sent.used ?? 0 },
+      largestWindow,
+    };
+  }
+
+  /**
+   * Shutdown: no new clients; every session is told and its streams may finish for the drain timeout;
+   * then every session ends.
+   */
+  async drainAll(): Promise<void> {
+    this.draining = true;
+    for (const timer of this.timers) clearInterval(timer);
+    const drainMs = (this.options.drainSeconds ?? SERVER_OPTIONS["drain-timeout"].default) * 1000;
+    await Promise.all([...this.sessions.values()].map((session) => session.drain(drainMs)));
+    for (const session of [...this.sessions.values()]) session.end();
+  }
+}
