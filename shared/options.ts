@@ -97,8 +97,9 @@ export function parseOptions(
 
 /** The default as help shows it, if any. */
 function defaultOf(spec: OptionSpec, markdown: boolean): string | undefined {
-  const text = spec.defaultText ?? (spec.default === undefined ? undefined : String(spec.default));
-  return text === undefined || markdown ? text : text.replaceAll("`", "");
+  if (spec.defaultText !== undefined) return markdown ? spec.defaultText : spec.defaultText.replaceAll("`", "");
+  if (spec.default === undefined) return undefined;
+  return markdown ? `\`${spec.default}\`` : String(spec.default);
 }
 
 /** How a flag is written with its value: `-q, --quiet`, `--port N`. */

@@ -38,7 +38,7 @@ export const CLIENT_OPTIONS = {
     key: "tcp",
     value: "HOST:PORT",
     multiple: true,
-    help: "local service to publish as a TCP tunnel (repeatable: one tunnel each)",
+    help: "local service to publish as a TCP tunnel (repeatable: one tunnel each); PORT alone means 127.0.0.1:PORT; IPv6 as [::1]:PORT",
     parse: (text: string, flag: string): HostPort => parseHostPort(text, flag),
   },
   server: {
@@ -54,22 +54,22 @@ export const CLIENT_OPTIONS = {
     value: "N",
     multiple: true,
     defaultText: "any",
-    help: "ask for this public port (repeatable: one per --expose, in order)",
+    help: "ask for this public port (repeatable: the n-th --port goes with the n-th --expose)",
     parse: (text: string, flag: string): number => parsePort(text, flag),
   },
   http: {
     key: "http",
     value: "HOST:PORT",
     multiple: true,
-    help: "local web service to publish at http://NAME.DOMAIN (repeatable: one tunnel each)",
+    help: "local web service to publish at http(s)://NAME.DOMAIN (repeatable: one tunnel each; combinable with --expose)",
     parse: (text: string, flag: string): HostPort => parseHostPort(text, flag),
   },
   subdomain: {
     key: "subdomains",
     value: "NAME",
     multiple: true,
-    defaultText: "random",
-    help: "ask for this NAME (repeatable: one per --http, in order)",
+    defaultText: "random (10 lower-case letters and digits)",
+    help: "ask for this name (repeatable: the n-th goes with the n-th --http); a DNS label: a-z, 0-9, inner '-', at most 63",
     parse: (text: string, flag: string): string => {
       if (!SUBDOMAIN.test(text))
         throw new UsageError(`${flag}: '${text}' is not a DNS label (a-z, 0-9, inner '-', at most 63)`);
@@ -80,7 +80,7 @@ export const CLIENT_OPTIONS = {
     key: "hostHeader",
     value: "MODE",
     default: "rewrite",
-    help: "rewrite (Host = the local address) or preserve (the visitor's)",
+    help: "the Host header the local web service sees: its own address (rewrite, as ngrok does; dev servers check it) or the visitor's (preserve)",
     parse: (text: string, flag: string): "rewrite" | "preserve" => {
       if (text !== "rewrite" && text !== "preserve")
         throw new UsageError(`${flag}: '${text}' is not rewrite or preserve`);
@@ -99,7 +99,7 @@ export const CLIENT_OPTIONS = {
   "log-requests": {
     key: "logRequests",
     defaultText: "on when stdout is a terminal",
-    help: "one stdout line per HTTP request",
+    help: "one stdout line per HTTP request: time, method, path, status, duration, bytes",
   },
   ca: {
     key: "ca",
