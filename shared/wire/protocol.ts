@@ -95,6 +95,8 @@ export const CloseCode = {
   InternalError: 1011,
   /** The session was taken over by a newer connection that resumed it. */
   Replaced: 4000,
+  /** The client's credentials were revoked (its user's token removed or changed): do not retry. */
+  Revoked: 4001,
 } as const;
 
 /** Fixed header length of every binary frame: type (1) + stream id (4). */
@@ -203,6 +205,22 @@ export interface Exposed {
   url: string;
 }
 
+/** Client → server: stop publishing one of its tunnels (its public port or name is released at once). */
+export interface UnexposeRequest {
+  type: "unexpose";
+  /** Request number chosen by the client; echoed in the answer. */
+  id: number;
+  /** The tunnel's id, as `exposed` gave it. */
+  tunnel: string;
+}
+
+/** Server → client: the tunnel is closed, with every visitor connection it had. */
+export interface Unexposed {
+  type: "unexposed";
+  id: number;
+  tunnel: string;
+}
+
 /** Server → client: a request failed (`id` set) or the session has a problem. */
 export interface ErrorMessage {
   type: "error";
@@ -212,7 +230,15 @@ export interface ErrorMessage {
 }
 
 /** Every text control message. */
-export type ControlMessage = Hello | SyncMessage | GoingAway | ExposeRequest | Exposed | ErrorMessage;
+export type ControlMessage =
+  | Hello
+  | SyncMessage
+  | GoingAway
+  | ExposeRequest
+  | Exposed
+  | UnexposeRequest
+  | Unexposed
+  | ErrorMessage;
 
 /** What an HTTP tunnel's name may look like: one DNS label, lower case. */
 export const SUBDOMAIN = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
@@ -311,6 +337,11 @@ export function parseControl(text: string): ControlMessage {
         typeof value.url === "string"
       )
         return value as unknown as Exposed;
+      break;
+    case "unexpose":
+    case "unexposed":
+      if (isCount(value.id) && typeof value.tunnel === "string" && TUNNEL_ID.test(value.tunnel))
+        return value as unknown as UnexposeRequest | Unexposed;
       break;
     case "error":
       if (
