@@ -16,22 +16,18 @@
  *   reference) so that a resumed session can resend what a blip lost.
  * - Buffered bytes are counted into the host's memory budgets (per chunk, never per byte).
  *
- * Lifecycle (PROTOCOL.md, "Stream lifecycle", states the same table for the wire). Each direction
- * ends on its own; the fields in brackets are the state, nothing else is:
+ * Lifecycle (PROTOCOL.md, part 1, "Stream lifecycle", states the same for the wire). Each direction
+ * ends on its own; the fields named are the whole state (no other flag says where a stream is):
  *
  * ```text
- * sending (our socket → peer)                       receiving (peer → our socket)
- * open            reading our socket, within credit  open           writing what arrives
- *  │ out of credit                                    │ END received [endReceived]
- *  ▼                                                  ▼
- * held [held]     socket paused, rest of a read kept  write shut     shutdown() once `pending` is
- *  │ WINDOW/GROW: held bytes sent, reading again      [writeShut]    written; the last credit goes
- *  │ FIN read [readEnded]: END once nothing is held                  back at once (WINDOW)
- *  ▼
- * END sent [endSent]
- *  │ WINDOW for every byte sent (ackedSeq = sentSeq)
- *  ▼
- * acknowledged
+ * direction  state         fields                          left by
+ * sending    open          held = null, !endSent           no credit for a read → held; FIN read → END sent
+ *            held          held ≠ null (socket paused)     WINDOW/GROW → open (END goes then if FIN was read)
+ *            END sent      endSent                         WINDOW for the last byte → acknowledged
+ *            acknowledged  endSent, ackedSeq = sentSeq     (done)
+ * receiving  open          !endReceived                    END → END received
+ *            END received  endReceived, pending bytes      pending written, shutdown() → write shut
+ *            write shut    writeShut                       (done: the last credit went back at once)
  * ```
  *
  * The stream is freed (`closed`, `release(clean)`, `onClosed`) at the first of:
