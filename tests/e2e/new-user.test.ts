@@ -9,24 +9,21 @@
 
 import { describe, expect, test } from "bun:test";
 import type { Socket } from "node:net";
+import { randomData, sha256 } from "../support/hashing.ts";
 import {
-  connectVisitor,
   defer,
   eventually,
   expectOneLineError,
-  freePort,
   type RunResult,
-  randomData,
-  readAll,
   runToExit,
   setupFile,
-  sha256,
   spawnRole,
   startClientProcess,
-  startEchoService,
   startServerProcess,
   withTimeout,
-} from "./helpers.ts";
+} from "../support/processes.ts";
+import { startEchoService } from "../support/services.ts";
+import { connectVisitor, freePort, readAll } from "../support/sockets.ts";
 
 setupFile();
 
@@ -273,7 +270,7 @@ describe("--server that is not what it should be", () => {
 });
 
 test("README's /health example has the fields and the protocol version the server answers", async () => {
-  const readme = await Bun.file(new URL("../README.md", import.meta.url)).text();
+  const readme = await Bun.file(new URL("../../README.md", import.meta.url)).text();
   const example = /`(\{"status":"ok",[^`]*\})`/.exec(readme)?.[1];
   expect(example, "README has a /health example").toBeDefined();
   const server = await startServerProcess();

@@ -7,24 +7,22 @@
  */
 
 import { expect, test } from "bun:test";
-import { readdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
-import { RESUME_FRACTION } from "../shared/relay/budget.ts";
+import { RESUME_FRACTION } from "../../shared/relay/budget.ts";
+import { MiB, randomData, sha256 } from "../support/hashing.ts";
 import {
-  connectVisitor,
   defer,
   eventually,
-  MiB,
-  randomData,
-  readAll,
+  openDescriptors,
   rssKiB,
   type ServerProcess,
   setupFile,
-  sha256,
   startClientProcess,
   startServerProcess,
   withTimeout,
-} from "./helpers.ts";
+} from "../support/processes.ts";
+import { connectVisitor, type Pumped, pumpPattern, readAll } from "../support/sockets.ts";
 
 setupFile();
 
@@ -36,25 +34,12 @@ interface BufferHealth {
 }
 
 const health = async (server: ServerProcess) => (await server.health()) as unknown as BufferHealth;
-const descriptors = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
 
 /** Bytes every source connection sends: a random MiB repeated (its sha256 is known). */
 const PATTERN = randomData(MiB);
 
-type Pumped = { sent: number; size: number };
-
 /** Writes the rest of `size` bytes of {@link PATTERN} as far as the socket takes them, then half-closes. */
-function pump(socket: import("bun").Socket<Pumped>): void {
-  const state = socket.data;
-  while (state.sent < state.size) {
-    const at = state.sent % PATTERN.length;
-    const piece = PATTERN.subarray(at, Math.min(PATTERN.length, at + state.size - state.sent));
-    const written = socket.write(piece);
-    if (written > 0) state.sent += written;
-    if (written < piece.length) return; // the rest when the socket drains
-  }
-  socket.shutdown();
-}
+const pump = (socket: import("bun").Socket<Pumped>) => pumpPattern(socket, PATTERN);
 
 /** A local service that sends `size` bytes of {@link PATTERN} on every connection, then half-closes. */
 function startSource(size: number): { port: number } {
@@ -157,7 +142,7 @@ test("never-reading visitors pin their granted window, not --window, and one cli
   await fetchAll(port, 24 * MiB); // warm-up: JIT, buffers; and the tunnel works
   const pid = server.proc.pid;
   const rssBefore = await rssKiB(pid);
-  const fdsBefore = descriptors(pid);
+  const fdsBefore = openDescriptors(pid);
 
   const stalled: Socket[] = [];
   for (let i = 0; i < STALLED; i++) {
@@ -178,14 +163,14 @@ test("never-reading visitors pin their granted window, not --window, and one cli
   expect(most.largestWindow.receive).toBeLessThanOrEqual(stalledWindowBound());
   const rssGrowth = (await rssKiB(pid)) - rssBefore;
   expect(rssGrowth).toBeLessThan((BUDGET + 24 * MiB) / 1024); // before: ~180 MiB (8 MiB per visitor)
-  expect(descriptors(pid)).toBeLessThanOrEqual(fdsBefore + STALLED + 4);
+  expect(openDescriptors(pid)).toBeLessThanOrEqual(fdsBefore + STALLED + 4);
 
   // The stalled visitors go: their bytes are dropped, the client is read again, and flows.
   for (const visitor of stalled) visitor.destroy();
   await eventually(async () => (await health(server)).streams === 0, 20_000, "stalled streams closed");
   expect((await health(server)).buffered).toEqual({ received: 0, sent: 0 });
   await fetchAll(port, 24 * MiB);
-  await eventually(() => descriptors(pid) <= fdsBefore + 1, 10_000, "descriptors back to the start");
+  await eventually(() => openDescriptors(pid) <= fdsBefore + 1, 10_000, "descriptors back to the start");
   process.stderr.write(
     `budget: server RSS +${(rssGrowth / 1024).toFixed(1)} MiB with ${STALLED} stalled visitors, peak buffered ${(most.buffered.received / MiB).toFixed(1)} MiB\n`,
   );

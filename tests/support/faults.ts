@@ -1,82 +1,17 @@
 /**
- * Fault-injection helpers for the "stays up" tests: a TCP proxy that can cut and refuse connections,
- * a restartable echo service, a server started on a chosen port, long visitor streams hashed
- * incrementally, and raw HTTP probes of the control port. Everything registers its cleanup with
- * {@link defer} from helpers.ts, so each test file's `setupFile()` cleanup stops it.
+ * Test support, faults: a TCP proxy between client and server that can cut and refuse connections, and
+ * probes of what a port does with a visitor (refused or closed without an answer, the status of a raw
+ * HTTP request, a WebSocket upgrade's headers). Everything registers its cleanup with {@link defer}, so
+ * each test file's `setupFile()` cleanup stops it.
  * @module
  */
 
-import { createHash, randomBytes } from "node:crypto";
-import { connect, type Socket } from "node:net";
+import { randomBytes } from "node:crypto";
+import { connect } from "node:net";
 import type { Socket as BunSocket, TCPSocketListener } from "bun";
-import { SUBPROTOCOL } from "../shared/wire/protocol.ts";
-import {
-  defer,
-  type EchoService,
-  type RoleProcess,
-  spawnRole,
-  startEchoService,
-  withTimeout,
-  writeQueued,
-} from "./helpers.ts";
-
-/** What `GET /health` answers once grace periods exist. */
-export interface Health {
-  status: string;
-  protocol: number;
-  clients: number;
-  tunnels: number;
-  streams: number;
-  reserved: number;
-}
-
-/** A server process with its control port and a typed /health. */
-export interface ServerProc extends RoleProcess {
-  port: number;
-  url: string;
-  health(): Promise<Health>;
-}
-
-/**
- * Starts `bun server.ts` on 127.0.0.1 and `port` (0 = any free port) and waits for its listening line.
- * Unlike `startServerProcess`, the port can be chosen (to restart a server where it was).
- */
-export async function startServerOn(
-  port: number,
-  args: string[] = [],
-  env: Record<string, string | undefined> = {},
-): Promise<ServerProc> {
-  const role = spawnRole(["bun", "server.ts", "--host", "127.0.0.1", "--port", String(port), ...args], env);
-  const match = await Promise.race([
-    role.waitFor(/listening on wss?:\/\/\S+:(\d+)/),
-    role.proc.exited.then((code) => {
-      throw new Error(`server exited (${code}) before listening: ${role.stderr()}`);
-    }),
-  ]);
-  const bound = Number(match[1]);
-  return {
-    ...role,
-    port: bound,
-    url: `ws://127.0.0.1:${bound}`,
-    async health() {
-      const response = await fetch(`http://127.0.0.1:${bound}/health`, { signal: AbortSignal.timeout(3000) });
-      return (await response.json()) as Health;
-    },
-  };
-}
-
-/** Number of matches of `pattern` (which must have the `g` flag) in `text`. */
-export function count(text: string, pattern: RegExp): number {
-  return [...text.matchAll(pattern)].length;
-}
-
-/** The `(id, port)` of every `exposed` line printed so far. */
-export function exposedLines(stdout: string): { id: string; port: number }[] {
-  return [...stdout.matchAll(/exposed with tunnel id (\S+), url: \S+:(\d+)/g)].map((m) => ({
-    id: m[1] as string,
-    port: Number(m[2]),
-  }));
-}
+import { SUBPROTOCOL } from "../../shared/wire/protocol.ts";
+import { defer, withTimeout } from "./processes.ts";
+import { writeQueued } from "./sockets.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // A controllable TCP proxy
@@ -234,90 +169,6 @@ export function startProxy(targetPort: number): Proxy {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// A restartable echo service: the one from helpers.ts
-
-/** An echo service that can be stopped and started again on the same port. */
-export type Echo = EchoService;
-
-/** Echoes everything back (respecting backpressure) and half-closes after the peer's FIN. */
-export const startEcho: (port?: number) => Echo = startEchoService;
-
-// ---------------------------------------------------------------------------------------------------
-// Long visitor streams
-
-/** A visitor that streams random bytes through a tunnel to an echo service and hashes both ways. */
-export interface EchoStream {
-  socket: Socket;
-  /** Bytes echoed back so far. */
-  echoed(): number;
-  /** Resolves at the echo's end (FIN) with both hashes; rejects if the connection errs or closes first. */
-  done: Promise<{ sent: string; received: string; bytes: number }>;
-}
-
-/**
- * Connects to `port` and sends `size` random bytes (generated and hashed chunk by chunk, so memory stays
- * small), then half-closes; reads the echo concurrently. `gate`, when given, is awaited before each chunk
- * past `gateAfter` bytes (to pace a stream around an event).
- */
-export function streamEcho(
-  port: number,
-  size: number,
-  options: { chunk?: number; gateAfter?: number; gate?: () => Promise<void> } = {},
-): EchoStream {
-  const chunkSize = options.chunk ?? 256 * 1024;
-  const socket = connect({ port, host: "127.0.0.1", allowHalfOpen: true });
-  defer(() => socket.destroy());
-  const sentHash = createHash("sha256");
-  const receivedHash = createHash("sha256");
-  let echoed = 0;
-  let sent = 0;
-  const done = new Promise<{ sent: string; received: string; bytes: number }>((resolve, reject) => {
-    let ended = false;
-    socket.on("data", (chunk: Uint8Array) => {
-      receivedHash.update(chunk);
-      echoed += chunk.length;
-    });
-    socket.once("end", () => {
-      ended = true;
-      resolve({ sent: sentHash.digest("hex"), received: receivedHash.digest("hex"), bytes: echoed });
-    });
-    socket.once("error", (error) =>
-      reject(new Error(`visitor failed after ${sent} sent / ${echoed} echoed bytes: ${error.message}`)),
-    );
-    socket.once("close", () => {
-      if (!ended) reject(new Error(`visitor closed early after ${sent} sent / ${echoed} echoed bytes`));
-    });
-    const pump = async () => {
-      await new Promise<void>((r, j) => {
-        socket.once("connect", () => r());
-        socket.once("error", j);
-      });
-      while (sent < size) {
-        if (options.gate && sent >= (options.gateAfter ?? 0)) await options.gate();
-        const chunk = randomBytes(Math.min(chunkSize, size - sent));
-        sentHash.update(chunk);
-        sent += chunk.length;
-        if (!socket.write(chunk)) {
-          await new Promise<void>((r) => {
-            const go = () => {
-              socket.off("drain", go);
-              socket.off("close", go);
-              r();
-            };
-            socket.on("drain", go);
-            socket.on("close", go);
-          });
-        }
-        if (socket.destroyed) return;
-      }
-      socket.end();
-    };
-    pump().catch(() => {});
-  });
-  return { socket, echoed: () => echoed, done };
-}
-
-// ---------------------------------------------------------------------------------------------------
 // Probes
 
 /** How a connection attempt to a port ended. */
@@ -387,13 +238,4 @@ export function upgradeHeaders(extra: Record<string, string> = {}): Record<strin
     "Sec-WebSocket-Protocol": SUBPROTOCOL,
     ...extra,
   };
-}
-
-/** Sends SIGCONT then SIGKILL at cleanup, for a process a test may leave stopped. */
-export function deferContinue(role: RoleProcess): void {
-  defer(() => {
-    if (role.proc.exitCode === null && role.proc.signalCode === null) {
-      role.kill("SIGCONT");
-    }
-  });
 }

@@ -8,25 +8,23 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { makeCertificate } from "../support/certificates.ts";
+import { MiB, randomData, sha256 } from "../support/hashing.ts";
 import {
   type ClientProcess,
   defer,
   eventually,
   type HttpServerProcess,
-  hashBodyResponse,
-  MiB,
-  makeCertificate,
-  randomData,
   runToExit,
   setupFile,
-  sha256,
   spawnRole,
   startClientProcess,
   startHttpClient,
   startHttpServer,
   startServerProcess,
   withTimeout,
-} from "./helpers.ts";
+} from "../support/processes.ts";
+import { hashBodyResponse } from "../support/services.ts";
 
 setupFile();
 

@@ -11,24 +11,22 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
-import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MiB, randomData, sha256 } from "../support/hashing.ts";
 import {
   defer,
   type HttpServerProcess,
-  hashBodyResponse,
-  MiB,
   type RoleProcess,
-  randomData,
   setupFile,
-  sha256,
   spawnRole,
   startClientProcess,
   startHttpServer,
   withTimeout,
-  writeQueued,
-} from "./helpers.ts";
+} from "../support/processes.ts";
+import { field, RawHttp } from "../support/raw-http.ts";
+import { hashBodyResponse } from "../support/services.ts";
+import { writeQueued } from "../support/sockets.ts";
 
 setupFile();
 
@@ -225,141 +223,6 @@ function startRawBackend() {
   return { port: listener.port, received };
 }
 
-/** One response read off a raw visitor connection. */
-interface RawResponse {
-  statusLine: string;
-  status: number;
-  /** Header fields in order, as sent. */
-  headers: [string, string][];
-  body: Buffer;
-}
-
-/** The value of the first field called `name` (any case). */
-function field(response: RawResponse, name: string): string | undefined {
-  return response.headers.find(([n]) => n.toLowerCase() === name.toLowerCase())?.[1];
-}
-
-/** A raw visitor connection (node:net) that reads HTTP/1.1 responses one by one. */
-class RawVisitor {
-  private buffer: Buffer = Buffer.alloc(0);
-  private closed = false;
-  private wake: (() => void) | null = null;
-
-  private constructor(private readonly socket: Socket) {
-    socket.on("data", (chunk: Buffer) => {
-      this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
-      this.notify();
-    });
-    const close = () => {
-      this.closed = true;
-      this.notify();
-    };
-    socket.on("end", close);
-    socket.on("close", close);
-    socket.on("error", close);
-  }
-
-  /** Connects to 127.0.0.1:`port`. */
-  static open(port: number): Promise<RawVisitor> {
-    return withTimeout(
-      new Promise<RawVisitor>((resolve, reject) => {
-        const socket = connect({ port, host: "127.0.0.1" });
-        defer(() => socket.destroy());
-        socket.once("connect", () => resolve(new RawVisitor(socket)));
-        socket.once("error", reject);
-      }),
-      5000,
-      `no connection to port ${port}`,
-    );
-  }
-
-  write(data: string): void {
-    this.socket.write(data);
-  }
-
-  private notify(): void {
-    const wake = this.wake;
-    this.wake = null;
-    wake?.();
-  }
-
-  /** Waits for more bytes; throws once closed or past `deadline`, with what arrived unread. */
-  private async more(deadline: number): Promise<void> {
-    const unread = () => JSON.stringify(this.buffer.toString("latin1").slice(0, 500));
-    if (this.closed) throw new Error(`the connection closed; unread: ${unread()}`);
-    const left = deadline - Date.now();
-    if (left <= 0) throw new Error(`no complete response in time; unread: ${unread()}`);
-    await withTimeout(
-      new Promise<void>((resolve) => {
-        this.wake = resolve;
-      }),
-      left,
-      `no complete response; unread: ${unread()}`,
-    );
-  }
-
-  private take(n: number): Buffer {
-    const out = this.buffer.subarray(0, n);
-    this.buffer = this.buffer.subarray(n);
-    return out;
-  }
-
-  /** Reads one response: body by Content-Length, chunked, or (neither) to the close. */
-  async readResponse(timeoutMs = 5000): Promise<RawResponse> {
-    const deadline = Date.now() + timeoutMs;
-    let end = this.buffer.indexOf("\r\n\r\n");
-    while (end < 0) {
-      await this.more(deadline);
-      end = this.buffer.indexOf("\r\n\r\n");
-    }
-    const [statusLine = "", ...lines] = this.take(end + 4)
-      .toString("latin1")
-      .slice(0, -4)
-      .split("\r\n");
-    const headers = lines.map((line): [string, string] => {
-      const colon = line.indexOf(":");
-      return [line.slice(0, colon), line.slice(colon + 1).trim()];
-    });
-    const response = { statusLine, status: Number(statusLine.split(" ")[1]), headers, body: Buffer.alloc(0) };
-    if (response.status < 200 || response.status === 204 || response.status === 304) return response;
-    if (field(response, "transfer-encoding")?.toLowerCase() === "chunked") {
-      const parts: Buffer[] = [];
-      for (;;) {
-        let lineEnd = this.buffer.indexOf("\r\n");
-        while (lineEnd < 0) {
-          await this.more(deadline);
-          lineEnd = this.buffer.indexOf("\r\n");
-        }
-        const size = Number.parseInt(this.take(lineEnd + 2).toString("latin1"), 16);
-        if (size === 0) {
-          while (
-            !this.buffer.subarray(0, 2).equals(Buffer.from("\r\n")) &&
-            this.buffer.indexOf("\r\n\r\n") < 0
-          )
-            await this.more(deadline);
-          this.take(
-            this.buffer.subarray(0, 2).equals(Buffer.from("\r\n")) ? 2 : this.buffer.indexOf("\r\n\r\n") + 4,
-          );
-          return { ...response, body: Buffer.concat(parts) };
-        }
-        while (this.buffer.length < size + 2) await this.more(deadline);
-        parts.push(Buffer.from(this.take(size + 2).subarray(0, size)));
-      }
-    }
-    const length = field(response, "content-length");
-    if (length === undefined) {
-      while (!this.closed) await this.more(deadline);
-      return { ...response, body: Buffer.from(this.take(this.buffer.length)) };
-    }
-    while (this.buffer.length < Number(length)) await this.more(deadline);
-    return { ...response, body: Buffer.from(this.take(Number(length))) };
-  }
-
-  destroy(): void {
-    this.socket.destroy();
-  }
-}
-
 /** A short-lived curl run: its exit code and output. */
 interface CurlResult {
   code: number;
@@ -531,7 +394,7 @@ describe("HTTP tunnels behave the same on the control port and on --http-port (i
     });
 
     test(`${kind}: three pipelined GETs in one write are answered in order on one connection`, async () => {
-      const visitor = await RawVisitor.open(ports[kind]);
+      const visitor = await RawHttp.open(ports[kind]);
       const paths = [`/pipelined/${kind}/1`, `/pipelined/${kind}/2?x=y`, `/pipelined/${kind}/3`];
       visitor.write(paths.map((path) => `GET ${path} HTTP/1.1\r\nHost: ${host("raw")}\r\n\r\n`).join(""));
       const bodies: string[] = [];
@@ -591,7 +454,7 @@ describe("HTTP tunnels behave the same on the control port and on --http-port (i
         "X-Forwarded-Proto: http",
         `X-Forwarded-Host: ${host("raw")}`,
       ];
-      const visitor = await RawVisitor.open(ports[kind]);
+      const visitor = await RawHttp.open(ports[kind]);
       visitor.write(`${sent.join("\r\n")}\r\n\r\n${body}`);
       const response = await visitor.readResponse(5000);
       expect(response.status).toBe(200);
@@ -608,7 +471,7 @@ describe("HTTP tunnels behave the same on the control port and on --http-port (i
         `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n${extra}\r\n`;
       const hitsBefore = app.hits();
       const ask = async (request: string) => {
-        const visitor = await RawVisitor.open(ports[kind]);
+        const visitor = await RawHttp.open(ports[kind]);
         visitor.write(request);
         const response = await visitor.readResponse(5000);
         visitor.destroy();
@@ -623,7 +486,7 @@ describe("HTTP tunnels behave the same on the control port and on --http-port (i
       expect(wrong.statusLine).toMatch(/^HTTP\/1\.1 401 /);
       expect(app.hits()).toBe(hitsBefore);
       // The right credentials pass: the refusals were about them, not about upgrades.
-      const visitor = await RawVisitor.open(ports[kind]);
+      const visitor = await RawHttp.open(ports[kind]);
       visitor.write(upgrade("locked", `Authorization: Basic ${btoa("alice:s3cret")}\r\n`));
       expect((await visitor.readResponse(5000)).statusLine).toMatch(/^HTTP\/1\.1 101 /);
       visitor.destroy();

@@ -6,28 +6,23 @@
  */
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readdirSync } from "node:fs";
 import { connect, type Socket } from "node:net";
-import { CONNECT_PATH, SUBPROTOCOL } from "../shared/wire/protocol.ts";
-import { startServerOn } from "./fault-helpers.ts";
+import { CONNECT_PATH, SUBPROTOCOL } from "../../shared/wire/protocol.ts";
 import {
   type ClientProcess,
   defer,
   eventually,
   type HttpServerProcess,
+  openDescriptors,
   rssKiB,
   setupFile,
   startHttpClient,
   startHttpServer,
+  startServerProcess,
   withTimeout,
-} from "./helpers.ts";
+} from "../support/processes.ts";
 
 setupFile();
-
-/** Open descriptors of a process. */
-function descriptors(pid: number): number {
-  return readdirSync(`/proc/${pid}/fd`).length;
-}
 
 /**
  * A raw HTTP/1.1 backend that records every byte it receives and answers each request head with
@@ -144,7 +139,7 @@ describe("visitors that go away at any point leave nothing behind", () => {
   for (const [name, visit] of patterns)
     test(`300 visitors: ${name}; descriptors and RSS return`, async () => {
       const pid = server.proc.pid;
-      const before = descriptors(pid);
+      const before = openDescriptors(pid);
       const rssBefore = await rssKiB(pid);
       for (let batch = 0; batch < 300; batch += 50)
         await Promise.all(
@@ -165,7 +160,7 @@ describe("visitors that go away at any point leave nothing behind", () => {
           ),
         );
       // Back to where it was (the client's connections to the app close too), within the linger time.
-      await eventually(async () => descriptors(pid) <= before + 2, 8000, `descriptors back to ${before}`);
+      await eventually(async () => openDescriptors(pid) <= before + 2, 8000, `descriptors back to ${before}`);
       expect((await rssKiB(pid)) - rssBefore).toBeLessThan(64 * 1024);
       // Still serving.
       expect(
@@ -266,7 +261,7 @@ describe("heads and idle connections time out; incomplete heads have a budget", 
 
   test("1,000 visitors each holding 60 KB of a head: the server's heads budget (32 MiB) holds, all are closed", async () => {
     const pid = server.proc.pid;
-    const before = descriptors(pid);
+    const before = openDescriptors(pid);
     const rssBefore = await rssKiB(pid);
     const chunk = `GET / HTTP/1.1\r\nHost: app.localhost\r\nX-Pad: ${"a".repeat(60_000)}`;
     const sockets: Socket[] = [];
@@ -286,7 +281,7 @@ describe("heads and idle connections time out; incomplete heads have a budget", 
     await eventually(async () => closed === 1000, 10_000, "every stalled visitor closed");
     expect(busy).toBeGreaterThan(300); // 32 MiB holds ~550 of them
     expect((await rssKiB(pid)) - rssBefore).toBeLessThan(128 * 1024);
-    await eventually(async () => descriptors(pid) <= before + 2, 5000, `descriptors back to ${before}`);
+    await eventually(async () => openDescriptors(pid) <= before + 2, 5000, `descriptors back to ${before}`);
   });
 });
 
@@ -330,7 +325,7 @@ describe("the control port: a client that holds no tunnel, or breaks the protoco
   }
 
   test("refused exposes do not end the handshake: the connection closes at --handshake-timeout", async () => {
-    const server = await startServerOn(0, ["--handshake-timeout", "1"]);
+    const server = await startServerProcess(["--handshake-timeout", "1"]);
     const client = await rawClient(server.url);
     client.ws.send(JSON.stringify({ type: "expose", id: 1, kind: "http", subdomain: "-bad-" }));
     await eventually(async () => client.messages.some((m) => m.includes('"error"')), 3000, "the refusal");
@@ -339,7 +334,7 @@ describe("the control port: a client that holds no tunnel, or breaks the protoco
   });
 
   test("a message over the size limit ends the session (1009): nothing stays reserved", async () => {
-    const server = await startServerOn(0);
+    const server = await startServerProcess();
     const client = await rawClient(server.url);
     client.ws.send(JSON.stringify({ type: "expose", id: 1, kind: "tcp" }));
     await eventually(async () => client.messages.some((m) => m.includes('"exposed"')), 3000, "the tunnel");

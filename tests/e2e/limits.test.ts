@@ -7,38 +7,29 @@
 import { expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
-import { startClient } from "../client.ts";
-import { CONNECT_PATH, SUBPROTOCOL } from "../shared/wire/protocol.ts";
+import { startClient } from "../../client.ts";
+import { CONNECT_PATH, SUBPROTOCOL } from "../../shared/wire/protocol.ts";
+import { rawStatus, refusedOrClosed, upgradeHeaders } from "../support/faults.ts";
+import { MiB, randomData, sha256 } from "../support/hashing.ts";
 import {
-  exposedLines,
-  rawStatus,
-  refusedOrClosed,
-  startEcho,
-  startServerOn,
-  streamEcho,
-  upgradeHeaders,
-} from "./fault-helpers.ts";
-import {
-  closedWithin,
-  connectVisitor,
   defer,
-  echoThrough,
   eventually,
-  MiB,
-  randomData,
+  exposedLines,
   rssKiB,
   setupFile,
-  sha256,
   spawnRole,
   startClientProcess,
+  startServerProcess,
   withTimeout,
-} from "./helpers.ts";
+} from "../support/processes.ts";
+import { startEchoService } from "../support/services.ts";
+import { closedWithin, connectVisitor, echoThrough, streamEcho } from "../support/sockets.ts";
 
 setupFile();
 
 test("1,000 concurrent visitors on one tunnel, each echo-verified; afterwards streams and memory return", async () => {
-  const echo = startEcho();
-  const server = await startServerOn(0);
+  const echo = startEchoService();
+  const server = await startServerProcess();
   const client = await startClient({
     server: server.url,
     expose: [{ host: "127.0.0.1", port: echo.port }],
@@ -152,8 +143,8 @@ async function openStalled(port: number, n: number): Promise<Socket[]> {
 }
 
 test("slowloris: 200 stalled requests on the control port do not stop a new client from exposing", async () => {
-  const echo = startEcho();
-  const server = await startServerOn(0, ["--handshake-timeout", "2"]);
+  const echo = startEchoService();
+  const server = await startServerProcess(["--handshake-timeout", "2"]);
   const stalled = await openStalled(server.port, 200);
   const client = await startClientProcess(server.url, [`127.0.0.1:${echo.port}`]);
   const port = (client.tunnels[0] as { port: number }).port;
@@ -164,8 +155,8 @@ test("slowloris: 200 stalled requests on the control port do not stop a new clie
 });
 
 test("slowloris: stalled request heads are closed within ~15 s; a silent upgraded connection after --handshake-timeout", async () => {
-  const echo = startEcho();
-  const server = await startServerOn(0, ["--handshake-timeout", "2"]);
+  const echo = startEchoService();
+  const server = await startServerProcess(["--handshake-timeout", "2"]);
   const client = await startClientProcess(server.url, [`127.0.0.1:${echo.port}`]);
   const port = (client.tunnels[0] as { port: number }).port;
 
@@ -204,7 +195,7 @@ test("slowloris: stalled request heads are closed within ~15 s; a silent upgrade
 }, 30_000);
 
 test("failed-auth rate limit: the 11th bad key from one address within a minute gets 429", async () => {
-  const server = await startServerOn(0, [], { SOCKETS_SINGLE_API_KEY: "the-right-key-0123456789" });
+  const server = await startServerProcess([], { SOCKETS_SINGLE_API_KEY: "the-right-key-0123456789" });
   const attempt = () =>
     rawStatus(server.port, "/_sockets/connect", upgradeHeaders({ Authorization: "Bearer wrong-key" }));
   for (let i = 1; i <= 10; i++)
@@ -223,8 +214,8 @@ test("failed-auth rate limit: the 11th bad key from one address within a minute 
 });
 
 test("visitor idle timeout: an idle visitor is closed within ~3 s, an active one is not", async () => {
-  const echo = startEcho();
-  const server = await startServerOn(0, ["--visitor-idle-timeout", "1"]);
+  const echo = startEchoService();
+  const server = await startServerProcess(["--visitor-idle-timeout", "1"]);
   const client = await startClientProcess(server.url, [`127.0.0.1:${echo.port}`]);
   const port = (client.tunnels[0] as { port: number }).port;
 
@@ -261,8 +252,8 @@ test("visitor idle timeout: an idle visitor is closed within ~3 s, an active one
 });
 
 test("SIGTERM drains: a 16 MiB echo in flight completes, new visitors and clients are refused, exit 0", async () => {
-  const echo = startEcho();
-  const server = await startServerOn(0, ["--drain-timeout", "15"]);
+  const echo = startEchoService();
+  const server = await startServerProcess(["--drain-timeout", "15"]);
   const client = await startClientProcess(server.url, [`127.0.0.1:${echo.port}`], ["--max-backoff", "1"]);
   const port = (client.tunnels[0] as { port: number }).port;
 
@@ -301,7 +292,7 @@ test("SIGTERM drains: a 16 MiB echo in flight completes, new visitors and client
   // The client of a server that shut down gracefully keeps trying, and is back once the server is.
   await client.waitFor(/reconnecting/, 5000);
   expect(client.proc.exitCode).toBeNull();
-  await startServerOn(server.port);
+  await startServerProcess([], {}, { port: server.port });
   await eventually(() => exposedLines(client.stdout()).length >= 2, 10_000, "exposed again after restart");
   expect(exposedLines(client.stdout())[1]).toEqual(exposedLines(client.stdout())[0]);
   const data = randomData(64 * 1024);
@@ -312,8 +303,8 @@ test("SIGTERM drains: a 16 MiB echo in flight completes, new visitors and client
 });
 
 test("SIGTERM with a stalled stream: the server exits 0 once --drain-timeout ran out", async () => {
-  const echo = startEcho();
-  const server = await startServerOn(0, ["--drain-timeout", "1"]);
+  const echo = startEchoService();
+  const server = await startServerProcess(["--drain-timeout", "1"]);
   const client = await startClientProcess(server.url, [`127.0.0.1:${echo.port}`]);
   const port = (client.tunnels[0] as { port: number }).port;
   const visitor = await connectVisitor(port);

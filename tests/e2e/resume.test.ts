@@ -5,32 +5,22 @@
  */
 
 import { expect, test } from "bun:test";
-import { CONNECT_PATH, RESUME_HEADER, SUBPROTOCOL } from "../shared/wire/protocol.ts";
+import { CONNECT_PATH, RESUME_HEADER, SUBPROTOCOL } from "../../shared/wire/protocol.ts";
+import { rawStatus, refusedOrClosed, startProxy, upgradeHeaders } from "../support/faults.ts";
+import { MiB, randomData, sha256 } from "../support/hashing.ts";
 import {
   count,
   deferContinue,
-  exposedLines,
-  rawStatus,
-  refusedOrClosed,
-  startEcho,
-  startProxy,
-  startServerOn,
-  streamEcho,
-  upgradeHeaders,
-} from "./fault-helpers.ts";
-import {
-  closedWithin,
-  connectVisitor,
-  echoThrough,
   eventually,
-  MiB,
-  randomData,
+  exposedLines,
   setupFile,
-  sha256,
   spawnRole,
   startClientProcess,
+  startServerProcess,
   withTimeout,
-} from "./helpers.ts";
+} from "../support/processes.ts";
+import { startEchoService } from "../support/services.ts";
+import { closedWithin, connectVisitor, echoThrough, streamEcho } from "../support/sockets.ts";
 
 setupFile();
 
@@ -43,8 +33,8 @@ async function expectEcho(port: number, size = 256 * 1024): Promise<void> {
 }
 
 test("server SIGKILLed and restarted on its port: the client re-exposes the same port and id", async () => {
-  const echo = startEcho();
-  const server = await startServerOn(0);
+  const echo = startEchoService();
+  const server = await startServerProcess();
   const client = await startClientProcess(server.url, [`127.0.0.1:${echo.port}`]);
   const first = only(client.tunnels);
   await expectEcho(first.port);
@@ -52,7 +42,7 @@ test("server SIGKILLed and restarted on its port: the client re-exposes the same
   server.kill("SIGKILL");
   await server.exited(5000);
   await client.waitFor(/reconnecting/, 5000);
-  const restarted = await startServerOn(server.port);
+  const restarted = await startServerProcess([], {}, { port: server.port });
   const backAt = Date.now();
   await eventually(() => exposedLines(client.stdout()).length >= 2, 10_000, "a second exposed line");
   expect(Date.now() - backAt).toBeLessThan(10_000);
@@ -67,21 +57,21 @@ test("server SIGKILLed and restarted on its port: the client re-exposes the same
 });
 
 test("API key rejected on reconnect: the client does not retry and exits non-zero", async () => {
-  const echo = startEcho();
-  const server = await startServerOn(0, [], { SOCKETS_SINGLE_API_KEY: "first-key-0123456789" });
+  const echo = startEchoService();
+  const server = await startServerProcess([], { SOCKETS_SINGLE_API_KEY: "first-key-0123456789" });
   const client = await startClientProcess(server.url, [`127.0.0.1:${echo.port}`], [], {
     SOCKETS_API_KEY: "first-key-0123456789",
   });
   server.kill("SIGKILL");
   await server.exited(5000);
-  await startServerOn(server.port, [], { SOCKETS_SINGLE_API_KEY: "second-key-9876543210" });
+  await startServerProcess([], { SOCKETS_SINGLE_API_KEY: "second-key-9876543210" }, { port: server.port });
   expect(await client.exited(10_000)).not.toBe(0);
   expect(client.stderr()).toMatch(/API key/);
 });
 
 test("blip: 8 visitors × 64 MiB keep flowing across a cut of the client's connection, no byte lost", async () => {
-  const echo = startEcho();
-  const server = await startServerOn(0, ["--grace", "30"]);
+  const echo = startEchoService();
+  const server = await startServerProcess(["--grace", "30"]);
   const proxy = startProxy(server.port);
   const client = await startClientProcess(`ws://127.0.0.1:${proxy.port}`, [`127.0.0.1:${echo.port}`]);
   const port = only(client.tunnels).port;
@@ -120,8 +110,8 @@ test("blip: 8 visitors × 64 MiB keep flowing across a cut of the client's conne
 }, 120_000);
 
 test("client frozen (SIGSTOP) past the heartbeat timeout: the server reserves its tunnel; it resumes", async () => {
-  const echo = startEcho();
-  const server = await startServerOn(0, ["--heartbeat", "1", "--grace", "30"]);
+  const echo = startEchoService();
+  const server = await startServerProcess(["--heartbeat", "1", "--grace", "30"]);
   const client = await startClientProcess(server.url, [`127.0.0.1:${echo.port}`], ["--heartbeat", "1"]);
   const tunnel = only(client.tunnels);
   deferContinue(client);
@@ -148,8 +138,8 @@ test("client frozen (SIGSTOP) past the heartbeat timeout: the server reserves it
 });
 
 test("server frozen (SIGSTOP) past the heartbeat timeout: the client notices; the tunnel comes back", async () => {
-  const echo = startEcho();
-  const server = await startServerOn(0, ["--heartbeat", "1", "--grace", "30"]);
+  const echo = startEchoService();
+  const server = await startServerProcess(["--heartbeat", "1", "--grace", "30"]);
   const client = await startClientProcess(
     server.url,
     [`127.0.0.1:${echo.port}`],
@@ -190,8 +180,8 @@ test("server frozen (SIGSTOP) past the heartbeat timeout: the client notices; th
 
 test("resume hijack: another client with the same key cannot take the reserved port; the owner resumes", async () => {
   const key = "hijack-test-key-0123456789";
-  const echo = startEcho();
-  const server = await startServerOn(0, ["--grace", "30"], { SOCKETS_SINGLE_API_KEY: key });
+  const echo = startEchoService();
+  const server = await startServerProcess(["--grace", "30"], { SOCKETS_SINGLE_API_KEY: key });
   const proxy = startProxy(server.port);
   const owner = await startClientProcess(
     `ws://127.0.0.1:${proxy.port}`,
@@ -242,8 +232,8 @@ test("resume hijack: another client with the same key cannot take the reserved p
 });
 
 test("grace period over: the reserved port is released; the client, back later, exposes the same port and id again", async () => {
-  const echo = startEcho();
-  const server = await startServerOn(0, ["--grace", "1"]);
+  const echo = startEchoService();
+  const server = await startServerProcess(["--grace", "1"]);
   const proxy = startProxy(server.port);
   const client = await startClientProcess(
     `ws://127.0.0.1:${proxy.port}`,
@@ -275,7 +265,7 @@ test("grace period over: the reserved port is released; the client, back later, 
 
 test("resume upgrade with a wrong secret gets 403; with the session's own secret, 101", async () => {
   const key = "resume-secret-test-key-0123";
-  const server = await startServerOn(0, ["--grace", "30"], { SOCKETS_SINGLE_API_KEY: key });
+  const server = await startServerProcess(["--grace", "30"], { SOCKETS_SINGLE_API_KEY: key });
   const proxy = startProxy(server.port);
   // A raw protocol client through the proxy, so that its connection can drop without a close frame.
   const ws = new WebSocket(`ws://127.0.0.1:${proxy.port}${CONNECT_PATH}`, {
@@ -312,8 +302,8 @@ test("resume upgrade with a wrong secret gets 403; with the session's own secret
 });
 
 test("local service restarted while visitors come and go: closed promptly during the outage, then served", async () => {
-  const echo = startEcho();
-  const server = await startServerOn(0);
+  const echo = startEchoService();
+  const server = await startServerProcess();
   const client = await startClientProcess(server.url, [`127.0.0.1:${echo.port}`]);
   const port = only(client.tunnels).port;
   await expectEcho(port);

@@ -5,25 +5,20 @@
 
 import { beforeAll, describe, expect, test } from "bun:test";
 import type { Socket } from "node:net";
+import { MiB, randomData, sha256 } from "../support/hashing.ts";
 import {
   type ClientProcess,
-  connectVisitor,
-  echoThrough,
   eventually,
-  MiB,
-  randomData,
-  readAll,
   rssKiB,
   type ServerProcess,
   setupFile,
-  sha256,
   spawnRole,
   startClientProcess,
-  startEchoService,
   startServerProcess,
   withTimeout,
-  writeQueued,
-} from "./helpers.ts";
+} from "../support/processes.ts";
+import { startEchoService } from "../support/services.ts";
+import { connectVisitor, echoThrough, readAll, writeQueued } from "../support/sockets.ts";
 
 setupFile();
 

@@ -24,7 +24,7 @@ import {
   type ResponseHeadLine,
   requestHost,
   serializeHead,
-} from "../shared/http1/framer.ts";
+} from "../../shared/http1/framer.ts";
 
 const RUNS = { numRuns: 200 };
 

@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { deflateSync } from "node:zlib";
 import { chromium } from "playwright-core";
-import { defer, setupFile, startHttpClient, startHttpServer, withTimeout } from "./helpers.ts";
+import { defer, setupFile, startHttpClient, startHttpServer, withTimeout } from "../support/processes.ts";
 
 setupFile();
 

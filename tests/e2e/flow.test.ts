@@ -12,12 +12,10 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { MiB } from "../support/hashing.ts";
 import {
-  connectVisitor,
   defer,
   eventually,
-  freePort,
-  MiB,
   ROOT,
   type ServerProcess,
   setupFile,
@@ -25,7 +23,8 @@ import {
   startClientProcess,
   startServerProcess,
   withTimeout,
-} from "./helpers.ts";
+} from "../support/processes.ts";
+import { connectVisitor, freePort, type Pumped, pumpPattern } from "../support/sockets.ts";
 
 setupFile();
 
@@ -88,19 +87,8 @@ function patternHash(size: number): string {
   return hash.digest("hex");
 }
 
-type Pumped = { sent: number; size: number };
 /** Writes the rest of `size` pattern bytes as far as the socket takes them, then half-closes. */
-function pump(socket: import("bun").Socket<Pumped>): void {
-  const state = socket.data;
-  while (state.sent < state.size) {
-    const at = state.sent % PATTERN.length;
-    const piece = PATTERN.subarray(at, Math.min(PATTERN.length, at + state.size - state.sent));
-    const written = socket.write(piece);
-    if (written > 0) state.sent += written;
-    if (written < piece.length) return;
-  }
-  socket.shutdown();
-}
+const pump = (socket: import("bun").Socket<Pumped>) => pumpPattern(socket, PATTERN);
 
 /** Reads a Bun socket to its end into a hash; resolves with the byte count and sha256. */
 type Hashing = {

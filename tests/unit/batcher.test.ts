@@ -5,9 +5,9 @@
 
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
-import { BATCHABLE_BYTES, Batcher } from "../shared/wire/batcher.ts";
-import { forEachInBatch } from "../shared/wire/codec.ts";
-import { FrameType, ProtocolError } from "../shared/wire/protocol.ts";
+import { BATCHABLE_BYTES, Batcher } from "../../shared/wire/batcher.ts";
+import { forEachInBatch } from "../../shared/wire/codec.ts";
+import { FrameType, ProtocolError } from "../../shared/wire/protocol.ts";
 
 /** Runs frames through a batcher and splits every message it sent back into frames. */
 function roundTrip(frames: Uint8Array[]): Uint8Array[] {

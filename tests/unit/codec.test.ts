@@ -19,7 +19,7 @@ import {
   type Frame,
   MAX_META_BYTES,
   MAX_REASON_BYTES,
-} from "../shared/wire/codec.ts";
+} from "../../shared/wire/codec.ts";
 import {
   type ControlMessage,
   DEFAULTS,
@@ -28,7 +28,7 @@ import {
   ProtocolError,
   parseControl,
   StreamKind,
-} from "../shared/wire/protocol.ts";
+} from "../../shared/wire/protocol.ts";
 
 const MAX = DEFAULTS.maxFramePayload;
 const RUNS = { numRuns: 300 };

@@ -9,16 +9,16 @@
 
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
-import { DISPOSE_MIN_BYTES } from "../shared/relay/disposable.ts";
-import { Mux } from "../shared/relay/mux.ts";
+import { DISPOSE_MIN_BYTES } from "../../shared/relay/disposable.ts";
+import { Mux } from "../../shared/relay/mux.ts";
 import {
   GROW_FLOOR_MS,
   GROW_RTTS,
   type RelaySocket,
   Stream,
   type StreamHost,
-} from "../shared/relay/stream.ts";
-import { FrameType, StreamKind } from "../shared/wire/protocol.ts";
+} from "../../shared/relay/stream.ts";
+import { FrameType, StreamKind } from "../../shared/wire/protocol.ts";
 
 /** A socket double: takes a random share of each write, records what it took, obeys pause. */
 class FakeSocket {

@@ -7,18 +7,17 @@
 import { beforeAll, expect, test } from "bun:test";
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { randomData, sha256 } from "../support/hashing.ts";
 import {
-  echoThrough,
   expectOneLineError,
   ROOT,
-  randomData,
   runToExit,
   setupFile,
-  sha256,
   startClientProcess,
-  startEchoService,
   startServerProcess,
-} from "./helpers.ts";
+} from "../support/processes.ts";
+import { startEchoService } from "../support/services.ts";
+import { echoThrough } from "../support/sockets.ts";
 
 setupFile();
 
@@ -71,7 +70,7 @@ test("--help on both exits 0 with usage on stdout; a bad flag is one line on std
 
 test("end to end: compiled server and client, exposed line, echo with sha256, /health", async () => {
   const service = startEchoService();
-  const server = await startServerProcess([], {}, [SERVER]);
+  const server = await startServerProcess([], {}, { cmd: [SERVER] });
   const client = await startClientProcess(server.url, [`127.0.0.1:${service.port}`], [], {}, [CLIENT]);
   expect(client.stdout()).toMatch(/^exposed with tunnel id [A-Za-z0-9_-]+, url: localhost:\d+\n$/);
   const port = (client.tunnels[0] as { port: number }).port;

@@ -1,7 +1,12 @@
 /** The relay's early freeing of buffers: what is marked, and when a marked buffer is freed. */
 
 import { expect, test } from "bun:test";
-import { DISPOSE_MIN_BYTES, dispose, forgetDisposable, markDisposable } from "../shared/relay/disposable.ts";
+import {
+  DISPOSE_MIN_BYTES,
+  dispose,
+  forgetDisposable,
+  markDisposable,
+} from "../../shared/relay/disposable.ts";
 
 test("a marked buffer is freed by its last part only, once", () => {
   const bytes = new Uint8Array(DISPOSE_MIN_BYTES);

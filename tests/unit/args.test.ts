@@ -14,7 +14,7 @@ import {
   UsageError,
   unmappedAddress,
   usageLine,
-} from "../shared/args.ts";
+} from "../../shared/args.ts";
 
 /** Asserts that `run` throws a one-line UsageError that names `flag` (and `value`, if given). */
 function expectUsageError(run: () => unknown, flag: string, value?: string): void {

@@ -8,25 +8,23 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { makeCertificate } from "../support/certificates.ts";
+import { randomData, sha256 } from "../support/hashing.ts";
 import {
   type ClientProcess,
   defer,
-  echoThrough,
   eventually,
   expectOneLineError,
-  type LocalService,
-  makeCertificate,
   ROOT,
-  randomData,
   runToExit,
   type ServerProcess,
   setupFile,
-  sha256,
   spawnRole,
   startClientProcess,
-  startEchoService,
   startServerProcess,
-} from "./helpers.ts";
+} from "../support/processes.ts";
+import { type LocalService, startEchoService } from "../support/services.ts";
+import { echoThrough } from "../support/sockets.ts";
 
 setupFile();
 

@@ -1,28 +1,28 @@
 /**
- * More HTTP tunnel tests, end to end through real server and client processes: server-sent events
- * arrive as sent, `Expect: 100-continue`, one keep-alive connection for 200 requests, a chunked upload
- * with a trailer, 100 MiB each way, a WebSocket with 1,000 messages and an app-chosen close code,
- * invalid `--subdomain` values, a visitor that never reads a 1 GiB download, and requests per second
- * next to the app reached directly (printed, never asserted).
+ * HTTP tunnels carrying streams, end to end through real server and client processes: bodies and
+ * connections that stay open, both ways. Server-sent events arrive as sent, `Expect: 100-continue`,
+ * one keep-alive connection for 200 requests, a chunked upload with a trailer, 100 MiB each way, a
+ * WebSocket with 1,000 messages and an app-chosen close code, invalid `--subdomain` values, a visitor
+ * that never reads a 1 GiB download, and requests per second next to the app reached directly
+ * (printed, never asserted).
  */
 
 import { beforeAll, describe, expect, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
-import { connect, type Socket } from "node:net";
+import { randomData, sha256 } from "../support/hashing.ts";
 import {
   defer,
   expectOneLineError,
   type HttpServerProcess,
-  hashBodyResponse,
-  randomData,
   rssKiB,
   runToExit,
   setupFile,
-  sha256,
   startHttpClient,
   startHttpServer,
   withTimeout,
-} from "./helpers.ts";
+} from "../support/processes.ts";
+import { RawHttp, type RawResponse } from "../support/raw-http.ts";
+import { hashBodyResponse } from "../support/services.ts";
 
 setupFile();
 
@@ -119,130 +119,6 @@ function startApp() {
   });
   defer(() => app.stop(true));
   return { port: app.port as number, produced: () => produced, dropped: () => dropped };
-}
-
-/** One HTTP response read off a raw socket. */
-interface RawResponse {
-  status: number;
-  head: string;
-  headers: Record<string, string>;
-  body: Uint8Array;
-}
-
-/** A raw HTTP/1.1 connection (node:net) that writes with backpressure and reads responses one by one. */
-class RawHttp {
-  private buf: Buffer = Buffer.alloc(0);
-  private closed = false;
-  private wake: (() => void) | null = null;
-
-  private constructor(readonly socket: Socket) {
-    socket.on("data", (chunk: Buffer) => {
-      this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
-      this.notify();
-    });
-    const close = () => {
-      this.closed = true;
-      this.notify();
-    };
-    socket.on("end", close);
-    socket.on("close", close);
-    socket.on("error", close);
-  }
-
-  static open(port: number): Promise<RawHttp> {
-    return withTimeout(
-      new Promise((resolve, reject) => {
-        const socket = connect({ port, host: "127.0.0.1" });
-        defer(() => socket.destroy());
-        socket.once("connect", () => resolve(new RawHttp(socket)));
-        socket.once("error", reject);
-      }),
-      5000,
-      "no connection",
-    );
-  }
-
-  private notify(): void {
-    const wake = this.wake;
-    this.wake = null;
-    wake?.();
-  }
-
-  /** Writes, waiting for 'drain' when the socket's buffer is full. */
-  async write(data: string | Uint8Array): Promise<void> {
-    if (!this.socket.write(data)) await new Promise((resolve) => this.socket.once("drain", resolve));
-  }
-
-  /** Waits for more bytes (or the close); rejects after `deadline`. */
-  private async more(deadline: number): Promise<void> {
-    if (this.closed)
-      throw new Error(`connection closed; unread: ${JSON.stringify(this.buf.toString("latin1"))}`);
-    const left = deadline - Date.now();
-    if (left <= 0)
-      throw new Error(`no response in time; unread: ${JSON.stringify(this.buf.toString("latin1"))}`);
-    await withTimeout(
-      new Promise<void>((resolve) => {
-        this.wake = resolve;
-      }),
-      left,
-      "no more bytes",
-    );
-  }
-
-  private take(n: number): Buffer {
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
-  }
-
-  /** Reads one response (a 1xx is returned alone); bodies by Content-Length or chunked. */
-  async readResponse(timeoutMs = 5000): Promise<RawResponse> {
-    const deadline = Date.now() + timeoutMs;
-    let end = this.buf.indexOf("\r\n\r\n");
-    while (end < 0) {
-      await this.more(deadline);
-      end = this.buf.indexOf("\r\n\r\n");
-    }
-    const head = this.take(end + 4).toString("latin1");
-    const [statusLine = "", ...lines] = head.trimEnd().split("\r\n");
-    const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(statusLine)?.[1]);
-    const headers: Record<string, string> = {};
-    for (const line of lines) {
-      const colon = line.indexOf(":");
-      headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
-    }
-    if (status < 200) return { status, head, headers, body: new Uint8Array(0) };
-    if (headers["transfer-encoding"]?.toLowerCase() === "chunked") {
-      const parts: Uint8Array[] = [];
-      for (;;) {
-        let lineEnd = this.buf.indexOf("\r\n");
-        while (lineEnd < 0) {
-          await this.more(deadline);
-          lineEnd = this.buf.indexOf("\r\n");
-        }
-        const size = Number.parseInt(this.take(lineEnd + 2).toString("latin1"), 16);
-        if (size === 0) {
-          // Trailer fields (if any), then the empty line.
-          while (!this.buf.subarray(0, 2).equals(Buffer.from("\r\n")) && this.buf.indexOf("\r\n\r\n") < 0)
-            await this.more(deadline);
-          const stop = this.buf.subarray(0, 2).equals(Buffer.from("\r\n"))
-            ? 2
-            : this.buf.indexOf("\r\n\r\n") + 4;
-          this.take(stop);
-          return { status, head, headers, body: Buffer.concat(parts) };
-        }
-        while (this.buf.length < size + 2) await this.more(deadline);
-        parts.push(Buffer.from(this.take(size + 2).subarray(0, size)));
-      }
-    }
-    const length = Number(headers["content-length"] ?? 0);
-    while (this.buf.length < length) await this.more(deadline);
-    return { status, head, headers, body: Buffer.from(this.take(length)) };
-  }
-
-  destroy(): void {
-    this.socket.destroy();
-  }
 }
 
 /** Runs `workers` fetch loops against `url` for `ms`; resolves with the statuses counted. */

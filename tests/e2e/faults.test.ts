@@ -6,32 +6,20 @@
 
 import { expect, test } from "bun:test";
 import { connect } from "node:net";
-import { CONNECT_PATH, SUBPROTOCOL } from "../shared/wire/protocol.ts";
+import { CONNECT_PATH, SUBPROTOCOL } from "../../shared/wire/protocol.ts";
+import { randomData, sha256 } from "../support/hashing.ts";
 import {
-  closedWithin,
-  connectVisitor,
-  echoThrough,
   eventually,
-  randomData,
   setupFile,
-  sha256,
   spawnRole,
   startClientProcess,
-  startEchoService,
   startServerProcess,
-  visitUntilClosed,
   withTimeout,
-} from "./helpers.ts";
+} from "../support/processes.ts";
+import { startEchoService } from "../support/services.ts";
+import { closedWithin, connectVisitor, echoThrough, freePort, visitUntilClosed } from "../support/sockets.ts";
 
 setupFile();
-
-/** A port that nothing listens on (taken from the kernel, then released). */
-function freePort(): number {
-  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = probe.port;
-  probe.stop(true);
-  return port;
-}
 
 test("local service not listening: the visitor is closed promptly and both processes stay up", async () => {
   const server = await startServerProcess();

@@ -5,20 +5,18 @@
  */
 
 import { describe, expect, test } from "bun:test";
+import { randomData, sha256 } from "../support/hashing.ts";
 import {
-  echoThrough,
   eventually,
   expectOneLineError,
-  freePort,
-  randomData,
   runToExit,
   setupFile,
-  sha256,
   spawnRole,
   startClientProcess,
-  startEchoService,
   startServerProcess,
-} from "./helpers.ts";
+} from "../support/processes.ts";
+import { startEchoService } from "../support/services.ts";
+import { echoThrough, freePort } from "../support/sockets.ts";
 
 setupFile();
 

@@ -1,7 +1,9 @@
 /**
- * Test helpers: real processes, real sockets, bounded waits, and cleanup that runs even when a test fails.
+ * Test support, processes: real server and client processes with their output collected, runs to exit,
+ * bounded waits, and cleanup that runs even when a test fails. The other support modules (services,
+ * sockets, certificates, hashing, faults, raw-http) register what they start with {@link defer} too.
  *
- * Every test file that uses these helpers must call, at its top level:
+ * Every end-to-end test file must call, at its top level:
  *
  * ```ts
  * setupFile();
@@ -14,8 +16,7 @@
  */
 
 import { afterAll, expect, setDefaultTimeout } from "bun:test";
-import { createHash, randomBytes } from "node:crypto";
-import { connect, type Socket } from "node:net";
+import { readdirSync } from "node:fs";
 import { join } from "node:path";
 
 /**
@@ -28,7 +29,7 @@ export function setupFile(): void {
 }
 
 /** Repository root (where server.ts and client.ts live). */
-export const ROOT = join(import.meta.dir, "..");
+export const ROOT = join(import.meta.dir, "..", "..");
 
 const cleanups: (() => unknown)[] = [];
 /** Registers something to stop by the next {@link cleanup} (the end of the test file), whatever happened. */
@@ -174,14 +175,6 @@ export function expectOneLineError(result: RunResult, pattern: RegExp, withinMs 
   expect(result.ms).toBeLessThan(withinMs);
 }
 
-/** A TCP port on 127.0.0.1 that nothing listens on (taken from the kernel, then released). */
-export function freePort(): number {
-  const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = probe.port;
-  probe.stop(true);
-  return port;
-}
-
 /** Rejects with `message` if `promise` takes longer than `ms`. */
 export function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
   let timer: ReturnType<typeof setTimeout>;
@@ -193,21 +186,48 @@ export function withTimeout<T>(promise: Promise<T>, ms: number, message: string)
   ]);
 }
 
-/** A server process on a free port. */
+/** What `GET /health` answers (the fields every test reads; some tests read more). */
+export interface Health {
+  status: string;
+  protocol: number;
+  clients: number;
+  tunnels: number;
+  streams: number;
+  reserved: number;
+}
+
+/** A server process with its control port and a typed /health. */
 export interface ServerProcess extends RoleProcess {
   port: number;
   url: string;
-  health(): Promise<{ clients: number; tunnels: number; streams: number }>;
+  health(): Promise<Health>;
 }
 
-/** Starts `bun server.ts` on 127.0.0.1 and a free port; waits for its listening line. */
+/** Where and how {@link startServerProcess} starts a server. */
+export interface ServerStart {
+  /** The control port: 0 (the default) for any free one, or a chosen one (to restart a server where it was). */
+  port?: number;
+  /** The command in place of `bun server.ts` (e.g. the compiled executable). */
+  cmd?: string[];
+}
+
+/**
+ * Starts a server (`bun server.ts`, or `start.cmd`) on 127.0.0.1 and `start.port` (default: a free
+ * port) and waits for its listening line; rejects if it exits first.
+ */
 export async function startServerProcess(
   args: string[] = [],
   env: Record<string, string | undefined> = {},
-  cmd: string[] = ["bun", "server.ts"],
+  start: ServerStart = {},
 ): Promise<ServerProcess> {
-  const role = spawnRole([...cmd, "--host", "127.0.0.1", "--port", "0", ...args], env);
-  const match = await role.waitFor(/listening on (wss?):\/\/\S+:(\d+)/);
+  const cmd = start.cmd ?? ["bun", "server.ts"];
+  const role = spawnRole([...cmd, "--host", "127.0.0.1", "--port", String(start.port ?? 0), ...args], env);
+  const match = await Promise.race([
+    role.waitFor(/listening on (wss?):\/\/\S+:(\d+)/),
+    role.proc.exited.then((code) => {
+      throw new Error(`server exited (${code}) before listening: ${role.stderr()}`);
+    }),
+  ]);
   const port = Number(match[2]);
   const scheme = match[1] === "wss" ? "https" : "http";
   return {
@@ -217,8 +237,9 @@ export async function startServerProcess(
     async health() {
       const response = await fetch(`${scheme}://127.0.0.1:${port}/health`, {
         tls: { rejectUnauthorized: false },
+        signal: AbortSignal.timeout(3000),
       } as RequestInit);
-      return (await response.json()) as { clients: number; tunnels: number; streams: number };
+      return (await response.json()) as Health;
     },
   };
 }
@@ -226,6 +247,19 @@ export async function startServerProcess(
 /** A client process with its tunnels' public ports. */
 export interface ClientProcess extends RoleProcess {
   tunnels: { id: string; port: number }[];
+}
+
+/** The `(id, port)` of every `exposed` line a client printed so far. */
+export function exposedLines(stdout: string): { id: string; port: number }[] {
+  return [...stdout.matchAll(/exposed with tunnel id (\S+), url: \S+:(\d+)/g)].map((m) => ({
+    id: m[1] as string,
+    port: Number(m[2]),
+  }));
+}
+
+/** Number of matches of `pattern` (which must have the `g` flag) in `text` (a process's output). */
+export function count(text: string, pattern: RegExp): number {
+  return [...text.matchAll(pattern)].length;
 }
 
 /** Starts `bun client.ts` exposing `targets`; waits for one exposed line per target. */
@@ -242,11 +276,7 @@ export async function startClientProcess(
   );
   const pattern = new RegExp(`(?:exposed with tunnel id \\S+, url: \\S+:\\d+\\n[^]*){${targets.length}}`);
   await role.waitFor(pattern);
-  const tunnels = [...role.stdout().matchAll(/exposed with tunnel id (\S+), url: \S+:(\d+)/g)].map((m) => ({
-    id: m[1] as string,
-    port: Number(m[2]),
-  }));
-  return { ...role, tunnels };
+  return { ...role, tunnels: exposedLines(role.stdout()) };
 }
 
 /** A server process with HTTP tunnels, and the port they are served on. */
@@ -275,224 +305,6 @@ export async function startHttpClient(
   return client;
 }
 
-/**
- * Makes a self-signed EC certificate with openssl into `dir` (`NAME.pem`, `NAME.key`) for the
- * given subjectAltName (e.g. `DNS:localhost,IP:127.0.0.1`); resolves with [certFile, keyFile].
- */
-export async function makeCertificate(
-  dir: string,
-  name: string,
-  subjectAltName: string,
-): Promise<[string, string]> {
-  if (!Bun.which("openssl")) throw new Error("openssl is not installed (apt-get install openssl)");
-  const [certFile, keyFile] = [join(dir, `${name}.pem`), join(dir, `${name}.key`)];
-  const result = await runToExit([
-    "openssl",
-    "req",
-    "-x509",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:prime256v1",
-    "-nodes",
-    "-days",
-    "2",
-    "-subj",
-    "/CN=localhost",
-    "-addext",
-    `subjectAltName=${subjectAltName}`,
-    "-keyout",
-    keyFile,
-    "-out",
-    certFile,
-  ]);
-  if (result.code !== 0) throw new Error(`openssl failed: ${result.stderr}`);
-  return [certFile, keyFile];
-}
-
-/** A local web app's answer to an upload: `{ bytes, sha256 }` of the request body, hashed as it streams. */
-export async function hashBodyResponse(req: Request): Promise<Response> {
-  const hash = createHash("sha256");
-  let bytes = 0;
-  for await (const chunk of req.body ?? []) {
-    hash.update(chunk);
-    bytes += chunk.length;
-  }
-  return Response.json({ bytes, sha256: hash.digest("hex") });
-}
-
-/** A local service for tests, in this process. */
-export interface LocalService {
-  port: number;
-  /** Connections accepted so far. */
-  accepted: number;
-  stop(): void;
-}
-
-/** An echo service that can also be stopped and started again on the same port. */
-export interface EchoService extends LocalService {
-  /** Listens again on the same port after {@link LocalService.stop}. */
-  restart(): void;
-}
-
-/** One mebibyte, for test sizes. */
-export const MiB = 1024 * 1024;
-
-/**
- * Writes the queued chunks to `socket` in order until the kernel takes less than given; keeps the
- * rest queued. Returns true once the queue is empty (the test doubles' drain handlers).
- */
-export function writeQueued(socket: { write(chunk: Uint8Array): number }, queue: Uint8Array[]): boolean {
-  while (queue.length > 0) {
-    const chunk = queue[0] as Uint8Array;
-    const n = socket.write(chunk);
-    if (n < chunk.length) {
-      queue[0] = chunk.subarray(Math.max(n, 0));
-      return false;
-    }
-    queue.shift();
-  }
-  return true;
-}
-
-/**
- * An echo service that writes back everything (respecting backpressure) and half-closes after the
- * peer's FIN; on `port`, or a free one.
- */
-export function startEchoService(port = 0): EchoService {
-  const listen = (p: number) =>
-    Bun.listen<{ pending: Uint8Array[]; ended: boolean }>({
-      hostname: "127.0.0.1",
-      port: p,
-      allowHalfOpen: true,
-      socket: {
-        open(socket) {
-          socket.data = { pending: [], ended: false };
-          service.accepted++;
-        },
-        data(socket, chunk) {
-          if (socket.data.pending.length > 0) {
-            socket.data.pending.push(chunk);
-            return;
-          }
-          const n = socket.write(chunk);
-          if (n < chunk.length) {
-            socket.data.pending.push(chunk.subarray(Math.max(n, 0)));
-            socket.pause();
-          }
-        },
-        drain(socket) {
-          if (!writeQueued(socket, socket.data.pending)) return;
-          socket.resume();
-          if (socket.data.ended) socket.shutdown();
-        },
-        end(socket) {
-          socket.data.ended = true;
-          if (socket.data.pending.length === 0) socket.shutdown();
-        },
-      },
-    });
-  let listener: ReturnType<typeof listen> | null = listen(port);
-  const service: EchoService = {
-    port: listener.port,
-    accepted: 0,
-    stop() {
-      listener?.stop(true);
-      listener = null;
-    },
-    restart() {
-      if (!listener) listener = listen(service.port);
-    },
-  };
-  defer(service.stop);
-  return service;
-}
-
-/** sha256 hex of bytes. */
-export function sha256(data: Uint8Array | Uint8Array[]): string {
-  const hash = createHash("sha256");
-  for (const chunk of Array.isArray(data) ? data : [data]) hash.update(chunk);
-  return hash.digest("hex");
-}
-
-/** Random bytes. */
-export function randomData(size: number): Uint8Array {
-  return new Uint8Array(randomBytes(size));
-}
-
-/** Connects a visitor (node:net) and resolves once connected. */
-export function connectVisitor(port: number, host = "127.0.0.1"): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ port, host, allowHalfOpen: true });
-    socket.once("connect", () => resolve(socket));
-    socket.once("error", reject);
-    defer(() => socket.destroy());
-  });
-}
-
-/** Reads a socket to its end; resolves with what arrived (hash and length), rejects on error. */
-export function readAll(socket: Socket): Promise<{ bytes: number; sha256: string; chunks: Uint8Array[] }> {
-  return new Promise((resolve, reject) => {
-    const chunks: Uint8Array[] = [];
-    let bytes = 0;
-    socket.on("data", (chunk: Uint8Array) => {
-      chunks.push(chunk);
-      bytes += chunk.length;
-    });
-    socket.once("end", () => resolve({ bytes, sha256: sha256(chunks), chunks }));
-    socket.once("error", reject);
-  });
-}
-
-/**
- * Sends `data` through a visitor connection, half-closes, and reads the echo to its end.
- * Resolves with the sha256 of what came back.
- */
-export async function echoThrough(port: number, data: Uint8Array, timeoutMs = 30_000): Promise<string> {
-  const socket = await connectVisitor(port);
-  const received = readAll(socket);
-  socket.end(data);
-  const result = await withTimeout(received, timeoutMs, `echo of ${data.length} bytes did not complete`);
-  socket.destroy();
-  return result.sha256;
-}
-
-/** Resolves once the peer closed `socket` (EOF or reset), or rejects after `timeoutMs`. */
-export function closedWithin(socket: Socket, timeoutMs: number): Promise<void> {
-  return withTimeout(
-    new Promise<void>((resolve) => {
-      if (socket.closed || socket.readableEnded) resolve();
-      socket.once("close", () => resolve());
-      socket.once("end", () => resolve());
-      socket.resume();
-    }),
-    timeoutMs,
-    "socket did not close",
-  );
-}
-
-/**
- * Connects a visitor and resolves once the peer closed it (EOF or reset, even a reset that beats the
- * handshake's completion on loopback); rejects if the port refuses the connection or after `timeoutMs`.
- */
-export function visitUntilClosed(port: number, timeoutMs: number, host = "127.0.0.1"): Promise<void> {
-  const socket = connect({ port, host, allowHalfOpen: true });
-  defer(() => socket.destroy());
-  return withTimeout(
-    new Promise<void>((resolve, reject) => {
-      socket.on("error", (error: NodeJS.ErrnoException) => {
-        if (error.code === "ECONNREFUSED") reject(error);
-        else resolve();
-      });
-      socket.once("end", () => resolve());
-      socket.once("close", () => resolve());
-      socket.resume();
-    }),
-    timeoutMs,
-    "visitor was not closed",
-  ).finally(() => socket.destroy());
-}
-
 /** Polls `check` every 50 ms until it returns true, for at most `timeoutMs`. */
 export async function eventually(
   check: () => boolean | Promise<boolean>,
@@ -511,4 +323,18 @@ export async function eventually(
 export async function rssKiB(pid: number): Promise<number> {
   const status = await Bun.file(`/proc/${pid}/status`).text();
   return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+}
+
+/** Open descriptors of a process (from /proc). */
+export function openDescriptors(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+/** Sends SIGCONT at cleanup (before its kill), for a process a test may leave stopped. */
+export function deferContinue(role: RoleProcess): void {
+  defer(() => {
+    if (role.proc.exitCode === null && role.proc.signalCode === null) {
+      role.kill("SIGCONT");
+    }
+  });
 }
