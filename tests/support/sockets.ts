@@ -60,6 +60,32 @@ export function readAll(socket: Socket): Promise<{ bytes: number; sha256: string
   });
 }
 
+/** A visitor that collects what arrives as text (latin1), and notes when the peer closed. */
+export interface RecordingVisitor {
+  socket: Socket;
+  /** Everything received so far. */
+  text(): string;
+  /** The peer sent FIN, or the connection closed. */
+  ended(): boolean;
+}
+
+/** Connects a {@link RecordingVisitor} (see {@link connectVisitor}). */
+export async function recordingVisitor(port: number): Promise<RecordingVisitor> {
+  const socket = await connectVisitor(port);
+  let text = "";
+  let ended = false;
+  socket.on("data", (chunk: Buffer) => {
+    text += chunk.toString("latin1");
+  });
+  const end = () => {
+    ended = true;
+  };
+  socket.on("end", end);
+  socket.on("close", end);
+  socket.on("error", () => {});
+  return { socket, text: () => text, ended: () => ended };
+}
+
 /**
  * Sends `data` through a visitor connection, half-closes, and reads the echo to its end.
  * Resolves with the sha256 of what came back.

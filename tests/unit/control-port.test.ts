@@ -5,13 +5,12 @@
  */
 
 import { afterEach, expect, test } from "bun:test";
-import type { Socket } from "node:net";
 import { Hono } from "hono";
 import { type ControlEnv, listenControl } from "../../shared/server/control-port.ts";
 import { acceptKey, type RawWebSocket } from "../../shared/server/ws-server.ts";
 import { cleanup, defer, eventually } from "../support/processes.ts";
 import { RawHttp } from "../support/raw-http.ts";
-import { connectVisitor } from "../support/sockets.ts";
+import { recordingVisitor } from "../support/sockets.ts";
 import { clientFrame } from "../support/ws-frames.ts";
 
 afterEach(cleanup);
@@ -57,24 +56,6 @@ const KEY = "dGhlIHNhbXBsZSBub25jZQ==";
 const upgrade = (authorization: string) =>
   `GET /connect HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${KEY}\r\nAuthorization: ${authorization}\r\n\r\n`;
 
-/** A raw socket and all it received, as latin1 text. */
-async function raw(port: number): Promise<{ socket: Socket; text: () => string; ended: () => boolean }> {
-  const socket = await connectVisitor(port);
-  let text = "";
-  let ended = false;
-  socket.on("data", (chunk: Buffer) => {
-    text += chunk.toString("latin1");
-  });
-  socket.on("end", () => {
-    ended = true;
-  });
-  socket.on("close", () => {
-    ended = true;
-  });
-  socket.on("error", () => {});
-  return { socket, text: () => text, ended: () => ended };
-}
-
 test("GET /health twice on one keep-alive connection: two answers from the app, the connection stays", async () => {
   const control = start();
   const conn = await RawHttp.open(control.port);
@@ -93,7 +74,7 @@ test("GET /health twice on one keep-alive connection: two answers from the app, 
 
 test("a refused upgrade is answered, then the connection closes: what followed it is not answered", async () => {
   const control = start();
-  const visitor = await raw(control.port);
+  const visitor = await recordingVisitor(control.port);
   visitor.socket.write(`${upgrade("Bearer wrong")}GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
   await eventually(visitor.ended, 3000, "the connection closed");
   const answer = visitor.text();
@@ -106,7 +87,7 @@ test("a refused upgrade is answered, then the connection closes: what followed i
 
 test("an accepted upgrade: 101 with the accept key and the app's headers, then WebSocket frames on the same socket", async () => {
   const control = start();
-  const visitor = await raw(control.port);
+  const visitor = await recordingVisitor(control.port);
   // The first frame in the same write as the upgrade request: held, then given to the WebSocket.
   visitor.socket.write(Buffer.concat([Buffer.from(upgrade("Bearer right")), clientFrame(1, "first")]));
   await eventually(() => visitor.text().includes("\r\n\r\n"), 3000, "the 101");
@@ -125,7 +106,7 @@ test("an accepted upgrade: 101 with the accept key and the app's headers, then W
 
 test("a request for NAME.DOMAIN is a tunnel's, never the app's: 404 when no tunnel has that name", async () => {
   const control = start();
-  const visitor = await raw(control.port);
+  const visitor = await recordingVisitor(control.port);
   visitor.socket.write("GET /health HTTP/1.1\r\nHost: demo.localhost\r\n\r\n");
   await eventually(visitor.ended, 3000, "answered and closed");
   expect(visitor.text()).toMatch(/^HTTP\/1\.1 404 /);

@@ -4,10 +4,9 @@
  */
 
 import { afterEach, describe, expect, test } from "bun:test";
-import type { Socket } from "node:net";
 import { DEFAULT_HEAD_BUDGET, HeadBudget, listenHttp, nameOf } from "../../shared/server/http-ingress.ts";
 import { cleanup, defer, eventually } from "../support/processes.ts";
-import { connectVisitor } from "../support/sockets.ts";
+import { recordingVisitor } from "../support/sockets.ts";
 
 afterEach(cleanup);
 
@@ -38,26 +37,6 @@ describe("nameOf", () => {
   });
 });
 
-/** A visitor and everything it received. */
-async function visitor(
-  port: number,
-): Promise<{ socket: Socket; received: () => string; ended: () => boolean }> {
-  const socket = await connectVisitor(port);
-  let text = "";
-  let ended = false;
-  socket.on("data", (chunk: Buffer) => {
-    text += chunk.toString("latin1");
-  });
-  socket.on("end", () => {
-    ended = true;
-  });
-  socket.on("close", () => {
-    ended = true;
-  });
-  socket.on("error", () => {});
-  return { socket, received: () => text, ended: () => ended };
-}
-
 describe("HeadBudget", () => {
   test("32 MiB by default; nothing held at first", () => {
     const budget = new HeadBudget();
@@ -75,18 +54,18 @@ describe("HeadBudget", () => {
     defer(() => first.stop(true));
     defer(() => second.stop(true));
 
-    const holder = await visitor(first.port);
+    const holder = await recordingVisitor(first.port);
     holder.socket.write(`GET / HTTP/1.1\r\nHost: demo.localhost\r\nX-Pad: ${"a".repeat(700)}`);
     await eventually(() => heads.used > 700, 3000, "the first head counted");
     const held = heads.used;
     expect(held).toBeLessThanOrEqual(1000);
-    expect(holder.received()).toBe("");
+    expect(holder.text()).toBe("");
 
-    const late = await visitor(second.port);
+    const late = await recordingVisitor(second.port);
     late.socket.write(`GET / HTTP/1.1\r\nHost: demo.localhost\r\nX-Pad: ${"b".repeat(400)}`);
     await eventually(late.ended, 3000, "the second visitor answered and closed");
-    expect(late.received()).toMatch(/^HTTP\/1\.1 503 /);
-    expect(late.received()).toContain("server busy");
+    expect(late.text()).toMatch(/^HTTP\/1\.1 503 /);
+    expect(late.text()).toContain("server busy");
     expect(heads.used).toBe(held); // the refused head gave its bytes back
 
     holder.socket.destroy();
@@ -104,12 +83,12 @@ describe("HeadBudget", () => {
       log,
     });
     defer(() => ingress.stop(true));
-    const v = await visitor(ingress.port);
+    const v = await recordingVisitor(ingress.port);
     v.socket.write("GET / HTTP/1.1\r\nHost: demo.localhost\r\n");
     await eventually(() => heads.used > 0, 3000, "the partial head counted");
     v.socket.write("\r\n");
-    await eventually(() => v.received().includes("\r\n\r\n"), 3000, "an answer");
-    expect(v.received()).toMatch(/^HTTP\/1\.1 404 /); // no tunnel at demo.localhost
+    await eventually(() => v.text().includes("\r\n\r\n"), 3000, "an answer");
+    expect(v.text()).toMatch(/^HTTP\/1\.1 404 /); // no tunnel at demo.localhost
     expect(heads.used).toBe(0);
   });
 });
