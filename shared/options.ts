@@ -97,7 +97,8 @@ export function parseOptions(
 
 /** The default as help shows it, if any. */
 function defaultOf(spec: OptionSpec, markdown: boolean): string | undefined {
-  if (spec.defaultText !== undefined) return markdown ? spec.defaultText : spec.defaultText.replaceAll("`", "");
+  if (spec.defaultText !== undefined)
+    return markdown ? spec.defaultText : spec.defaultText.replaceAll("`", "");
   if (spec.default === undefined) return undefined;
   return markdown ? `\`${spec.default}\`` : String(spec.default);
 }

@@ -6,12 +6,12 @@
 import { expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { generatedParts, ROOT, renderReadme } from "../../scripts/docs.ts";
+import { generatedParts, ROOT, readmeIsCurrent } from "../../scripts/docs.ts";
 
 const readme = readFileSync(join(ROOT, "README.md"), "utf8");
 
 test("README's option tables and layout tree are the ones the code generates (run bun scripts/docs.ts)", () => {
-  expect(renderReadme(readme)).toBe(readme);
+  expect(readmeIsCurrent(readme)).toBe(true);
 });
 
 test("every generated part names what it must: each flag of both roles, each module of shared/", () => {
