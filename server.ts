@@ -9,6 +9,7 @@
  *
  * ```sh
  * bun server.ts --port 7070 --domain tunnel.example.com
+ * bun server.ts --config server.toml --watch     # users with their own tokens and limits
  * ```
  * @module
  */
@@ -17,6 +18,13 @@ import { formatHost, usageLine } from "./shared/args.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
 import { controlApp } from "./shared/server/app.ts";
+import {
+  ConfigReloader,
+  describeUsersChange,
+  hashTokenCommand,
+  parseServerCommand,
+  restartNeeded,
+} from "./shared/server/config.ts";
 import { listenControl } from "./shared/server/control-port.ts";
 import { HeadBudget, type HttpIngress, listenHttp } from "./shared/server/http-ingress.ts";
 import {
@@ -30,6 +38,9 @@ import { type ServerStats, SessionRegistry } from "./shared/server/registry.ts";
 
 export { parseServerArgs, type ServerOptions, type ServerStats };
 
+/** What the command line asked for: the options, and how to read the config file again. */
+type ServerCommand = Exclude<ReturnType<typeof parseServerCommand>, "help">;
+
 /** A running server. */
 export interface ServerHandle {
   /** Address the control port is bound to. */
@@ -41,6 +52,11 @@ export interface ServerHandle {
   /** Bound HTTP tunnel port, when `httpPort` was given. */
   httpPort?: number;
   stats(): ServerStats;
+  /**
+   * Takes up a reloaded configuration: users and run-time limits apply at once (a removed user's or a
+   * changed token's sessions close with 4001); changed options that need a restart are logged.
+   */
+  reload(options: ServerOptions): void;
   /**
    * Shuts down: stops accepting clients and visitors, tells clients (going-away), lets streams in
    * flight finish for up to the drain timeout, then closes every client (1001) and port.
@@ -70,7 +86,6 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   // Accept: the control port serves the clients' upgrade and /health (the app), and HTTP tunnels.
   const app = controlApp({
     registry,
-    apiKey: options.apiKey,
     authFailLimit: options.authFailLimit ?? SERVER_OPTIONS["auth-fail-limit"].default,
     log,
   });
@@ -97,13 +112,23 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${control.port}`;
   log.info(`listening on ${url} (domain ${context.domain})`);
   log.info(`http tunnels on ${context.httpScheme}://*.${context.domain}:${context.httpPort}`);
-  if (!options.apiKey) log.warn("no SOCKETS_SINGLE_API_KEY set: any client may open tunnels");
+  if (registry.users.open) log.warn("no SOCKETS_SINGLE_API_KEY set: any client may open tunnels");
+  if (options.users?.length) log.info(`users: ${options.users.map((u) => u.name).join(", ")}`);
   return {
     host,
     port: control.port,
     url,
     httpPort: httpPort?.port,
     stats: () => registry.stats(),
+    reload(next) {
+      // Compared with what runs (the start-up options): a restart-only change warns on every reload.
+      const restart = restartNeeded(options, next);
+      if (restart.length > 0)
+        log.warn(
+          `config: ${restart.join(", ")} changed; a restart is needed to apply that (the rest applies now)`,
+        );
+      log.info(describeUsersChange(registry.reconfigure(next)));
+    },
     async close() {
       if (registry.draining) return;
       control.stop(false);
@@ -116,20 +141,33 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
 }
 
 /** `--help`. */
-export const HELP = helpText(`${commandName("server.ts")} [options]`, SERVER_OPTIONS, SERVER_ENVIRONMENT);
+export const HELP = helpText(
+  `${commandName("server.ts")} [options]\n       ${commandName("server.ts")} hash-token [TOKEN | -]`,
+  SERVER_OPTIONS,
+  SERVER_ENVIRONMENT,
+  "\nConfig file (--config): every option above as a key (tcp_ports for --tcp-ports), plus [[users]]\n" +
+    "with name, token_hash (from hash-token) and limits; SIGHUP or --watch reloads it.\n" +
+    'See README.md, section "Config file".\n',
+);
 
 async function main(): Promise<void> {
-  let options: ServerOptions | "help";
+  const argv = process.argv.slice(2);
+  let command: ServerCommand | "help";
   try {
-    options = parseServerArgs(process.argv.slice(2), process.env);
+    if (argv[0] === "hash-token") {
+      process.stdout.write(await hashTokenCommand(argv.slice(1), () => Bun.stdin.text()));
+      return;
+    }
+    command = parseServerCommand(argv, process.env);
   } catch (error) {
     process.stderr.write(`${usageLine(error)}\n`);
     process.exit(2);
   }
-  if (options === "help") {
+  if (command === "help") {
     process.stdout.write(HELP);
     return;
   }
+  const { options, reload } = command;
   // Signals are handled from the first moment: one arriving during start-up still exits cleanly.
   let handle: ServerHandle | undefined;
   let stopping = false;
@@ -148,6 +186,18 @@ async function main(): Promise<void> {
     const port = options.port ?? SERVER_OPTIONS.port.default;
     process.stderr.write(`error: cannot start server on port ${port}: ${describeError(error)}\n`);
     process.exit(1);
+  }
+  // Reload: SIGHUP, and with --watch a change of the file; a bad file changes nothing.
+  if (reload !== undefined && options.config !== undefined) {
+    const started = handle;
+    const reloader = new ConfigReloader(
+      options.config,
+      reload,
+      (next) => started.reload(next),
+      createLogger("server"),
+    );
+    process.on("SIGHUP", () => reloader.reload("SIGHUP"));
+    if (options.watch) reloader.watch();
   }
 }
 

@@ -10,7 +10,7 @@ import { Hono } from "hono";
 import { formatHost } from "../args.ts";
 import type { Logger } from "../log.ts";
 import { AUTH_HEADER, CONNECT_PATH, RESUME_HEADER, SUBPROTOCOL } from "../wire/protocol.ts";
-import { bearerKey, keyMatches } from "./auth.ts";
+import { bearerKey } from "./auth.ts";
 import type { ControlEnv } from "./control-port.ts";
 import { FailureLimiter } from "./rate-limit.ts";
 import type { SessionRegistry } from "./registry.ts";
@@ -18,16 +18,15 @@ import type { SessionSocketData } from "./session.ts";
 
 /** What the app needs from the server. */
 export interface ControlAppOptions {
+  /** The sessions, and who may connect (its users: the config file's and the single API key). */
   registry: SessionRegistry;
-  /** Clients must present this key; absent means no auth. */
-  apiKey?: string;
   /** Failed keys or resume secrets per address per minute before 429. */
   authFailLimit: number;
   log: Logger;
 }
 
 /** Builds the control port's app (see the module comment). */
-export function controlApp({ registry, apiKey, authFailLimit, log }: ControlAppOptions) {
+export function controlApp({ registry, authFailLimit, log }: ControlAppOptions) {
   const authFailures = new FailureLimiter(authFailLimit);
   const app = new Hono<{ Bindings: ControlEnv<SessionSocketData> }>();
   app.get("/health", (c) => c.json(registry.stats()));
@@ -42,7 +41,9 @@ export function controlApp({ registry, apiKey, authFailLimit, log }: ControlAppO
     };
     if (registry.draining) return refuse(503, "server is shutting down");
     if (authFailures.blocked(ip)) return refuse(429, "too many failed attempts; try again in a minute");
-    if (apiKey !== undefined && !keyMatches(bearerKey(c.req.header(AUTH_HEADER)), apiKey)) {
+    // The token names the user (compared in constant time with every user's hash); never logged.
+    const account = registry.authenticate(bearerKey(c.req.header(AUTH_HEADER)));
+    if (account === null) {
       authFailures.fail(ip);
       return refuse(401, "authentication failed: missing or wrong API key");
     }
@@ -58,7 +59,13 @@ export function controlApp({ registry, apiKey, authFailLimit, log }: ControlAppO
       authFailures.fail(ip);
       return refuse(403, "resume refused: the session's secret does not match");
     }
+    // A session is its user's: another user's token cannot carry it on, even with its secret.
+    if (resume && resume.account !== account) {
+      authFailures.fail(ip);
+      return refuse(403, "resume refused: the session belongs to another user");
+    }
     const data: SessionSocketData = { session: null, resume: resume ?? null, remote };
+    if (account !== undefined) data.account = account;
     if (c.env.upgrade(c.req.raw, { data, headers: { "Sec-WebSocket-Protocol": SUBPROTOCOL } }))
       return new Response(null);
     return c.text("expected a WebSocket upgrade\n", 400);

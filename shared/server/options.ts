@@ -11,6 +11,7 @@ import { type EnvSpec, type OptionTable, type OptionValues, parseOptions } from 
 import { DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "../relay/budget.ts";
 import { DEFAULTS } from "../wire/protocol.ts";
 import { DEFAULT_REQUEST_TIMEOUT_SECONDS } from "./http-ingress.ts";
+import type { UserConfig } from "./users.ts";
 
 const seconds = (min: number, max: number) => (text: string, flag: string) =>
   parseSeconds(text, flag, min, max);
@@ -30,6 +31,16 @@ function readPem(file: string, flag: string, what: string, label: RegExp): strin
 
 /** Every server option, in `--help` order. */
 export const SERVER_OPTIONS = {
+  config: {
+    key: "config",
+    value: "FILE",
+    defaultText: "flags only",
+    help: "read options and [[users]] (tokens, limits) from this TOML file; flags override it; SIGHUP reloads it (README: Config file)",
+  },
+  watch: {
+    key: "watch",
+    help: "reload the --config file when it changes, as SIGHUP does",
+  },
   host: {
     key: "host",
     value: "ADDR",
@@ -158,6 +169,10 @@ export const SERVER_OPTIONS = {
     help: "close visitor connections that move no byte either way for this long (0 = never)",
     parse: seconds(0, 86_400),
   },
+  "health-detail": {
+    key: "healthDetail",
+    help: "GET /health and tunnel log lines name the user holding each tunnel (per-user counts)",
+  },
   quiet: { key: "quiet", short: "q", help: "log warnings and errors only" },
 } as const satisfies OptionTable;
 
@@ -170,16 +185,48 @@ export const SERVER_ENVIRONMENT: EnvSpec[] = [
   },
 ];
 
-/** Everything the server can be told; the CLI fills it from flags and env. */
-export type ServerOptions = Omit<OptionValues<typeof SERVER_OPTIONS>, "tlsCert" | "tlsKey"> & {
+/** The values the option table parses into (flags, or a config file's keys). */
+export type ServerOptionValues = OptionValues<typeof SERVER_OPTIONS>;
+
+/** Everything the server can be told; the CLI fills it from flags, env and the config file. */
+export type ServerOptions = Omit<ServerOptionValues, "tlsCert" | "tlsKey"> & {
   /** PEM certificate and key: serve wss/https. */
   tls?: { cert: string; key: string };
   /** Clients must present this key; absent means no auth. */
   apiKey?: string;
+  /** The config file's users (tokens as hashes, limits). */
+  users?: UserConfig[];
 };
 
 /**
- * Turns argv and env into options, or "help".
+ * Turns parsed option values into the server's options: reads the TLS files and takes the API key
+ * from env. `name` says how to name an option in an error (`--tls-cert`, or a config file's place).
+ * @throws {UsageError} for a certificate without its key (or the other way round) or an unreadable PEM.
+ */
+export function finishServerOptions(
+  values: ServerOptionValues,
+  env: Record<string, string | undefined>,
+  name: (flag: "tls-cert" | "tls-key") => string = (flag) => `--${flag}`,
+): ServerOptions {
+  const { tlsCert, tlsKey, ...rest } = values;
+  if ((tlsCert === undefined) !== (tlsKey === undefined))
+    throw new UsageError(`${name("tls-cert")} and ${name("tls-key")} must be given together`);
+  return {
+    ...rest,
+    tls:
+      tlsCert !== undefined && tlsKey !== undefined
+        ? {
+            cert: readPem(tlsCert, name("tls-cert"), "certificate", /-----BEGIN CERTIFICATE-----/),
+            key: readPem(tlsKey, name("tls-key"), "private key", /-----BEGIN [A-Z ]*PRIVATE KEY-----/),
+          }
+        : undefined,
+    apiKey: env.SOCKETS_SINGLE_API_KEY || undefined,
+  };
+}
+
+/**
+ * Turns argv and env into options, or "help" (flags only: a `--config` file is read by
+ * `parseServerCommand` in config.ts).
  * @throws {UsageError} on bad input, with one line naming the flag.
  */
 export function parseServerArgs(
@@ -188,18 +235,5 @@ export function parseServerArgs(
 ): ServerOptions | "help" {
   const { values, help } = parseOptions(SERVER_OPTIONS, argv, env);
   if (help) return "help";
-  const { tlsCert, tlsKey, ...rest } = values as OptionValues<typeof SERVER_OPTIONS>;
-  if ((tlsCert === undefined) !== (tlsKey === undefined))
-    throw new UsageError("--tls-cert and --tls-key must be given together");
-  return {
-    ...rest,
-    tls:
-      tlsCert !== undefined && tlsKey !== undefined
-        ? {
-            cert: readPem(tlsCert, "--tls-cert", "certificate", /-----BEGIN CERTIFICATE-----/),
-            key: readPem(tlsKey, "--tls-key", "private key", /-----BEGIN [A-Z ]*PRIVATE KEY-----/),
-          }
-        : undefined,
-    apiKey: env.SOCKETS_SINGLE_API_KEY || undefined,
-  };
+  return finishServerOptions(values as ServerOptionValues, env);
 }

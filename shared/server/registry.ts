@@ -12,6 +12,7 @@ import { DEFAULTS, PROTOCOL_VERSION } from "../wire/protocol.ts";
 import type { HttpRoute } from "./http-ingress.ts";
 import { SERVER_OPTIONS, type ServerOptions } from "./options.ts";
 import { Session, type SessionContext, type SessionSocketData } from "./session.ts";
+import { type Account, SINGLE_KEY_USER, UserDirectory } from "./users.ts";
 import type { WebSocketHandlers } from "./ws-server.ts";
 
 /** Counts reported by `GET /health`. */
@@ -30,6 +31,19 @@ export interface ServerStats {
   buffered: { received: number; sent: number };
   /** The largest stream window now: granted to us by clients (`send`), granted by us (`receive`). */
   largestWindow: { send: number; receive: number };
+  /** Per user, with `--health-detail` only: its tunnels (live and reserved), visitors and clients. */
+  users?: Record<string, { tunnels: number; visitors: number; clients: number }>;
+}
+
+/** What a reload changed among the users. */
+export interface UsersChange {
+  added: string[];
+  removed: string[];
+  /** Users whose token changed: their sessions were closed. */
+  tokenChanged: string[];
+  limitsChanged: string[];
+  /** Sessions closed because their user's credentials were withdrawn. */
+  sessionsClosed: number;
 }
 
 /** Every session of a server and what they share. */
@@ -40,6 +54,8 @@ export class SessionRegistry {
   readonly context: SessionContext;
   /** True once shutdown began: no new clients. */
   draining = false;
+  /** Who may connect: the config file's users and the single API key. */
+  readonly users: UserDirectory;
   private timers: ReturnType<typeof setInterval>[] = [];
 
   /**
@@ -48,7 +64,7 @@ export class SessionRegistry {
    * @param log the server's log.
    */
   constructor(
-    private readonly options: ServerOptions,
+    private options: ServerOptions,
     host: string,
     private readonly log: Logger,
   ) {
@@ -79,6 +95,51 @@ export class SessionRegistry {
       httpRoutes: new Map(),
       portHolders: new Map(),
       onEnded: (session) => this.sessions.delete(session.id),
+      healthDetail: options.healthDetail === true,
+    };
+    this.users = new UserDirectory(options.users ?? [], options.apiKey);
+  }
+
+  /**
+   * The account a presented token opens: null when none (refuse with 401), undefined on a server
+   * that needs no token.
+   */
+  authenticate(token: string | undefined): Account | null | undefined {
+    return this.users.authenticate(token);
+  }
+
+  /**
+   * Takes up a reloaded configuration without touching anything it did not change: the users (an
+   * added one may connect at once; a removed one, or one whose token changed, has its sessions closed
+   * with 4001 Revoked), and the limits that apply to new tunnels and visitors (`--max-streams`,
+   * `--max-tunnels`, `--tcp-ports`, `--grace`, `--handshake-timeout`, `--drain-timeout`,
+   * `--health-detail`). Listeners, certificates and budgets stay as they are (a restart applies those).
+   */
+  reconfigure(options: ServerOptions): UsersChange {
+    const context = this.context;
+    context.limits.maxStreamsPerTunnel = options.maxStreamsPerTunnel ?? SERVER_OPTIONS["max-streams"].default;
+    context.limits.maxTunnelsPerClient = options.maxTunnelsPerClient ?? SERVER_OPTIONS["max-tunnels"].default;
+    context.tcpPorts = options.tcpPorts;
+    context.graceSeconds = options.graceSeconds ?? SERVER_OPTIONS.grace.default;
+    context.handshakeSeconds = options.handshakeSeconds ?? SERVER_OPTIONS["handshake-timeout"].default;
+    context.healthDetail = options.healthDetail === true;
+    this.options = { ...this.options, drainSeconds: options.drainSeconds, users: options.users };
+    const { added, revoked, limitsChanged } = this.users.update(options.users ?? []);
+    let sessionsClosed = 0;
+    const gone = new Map(revoked.map(({ account, why }) => [account, why]));
+    for (const session of [...this.sessions.values()]) {
+      const why = session.account && gone.get(session.account);
+      if (why === undefined) continue;
+      session.revoke(why);
+      sessionsClosed++;
+    }
+    const removed = revoked.filter(({ account }) => !this.users.accounts.has(account.name));
+    return {
+      added,
+      removed: removed.map(({ account }) => account.name),
+      tokenChanged: revoked.filter((r) => !removed.includes(r)).map(({ account }) => account.name),
+      limitsChanged,
+      sessionsClosed,
     };
   }
 
@@ -90,7 +151,7 @@ export class SessionRegistry {
   /** Where the events of a client's WebSocket go: its session. Liveness is ours (the heartbeat). */
   readonly websocket: WebSocketHandlers<SessionSocketData> = {
     open: (ws) => {
-      const session = ws.data.resume ?? new Session(this.context);
+      const session = ws.data.resume ?? new Session(this.context, ws.data.account);
       ws.data.resume = null;
       this.sessions.set(session.id, session);
       session.attach(ws);
@@ -149,7 +210,21 @@ export class SessionRegistry {
       reserved: all.filter((s) => s.reserved).length,
       buffered: { received: budgets?.received.used ?? 0, sent: budgets?.sent.used ?? 0 },
       largestWindow,
+      ...(this.context.healthDetail ? { users: this.userStats(all) } : {}),
     };
+  }
+
+  /** Per-user counts for `/health` (`--health-detail`): every account, holding something or not. */
+  private userStats(all: Session[]): NonNullable<ServerStats["users"]> {
+    const users: NonNullable<ServerStats["users"]> = {};
+    for (const [name, account] of this.users.accounts)
+      if (name !== SINGLE_KEY_USER || account.tunnels > 0)
+        users[name] = { tunnels: account.tunnels, visitors: account.visitors, clients: 0 };
+    for (const session of all) {
+      const entry = session.account && users[session.account.name];
+      if (entry && !session.reserved) entry.clients++;
+    }
+    return users;
   }
 
   /**

@@ -33,10 +33,12 @@ import {
   StreamKind,
   SUBDOMAIN,
   type SyncMessage,
+  type UnexposeRequest,
 } from "../wire/protocol.ts";
 import { keyMatches } from "./auth.ts";
 import type { HttpRoute } from "./http-ingress.ts";
 import { listenPublic, PortError } from "./public-port.ts";
+import { type Account, describeRanges, portAllowed, randomNameFor, subdomainAllowed } from "./users.ts";
 import type { RawWebSocket } from "./ws-server.ts";
 
 /** The `data` slot of every client WebSocket. */
@@ -45,6 +47,8 @@ export interface SessionSocketData {
   /** A reserved session this connection resumes (set by the upgrade handler). */
   resume: Session | null;
   remote: string;
+  /** The user the upgrade's token opened (absent on a server without users or key). */
+  account?: Account;
 }
 
 /** A client's WebSocket on the server (the control port's own, see ws-server.ts). */
@@ -81,6 +85,8 @@ export interface SessionContext {
   ownPorts?: readonly number[];
   /** Called once when the session ended for good. */
   onEnded(session: Session): void;
+  /** Whether log lines about tunnels name their user (`--health-detail`: the operator asked). */
+  healthDetail?: boolean;
 }
 
 /** One public TCP tunnel of a session. */
@@ -94,6 +100,8 @@ export interface Tunnel {
   /** HTTP tunnels: the name under the server's domain. */
   name?: string;
   streams: number;
+  /** Its open visitor streams: closed with it when its client unexposes it. */
+  visitors: Set<Stream>;
 }
 
 /** A random HTTP tunnel name: DNS-safe, lower-case letters and digits. */
@@ -136,7 +144,14 @@ export class Session {
   /** True while the receive budget is spent: the WebSocket is not read (see {@link Session.applyPause}). */
   private receivePaused = false;
 
-  constructor(private readonly context: SessionContext) {
+  /**
+   * @param context what every session shares.
+   * @param account the user whose token opened the session (absent on a server without users or key).
+   */
+  constructor(
+    private readonly context: SessionContext,
+    readonly account?: Account,
+  ) {
     const budgets = context.budgets;
     this.mux = new Mux(
       null,
@@ -252,6 +267,7 @@ export class Session {
   private onControl(text: string): void {
     const message = parseControl(text);
     if (message.type === "expose" && this.state === "live") this.expose(message);
+    else if (message.type === "unexpose" && this.state === "live") this.unexpose(message);
     else if (message.type === "sync" && this.state === "syncing") {
       clearTimeout(this.handshakeTimer);
       this.state = "live";
@@ -263,22 +279,34 @@ export class Session {
     } else throw new ProtocolError(`unexpected '${message.type}' from a client (${this.state})`);
   }
 
+  /** ` (user NAME)` for log lines, or "" without users. */
+  private get who(): string {
+    return this.account === undefined ? "" : ` (${this.account})`;
+  }
+
   private expose(request: ExposeRequest): void {
     const { log, limits, domain, tunnelIds } = this.context;
     if (this.tunnels.size >= limits.maxTunnelsPerClient) {
       this.refuse(request, "limit", `a client may hold at most ${limits.maxTunnelsPerClient} tunnels`);
       return;
     }
+    const account = this.account;
+    const maxTunnels = account?.limits.maxTunnels;
+    if (account !== undefined && maxTunnels !== undefined && account.tunnels >= maxTunnels) {
+      this.refuse(request, "limit", `${account} may hold at most ${maxTunnels} tunnels`);
+      return;
+    }
     // A client re-exposing after a server restart keeps its tunnel id unless another client holds it.
     const wanted = request.tunnel;
     const id = wanted !== undefined && !tunnelIds.has(wanted) ? wanted : nanoid(12);
-    const tunnel = { id, ref: this.nextRef++, port: 0, streams: 0 } as Tunnel;
+    const tunnel: Tunnel = { id, ref: this.nextRef++, port: 0, streams: 0, visitors: new Set() };
     const opened = request.kind === "http" ? this.openHttp(tunnel, request) : this.openTcp(tunnel, request);
     if (opened !== null) {
       this.refuse(request, opened.code, opened.message);
       return;
     }
     this.tunnels.set(tunnel.ref, tunnel);
+    if (account !== undefined) account.tunnels++;
     // Only a live tunnel ends the handshake: refused requests alone do not keep a connection open.
     clearTimeout(this.handshakeTimer);
     tunnelIds.add(tunnel.id);
@@ -286,21 +314,101 @@ export class Session {
       tunnel.name === undefined
         ? `${formatHost(domain)}:${tunnel.port}`
         : `${this.context.httpScheme ?? "http"}://${tunnel.name}.${domain}:${tunnel.port}`;
-    log.info(`tunnel ${tunnel.id} for ${this.remote}: ${url}`);
+    log.info(`tunnel ${tunnel.id} for ${this.remote}${this.context.healthDetail ? this.who : ""}: ${url}`);
     const host = tunnel.name === undefined ? domain : `${tunnel.name}.${domain}`;
     const { ref, port, name } = tunnel;
     const exposed = { type: "exposed", id: request.id, tunnel: id, ref, name, host, port, url };
     this.ws?.send(JSON.stringify(exposed));
   }
 
+  /**
+   * Closes one of this session's tunnels at its client's request: its visitors, its public port or
+   * name and its id are released at once. A tunnel id this session does not hold gets an error that
+   * says no more (whether another session holds it is not this client's business).
+   */
+  private unexpose(request: UnexposeRequest): void {
+    const tunnel = [...this.tunnels.values()].find((t) => t.id === request.tunnel);
+    if (tunnel === undefined) {
+      this.context.log.info(
+        `unexpose refused for ${this.remote}${this.who}: no tunnel ${request.tunnel} in its session`,
+      );
+      const message = `this session holds no tunnel ${request.tunnel}`;
+      this.ws?.send(JSON.stringify({ type: "error", id: request.id, code: "unknown_tunnel", message }));
+      return;
+    }
+    this.removeTunnel(tunnel);
+    this.context.log.info(`tunnel ${tunnel.id} of ${this.remote}${this.who} closed by its client`);
+    this.ws?.send(JSON.stringify({ type: "unexposed", id: request.id, tunnel: tunnel.id }));
+  }
+
+  /** Closes a tunnel for good: its visitors (reset: the client hears of each), port or name, and id. */
+  private removeTunnel(tunnel: Tunnel): void {
+    for (const stream of [...tunnel.visitors]) stream.reset(ResetCode.Shutdown, "tunnel closed");
+    this.closeTunnel(tunnel, true);
+    this.tunnels.delete(tunnel.ref);
+    this.context.tunnelIds.delete(tunnel.id);
+    if (this.account !== undefined) this.account.tunnels--;
+  }
+
+  /**
+   * Where a TCP tunnel may listen: the server's range, narrowed to the user's ranges when it has
+   * some (each range that overlaps the server's). Null: no port at all (a refusal says why).
+   */
+  private tcpRanges(
+    request: ExposeRequest,
+  ): { ranges: (PortRange | undefined)[] } | { code: string; message: string } {
+    const { tcpPorts } = this.context;
+    const account = this.account;
+    const allowed = account?.limits.tcpPorts;
+    if (account === undefined || allowed === undefined) return { ranges: [tcpPorts] };
+    const outside = { code: "not_allowed", message: "" };
+    if (request.port !== undefined && !portAllowed(request.port, allowed))
+      return {
+        ...outside,
+        message: `port ${request.port} is outside user ${account.name}'s ports ${describeRanges(allowed)}`,
+      };
+    const ranges = allowed
+      .map((r) => (tcpPorts ? { min: Math.max(r.min, tcpPorts.min), max: Math.min(r.max, tcpPorts.max) } : r))
+      .filter((r) => r.min <= r.max)
+      .filter((r) => request.port === undefined || (request.port >= r.min && request.port <= r.max));
+    // An operator who lists a user's ports outside the server's range (or no range) means them.
+    if (ranges.length === 0 && tcpPorts !== undefined)
+      return {
+        ...outside,
+        message: `user ${account.name}'s ports ${describeRanges(allowed)} are outside the server's range ${describeRanges([tcpPorts])}`,
+      };
+    return { ranges };
+  }
+
   /** A TCP tunnel: its own public port. */
   private openTcp(tunnel: Tunnel, request: ExposeRequest): { code: string; message: string } | null {
-    const { host, tcpPorts, ownPorts, portHolders } = this.context;
+    const { host, ownPorts, portHolders } = this.context;
+    const where = this.tcpRanges(request);
+    if (!("ranges" in where)) return where;
     try {
-      tunnel.listener = listenPublic<RelaySocketData>(
-        { host, port: request.port, range: tcpPorts, own: ownPorts },
-        { ...relaySocketHandlers, open: (socket) => this.acceptVisitor(tunnel, socket) },
-      );
+      let lastError: unknown;
+      for (const range of where.ranges) {
+        try {
+          tunnel.listener = listenPublic<RelaySocketData>(
+            { host, port: request.port, range, own: ownPorts },
+            { ...relaySocketHandlers, open: (socket) => this.acceptVisitor(tunnel, socket) },
+          );
+          break;
+        } catch (error) {
+          lastError = error;
+          // Another of the user's ranges may have a free port; a port asked for is in one range only.
+          if (!(error instanceof PortError && error.code === "no_free_port")) throw error;
+        }
+      }
+      if (tunnel.listener === undefined) {
+        const allowed = this.account?.limits.tcpPorts;
+        if (allowed !== undefined && lastError instanceof PortError)
+          throw new PortError(
+            "no_free_port",
+            `no free port in user ${this.account?.name}'s ports ${describeRanges(allowed)}`,
+          );
+        throw lastError;
+      }
     } catch (error) {
       // "In use" is true but useless when a dropped client's session holds the port: say for how long.
       const holder = request.port === undefined ? undefined : portHolders?.get(request.port);
@@ -325,7 +433,33 @@ export class Session {
   private openHttp(tunnel: Tunnel, request: ExposeRequest): { code: string; message: string } | null {
     const { httpPort, httpRoutes } = this.context;
     if (httpPort === undefined) return { code: "no_http", message: "this server has no --http-port" };
-    const name = request.subdomain ?? randomName();
+    const account = this.account;
+    const patterns = account?.limits.subdomains;
+    const allowedText = patterns === undefined ? "" : ` (allowed: ${patterns.join(", ")})`;
+    let name = request.subdomain;
+    if (
+      name !== undefined &&
+      account !== undefined &&
+      patterns !== undefined &&
+      !subdomainAllowed(name, patterns)
+    )
+      return {
+        code: "not_allowed",
+        message: `subdomain '${name}' is not allowed for ${account}${allowedText}`,
+      };
+    if (name === undefined) {
+      if (account !== undefined && account.limits.randomSubdomain === false)
+        return {
+          code: "not_allowed",
+          message: `${account} may not get a random subdomain: ask for one with --subdomain${allowedText}`,
+        };
+      name = randomNameFor(patterns, randomName());
+      if (name === undefined)
+        return {
+          code: "not_allowed",
+          message: `${account} has no subdomain pattern with '*' to draw a random name from: ask for one with --subdomain${allowedText}`,
+        };
+    }
     if (!SUBDOMAIN.test(name))
       return {
         code: "bad_subdomain",
@@ -351,13 +485,32 @@ export class Session {
       return { status: 502, message: "the tunnel's client is offline; try again shortly" };
     if (tunnel.streams >= this.context.limits.maxStreamsPerTunnel)
       return { status: 502, message: "too many connections to this tunnel" };
+    if (this.overVisitorLimit(tunnel)) return { status: 502, message: "too many connections to this tunnel" };
     return this.relayVisitor(tunnel, socket, StreamKind.Http);
+  }
+
+  /** True (and logged) when the user's `max_visitors` is reached: the visitor is refused. */
+  private overVisitorLimit(tunnel: Tunnel): boolean {
+    const account = this.account;
+    const max = account?.limits.maxVisitors;
+    if (account === undefined || max === undefined || account.visitors < max) return false;
+    this.context.log.warn(
+      `tunnel ${tunnel.id}: visitor refused, ${account} has ${account.visitors} visitors open (max_visitors)`,
+    );
+    return true;
   }
 
   /** Announces a visitor as a new stream of `tunnel` (OPEN) and relays its socket. */
   private relayVisitor(tunnel: Tunnel, socket: RelaySocket, kind: StreamKind): Stream {
     tunnel.streams++;
-    const stream = this.mux.createStream(() => tunnel.streams--);
+    const account = this.account;
+    if (account !== undefined) account.visitors++;
+    const stream = this.mux.createStream((closed) => {
+      tunnel.streams--;
+      tunnel.visitors.delete(closed);
+      if (account !== undefined) account.visitors--;
+    });
+    tunnel.visitors.add(stream);
     const remote = `${formatHost(unmappedAddress(socket.remoteAddress))}:${socket.remotePort}`;
     this.mux.sendOpen(stream, kind, tunnel.ref, { remote });
     stream.attach(socket);
@@ -365,7 +518,7 @@ export class Session {
   }
 
   private refuse(request: ExposeRequest, code: string, message: string): void {
-    this.context.log.info(`expose refused for ${this.remote}: ${message}`);
+    this.context.log.info(`expose refused for ${this.remote}${this.who}: ${message}`);
     this.ws?.send(JSON.stringify({ type: "error", id: request.id, code, message }));
   }
 
@@ -380,6 +533,10 @@ export class Session {
     const limit = this.context.limits.maxStreamsPerTunnel;
     if (tunnel.streams >= limit) {
       this.context.log.warn(`tunnel ${tunnel.id}: visitor refused, ${tunnel.streams} streams open (limit)`);
+      socket.terminate();
+      return;
+    }
+    if (this.overVisitorLimit(tunnel)) {
       socket.terminate();
       return;
     }
@@ -480,6 +637,16 @@ export class Session {
     this.onClose(ws, code);
   }
 
+  /**
+   * The user's credentials were withdrawn (removed, or its token changed, by a reload): the session
+   * ends at once, tunnels and visitors with it, and the client hears {@link CloseCode.Revoked} (it must
+   * not retry). Nothing is reserved: the token that could resume it no longer opens anything.
+   */
+  revoke(reason: string): void {
+    this.context.log.warn(`closing client ${this.remote}${this.who}: ${reason}`);
+    this.end(CloseCode.Revoked, `credentials revoked: ${reason}`.slice(0, 120));
+  }
+
   /** Stops a tunnel taking visitors: its public port closes, or its name goes. */
   private closeTunnel(tunnel: Tunnel, closeVisitors: boolean): void {
     tunnel.listener?.stop(closeVisitors);
@@ -498,6 +665,7 @@ export class Session {
       this.closeTunnel(tunnel, true);
       this.context.tunnelIds.delete(tunnel.id);
     }
+    if (this.account !== undefined) this.account.tunnels -= this.tunnels.size;
     this.tunnels.clear();
     this.mux.destroyAll();
     const ws = this.ws;
