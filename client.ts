@@ -3,45 +3,59 @@
  * server; each visitor of a tunnel arrives as a stream and becomes its own connection to the local
  * service.
  *
- * Story: connect (TLS, API key, protocol version) → expose each service and print its URL → for each
- * visitor, connect locally and relay with flow control → on a lost connection, resume (or expose
- * again after a server restart) → on a fatal refusal, one clear line and exit.
+ * Story: read the command line (and the `--config` file) → connect (TLS, API key, protocol version) →
+ * expose each service and print its URL → for each visitor, connect locally and relay with flow
+ * control → on SIGHUP (or a change with `--watch`), bring the tunnels to what the file says now → on
+ * a lost connection, resume (or expose again after a server restart) → on a fatal refusal (a revoked
+ * key), one clear line and exit.
  *
  * ```sh
  * bun client.ts --expose 127.0.0.1:8000 --server wss://tunnel.example.com:7070
+ * bun client.ts --config sockets.toml --watch        # bun client.ts --init writes an example
  * ```
  * @module
  */
 
 import { lookup } from "node:dns/promises";
+import { existsSync } from "node:fs";
 import { type HostPort, usageLine } from "./shared/args.ts";
+import { DEFAULT_CONFIG_FILE, parseClientArgs } from "./shared/client/config.ts";
+import { writeExample } from "./shared/client/init.ts";
 import {
   CLIENT_ENVIRONMENT,
   CLIENT_OPTIONS,
   type ClientArgs,
   type ExposeOption,
-  parseClientArgs,
+  type NamedService,
+  nameServices,
 } from "./shared/client/options.ts";
+import { type ApplyResult, applyTunnels, ConfigReloader, type TunnelSet } from "./shared/client/reload.ts";
 import { ClientError, TunnelClient, type TunnelInfo } from "./shared/client/tunnel-client.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
 
-export { ClientError, type ExposeOption, parseClientArgs, type TunnelInfo };
+export { ClientError, type ExposeOption, type NamedService, parseClientArgs, type TunnelInfo };
 
-/** Everything the client can be told; the CLI fills it from flags and env. */
-export type ClientOptions = Omit<ClientArgs, "server"> & {
+/** Everything the client can be told; the CLI fills it from flags, env and the config file. */
+export type ClientOptions = Omit<ClientArgs, "server" | "expose"> & {
   /** `ws://` or `wss://` URL of the server. */
   server: string | URL;
+  /** The services to publish; those without a name get `tcp-1`, `http-1`, … */
+  expose: ExposeOption[];
   /** Prints one line per HTTP request on HTTP tunnels (method, path, status, duration, bytes). */
   logRequest?: (line: string) => void;
-  /** Called for every tunnel the server confirms: at start, and again after a server restart. */
+  /** Called for every tunnel the server confirms: at start, when added, and again after a server restart. */
   onExposed?: (tunnel: TunnelInfo) => void;
+  /** Called for every tunnel closed at run time (removed or changed by a reload). */
+  onClosed?: (tunnel: TunnelInfo) => void;
 };
 
 /** A running client. */
-export interface ClientHandle {
+export interface ClientHandle extends TunnelSet {
   /** The tunnels as last confirmed by the server (same ids and ports across reconnects when possible). */
   tunnels: TunnelInfo[];
+  /** Brings the tunnels to `services` by name: adds, closes, re-exposes the changed, leaves the rest. */
+  update(services: NamedService[]): Promise<ApplyResult>;
   /** Open streams (visitor connections) on this client. */
   stats(): { streams: number };
   /** Resolves with the reason once the client gave up (auth rejected, …) or was closed. */
@@ -67,10 +81,11 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     maxBackoffMs: (options.maxBackoffSeconds ?? CLIENT_OPTIONS["max-backoff"].default) * 1000,
     logRequest: options.logRequest,
     onExposed: options.onExposed,
+    onClosed: options.onClosed,
     log,
   });
   try {
-    await client.exposeAll(options.expose);
+    await client.exposeAll(nameServices(options.expose));
   } catch (error) {
     await client.close();
     throw error;
@@ -79,6 +94,12 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     get tunnels() {
       return client.tunnels;
     },
+    get services() {
+      return client.services;
+    },
+    add: (service, previous) => client.add(service, previous),
+    unexpose: (name) => client.unexpose(name),
+    update: (services) => applyTunnels(client, services, log),
     stats: () => ({ streams: client.mux.streams.size }),
     closed: client.closed,
     close: () => client.close(),
@@ -96,13 +117,14 @@ async function checkResolves(target: HostPort): Promise<void> {
 
 /** `--help`. */
 export const HELP = helpText(
-  `${commandName("client.ts")} --expose HOST:PORT [options]`,
+  `${commandName("client.ts")} (--expose HOST:PORT | --http HOST:PORT | --config FILE) [options]`,
   CLIENT_OPTIONS,
   CLIENT_ENVIRONMENT,
+  `\nConfig file: ${commandName("client.ts")} --init writes a commented example; README.md, section "Config file",\nlists every key, which tunnels are published, and what a reload (SIGHUP, --watch) changes.\n`,
 );
 
 async function main(): Promise<void> {
-  let options: ClientArgs | "help";
+  let options: Awaited<ReturnType<typeof parseClientArgs>>;
   try {
     options = await parseClientArgs(process.argv.slice(2), process.env);
   } catch (error) {
@@ -113,7 +135,19 @@ async function main(): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
+  if ("init" in options) {
+    try {
+      return void process.stdout.write(writeExample(options.init));
+    } catch (error) {
+      process.stderr.write(`error: ${describeError(error)}\n`);
+      process.exit(1);
+    }
+  }
   const log = createLogger("client", options.quiet);
+  if (options.config === undefined && existsSync(DEFAULT_CONFIG_FILE))
+    log.info(
+      `./${DEFAULT_CONFIG_FILE} was not read: a config file is used only when named (--config ${DEFAULT_CONFIG_FILE})`,
+    );
   if (options.insecure)
     log.warn(
       "--insecure: the server's TLS certificate is NOT verified; anyone on the path can read and alter the traffic",
@@ -133,16 +167,26 @@ async function main(): Promise<void> {
     // One stdout line per tunnel the server confirms: at start, and again after a server restart.
     handle = await startClient({
       ...options,
-      logRequest: options.logRequests ? (line) => process.stdout.write(`${line}\n`) : undefined,
+      // Each HTTP service says whether its requests are logged (the flag, or its config file entry).
+      logRequest: (line) => process.stdout.write(`${line}\n`),
       onExposed(tunnel) {
         process.stdout.write(`exposed with tunnel id ${tunnel.id}, url: ${tunnel.url}\n`);
-        log.info(`tunnel ${tunnel.id}: ${tunnel.url} -> ${tunnel.local.host}:${tunnel.local.port}`);
+        log.info(
+          `tunnel ${tunnel.id} (${tunnel.local.name}): ${tunnel.url} -> ${tunnel.local.host}:${tunnel.local.port}`,
+        );
       },
+      onClosed: (tunnel) => process.stdout.write(`closed tunnel ${tunnel.id} (${tunnel.local.name})\n`),
     });
   } catch (error) {
     if (stopping) return;
     process.stderr.write(`error: ${describeError(error)}\n`);
     process.exit(1);
+  }
+  // With --config: SIGHUP (and with --watch, each save) brings the tunnels to what the file says now.
+  if (options.config !== undefined) {
+    const reloader = new ConfigReloader({ ...options.config, client: handle, log }, options.config.values);
+    process.on("SIGHUP", () => void reloader.reload("SIGHUP"));
+    if (options.watch) reloader.watch();
   }
   const reason = await handle.closed;
   if (stopping) return;

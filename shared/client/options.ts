@@ -1,7 +1,8 @@
 /**
  * The client's options, each declared once (see shared/options.ts): `--help`, the parser, the
  * defaults the client uses and README's client table all come from {@link CLIENT_OPTIONS}. The flags
- * that pair up (`--port` with `--expose`, `--subdomain` with `--http`) become one list of services.
+ * that pair up (`--port` with `--expose`, `--subdomain` with `--http`) become one list of named services
+ * ({@link servicesFromValues}); a config file's `[[tunnels]]` become the same (shared/client/config.ts).
  * @module
  */
 
@@ -13,11 +14,13 @@ import {
   parseServerUrl,
   UsageError,
 } from "../args.ts";
-import { type EnvSpec, type OptionTable, type OptionValues, parseOptions } from "../options.ts";
+import type { EnvSpec, OptionTable, OptionValues } from "../options.ts";
 import { SUBDOMAIN } from "../wire/protocol.ts";
 
 /** One local service to publish. */
 export interface ExposeOption extends HostPort {
+  /** The tunnel's name in the client's set (unique; a config file's `name`, else `tcp-1`, `http-1`, …). */
+  name?: string;
   /** A raw TCP tunnel (default) or an HTTP tunnel at `NAME.DOMAIN`. */
   kind?: "tcp" | "http";
   /** TCP: the public port to ask for; absent for any. */
@@ -28,7 +31,12 @@ export interface ExposeOption extends HostPort {
   preserveHost?: boolean;
   /** HTTP: `user:password` visitors must present (basic auth, checked by the server). */
   basicAuth?: string;
+  /** HTTP: one line per request through the client's request log (false: none; absent: when one is set). */
+  logRequests?: boolean;
 }
+
+/** A service with its name: how the client keys its tunnels (a reload compares them by name). */
+export type NamedService = ExposeOption & { name: string };
 
 const seconds = (text: string, flag: string): number => parseSeconds(text, flag, 0.1, 3600);
 
@@ -127,6 +135,22 @@ export const CLIENT_OPTIONS = {
     parse: seconds,
   },
   quiet: { key: "quiet", short: "q", help: "log warnings and errors only" },
+  config: {
+    key: "config",
+    value: "FILE",
+    help: "read options and tunnels from this TOML file (README: Config file); options on the command line win, and tunnels on the command line replace the file's",
+  },
+  watch: {
+    key: "watch",
+    defaultText: "off (SIGHUP reloads)",
+    help: "reload the --config file whenever it changes: tunnels added, removed or changed are applied, the others keep their URL and connections",
+  },
+  init: {
+    key: "init",
+    value: "[FILE]",
+    defaultText: "`sockets.toml`",
+    help: "write a commented example config file that works against a local server, and exit",
+  },
 } as const satisfies OptionTable;
 
 /** Environment variables the client reads that no flag sets. */
@@ -134,72 +158,85 @@ export const CLIENT_ENVIRONMENT: EnvSpec[] = [
   { name: "SOCKETS_API_KEY", help: "API key sent to the server", defaultText: "none" },
 ];
 
-/** What the command line says, once the paired flags became one list of services. */
+/** The options object the client's table parses into (command line or config file). */
+export type ClientValues = OptionValues<typeof CLIENT_OPTIONS>;
+
+/** What the client is told, once the paired flags (or a config file's tables) became named services. */
 export type ClientArgs = Omit<
-  OptionValues<typeof CLIENT_OPTIONS>,
-  "tcp" | "http" | "ports" | "subdomains" | "hostHeader" | "basicAuth" | "ca" | "server"
+  ClientValues,
+  "tcp" | "http" | "ports" | "subdomains" | "hostHeader" | "basicAuth" | "ca" | "server" | "config" | "init"
 > & {
   server: URL;
-  expose: ExposeOption[];
+  expose: NamedService[];
   /** PEM CA certificate(s) to trust for wss (the file's contents). */
   ca?: string;
   apiKey?: string;
+  /**
+   * With `--config`: the file, the command line's own values (a reload merges them again) and the
+   * top-level values the client starts with (a reload says which changes need a restart).
+   */
+  config?: { file: string; commandLine: ClientValues; values: ClientValues };
 };
 
+/** Top-level settings a service takes when it does not set its own. */
+export interface ServiceDefaults {
+  hostHeader?: "rewrite" | "preserve";
+  basicAuth?: string;
+  logRequests?: boolean;
+}
+
 /**
- * Turns argv and env into the client's options, or "help".
- * @throws {UsageError} on bad input, with one line naming the flag.
+ * The services the paired options give (`--expose` with `--port`, `--http` with `--subdomain`, or the
+ * same keys at a config file's top level), named `tcp-1`, `tcp-2`, …, `http-1`, … in order, HTTP ones
+ * with the top-level host-header mode, basic auth and request log.
+ * @throws {UsageError} for a `--port` or `--subdomain` without its tunnel.
  */
-export async function parseClientArgs(
-  argv: string[],
-  env: Record<string, string | undefined>,
-): Promise<ClientArgs | "help"> {
-  const { values, help } = parseOptions(CLIENT_OPTIONS, argv, env);
-  if (help) return "help";
-  const {
-    tcp = [],
-    http = [],
-    ports = [],
-    subdomains = [],
-    hostHeader,
-    basicAuth,
-    ca,
-    server,
-    ...rest
-  } = values as OptionValues<typeof CLIENT_OPTIONS>;
-  if (tcp.length + http.length === 0)
-    throw new UsageError("--expose HOST:PORT or --http HOST:PORT is required");
+export function servicesFromValues(values: ClientValues, defaults: ServiceDefaults = values): NamedService[] {
+  const { tcp = [], http = [], ports = [], subdomains = [] } = values;
   if (ports.length > tcp.length) throw new UsageError("--port given more times than --expose");
   if (subdomains.length > http.length) throw new UsageError("--subdomain given more times than --http");
-  if (basicAuth !== undefined && http.length === 0) throw new UsageError("--basic-auth needs --http");
-  const preserveHost = (hostHeader ?? CLIENT_OPTIONS["host-header"].default) === "preserve";
-  const expose: ExposeOption[] = [
-    ...tcp.map((target, i): ExposeOption => {
+  return [
+    ...tcp.map((target, i): NamedService => {
       const publicPort = ports[i];
-      return publicPort === undefined ? target : { ...target, publicPort };
+      const name = `tcp-${i + 1}`;
+      return publicPort === undefined ? { name, ...target } : { name, ...target, publicPort };
     }),
-    ...http.map(
-      (target, i): ExposeOption => ({
-        ...target,
-        kind: "http",
-        subdomain: subdomains[i],
-        preserveHost,
-        basicAuth,
-      }),
-    ),
+    ...http.map((target, i): NamedService => httpService(`http-${i + 1}`, target, subdomains[i], defaults)),
   ];
-  let caText: string | undefined;
-  if (ca !== undefined) {
-    const file = Bun.file(ca);
-    if (!(await file.exists())) throw new UsageError(`--ca: cannot read '${ca}'`);
-    caText = await file.text();
-  }
-  return {
-    ...rest,
-    server: server ?? parseServerUrl(CLIENT_OPTIONS.server.default, "--server"),
-    expose,
-    ca: caText,
-    apiKey: env.SOCKETS_API_KEY || undefined,
-    logRequests: rest.logRequests ?? process.stdout.isTTY === true,
+}
+
+/** An HTTP service with the defaults it does not override; absent fields stay absent (a reload compares them). */
+export function httpService(
+  name: string,
+  target: HostPort,
+  subdomain: string | undefined,
+  settings: ServiceDefaults,
+): NamedService {
+  const service: NamedService = {
+    name,
+    ...target,
+    kind: "http",
+    preserveHost: (settings.hostHeader ?? CLIENT_OPTIONS["host-header"].default) === "preserve",
   };
+  if (subdomain !== undefined) service.subdomain = subdomain;
+  if (settings.basicAuth !== undefined) service.basicAuth = settings.basicAuth;
+  if (settings.logRequests !== undefined) service.logRequests = settings.logRequests;
+  return service;
+}
+
+/** Gives each service without a name one (`tcp-1`, `http-1`, … by kind and position); keeps the others. */
+export function nameServices(services: ExposeOption[]): NamedService[] {
+  const seen = { tcp: 0, http: 0 };
+  return services.map((service) => {
+    const kind = service.kind ?? "tcp";
+    seen[kind]++;
+    return service.name === undefined
+      ? { ...service, name: `${kind}-${seen[kind]}` }
+      : (service as NamedService);
+  });
+}
+
+/** The server URL the client uses when none is given. */
+export function defaultServer(): URL {
+  return parseServerUrl(CLIENT_OPTIONS.server.default, "--server");
 }

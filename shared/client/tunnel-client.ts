@@ -10,12 +10,13 @@
  * ```
  *
  * Each visitor arrives as an OPEN and becomes its own connection to the local service. Tunnels are
- * asked for one by one ({@link TunnelClient.expose}), which leaves room for adding and removing them
- * at run time.
+ * asked for one by one and kept by name: {@link TunnelClient.add} and {@link TunnelClient.unexpose}
+ * change the set at run time (a config reload), and a server restart exposes the current set again.
+ * A close with code 4001 (Revoked: the client's credentials were withdrawn) ends the client for good.
  * @module
  */
 
-import { formatHost, type HostPort } from "../args.ts";
+import { formatHost } from "../args.ts";
 import { Liveness } from "../liveness.ts";
 import { describeError, type Logger } from "../log.ts";
 import { Mux } from "../relay/mux.ts";
@@ -30,10 +31,12 @@ import {
   ResetCode,
   StreamKind,
   type SyncMessage,
+  type Unexposed,
+  type UnexposeRequest,
 } from "../wire/protocol.ts";
 import { backoffDelay } from "./backoff.ts";
 import { ConnectError, type ControlConnection, connectControl } from "./connect.ts";
-import type { ExposeOption } from "./options.ts";
+import type { NamedService } from "./options.ts";
 import { RequestLogTap } from "./request-log.ts";
 
 /** A live tunnel, as the server announced it. */
@@ -44,7 +47,8 @@ export interface TunnelInfo {
   url: string;
   host: string;
   port: number;
-  local: HostPort;
+  /** The service it publishes (its `name` is the tunnel's name in the client's set). */
+  local: NamedService;
 }
 
 /** Client-side failure with a one-line message (auth, TLS, unreachable, port taken, …). */
@@ -63,27 +67,55 @@ export interface TunnelClientSettings {
   maxBackoffMs: number;
   /** One line per HTTP request on HTTP tunnels, when set. */
   logRequest?: (line: string) => void;
-  /** Called for every tunnel the server confirms: at start, and again after a server restart. */
+  /** Called for every tunnel the server confirms: at start, when added, and again after a server restart. */
   onExposed?: (tunnel: TunnelInfo) => void;
+  /** Called for every tunnel closed at run time ({@link TunnelClient.unexpose}). */
+  onClosed?: (tunnel: TunnelInfo) => void;
   log: Logger;
+}
+
+/** A tunnel the client holds: what it asked for, what the server gave, and the ref its OPEN frames use. */
+interface Held {
+  info: TunnelInfo;
+  ref: number;
+}
+
+/** What to ask the server for again: a port or name (and a tunnel id, after a server restart). */
+interface Wanted {
+  port?: number;
+  name?: string;
+  id?: string;
+}
+
+/** A request waiting for the server's answer. */
+interface Waiter {
+  resolve: (message: Exposed | Unexposed) => void;
+  reject: (error: Error) => void;
+  /** What the server refused, for the error line. */
+  refused: string;
+}
+
+/** The server refused a request (as opposed to the connection failing under it). */
+export class RefusedError extends ClientError {
+  override name = "RefusedError";
 }
 
 /** One client's session with the server, across the connections it resumes it with. */
 export class TunnelClient {
   readonly mux: Mux;
-  /** The tunnels as last confirmed by the server. */
-  tunnels: TunnelInfo[] = [];
   /** Resolves with the reason once the client gave up or was closed. */
   readonly closed: Promise<string>;
   private giveUp: (reason: string) => void = () => {};
   private connection: ControlConnection;
   /** Local service of each tunnel, by the ref the server's OPEN frames use. */
-  private readonly targets = new Map<number, HostPort>();
-  private readonly pending = new Map<number, { resolve: (m: Exposed) => void; reject: (e: Error) => void }>();
+  private readonly targets = new Map<number, NamedService>();
+  private readonly pending = new Map<number, Waiter>();
   private nextRequest = 1;
   private closing = false;
-  /** The services asked for, in order (exposed again, same ports, after a server restart). */
-  private services: ExposeOption[] = [];
+  /** The tunnels held, by name, in the order they came (exposed again, same ports, after a server restart). */
+  private readonly held = new Map<string, Held>();
+  /** Tunnels whose unexpose a lost connection cut short: closed again once the session is resumed. */
+  private readonly orphans = new Map<string, number>();
 
   private constructor(
     private readonly settings: TunnelClientSettings,
@@ -115,48 +147,115 @@ export class TunnelClient {
     return connectControl({ url, apiKey, ca, insecure, resume });
   }
 
+  /** The tunnels as last confirmed by the server, in the order they came. */
+  get tunnels(): TunnelInfo[] {
+    return [...this.held.values()].map((held) => held.info);
+  }
+
+  /** The services of the tunnels held, by name order of arrival (what a reload compares with). */
+  get services(): NamedService[] {
+    return this.tunnels.map((tunnel) => tunnel.local);
+  }
+
   /**
    * Exposes every service; announces them only once all are up, so that a refusal of one never leaves
    * the others printed as live (the caller closes the connection, and the server releases them).
+   * `previous`: the tunnels held before a server restart, by name (same ports, names and ids again).
    */
-  async exposeAll(services: ExposeOption[], previous: TunnelInfo[] = []): Promise<void> {
-    this.services = services;
+  async exposeAll(services: NamedService[], previous = new Map<string, TunnelInfo>()): Promise<void> {
     const all = await Promise.all(
-      services.map((local, i) => {
-        const before = previous[i];
-        if (before === undefined) return this.expose(local);
-        // After a server restart: the same port or name again if free, else (when not asked for) another.
-        return this.expose(local, before).catch((error) => {
-          if (local.publicPort !== undefined || local.subdomain !== undefined) throw error;
-          this.settings.log.warn(`${describeError(error)}; asking for another one`);
-          return this.expose(local);
-        });
-      }),
+      services.map((service) => this.exposeAgain(service, previous.get(service.name), true)),
     );
-    this.tunnels = all;
-    for (const tunnel of all) this.settings.onExposed?.(tunnel);
+    this.held.clear();
+    for (const held of all) this.held.set(held.info.local.name, held);
+    for (const held of all) this.settings.onExposed?.(held.info);
   }
 
-  /** Expose: asks for one tunnel (the same port and id again after a server restart). */
-  expose(local: ExposeOption, previous?: TunnelInfo): Promise<TunnelInfo> {
-    const id = this.nextRequest++;
-    const answer = new Promise<Exposed>((resolve, reject) => this.pending.set(id, { resolve, reject }));
+  /**
+   * Adds a tunnel to the set (a config reload) and announces it. `previous`, when given, is the tunnel
+   * it replaces: its port or name is asked for again when the service does not name one.
+   * @throws {ClientError} when the server refuses it or the connection is down; the set is unchanged.
+   */
+  async add(service: NamedService, previous?: TunnelInfo): Promise<TunnelInfo> {
+    if (this.held.has(service.name)) throw new ClientError(`tunnel '${service.name}' is already exposed`);
+    const held = await this.exposeAgain(service, previous, false);
+    this.held.set(service.name, held);
+    this.settings.onExposed?.(held.info);
+    return held.info;
+  }
+
+  /**
+   * Closes the tunnel named `name` (the server releases its port or name and closes its visitor
+   * connections) and announces it. It leaves the set at once: a server restart does not bring it back.
+   * Resolves with the tunnel closed, or undefined when none has that name.
+   * @throws {ClientError} when the server refuses or the connection is down (then it is closed again
+   * once the session resumes; a restarted server has forgotten it anyway).
+   */
+  async unexpose(name: string): Promise<TunnelInfo | undefined> {
+    const held = this.held.get(name);
+    if (held === undefined) return undefined;
+    this.held.delete(name);
+    try {
+      await this.closeTunnel(held.info.id, held.ref);
+    } catch (error) {
+      if (!(error instanceof RefusedError)) this.orphans.set(held.info.id, held.ref);
+      throw error;
+    }
+    this.settings.onClosed?.(held.info);
+    return held.info;
+  }
+
+  /** Asks the server to close one tunnel; forgets its ref once the server confirmed (no OPEN follows). */
+  private async closeTunnel(tunnel: string, ref: number): Promise<void> {
+    const request: UnexposeRequest = { type: "unexpose", id: this.nextRequest++, tunnel };
+    await this.ask(request, "server refused to close the tunnel");
+    this.targets.delete(ref);
+  }
+
+  /** Exposes `service`, asking for what `previous` had; when that is refused and the service did not name a port or name, takes any. */
+  private async exposeAgain(
+    service: NamedService,
+    previous: TunnelInfo | undefined,
+    sameId: boolean,
+  ): Promise<Held> {
+    if (previous === undefined) return this.expose(service);
+    const wanted: Wanted = { port: previous.port, name: previous.name, id: sameId ? previous.id : undefined };
+    return this.expose(service, wanted).catch((error) => {
+      if (service.publicPort !== undefined || service.subdomain !== undefined) throw error;
+      this.settings.log.warn(`${describeError(error)}; asking for another one`);
+      return this.expose(service);
+    });
+  }
+
+  /** Expose: asks for one tunnel (the same port, name and id again when `wanted` says so). */
+  private async expose(local: NamedService, wanted: Wanted = {}): Promise<Held> {
     const http = local.kind === "http";
     const request: ExposeRequest = {
       type: "expose",
-      id,
+      id: this.nextRequest++,
       kind: http ? "http" : "tcp",
-      port: http ? undefined : (local.publicPort ?? previous?.port),
-      subdomain: http ? (local.subdomain ?? previous?.name) : undefined,
+      port: http ? undefined : (local.publicPort ?? wanted.port),
+      subdomain: http ? (local.subdomain ?? wanted.name) : undefined,
       hostHeader: http && !local.preserveHost ? `${formatHost(local.host)}:${local.port}` : undefined,
       basicAuth: http ? local.basicAuth : undefined,
-      tunnel: previous?.id,
+      tunnel: wanted.id,
     };
-    this.connection.ws.send(JSON.stringify(request));
-    return answer.then((m) => {
-      this.targets.set(m.ref, { host: local.host, port: local.port });
-      return { id: m.tunnel, name: m.name, url: m.url, host: m.host, port: m.port, local: { ...local } };
-    });
+    const m = (await this.ask(request, "server refused the tunnel")) as Exposed;
+    this.targets.set(m.ref, local);
+    const info = { id: m.tunnel, name: m.name, url: m.url, host: m.host, port: m.port, local: { ...local } };
+    return { info, ref: m.ref };
+  }
+
+  /** Sends a request and resolves with the server's answer to it. */
+  private ask(request: ExposeRequest | UnexposeRequest, refused: string): Promise<Exposed | Unexposed> {
+    const { ws } = this.connection;
+    if (this.closing || ws.readyState !== WebSocket.OPEN)
+      return Promise.reject(new ClientError("not connected to the server (reconnecting)"));
+    const answer = new Promise<Exposed | Unexposed>((resolve, reject) =>
+      this.pending.set(request.id, { resolve, reject, refused }),
+    );
+    ws.send(JSON.stringify(request));
+    return answer;
   }
 
   /** Closes the tunnels and the connection (the server releases them at once). */
@@ -179,7 +278,8 @@ export class TunnelClient {
     if (target === undefined) throw new ProtocolError(`OPEN for unknown tunnel ${frame.tunnel}`);
     const stream = this.mux.acceptStream(frame.stream);
     const { log, logRequest } = this.settings;
-    if (frame.kind === StreamKind.Http && logRequest) stream.tap = new RequestLogTap(logRequest);
+    if (frame.kind === StreamKind.Http && logRequest && target.logRequests !== false)
+      stream.tap = new RequestLogTap(logRequest);
     if (frame.kind !== StreamKind.Tcp && frame.kind !== StreamKind.Http) {
       stream.reset(ResetCode.Protocol, `stream kind ${frame.kind} is not supported by this client`);
       return;
@@ -209,7 +309,7 @@ export class TunnelClient {
       );
       return;
     }
-    if (message.type !== "exposed" && message.type !== "error")
+    if (message.type !== "exposed" && message.type !== "unexposed" && message.type !== "error")
       throw new ProtocolError(`unexpected '${message.type}' from the server`);
     const waiter = message.id === undefined ? undefined : this.pending.get(message.id);
     if (waiter === undefined) {
@@ -217,8 +317,8 @@ export class TunnelClient {
       return;
     }
     this.pending.delete(message.id as number);
-    if (message.type === "exposed") waiter.resolve(message);
-    else waiter.reject(new ClientError(`server refused the tunnel: ${message.message}`));
+    if (message.type === "error") waiter.reject(new RefusedError(`${waiter.refused}: ${message.message}`));
+    else waiter.resolve(message);
   }
 
   /** Binds a greeted connection: frames, control messages, heartbeat, and what to do when it is lost. */
@@ -249,19 +349,26 @@ export class TunnelClient {
       lost("server silent");
     }, heartbeatMs);
     let gone = false;
-    const lost = (reason: string) => {
+    const lost = (reason: string, revoked = false) => {
       if (gone) return;
       gone = true;
       clearInterval(heartbeat);
       this.mux.detach();
       for (const waiter of this.pending.values())
-        waiter.reject(new ClientError(`connection lost: ${reason}`));
+        waiter.reject(new ClientError(revoked ? reason : `connection lost: ${reason}`));
       this.pending.clear();
-      if (!this.closing) void this.reconnect(reason);
+      if (revoked) {
+        // Credentials withdrawn: trying again cannot help. One line, from whoever awaits `closed`.
+        this.closing = true;
+        this.mux.destroyAll();
+        this.giveUp(reason);
+      } else if (!this.closing) void this.reconnect(reason);
     };
-    ws.addEventListener("close", (event) =>
-      lost(`closed (${event.code}${event.reason ? `: ${event.reason}` : ""})`),
-    );
+    ws.addEventListener("close", (event) => {
+      if (event.code === CloseCode.Revoked)
+        lost(`the server revoked this client's credentials: ${event.reason || "no reason given"}`, true);
+      else lost(`closed (${event.code}${event.reason ? `: ${event.reason}` : ""})`);
+    });
     conn.onBlocked = (blocked) => this.mux.setBlocked(blocked);
   }
 
@@ -292,8 +399,10 @@ export class TunnelClient {
         log.info("server lost the session (restarted?); exposing the tunnels again");
         this.mux.destroyAll();
         this.targets.clear();
+        this.orphans.clear();
         this.mux.start((frame) => this.connection.send(frame));
-        return await this.exposeAll(this.services, this.tunnels);
+        const previous = new Map(this.tunnels.map((tunnel) => [tunnel.local.name, tunnel]));
+        return await this.exposeAll(this.services, previous);
       } catch (error) {
         // Lost again while exposing: the close handler has already started the next reconnect.
         if (conn.ws.readyState !== WebSocket.OPEN) return;
@@ -311,5 +420,16 @@ export class TunnelClient {
     this.mux.resume((frame) => this.connection.send(frame), sync);
     for (const tunnel of this.tunnels)
       this.settings.log.info(`resumed: tunnel ${tunnel.id} still at url: ${tunnel.url}`);
+    // Tunnels removed while the connection was down are still open on the server: close them now.
+    for (const [id, ref] of this.orphans) {
+      this.orphans.delete(id);
+      this.closeTunnel(id, ref).then(
+        () => this.settings.log.info(`closed tunnel ${id}, removed while the connection was down`),
+        (error) => {
+          if (!(error instanceof RefusedError)) this.orphans.set(id, ref);
+          this.settings.log.warn(`closing tunnel ${id}: ${describeError(error)}`);
+        },
+      );
+    }
   }
 }
