@@ -644,7 +644,8 @@ export class Session {
    */
   revoke(reason: string): void {
     this.context.log.warn(`closing client ${this.remote}${this.who}: ${reason}`);
-    this.end(CloseCode.Revoked, `credentials revoked: ${reason}`.slice(0, 120));
+    // The code says "revoked"; the reason says why, for the client's one line (a close reason is ≤ 123 bytes).
+    this.end(CloseCode.Revoked, reason.slice(0, 120));
   }
 
   /** Stops a tunnel taking visitors: its public port closes, or its name goes. */
