@@ -185,6 +185,9 @@ export class ConfigReloader {
       }, 200);
     });
     this.watcher.on("error", (error) => this.settings.log.warn(`--watch: ${describeError(error)}`));
+    this.settings.log.info(
+      `watching ${this.settings.file}: each change is applied (a bad one is reported and skipped)`,
+    );
   }
 
   /** Stops watching. */
