@@ -190,12 +190,8 @@ async function main(): Promise<void> {
   // Reload: SIGHUP, and with --watch a change of the file; a bad file changes nothing.
   if (reload !== undefined && options.config !== undefined) {
     const started = handle;
-    const reloader = new ConfigReloader(
-      options.config,
-      reload,
-      (next) => started.reload(next),
-      createLogger("server"),
-    );
+    const log = createLogger("server", options.quiet);
+    const reloader = new ConfigReloader(options.config, reload, (next) => started.reload(next), log);
     process.on("SIGHUP", () => reloader.reload("SIGHUP"));
     if (options.watch) reloader.watch();
   }

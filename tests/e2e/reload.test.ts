@@ -142,6 +142,21 @@ describe("reload", () => {
     a.ws.close(1000);
   });
 
+  test("a removed user's reserved session ends too: its port and name are free at once", async () => {
+    const hana = testUser("hana");
+    await reload(usersToml([alice, hana]));
+    const h = await connectControl(server.url, hana.token);
+    const tunnel = await h.expose({ kind: "tcp" });
+    expect(await h.expose({ kind: "http", subdomain: "hana-site" })).toMatchObject({ type: "exposed" });
+    h.ws.close(3000, "blip");
+    await eventually(async () => (await server.health()).reserved === 1, 5000, "hana's session reserved");
+
+    expect(await reload(usersToml([alice]))).toMatch(/users: removed hana; 1 sessions closed/);
+    expect(await server.health()).toMatchObject({ reserved: 0, tunnels: 0 });
+    const again = Bun.listen({ hostname: "127.0.0.1", port: tunnel.port as number, socket: { data() {} } });
+    again.stop(true);
+  });
+
   test("changed limits apply to new tunnels; tunnels already held stay", async () => {
     const a = await connectControl(server.url, alice.token);
     for (const name of ["alice-a", "alice-b"])
