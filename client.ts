@@ -163,6 +163,12 @@ async function main(): Promise<void> {
   };
   process.on("SIGINT", () => void stop());
   process.on("SIGTERM", () => void stop());
+  // A SIGHUP that arrives while the tunnels come up is applied once they are up (never a kill).
+  let reloadAsked = false;
+  let reload = (_why: string) => {
+    reloadAsked = true;
+  };
+  if (options.config !== undefined) process.on("SIGHUP", () => reload("SIGHUP"));
   try {
     // One stdout line per tunnel the server confirms: at start, and again after a server restart.
     handle = await startClient({
@@ -185,7 +191,8 @@ async function main(): Promise<void> {
   // With --config: SIGHUP (and with --watch, each save) brings the tunnels to what the file says now.
   if (options.config !== undefined) {
     const reloader = new ConfigReloader({ ...options.config, client: handle, log }, options.config.values);
-    process.on("SIGHUP", () => void reloader.reload("SIGHUP"));
+    reload = (why) => void reloader.reload(why);
+    if (reloadAsked) reload("SIGHUP during start-up");
     if (options.watch) reloader.watch();
   }
   const reason = await handle.closed;

@@ -233,6 +233,66 @@ describe("reload on SIGHUP", () => {
     expect(client.proc.exitCode).toBeNull();
   });
 
+  test("an HTTP tunnel changed (basic_auth added) is exposed again at the same URL, now behind a login", async () => {
+    const dir = configFolder();
+    const app = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("hello") });
+    try {
+      const server = await startServerProcess();
+      const file = writeConfig(dir, "client.toml", tunnel("web", "http", `127.0.0.1:${app.port}`));
+      const client = await startConfigClient(file, server, 1);
+      const before = byName(client.stderr()).web as Named;
+      expect((await fetch(`${before.url}/`)).status).toBe(200);
+      writeConfig(
+        dir,
+        "client.toml",
+        tunnel("web", "http", `127.0.0.1:${app.port}`, 'basic_auth = "ann:pw"'),
+      );
+      client.kill("SIGHUP");
+      await client.waitFor(/reload \(SIGHUP\): 0 added, 0 removed, 1 changed, 0 unchanged/);
+      const after = byName(client.stderr()).web as Named;
+      expect(after.id).not.toBe(before.id);
+      expect(after.url).toBe(before.url);
+      expect((await fetch(`${after.url}/`)).status).toBe(401);
+      const login = await fetch(`${after.url}/`, { headers: { authorization: `Basic ${btoa("ann:pw")}` } });
+      expect(await login.text()).toBe("hello");
+    } finally {
+      app.stop(true);
+    }
+  });
+
+  test("after a reload, a server restart exposes the current set again: same ports, not the removed one", async () => {
+    const dir = configFolder();
+    const echo = startEchoService();
+    const server = await startServerProcess();
+    const local = `127.0.0.1:${echo.port}`;
+    const file = writeConfig(
+      dir,
+      "client.toml",
+      [tunnel("a", "tcp", local), tunnel("b", "tcp", local)].join("\n"),
+    );
+    const client = await startConfigClient(file, server, 2);
+    writeConfig(dir, "client.toml", [tunnel("a", "tcp", local), tunnel("c", "tcp", local)].join("\n"));
+    client.kill("SIGHUP");
+    await client.waitFor(/reload \(SIGHUP\): 1 added, 1 removed, 0 changed, 1 unchanged/);
+    const current = byName(client.stderr());
+    const printed = exposedLines(client.stdout()).length;
+
+    server.kill("SIGKILL");
+    await server.exited(5000);
+    const restarted = await startServerProcess([], {}, { port: server.port });
+    await eventually(
+      () => exposedLines(client.stdout()).length >= printed + 2,
+      10_000,
+      "two exposed lines again",
+    );
+    expect(exposedLines(client.stdout()).slice(printed)).toEqual([
+      { id: (current.a as Named).id, port: (current.a as Named).port },
+      { id: (current.c as Named).id, port: (current.c as Named).port },
+    ]);
+    expect((await restarted.health()).tunnels).toBe(2);
+    await expectEcho((current.c as Named).port);
+  });
+
   test("a top-level option that needs a restart is named; a tunnel the server refuses is logged and the others applied", async () => {
     const dir = configFolder();
     const echo = startEchoService();
