@@ -254,8 +254,10 @@ async function setUp(
   // Every tunnel is logged as `tunnel ID: URL -> LOCAL`; the TCP ones' URLs are localhost:PORT.
   const tunnels = new Map<string, number>();
   for (let i = 0; i < 100 && tunnels.size < 2; i++) {
-    await client.waitFor(/tunnel \S+: localhost:\d+ -> /, 20_000);
-    for (const m of client.stderr().matchAll(/tunnel \S+: localhost:(\d+) -> 127\.0\.0\.1:(\d+)/g))
+    await client.waitFor(/tunnel \S+(?: \([^)]*\))?: localhost:\d+ -> /, 20_000);
+    for (const m of client
+      .stderr()
+      .matchAll(/tunnel \S+(?: \([^)]*\))?: localhost:(\d+) -> 127\.0\.0\.1:(\d+)/g))
       tunnels.set(m[2] as string, Number(m[1]));
     if (tunnels.size < 2) await Bun.sleep(50);
   }

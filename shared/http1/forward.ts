@@ -8,6 +8,7 @@ import {
   type HeaderList,
   headerTokens,
   headerValues,
+  isFieldValue,
   type RequestHead,
   type RequestHeadLine,
   type ResponseHead,
@@ -76,20 +77,6 @@ function connectionField(version: string, keepAlive: boolean, upgrade: boolean):
   return [];
 }
 
-/** The fields with every Content-Length field but the first dropped and that one set to `length`. */
-function singleContentLength(headers: HeaderList, length: number): HeaderList {
-  const out: HeaderList = [];
-  let kept = false;
-  for (const [name, value] of headers) {
-    if (name.toLowerCase() !== "content-length") out.push([name, value]);
-    else if (!kept) {
-      out.push([name, String(length)]);
-      kept = true;
-    }
-  }
-  return out;
-}
-
 /**
  * The head to send upstream for a visitor's request: hop-by-hop fields removed (Connection, what it
  * lists, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade — Upgrade kept with `Connection: upgrade`
@@ -99,27 +86,59 @@ function singleContentLength(headers: HeaderList, length: number): HeaderList {
  */
 export function forwardRequestHead(head: RequestHead, options: ForwardOptions): RequestHeadLine {
   const originalHost = options.host ?? requestHost(head);
-  let headers = endToEnd(head.headers, head.upgrade, FORWARDING);
   const rewrite = options.rewriteHost;
-  if (rewrite !== undefined) {
-    const at = headers.findIndex(([name]) => name.toLowerCase() === "host");
-    if (at >= 0) headers[at] = [headers[at]?.[0] ?? "Host", rewrite];
-    else headers.unshift(["Host", rewrite]);
+  if (rewrite !== undefined && !isFieldValue(rewrite)) throw new RangeError("bad Host to rewrite to");
+  // One pass over the fields (this runs for every request): each name lowercased once.
+  const listed = connectionListed(head.headers);
+  const headers: HeaderList = [];
+  let hostAt = -1;
+  let lengthKept = false;
+  for (const field of head.headers) {
+    const name = field[0];
+    const lower = name.toLowerCase();
+    if (lower === "host") {
+      hostAt = headers.length;
+      headers.push(rewrite === undefined ? field : [name, rewrite]);
+    } else if (lower === "content-length") {
+      // `Content-Length: 3, 3` (or the field repeated) is one length by RFC 9110 §8.6, which lets a
+      // recipient send it on as a single value: backends that parse lists differently never see one.
+      if (!lengthKept) headers.push([name, String(head.contentLength)]);
+      lengthKept = true;
+    } else if (lower === "transfer-encoding") headers.push(field);
+    else if (lower === "upgrade") {
+      if (head.upgrade) headers.push(field);
+    } else if (
+      !HOP_BY_HOP.has(lower) &&
+      !FORWARDING.has(lower.includes("_") ? lower.replaceAll("_", "-") : lower) &&
+      !listed?.has(lower)
+    )
+      headers.push(field);
   }
-  // `Content-Length: 3, 3` (or the field repeated) is one length by RFC 9110 §8.6, which lets a
-  // recipient send it on as a single value: backends that parse lists differently never see one.
-  if (head.body === "length") headers = singleContentLength(headers, head.contentLength);
+  if (hostAt < 0 && rewrite !== undefined) headers.unshift(["Host", rewrite]);
   headers.push(...connectionField(head.version, head.keepAlive, head.upgrade));
   headers.push(["X-Forwarded-For", options.remoteIp], ["X-Forwarded-Proto", options.proto]);
   if (originalHost) headers.push(["X-Forwarded-Host", originalHost]);
-  const origin = /^https?:\/\/[^/?#]*/i.exec(head.target);
-  const target = origin ? head.target.slice(origin[0].length) || "/" : head.target;
-  return {
-    method: head.method,
-    target: target.startsWith("?") ? `/${target}` : target,
-    version: head.version,
-    headers,
-  };
+  const target = head.target.startsWith("/") ? head.target : originForm(head.target);
+  return { method: head.method, target, version: head.version, headers };
+}
+
+/** The fields a Connection header lists (lower case), or null when it lists none. */
+function connectionListed(headers: HeaderList): Set<string> | null {
+  let listed: Set<string> | null = null;
+  for (const [name, value] of headers)
+    if (name.length === 10 && name.toLowerCase() === "connection")
+      for (const part of value.split(",")) {
+        const token = part.trim().toLowerCase();
+        if (token) (listed ??= new Set()).add(token);
+      }
+  return listed;
+}
+
+/** An absolute-form target (`http://host/path?q`) as origin-form (`/path?q`). */
+function originForm(target: string): string {
+  const origin = /^https?:\/\/[^/?#]*/i.exec(target);
+  const rest = origin ? target.slice(origin[0].length) || "/" : target;
+  return rest.startsWith("?") ? `/${rest}` : rest;
 }
 
 /**

@@ -84,7 +84,7 @@ export function isToken(s: string): boolean {
 }
 
 /** Whether `s` may be a field value: no control characters but HTAB, nothing above 0xFF. */
-function isFieldValue(s: string): boolean {
+export function isFieldValue(s: string): boolean {
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
     if ((c < 0x20 && c !== 9) || c === 0x7f || c > 0xff) return false;
@@ -205,11 +205,67 @@ interface Framing {
   contentLength: number;
 }
 
+/** The fields framing and routing depend on, gathered in one pass over a head's fields. */
+interface FieldScan {
+  hosts: string[];
+  /** Connection tokens, lower case. */
+  connection: string[];
+  /** Transfer-Encoding tokens, lower case; null when the field is absent. */
+  transferEncoding: string[] | null;
+  contentLength: string[];
+  /** Some Upgrade field has a value. */
+  upgrade: boolean;
+  /** Expect tokens, lower case. */
+  expect: string[];
+}
+
+/** Appends the comma-separated list elements of `value`, lowercased, empties dropped. */
+function pushTokens(into: string[], value: string): void {
+  for (const part of value.split(",")) {
+    const token = part.trim().toLowerCase();
+    if (token) into.push(token);
+  }
+}
+
+/** One pass over the fields (this runs for every message): names lowercased only when their length fits. */
+function scanFields(headers: HeaderList): FieldScan {
+  const scan: FieldScan = {
+    hosts: [],
+    connection: [],
+    transferEncoding: null,
+    contentLength: [],
+    upgrade: false,
+    expect: [],
+  };
+  for (const [name, value] of headers)
+    switch (name.length) {
+      case 4:
+        if (isField(name, "host")) scan.hosts.push(value);
+        break;
+      case 6:
+        if (isField(name, "expect")) pushTokens(scan.expect, value);
+        break;
+      case 7:
+        if (isField(name, "upgrade") && value !== "") scan.upgrade = true;
+        break;
+      case 10:
+        if (isField(name, "connection")) pushTokens(scan.connection, value);
+        break;
+      case 14:
+        if (isField(name, "content-length")) scan.contentLength.push(value);
+        break;
+      case 17:
+        if (isField(name, "transfer-encoding")) pushTokens((scan.transferEncoding ??= []), value);
+        break;
+    }
+  return scan;
+}
+
 /** RFC 9112 §6.3 for a message that may have a body. */
-function bodyFraming(headers: HeaderList, version: string, request: boolean): Framing {
-  const te = headerTokens(headers, "transfer-encoding");
-  const cl = headerValues(headers, "content-length");
-  if (te.length > 0 || headerValues(headers, "transfer-encoding").length > 0) {
+function bodyFraming(scan: FieldScan, version: string, request: boolean): Framing {
+  const te = scan.transferEncoding;
+  const cl = scan.contentLength;
+  if (te !== null) {
     if (cl.length > 0) throw new HttpParseError("both Transfer-Encoding and Content-Length");
     if (version === "HTTP/1.0") throw new HttpParseError("Transfer-Encoding in an HTTP/1.0 message");
     return { body: chunkedLast(te, request) ? "chunked" : "close", contentLength: 0 };
@@ -218,8 +274,7 @@ function bodyFraming(headers: HeaderList, version: string, request: boolean): Fr
   return { body: request ? "none" : "close", contentLength: 0 };
 }
 
-function keepAliveOf(headers: HeaderList, version: string): boolean {
-  const connection = headerTokens(headers, "connection");
+function keepAliveOf(connection: string[], version: string): boolean {
   if (connection.includes("close")) return false;
   return version === "HTTP/1.1" || connection.includes("keep-alive");
 }
@@ -252,7 +307,8 @@ export function parseRequestHeadBytes(bytes: Uint8Array): RequestHead {
   checkTarget(method, target);
   parseVersion(version, 400);
   const headers = parseFieldLines(lines.slice(1, -1));
-  const hosts = headerValues(headers, "host");
+  const scan = scanFields(headers);
+  const hosts = scan.hosts;
   if (hosts.length > 1) throw new HttpParseError("more than one Host header");
   if (hosts.length === 0 && version === "HTTP/1.1") throw new HttpParseError("missing Host header");
   // RFC 9112 §3.2.2 has an origin server ignore Host for an absolute-form target; a gateway that routes
@@ -261,21 +317,18 @@ export function parseRequestHeadBytes(bytes: Uint8Array): RequestHead {
   if (authority !== undefined && hosts.length === 1 && authority.toLowerCase() !== hosts[0]?.toLowerCase())
     throw new HttpParseError("the request target names another host than the Host header");
   const http11 = version === "HTTP/1.1";
-  const upgrade =
-    http11 &&
-    headerValues(headers, "upgrade").some((v) => v !== "") &&
-    headerTokens(headers, "connection").includes("upgrade");
-  const framing = bodyFraming(headers, version, true) as { body: RequestHead["body"]; contentLength: number };
+  const framing = bodyFraming(scan, version, true);
   return {
     method,
     target,
     version,
     headers,
     headLength: bytes.length,
-    ...framing,
-    keepAlive: keepAliveOf(headers, version),
-    expectContinue: http11 && headerTokens(headers, "expect").includes("100-continue"),
-    upgrade,
+    body: framing.body as RequestHead["body"],
+    contentLength: framing.contentLength,
+    keepAlive: keepAliveOf(scan.connection, version),
+    expectContinue: http11 && scan.expect.includes("100-continue"),
+    upgrade: http11 && scan.upgrade && scan.connection.includes("upgrade"),
   };
 }
 
@@ -288,14 +341,16 @@ export function parseResponseHeadBytes(bytes: Uint8Array, method: string): Respo
   if (!isFieldValue(reason)) throw new HttpParseError("bad reason phrase", 502);
   const status = Number(code);
   const headers = parseFieldLines(lines.slice(1, -1));
+  const scan = scanFields(headers);
   let framing: Framing = { body: "none", contentLength: 0 };
   if (status === 101 || (method === "CONNECT" && status >= 200 && status < 300))
     framing = { body: "passthrough", contentLength: 0 };
   else if (status >= 200 && status !== 204 && status !== 304 && method !== "HEAD")
-    framing = bodyFraming(headers, version, false);
+    framing = bodyFraming(scan, version, false);
   const keepAlive =
-    framing.body !== "close" && framing.body !== "passthrough" && keepAliveOf(headers, version);
-  return { version, status, reason, headers, headLength: bytes.length, ...framing, keepAlive };
+    framing.body !== "close" && framing.body !== "passthrough" && keepAliveOf(scan.connection, version);
+  const { body, contentLength } = framing;
+  return { version, status, reason, headers, headLength: bytes.length, body, contentLength, keepAlive };
 }
 
 function headOf<H>(bytes: Uint8Array, parse: (head: Uint8Array) => H): H | null {
@@ -341,8 +396,9 @@ function checkSerializable(head: RequestHeadLine | ResponseHeadLine): void {
  * Serializes a head to bytes: start line, field lines in order, blank line, all CRLF.
  * @throws {RangeError} for anything that would not parse back the same (CR/LF in a value, bad name…).
  */
-export function serializeHead(head: RequestHeadLine | ResponseHeadLine): Uint8Array {
-  checkSerializable(head);
+export function serializeHead(head: RequestHeadLine | ResponseHeadLine, validated = false): Uint8Array {
+  // `validated`: every field came from our parser or was checked by its maker (forwardRequestHead).
+  if (!validated) checkSerializable(head);
   let text =
     "method" in head
       ? `${head.method} ${head.target} ${head.version}\r\n`

@@ -374,7 +374,7 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
           head.headers = head.headers.filter(([field]) => field.toLowerCase() !== "authorization");
         conn.responses.expectResponse(event.head.method);
         if (!event.head.keepAlive) conn.lastExchange = true;
-        stream.onSocketData(serializeHead(head));
+        stream.onSocketData(serializeHead(head, true));
       } else if (event.type === "body" || event.type === "passthrough")
         conn.stream?.onSocketData(event.bytes);
     }
