@@ -21,6 +21,9 @@ import { existsSync } from "node:fs";
 import { type HostPort, usageLine } from "./shared/args.ts";
 import { DEFAULT_CONFIG_FILE, parseClientArgs } from "./shared/client/config.ts";
 import { writeExample } from "./shared/client/init.ts";
+import { type InspectorListener, serveInspector } from "./shared/client/inspector/server.ts";
+import type { InspectSetting } from "./shared/client/inspector/settings.ts";
+import { InspectorStore } from "./shared/client/inspector/store.ts";
 import {
   CLIENT_ENVIRONMENT,
   CLIENT_OPTIONS,
@@ -37,7 +40,7 @@ import { helpText } from "./shared/options.ts";
 export { ClientError, type ExposeOption, type NamedService, parseClientArgs, type TunnelInfo };
 
 /** Everything the client can be told; the CLI fills it from flags, env and the config file. */
-export type ClientOptions = Omit<ClientArgs, "server" | "expose"> & {
+export type ClientOptions = Omit<ClientArgs, "server" | "expose" | "inspect"> & {
   /** `ws://` or `wss://` URL of the server. */
   server: string | URL;
   /** The services to publish; those without a name get `tcp-1`, `http-1`, … */
@@ -48,6 +51,8 @@ export type ClientOptions = Omit<ClientArgs, "server" | "expose"> & {
   onExposed?: (tunnel: TunnelInfo) => void;
   /** Called for every tunnel closed at run time (removed or changed by a reload). */
   onClosed?: (tunnel: TunnelInfo) => void;
+  /** The request inspector: off when absent; `default` is 127.0.0.1:4040 or the next free port. */
+  inspect?: InspectSetting | "default";
 };
 
 /** A running client. */
@@ -58,6 +63,8 @@ export interface ClientHandle extends TunnelSet {
   update(services: NamedService[]): Promise<ApplyResult>;
   /** Open streams (visitor connections) on this client. */
   stats(): { streams: number };
+  /** The request inspector, when on: its URL and what it captured. */
+  inspector?: { url: string; store: InspectorStore };
   /** Resolves with the reason once the client gave up (auth rejected, …) or was closed. */
   closed: Promise<string>;
   /** Closes the tunnels and the connection (the server releases them at once). */
@@ -72,6 +79,8 @@ export interface ClientHandle extends TunnelSet {
 export async function startClient(options: ClientOptions): Promise<ClientHandle> {
   const log = createLogger("client", options.quiet);
   await Promise.all(options.expose.map(checkResolves));
+  const { inspect = "off" } = options;
+  const store = inspect === "off" ? undefined : new InspectorStore({ capacity: options.inspectBuffer });
   const client = await TunnelClient.connect({
     url: new URL(options.server),
     apiKey: options.apiKey,
@@ -80,12 +89,15 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     heartbeatMs: (options.heartbeatSeconds ?? CLIENT_OPTIONS.heartbeat.default) * 1000,
     maxBackoffMs: (options.maxBackoffSeconds ?? CLIENT_OPTIONS["max-backoff"].default) * 1000,
     logRequest: options.logRequest,
+    inspector: store,
     onExposed: options.onExposed,
     onClosed: options.onClosed,
     log,
   });
+  let inspector: InspectorListener | undefined;
   try {
     await client.exposeAll(nameServices(options.expose));
+    if (store && inspect !== "off") inspector = serveInspector(store, inspect, () => client.tunnels, log);
   } catch (error) {
     await client.close();
     throw error;
@@ -101,8 +113,12 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     unexpose: (name) => client.unexpose(name),
     update: (services) => applyTunnels(client, services, log),
     stats: () => ({ streams: client.mux.streams.size }),
+    inspector: inspector && store && { url: inspector.url, store },
     closed: client.closed,
-    close: () => client.close(),
+    close: () => {
+      inspector?.stop();
+      return client.close();
+    },
   };
 }
 
@@ -173,6 +189,7 @@ async function main(): Promise<void> {
     // One stdout line per tunnel the server confirms: at start, and again after a server restart.
     handle = await startClient({
       ...options,
+      inspect: options.inspect ?? "default",
       // Each HTTP service says whether its requests are logged (the flag, or its config file entry).
       logRequest: (line) => process.stdout.write(`${line}\n`),
       onExposed(tunnel) {
@@ -188,6 +205,7 @@ async function main(): Promise<void> {
     process.stderr.write(`error: ${describeError(error)}\n`);
     process.exit(1);
   }
+  if (handle.inspector) process.stdout.write(`inspector: ${handle.inspector.url}\n`);
   // With --config: SIGHUP (and with --watch, each save) brings the tunnels to what the file says now.
   if (options.config !== undefined) {
     const reloader = new ConfigReloader({ ...options.config, client: handle, log }, options.config.values);

@@ -8,6 +8,7 @@
 
 import {
   type HostPort,
+  parseCount,
   parseHostPort,
   parsePort,
   parseSeconds,
@@ -16,6 +17,7 @@ import {
 } from "../args.ts";
 import type { EnvSpec, OptionTable, OptionValues } from "../options.ts";
 import { SUBDOMAIN } from "../wire/protocol.ts";
+import { DEFAULT_CAPACITY, type InspectSetting, parseInspect } from "./inspector/settings.ts";
 
 /** One local service to publish. */
 export interface ExposeOption extends HostPort {
@@ -108,6 +110,21 @@ export const CLIENT_OPTIONS = {
     key: "logRequests",
     defaultText: "on when stdout is a terminal",
     help: "one stdout line per HTTP request: time, method, path, status, duration, bytes",
+  },
+  inspect: {
+    key: "inspect",
+    value: "ADDR",
+    defaultText: "`127.0.0.1:4040` (the next free port when taken)",
+    env: "SOCKETS_INSPECT",
+    help: "where the request inspector listens (README: Inspector): HOST:PORT, PORT (on 127.0.0.1; 0 = any free port), or off",
+    parse: (text: string, flag: string): InspectSetting => parseInspect(text, flag),
+  },
+  "inspect-buffer": {
+    key: "inspectBuffer",
+    value: "N",
+    default: DEFAULT_CAPACITY,
+    help: "HTTP requests (and TCP connections) the inspector keeps, newest first; each body kept up to 1 MiB",
+    parse: (text: string, flag: string): number => parseCount(text, flag),
   },
   ca: {
     key: "ca",

@@ -36,6 +36,8 @@ import {
 } from "../wire/protocol.ts";
 import { backoffDelay } from "./backoff.ts";
 import { ConnectError, type ControlConnection, connectControl } from "./connect.ts";
+import { combineTaps, InspectorTap } from "./inspector/capture.ts";
+import type { InspectorStore } from "./inspector/store.ts";
 import type { NamedService } from "./options.ts";
 import { RequestLogTap } from "./request-log.ts";
 
@@ -67,6 +69,8 @@ export interface TunnelClientSettings {
   maxBackoffMs: number;
   /** One line per HTTP request on HTTP tunnels, when set. */
   logRequest?: (line: string) => void;
+  /** The inspector's store, when the inspector is on: every visitor's stream is captured into it. */
+  inspector?: InspectorStore;
   /** Called for every tunnel the server confirms: at start, when added, and again after a server restart. */
   onExposed?: (tunnel: TunnelInfo) => void;
   /** Called for every tunnel closed at run time ({@link TunnelClient.unexpose}). */
@@ -277,12 +281,25 @@ export class TunnelClient {
     const target = this.targets.get(frame.tunnel);
     if (target === undefined) throw new ProtocolError(`OPEN for unknown tunnel ${frame.tunnel}`);
     const stream = this.mux.acceptStream(frame.stream);
-    const { log, logRequest } = this.settings;
-    if (frame.kind === StreamKind.Http && logRequest && target.logRequests !== false)
-      stream.tap = new RequestLogTap(logRequest);
+    const { log, logRequest, inspector } = this.settings;
     if (frame.kind !== StreamKind.Tcp && frame.kind !== StreamKind.Http) {
       stream.reset(ResetCode.Protocol, `stream kind ${frame.kind} is not supported by this client`);
       return;
+    }
+    const http = frame.kind === StreamKind.Http;
+    const requestLog =
+      http && logRequest && target.logRequests !== false ? new RequestLogTap(logRequest) : undefined;
+    // The inspector's tap only when it is on: off, a stream has no tap and costs nothing more.
+    if (inspector === undefined) stream.tap = requestLog;
+    else {
+      const kind = http ? "http" : "tcp";
+      const capture = new InspectorTap({
+        store: inspector,
+        tunnelName: target.name,
+        remote: frame.meta.remote,
+        kind,
+      });
+      stream.tap = combineTaps(requestLog, capture);
     }
     Bun.connect<RelaySocketData>({
       hostname: target.host,

@@ -102,7 +102,15 @@ export interface OpenInfo {
   meta: OpenMeta;
 }
 
-/** Watches the bytes a stream relays, without changing them (the client's HTTP request log). */
+/** Who reset a stream, and why, as a {@link StreamTap} hears it. */
+export interface TapReset {
+  /** `peer`: a RESET arrived; `local`: this side reset it; `gone`: the session ended under it. */
+  by: "peer" | "local" | "gone";
+  code: number;
+  reason: string;
+}
+
+/** Watches the bytes a stream relays, without changing them (the client's request log and inspector). */
 export interface StreamTap {
   /** Bytes from the peer, about to be written into our socket. */
   toSocket(bytes: Uint8Array): void;
@@ -110,6 +118,8 @@ export interface StreamTap {
   fromSocket(bytes: Uint8Array): void;
   /** The peer's END arrived: no more bytes toward our socket. */
   end?(): void;
+  /** The stream was freed: cleanly (both ENDs, every byte acknowledged), or reset (`reset` says how). */
+  closed?(reset?: TapReset): void;
 }
 
 /** The window every stream starts with, both directions, unless the session says otherwise. */
@@ -361,18 +371,21 @@ export class Stream {
       socket.data.stream = null;
       this.socket = null;
     }
-    this.destroy();
+    this.destroy(this.tap && { by: "peer", code, reason });
   }
 
   /** Aborts the stream from this side: tells the peer, then drops everything. */
   reset(code: number, reason: string): void {
     if (this.closed) return;
     this.host.sendReset(this.id, code, reason);
-    this.destroy();
+    this.destroy(this.tap && { by: "local", code, reason });
   }
 
-  /** Drops the stream without telling the peer (the transport is gone, or the peer reset it). */
-  destroy(): void {
+  /**
+   * Drops the stream without telling the peer (the transport is gone, or the peer reset it).
+   * @param why what a tap is told (default: the session ended under the stream).
+   */
+  destroy(why?: TapReset): void {
     if (this.closed) return;
     this.closed = true;
     this.host.accountSent?.(-((this.held?.length ?? 0) + this.unacked.length));
@@ -388,6 +401,7 @@ export class Stream {
     }
     this.host.release(this, false);
     this.onClosed?.(this);
+    this.tap?.closed?.(why ?? { by: "gone", code: ResetCode.Shutdown, reason: "session ended" });
   }
 
   /** Connection-level backpressure or a resume in progress: stop or restart reading. */
@@ -564,6 +578,7 @@ export class Stream {
     }
     this.host.release(this, true);
     this.onClosed?.(this);
+    this.tap?.closed?.();
   }
 
   private pause(reason: number): void {

@@ -66,13 +66,21 @@ export interface RoleProcess {
 }
 
 /**
- * Spawns `cmd` in the repository root with its output captured and the API-key and server env vars
- * cleared (then `env` applied). It is killed (SIGKILL by PID) by {@link cleanup}.
+ * Spawns `cmd` in the repository root with its output captured, the API-key and server env vars
+ * cleared and the client's inspector off (then `env` applied). It is killed (SIGKILL by PID) by {@link cleanup}.
  */
 export function spawnRole(cmd: string[], env: Record<string, string | undefined> = {}): RoleProcess {
   const proc = Bun.spawn(SETPRIV ? [SETPRIV, "--pdeathsig", "KILL", ...cmd] : cmd, {
     cwd: ROOT,
-    env: { ...process.env, SOCKETS_SINGLE_API_KEY: "", SOCKETS_API_KEY: "", SOCKETS_SERVER: "", ...env },
+    // The client's inspector is off unless a test asks for it (`--inspect`, or this variable).
+    env: {
+      ...process.env,
+      SOCKETS_SINGLE_API_KEY: "",
+      SOCKETS_API_KEY: "",
+      SOCKETS_SERVER: "",
+      SOCKETS_INSPECT: "off",
+      ...env,
+    },
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
