@@ -129,7 +129,9 @@ function connectionListed(headers: HeaderList): Set<string> | null {
     if (name.length === 10 && name.toLowerCase() === "connection")
       for (const part of value.split(",")) {
         const token = part.trim().toLowerCase();
-        if (token) (listed ??= new Set()).add(token);
+        if (token === "") continue;
+        listed ??= new Set();
+        listed.add(token);
       }
   return listed;
 }

@@ -255,7 +255,10 @@ function scanFields(headers: HeaderList): FieldScan {
         if (isField(name, "content-length")) scan.contentLength.push(value);
         break;
       case 17:
-        if (isField(name, "transfer-encoding")) pushTokens((scan.transferEncoding ??= []), value);
+        if (isField(name, "transfer-encoding")) {
+          scan.transferEncoding ??= [];
+          pushTokens(scan.transferEncoding, value);
+        }
         break;
     }
   return scan;
