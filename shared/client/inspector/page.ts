@@ -163,7 +163,15 @@ let renderQueued = false;
 function render() {
   if (renderQueued) return;
   renderQueued = true;
-  requestAnimationFrame(() => { renderQueued = false; renderList(); renderTcp(); });
+  requestAnimationFrame(() => { renderQueued = false; renderList(); renderTcp(); refreshFigures(); });
+}
+
+let figuresAt = 0;
+function refreshFigures() {
+  const now = Date.now();
+  if (now - figuresAt < 500) return;
+  figuresAt = now;
+  api("/api/status").then(renderFigures, () => {});
 }
 
 function visible() { return state.order.map((id) => state.requests.get(id)).filter((r) => r && matches(r)); }
@@ -257,7 +265,7 @@ function renderDetail(d) {
   ];
   if (res) parts.push(el("h4", {}, "Headers"), headersTable(res.headers), el("h4", {}, "Body"), bodyBlock(res.body), rawBlock(res.raw));
   else parts.push(el("p", { class: "note" }, d.state === "error" ? "no response" : "waiting for the response…"));
-  box.replaceChildren(...parts);
+  box.replaceChildren(...parts.flat().filter(Boolean));
 }
 
 async function select(id, load) {
