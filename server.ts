@@ -17,6 +17,7 @@
 import { formatHost, usageLine } from "./shared/args.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
+import { type AdminListener, startAdmin } from "./shared/server/admin.ts";
 import { controlApp } from "./shared/server/app.ts";
 import {
   ConfigReloader,
@@ -27,6 +28,7 @@ import {
 } from "./shared/server/config.ts";
 import { listenControl } from "./shared/server/control-port.ts";
 import { HeadBudget, type HttpIngress, listenHttp } from "./shared/server/http-ingress.ts";
+import { ServerMetrics } from "./shared/server/metrics.ts";
 import {
   parseServerArgs,
   SERVER_ENVIRONMENT,
@@ -51,6 +53,8 @@ export interface ServerHandle {
   url: string;
   /** Bound HTTP tunnel port, when `httpPort` was given. */
   httpPort?: number;
+  /** `http://HOST:PORT` of the admin listener (dashboard, API, /metrics), when `admin` was given. */
+  adminUrl?: string;
   stats(): ServerStats;
   /**
    * Takes up a reloaded configuration: users and run-time limits apply at once (a removed user's or a
@@ -73,6 +77,15 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   const host = options.host ?? (await defaultHost());
   const registry = new SessionRegistry(options, host, log);
   const { context } = registry;
+  // Metrics: counted only when someone can read them (the admin listener); nothing otherwise.
+  const metrics =
+    options.admin === undefined
+      ? undefined
+      : new ServerMetrics(registry.sessions, {
+          perTunnel: options.metricsPerTunnel === true,
+          buffered: () => registry.stats().buffered,
+        });
+  context.metrics = metrics;
 
   // HTTP tunnels are routed by Host (NAME.DOMAIN) by the same code on the control port and --http-port.
   const http = {
@@ -81,6 +94,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     requestTimeoutSeconds: options.requestTimeoutSeconds,
     heads: new HeadBudget(),
     tls: options.tls,
+    metrics,
     log,
   };
   // Accept: the control port serves the clients' upgrade and /health (the app), and HTTP tunnels.
@@ -88,6 +102,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     registry,
     authFailLimit: options.authFailLimit ?? SERVER_OPTIONS["auth-fail-limit"].default,
     log,
+    metrics,
   });
   const port = options.port ?? SERVER_OPTIONS.port.default;
   const control = listenControl({
@@ -105,13 +120,23 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     control.stop(true);
     throw new Error(`--http-port ${options.httpPort}: ${describeError(error)}`);
   }
+  let admin: AdminListener | undefined;
+  if (metrics !== undefined && options.admin !== undefined)
+    try {
+      admin = startAdmin({ metrics, stats: () => registry.stats() }, options.admin, options.adminToken);
+    } catch (error) {
+      httpPort?.stop(true);
+      control.stop(true);
+      throw error;
+    }
   context.httpPort = httpPort?.port ?? control.port;
-  context.ownPorts = [control.port, ...(httpPort ? [httpPort.port] : [])];
+  context.ownPorts = [control.port, ...(httpPort ? [httpPort.port] : []), ...(admin ? [admin.port] : [])];
   registry.watch();
 
   const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${control.port}`;
   log.info(`listening on ${url} (domain ${context.domain})`);
   log.info(`http tunnels on ${context.httpScheme}://*.${context.domain}:${context.httpPort}`);
+  if (admin) log.info(`admin on ${admin.url}/ (dashboard, /api, /metrics)`);
   if (registry.users.open) log.warn("no SOCKETS_SINGLE_API_KEY set: any client may open tunnels");
   if (options.users?.length) log.info(`users: ${options.users.map((u) => u.name).join(", ")}`);
   return {
@@ -119,6 +144,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     port: control.port,
     url,
     httpPort: httpPort?.port,
+    adminUrl: admin?.url,
     stats: () => registry.stats(),
     reload(next) {
       // Compared with what runs (the start-up options): a restart-only change warns on every reload.
@@ -136,6 +162,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       await registry.drainAll();
       httpPort?.stop(true);
       control.stop(true);
+      admin?.stop();
     },
   };
 }

@@ -441,6 +441,16 @@ export class Stream {
     return this.recvWindow;
   }
 
+  /** DATA bytes this side sent so far (read from its socket; resent bytes count once), for metrics. */
+  get bytesSent(): number {
+    return this.sentSeq;
+  }
+
+  /** DATA bytes received so far (for its socket), for metrics. */
+  get bytesReceived(): number {
+    return this.recvSeq;
+  }
+
   /** Bytes moved so far in both directions; unchanged between two looks means the stream is idle. */
   get progress(): number {
     return this.sentSeq + this.recvSeq;

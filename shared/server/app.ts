@@ -23,10 +23,12 @@ export interface ControlAppOptions {
   /** Failed keys or resume secrets per address per minute before 429. */
   authFailLimit: number;
   log: Logger;
+  /** Counts refused credentials (`sockets_auth_failures_total`), when the admin listener is on. */
+  metrics?: { authFailures: number };
 }
 
 /** Builds the control port's app (see the module comment). */
-export function controlApp({ registry, authFailLimit, log }: ControlAppOptions) {
+export function controlApp({ registry, authFailLimit, log, metrics }: ControlAppOptions) {
   const authFailures = new FailureLimiter(authFailLimit);
   const app = new Hono<{ Bindings: ControlEnv<SessionSocketData> }>();
   app.get("/health", (c) => c.json(registry.stats()));
@@ -37,6 +39,7 @@ export function controlApp({ registry, authFailLimit, log }: ControlAppOptions) 
     const remote = address ? `${formatHost(ip)}:${address.port}` : "?";
     const refuse = (status: 401 | 403 | 426 | 429 | 503, message: string) => {
       log.info(`refused ${remote}: ${status} ${message}`);
+      if (metrics && (status === 401 || status === 403)) metrics.authFailures++;
       return c.text(`${message}\n`, status);
     };
     if (registry.draining) return refuse(503, "server is shutting down");

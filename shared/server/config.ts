@@ -69,6 +69,9 @@ export const RESTART_OPTIONS = [
   "request-timeout",
   "visitor-idle-timeout",
   "auth-fail-limit",
+  "admin",
+  "admin-token",
+  "metrics-per-tunnel",
   "watch",
   "quiet",
 ] as const;

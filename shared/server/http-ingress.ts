@@ -97,7 +97,15 @@ export interface HttpIngressOptions {
    * clients' upgrades, `/health`). Without it they get 404.
    */
   local?: LocalRequests;
+  /** Told of every response to a visitor (absent: nothing timed or counted). */
+  metrics?: HttpResponseCounter;
   log: Logger;
+}
+
+/** Counts responses by status and times them (see metrics.ts). */
+export interface HttpResponseCounter {
+  /** A response head left for a visitor: the local service's (with its seconds since the request head), or the server's own page. */
+  httpResponse(status: number, seconds?: number): void;
 }
 
 /** A listening HTTP ingress. */
@@ -177,6 +185,8 @@ export class HttpConnection {
   deadline = 0;
   /** Response bytes not yet taken by the visitor when the deadline was set: a reader that moves is kept. */
   unwrittenAtArm = 0;
+  /** When (performance.now) each request still waiting for its response was relayed, oldest first (with metrics only). */
+  readonly started: number[] = [];
 
   /**
    * @param socket the visitor's socket.
@@ -221,7 +231,7 @@ export class HttpConnection {
 
 /** Opens the HTTP port; visitors are routed as described in the module comment. */
 export function listenHttp(options: HttpIngressOptions): HttpIngress {
-  const { domain, log } = options;
+  const { domain, log, metrics } = options;
   const proto = options.tls ? "https" : "http";
   const heads = options.heads ?? new HeadBudget();
   const requestTimeoutMs = (options.requestTimeoutSeconds ?? DEFAULT_REQUEST_TIMEOUT_SECONDS) * 1000;
@@ -262,6 +272,7 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
   /** Writes a small text response, sends FIN, and gives the visitor {@link LINGER_MS} to close. */
   function respond(conn: HttpConnection, status: number, message: string, extraHeaders = ""): void {
     const body = `${message}\n`;
+    metrics?.httpResponse(status);
     const head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extraHeaders}connection: close\r\n\r\n`;
     conn.socket.write(head + body);
     conn.close();
@@ -373,6 +384,7 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
         if (conn.route.basicAuth !== undefined)
           head.headers = head.headers.filter(([field]) => field.toLowerCase() !== "authorization");
         conn.responses.expectResponse(event.head.method);
+        if (metrics) conn.started.push(performance.now());
         if (!event.head.keepAlive) conn.lastExchange = true;
         stream.onSocketData(serializeHead(head, true));
       } else if (event.type === "body" || event.type === "passthrough")
@@ -428,6 +440,13 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
         // The answer to an upgrade request is the only final answer outstanding (bytes after that
         // request wait in the framer): 101 switches to raw bytes, anything else resumes framing.
         if (head.status < 200 && head.status !== 101) continue;
+        if (metrics) {
+          const started = conn.started.shift();
+          metrics.httpResponse(
+            head.status,
+            started === undefined ? undefined : (performance.now() - started) / 1000,
+          );
+        }
         if (!head.keepAlive && head.status !== 101) conn.lastExchange = true;
         const answersUpgrade = conn.requests.awaitingUpgrade && conn.responses.pendingRequests === 0;
         if (head.status === 101) {

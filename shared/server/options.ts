@@ -10,6 +10,7 @@ import { describeError } from "../log.ts";
 import { type EnvSpec, type OptionTable, type OptionValues, parseOptions } from "../options.ts";
 import { DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "../relay/budget.ts";
 import { DEFAULTS } from "../wire/protocol.ts";
+import { adminProblem, parseAdminAddress } from "./admin.ts";
 import { DEFAULT_REQUEST_TIMEOUT_SECONDS } from "./http-ingress.ts";
 import type { UserConfig } from "./users.ts";
 
@@ -173,6 +174,24 @@ export const SERVER_OPTIONS = {
     key: "healthDetail",
     help: "GET /health and tunnel log lines name the user holding each tunnel (per-user counts)",
   },
+  admin: {
+    key: "admin",
+    value: "ADDR",
+    defaultText: "off",
+    help: "serve the dashboard, its JSON API and GET /metrics (Prometheus) on HOST:PORT, e.g. 127.0.0.1:9090 (README: Dashboard and metrics)",
+    parse: parseAdminAddress,
+  },
+  "admin-token": {
+    key: "adminToken",
+    value: "TOKEN",
+    env: "SOCKETS_ADMIN_TOKEN",
+    defaultText: "none: --admin on loopback only",
+    help: "the admin listener wants this token (Bearer or ?token=); required beyond loopback (prefer the env or admin_token in --config: a flag shows in ps)",
+  },
+  "metrics-per-tunnel": {
+    key: "metricsPerTunnel",
+    help: "/metrics also has series per tunnel (labels tunnel, name, type): their number grows with tunnels",
+  },
   quiet: { key: "quiet", short: "q", help: "log warnings and errors only" },
 } as const satisfies OptionTable;
 
@@ -211,6 +230,8 @@ export function finishServerOptions(
   const { tlsCert, tlsKey, ...rest } = values;
   if ((tlsCert === undefined) !== (tlsKey === undefined))
     throw new UsageError(`${name("tls-cert")} and ${name("tls-key")} must be given together`);
+  const admin = adminProblem(values.admin, values.adminToken);
+  if (admin !== undefined) throw new UsageError(admin);
   return {
     ...rest,
     tls:

@@ -37,6 +37,7 @@ import {
 } from "../wire/protocol.ts";
 import { keyMatches } from "./auth.ts";
 import type { HttpRoute } from "./http-ingress.ts";
+import type { ServerMetrics } from "./metrics.ts";
 import { listenPublic, PortError } from "./public-port.ts";
 import { type Account, describeRanges, portAllowed, randomNameFor, subdomainAllowed } from "./users.ts";
 import type { RawWebSocket } from "./ws-server.ts";
@@ -87,6 +88,8 @@ export interface SessionContext {
   onEnded(session: Session): void;
   /** Whether log lines about tunnels name their user (`--health-detail`: the operator asked). */
   healthDetail?: boolean;
+  /** Counters for the admin listener's `/metrics` (absent without `--admin`: nothing counted). */
+  metrics?: ServerMetrics;
 }
 
 /** One public TCP tunnel of a session. */
@@ -99,6 +102,8 @@ export interface Tunnel {
   listener?: TCPSocketListener<RelaySocketData>;
   /** HTTP tunnels: the name under the server's domain. */
   name?: string;
+  /** The URL its client was told. */
+  url?: string;
   streams: number;
   /** Its open visitor streams: closed with it when its client unexposes it. */
   visitors: Set<Stream>;
@@ -131,6 +136,10 @@ export class Session {
   readonly tunnels = new Map<number, Tunnel>();
   /** When the client was last heard from (any message, ping or pong). */
   readonly liveness = new Liveness();
+  /** When the session began (ms since the epoch). */
+  readonly since = Date.now();
+  /** Times its client resumed it on a new connection. */
+  resumes = 0;
   private ws: SessionSocket | null = null;
   private state: State = "live";
   private graceTimer: ReturnType<typeof setTimeout> | undefined;
@@ -225,6 +234,8 @@ export class Session {
         this.context.handshakeSeconds * 1000,
       );
     if (resumed) {
+      this.resumes++;
+      if (this.context.metrics) this.context.metrics.resumes++;
       this.state = "syncing";
       ws.send(JSON.stringify({ type: "sync", ...this.mux.syncState() } satisfies SyncMessage));
     } else {
@@ -314,6 +325,7 @@ export class Session {
       tunnel.name === undefined
         ? `${formatHost(domain)}:${tunnel.port}`
         : `${this.context.httpScheme ?? "http"}://${tunnel.name}.${domain}:${tunnel.port}`;
+    tunnel.url = url;
     log.info(`tunnel ${tunnel.id} for ${this.remote}${this.context.healthDetail ? this.who : ""}: ${url}`);
     const host = tunnel.name === undefined ? domain : `${tunnel.name}.${domain}`;
     const { ref, port, name } = tunnel;
@@ -509,6 +521,7 @@ export class Session {
       tunnel.streams--;
       tunnel.visitors.delete(closed);
       if (account !== undefined) account.visitors--;
+      this.context.metrics?.visitorClosed(tunnel, closed);
     });
     tunnel.visitors.add(stream);
     const remote = `${formatHost(unmappedAddress(socket.remoteAddress))}:${socket.remotePort}`;
@@ -568,6 +581,7 @@ export class Session {
     const silence = this.liveness.silence(now, ws.isPaused);
     if (silence > timeoutMs) {
       this.context.log.warn(`client ${this.remote} silent for ${Math.round(silence / 1000)} s: dead`);
+      if (this.context.metrics) this.context.metrics.heartbeatMisses++;
       ws.terminate();
       this.onClose(ws, 1006);
       return;
