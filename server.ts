@@ -207,6 +207,13 @@ async function main(): Promise<void> {
   };
   process.on("SIGINT", () => void stop("SIGINT"));
   process.on("SIGTERM", () => void stop("SIGTERM"));
+  // SIGHUP from the first moment too (its default kills the process): one during start-up is applied
+  // once the server is up.
+  let reloadOnSignal: (() => void) | "pending" | undefined;
+  process.on("SIGHUP", () => {
+    if (typeof reloadOnSignal === "function") reloadOnSignal();
+    else reloadOnSignal = "pending";
+  });
   try {
     handle = await startServer(options);
   } catch (error) {
@@ -219,7 +226,9 @@ async function main(): Promise<void> {
     const started = handle;
     const log = createLogger("server", options.quiet);
     const reloader = new ConfigReloader(options.config, reload, (next) => started.reload(next), log);
-    process.on("SIGHUP", () => reloader.reload("SIGHUP"));
+    const early = reloadOnSignal === "pending";
+    reloadOnSignal = () => reloader.reload("SIGHUP");
+    if (early) reloadOnSignal();
     if (options.watch) reloader.watch();
   }
 }
