@@ -17,6 +17,7 @@ import packageJson from "../../package.json" with { type: "json" };
 import type { Stream } from "../relay/stream.ts";
 import { PROTOCOL_VERSION } from "../wire/protocol.ts";
 import type { Session, Tunnel } from "./session.ts";
+import { SINGLE_KEY_USER } from "./users.ts";
 
 /** The kinds of tunnel, as the `type` label names them. */
 export type TunnelType = "tcp" | "http";
@@ -101,6 +102,12 @@ const RATE_SPAN_MS = 900;
 /** A tunnel's type: HTTP tunnels have a name under the domain. */
 export function tunnelType(tunnel: Tunnel): TunnelType {
   return tunnel.name === undefined ? "tcp" : "http";
+}
+
+/** The user a session belongs to, when the server has users (the single API key names nobody). */
+function userOf(session: Session): string | undefined {
+  const name = session.account?.name;
+  return name === SINGLE_KEY_USER ? undefined : name;
 }
 
 /** Escapes a label value for the text format (backslash, double quote, line feed). */
@@ -260,7 +267,8 @@ export class ServerMetrics {
         tunnels: session.tunnels.size,
         visitors,
       };
-      if (session.account !== undefined) info.user = session.account.name;
+      const user = userOf(session);
+      if (user !== undefined) info.user = user;
       return info;
     });
   }
@@ -301,7 +309,8 @@ export class ServerMetrics {
           bytes: { in: totals.in, out: totals.out },
           rate: sample.rate,
         };
-        if (session.account !== undefined) info.user = session.account.name;
+        const user = userOf(session);
+        if (user !== undefined) info.user = user;
         list.push(info);
       }
     this.rates = rates;
