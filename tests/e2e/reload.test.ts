@@ -103,7 +103,7 @@ describe("a token revoked by SIGHUP mid-transfer", () => {
     expect(await aliceClient.exited(15_000)).not.toBe(0);
     expect(aliceClient.stderr()).toContain("user alice's token was changed");
     expect(bobClient.proc.exitCode).toBeNull();
-    expect(server.stderr()).toMatch(/closing client \S+ \(user alice\): user alice's token was changed/);
+    await server.waitFor(/closing client \S+ \(user alice\): user alice's token was changed/, 5000);
     await expect(connectControl(server.url, alice.token)).rejects.toBeInstanceOf(UpgradeRefused);
     const fresh = await connectControl(server.url, changed.token);
     expect(fresh.hello.resumed).toBe(false);
