@@ -28,6 +28,7 @@ import {
   startServerProcess,
   withTimeout,
 } from "../support/processes.ts";
+import { configFolder, testUser, usersToml, writeConfig } from "../support/server-config.ts";
 import { startEchoService } from "../support/services.ts";
 import { echoThrough, streamEcho } from "../support/sockets.ts";
 
@@ -383,6 +384,31 @@ describe("/metrics", () => {
   });
 });
 
+describe("users", () => {
+  test("with users (and the admin settings in the config file), clients and tunnels name their user", async () => {
+    const echo = startEchoService();
+    defer(() => echo.stop());
+    const alice = testUser("alice");
+    const dir = configFolder();
+    const file = writeConfig(
+      dir,
+      "server.toml",
+      `admin = "127.0.0.1:0"\nadmin_token = "${TOKEN}"\n\n${usersToml([alice])}`,
+    );
+    const withUsers = await startServerProcess(["--config", file]);
+    const url = (await withUsers.waitFor(/admin on (http:\/\/127\.0\.0\.1:\d+)\//))[1] as string;
+    await startClientProcess(withUsers.url, [`127.0.0.1:${echo.port}`], [], { SOCKETS_API_KEY: alice.token });
+    const get = async (path: string, token?: string) =>
+      fetch(`${url}${path}`, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+    expect((await get("/api/clients")).status).toBe(401);
+    const { clients } = (await (await get("/api/clients", TOKEN)).json()) as { clients: { user?: string }[] };
+    expect(clients.map((c) => c.user)).toEqual(["alice"]);
+    const { tunnels } = (await (await get("/api/tunnels", TOKEN)).json()) as { tunnels: { user?: string }[] };
+    expect(tunnels.map((t) => t.user)).toEqual(["alice"]);
+    withUsers.kill("SIGKILL");
+  });
+});
+
 /** What `/api/tunnels` lists for each tunnel. */
 interface TunnelInfo {
   id: string;
@@ -507,7 +533,14 @@ describe("dashboard in a real browser", () => {
       expect(rateIn).not.toBe("0 B/s");
 
       const desktop = join(ARTIFACTS, "dashboard-desktop.png");
-      await page.screenshot({ path: desktop });
+      // The page's content, without the empty window below it (README shows this one).
+      const bottom = Number(
+        await page.evaluate("document.querySelector('main').getBoundingClientRect().bottom"),
+      );
+      await page.screenshot({
+        path: desktop,
+        clip: { x: 0, y: 0, width: 1280, height: Math.min(800, bottom + 8) },
+      });
       await page.setViewportSize({ width: 390, height: 844 });
       await page.locator(`#tunnels tr[data-tunnel="${tcp.id}"]`).waitFor();
       const phone = join(ARTIFACTS, "dashboard-phone.png");
