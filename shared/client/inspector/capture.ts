@@ -128,15 +128,27 @@ class BodyCollector {
   }
 
   done(): CapturedBody {
-    const bytes = this.chunks.length === 1 ? (this.chunks[0] as Uint8Array) : Buffer.concat(this.chunks);
+    const bytes =
+      this.chunks.length === 1 ? (this.chunks[0] as Uint8Array) : joinChunks(this.chunks, this.kept);
     this.chunks = [];
     return {
-      bytes: new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.length),
+      bytes,
       size: this.size,
       truncated: this.size > this.kept,
       chunked: this.chunked,
     };
   }
+}
+
+/** The chunks as one array of `length` bytes. */
+function joinChunks(chunks: Uint8Array[], length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let at = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  return out;
 }
 
 const EMPTY_BODY: CapturedBody = { bytes: new Uint8Array(0), size: 0, truncated: false, chunked: false };
