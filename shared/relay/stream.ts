@@ -120,6 +120,11 @@ export interface StreamTap {
   end?(): void;
   /** The stream was freed: cleanly (both ENDs, every byte acknowledged), or reset (`reset` says how). */
   closed?(reset?: TapReset): void;
+  /**
+   * False when the tap keeps no view of the bytes it sees (it counts them, or copies what it keeps):
+   * the relay may then free its buffers early as without a tap. Absent means it may keep views.
+   */
+  readonly keepsViews?: boolean;
 }
 
 /** The window every stream starts with, both directions, unless the session says otherwise. */
@@ -233,8 +238,11 @@ export class Stream {
    */
   onSocketData(chunk: Uint8Array, owned = false): void {
     if (this.closed) return;
-    if (this.tap) this.tap.fromSocket(chunk);
-    else if (owned) markDisposable(chunk, this.host.disposeMinBytes);
+    const tap = this.tap;
+    if (tap) tap.fromSocket(chunk);
+    // Freed early once relayed (page faults otherwise), unless a tap may keep a view of it.
+    if (owned && (tap === undefined || tap.keepsViews === false))
+      markDisposable(chunk, this.host.disposeMinBytes);
     if (this.held !== null) {
       // A read that raced our pause(): keep it behind what is held, order intact.
       this.held = concat(this.held, chunk);
@@ -303,9 +311,10 @@ export class Stream {
     if (this.epochAt === 0) this.epochAt = this.now();
     this.recvSeq += payload.length;
     // A tap may keep what it saw (a request head split across frames): nothing is freed early then.
-    if (this.tap) {
-      this.tap.toSocket(payload);
-      forgetDisposable(payload);
+    const tap = this.tap;
+    if (tap) {
+      tap.toSocket(payload);
+      if (tap.keepsViews !== false) forgetDisposable(payload);
     }
     const socket = this.socket;
     if (socket === null || this.pending.length !== 0) {

@@ -342,6 +342,8 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
       toSocket: (bytes) => onResponseBytes(conn, bytes),
       fromSocket: () => {},
       end: () => onBackendEnd(conn),
+      // The response framer copies what it keeps (a partial head): bodies are freed early as without it.
+      keepsViews: false,
     };
     return stream;
   }

@@ -190,10 +190,13 @@ export class InspectorTap implements StreamTap {
   private ended = false;
   /** The exchange whose request head came last (a replay reads its own). */
   lastExchange: HttpExchange | null = null;
+  /** TCP connections are only counted: the relay may free their buffers early (HTTP bodies are kept). */
+  readonly keepsViews: boolean;
 
   constructor(private readonly settings: CaptureSettings) {
     this.store = settings.store;
     const http = settings.kind === "http";
+    this.keepsViews = http;
     this.requests = http ? new RequestFramer() : null;
     this.responses = http ? new ResponseFramer() : null;
     this.connection = http ? null : settings.store.openConnection(settings.tunnelName, settings.remote);
@@ -420,7 +423,12 @@ export function decodedBody(body: CapturedBody): Uint8Array | null {
 
 /** Runs several taps on one stream, in order (the request log and the inspector). */
 export class TeeTap implements StreamTap {
-  constructor(private readonly taps: StreamTap[]) {}
+  /** False only when no tap keeps views of the bytes. */
+  readonly keepsViews: boolean;
+
+  constructor(private readonly taps: StreamTap[]) {
+    this.keepsViews = taps.some((tap) => tap.keepsViews !== false);
+  }
 
   /** Hands the visitor's bytes to every tap. */
   toSocket(bytes: Uint8Array): void {
