@@ -122,7 +122,8 @@ test("SOCKETS_SINGLE_API_KEY beside users: one more user; neither: the warning s
   await connectControl(both.url, "the-single-key");
   await connectControl(both.url, alice.token);
   const open = await startServerProcess([]);
-  expect(open.stderr()).toMatch(/WARNING: no SOCKETS_SINGLE_API_KEY set: any client may open tunnels/);
+  // The warning follows the listening line: wait for it rather than read stderr at once.
+  await open.waitFor(/WARNING: no SOCKETS_SINGLE_API_KEY set: any client may open tunnels/, 5000);
 });
 
 describe("hash-token", () => {
