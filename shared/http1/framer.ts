@@ -340,6 +340,14 @@ export class RequestFramer extends MessageFramer<RequestHead> {
 export class ResponseFramer extends MessageFramer<ResponseHead> {
   private methods: string[] = [];
 
+  /**
+   * @param keepFields false when only where each response ends matters (a proxy passing responses on
+   * untouched): heads then come with an empty `headers` list, parsed at half the cost.
+   */
+  constructor(private readonly keepFields = true) {
+    super();
+  }
+
   /** Records that a request with this method was sent; its response comes after earlier ones'. */
   expectResponse(method: string): void {
     this.methods.push(method);
@@ -353,7 +361,7 @@ export class ResponseFramer extends MessageFramer<ResponseHead> {
   protected parseHead(bytes: Uint8Array): ResponseHead {
     const method = this.methods[0];
     if (method === undefined) throw new HttpParseError("a response without a request", 502);
-    const head = parseResponseHeadBytes(bytes, method);
+    const head = parseResponseHeadBytes(bytes, method, this.keepFields);
     if (head.status >= 200 || head.status === 101) this.methods.shift();
     return head;
   }

@@ -335,16 +335,43 @@ export function parseRequestHeadBytes(bytes: Uint8Array): RequestHead {
   };
 }
 
-/** Parses the exact bytes of a response head (through CRLFCRLF) to a request made with `method`. */
-export function parseResponseHeadBytes(bytes: Uint8Array, method: string): ResponseHead {
+/**
+ * The fields a response's framing depends on (Connection, Content-Length, Transfer-Encoding), with
+ * the same line checks as {@link parseFieldLines} where framing could be misread (no obs-fold, a colon
+ * on every line), but without building the whole list or validating fields nobody reads: a proxy that
+ * passes the response on untouched only needs to know where it ends.
+ */
+function framingFieldLines(lines: readonly string[]): HeaderList {
+  if (lines.length > MAX_HEADERS) throw new HttpParseError(`more than ${MAX_HEADERS} header fields`, 431);
+  const fields: HeaderList = [];
+  for (const line of lines) {
+    const first = line.charCodeAt(0);
+    if (first === 32 || first === 9) throw new HttpParseError("obs-fold (a line starting with whitespace)");
+    const colon = line.indexOf(":");
+    if (colon <= 0) throw new HttpParseError("bad header field name");
+    if (colon !== 10 && colon !== 14 && colon !== 17) continue;
+    const name = line.slice(0, colon);
+    if (!isToken(name)) throw new HttpParseError("bad header field name");
+    fields.push([name, trimSpaces(line, colon + 1)]);
+  }
+  return fields;
+}
+
+/**
+ * Parses the exact bytes of a response head (through CRLFCRLF) to a request made with `method`.
+ * With `keepFields` false the head's `headers` is empty: only its framing is read (see
+ * {@link framingFieldLines}).
+ */
+export function parseResponseHeadBytes(bytes: Uint8Array, method: string, keepFields = true): ResponseHead {
   const lines = splitLines(latin1(bytes));
   const [version, code, reason] = startLineParts(lines[0] ?? "", true);
   parseVersion(version, 502);
   if (!/^[1-9]\d\d$/.test(code)) throw new HttpParseError("bad status code", 502);
   if (!isFieldValue(reason)) throw new HttpParseError("bad reason phrase", 502);
   const status = Number(code);
-  const headers = parseFieldLines(lines.slice(1, -1));
-  const scan = scanFields(headers);
+  const fieldLines = lines.slice(1, -1);
+  const headers = keepFields ? parseFieldLines(fieldLines) : [];
+  const scan = scanFields(keepFields ? headers : framingFieldLines(fieldLines));
   let framing: Framing = { body: "none", contentLength: 0 };
   if (status === 101 || (method === "CONNECT" && status >= 200 && status < 300))
     framing = { body: "passthrough", contentLength: 0 };

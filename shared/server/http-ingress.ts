@@ -160,7 +160,8 @@ export function nameOf(host: string, domain: string): string | undefined {
  */
 export class HttpConnection {
   readonly requests = new RequestFramer();
-  readonly responses = new ResponseFramer();
+  /** Responses pass on untouched: only where each ends, its status and keep-alive are read. */
+  readonly responses = new ResponseFramer(false);
   route: HttpRoute | null = null;
   /** The tunnel name the connection was routed to. */
   name: string | undefined;
