@@ -821,3 +821,42 @@ describe("forwarding", () => {
     expect(forwardResponseHead(closing).headers).toEqual([["Connection", "close"]]);
   });
 });
+
+describe("response framing without the fields (the server's ingress)", () => {
+  const cases = [
+    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "HTTP/1.0 200 OK\r\nServer: x\r\n\r\nuntil close",
+    "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nraw",
+  ];
+
+  test("the same events as the full framer, with an empty field list", () => {
+    for (const text of cases) {
+      const full = new ResponseFramer();
+      const lite = new ResponseFramer(false);
+      full.expectResponse("GET");
+      lite.expectResponse("GET");
+      const a = full.feed(bytes(text));
+      const b = lite.feed(bytes(text));
+      expect(b.map((e) => e.type)).toEqual(a.map((e) => e.type));
+      const headA = a[0] as { type: "head"; head: ResponseHead };
+      const headB = b[0] as { type: "head"; head: ResponseHead };
+      expect({ ...headB.head, headers: [] }).toEqual({ ...headA.head, headers: [] });
+      expect(headB.head.headers).toEqual([]);
+    }
+  });
+
+  test("framing it depends on is still checked: conflicting lengths, CL with TE, obs-fold, a line without a colon", () => {
+    for (const bad of [
+      "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+    ]) {
+      const lite = new ResponseFramer(false);
+      lite.expectResponse("GET");
+      expect(() => lite.feed(bytes(bad))).toThrow(HttpParseError);
+    }
+  });
+});
