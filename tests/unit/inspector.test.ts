@@ -187,6 +187,67 @@ describe("InspectorTap on HTTP", () => {
     });
   });
 
+  test("an upgrade refused: the requests sent after it are captured once the answer came", () => {
+    const { store, tap } = httpTap();
+    tap.toSocket(
+      text(
+        "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n",
+      ),
+    );
+    expect(store.size).toBe(1);
+    tap.fromSocket(text("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"));
+    tap.fromSocket(text("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n!"));
+    const [next, ws] = store.list();
+    expect(ws).toMatchObject({ state: "complete", upgraded: undefined });
+    expect(ws?.response?.status).toBe(400);
+    expect(next?.request.target).toBe("/next");
+    expect(next?.state).toBe("complete");
+  });
+
+  test("heads kept as they came and read when asked; kept bytes are copies, never views of the stream's", () => {
+    const { store, tap } = httpTap();
+    expect(tap.keepsViews).toBe(false);
+    const request = text(
+      "DELETE /x?y=1 HTTP/1.0\r\nHost:  a \r\nX-List: 1, 2\r\nContent-Length: 3, 3\r\n\r\nabc",
+    );
+    tap.toSocket(request);
+    const response = text("HTTP/1.1 404 Not Found\r\nTransfer-Encoding: gzip\r\n\r\nuntil close");
+    tap.fromSocket(response);
+    request.fill(0);
+    response.fill(0);
+    tap.closed();
+    const exchange = store.get("req_1");
+    expect(exchange?.request).toMatchObject({ method: "DELETE", target: "/x?y=1", version: "HTTP/1.0" });
+    expect(exchange?.request.headers).toEqual([
+      ["Host", "a"],
+      ["X-List", "1, 2"],
+      ["Content-Length", "3, 3"],
+    ]);
+    expect(new TextDecoder().decode(exchange?.request.body.bytes)).toBe("abc");
+    expect(exchange?.response).toMatchObject({ status: 404, reason: "Not Found", version: "HTTP/1.1" });
+    expect(new TextDecoder().decode(exchange?.response?.body.bytes)).toBe("until close");
+    const detail = exchangeDetail(exchange as never);
+    expect(Buffer.from(detail.request.raw, "base64").toString()).toStartWith(
+      "DELETE /x?y=1 HTTP/1.0\r\nHost:  a \r\n",
+    );
+    expect(detail.response?.status).toBe("404 Not Found");
+  });
+
+  test("framing fields that do not add up stop the capture of that connection", () => {
+    for (const bad of [
+      "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\n",
+      "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+      "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+      "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+      "GET / SPDY/3\r\nHost: a\r\n\r\n",
+    ]) {
+      const { store, tap } = httpTap();
+      tap.toSocket(text(bad));
+      tap.toSocket(text("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+      expect(store.size).toBe(0);
+    }
+  });
+
   test("bytes that are not HTTP stop the capture, never throw", () => {
     const { store, tap } = httpTap();
     expect(() => tap.toSocket(text("\x16\x03\x01 not http at all\r\n\r\n"))).not.toThrow();

@@ -4,7 +4,7 @@
  *
  * ```text
  * GET    /                           the page (HTML, CSS and a small script, no build step, no CDN)
- * GET    /api/events                 SSE: request, connection, clear, status
+ * GET    /api/events                 SSE: request, connection, clear, status (changes batched per 50 ms)
  * GET    /api/requests/http          ?limit=50&tunnel_name=NAME&summary=1   newest first
  * GET    /api/requests/http/:id      one exchange (404 when unknown)
  * POST   /api/requests/http          {"id", "method"?, "path"?, "headers"?, "body"?|"body_base64"?} replay
@@ -46,6 +46,9 @@ export interface InspectorSource {
 
 /** A live-stream subscriber that fell this far behind (bytes queued) is dropped; its page reconnects. */
 const MAX_QUEUED_EVENT_BYTES = 4 * 1024 * 1024;
+
+/** Live-stream changes are gathered this long (ms) and sent together. */
+const EVENT_BATCH_MS = 50;
 
 /** An SSE comment this often keeps proxies and idle timers from closing the stream. */
 const KEEPALIVE_MS = 15_000;
@@ -162,11 +165,36 @@ export function inspectorApp(source: InspectorSource): Hono {
             controller.enqueue(encoder.encode(text));
           };
           send(`retry: 1000\n${sseEvent({ type: "status", status: statusOf(source) })}`);
-          const unsubscribe = store.subscribe((event) => send(sseEvent(event)));
+          // Changes go out in batches: an exchange that changed twice meanwhile is sent once, as it is then.
+          let queued: StoreEvent[] = [];
+          const queuedRecords = new Set<object>();
+          let timer: ReturnType<typeof setTimeout> | undefined;
+          const flush = () => {
+            timer = undefined;
+            const events = queued;
+            queued = [];
+            queuedRecords.clear();
+            send(events.map(sseEvent).join(""));
+          };
+          const unsubscribe = store.subscribe((event) => {
+            const record =
+              event.type === "request"
+                ? event.exchange
+                : event.type === "connection"
+                  ? event.connection
+                  : null;
+            if (record !== null) {
+              if (queuedRecords.has(record)) return;
+              queuedRecords.add(record);
+            }
+            queued.push(event);
+            timer ??= setTimeout(flush, EVENT_BATCH_MS);
+          });
           const keepalive = setInterval(() => send(": keepalive\n\n"), KEEPALIVE_MS);
           stop = () => {
             unsubscribe();
             clearInterval(keepalive);
+            clearTimeout(timer);
           };
         },
         cancel() {

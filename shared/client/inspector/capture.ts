@@ -3,25 +3,25 @@
  * client's inspector. On an HTTP tunnel, each exchange (request and response heads, bodies up to a cap
  * per body, sizes, timing, the visitor's address); on a TCP tunnel, one connection record (bytes each
  * way, duration, how it ended: FIN, RST or error). It reads the bytes the stream relays without
- * changing or holding them; parsing trouble stops the HTTP capture for that connection, never the relay.
+ * changing them or keeping views of them (what it keeps, it copies); parsing trouble stops the HTTP
+ * capture for that connection, never the relay.
+ *
+ * Capture runs on every exchange, the page reads a few: the tap finds each message's boundaries with a
+ * light scan of its head (the start line, Content-Length, Transfer-Encoding, an upgrade: see scan.ts)
+ * and keeps the head's bytes as they were, in the same buffer as the body's first bytes (one copy per
+ * message); header lists and strings are built only when read.
  *
  * ```text
- * toSocket (visitor → local service) ──RequestFramer──▶ exchange: request head, body…
- * fromSocket (local service → visitor) ─ResponseFramer─▶ exchange: response head, body…, end → store
+ * toSocket (visitor → local service) ──scanRequestHead──▶ exchange: request head bytes, body…
+ * fromSocket (local service → visitor) ─scanResponseHead─▶ exchange: response head bytes, body…, end → store
  * ```
  * @module
  */
 
-import {
-  type HeaderList,
-  type RequestEvent,
-  RequestFramer,
-  type ResponseEvent,
-  ResponseFramer,
-  type ResponseHead,
-} from "../../http1/framer.ts";
+import { ChunkedScanner, findHeadEnd, type HeaderList, latin1, MAX_HEAD_BYTES } from "../../http1/framer.ts";
 import type { StreamTap, TapReset } from "../../relay/stream.ts";
 import { ResetCode } from "../../wire/protocol.ts";
+import { Body, fieldsOf, type HeadScan, ScanError, scanRequestHead, scanResponseHead } from "./scan.ts";
 import type { InspectorStore } from "./store.ts";
 
 /** The most of each body an exchange keeps, by default (the rest is counted, not kept). */
@@ -39,23 +39,29 @@ export interface CapturedBody {
   chunked: boolean;
 }
 
+/** What requests and responses share: the head's bytes as they were, and the body. */
+interface CapturedMessage {
+  /** The head's bytes, start line through the blank line. */
+  readonly head: Uint8Array;
+  /** The head's field lines (parsed when first read). */
+  readonly headers: HeaderList;
+  readonly version: string;
+  readonly body: CapturedBody;
+  /** Body bytes kept (what counts against the store's budget). */
+  readonly kept: number;
+}
+
 /** One request as the local service received it. */
-export interface CapturedRequest {
-  method: string;
+export interface CapturedRequest extends CapturedMessage {
+  readonly method: string;
   /** The request target (path and query). */
-  target: string;
-  version: string;
-  headers: HeaderList;
-  body: CapturedBody;
+  readonly target: string;
 }
 
 /** One response as the local service sent it. */
-export interface CapturedResponse {
-  status: number;
-  reason: string;
-  version: string;
-  headers: HeaderList;
-  body: CapturedBody;
+export interface CapturedResponse extends CapturedMessage {
+  readonly status: number;
+  readonly reason: string;
 }
 
 /** One HTTP request and its response through a tunnel (or a replay). */
@@ -106,58 +112,236 @@ export interface TcpConnection {
   reason?: string;
 }
 
-/** Collects a body's first `cap` bytes in chunks, counting the rest. */
-class BodyCollector {
-  private chunks: Uint8Array[] = [];
-  private kept = 0;
+/**
+ * One message's record: its head's bytes followed by its body's first bytes, in one buffer sized when
+ * the head arrived (a Content-Length body up to the cap: one copy, no more allocation); a body of
+ * unknown length (chunked, close-delimited) gathers copies of its pieces, joined when it ends or is read.
+ */
+class MessageRecord {
+  /** Head bytes, then `kept` body bytes (`raw.length` may be larger while a body arrives). */
+  private raw: Uint8Array;
+  /** Body pieces past what `raw` has room for. */
+  private pieces: Uint8Array[] | null = null;
+  /** Body bytes kept in `raw`. */
+  private inRaw = 0;
+  /** Body bytes kept in all. */
+  kept = 0;
+  /** Body bytes on the wire. */
   size = 0;
+  private fields: HeaderList | null = null;
 
   constructor(
-    private readonly cap: number,
+    raw: Uint8Array,
+    readonly headLength: number,
     readonly chunked: boolean,
-  ) {}
-
-  add(bytes: Uint8Array): void {
-    this.size += bytes.length;
-    const room = this.cap - this.kept;
-    if (room <= 0) return;
-    // Framer events are views into the stream's buffers: copy what is kept.
-    const take = bytes.length <= room ? bytes.slice() : bytes.slice(0, room);
-    this.chunks.push(take);
-    this.kept += take.length;
+    private readonly cap: number,
+  ) {
+    this.raw = raw;
   }
 
-  done(): CapturedBody {
-    const bytes =
-      this.chunks.length === 1 ? (this.chunks[0] as Uint8Array) : joinChunks(this.chunks, this.kept);
-    this.chunks = [];
+  /** The head's bytes. */
+  get head(): Uint8Array {
+    return this.raw.subarray(0, this.headLength);
+  }
+
+  /** The head's field lines, parsed on first read. */
+  get headers(): HeaderList {
+    this.fields ??= fieldsOf(this.head);
+    return this.fields;
+  }
+
+  /** Counts `b[from, to)` into the body, copying what fits under the cap. */
+  addBody(b: Uint8Array, from: number, to: number): void {
+    const length = to - from;
+    this.size += length;
+    const room = this.cap - this.kept;
+    if (room <= 0) return;
+    const take = Math.min(length, room);
+    const piece = from === 0 && take === b.length ? b : b.subarray(from, from + take);
+    const at = this.headLength + this.inRaw;
+    if (this.pieces === null && at + take <= this.raw.length) {
+      this.raw.set(piece, at);
+      this.inRaw += take;
+    } else if (this.pieces === null) this.pieces = [piece.slice()];
+    else this.pieces.push(piece.slice());
+    this.kept += take;
+  }
+
+  /** Joins the pieces gathered into `raw` (when the body ends, or is read). */
+  settle(): void {
+    const pieces = this.pieces;
+    if (pieces === null && this.raw.length === this.headLength + this.inRaw) return;
+    const joined = new Uint8Array(this.headLength + this.kept);
+    joined.set(this.raw.subarray(0, this.headLength + this.inRaw));
+    let at = this.headLength + this.inRaw;
+    for (const piece of pieces ?? []) {
+      joined.set(piece, at);
+      at += piece.length;
+    }
+    this.raw = joined;
+    this.pieces = null;
+    this.inRaw = this.kept;
+  }
+
+  /** The body as captured so far. */
+  get body(): CapturedBody {
+    if (this.pieces !== null) this.settle();
     return {
-      bytes,
+      bytes: this.raw.subarray(this.headLength, this.headLength + this.inRaw),
       size: this.size,
       truncated: this.size > this.kept,
       chunked: this.chunked,
     };
   }
-}
 
-/** The chunks as one array of `length` bytes. */
-function joinChunks(chunks: Uint8Array[], length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  let at = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, at);
-    at += chunk.length;
+  /** Where the start line's end lies (its CR). */
+  protected lineEnd(): number {
+    const end = this.raw.indexOf(13);
+    return end < 0 || end > this.headLength ? this.headLength : end;
   }
-  return out;
+
+  /** `raw[from, to)` as a string, one character per byte. */
+  protected text(from: number, to: number): string {
+    return latin1(this.raw.subarray(from, to));
+  }
 }
 
-const EMPTY_BODY: CapturedBody = { bytes: new Uint8Array(0), size: 0, truncated: false, chunked: false };
+/** A request's record: method, target and version read from the head's bytes when asked. */
+class RequestRecord extends MessageRecord implements CapturedRequest {
+  constructor(
+    raw: Uint8Array,
+    headLength: number,
+    chunked: boolean,
+    cap: number,
+    private readonly methodEnd: number,
+    private readonly targetEnd: number,
+  ) {
+    super(raw, headLength, chunked, cap);
+  }
 
-/** An exchange being captured, with the collectors of its bodies. */
-interface Open {
-  exchange: HttpExchange;
-  requestBody: BodyCollector | null;
-  responseBody: BodyCollector | null;
+  get method(): string {
+    return methodName(this.head, this.methodEnd) ?? this.text(0, this.methodEnd);
+  }
+
+  get target(): string {
+    return this.text(this.methodEnd + 1, this.targetEnd);
+  }
+
+  get version(): string {
+    return this.text(this.targetEnd + 1, this.lineEnd());
+  }
+}
+
+/** The usual methods as constants (no string built for them). */
+function methodName(head: Uint8Array, end: number): string | undefined {
+  const c = head[0];
+  if (end === 3) return c === 71 ? "GET" : c === 80 ? "PUT" : undefined;
+  if (end === 4) return c === 80 ? "POST" : c === 72 ? "HEAD" : undefined;
+  return undefined;
+}
+
+/** A response's record: its status as a number, version and reason read from the head when asked. */
+class ResponseRecord extends MessageRecord implements CapturedResponse {
+  constructor(
+    raw: Uint8Array,
+    headLength: number,
+    chunked: boolean,
+    cap: number,
+    readonly status: number,
+  ) {
+    super(raw, headLength, chunked, cap);
+  }
+
+  get version(): string {
+    return this.text(0, 8);
+  }
+
+  get reason(): string {
+    const end = this.lineEnd();
+    return end > 13 ? this.text(13, end) : "";
+  }
+}
+
+/** An exchange as the tap builds it (one object per exchange, its shape fixed from the start). */
+class Exchange implements HttpExchange {
+  id = "";
+  readonly start = Date.now();
+  readonly startedAt = performance.now();
+  headersMs: number | undefined = undefined;
+  durationMs: number | undefined = undefined;
+  response: ResponseRecord | undefined = undefined;
+  state: HttpExchange["state"] = "pending";
+  error: string | undefined = undefined;
+  upgraded: boolean | undefined = undefined;
+
+  constructor(
+    readonly tunnelName: string,
+    readonly remote: string,
+    readonly request: RequestRecord,
+    readonly replayOf: string | undefined,
+    /** The request was HEAD: its answer has no body. */
+    readonly head: boolean,
+  ) {}
+}
+
+/** Where a direction of the stream is. */
+const At = { Head: 0, Length: 1, Chunked: 2, Close: 3, Pending: 4 } as const;
+type At = (typeof At)[keyof typeof At];
+
+/** What the scanner reports; one for all taps (the scan is synchronous). */
+const SCAN: HeadScan = {
+  methodEnd: 0,
+  targetEnd: 0,
+  status: 0,
+  body: Body.None,
+  contentLength: 0,
+  upgrade: false,
+};
+
+/** A head arriving in pieces is scanned for errors while it is this short, then only once complete. */
+const EARLY_CHECK = 1024;
+
+/** A head that arrived in pieces, gathered (copied) until its blank line. */
+class PartialHead {
+  bytes = new Uint8Array(0);
+  length = 0;
+
+  /** Appends `b[from, to)`; throws past {@link MAX_HEAD_BYTES}. */
+  append(b: Uint8Array, from: number, to: number): void {
+    const needed = this.length + (to - from);
+    if (needed > this.bytes.length) {
+      const grown = new Uint8Array(Math.min(MAX_HEAD_BYTES, Math.max(needed, this.bytes.length * 2, 512)));
+      grown.set(this.bytes.subarray(0, this.length));
+      this.bytes = grown;
+    }
+    this.bytes.set(b.subarray(from, to), this.length);
+    this.length = needed;
+  }
+
+  /**
+   * Appends `b[from…]` and returns how many of those bytes complete the head (the head is then
+   * `bytes[0, length)`), or -1 while it is still incomplete.
+   */
+  take(b: Uint8Array, from: number): number {
+    const before = this.length;
+    const take = Math.min(MAX_HEAD_BYTES - before, b.length - from);
+    this.append(b, from, from + take);
+    const end = findHeadEnd(this.bytes, Math.max(0, before - 3), this.length);
+    if (end < 0) {
+      if (this.length >= MAX_HEAD_BYTES) throw new ScanError("head larger than 64 KiB");
+      return -1;
+    }
+    this.length = end;
+    return end - before;
+  }
+
+  /** The gathered head, and forgets it. */
+  done(): Uint8Array {
+    const head = this.bytes.subarray(0, this.length);
+    this.length = 0;
+    if (this.bytes.length > 4096) this.bytes = new Uint8Array(0);
+    return head;
+  }
 }
 
 /** What an {@link InspectorTap} records and where. */
@@ -179,26 +363,34 @@ export interface CaptureSettings {
  */
 export class InspectorTap implements StreamTap {
   private readonly store: InspectorStore;
-  private readonly requests: RequestFramer | null;
-  private readonly responses: ResponseFramer | null;
-  /** Exchanges whose response has not ended, oldest first. */
-  private readonly waiting: Open[] = [];
-  /** The exchange whose request body is arriving. */
-  private sending: Open | null = null;
   private readonly connection: TcpConnection | null;
+  /** Exchanges whose response has not ended, oldest first. */
+  private readonly waiting: Exchange[] = [];
+  /** The exchange whose request body is arriving (null once cut short by its answer). */
+  private sending: Exchange | null = null;
+  private requestAt: At = At.Head;
+  private responseAt: At = At.Head;
+  /** Body bytes left of a Content-Length body, each way. */
+  private requestLeft = 0;
+  private responseLeft = 0;
+  private requestChunks: ChunkedScanner | null = null;
+  private responseChunks: ChunkedScanner | null = null;
+  private requestPartial: PartialHead | null = null;
+  private responsePartial: PartialHead | null = null;
+  /** The last request asked for an upgrade: bytes after it wait (copied) for the answer. */
+  private upgradeAsked = false;
+  private held: Uint8Array[] = [];
+  private heldBytes = 0;
   private off = false;
   private ended = false;
   /** The exchange whose request head came last (a replay reads its own). */
   lastExchange: HttpExchange | null = null;
-  /** TCP connections are only counted: the relay may free their buffers early (HTTP bodies are kept). */
-  readonly keepsViews: boolean;
+  /** The tap copies what it keeps (HTTP) or only counts (TCP): the relay may free buffers early. */
+  readonly keepsViews = false;
 
   constructor(private readonly settings: CaptureSettings) {
     this.store = settings.store;
     const http = settings.kind === "http";
-    this.keepsViews = http;
-    this.requests = http ? new RequestFramer() : null;
-    this.responses = http ? new ResponseFramer() : null;
     this.connection = http ? null : settings.store.openConnection(settings.tunnelName, settings.remote);
     this.store.stats.connectionsOpen++;
     this.store.stats.connectionsTotal++;
@@ -214,56 +406,113 @@ export class InspectorTap implements StreamTap {
     }
     if (this.off) return;
     try {
-      this.onRequestEvents((this.requests as RequestFramer).feed(bytes));
+      this.requestBytes(bytes);
     } catch (error) {
       this.stop(`request not HTTP/1.1: ${(error as Error).message}`);
     }
   }
 
-  private onRequestEvents(events: RequestEvent[]): void {
-    for (const event of events) {
-      if (event.type === "head") {
-        const { head } = event;
-        (this.responses as ResponseFramer).expectResponse(head.method);
-        const chunked = head.body === "chunked";
-        const exchange: HttpExchange = {
-          id: "",
-          tunnelName: this.settings.tunnelName,
-          remote: this.settings.remote,
-          start: Date.now(),
-          startedAt: performance.now(),
-          request: {
-            method: head.method,
-            target: head.target,
-            version: head.version,
-            headers: head.headers,
-            body: EMPTY_BODY,
-          },
-          state: "pending",
-        };
-        if (this.settings.replayOf !== undefined) exchange.replayOf = this.settings.replayOf;
-        const open: Open = {
-          exchange,
-          requestBody: head.body === "none" ? null : new BodyCollector(this.store.bodyCap, chunked),
-          responseBody: null,
-        };
-        this.waiting.push(open);
-        this.sending = open;
-        this.lastExchange = exchange;
-        this.store.add(exchange);
-      } else if (event.type === "body") this.sending?.requestBody?.add(event.bytes);
-      else if (event.type === "end-of-message") this.endRequest();
+  private requestBytes(b: Uint8Array): void {
+    let at = 0;
+    while (at < b.length) {
+      switch (this.requestAt) {
+        case At.Head:
+          at = this.requestHead(b, at);
+          break;
+        case At.Length: {
+          const take = Math.min(this.requestLeft, b.length - at);
+          this.sending?.request.addBody(b, at, at + take);
+          at += take;
+          this.requestLeft -= take;
+          if (this.requestLeft === 0) this.endRequest();
+          break;
+        }
+        case At.Chunked: {
+          const end = (this.requestChunks as ChunkedScanner).scan(b, at);
+          const stop = end < 0 ? b.length : end;
+          this.sending?.request.addBody(b, at, stop);
+          at = stop;
+          if (end >= 0) this.endRequest();
+          break;
+        }
+        default: {
+          // Waiting for the answer to an upgrade: hold a copy, parsed only if it is refused.
+          this.heldBytes += b.length - at;
+          if (this.heldBytes > MAX_HEAD_BYTES) throw new ScanError("too much data before the upgrade answer");
+          this.held.push(b.slice(at));
+          at = b.length;
+        }
+      }
     }
   }
 
-  private endRequest(): void {
-    const open = this.sending;
-    if (open === null) return;
-    this.sending = null;
-    if (open.requestBody !== null) {
-      open.exchange.request.body = open.requestBody.done();
-      open.requestBody = null;
+  /** Reads a request head from `b[at…]`; returns where it stopped. */
+  private requestHead(b: Uint8Array, at: number): number {
+    const partial = this.requestPartial;
+    if (partial === null || partial.length === 0) {
+      at = skipEmptyLines(b, at);
+      if (at === b.length) return at;
+      const end = scanRequestHead(b, at, SCAN);
+      if (end >= 0) {
+        this.startRequest(b, at, end);
+        return end;
+      }
     }
+    if (this.requestPartial === null) this.requestPartial = new PartialHead();
+    const into = this.requestPartial;
+    const used = into.take(b, at);
+    if (used < 0) {
+      // Fails early on what is not HTTP (while the start line may still be in view: no quadratic rescans).
+      if (into.length <= EARLY_CHECK) scanRequestHead(into.bytes.subarray(0, into.length), 0, SCAN);
+      return b.length;
+    }
+    const head = into.done();
+    if (scanRequestHead(head, 0, SCAN) !== head.length) throw new ScanError("malformed head");
+    this.startRequest(head, 0, head.length);
+    return at + used;
+  }
+
+  /** A request head lies at `b[from, to)` and {@link SCAN} describes it: a new exchange. */
+  private startRequest(b: Uint8Array, from: number, to: number): void {
+    const { store } = this;
+    const scan = SCAN;
+    const headLength = to - from;
+    const length = scan.body === Body.Length ? Math.min(scan.contentLength, store.bodyCap) : 0;
+    const raw = new Uint8Array(headLength + length);
+    raw.set(from === 0 && to === b.length ? b : b.subarray(from, to));
+    const methodEnd = scan.methodEnd - from;
+    const head = methodEnd === 4 && raw[0] === 72 && raw[1] === 69 && raw[2] === 65 && raw[3] === 68;
+    const request = new RequestRecord(
+      raw,
+      headLength,
+      scan.body === Body.Chunked,
+      store.bodyCap,
+      methodEnd,
+      scan.targetEnd - from,
+    );
+    const { settings } = this;
+    const exchange = new Exchange(settings.tunnelName, settings.remote, request, settings.replayOf, head);
+    this.waiting.push(exchange);
+    this.sending = exchange;
+    this.lastExchange = exchange;
+    this.upgradeAsked = scan.upgrade;
+    store.add(exchange);
+    if (scan.body === Body.Length && scan.contentLength > 0) {
+      this.requestAt = At.Length;
+      this.requestLeft = scan.contentLength;
+    } else if (scan.body === Body.Chunked) {
+      this.requestAt = At.Chunked;
+      if (this.requestChunks === null) this.requestChunks = new ChunkedScanner();
+      else this.requestChunks.reset();
+    } else this.endRequest();
+  }
+
+  /** The request's body ended (or it had none). */
+  private endRequest(): void {
+    const exchange = this.sending;
+    this.sending = null;
+    exchange?.request.settle();
+    this.requestAt = this.upgradeAsked ? At.Pending : At.Head;
   }
 
   /** Response bytes on their way back to the visitor. */
@@ -276,54 +525,121 @@ export class InspectorTap implements StreamTap {
     }
     if (this.off) return;
     try {
-      this.onResponseEvents((this.responses as ResponseFramer).feed(bytes));
+      this.responseBytes(bytes);
     } catch (error) {
       this.stop(`response not HTTP/1.1: ${(error as Error).message}`);
     }
   }
 
-  private onResponseEvents(events: ResponseEvent[]): void {
-    for (const event of events) {
+  private responseBytes(b: Uint8Array): void {
+    let at = 0;
+    while (at < b.length && !this.off) {
       const current = this.waiting[0];
-      if (current === undefined) return;
-      if (event.type === "head") this.onResponseHead(current, event.head);
-      else if (event.type === "body") current.responseBody?.add(event.bytes);
-      else if (event.type === "end-of-message" && current.exchange.response !== undefined) this.finish();
-      if (this.off) return;
+      if (current === undefined) throw new ScanError("a response without a request");
+      switch (this.responseAt) {
+        case At.Head:
+          at = this.responseHead(b, at, current);
+          break;
+        case At.Length: {
+          const take = Math.min(this.responseLeft, b.length - at);
+          current.response?.addBody(b, at, at + take);
+          at += take;
+          this.responseLeft -= take;
+          if (this.responseLeft === 0) this.finish();
+          break;
+        }
+        case At.Chunked: {
+          const end = (this.responseChunks as ChunkedScanner).scan(b, at);
+          const stop = end < 0 ? b.length : end;
+          current.response?.addBody(b, at, stop);
+          at = stop;
+          if (end >= 0) this.finish();
+          break;
+        }
+        default:
+          current.response?.addBody(b, at, b.length);
+          at = b.length;
+      }
     }
   }
 
-  private onResponseHead(current: Open, head: ResponseHead): void {
-    const requests = this.requests as RequestFramer;
-    if (head.status < 200 && head.status !== 101) return; // 100 Continue and friends: the final one follows
-    const { exchange } = current;
-    exchange.headersMs = performance.now() - exchange.startedAt;
-    exchange.response = {
-      status: head.status,
-      reason: head.reason,
-      version: head.version,
-      headers: head.headers,
-      body: EMPTY_BODY,
-    };
-    if (head.body !== "none" && head.body !== "passthrough")
-      current.responseBody = new BodyCollector(this.store.bodyCap, head.body === "chunked");
+  /** Reads a response head from `b[at…]`; returns where it stopped. */
+  private responseHead(b: Uint8Array, at: number, current: Exchange): number {
+    const partial = this.responsePartial;
+    if (partial === null || partial.length === 0) {
+      at = skipEmptyLines(b, at);
+      if (at === b.length) return at;
+      const end = scanResponseHead(b, at, current.head, SCAN);
+      if (end >= 0) {
+        this.startResponse(b, at, end, current);
+        return end;
+      }
+    }
+    if (this.responsePartial === null) this.responsePartial = new PartialHead();
+    const into = this.responsePartial;
+    const used = into.take(b, at);
+    if (used < 0) {
+      if (into.length <= EARLY_CHECK)
+        scanResponseHead(into.bytes.subarray(0, into.length), 0, current.head, SCAN);
+      return b.length;
+    }
+    const head = into.done();
+    if (scanResponseHead(head, 0, current.head, SCAN) !== head.length) throw new ScanError("malformed head");
+    this.startResponse(head, 0, head.length, current);
+    return at + used;
+  }
+
+  /** A response head lies at `b[from, to)` and {@link SCAN} describes it. */
+  private startResponse(b: Uint8Array, from: number, to: number, current: Exchange): void {
+    const scan = SCAN;
+    const { status, body } = scan;
+    if (status < 200 && status !== 101) return; // 100 Continue and friends: the final one follows
+    const cap = this.store.bodyCap;
+    const headLength = to - from;
+    const length = body === Body.Length ? Math.min(scan.contentLength, cap) : 0;
+    const raw = new Uint8Array(headLength + length);
+    raw.set(from === 0 && to === b.length ? b : b.subarray(from, to));
+    current.headersMs = performance.now() - current.startedAt;
+    current.response = new ResponseRecord(raw, headLength, body === Body.Chunked, cap, status);
     // An upgrade refused: the requests held behind it are HTTP after all.
-    if (head.status >= 200 && requests.awaitingUpgrade) this.onRequestEvents(requests.declineUpgrade());
-    if (head.status === 101 || head.body === "passthrough") {
-      exchange.upgraded = true;
+    if (status >= 200 && this.requestAt === At.Pending) this.declineUpgrade();
+    if (body === Body.Passthrough) {
+      current.upgraded = true;
       this.finish();
       this.off = true; // the connection is no longer HTTP
+    } else if (body === Body.Length && scan.contentLength > 0) {
+      this.responseAt = At.Length;
+      this.responseLeft = scan.contentLength;
+    } else if (body === Body.Chunked) {
+      this.responseAt = At.Chunked;
+      if (this.responseChunks === null) this.responseChunks = new ChunkedScanner();
+      else this.responseChunks.reset();
+    } else if (body === Body.Close) this.responseAt = At.Close;
+    else this.finish();
+  }
+
+  /** The upgrade was refused: the bytes held since are parsed as requests. */
+  private declineUpgrade(): void {
+    const held = this.held;
+    this.held = [];
+    this.heldBytes = 0;
+    this.upgradeAsked = false;
+    this.requestAt = At.Head;
+    try {
+      for (const bytes of held) this.requestBytes(bytes);
+    } catch (error) {
+      this.stop(`request not HTTP/1.1: ${(error as Error).message}`);
     }
   }
 
   /** The response at the head of the queue ended: the exchange is complete. */
   private finish(): void {
-    const open = this.waiting.shift();
-    if (open === undefined) return;
-    const { exchange } = open;
-    if (open === this.sending) this.endRequest();
-    const response = exchange.response;
-    if (response !== undefined && open.responseBody !== null) response.body = open.responseBody.done();
+    this.responseAt = At.Head;
+    const exchange = this.waiting.shift();
+    if (exchange === undefined) return;
+    if (exchange === this.sending) this.sending = null; // answered before its body ended: keep what came
+    exchange.request.settle();
+    exchange.response?.settle();
     exchange.durationMs = performance.now() - exchange.startedAt;
     exchange.state = "complete";
     this.store.update(exchange);
@@ -332,15 +648,15 @@ export class InspectorTap implements StreamTap {
   /** Stops framing this connection; exchanges still open end with `why`. */
   private stop(why: string): void {
     this.off = true;
+    this.requestPartial = this.responsePartial = null;
+    this.held = [];
     this.failWaiting(why);
   }
 
   private failWaiting(why: string): void {
-    for (const open of this.waiting.splice(0)) {
-      const { exchange } = open;
-      if (open.requestBody !== null) exchange.request.body = open.requestBody.done();
-      if (exchange.response !== undefined && open.responseBody !== null)
-        exchange.response.body = open.responseBody.done();
+    for (const exchange of this.waiting.splice(0)) {
+      exchange.request.settle();
+      exchange.response?.settle();
       exchange.durationMs = performance.now() - exchange.startedAt;
       exchange.state = "error";
       exchange.error = why;
@@ -364,15 +680,19 @@ export class InspectorTap implements StreamTap {
       return;
     }
     if (this.off) return;
-    if (reset === undefined)
-      try {
-        this.onResponseEvents((this.responses as ResponseFramer).end());
-      } catch {}
+    if (reset === undefined && this.responseAt === At.Close && this.waiting[0]?.response !== undefined)
+      this.finish();
     if (this.waiting.length > 0)
       this.failWaiting(
         reset === undefined ? "connection closed before the response ended" : describeReset(reset),
       );
   }
+}
+
+/** Skips CRLFs before a start line (RFC 9112 §2.2); returns where the next message starts. */
+function skipEmptyLines(b: Uint8Array, at: number): number {
+  while (at < b.length && (b[at] === 13 || b[at] === 10)) at++;
+  return at;
 }
 
 /** A reset as one line: who and why. */

@@ -148,6 +148,11 @@ export class InspectorStore {
     for (const listener of this.subscribers) listener(event);
   }
 
+  /** Tells subscribers of an exchange's change; nothing is built when nobody listens. */
+  private publishExchange(exchange: HttpExchange): void {
+    if (this.subscribers.size > 0) this.publish({ type: "request", exchange });
+  }
+
   /** A new exchange (its request head just arrived): gives it an id, keeps it, tells subscribers. */
   add(exchange: HttpExchange): void {
     exchange.id = `req_${this.nextRequest++}`;
@@ -155,7 +160,7 @@ export class InspectorStore {
     const out = this.exchanges.push(exchange);
     if (out !== undefined) this.forget(out);
     this.byId.set(exchange.id, exchange);
-    this.publish({ type: "request", exchange });
+    this.publishExchange(exchange);
   }
 
   /** An exchange changed (its response ended, or it failed): counts its bodies, tells subscribers. */
@@ -168,7 +173,7 @@ export class InspectorStore {
       if (out === undefined) break;
       this.forget(out);
     }
-    this.publish({ type: "request", exchange });
+    this.publishExchange(exchange);
   }
 
   private forget(exchange: HttpExchange): void {
@@ -235,5 +240,5 @@ export class InspectorStore {
 }
 
 function bodyBytesOf(exchange: HttpExchange): number {
-  return exchange.request.body.bytes.length + (exchange.response?.body.bytes.length ?? 0);
+  return exchange.request.kept + (exchange.response?.kept ?? 0);
 }

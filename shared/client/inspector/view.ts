@@ -8,7 +8,7 @@
  */
 
 import { brotliDecompressSync, gunzipSync, inflateSync } from "node:zlib";
-import { type HeaderList, headerValues, serializeHead } from "../../http1/framer.ts";
+import { type HeaderList, headerValues } from "../../http1/framer.ts";
 import { type CapturedBody, decodedBody, type HttpExchange, type TcpConnection } from "./capture.ts";
 
 /** A body as shown: size, whether it was cut, and its content in the most readable form. */
@@ -128,7 +128,7 @@ export function bodyView(body: CapturedBody, headers: HeaderList): BodyView {
   return { ...view, kind: "text", text, ...prettyOf(text, contentType) };
 }
 
-/** The raw bytes of one message as the local service saw them: its head and the body kept, base64. */
+/** The raw bytes of one message as they crossed the tunnel: its head and the body kept, base64. */
 function raw(head: Uint8Array, body: CapturedBody): string {
   return Buffer.concat([head, body.bytes]).toString("base64");
 }
@@ -171,10 +171,6 @@ export function exchangeSummary(exchange: HttpExchange) {
 export function exchangeDetail(exchange: HttpExchange) {
   const { request, response } = exchange;
   const summary = exchangeSummary(exchange);
-  const requestHead = serializeHead(
-    { method: request.method, target: request.target, version: request.version, headers: request.headers },
-    true,
-  );
   return {
     ...summary,
     headers_ms: millis(exchange.headersMs),
@@ -183,7 +179,7 @@ export function exchangeDetail(exchange: HttpExchange) {
       headers: headerObject(request.headers),
       header_list: request.headers,
       body: bodyView(request.body, request.headers),
-      raw: raw(requestHead, request.body),
+      raw: raw(request.head, request.body),
     },
     response:
       response === undefined || summary.response === undefined
@@ -193,18 +189,7 @@ export function exchangeDetail(exchange: HttpExchange) {
             headers: headerObject(response.headers),
             header_list: response.headers,
             body: bodyView(response.body, response.headers),
-            raw: raw(
-              serializeHead(
-                {
-                  version: response.version,
-                  status: response.status,
-                  reason: response.reason,
-                  headers: response.headers,
-                },
-                true,
-              ),
-              response.body,
-            ),
+            raw: raw(response.head, response.body),
           },
   };
 }
