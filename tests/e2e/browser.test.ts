@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { deflateSync } from "node:zlib";
-import { chromium } from "playwright-core";
+import { openBrowserPage } from "../support/browser.ts";
 import { defer, setupFile, startHttpClient, startHttpServer, withTimeout } from "../support/processes.ts";
 
 setupFile();
@@ -121,12 +121,6 @@ function startApp() {
 
 describe("http tunnel in a real browser", () => {
   test("headless Chromium loads a page, its script and image, and a WebSocket echo through the tunnel", async () => {
-    const executablePath = Bun.which("chromium");
-    if (!executablePath)
-      throw new Error(
-        "chromium is not installed: this test drives a real browser; install it with `apt-get install chromium` (.ci/run does)",
-      );
-
     const app = startApp();
     const server = await startHttpServer();
     const httpPort = server.httpPort;
@@ -137,22 +131,8 @@ describe("http tunnel in a real browser", () => {
     const dir = mkdtempSync(join(tmpdir(), "sockets-browser-"));
     defer(() => rmSync(dir, { recursive: true, force: true }));
 
-    const browser = await chromium.launch({
-      executablePath,
-      headless: true,
-      args: ["--no-sandbox"],
-      timeout: 30_000,
-    });
-    defer(() => browser.close());
+    const { browser, page, problems } = await openBrowserPage({ width: 800, height: 400 });
     try {
-      const page = await browser.newPage({ viewport: { width: 800, height: 400 } });
-      page.setDefaultTimeout(15_000);
-      const problems: string[] = [];
-      page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
-      page.on("console", (message) => {
-        if (message.type() === "error") problems.push(`console: ${message.text()}`);
-      });
-
       const response = await page.goto(`${publicUrl}/`, { timeout: 15_000 });
       expect(response?.status()).toBe(200);
       await page.waitForSelector("#status[data-done]", { timeout: 15_000 });

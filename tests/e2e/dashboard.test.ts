@@ -12,7 +12,7 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { openBrowserPage } from "../support/browser.ts";
 import { MiB, randomData, sha256 } from "../support/hashing.ts";
 import {
   type ClientProcess,
@@ -478,25 +478,9 @@ describe("JSON API", () => {
 
 describe("dashboard in a real browser", () => {
   test("lists the live client and tunnels, counters move while a visitor streams; 401 without the token; screenshots", async () => {
-    const executablePath = Bun.which("chromium");
-    if (!executablePath)
-      throw new Error(
-        "chromium is not installed: this test drives a real browser (`apt-get install chromium`)",
-      );
     mkdirSync(ARTIFACTS, { recursive: true });
-    const browser = await chromium.launch({
-      executablePath,
-      headless: true,
-      args: ["--no-sandbox"],
-      timeout: 30_000,
-    });
-    defer(() => browser.close());
+    const { browser, page, problems } = await openBrowserPage({ width: 1280, height: 800 }, false);
     try {
-      const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
-      page.setDefaultTimeout(15_000);
-      const problems: string[] = [];
-      page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
-
       expect((await page.goto(`${admin}/`))?.status()).toBe(401);
       expect((await page.goto(`${admin}/?token=${TOKEN}`))?.status()).toBe(200);
       const tcpRow = page.locator(`#tunnels tr[data-tunnel="${tcp.id}"]`);
