@@ -2,21 +2,37 @@
  * `bun bench/inspector.ts`: what the client's request inspector costs (issue 19). One server, one local
  * web service (Bun.serve in its own process: a 1,400-byte answer to GET), and the client twice:
  * `--inspect off` and `--inspect 127.0.0.1:0`. For each, alternating, `wrk -t2 -c32` small GETs with
- * keep-alive through the HTTP tunnel (median of the runs), then the client's RSS; with the inspector on,
+ * keep-alive through the HTTP tunnel (median of the runs, with the client's CPU per request from /proc),
+ * then the client's RSS; with the inspector on,
  * also the RSS once it holds 500 exchanges of 64 KiB JSON bodies each way.
+ *
+ * `--tap` measures the capture alone instead, in this process: microseconds of CPU per small exchange
+ * (the request and answer the wrk runs relay, fed to one `InspectorTap`), with the request log's tap
+ * beside it for scale.
  *
  * ```sh
  * bun bench/inspector.ts [--runs 3] [--seconds 5]
+ * bun bench/inspector.ts --tap [--exchanges 200000]
  * ```
  * @module
  */
 
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { InspectorTap } from "../shared/client/inspector/capture.ts";
+import { InspectorStore } from "../shared/client/inspector/store.ts";
+import { RequestLogTap } from "../shared/client/request-log.ts";
+import type { StreamTap } from "../shared/relay/stream.ts";
 import { killAll, rssKiB, spawn } from "./procs.ts";
 
 const { values } = parseArgs({
-  options: { runs: { type: "string" }, seconds: { type: "string" } },
+  options: {
+    runs: { type: "string" },
+    seconds: { type: "string" },
+    tap: { type: "boolean" },
+    exchanges: { type: "string" },
+  },
   strict: true,
 });
 const RUNS = Number(values.runs ?? 3);
@@ -46,6 +62,13 @@ async function startService() {
   );
   const port = Number((await service.waitFor(/port (\d+)/, 10_000))[1]);
   return { service, port };
+}
+
+/** CPU seconds (user + system) a process has used, from /proc (Linux). */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "latin1");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
 }
 
 /** wrk against an HTTP tunnel's URL, connecting to 127.0.0.1 with its Host (wrk resolves no *.localhost). */
@@ -94,11 +117,18 @@ async function main() {
     clients.set(mode, { pid: client.pid, url, inspector });
   }
   const rates: Record<string, number[]> = { off: [], on: [] };
+  /** The client's CPU per request relayed (µs), each run: steadier than rates on a shared machine. */
+  const cpu: Record<string, number[]> = { off: [], on: [] };
   await wrk(`${clients.get("off")?.url}/`); // warm-up
   await wrk(`${clients.get("on")?.url}/`);
   for (let run = 0; run < RUNS; run++)
-    for (const mode of run % 2 === 0 ? ["off", "on"] : ["on", "off"])
-      rates[mode]?.push(await wrk(`${clients.get(mode)?.url}/`));
+    for (const mode of run % 2 === 0 ? ["off", "on"] : ["on", "off"]) {
+      const client = clients.get(mode) as { pid: number; url: string };
+      const before = cpuSeconds(client.pid);
+      const rate = await wrk(`${client.url}/`);
+      rates[mode]?.push(rate);
+      cpu[mode]?.push(((cpuSeconds(client.pid) - before) * 1e6) / (rate * SECONDS));
+    }
   const rss: Record<string, number> = {};
   for (const [mode, c] of clients) rss[mode] = rssKiB(c.pid);
 
@@ -126,6 +156,11 @@ async function main() {
   console.log(
     `  inspector on:  ${onRate.toFixed(0)} req/s  (runs: ${rates.on?.map((r) => r.toFixed(0)).join(", ")})  = ${(onRate / off).toFixed(3)}x`,
   );
+  const cpuOff = median(cpu.off as number[]);
+  const cpuOn = median(cpu.on as number[]);
+  console.log(
+    `client CPU per request (median): off ${cpuOff.toFixed(1)} µs, on ${cpuOn.toFixed(1)} µs (+${(cpuOn - cpuOff).toFixed(1)} µs, ${(cpuOn / cpuOff).toFixed(3)}x)`,
+  );
   console.log(
     `client RSS after the runs: off ${(rss.off as number) / 1024} MiB, on ${(rss.on as number) / 1024} MiB`,
   );
@@ -135,8 +170,43 @@ async function main() {
   killAll();
 }
 
+/** Microseconds per small exchange through one tap, best of 5 rounds of `exchanges` GET/200 pairs. */
+function tapCost(tap: StreamTap, exchanges: number): number {
+  const encoder = new TextEncoder();
+  const request = encoder.encode(
+    "GET / HTTP/1.1\r\nHost: bench-on.localhost:40000\r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n\r\n",
+  );
+  const response = encoder.encode(
+    `HTTP/1.1 200 OK\r\ncontent-type: text/plain;charset=utf-8\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 1400\r\n\r\n${"x".repeat(1400)}`,
+  );
+  let best = Number.POSITIVE_INFINITY;
+  for (let round = 0; round < 5; round++) {
+    const started = performance.now();
+    for (let i = 0; i < exchanges; i++) {
+      tap.toSocket(request);
+      tap.fromSocket(response);
+    }
+    best = Math.min(best, ((performance.now() - started) * 1000) / exchanges);
+  }
+  return best;
+}
+
+function tapOnly() {
+  const exchanges = Number(values.exchanges ?? 200_000);
+  const store = new InspectorStore();
+  const inspector = tapCost(
+    new InspectorTap({ store, tunnelName: "web", remote: "127.0.0.1:1", kind: "http" }),
+    exchanges,
+  );
+  const log = tapCost(new RequestLogTap(() => {}), exchanges);
+  console.log(`one connection, ${exchanges} small GET/200 exchanges, best of 5 rounds:`);
+  console.log(`  InspectorTap:  ${inspector.toFixed(2)} µs per exchange`);
+  console.log(`  RequestLogTap: ${log.toFixed(2)} µs per exchange (for scale)`);
+}
+
 try {
-  await main();
+  if (values.tap) tapOnly();
+  else await main();
 } catch (error) {
   console.error(error);
   killAll();

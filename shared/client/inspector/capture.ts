@@ -475,32 +475,32 @@ export class InspectorTap implements StreamTap {
   /** A request head lies at `b[from, to)` and {@link SCAN} describes it: a new exchange. */
   private startRequest(b: Uint8Array, from: number, to: number): void {
     const { store } = this;
-    const scan = SCAN;
+    const { body, contentLength, upgrade } = SCAN; // read before anything else may scan
     const headLength = to - from;
-    const length = scan.body === Body.Length ? Math.min(scan.contentLength, store.bodyCap) : 0;
+    const length = body === Body.Length ? Math.min(contentLength, store.bodyCap) : 0;
     const raw = new Uint8Array(headLength + length);
     raw.set(from === 0 && to === b.length ? b : b.subarray(from, to));
-    const methodEnd = scan.methodEnd - from;
+    const methodEnd = SCAN.methodEnd - from;
     const head = methodEnd === 4 && raw[0] === 72 && raw[1] === 69 && raw[2] === 65 && raw[3] === 68;
     const request = new RequestRecord(
       raw,
       headLength,
-      scan.body === Body.Chunked,
+      body === Body.Chunked,
       store.bodyCap,
       methodEnd,
-      scan.targetEnd - from,
+      SCAN.targetEnd - from,
     );
     const { settings } = this;
     const exchange = new Exchange(settings.tunnelName, settings.remote, request, settings.replayOf, head);
     this.waiting.push(exchange);
     this.sending = exchange;
     this.lastExchange = exchange;
-    this.upgradeAsked = scan.upgrade;
+    this.upgradeAsked = upgrade;
     store.add(exchange);
-    if (scan.body === Body.Length && scan.contentLength > 0) {
+    if (body === Body.Length && contentLength > 0) {
       this.requestAt = At.Length;
-      this.requestLeft = scan.contentLength;
-    } else if (scan.body === Body.Chunked) {
+      this.requestLeft = contentLength;
+    } else if (body === Body.Chunked) {
       this.requestAt = At.Chunked;
       if (this.requestChunks === null) this.requestChunks = new ChunkedScanner();
       else this.requestChunks.reset();
@@ -591,12 +591,11 @@ export class InspectorTap implements StreamTap {
 
   /** A response head lies at `b[from, to)` and {@link SCAN} describes it. */
   private startResponse(b: Uint8Array, from: number, to: number, current: Exchange): void {
-    const scan = SCAN;
-    const { status, body } = scan;
+    const { status, body, contentLength } = SCAN;
     if (status < 200 && status !== 101) return; // 100 Continue and friends: the final one follows
     const cap = this.store.bodyCap;
     const headLength = to - from;
-    const length = body === Body.Length ? Math.min(scan.contentLength, cap) : 0;
+    const length = body === Body.Length ? Math.min(contentLength, cap) : 0;
     const raw = new Uint8Array(headLength + length);
     raw.set(from === 0 && to === b.length ? b : b.subarray(from, to));
     current.headersMs = performance.now() - current.startedAt;
@@ -607,9 +606,11 @@ export class InspectorTap implements StreamTap {
       current.upgraded = true;
       this.finish();
       this.off = true; // the connection is no longer HTTP
-    } else if (body === Body.Length && scan.contentLength > 0) {
+      this.held = [];
+      this.requestPartial = this.responsePartial = null;
+    } else if (body === Body.Length && contentLength > 0) {
       this.responseAt = At.Length;
-      this.responseLeft = scan.contentLength;
+      this.responseLeft = contentLength;
     } else if (body === Body.Chunked) {
       this.responseAt = At.Chunked;
       if (this.responseChunks === null) this.responseChunks = new ChunkedScanner();
