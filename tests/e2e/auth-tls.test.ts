@@ -194,6 +194,8 @@ describe("TLS with a self-signed certificate", () => {
 
   test("accepted with --insecure, which prints a warning: echo over wss intact", async () => {
     const client = await startClientProcess(wss, [`127.0.0.1:${service.port}`], ["--insecure"]);
+    // On stderr; startClientProcess waited for the exposed line on stdout (another pipe).
+    await client.waitFor(/WARNING: --insecure: .*NOT verified/, 5000);
     expect(client.stderr()).toMatch(/WARNING: --insecure: .*NOT verified/);
     await expectEcho(client);
     await stopClient(client, server);

@@ -178,6 +178,11 @@ describe("reload on SIGHUP", () => {
     await client.waitFor(/reload \(SIGHUP\): 1 added, 1 removed, 1 changed, 1 unchanged/);
     expect(stream.echoed()).toBeLessThan(size);
     const after = byName(client.stderr());
+    // The closed and exposed lines are on stdout, the reload's summary on stderr: another pipe, which
+    // the test may read first. Wait for them.
+    await client.waitFor(new RegExp(`closed tunnel ${gone.id} \\(gone\\)\n`), 5000);
+    await client.waitFor(new RegExp(`closed tunnel ${change.id} \\(change\\)\n`), 5000);
+    await eventually(() => exposedLines(client.stdout()).length >= 5, 5000, "five exposed lines");
     expect(client.stdout()).toContain(`closed tunnel ${gone.id} (gone)\n`);
     expect(client.stdout()).toContain(`closed tunnel ${change.id} (change)\n`);
     expect(after.keep).toEqual(keep);
@@ -275,6 +280,8 @@ describe("reload on SIGHUP", () => {
     client.kill("SIGHUP");
     await client.waitFor(/reload \(SIGHUP\): 1 added, 1 removed, 0 changed, 1 unchanged/);
     const current = byName(client.stderr());
+    // c's exposed line is on stdout, the summary on stderr (another pipe): count once it is there.
+    await eventually(() => exposedLines(client.stdout()).length >= 3, 5000, "c's exposed line");
     const printed = exposedLines(client.stdout()).length;
 
     server.kill("SIGKILL");
@@ -449,6 +456,11 @@ describe("--init", () => {
       `cd '${dir}' && exec bun '${ROOT}/client.ts' --expose 127.0.0.1:9 --server ${server.url}`,
     ]);
     await client.waitFor(/exposed with tunnel id/);
+    // Logged on stderr at start-up; the exposed line is on stdout (another pipe): wait for it.
+    await client.waitFor(
+      /\.\/sockets\.toml was not read: a config file is used only when named \(--config sockets\.toml\)/,
+      5000,
+    );
     expect(client.stderr()).toContain(
       "./sockets.toml was not read: a config file is used only when named (--config sockets.toml)",
     );

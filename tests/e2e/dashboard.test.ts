@@ -228,7 +228,7 @@ beforeAll(async () => {
     ["--http", `127.0.0.1:${app.port}`, "--subdomain", "dash"],
     { SOCKETS_API_KEY: API_KEY },
   );
-  await client.waitFor(/exposed with tunnel id \S+, url: http/);
+  await client.waitFor(/exposed with tunnel id \S+, url: http\S*\n/);
   tcp = client.tunnels[0] as { id: string; port: number };
   const line = /exposed with tunnel id (\S+), url: (http:\/\/\S+)/.exec(client.stdout()) as RegExpExecArray;
   http = { id: line[1] as string, url: line[2] as string };

@@ -108,6 +108,7 @@ test("options come from the file, the command line wins; users need their token,
   );
   // startServerProcess passes --port 0 and --host: they win over the file's port.
   const server = await startServerProcess(["--config", file]);
+  await server.waitFor(/listening on ws:\/\/127\.0\.0\.1:\d+ \(domain example\.test\)/, 5000);
   expect(server.stderr()).toMatch(/listening on ws:\/\/127\.0\.0\.1:\d+ \(domain example\.test\)/);
   expect(server.stderr()).not.toMatch(/any client may open tunnels/);
   await expect(connectControl(server.url, undefined)).rejects.toBeInstanceOf(UpgradeRefused);

@@ -231,7 +231,7 @@ export async function startServerProcess(
   const cmd = start.cmd ?? ["bun", "server.ts"];
   const role = spawnRole([...cmd, "--host", "127.0.0.1", "--port", String(start.port ?? 0), ...args], env);
   const match = await Promise.race([
-    role.waitFor(/listening on (wss?):\/\/\S+:(\d+)/),
+    role.waitFor(/listening on (wss?):\/\/\S+:(\d+) /),
     role.proc.exited.then((code) => {
       throw new Error(`server exited (${code}) before listening: ${role.stderr()}`);
     }),
@@ -293,7 +293,7 @@ export type HttpServerProcess = ServerProcess & { httpPort: number };
 /** A server process with HTTP tunnels under `localhost`, and the port they are served on. */
 export async function startHttpServer(args: string[] = ["--http-port", "0"]): Promise<HttpServerProcess> {
   const server = await startServerProcess([...args, "--domain", "localhost"]);
-  const httpPort = Number((await server.waitFor(/http tunnels on https?:\/\/\*\.localhost:(\d+)/))[1]);
+  const httpPort = Number((await server.waitFor(/http tunnels on https?:\/\/\*\.localhost:(\d+)\n/))[1]);
   return { ...server, httpPort };
 }
 
@@ -309,7 +309,7 @@ export async function startHttpClient(
     [],
     ["--http", `127.0.0.1:${appPort}`, "--subdomain", name, ...args],
   );
-  await client.waitFor(/exposed with tunnel id \S+, url: http/);
+  await client.waitFor(/exposed with tunnel id \S+, url: http\S*\n/);
   return client;
 }
 
