@@ -11,7 +11,7 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { openBrowserPage } from "../support/browser.ts";
 import {
   defer,
   eventually,
@@ -249,29 +249,11 @@ describe("inspector JSON API", () => {
 
 describe("inspector page in a real browser", () => {
   test("live list, JSON detail pretty-printed, replay, filters; screenshots at desktop and phone width", async () => {
-    const executablePath = Bun.which("chromium");
-    if (!executablePath)
-      throw new Error(
-        "chromium is not installed: this test drives a real browser (`apt-get install chromium`)",
-      );
     mkdirSync(ARTIFACTS, { recursive: true });
     await api("/api/requests/http", { method: "DELETE" });
 
-    const browser = await chromium.launch({
-      executablePath,
-      headless: true,
-      args: ["--no-sandbox"],
-      timeout: 30_000,
-    });
-    defer(() => browser.close());
+    const { browser, page, problems } = await openBrowserPage({ width: 1280, height: 800 });
     try {
-      const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
-      page.setDefaultTimeout(15_000);
-      const problems: string[] = [];
-      page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
-      page.on("console", (message) => {
-        if (message.type() === "error") problems.push(`console: ${message.text()}`);
-      });
       expect((await page.goto(inspector))?.status()).toBe(200);
       await page.waitForSelector("#live:not(.off)");
 
