@@ -5,14 +5,18 @@
  */
 
 import {
+  FieldKind,
   type HeaderList,
   headerTokens,
   headerValues,
   isFieldValue,
+  MAX_HEADERS,
   type RequestHead,
   type RequestHeadLine,
   type ResponseHead,
   type ResponseHeadLine,
+  ScannedRequestHead,
+  serializeHead,
 } from "./head.ts";
 
 /** Where and how the visitor reached the proxy, for {@link forwardRequestHead}. */
@@ -52,6 +56,7 @@ const PROTECTED = new Set(["host", "content-length", "transfer-encoding"]);
  * authority than Host is refused when the head is parsed (http1/head.ts), so the two never disagree.
  */
 export function requestHost(head: RequestHeadLine): string {
+  if (head instanceof ScannedRequestHead) return head.host ?? ""; // origin-form: Host or nothing
   const host = headerValues(head.headers, "host")[0];
   if (host !== undefined) return host;
   return /^https?:\/\/(?:[^/?#@]*@)?([^/?#]*)/i.exec(head.target)?.[1] ?? "";
@@ -152,4 +157,160 @@ export function forwardResponseHead(head: ResponseHead): ResponseHeadLine {
   const headers = endToEnd(head.headers, upgrade);
   headers.push(...connectionField(head.version, head.keepAlive, upgrade));
   return { version: head.version, status: head.status, reason: head.reason, headers };
+}
+
+/** Options of {@link forwardRequestBytes}. */
+export interface ForwardBytesOptions extends ForwardOptions {
+  /** Drop Authorization too (the proxy checked it: a tunnel's basic auth is never passed on). */
+  dropAuthorization?: boolean;
+}
+
+/** Whether the token-character name at `bytes[at, at + lower.length)` is `lower` (a lower-case token) ignoring case. */
+function nameIs(bytes: Uint8Array, at: number, lower: string): boolean {
+  for (let i = 0; i < lower.length; i++) {
+    const c = bytes[at + i] as number;
+    if ((c >= 65 && c <= 90 ? c | 0x20 : c) !== lower.charCodeAt(i)) return false;
+  }
+  return true;
+}
+
+/** Whether Connection lists the field named by `bytes[start, end)` (`tokens` lower case). */
+function listed(tokens: readonly string[], bytes: Uint8Array, start: number, end: number): boolean {
+  for (const token of tokens) if (token.length === end - start && nameIs(bytes, start, token)) return true;
+  return false;
+}
+
+/** Writes Latin-1 `text` into `out` at `at`; returns where it ended. */
+function put(out: Uint8Array, at: number, text: string): number {
+  for (let i = 0; i < text.length; i++) out[at++] = text.charCodeAt(i);
+  return at;
+}
+
+/** Per field of the head being forwarded, how it goes on (a scratch array: forwarding is synchronous). */
+const plan = new Uint8Array(MAX_HEADERS);
+const Drop = 0;
+/** The line as it came (already `name: value` with one space, no trailing space). */
+const Copy = 1;
+/** `name: value` rebuilt from the line's name and trimmed value. */
+const Rebuild = 2;
+/** `name: <rewriteHost>`. */
+const Rewrite = 3;
+/** `name: <contentLength>`. */
+const Length = 4;
+
+/**
+ * `serializeHead(forwardRequestHead(head, options), true)` (Authorization dropped if asked), the bytes
+ * the proxy sends on. For a {@link ScannedRequestHead} they are made from the head's own bytes: the
+ * request line and every field kept are copied through, runs of consecutive lines in one copy; only
+ * what the rewrite adds is encoded (microbenchmark: 1.8 → 0.4 µs for a small GET's head).
+ */
+export function forwardRequestBytes(head: RequestHead, options: ForwardBytesOptions): Uint8Array {
+  if (!(head instanceof ScannedRequestHead)) {
+    const line = forwardRequestHead(head, options);
+    if (options.dropAuthorization)
+      line.headers = line.headers.filter(([name]) => name.toLowerCase() !== "authorization");
+    return serializeHead(line, true);
+  }
+  const rewrite = options.rewriteHost;
+  if (rewrite !== undefined && !isFieldValue(rewrite)) throw new RangeError("bad Host to rewrite to");
+  const { bytes, at, kinds, connection } = head;
+  const count = kinds.length;
+  const length = String(head.contentLength);
+  let hostSeen = false;
+  let lengthKept = false;
+  let size = head.startLineEnd + 2;
+  for (let f = 0, o = 0; f < count; f++, o += 5) {
+    const start = at[o] as number;
+    const colon = at[o + 1] as number;
+    const from = at[o + 2] as number;
+    const to = at[o + 3] as number;
+    const cr = at[o + 4] as number;
+    let how: number = Drop;
+    switch (kinds[f]) {
+      case FieldKind.Host:
+        hostSeen = true;
+        how = rewrite === undefined ? Copy : Rewrite;
+        break;
+      case FieldKind.ContentLength:
+        how = lengthKept ? Drop : Length;
+        lengthKept = true;
+        break;
+      case FieldKind.TransferEncoding:
+        how = Copy;
+        break;
+      case FieldKind.Upgrade:
+        how = head.upgrade ? Copy : Drop;
+        break;
+      case FieldKind.Connection:
+      case FieldKind.HopByHop:
+      case FieldKind.Forwarding:
+        break;
+      case FieldKind.Authorization:
+        if (!options.dropAuthorization) how = listed(connection, bytes, start, colon) ? Drop : Copy;
+        break;
+      default:
+        how = listed(connection, bytes, start, colon) ? Drop : Copy;
+    }
+    if (how === Copy && !(from === colon + 2 && bytes[colon + 1] === 32 && to === cr)) how = Rebuild;
+    plan[f] = how;
+    if (how === Copy) size += cr + 2 - start;
+    else if (how === Rebuild) size += colon - start + 4 + to - from;
+    else if (how === Rewrite) size += colon - start + 4 + (rewrite as string).length;
+    else if (how === Length) size += colon - start + 4 + length.length;
+  }
+  const prefix = !hostSeen && rewrite !== undefined ? `Host: ${rewrite}\r\n` : "";
+  const originalHost = options.host ?? head.host ?? "";
+  let suffix = "";
+  if (head.upgrade) suffix = "Connection: upgrade\r\n";
+  else if (head.version === "HTTP/1.1" && !head.keepAlive) suffix = "Connection: close\r\n";
+  else if (head.version === "HTTP/1.0" && head.keepAlive) suffix = "Connection: keep-alive\r\n";
+  suffix += `X-Forwarded-For: ${options.remoteIp}\r\nX-Forwarded-Proto: ${options.proto}\r\n`;
+  if (originalHost) suffix += `X-Forwarded-Host: ${originalHost}\r\n`;
+  suffix += "\r\n";
+  const out = new Uint8Array(size + prefix.length + suffix.length);
+  out.set(bytes.subarray(0, head.startLineEnd + 2));
+  let w = put(out, head.startLineEnd + 2, prefix);
+  // Consecutive copied lines are contiguous in the head: one copy for each run.
+  let runStart = -1;
+  let runEnd = -1;
+  for (let f = 0, o = 0; f < count; f++, o += 5) {
+    const how = plan[f];
+    const start = at[o] as number;
+    if (how === Copy) {
+      if (runEnd !== start) {
+        if (runStart >= 0) {
+          out.set(bytes.subarray(runStart, runEnd), w);
+          w += runEnd - runStart;
+        }
+        runStart = start;
+      }
+      runEnd = (at[o + 4] as number) + 2;
+      continue;
+    }
+    if (how === Drop) continue;
+    if (runStart >= 0) {
+      out.set(bytes.subarray(runStart, runEnd), w);
+      w += runEnd - runStart;
+      runStart = runEnd = -1;
+    }
+    const colon = at[o + 1] as number;
+    out.set(bytes.subarray(start, colon), w);
+    w += colon - start;
+    out[w++] = 58; // :
+    out[w++] = 32;
+    if (how === Rebuild) {
+      const from = at[o + 2] as number;
+      const to = at[o + 3] as number;
+      out.set(bytes.subarray(from, to), w);
+      w += to - from;
+    } else w = put(out, w, how === Rewrite ? (rewrite as string) : length);
+    out[w++] = 13;
+    out[w++] = 10;
+  }
+  if (runStart >= 0) {
+    out.set(bytes.subarray(runStart, runEnd), w);
+    w += runEnd - runStart;
+  }
+  put(out, w, suffix);
+  return out;
 }

@@ -21,6 +21,8 @@ import {
   parseResponseHeadBytes,
   type RequestHead,
   type ResponseHead,
+  scanRequestHead,
+  scanResponseHead,
 } from "./head.ts";
 
 export * from "./chunked.ts";
@@ -74,8 +76,11 @@ export abstract class MessageFramer<H extends RequestHead | ResponseHead> {
     return this.headLength;
   }
 
-  /** Parses the exact bytes of one head. */
-  protected abstract parseHead(bytes: Uint8Array): H;
+  /**
+   * Parses the exact bytes of one head.
+   * @param buffered the bytes are the framer's own buffer (reused for the next head), not the fed chunk.
+   */
+  protected abstract parseHead(bytes: Uint8Array, buffered: boolean): H;
 
   /** The state after a message ends (a framer may wait for a protocol switch). */
   protected abstract afterMessage(head: H): State;
@@ -212,7 +217,7 @@ export abstract class MessageFramer<H extends RequestHead | ResponseHead> {
       if (at === chunk.length) return at;
       const end = findHeadEnd(chunk, at, Math.min(chunk.length, at + MAX_HEAD_BYTES));
       if (end >= 0) {
-        this.startMessage(this.parseHead(chunk.subarray(at, end)), events);
+        this.startMessage(this.parseHead(chunk.subarray(at, end), false), events);
         return end;
       }
     }
@@ -228,7 +233,7 @@ export abstract class MessageFramer<H extends RequestHead | ResponseHead> {
       return at + take;
     }
     this.headLength = 0;
-    const head = this.parseHead(this.head.subarray(0, end));
+    const head = this.parseHead(this.head.subarray(0, end), true);
     if (this.head.length > 4096) this.head = new Uint8Array(0);
     this.startMessage(head, events);
     return at + (end - before);
@@ -287,8 +292,20 @@ export class RequestFramer extends MessageFramer<RequestHead> {
   private held: Uint8Array[] = [];
   private heldBytes = 0;
 
-  protected parseHead(bytes: Uint8Array): RequestHead {
-    const head = parseRequestHeadBytes(bytes);
+  /**
+   * @param scanned heads are read from their bytes where they have the common shape
+   * (`ScannedRequestHead`: the field list is built only when read, and `forwardRequestBytes` copies
+   * the head through): what a proxy that forwards every head wants. The head then keeps a view of the
+   * fed chunk (or a copy of a head that came in pieces).
+   */
+  constructor(private readonly scanned = false) {
+    super();
+  }
+
+  protected parseHead(bytes: Uint8Array, buffered: boolean): RequestHead {
+    const head = this.scanned
+      ? scanRequestHead(buffered ? bytes.slice() : bytes)
+      : parseRequestHeadBytes(bytes);
     if (head.method === "CONNECT") throw new HttpParseError("CONNECT is not supported", 501);
     return head;
   }
@@ -361,7 +378,7 @@ export class ResponseFramer extends MessageFramer<ResponseHead> {
   protected parseHead(bytes: Uint8Array): ResponseHead {
     const method = this.methods[0];
     if (method === undefined) throw new HttpParseError("a response without a request", 502);
-    const head = parseResponseHeadBytes(bytes, method, this.keepFields);
+    const head = this.keepFields ? parseResponseHeadBytes(bytes, method) : scanResponseHead(bytes, method);
     if (head.status >= 200 || head.status === 101) this.methods.shift();
     return head;
   }

@@ -27,7 +27,7 @@ import { STATUS_CODES } from "node:http";
 import type { TCPSocketListener } from "bun";
 import { formatHost, unmappedAddress } from "../args.ts";
 import {
-  forwardRequestHead,
+  forwardRequestBytes,
   HttpParseError,
   headerValues,
   type RequestEvent,
@@ -35,7 +35,7 @@ import {
   type RequestHead,
   ResponseFramer,
   requestHost,
-  serializeHead,
+  ScannedRequestHead,
 } from "../http1/framer.ts";
 import type { Logger } from "../log.ts";
 import type { RelaySocket, RelaySocketData, Stream } from "../relay/stream.ts";
@@ -141,7 +141,10 @@ const UNAUTHORIZED = 'www-authenticate: Basic realm="sockets tunnel", charset="U
 /** Whether a request carries the tunnel's basic-auth credentials (constant-time compare). */
 function authorized(head: RequestHead, route: HttpRoute): boolean {
   if (route.basicAuth === undefined) return true;
-  const value = headerValues(head.headers, "authorization")[0] ?? "";
+  const value =
+    (head instanceof ScannedRequestHead
+      ? head.authorization
+      : headerValues(head.headers, "authorization")[0]) ?? "";
   const match = /^Basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(value);
   const presented = match ? Buffer.from(match[1] as string, "base64").toString("utf8") : undefined;
   return keyMatches(presented, route.basicAuth);
@@ -159,7 +162,8 @@ export function nameOf(host: string, domain: string): string | undefined {
  * Its stream (once routed) is `socket.data.stream`, set and cleared by the stream itself.
  */
 export class HttpConnection {
-  readonly requests = new RequestFramer();
+  /** Heads read from their bytes and forwarded as copies of them (`forwardRequestBytes`). */
+  readonly requests = new RequestFramer(true);
   /** Responses pass on untouched: only where each ends, its status and keep-alive are read. */
   readonly responses = new ResponseFramer(false);
   route: HttpRoute | null = null;
@@ -379,17 +383,16 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
           stream.reset(ResetCode.Protocol, "basic auth failed on a later request");
           return;
         }
-        const head = forwardRequestHead(event.head, {
+        const head = forwardRequestBytes(event.head, {
           remoteIp: unmappedAddress(conn.socket.remoteAddress),
           proto,
           rewriteHost: conn.route.hostHeader,
+          dropAuthorization: conn.route.basicAuth !== undefined,
         });
-        if (conn.route.basicAuth !== undefined)
-          head.headers = head.headers.filter(([field]) => field.toLowerCase() !== "authorization");
         conn.responses.expectResponse(event.head.method);
         if (metrics) conn.started.push(performance.now());
         if (!event.head.keepAlive) conn.lastExchange = true;
-        stream.onSocketData(serializeHead(head, true));
+        stream.onSocketData(head);
       } else if (event.type === "body" || event.type === "passthrough")
         conn.stream?.onSocketData(event.bytes);
     }

@@ -9,13 +9,16 @@ import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import {
   type FramerEvent,
+  forwardRequestBytes,
   forwardRequestHead,
   forwardResponseHead,
   HttpParseError,
   MAX_HEAD_BYTES,
   type MessageFramer,
   parseRequestHead,
+  parseRequestHeadBytes,
   parseResponseHead,
+  parseResponseHeadBytes,
   RequestFramer,
   type RequestHead,
   type RequestHeadLine,
@@ -23,6 +26,9 @@ import {
   type ResponseHead,
   type ResponseHeadLine,
   requestHost,
+  ScannedRequestHead,
+  scanRequestHead,
+  scanResponseHead,
   serializeHead,
 } from "../../shared/http1/framer.ts";
 
@@ -858,5 +864,280 @@ describe("response framing without the fields (the server's ingress)", () => {
       lite.expectResponse("GET");
       expect(() => lite.feed(bytes(bad))).toThrow(HttpParseError);
     }
+  });
+});
+
+describe("byte-level fast paths agree with the string parsers (the server's ingress)", () => {
+  const TRIES = { numRuns: 2000 };
+  /** Whatever `work` gives, or the error's class, status and message. */
+  function outcome<T>(work: () => T): T | { error: string } {
+    try {
+      return work();
+    } catch (error) {
+      if (!(error instanceof HttpParseError) && !(error instanceof RangeError)) throw error;
+      return { error: `${error.name} ${(error as HttpParseError).status} ${error.message}` };
+    }
+  }
+  /** A request head's facts as plain data (a ScannedRequestHead builds `headers` when read). */
+  function facts(head: RequestHead | { error: string }): unknown {
+    if ("error" in head) return head;
+    const { method, target, version, headers, headLength, body, contentLength, keepAlive } = head;
+    return {
+      method,
+      target,
+      version,
+      headers,
+      headLength,
+      body,
+      contentLength,
+      keepAlive,
+      expectContinue: head.expectContinue,
+      upgrade: head.upgrade,
+    };
+  }
+
+  const lineEnd = fc.oneof(
+    { weight: 30, arbitrary: fc.constant("\r\n") },
+    { weight: 1, arbitrary: fc.constantFrom("\n", "\r", "\r\r\n") },
+  );
+  /** One byte to change (at that place modulo the length), one time in eight. */
+  const mutation = fc.oneof(
+    { weight: 7, arbitrary: fc.constant(null) },
+    { weight: 1, arbitrary: fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })) },
+  );
+  /** Mostly `usual`, now and then `rare` (the malformed choices: most heads must parse). */
+  const mostly = <T>(usual: fc.Arbitrary<T>, rare: fc.Arbitrary<T>) =>
+    fc.oneof({ weight: 15, arbitrary: usual }, { weight: 1, arbitrary: rare });
+  const requestName = mostly(
+    fc.oneof(
+      fc.constantFrom(
+        "Content-Length",
+        "content_length",
+        "Transfer-Encoding",
+        "transfer-encoding",
+        "Connection",
+        "Upgrade",
+        "Expect",
+        "Authorization",
+        "Keep-Alive",
+        "keep_alive",
+        "TE",
+        "Trailer",
+        "Proxy-Connection",
+        "X-Forwarded-For",
+        "X_Forwarded_For",
+        "x-forwarded-proto",
+        "X-Forwarded-Host",
+        "x-real-ip",
+        "X_REAL_IP",
+        "Forwarded",
+        "X-Secret",
+        "x_secret",
+        "Close",
+        "A^",
+        "a~",
+      ),
+      token,
+    ),
+    fc.constantFrom("Host", "host", " Folded", "\tFolded", "Bad Name", "", "N\xe4me"),
+  );
+  const requestValue = mostly(
+    fc.oneof(
+      fc.constantFrom(
+        "chunked",
+        "5",
+        "0",
+        "5, 5",
+        "close",
+        "keep-alive",
+        "Keep-Alive, X-Secret",
+        "upgrade",
+        "Upgrade, x_secret, a~",
+        "close, content-length, host",
+        "100-continue",
+        "",
+        "  padded \t ",
+        "caf\xe9",
+        "a\tb",
+        "h",
+        "Basic dTpw",
+      ),
+      fieldValue,
+    ),
+    fc.constantFrom("gzip, chunked", "chunked, chunked", "5, 6", "-1", "a\rb", "a\nb", "\x7f", "\x00"),
+  );
+  const separator = mostly(fc.constantFrom(": ", ": ", ":", ":  ", ":\t"), fc.constantFrom(" :", ""));
+  const requestText = fc
+    .record({
+      method: mostly(
+        fc.oneof(fc.constantFrom("GET", "POST", "OPTIONS"), token),
+        fc.constantFrom("CONNECT", "G T", ""),
+      ),
+      target: mostly(
+        fc.oneof(
+          fc.constantFrom("/", "/a?b=1"),
+          path.map((p) => `/${p}`),
+        ),
+        fc.constantFrom("*", "http://h/x", "http://web.localhost/x", "/ x", "/\x7f", "/\xe9", "", "/\t"),
+      ),
+      version: mostly(
+        fc.constantFrom("HTTP/1.1", "HTTP/1.0"),
+        fc.constantFrom("HTTP/2.0", "HTTP/1.1 ", "http/1.1", "HTTP/1.10"),
+      ),
+      startEnd: lineEnd,
+      fields: fc.array(fc.tuple(requestName, separator, requestValue, lineEnd), { maxLength: 8 }),
+      host: mostly(fc.constantFrom(1, 2, 3), fc.constantFrom(0, 4)),
+      tail: mostly(fc.constant("\r\n"), fc.constantFrom("\n", "")),
+    })
+    .map(({ method, target, version, startEnd, fields, host, tail }) => {
+      const all = fields.map(([n, s, v, e]) => `${n}${s}${v}${e}`);
+      // 1-3: one Host at that place (or last); 0: none; 4: two.
+      if (host > 0) all.splice(host - 1, 0, "Host: web.localhost\r\n");
+      if (host === 4) all.push("host: other\r\n");
+      return `${method} ${target} ${version}${startEnd}${all.join("")}${tail}`;
+    });
+  /** A generated head, sometimes with one byte changed. */
+  const requestBytes = fc.tuple(requestText, mutation).map(([raw, mutation]) => {
+    const b = bytes(raw);
+    if (mutation !== null && b.length > 4) b[mutation[0] % (b.length - 4)] = mutation[1];
+    return b;
+  });
+
+  test("property: scanRequestHead accepts what parseRequestHeadBytes accepts, with the same head, and fails alike", () => {
+    let scanned = 0;
+    fc.assert(
+      fc.property(requestBytes, (raw) => {
+        const fast = outcome(() => scanRequestHead(raw));
+        if (fast instanceof ScannedRequestHead) scanned++;
+        expect(facts(fast)).toEqual(facts(outcome(() => parseRequestHeadBytes(raw))));
+      }),
+      TRIES,
+    );
+    expect(scanned).toBeGreaterThan(TRIES.numRuns / 4); // the fast path itself was exercised
+  });
+
+  test("property: forwardRequestBytes is serializeHead(forwardRequestHead(…)), byte for byte", () => {
+    let scanned = 0;
+    fc.assert(
+      fc.property(
+        requestBytes,
+        fc.option(fc.constantFrom("127.0.0.1:8000", "localhost", ""), { nil: undefined }),
+        fc.option(fc.constantFrom("web.localhost:7070", ""), { nil: undefined }),
+        fc.boolean(),
+        (raw, rewriteHost, host, dropAuthorization) => {
+          const parsed = outcome(() => parseRequestHeadBytes(raw));
+          if ("error" in parsed) return;
+          const head = scanRequestHead(raw);
+          if (head instanceof ScannedRequestHead) scanned++;
+          const options = { remoteIp: "203.0.113.7", proto: "https", rewriteHost, host, dropAuthorization };
+          const expected = outcome(() => {
+            const line = forwardRequestHead(parsed, options);
+            if (dropAuthorization)
+              line.headers = line.headers.filter(([n]) => n.toLowerCase() !== "authorization");
+            return text(serializeHead(line, true));
+          });
+          expect(outcome(() => text(forwardRequestBytes(head, options)))).toEqual(expected);
+        },
+      ),
+      TRIES,
+    );
+    expect(scanned).toBeGreaterThan(TRIES.numRuns / 4);
+  });
+
+  test("forwardRequestBytes copies lines through and rebuilds the ones with other spacing", () => {
+    const raw =
+      "POST /x HTTP/1.1\r\nhost:web.localhost\r\nX-A:  1 \r\nConnection: keep-alive, X-Secret\r\n" +
+      "X-Secret: s\r\nAuthorization: Basic dTpw\r\nContent-Length: 2, 2\r\nAccept: */*\r\n\r\n";
+    const head = scanRequestHead(bytes(raw));
+    expect(head).toBeInstanceOf(ScannedRequestHead);
+    const out = forwardRequestBytes(head, {
+      remoteIp: "::1",
+      proto: "http",
+      rewriteHost: "127.0.0.1:8000",
+      dropAuthorization: true,
+    });
+    expect(text(out)).toBe(
+      "POST /x HTTP/1.1\r\nhost: 127.0.0.1:8000\r\nX-A: 1\r\nContent-Length: 2\r\nAccept: */*\r\n" +
+        "X-Forwarded-For: ::1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: web.localhost\r\n\r\n",
+    );
+  });
+
+  const responseName = fc.oneof(
+    fc.constantFrom(
+      "Content-Length",
+      "content-length",
+      "Content_Length",
+      "Transfer-Encoding",
+      "TRANSFER-ENCODING",
+      "Connection",
+      "connection",
+      "Set-Cookie",
+      "Content Len",
+      "Conn(ction",
+      " Folded",
+      "",
+    ),
+    token,
+  );
+  const responseText = fc
+    .record({
+      version: fc.constantFrom("HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1 "),
+      code: fc.constantFrom("200", "204", "304", "101", "100", "199", "404", "099", "2000", "20", "abc"),
+      reason: fc.constantFrom(" OK", "", " ", " Not Found", " caf\xe9", " a\x7f", " a\tb", "  OK"),
+      startEnd: lineEnd,
+      fields: fc.array(fc.tuple(responseName, separator, requestValue, lineEnd), { maxLength: 6 }),
+      tail: fc.constantFrom("\r\n", "\r\n", "\n", ""),
+    })
+    .map(
+      ({ version, code, reason, startEnd, fields, tail }) =>
+        `${version} ${code}${reason}${startEnd}${fields.map(([n, s, v, e]) => `${n}${s}${v}${e}`).join("")}${tail}`,
+    );
+  const responseBytes = fc.tuple(responseText, mutation).map(([raw, mutation]) => {
+    const b = bytes(raw);
+    if (mutation !== null && b.length > 4) b[mutation[0] % (b.length - 4)] = mutation[1];
+    return b;
+  });
+
+  test("property: scanResponseHead is parseResponseHeadBytes without the fields, errors included", () => {
+    fc.assert(
+      fc.property(responseBytes, fc.constantFrom("GET", "HEAD", "CONNECT", "POST"), (raw, method) => {
+        expect(outcome(() => scanResponseHead(raw, method))).toEqual(
+          outcome(() => parseResponseHeadBytes(raw, method, false)),
+        );
+      }),
+      TRIES,
+    );
+  });
+
+  test("property: a scanning RequestFramer gives the same events as the plain one, however the bytes are split", () => {
+    fc.assert(
+      fc.property(
+        fc.array(requestMessage, { minLength: 1, maxLength: 3 }),
+        fc.array(fc.nat(), { maxLength: 12 }),
+        (messages, cuts) => {
+          const raw = concat(messages.map((m) => m.raw));
+          const plain = run(new RequestFramer(), split(raw, cuts), true);
+          const scanned = run(new RequestFramer(true), split(raw, cuts), true);
+          const flat = (events: FramerEvent<RequestHead>[]) =>
+            events.map((e) => (e.type === "head" ? { type: "head", head: facts(e.head) } : e));
+          expect(flat(scanned)).toEqual(flat(plain));
+        },
+      ),
+      RUNS,
+    );
+  });
+
+  test("a head that came in pieces is copied out of the framer's buffer before the next one reuses it", () => {
+    const framer = new RequestFramer(true);
+    const first = "GET /one HTTP/1.1\r\nHost: web.localhost\r\n\r\n";
+    const events = [
+      ...framer.feed(bytes(first.slice(0, 10))),
+      ...framer.feed(bytes(`${first.slice(10)}GET /two HTTP/1.1\r\nHost: xx`)),
+    ];
+    const head = (events[0] as { type: "head"; head: RequestHead }).head;
+    expect(head).toBeInstanceOf(ScannedRequestHead);
+    expect(text(forwardRequestBytes(head, { remoteIp: "1.2.3.4", proto: "http" }))).toStartWith(
+      "GET /one HTTP/1.1\r\nHost: web.localhost\r\n",
+    );
   });
 });
