@@ -16,7 +16,8 @@
  */
 
 import { afterAll, expect, setDefaultTimeout } from "bun:test";
-import { readdirSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readdirSync, readSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 /**
@@ -53,9 +54,9 @@ export async function cleanup(): Promise<void> {
 // command, so the PID is the command's own.
 const SETPRIV = process.platform === "linux" ? Bun.which("setpriv") : null;
 
-/** A spawned role process with its output collected line by line. */
+/** A spawned role process with its output collected as it is written. */
 export interface RoleProcess {
-  proc: Bun.Subprocess<"ignore", "pipe", "pipe">;
+  proc: Bun.Subprocess<"ignore", number, number>;
   stdout: () => string;
   stderr: () => string;
   /** Resolves with the first match of `pattern` in stdout or stderr, or rejects after `timeoutMs`. */
@@ -65,47 +66,94 @@ export interface RoleProcess {
   kill(signal?: NodeJS.Signals): void;
 }
 
+/** How often a role's output files are read for new bytes (the latency of {@link RoleProcess.waitFor}). */
+const OUTPUT_POLL_MS = 10;
+
+/** New bytes of an output file, read from where the last call stopped. */
+function fileTail(path: string): { read: () => string; close: () => void } {
+  const fd = openSync(path, "r");
+  const decoder = new TextDecoder();
+  const buffer = new Uint8Array(64 * 1024);
+  let closed = false;
+  return {
+    read() {
+      if (closed) return "";
+      let text = "";
+      for (;;) {
+        const n = readSync(fd, buffer, 0, buffer.length, null);
+        if (n <= 0) return text;
+        text += decoder.decode(buffer.subarray(0, n), { stream: true });
+      }
+    },
+    close() {
+      if (!closed) closeSync(fd);
+      closed = true;
+    },
+  };
+}
+
 /**
  * Spawns `cmd` in the repository root with its output captured, the API-key and server env vars
  * cleared and the client's inspector off (then `env` applied). It is killed (SIGKILL by PID) by {@link cleanup}.
+ *
+ * Its stdout and stderr go to files that are read every {@link OUTPUT_POLL_MS} ms, not to pipes: Bun
+ * 1.4.5's reader of a child's pipe stopped now and then for good, with the child's lines waiting unread
+ * in the socket (`ss -x` showed its Recv-Q growing while the stream's read never resolved); a later
+ * `waitFor` then timed out on a line the child had written (tests/e2e/reload.test.ts, 1 run in 10).
  */
 export function spawnRole(cmd: string[], env: Record<string, string | undefined> = {}): RoleProcess {
-  const proc = Bun.spawn(SETPRIV ? [SETPRIV, "--pdeathsig", "KILL", ...cmd] : cmd, {
-    cwd: ROOT,
-    // The client's inspector is off unless a test asks for it (`--inspect`, or this variable).
-    env: {
-      ...process.env,
-      SOCKETS_SINGLE_API_KEY: "",
-      SOCKETS_API_KEY: "",
-      SOCKETS_SERVER: "",
-      SOCKETS_INSPECT: "off",
-      ...env,
-    },
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
+  const folder = mkdtempSync(join(tmpdir(), "sockets-role-"));
+  const outPath = join(folder, "stdout");
+  const errPath = join(folder, "stderr");
+  const outFd = openSync(outPath, "w");
+  const errFd = openSync(errPath, "w");
+  let proc: Bun.Subprocess<"ignore", number, number>;
+  try {
+    proc = Bun.spawn(SETPRIV ? [SETPRIV, "--pdeathsig", "KILL", ...cmd] : cmd, {
+      cwd: ROOT,
+      // The client's inspector is off unless a test asks for it (`--inspect`, or this variable).
+      env: {
+        ...process.env,
+        SOCKETS_SINGLE_API_KEY: "",
+        SOCKETS_API_KEY: "",
+        SOCKETS_SERVER: "",
+        SOCKETS_INSPECT: "off",
+        ...env,
+      },
+      stdin: "ignore",
+      stdout: outFd,
+      stderr: errFd,
+    });
+  } finally {
+    // The child has its own copies.
+    closeSync(outFd);
+    closeSync(errFd);
+  }
+  const outTail = fileTail(outPath);
+  const errTail = fileTail(errPath);
+  // Both ends are open (the child's and ours): the names are no longer needed.
+  rmSync(folder, { recursive: true, force: true });
   let out = "";
   let err = "";
   const listeners = new Set<() => void>();
-  const pump = async (stream: ReadableStream<Uint8Array>, append: (s: string) => void) => {
-    const decoder = new TextDecoder();
-    for await (const chunk of stream) {
-      append(decoder.decode(chunk, { stream: true }));
-      for (const l of listeners) l();
-    }
+  /** Takes up what the process wrote since the last call; tells the waiters when there was some. */
+  const poll = () => {
+    const more = [outTail.read(), errTail.read()];
+    out += more[0];
+    err += more[1];
+    if (more[0] !== "" || more[1] !== "") for (const l of listeners) l();
   };
-  const pumped = Promise.all([
-    pump(proc.stdout, (s) => {
-      out += s;
-    }),
-    pump(proc.stderr, (s) => {
-      err += s;
-    }),
-  ]).catch(() => {});
+  const timer = setInterval(poll, OUTPUT_POLL_MS);
+  // Once it exited, everything it wrote is in the files: one last read.
+  const drained = proc.exited.then(() => {
+    clearInterval(timer);
+    poll();
+    outTail.close();
+    errTail.close();
+  });
   defer(async () => {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
-    await withTimeout(proc.exited, 3000, `process ${proc.pid} did not die`);
+    await withTimeout(drained, 3000, `process ${proc.pid} did not die`);
   });
   const role: RoleProcess = {
     proc,
@@ -130,12 +178,12 @@ export function spawnRole(cmd: string[], env: Record<string, string | undefined>
         };
         listeners.add(check);
         check();
-        void proc.exited.then(() => setTimeout(check, 50));
+        void drained.then(check);
       });
     },
     exited(timeoutMs = 10_000) {
       return withTimeout(
-        Promise.all([proc.exited, pumped]).then(([code]) => code),
+        drained.then(() => proc.exited),
         timeoutMs,
         `process ${cmd.join(" ")} did not exit`,
       );
