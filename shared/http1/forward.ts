@@ -5,6 +5,7 @@
  */
 
 import {
+  FIELD_SLOTS,
   FieldKind,
   type HeaderList,
   headerTokens,
@@ -163,6 +164,21 @@ export function forwardResponseHead(head: ResponseHead): ResponseHeadLine {
 export interface ForwardBytesOptions extends ForwardOptions {
   /** Drop Authorization too (the proxy checked it: a tunnel's basic auth is never passed on). */
   dropAuthorization?: boolean;
+  /** Kept by the caller across one connection's requests: the appended fields, encoded once. */
+  cache?: ForwardCache;
+}
+
+/**
+ * The fields {@link forwardRequestBytes} appends (Connection, X-Forwarded-*), encoded, with what they
+ * were made of: the requests of one connection append the same ones (building and encoding them was a
+ * third of the forwarding's time for a small GET).
+ */
+export class ForwardCache {
+  remoteIp = "";
+  proto = "";
+  host = "";
+  connection = "";
+  bytes: Uint8Array | null = null;
 }
 
 /** Whether the token-character name at `bytes[at, at + lower.length)` is `lower` (a lower-case token) ignoring case. */
@@ -213,20 +229,20 @@ export function forwardRequestBytes(head: RequestHead, options: ForwardBytesOpti
   }
   const rewrite = options.rewriteHost;
   if (rewrite !== undefined && !isFieldValue(rewrite)) throw new RangeError("bad Host to rewrite to");
-  const { bytes, at, kinds, connection } = head;
-  const count = kinds.length;
+  const { bytes, at, connection } = head;
+  const count = at.length / FIELD_SLOTS;
   const length = String(head.contentLength);
   let hostSeen = false;
   let lengthKept = false;
   let size = head.startLineEnd + 2;
-  for (let f = 0, o = 0; f < count; f++, o += 5) {
+  for (let f = 0, o = 0; f < count; f++, o += FIELD_SLOTS) {
     const start = at[o] as number;
     const colon = at[o + 1] as number;
     const from = at[o + 2] as number;
     const to = at[o + 3] as number;
     const cr = at[o + 4] as number;
     let how: number = Drop;
-    switch (kinds[f]) {
+    switch (at[o + 5]) {
       case FieldKind.Host:
         hostSeen = true;
         how = rewrite === undefined ? Copy : Rewrite;
@@ -259,21 +275,19 @@ export function forwardRequestBytes(head: RequestHead, options: ForwardBytesOpti
     else if (how === Length) size += colon - start + 4 + length.length;
   }
   const prefix = !hostSeen && rewrite !== undefined ? `Host: ${rewrite}\r\n` : "";
-  const originalHost = options.host ?? head.host ?? "";
-  let suffix = "";
-  if (head.upgrade) suffix = "Connection: upgrade\r\n";
-  else if (head.version === "HTTP/1.1" && !head.keepAlive) suffix = "Connection: close\r\n";
-  else if (head.version === "HTTP/1.0" && head.keepAlive) suffix = "Connection: keep-alive\r\n";
-  suffix += `X-Forwarded-For: ${options.remoteIp}\r\nX-Forwarded-Proto: ${options.proto}\r\n`;
-  if (originalHost) suffix += `X-Forwarded-Host: ${originalHost}\r\n`;
-  suffix += "\r\n";
+  const suffix = appended(head, options);
   const out = new Uint8Array(size + prefix.length + suffix.length);
-  out.set(bytes.subarray(0, head.startLineEnd + 2));
-  let w = put(out, head.startLineEnd + 2, prefix);
-  // Consecutive copied lines are contiguous in the head: one copy for each run.
-  let runStart = -1;
-  let runEnd = -1;
-  for (let f = 0, o = 0; f < count; f++, o += 5) {
+  // Consecutive copied lines are contiguous in the head: one copy for each run, the request line's
+  // included (each copy costs a view of the head, ~40 ns).
+  let runStart = 0;
+  let runEnd = head.startLineEnd + 2;
+  let w = 0;
+  if (prefix !== "") {
+    out.set(bytes.subarray(0, runEnd));
+    w = put(out, runEnd, prefix);
+    runStart = runEnd = -1;
+  }
+  for (let f = 0, o = 0; f < count; f++, o += FIELD_SLOTS) {
     const how = plan[f];
     const start = at[o] as number;
     if (how === Copy) {
@@ -311,6 +325,37 @@ export function forwardRequestBytes(head: RequestHead, options: ForwardBytesOpti
     out.set(bytes.subarray(runStart, runEnd), w);
     w += runEnd - runStart;
   }
-  put(out, w, suffix);
+  out.set(suffix, w);
   return out;
+}
+
+/** The Connection field carrying the sender's intent, then X-Forwarded-For, -Proto, -Host, then the blank line. */
+function appended(head: RequestHead, options: ForwardBytesOptions): Uint8Array {
+  let connection = "";
+  if (head.upgrade) connection = "Connection: upgrade\r\n";
+  else if (head.version === "HTTP/1.1" && !head.keepAlive) connection = "Connection: close\r\n";
+  else if (head.version === "HTTP/1.0" && head.keepAlive) connection = "Connection: keep-alive\r\n";
+  const host = options.host ?? requestHost(head);
+  const cache = options.cache;
+  if (
+    cache?.bytes &&
+    cache.connection === connection &&
+    cache.host === host &&
+    cache.remoteIp === options.remoteIp &&
+    cache.proto === options.proto
+  )
+    return cache.bytes;
+  let text = `${connection}X-Forwarded-For: ${options.remoteIp}\r\nX-Forwarded-Proto: ${options.proto}\r\n`;
+  if (host) text += `X-Forwarded-Host: ${host}\r\n`;
+  text += "\r\n";
+  const bytes = new Uint8Array(text.length);
+  put(bytes, 0, text);
+  if (cache) {
+    cache.connection = connection;
+    cache.host = host;
+    cache.remoteIp = options.remoteIp;
+    cache.proto = options.proto;
+    cache.bytes = bytes;
+  }
+  return bytes;
 }

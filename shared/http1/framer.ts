@@ -90,7 +90,16 @@ export abstract class MessageFramer<H extends RequestHead | ResponseHead> {
    * @throws {HttpParseError} when the stream is not valid HTTP/1.1.
    */
   feed(chunk: Uint8Array): FramerEvent<H>[] {
-    return this.guard((events) => this.consume(chunk, events));
+    // guard() without its closure: this runs for every read.
+    if (this.failure) throw this.failure;
+    const events: FramerEvent<H>[] = [];
+    try {
+      this.consume(chunk, events);
+    } catch (error) {
+      this.failure = error instanceof HttpParseError ? this.blame(error) : (error as Error);
+      throw this.failure;
+    }
+    return events;
   }
 
   /**

@@ -27,6 +27,7 @@ import { STATUS_CODES } from "node:http";
 import type { TCPSocketListener } from "bun";
 import { formatHost, unmappedAddress } from "../args.ts";
 import {
+  ForwardCache,
   forwardRequestBytes,
   HttpParseError,
   headerValues,
@@ -138,13 +139,16 @@ export interface SocketTakeover {
 
 const UNAUTHORIZED = 'www-authenticate: Basic realm="sockets tunnel", charset="UTF-8"\r\n';
 
+/** A request's first Authorization value, "" without one. */
+function authorizationOf(head: RequestHead): string {
+  if (head instanceof ScannedRequestHead) return head.authorization ?? "";
+  return headerValues(head.headers, "authorization")[0] ?? "";
+}
+
 /** Whether a request carries the tunnel's basic-auth credentials (constant-time compare). */
 function authorized(head: RequestHead, route: HttpRoute): boolean {
   if (route.basicAuth === undefined) return true;
-  const value =
-    (head instanceof ScannedRequestHead
-      ? head.authorization
-      : headerValues(head.headers, "authorization")[0]) ?? "";
+  const value = authorizationOf(head);
   const match = /^Basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(value);
   const presented = match ? Buffer.from(match[1] as string, "base64").toString("utf8") : undefined;
   return keyMatches(presented, route.basicAuth);
@@ -192,6 +196,16 @@ export class HttpConnection {
   unwrittenAtArm = 0;
   /** When (performance.now) each request still waiting for its response was relayed, oldest first (with metrics only). */
   readonly started: number[] = [];
+  /**
+   * What does not change between the requests of a connection, worked out once (per request it cost
+   * ~1 µs of the server's time under load): the visitor's address for X-Forwarded-For, the fields
+   * appended to each head, the last Host seen to name the routed tunnel, the last Authorization
+   * value that passed the tunnel's basic auth.
+   */
+  remoteIp: string | null = null;
+  readonly forwarding = new ForwardCache();
+  routedHost: string | null = null;
+  authorizedAs: string | null = null;
 
   /**
    * @param socket the visitor's socket.
@@ -373,21 +387,31 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
         const stream = conn.stream ?? route(conn, event.head);
         if (stream === null || conn.route === null) return;
         disarm(conn); // a request is in progress: its response is the backend's business
-        if (nameOf(requestHost(event.head), domain) !== conn.name) {
-          // A connection belongs to the tunnel of its first request: never carry a request elsewhere.
-          stream.reset(ResetCode.Protocol, "request for another host on the same connection");
-          return;
+        const host = requestHost(event.head);
+        if (host !== conn.routedHost) {
+          if (nameOf(host, domain) !== conn.name) {
+            // A connection belongs to the tunnel of its first request: never carry a request elsewhere.
+            stream.reset(ResetCode.Protocol, "request for another host on the same connection");
+            return;
+          }
+          conn.routedHost = host;
         }
-        if (!authorized(event.head, conn.route)) {
-          // Responses to earlier requests may still be on their way: no page, just close.
-          stream.reset(ResetCode.Protocol, "basic auth failed on a later request");
-          return;
+        const basicAuth = conn.route.basicAuth !== undefined;
+        if (basicAuth && authorizationOf(event.head) !== conn.authorizedAs) {
+          if (!authorized(event.head, conn.route)) {
+            // Responses to earlier requests may still be on their way: no page, just close.
+            stream.reset(ResetCode.Protocol, "basic auth failed on a later request");
+            return;
+          }
+          conn.authorizedAs = authorizationOf(event.head);
         }
+        conn.remoteIp ??= unmappedAddress(conn.socket.remoteAddress);
         const head = forwardRequestBytes(event.head, {
-          remoteIp: unmappedAddress(conn.socket.remoteAddress),
+          remoteIp: conn.remoteIp,
           proto,
           rewriteHost: conn.route.hostHeader,
-          dropAuthorization: conn.route.basicAuth !== undefined,
+          dropAuthorization: basicAuth,
+          cache: conn.forwarding,
         });
         conn.responses.expectResponse(event.head.method);
         if (metrics) conn.started.push(performance.now());
