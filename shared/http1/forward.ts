@@ -196,6 +196,16 @@ function listed(tokens: readonly string[], bytes: Uint8Array, start: number, end
   return false;
 }
 
+/**
+ * Copies `bytes[from, to)` into `out` at `at`. Short runs in a loop, not through a view: `bytes` is
+ * often a socket read that has had no view yet, and the first one costs more under load (~0.6 µs)
+ * than copying a few lines.
+ */
+function copy(out: Uint8Array, at: number, bytes: Uint8Array, from: number, to: number): void {
+  if (to - from > 128) out.set(bytes.subarray(from, to), at);
+  else for (let i = from; i < to; i++) out[at++] = bytes[i] as number;
+}
+
 /** Writes Latin-1 `text` into `out` at `at`; returns where it ended. */
 function put(out: Uint8Array, at: number, text: string): number {
   for (let i = 0; i < text.length; i++) out[at++] = text.charCodeAt(i);
@@ -283,7 +293,7 @@ export function forwardRequestBytes(head: RequestHead, options: ForwardBytesOpti
   let runEnd = head.startLineEnd + 2;
   let w = 0;
   if (prefix !== "") {
-    out.set(bytes.subarray(0, runEnd));
+    copy(out, 0, bytes, 0, runEnd);
     w = put(out, runEnd, prefix);
     runStart = runEnd = -1;
   }
@@ -293,7 +303,7 @@ export function forwardRequestBytes(head: RequestHead, options: ForwardBytesOpti
     if (how === Copy) {
       if (runEnd !== start) {
         if (runStart >= 0) {
-          out.set(bytes.subarray(runStart, runEnd), w);
+          copy(out, w, bytes, runStart, runEnd);
           w += runEnd - runStart;
         }
         runStart = start;
@@ -303,26 +313,26 @@ export function forwardRequestBytes(head: RequestHead, options: ForwardBytesOpti
     }
     if (how === Drop) continue;
     if (runStart >= 0) {
-      out.set(bytes.subarray(runStart, runEnd), w);
+      copy(out, w, bytes, runStart, runEnd);
       w += runEnd - runStart;
       runStart = runEnd = -1;
     }
     const colon = at[o + 1] as number;
-    out.set(bytes.subarray(start, colon), w);
+    copy(out, w, bytes, start, colon);
     w += colon - start;
     out[w++] = 58; // :
     out[w++] = 32;
     if (how === Rebuild) {
       const from = at[o + 2] as number;
       const to = at[o + 3] as number;
-      out.set(bytes.subarray(from, to), w);
+      copy(out, w, bytes, from, to);
       w += to - from;
     } else w = put(out, w, how === Rewrite ? (rewrite as string) : length);
     out[w++] = 13;
     out[w++] = 10;
   }
   if (runStart >= 0) {
-    out.set(bytes.subarray(runStart, runEnd), w);
+    copy(out, w, bytes, runStart, runEnd);
     w += runEnd - runStart;
   }
   out.set(suffix, w);

@@ -712,7 +712,23 @@ function scanRequest(bytes: Uint8Array): ScannedRequestHead | null {
  * included) goes to {@link parseResponseHeadBytes}.
  */
 export function scanResponseHead(bytes: Uint8Array, method: string): ResponseHead {
-  return scanResponse(bytes, method) ?? parseResponseHeadBytes(bytes, method, false);
+  return scanResponse(bytes, 0, bytes.length, method) ?? parseResponseHeadBytes(bytes, method, false);
+}
+
+/**
+ * {@link scanResponseHead} for the head at `bytes[start, end)`, read in place: a view of a socket
+ * read costs more than the scan under load (its first view makes the engine materialize the buffer).
+ */
+export function scanResponseHeadIn(
+  bytes: Uint8Array,
+  start: number,
+  end: number,
+  method: string,
+): ResponseHead {
+  return (
+    scanResponse(bytes, start, end, method) ??
+    parseResponseHeadBytes(bytes.subarray(start, end), method, false)
+  );
 }
 
 /** The value of 1 to 15 ASCII digits at `bytes[from, to)` (what a Content-Length of one value may be), or -1. */
@@ -727,24 +743,23 @@ function digitsValue(bytes: Uint8Array, from: number, to: number): number {
   return value;
 }
 
-function scanResponse(bytes: Uint8Array, method: string): ResponseHead | null {
-  const n = bytes.length;
-  if (n < 16 || bytes[n - 4] !== CR || bytes[n - 3] !== LF || bytes[n - 2] !== CR || bytes[n - 1] !== LF)
+function scanResponse(bytes: Uint8Array, o: number, n: number, method: string): ResponseHead | null {
+  if (n - o < 16 || bytes[n - 4] !== CR || bytes[n - 3] !== LF || bytes[n - 2] !== CR || bytes[n - 1] !== LF)
     return null;
-  const minor = bytes[7];
-  const d0 = (bytes[9] as number) - 48;
-  const d1 = (bytes[10] as number) - 48;
-  const d2 = (bytes[11] as number) - 48;
+  const minor = bytes[o + 7];
+  const d0 = (bytes[o + 9] as number) - 48;
+  const d1 = (bytes[o + 10] as number) - 48;
+  const d2 = (bytes[o + 11] as number) - 48;
   if (
-    bytes[0] !== 72 ||
-    bytes[1] !== 84 ||
-    bytes[2] !== 84 ||
-    bytes[3] !== 80 ||
-    bytes[4] !== 47 ||
-    bytes[5] !== 49 ||
-    bytes[6] !== 46 ||
+    bytes[o] !== 72 ||
+    bytes[o + 1] !== 84 ||
+    bytes[o + 2] !== 84 ||
+    bytes[o + 3] !== 80 ||
+    bytes[o + 4] !== 47 ||
+    bytes[o + 5] !== 49 ||
+    bytes[o + 6] !== 46 ||
     (minor !== 49 && minor !== 48) ||
-    bytes[8] !== SP ||
+    bytes[o + 8] !== SP ||
     d0 < 1 ||
     d0 > 9 ||
     d1 < 0 ||
@@ -754,7 +769,7 @@ function scanResponse(bytes: Uint8Array, method: string): ResponseHead | null {
   )
     return null;
   // The reason phrase: empty, or SP and field-value characters.
-  let i = 12;
+  let i = o + 12;
   if (bytes[i] === SP) {
     let c = bytes[++i] as number;
     while ((c >= 0x20 && c !== 0x7f) || c === HTAB) c = bytes[++i] as number;
@@ -836,7 +851,7 @@ function scanResponse(bytes: Uint8Array, method: string): ResponseHead | null {
     framing.body !== "close" &&
     framing.body !== "passthrough" &&
     keepAliveOf(connection ?? NO_TOKENS, version);
-  const reason = latin1Range(bytes, 13, reasonEnd);
+  const reason = latin1Range(bytes, o + 13, reasonEnd);
   const { body, contentLength } = framing;
-  return { version, status, reason, headers: [], headLength: n, body, contentLength, keepAlive };
+  return { version, status, reason, headers: [], headLength: n - o, body, contentLength, keepAlive };
 }

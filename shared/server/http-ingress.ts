@@ -169,7 +169,7 @@ export class HttpConnection {
   /** Heads read from their bytes and forwarded as copies of them (`forwardRequestBytes`). */
   readonly requests = new RequestFramer(true);
   /** Responses pass on untouched: only where each ends, its status and keep-alive are read. */
-  readonly responses = new ResponseFramer(false);
+  readonly responses = new ResponseFramer(false, false);
   route: HttpRoute | null = null;
   /** The tunnel name the connection was routed to. */
   name: string | undefined;

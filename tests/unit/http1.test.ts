@@ -853,6 +853,19 @@ describe("response framing without the fields (the server's ingress)", () => {
     }
   });
 
+  test("without bodies: the same events as the full framer but the body ones", () => {
+    for (const text of cases) {
+      const full = new ResponseFramer();
+      const ends = new ResponseFramer(false, false);
+      full.expectResponse("GET");
+      ends.expectResponse("GET");
+      const a = [...full.feed(bytes(text)), ...full.end()].filter((e) => e.type !== "body");
+      const b = [...ends.feed(bytes(text)), ...ends.end()];
+      expect(b.map((e) => e.type)).toEqual(a.map((e) => e.type));
+      expect(b.find((e) => e.type === "passthrough")).toEqual(a.find((e) => e.type === "passthrough"));
+    }
+  });
+
   test("framing it depends on is still checked: conflicting lengths, CL with TE, obs-fold, a line without a colon", () => {
     for (const bad of [
       "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
