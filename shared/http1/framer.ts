@@ -46,6 +46,8 @@ export type ResponseEvent = FramerEvent<ResponseHead>;
 
 const CR = 13;
 const LF = 10;
+/** The trailers of every message that has none: one frozen list rather than a new one per message. */
+const NO_TRAILERS = Object.freeze([]) as unknown as HeaderList;
 
 const State = { Head: 0, Length: 1, Chunked: 2, Close: 3, Passthrough: 4, Pending: 5, Ended: 6 } as const;
 type State = (typeof State)[keyof typeof State];
@@ -121,7 +123,7 @@ export abstract class MessageFramer<H extends RequestHead | ResponseHead> {
     return this.guard((events) => {
       const state = this.state;
       this.state = State.Ended;
-      if (state === State.Close) events.push({ type: "end-of-message", trailers: [] });
+      if (state === State.Close) events.push({ type: "end-of-message", trailers: NO_TRAILERS });
       else if (state === State.Length || state === State.Chunked)
         throw new HttpParseError("connection closed inside a body");
       else if (state === State.Head && (this.headLength > 0 || this.sawCr))
@@ -185,7 +187,7 @@ export abstract class MessageFramer<H extends RequestHead | ResponseHead> {
           if (this.bodies) events.push({ type: "body", bytes: chunk.subarray(at, at + take) });
           at += take;
           this.remaining -= take;
-          if (this.remaining === 0) this.finish(events, []);
+          if (this.remaining === 0) this.finish(events, NO_TRAILERS);
           break;
         }
         case State.Chunked: {
@@ -283,7 +285,7 @@ export abstract class MessageFramer<H extends RequestHead | ResponseHead> {
       this.state = State.Chunked;
       this.chunked.reset();
     } else if (head.body === "close") this.state = State.Close;
-    else this.finish(events, []);
+    else this.finish(events, NO_TRAILERS);
   }
 
   private finish(events: FramerEvent<H>[], trailers: HeaderList): void {

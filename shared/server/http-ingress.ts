@@ -254,7 +254,11 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
   const proto = options.tls ? "https" : "http";
   const heads = options.heads ?? new HeadBudget();
   const requestTimeoutMs = (options.requestTimeoutSeconds ?? DEFAULT_REQUEST_TIMEOUT_SECONDS) * 1000;
-  /** Connections with a deadline: waiting for a head, lingering after an answer or a FIN. */
+  /**
+   * Every open connection; the sweep looks at those with a deadline (waiting for a head, lingering
+   * after an answer or a FIN). A connection stays in the set from open to close: disarming is then a
+   * field write, where a delete and an add per request cost ~0.1 µs under load.
+   */
   const timed = new Set<HttpConnection>();
 
   const arm = (conn: HttpConnection, ms: number) => {
@@ -265,12 +269,11 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
   const lingerFor = (conn: HttpConnection) => arm(conn, LINGER_MS);
   const disarm = (conn: HttpConnection) => {
     conn.deadline = 0;
-    timed.delete(conn);
   };
 
   const sweep = setInterval(() => {
     const now = performance.now();
-    for (const conn of timed) if (now >= conn.deadline) expire(conn);
+    for (const conn of timed) if (conn.deadline !== 0 && now >= conn.deadline) expire(conn);
   }, SWEEP_MS);
   sweep.unref?.();
 
@@ -586,6 +589,7 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
         const conn = socket.data?.connection;
         if (conn === undefined) return;
         disarm(conn);
+        timed.delete(conn);
         release(conn);
         conn.takenOver?.onClose();
         socket.data.stream?.onSocketClose(error);
