@@ -717,7 +717,7 @@ export function scanResponseHead(bytes: Uint8Array, method: string): ResponseHea
 
 /**
  * {@link scanResponseHead} for the head at `bytes[start, end)`, read in place: a view of a socket
- * read costs more than the scan under load (its first view makes the engine materialize the buffer).
+ * read cost more than the scan under load (most likely the engine materializing the buffer for it).
  */
 export function scanResponseHeadIn(
   bytes: Uint8Array,
