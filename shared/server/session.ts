@@ -215,6 +215,8 @@ export class Session {
       old.close(CloseCode.Replaced, "session resumed on a newer connection");
     }
     clearTimeout(this.graceTimer);
+    // A replaced connection's handshake deadline is not this one's: it would end the session later.
+    clearTimeout(this.handshakeTimer);
     this.ws = ws;
     ws.data.session = this;
     this.liveness.restart();
