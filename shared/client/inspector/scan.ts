@@ -243,12 +243,6 @@ export function scanResponseHead(b: Uint8Array, start: number, head: boolean, ou
   return end;
 }
 
-/** The head's start line: up to its first CRLF. */
-export function startLine(head: Uint8Array): string {
-  const end = head.indexOf(CR);
-  return latin1(head.subarray(0, end < 0 ? head.length : end));
-}
-
 /**
  * The field lines of a head as `[name, value]` pairs (values trimmed of spaces and tabs), read
  * leniently: a line without a colon is skipped, never an error (the bytes already went by).
