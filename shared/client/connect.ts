@@ -76,6 +76,7 @@ export async function connectControl(options: ConnectOptions): Promise<ControlCo
 
   const greeting = await new Promise<{ hello: Hello; sync?: SyncMessage }>((resolve, reject) => {
     const timer = setTimeout(() => {
+      done(); // the error event terminate() may raise must not start explainFailure's probes
       ws.terminate();
       reject(
         new ConnectError(
