@@ -10,9 +10,11 @@
  * @module
  */
 
-import { readFileSync } from "node:fs";
+import { type FSWatcher, readFileSync, watch } from "node:fs";
+import { basename, dirname, resolve } from "node:path";
 import { parse, TomlError } from "smol-toml";
 import { UsageError } from "./args.ts";
+import type { Logger } from "./log.ts";
 import { configKey, type OptionTable } from "./options.ts";
 
 /** A config file that cannot be used: one line, `FILE:LINE:COL: what` where the position is known. */
@@ -146,4 +148,34 @@ export function optionsFromConfig(
     values[spec.key] = spec.multiple ? parsed : parsed[0];
   }
   return values;
+}
+
+/** Quiet time after the last change of a watched file before it is read (editors write in steps). */
+const WATCH_DEBOUNCE_MS = 200;
+
+/**
+ * Calls `onChange` once the file changed and stayed unchanged for a moment. Watches the folder, not
+ * the file: editors save by writing a new file and renaming it over the old one, which ends a watch
+ * on the old file's inode. One pending timer at most, whatever the burst of events.
+ */
+export function watchConfigFile(file: string, onChange: () => void, log: Logger): { stop(): void } {
+  const name = basename(file);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let watcher: FSWatcher | undefined;
+  try {
+    watcher = watch(dirname(resolve(file)), (_event, changed) => {
+      if (changed !== null && changed !== name) return;
+      clearTimeout(timer);
+      timer = setTimeout(onChange, WATCH_DEBOUNCE_MS);
+    });
+    watcher.on("error", (error) => log.warn(`--watch ${file}: ${error.message}; reload with SIGHUP`));
+  } catch (error) {
+    log.warn(`--watch ${file}: ${(error as Error).message}; reload with SIGHUP`);
+  }
+  return {
+    stop() {
+      clearTimeout(timer);
+      watcher?.close();
+    },
+  };
 }

@@ -11,9 +11,7 @@
  */
 
 import { lookup } from "node:dns/promises";
-import { type FSWatcher, watch } from "node:fs";
-import { basename, dirname, resolve } from "node:path";
-import { readConfig } from "../config.ts";
+import { readConfig, watchConfigFile } from "../config.ts";
 import { describeError, type Logger } from "../log.ts";
 import { clientSetup, restartOnlyChanges } from "./config.ts";
 import type { ClientValues, NamedService } from "./options.ts";
@@ -138,8 +136,7 @@ export class ConfigReloader {
   private running: Promise<void> | null = null;
   private again = false;
   private values: ClientValues;
-  private watcher: FSWatcher | null = null;
-  private debounce: ReturnType<typeof setTimeout> | null = null;
+  private watcher: { stop(): void } | null = null;
 
   /** `values`: the top-level options the client runs with (a reload says which ones need a restart). */
   constructor(
@@ -174,27 +171,15 @@ export class ConfigReloader {
    * are seen too), 200 ms after the last change. Stopped by {@link ConfigReloader.stop}.
    */
   watch(): void {
-    const path = resolve(this.settings.file);
-    const name = basename(path);
-    this.watcher = watch(dirname(path), (_event, changed) => {
-      if (changed !== null && changed !== name) return;
-      if (this.debounce !== null) clearTimeout(this.debounce);
-      this.debounce = setTimeout(() => {
-        this.debounce = null;
-        void this.reload(`${this.settings.file} changed`);
-      }, 200);
-    });
-    this.watcher.on("error", (error) => this.settings.log.warn(`--watch: ${describeError(error)}`));
-    this.settings.log.info(
-      `watching ${this.settings.file}: each change is applied (a bad one is reported and skipped)`,
-    );
+    const { file, log } = this.settings;
+    this.watcher ??= watchConfigFile(file, () => void this.reload(`${file} changed`), log);
+    log.info(`watching ${file}: each change is applied (a bad one is reported and skipped)`);
   }
 
   /** Stops watching. */
   stop(): void {
-    this.watcher?.close();
+    this.watcher?.stop();
     this.watcher = null;
-    if (this.debounce !== null) clearTimeout(this.debounce);
   }
 
   /** One reload: read and validate all of it, then apply the tunnels' diff. */

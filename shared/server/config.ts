@@ -6,8 +6,7 @@
  * @module
  */
 
-import { type FSWatcher, watch } from "node:fs";
-import { basename, dirname, isAbsolute, resolve } from "node:path";
+import { dirname, isAbsolute, resolve } from "node:path";
 import { type PortRange, parsePort, parsePortRange } from "../args.ts";
 import {
   ConfigError,
@@ -15,6 +14,7 @@ import {
   optionsFromConfig,
   readConfig,
   suggestion,
+  watchConfigFile,
   where,
 } from "../config.ts";
 import type { Logger } from "../log.ts";
@@ -262,36 +262,6 @@ function runningValue(options: ServerOptions, flag: string): string {
 /** The options a reload changed that only a restart applies (flag names). */
 export function restartNeeded(running: ServerOptions, reloaded: ServerOptions): string[] {
   return RESTART_OPTIONS.filter((flag) => runningValue(running, flag) !== runningValue(reloaded, flag));
-}
-
-/** Quiet time after the last change of a watched file before it is read (editors write in steps). */
-const WATCH_DEBOUNCE_MS = 200;
-
-/**
- * Calls `onChange` once the file changed and stayed unchanged for a moment. Watches the folder, not
- * the file: editors save by writing a new file and renaming it over the old one, which ends a watch
- * on the old file's inode. One pending timer at most, whatever the burst of events.
- */
-export function watchConfigFile(file: string, onChange: () => void, log: Logger): { stop(): void } {
-  const name = basename(file);
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let watcher: FSWatcher | undefined;
-  try {
-    watcher = watch(dirname(resolve(file)), (_event, changed) => {
-      if (changed !== null && changed !== name) return;
-      clearTimeout(timer);
-      timer = setTimeout(onChange, WATCH_DEBOUNCE_MS);
-    });
-    watcher.on("error", (error) => log.warn(`--watch ${file}: ${error.message}; reload with SIGHUP`));
-  } catch (error) {
-    log.warn(`--watch ${file}: ${(error as Error).message}; reload with SIGHUP`);
-  }
-  return {
-    stop() {
-      clearTimeout(timer);
-      watcher?.close();
-    },
-  };
 }
 
 /**
