@@ -104,8 +104,10 @@ export interface Tunnel {
   name?: string;
   /** The URL its client was told. */
   url?: string;
-  streams: number;
-  /** Its open visitor streams: closed with it when its client unexposes it. */
+  /**
+   * Its open visitor streams (their count is what `--max-streams` limits): closed with it when its
+   * client unexposes it.
+   */
   visitors: Set<Stream>;
 }
 
@@ -312,7 +314,7 @@ export class Session {
     // A client re-exposing after a server restart keeps its tunnel id unless another client holds it.
     const wanted = request.tunnel;
     const id = wanted !== undefined && !tunnelIds.has(wanted) ? wanted : nanoid(12);
-    const tunnel: Tunnel = { id, ref: this.nextRef++, port: 0, streams: 0, visitors: new Set() };
+    const tunnel: Tunnel = { id, ref: this.nextRef++, port: 0, visitors: new Set() };
     const opened = request.kind === "http" ? this.openHttp(tunnel, request) : this.openTcp(tunnel, request);
     if (opened !== null) {
       this.refuse(request, opened.code, opened.message);
@@ -497,7 +499,7 @@ export class Session {
   ): Stream | { status: number; message: string } {
     if (this.state !== "live")
       return { status: 502, message: "the tunnel's client is offline; try again shortly" };
-    if (tunnel.streams >= this.context.limits.maxStreamsPerTunnel)
+    if (tunnel.visitors.size >= this.context.limits.maxStreamsPerTunnel)
       return { status: 502, message: "too many connections to this tunnel" };
     if (this.overVisitorLimit(tunnel)) return { status: 502, message: "too many connections to this tunnel" };
     return this.relayVisitor(tunnel, socket, StreamKind.Http);
@@ -516,11 +518,9 @@ export class Session {
 
   /** Announces a visitor as a new stream of `tunnel` (OPEN) and relays its socket. */
   private relayVisitor(tunnel: Tunnel, socket: RelaySocket, kind: StreamKind): Stream {
-    tunnel.streams++;
     const account = this.account;
     if (account !== undefined) account.visitors++;
     const stream = this.mux.createStream((closed) => {
-      tunnel.streams--;
       tunnel.visitors.delete(closed);
       if (account !== undefined) account.visitors--;
       this.context.metrics?.visitorClosed(tunnel, closed);
@@ -546,8 +546,10 @@ export class Session {
       return;
     }
     const limit = this.context.limits.maxStreamsPerTunnel;
-    if (tunnel.streams >= limit) {
-      this.context.log.warn(`tunnel ${tunnel.id}: visitor refused, ${tunnel.streams} streams open (limit)`);
+    if (tunnel.visitors.size >= limit) {
+      this.context.log.warn(
+        `tunnel ${tunnel.id}: visitor refused, ${tunnel.visitors.size} streams open (limit)`,
+      );
       socket.terminate();
       return;
     }
