@@ -18,8 +18,11 @@ interface Pending {
 
 /** Watches one HTTP connection and prints a line as each response ends. */
 export class RequestLogTap implements StreamTap {
+  /** The framers copy what they keep (a partial head); the log keeps strings: the relay may free early. */
+  readonly keepsViews = false;
   private readonly requests = new RequestFramer();
-  private readonly responses = new ResponseFramer();
+  /** Only the status and the body's length are read: no field list. */
+  private readonly responses = new ResponseFramer(false);
   private readonly pending: Pending[] = [];
   private off = false;
 
