@@ -180,3 +180,21 @@ export function unmappedAddress(address: string): string {
 export function formatHost(host: string): string {
   return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
 }
+
+/**
+ * Whether a Host header names this machine by address or as localhost, not by a DNS name that could
+ * be rebound to it (the inspector and the admin listener answer only such requests without a token).
+ */
+export function trustedHost(host: string | null): boolean {
+  if (host === null) return false;
+  const name = host
+    .replace(/:\d+$/, "")
+    .replace(/^\[|\]$/g, "")
+    .toLowerCase();
+  return (
+    name === "localhost" ||
+    name.endsWith(".localhost") ||
+    /^\d{1,3}(\.\d{1,3}){3}$/.test(name) ||
+    (name.includes(":") && /^[0-9a-f:.]+$/.test(name))
+  );
+}

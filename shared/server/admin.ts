@@ -13,7 +13,7 @@
 
 import type { Server } from "bun";
 import { Hono } from "hono";
-import { formatHost, type HostPort, parsePort, UsageError } from "../args.ts";
+import { formatHost, type HostPort, parsePort, trustedHost, UsageError } from "../args.ts";
 import { keyMatches } from "./auth.ts";
 import { DASHBOARD_HTML } from "./dashboard.ts";
 import type { ServerMetrics } from "./metrics.ts";
@@ -47,21 +47,6 @@ export function isLoopback(host: string): boolean {
 export function adminProblem(address: HostPort | undefined, token: string | undefined): string | undefined {
   if (address === undefined || token || isLoopback(address.host)) return undefined;
   return `--admin ${formatHost(address.host)}:${address.port} is beyond loopback: set an admin token (env SOCKETS_ADMIN_TOKEN, or admin_token in --config), or bind 127.0.0.1`;
-}
-
-/** Whether a Host header names the listener by address or as localhost (not a rebound DNS name). */
-function trustedHost(host: string | null): boolean {
-  if (host === null) return false;
-  const name = host
-    .replace(/:\d+$/, "")
-    .replace(/^\[|\]$/g, "")
-    .toLowerCase();
-  return (
-    name === "localhost" ||
-    name.endsWith(".localhost") ||
-    /^\d{1,3}(\.\d{1,3}){3}$/.test(name) ||
-    (name.includes(":") && /^[0-9a-f:.]+$/.test(name))
-  );
 }
 
 /** What the admin app reads. */

@@ -8,7 +8,7 @@
  */
 
 import type { Server } from "bun";
-import { formatHost, type HostPort } from "../../args.ts";
+import { formatHost, type HostPort, trustedHost } from "../../args.ts";
 import { describeError, type Logger } from "../../log.ts";
 import { type InspectorSource, inspectorApp } from "./app.ts";
 import { DEFAULT_INSPECT } from "./settings.ts";
@@ -24,21 +24,6 @@ export interface InspectorListener {
   port: number;
   /** Stops listening (open pages lose their live stream). */
   stop(): void;
-}
-
-/** Whether a Host header names this machine by address or as localhost (not a rebound DNS name). */
-function trustedHost(host: string | null): boolean {
-  if (host === null) return false;
-  const name = host
-    .replace(/:\d+$/, "")
-    .replace(/^\[|\]$/g, "")
-    .toLowerCase();
-  return (
-    name === "localhost" ||
-    name.endsWith(".localhost") ||
-    /^\d{1,3}(\.\d{1,3}){3}$/.test(name) ||
-    (name.includes(":") && /^[0-9a-f:.]+$/.test(name))
-  );
 }
 
 /**
