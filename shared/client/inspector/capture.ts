@@ -112,6 +112,29 @@ export interface TcpConnection {
   reason?: string;
 }
 
+/** Messages up to this size are carved from a shared slab rather than given their own buffer. */
+const SLAB_MESSAGE_MAX = 8 * 1024;
+/** The slab small messages are carved from (a new one when it is full). */
+const SLAB_SIZE = 128 * 1024;
+let slab = new Uint8Array(SLAB_SIZE);
+let slabUsed = 0;
+
+/**
+ * A zeroed buffer of `size` bytes for a message record. Small ones are views into a shared slab: one
+ * allocation outside the JS heap per slab, not per message (a slab is freed once no record views it;
+ * the store keeps the newest exchanges, so the slabs alive are about the last few).
+ */
+function keepBuffer(size: number): Uint8Array {
+  if (size > SLAB_MESSAGE_MAX) return new Uint8Array(size);
+  if (slabUsed + size > SLAB_SIZE) {
+    slab = new Uint8Array(SLAB_SIZE);
+    slabUsed = 0;
+  }
+  const view = slab.subarray(slabUsed, slabUsed + size);
+  slabUsed += size;
+  return view;
+}
+
 /**
  * One message's record: its head's bytes followed by its body's first bytes, in one buffer sized when
  * the head arrived (a Content-Length body up to the cap: one copy, no more allocation); a body of
@@ -171,7 +194,7 @@ class MessageRecord {
   settle(): void {
     const pieces = this.pieces;
     if (pieces === null && this.raw.length === this.headLength + this.inRaw) return;
-    const joined = new Uint8Array(this.headLength + this.kept);
+    const joined = keepBuffer(this.headLength + this.kept);
     joined.set(this.raw.subarray(0, this.headLength + this.inRaw));
     let at = this.headLength + this.inRaw;
     for (const piece of pieces ?? []) {
@@ -478,7 +501,7 @@ export class InspectorTap implements StreamTap {
     const { body, contentLength, upgrade } = SCAN; // read before anything else may scan
     const headLength = to - from;
     const length = body === Body.Length ? Math.min(contentLength, store.bodyCap) : 0;
-    const raw = new Uint8Array(headLength + length);
+    const raw = keepBuffer(headLength + length);
     raw.set(from === 0 && to === b.length ? b : b.subarray(from, to));
     const methodEnd = SCAN.methodEnd - from;
     const head = methodEnd === 4 && raw[0] === 72 && raw[1] === 69 && raw[2] === 65 && raw[3] === 68;
@@ -596,7 +619,7 @@ export class InspectorTap implements StreamTap {
     const cap = this.store.bodyCap;
     const headLength = to - from;
     const length = body === Body.Length ? Math.min(contentLength, cap) : 0;
-    const raw = new Uint8Array(headLength + length);
+    const raw = keepBuffer(headLength + length);
     raw.set(from === 0 && to === b.length ? b : b.subarray(from, to));
     current.headersMs = performance.now() - current.startedAt;
     current.response = new ResponseRecord(raw, headLength, body === Body.Chunked, cap, status);
