@@ -113,10 +113,14 @@ describe("inspector JSON API", () => {
     expect(sent.status).toBe(200);
     await sent.text();
     let list: { requests: Summary[] } = { requests: [] };
-    await eventually(async () => {
-      list = (await api("/api/requests/http?summary=1")).body;
-      return list.requests.length === 1 && list.requests[0]?.state === "complete";
-    }, 5000);
+    await eventually(
+      async () => {
+        list = (await api("/api/requests/http?summary=1")).body;
+        return list.requests.length === 1 && list.requests[0]?.state === "complete";
+      },
+      15_000,
+      "the POST listed as complete",
+    );
     const first = list.requests[0] as Summary;
     expect(first.request).toMatchObject({ method: "POST", uri: "/echo?api=1" });
     expect(first.response?.status_code).toBe(200);
@@ -215,25 +219,39 @@ describe("inspector JSON API", () => {
     });
     finished.write("ping through tcp");
     finished.end();
-    await eventually(async () => {
-      const { connections } = (await api("/api/connections/tcp")).body as {
-        connections: { end?: string; bytes_in: number; bytes_out: number }[];
-      };
-      return connections.some((c) => c.end === "fin" && c.bytes_in === 16 && c.bytes_out === 16);
-    }, 5000);
+    await eventually(
+      async () => {
+        const { connections } = (await api("/api/connections/tcp")).body as {
+          connections: { end?: string; bytes_in: number; bytes_out: number }[];
+        };
+        return connections.some((c) => c.end === "fin" && c.bytes_in === 16 && c.bytes_out === 16);
+      },
+      15_000,
+      "a TCP connection ended by FIN with 16 bytes each way",
+    );
     const reset = await Bun.connect({ hostname: "127.0.0.1", port: tcpPort, socket: { data() {} } });
     reset.write("x");
-    await eventually(async () => {
-      const { connections } = (await api("/api/connections/tcp")).body as {
-        connections: { state: string }[];
-      };
-      return connections.some((c) => c.state === "open");
-    }, 5000);
+    await eventually(
+      async () => {
+        const { connections } = (await api("/api/connections/tcp")).body as {
+          connections: { state: string }[];
+        };
+        return connections.some((c) => c.state === "open");
+      },
+      15_000,
+      "a TCP connection open",
+    );
     reset.terminate();
-    await eventually(async () => {
-      const { connections } = (await api("/api/connections/tcp")).body as { connections: { end?: string }[] };
-      return connections.some((c) => c.end === "rst");
-    }, 5000);
+    await eventually(
+      async () => {
+        const { connections } = (await api("/api/connections/tcp")).body as {
+          connections: { end?: string }[];
+        };
+        return connections.some((c) => c.end === "rst");
+      },
+      15_000,
+      "a TCP connection ended by RST",
+    );
 
     const status = (await api("/api/status")).body as Record<string, number>;
     expect(status.tunnels).toBe(2);
