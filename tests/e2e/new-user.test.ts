@@ -219,41 +219,35 @@ test.skipIf(!hasIPv6())("the default bind takes IPv4 and IPv6 clients and visito
 });
 
 describe("--server that is not what it should be", () => {
-  test("an ordinary web server: not a sockets server, no HTML", async () => {
-    const web = Bun.serve({
-      hostname: "127.0.0.1",
-      port: 0,
-      fetch: () =>
-        new Response("<!DOCTYPE html>\n<html><body>It works!</body></html>\n", {
-          headers: { "content-type": "text/html; charset=utf-8" },
-        }),
-    });
+  /** Runs the client against a web server that answers every request with `body` and `init`. */
+  async function clientAgainst(body: string, init: ResponseInit) {
+    const web = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response(body, init) });
     defer(() => web.stop(true));
     const result = await runToExit([...CLIENT, "--expose", "80", "--server", `ws://127.0.0.1:${web.port}`]);
+    return { result, port: web.port };
+  }
+
+  test("an ordinary web server: not a sockets server, no HTML", async () => {
+    const { result, port } = await clientAgainst("<!DOCTYPE html>\n<html><body>It works!</body></html>\n", {
+      headers: { "content-type": "text/html; charset=utf-8" },
+    });
     expectOneLineError(
       result,
       new RegExp(
-        `^error: ws://127\\.0\\.0\\.1:${web.port} is not a sockets server \\(it answered HTTP 200 OK, text/html instead of a WebSocket upgrade\\); check the host and port in --server$`,
+        `^error: ws://127\\.0\\.0\\.1:${port} is not a sockets server \\(it answered HTTP 200 OK, text/html instead of a WebSocket upgrade\\); check the host and port in --server$`,
       ),
     );
   });
 
   test("a proxy whose sockets server is down: says so, not 'not a sockets server'", async () => {
-    const proxy = Bun.serve({
-      hostname: "127.0.0.1",
-      port: 0,
-      fetch: () =>
-        new Response("<html>502 Bad Gateway</html>", {
-          status: 502,
-          headers: { "content-type": "text/html" },
-        }),
+    const { result, port } = await clientAgainst("<html>502 Bad Gateway</html>", {
+      status: 502,
+      headers: { "content-type": "text/html" },
     });
-    defer(() => proxy.stop(true));
-    const result = await runToExit([...CLIENT, "--expose", "80", "--server", `ws://127.0.0.1:${proxy.port}`]);
     expectOneLineError(
       result,
       new RegExp(
-        `^error: ws://127\\.0\\.0\\.1:${proxy.port} answered HTTP 502 Bad Gateway, text/html: a proxy there cannot reach the sockets server behind it$`,
+        `^error: ws://127\\.0\\.0\\.1:${port} answered HTTP 502 Bad Gateway, text/html: a proxy there cannot reach the sockets server behind it$`,
       ),
     );
   });
