@@ -183,6 +183,9 @@ function parseMeta(text: string): OpenMeta {
   }
   if (typeof value !== "object" || value === null || typeof (value as OpenMeta).remote !== "string")
     throw new ProtocolError("OPEN metadata lacks a remote address");
+  const target = (value as OpenMeta).target;
+  if (target !== undefined && (typeof target !== "string" || target.length > 80))
+    throw new ProtocolError("OPEN metadata has a bad target");
   return value as OpenMeta;
 }
 

@@ -19,6 +19,9 @@ export const SUBPROTOCOL = `sockets.v${PROTOCOL_VERSION}`;
 /** Path on the control port where clients upgrade to a WebSocket. */
 export const CONNECT_PATH = "/_sockets/connect";
 
+/** Path on the control port where another node of a cluster opens its link (see PROTOCOL.md). */
+export const NODE_LINK_PATH = "/_sockets/node";
+
 /** Request header that carries the API key (`Authorization: Bearer <key>`). */
 export const AUTH_HEADER = "authorization";
 
@@ -250,6 +253,11 @@ export const TUNNEL_ID = /^[A-Za-z0-9_-]{1,64}$/;
 export interface OpenMeta {
   /** The visitor's address as `ip:port`. */
   remote: string;
+  /**
+   * On a node link only (cluster): what the visitor came for, `http:NAME` or `tcp:PORT`; the receiving
+   * node hands the stream to the client holding it. Absent on a client's connection.
+   */
+  target?: string;
 }
 
 /** Raised for anything a peer sends that breaks the protocol; the session closes with 1002. */
