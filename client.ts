@@ -40,9 +40,12 @@ import { helpText } from "./shared/options.ts";
 export { ClientError, type ExposeOption, type NamedService, parseClientArgs, type TunnelInfo };
 
 /** Everything the client can be told; the CLI fills it from flags, env and the config file. */
-export type ClientOptions = Omit<ClientArgs, "server" | "expose" | "inspect"> & {
-  /** `ws://` or `wss://` URL of the server. */
-  server: string | URL;
+export type ClientOptions = Omit<ClientArgs, "server" | "servers" | "expose" | "inspect"> & {
+  /**
+   * `ws://` or `wss://` URL of the server, or several in order of preference: the client uses the
+   * first that answers and moves to the next ones when it loses its server.
+   */
+  server: string | URL | readonly (string | URL)[];
   /** The services to publish; those without a name get `tcp-1`, `http-1`, … */
   expose: ExposeOption[];
   /** Prints one line per HTTP request on HTTP tunnels (method, path, status, duration, bytes). */
@@ -59,6 +62,8 @@ export type ClientOptions = Omit<ClientArgs, "server" | "expose" | "inspect"> & 
 export interface ClientHandle extends TunnelSet {
   /** The tunnels as last confirmed by the server (same ids and ports across reconnects when possible). */
   tunnels: TunnelInfo[];
+  /** The server connected to (or, while reconnecting, last connected to). */
+  readonly server: string;
   /** Brings the tunnels to `services` by name: adds, closes, re-exposes the changed, leaves the rest. */
   update(services: NamedService[]): Promise<ApplyResult>;
   /** Open streams (visitor connections) on this client. */
@@ -81,8 +86,9 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
   await Promise.all(options.expose.map(checkResolves));
   const { inspect = "off" } = options;
   const store = inspect === "off" ? undefined : new InspectorStore({ capacity: options.inspectBuffer });
+  const servers = Array.isArray(options.server) ? options.server : [options.server];
   const client = await TunnelClient.connect({
-    url: new URL(options.server),
+    servers: servers.map((server) => new URL(server)),
     apiKey: options.apiKey,
     ca: options.ca,
     insecure: options.insecure,
@@ -105,6 +111,9 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
   return {
     get tunnels() {
       return client.tunnels;
+    },
+    get server() {
+      return client.server;
     },
     get services() {
       return client.services;
@@ -189,6 +198,7 @@ async function main(): Promise<void> {
     // One stdout line per tunnel the server confirms: at start, and again after a server restart.
     handle = await startClient({
       ...options,
+      server: options.servers,
       inspect: options.inspect ?? "default",
       // Each HTTP service says whether its requests are logged (the flag, or its config file entry).
       logRequest: (line) => process.stdout.write(`${line}\n`),
@@ -205,6 +215,9 @@ async function main(): Promise<void> {
     process.stderr.write(`error: ${describeError(error)}\n`);
     process.exit(1);
   }
+  // The server actually connected to (with several, the first that answered); logged once the tunnels
+  // are up, so that a refused tunnel still leaves one error line alone on stderr.
+  log.info(`connected to server ${handle.server}`);
   if (handle.inspector) process.stdout.write(`inspector: ${handle.inspector.url}\n`);
   // With --config: SIGHUP (and with --watch, each save) brings the tunnels to what the file says now.
   if (options.config !== undefined) {

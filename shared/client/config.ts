@@ -4,7 +4,7 @@
  * tables each publish one local service:
  *
  * ```toml
- * server = "ws://localhost:7070"
+ * server = "ws://localhost:7070"   # or a list: ["wss://a.example:7070", "wss://b.example:7070"]
  *
  * [[tunnels]]
  * name = "web"           # unique; a reload compares tunnels by name
@@ -32,6 +32,7 @@ import {
   httpService,
   type NamedService,
   type ServiceDefaults,
+  serversFromEnv,
   servicesFromValues,
 } from "./options.ts";
 
@@ -261,9 +262,16 @@ export async function parseClientArgs(
   argv: string[],
   env: Record<string, string | undefined>,
 ): Promise<ClientArgs | "help" | { init: string }> {
-  const parsed = parseOptions(CLIENT_OPTIONS, withInitDefault(argv), env);
+  // SOCKETS_SERVER may hold a list, which the generic parser would read as one URL: split here.
+  const serverEnv = CLIENT_OPTIONS.server.env;
+  const parsed = parseOptions(CLIENT_OPTIONS, withInitDefault(argv), { ...env, [serverEnv]: undefined });
   if (parsed.help) return "help";
   const commandLine = parsed.values as ClientValues;
+  const listed = env[serverEnv];
+  if (commandLine.server === undefined && listed) {
+    const servers = serversFromEnv(listed);
+    if (servers.length > 0) commandLine.server = servers;
+  }
   if (commandLine.init !== undefined) return { init: commandLine.init };
   if (commandLine.watch && commandLine.config === undefined)
     throw new UsageError("--watch needs --config FILE (it reloads that file when it changes)");
@@ -287,9 +295,11 @@ export async function parseClientArgs(
         : new UsageError(`--ca: cannot read '${ca}'`);
     caText = await file.text();
   }
+  const servers = server !== undefined && server.length > 0 ? server : [defaultServer()];
   return {
     ...rest,
-    server: server ?? defaultServer(),
+    server: servers[0] as URL,
+    servers,
     expose: services,
     ca: caText,
     apiKey: env.SOCKETS_API_KEY || undefined,

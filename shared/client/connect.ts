@@ -4,6 +4,7 @@
  * @module
  */
 
+import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import { describeError } from "../log.ts";
@@ -17,9 +18,63 @@ import {
   type SyncMessage,
 } from "../wire/protocol.ts";
 
+/**
+ * One server to try: the URL as given and, for a host name with several addresses, the address to
+ * dial (the URL's name still goes in the Host header, the TLS SNI and the certificate check).
+ */
+export interface ServerTarget {
+  url: URL;
+  address?: string;
+}
+
+/** How logs name a target: its URL without the trailing slash, and the address when it has one. */
+export function targetLabel(target: ServerTarget): string {
+  const { url, address } = target;
+  const base = `${url.protocol}//${url.host}${url.pathname === "/" ? "" : url.pathname}`;
+  return address === undefined ? base : `${base} (${address})`;
+}
+
+/** Whether two targets are the same server (same URL, same address). */
+export function sameTarget(a: ServerTarget, b: ServerTarget): boolean {
+  return a.url.href === b.url.href && a.address === b.address;
+}
+
+/** Every address of a host name, in the resolver's order. */
+export type AddressLookup = (host: string) => Promise<string[]>;
+
+const lookupAll: AddressLookup = async (host) =>
+  (await lookup(host, { all: true })).map((entry) => entry.address);
+
+/**
+ * The servers to try, in order: each URL whose host name has several A/AAAA records becomes one target
+ * per address (a DNS round robin is a list of servers). Resolved at each call, since the records may
+ * change between attempts. An IP literal, a name with one address, and a name that does not resolve
+ * stay one target dialled by name (the dial then explains the failure). Repeats are dropped.
+ */
+export async function resolveServers(
+  urls: readonly URL[],
+  resolve: AddressLookup = lookupAll,
+): Promise<ServerTarget[]> {
+  const expanded = await Promise.all(
+    urls.map(async (url): Promise<ServerTarget[]> => {
+      const host = url.hostname.replace(/^\[|\]$/g, "");
+      if (isIP(host) !== 0) return [{ url }];
+      const addresses = await resolve(host).catch(() => [] as string[]);
+      const unique = [...new Set(addresses)];
+      return unique.length > 1 ? unique.map((address) => ({ url, address })) : [{ url }];
+    }),
+  );
+  const targets: ServerTarget[] = [];
+  for (const target of expanded.flat())
+    if (!targets.some((seen) => sameTarget(seen, target))) targets.push(target);
+  return targets;
+}
+
 /** How to reach the server. */
 export interface ConnectOptions {
   url: URL;
+  /** Dial this address instead of resolving the URL's host (which still names the server to TLS and HTTP). */
+  address?: string;
   apiKey?: string;
   ca?: string;
   insecure?: boolean;
@@ -69,8 +124,16 @@ export async function connectControl(options: ConnectOptions): Promise<ControlCo
   const headers: Record<string, string> = {};
   if (options.apiKey) headers[AUTH_HEADER] = `Bearer ${options.apiKey}`;
   if (options.resume) headers[RESUME_HEADER] = `${options.resume.session} ${options.resume.secret}`;
-  const tls = { ca: options.ca, rejectUnauthorized: !options.insecure };
-  const ws = new WebSocket(url.href, { protocols: [SUBPROTOCOL], headers, tls } as unknown as string[]);
+  const tls: ProbeTls = { ca: options.ca, rejectUnauthorized: !options.insecure };
+  // One address of several: dial it, but name the server as the URL does. Bun's WebSocket (1.4.5) takes
+  // tls.serverName for both the SNI and the certificate check, and a Host header of the caller's.
+  const dial = new URL(url);
+  if (options.address !== undefined) {
+    dial.hostname = isIP(options.address) === 6 ? `[${options.address}]` : options.address;
+    headers.Host = url.host;
+    tls.serverName = url.hostname;
+  }
+  const ws = new WebSocket(dial.href, { protocols: [SUBPROTOCOL], headers, tls } as unknown as string[]);
   ws.binaryType = "arraybuffer";
   const timeout = options.timeout ?? 10_000;
 
@@ -86,7 +149,7 @@ export async function connectControl(options: ConnectOptions): Promise<ControlCo
     }, timeout);
     const fail = () => {
       clearTimeout(timer);
-      explainFailure(url, headers, tls).then(reject, reject);
+      explainFailure(url, dial, headers, tls).then(reject, reject);
     };
     let hello: Hello | undefined;
     const onMessage = (event: MessageEvent) => {
@@ -174,10 +237,11 @@ function portNote(url: URL): string {
  */
 async function explainFailure(
   url: URL,
+  dial: URL,
   headers: Record<string, string>,
-  tls: { ca?: string; rejectUnauthorized: boolean },
+  tls: ProbeTls,
 ): Promise<ConnectError> {
-  const httpUrl = new URL(url);
+  const httpUrl = new URL(dial);
   httpUrl.protocol = url.protocol === "wss:" ? "https:" : "http:";
   const where = `${url.protocol}//${url.host}`;
   let response: Response;
@@ -189,7 +253,7 @@ async function explainFailure(
       redirect: "manual",
     } as RequestInit);
   } catch (error) {
-    return explainUnreachable(url, error);
+    return explainUnreachable(url, dial, error);
   }
   const type = response.headers.get("content-type") ?? "";
   const body = (await response.text()).trim().split("\n")[0] ?? "";
@@ -213,10 +277,22 @@ async function explainFailure(
   return new ConnectError(`server ${where} refused the connection: ${response.status} ${body}`, fatal);
 }
 
-/** The request never got an HTTP answer: refused, the wrong scheme, a certificate problem, or no route. */
-async function explainUnreachable(url: URL, error: unknown): Promise<ConnectError> {
+/** TLS settings of the dial and of the probes that explain its failure. */
+interface ProbeTls {
+  ca?: string;
+  rejectUnauthorized: boolean;
+  /** The URL's host name, when the dial goes to one of its addresses. */
+  serverName?: string;
+}
+
+/**
+ * The request never got an HTTP answer: refused, the wrong scheme, a certificate problem, or no route.
+ * Messages name `url` (what the user wrote); the probes go where the dial went (`dial`).
+ */
+async function explainUnreachable(url: URL, dial: URL, error: unknown): Promise<ConnectError> {
   const where = `${url.protocol}//${url.host}`;
-  const host = url.hostname.replace(/^\[|\]$/g, "");
+  const host = dial.hostname.replace(/^\[|\]$/g, "");
+  const name = url.hostname.replace(/^\[|\]$/g, "");
   const port = portOf(url);
   const code = (error as { code?: string }).code ?? "";
   // Bun's fetch appends advice about its own `verbose` option, which means nothing to a user.
@@ -225,7 +301,7 @@ async function explainUnreachable(url: URL, error: unknown): Promise<ConnectErro
     return new ConnectError(`cannot reach server ${where}: connection refused${portNote(url)}`);
   if (url.protocol === "wss:" && TLS_CODES.test(`${code} ${reason}`)) {
     if (/ALTNAME|HOSTNAME/i.test(`${code} ${reason}`)) {
-      const names = (await peerCertificate(host, port))?.names;
+      const names = (await peerCertificate(host, port, name))?.names;
       if (names !== undefined) {
         const usable = names.find((n) => !n.includes("*"));
         const example = usable === undefined ? "" : ` (e.g. wss://${formatName(usable)}:${port})`;
@@ -234,7 +310,7 @@ async function explainUnreachable(url: URL, error: unknown): Promise<ConnectErro
         );
       }
     }
-    if (await answersPlainHttp(url))
+    if (await answersPlainHttp(dial))
       return new ConnectError(
         `server ${where} speaks plain ws://, not TLS (wss://): use --server ws://${url.hostname}:${port}`,
       );
@@ -242,7 +318,7 @@ async function explainUnreachable(url: URL, error: unknown): Promise<ConnectErro
       `TLS verification of ${where} failed (${code || reason}); trust its certificate with --ca FILE, or skip the check with --insecure`,
     );
   }
-  if (url.protocol === "ws:" && (await peerCertificate(host, port)) !== undefined)
+  if (url.protocol === "ws:" && (await peerCertificate(host, port, name)) !== undefined)
     return new ConnectError(
       `server ${where} expects TLS (wss://), not plain ws://: use --server wss://${url.hostname}:${port}`,
     );
@@ -259,14 +335,14 @@ function formatName(name: string): string {
  * Completes a TLS handshake without verification and reads the names the certificate holds; undefined
  * when the port does not speak TLS (or does not answer within {@link PROBE_MS}).
  */
-function peerCertificate(host: string, port: number): Promise<{ names: string[] } | undefined> {
+function peerCertificate(host: string, port: number, name = host): Promise<{ names: string[] } | undefined> {
   return new Promise((resolve) => {
     const socket = tlsConnect({
       host,
       port,
       rejectUnauthorized: false,
       // SNI takes names only; an IP address there is refused (and the server's default certificate is wanted).
-      ...(isIP(host) ? {} : { servername: host }),
+      ...(isIP(name) ? {} : { servername: name }),
     });
     const finish = (result: { names: string[] } | undefined) => {
       clearTimeout(timer);

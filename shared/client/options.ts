@@ -54,9 +54,10 @@ export const CLIENT_OPTIONS = {
   server: {
     key: "server",
     value: "URL",
+    multiple: true,
     default: "ws://localhost:7070",
     env: "SOCKETS_SERVER",
-    help: "ws:// or wss:// server",
+    help: "ws:// or wss:// server; repeatable (the env: a comma-separated list): the first that answers is used, the next when it is lost (README: Several servers)",
     parse: (text: string, flag: string): URL => parseServerUrl(text, flag),
   },
   port: {
@@ -183,7 +184,10 @@ export type ClientArgs = Omit<
   ClientValues,
   "tcp" | "http" | "ports" | "subdomains" | "hostHeader" | "basicAuth" | "ca" | "server" | "config" | "init"
 > & {
+  /** The first of {@link ClientArgs.servers} (what a one-server caller reads). */
   server: URL;
+  /** Every server, in the order given (`--server` repeated, the env list, or the file's array); never empty. */
+  servers: URL[];
   expose: NamedService[];
   /** PEM CA certificate(s) to trust for wss (the file's contents). */
   ca?: string;
@@ -256,4 +260,17 @@ export function nameServices(services: ExposeOption[]): NamedService[] {
 /** The server URL the client uses when none is given. */
 export function defaultServer(): URL {
   return parseServerUrl(CLIENT_OPTIONS.server.default, "--server");
+}
+
+/**
+ * The servers a `SOCKETS_SERVER` value names: one URL or a comma-separated list (blanks around the
+ * commas ignored; empty items skipped).
+ * @throws {UsageError} naming the variable for an item that is no ws:// or wss:// URL.
+ */
+export function serversFromEnv(text: string, name = CLIENT_OPTIONS.server.env): URL[] {
+  return text
+    .split(",")
+    .map((item) => item.trim())
+    .filter((item) => item !== "")
+    .map((item) => parseServerUrl(item, name));
 }

@@ -9,6 +9,12 @@
  * (closed by the user, or a fatal refusal such as a revoked key: closed for good)
  * ```
  *
+ * With several servers (`--server` repeated, or a name with several addresses) the first that answers
+ * is used; a lost connection is first resumed on the same server (its visitors carry on), then the
+ * others are tried in turn, and a server that does not know the session gets the tunnels exposed again
+ * with the same names, ports and ids (the old session id and secret still go along: a cluster node
+ * takes them as proof that the names are this client's).
+ *
  * Each visitor arrives as an OPEN and becomes its own connection to the local service. Tunnels are
  * asked for one by one and kept by name: {@link TunnelClient.add} and {@link TunnelClient.unexpose}
  * change the set at run time (a config reload), and a server restart exposes the current set again.
@@ -35,7 +41,15 @@ import {
   type UnexposeRequest,
 } from "../wire/protocol.ts";
 import { backoffDelay } from "./backoff.ts";
-import { ConnectError, type ControlConnection, connectControl } from "./connect.ts";
+import {
+  ConnectError,
+  type ControlConnection,
+  connectControl,
+  resolveServers,
+  type ServerTarget,
+  sameTarget,
+  targetLabel,
+} from "./connect.ts";
 import { combineTaps, InspectorTap } from "./inspector/capture.ts";
 import type { InspectorStore } from "./inspector/store.ts";
 import type { NamedService } from "./options.ts";
@@ -60,7 +74,8 @@ export class ClientError extends Error {
 
 /** What a {@link TunnelClient} needs to know. */
 export interface TunnelClientSettings {
-  url: URL;
+  /** The servers, in order of preference (never empty); a name with several addresses counts as several. */
+  servers: readonly URL[];
   apiKey?: string;
   /** PEM CA certificate(s) to trust for wss. */
   ca?: string;
@@ -106,7 +121,8 @@ export class RefusedError extends ClientError {
 
 /** One client's session with the server, across the connections it resumes it with. */
 export class TunnelClient {
-  readonly mux: Mux;
+  /** Replaced only when a new server's hello asks for other stream settings (then nothing is open). */
+  mux: Mux;
   /** Resolves with the reason once the client gave up or was closed. */
   readonly closed: Promise<string>;
   private giveUp: (reason: string) => void = () => {};
@@ -121,11 +137,16 @@ export class TunnelClient {
   /** Tunnels whose unexpose a lost connection cut short: closed again once the session is resumed. */
   private readonly orphans = new Map<string, number>();
 
+  /** The server the connection goes (or last went) to. */
+  private target: ServerTarget;
+
   private constructor(
     private readonly settings: TunnelClientSettings,
     connection: ControlConnection,
+    target: ServerTarget,
   ) {
     this.connection = connection;
+    this.target = target;
     this.closed = new Promise<string>((resolve) => {
       this.giveUp = resolve;
     });
@@ -135,20 +156,46 @@ export class TunnelClient {
   }
 
   /**
-   * Connects: TLS, API key, protocol version; resolves with a client whose connection is live.
-   * @throws {ClientError} with one line when the server cannot be reached or refuses.
+   * Connects: TLS, API key, protocol version; resolves with a client whose connection is live. Tries
+   * the servers in order (one info line per failure) until one answers; a fatal refusal (API key,
+   * protocol version) stops at once.
+   * @throws {ClientError} with one line, the last failure's, when no server can be reached or one refuses.
    */
   static async connect(settings: TunnelClientSettings): Promise<TunnelClient> {
-    try {
-      return new TunnelClient(settings, await TunnelClient.dial(settings));
-    } catch (error) {
-      throw new ClientError(describeError(error));
+    const targets = await resolveServers(settings.servers);
+    let last: unknown = new ConnectError("no server to connect to");
+    for (const [i, target] of targets.entries()) {
+      try {
+        const timeout = targets.length > 1 ? SEVERAL_TIMEOUT_MS : undefined;
+        return new TunnelClient(
+          settings,
+          await TunnelClient.dial(settings, target, undefined, timeout),
+          target,
+        );
+      } catch (error) {
+        last = failure(target, error);
+        if (error instanceof ConnectError && error.fatal) break;
+        const next = targets[i + 1];
+        if (next !== undefined) settings.log.info(`${last}; trying ${targetLabel(next)}`);
+      }
     }
+    throw new ClientError(describeError(last));
   }
 
-  private static dial(settings: TunnelClientSettings, resume?: { session: string; secret: string }) {
-    const { url, apiKey, ca, insecure } = settings;
-    return connectControl({ url, apiKey, ca, insecure, resume });
+  private static dial(
+    settings: TunnelClientSettings,
+    target: ServerTarget,
+    resume?: { session: string; secret: string },
+    timeout?: number,
+  ) {
+    const { apiKey, ca, insecure } = settings;
+    const { url, address } = target;
+    return connectControl({ url, address, apiKey, ca, insecure, resume, timeout });
+  }
+
+  /** The server connected to (or, while reconnecting, last connected to), as logs name it. */
+  get server(): string {
+    return targetLabel(this.target);
   }
 
   /** The tunnels as last confirmed by the server, in the order they came. */
@@ -389,34 +436,58 @@ export class TunnelClient {
     conn.onBlocked = (blocked) => this.mux.setBlocked(blocked);
   }
 
-  /** Reconnect: back off with jitter, resume the session, or expose again if the server lost it. */
+  /**
+   * Reconnect: back off with jitter; the first attempt goes to the same server (resume: visitors carry
+   * on), later ones to the next servers in turn. A server that does not know the session (restarted, or
+   * another one) gets the tunnels exposed again with the same ports, names and ids.
+   */
   private async reconnect(reason: string): Promise<void> {
     const { log, maxBackoffMs } = this.settings;
     log.warn(`connection to server lost (${reason}); reconnecting`);
+    const home = this.target;
+    // A frozen server takes the TCP connection and never answers: with others to go to, wait less.
+    const several = this.settings.servers.length > 1 || home.address !== undefined;
+    const timeout = several ? SEVERAL_TIMEOUT_MS : undefined;
     for (let attempt = 1; !this.closing; attempt++) {
-      const delay = backoffDelay(attempt, 250, maxBackoffMs);
-      log.info(`reconnecting in ${(delay / 1000).toFixed(1)} s (attempt ${attempt})`);
+      // Resolved again at each attempt: a round robin's records may have changed.
+      const targets = attempt === 1 ? [home] : await resolveServers(this.settings.servers);
+      const at = targets.findIndex((target) => sameTarget(target, home));
+      const target = attempt === 1 ? home : (targets[(at + attempt - 1) % targets.length] ?? home);
+      // The first round over the other servers waits no longer than the first attempt (a dead server
+      // refuses at once, and the client should be elsewhere within a second or two); then back off.
+      const delay = backoffDelay(Math.max(1, attempt - Math.max(targets.length, 1) + 1), 250, maxBackoffMs);
+      const where = several || targets.length > 1 ? ` to ${targetLabel(target)}` : "";
+      log.info(`reconnecting${where} in ${(delay / 1000).toFixed(1)} s (attempt ${attempt})`);
       await Bun.sleep(delay);
       if (this.closing) return;
+      // The old session's id and secret go to every server: a cluster node takes them as the claim.
       const { session, secret } = this.connection.hello;
       let conn: ControlConnection;
       try {
-        conn = await TunnelClient.dial(this.settings, { session, secret });
+        conn = await TunnelClient.dial(this.settings, target, { session, secret }, timeout);
       } catch (error) {
         if (error instanceof ConnectError && error.fatal) {
-          log.error(describeError(error));
-          return this.giveUp(describeError(error));
+          log.error(failure(target, error));
+          return this.giveUp(failure(target, error));
         }
-        log.warn(`reconnect attempt ${attempt} failed: ${describeError(error)}`);
+        log.warn(`reconnect attempt ${attempt} failed: ${failure(target, error)}`);
         continue;
       }
+      const moved = !sameTarget(target, this.target);
+      this.target = target;
+      if (moved) log.info(`moved to server ${targetLabel(target)}`);
       this.bind(conn);
       try {
         if (conn.hello.resumed) return this.resume(conn.sync as SyncMessage);
-        log.info("server lost the session (restarted?); exposing the tunnels again");
+        log.info(
+          moved
+            ? "the new server does not know the session; exposing the tunnels again (same ports, names and ids)"
+            : "server lost the session (restarted?); exposing the tunnels again",
+        );
         this.mux.destroyAll();
         this.targets.clear();
         this.orphans.clear();
+        this.renewMux(conn);
         this.mux.start((frame) => this.connection.send(frame));
         const previous = new Map(this.tunnels.map((tunnel) => [tunnel.local.name, tunnel]));
         return await this.exposeAll(this.services, previous);
@@ -429,6 +500,22 @@ export class TunnelClient {
         return this.giveUp(describeError(error));
       }
     }
+  }
+
+  /**
+   * A new session (after a restart or a move) whose server announces other window or frame sizes
+   * than the multiplexer was made with gets a new one (no stream is open then); the same sizes keep it.
+   */
+  private renewMux(conn: ControlConnection): void {
+    const { window, initialWindow, maxFramePayload } = conn.hello;
+    const mux = this.mux;
+    if (
+      mux.window === window &&
+      mux.initialWindow === initialWindow &&
+      mux.maxFramePayload === maxFramePayload
+    )
+      return;
+    this.mux = new Mux(null, conn.hello, (frame) => this.accept(frame));
   }
 
   /** Resume: tell the server our positions, then resend what the blip lost. */
@@ -449,4 +536,13 @@ export class TunnelClient {
       );
     }
   }
+}
+
+/** How long one server may take to answer when there are others to try (one alone: connect.ts's 10 s). */
+const SEVERAL_TIMEOUT_MS = 5000;
+
+/** A failure's line, with the address dialled when the server is one address of several. */
+function failure(target: ServerTarget, error: unknown): string {
+  const line = describeError(error);
+  return target.address === undefined ? line : `${line} (address ${target.address})`;
 }
