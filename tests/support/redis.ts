@@ -1,0 +1,105 @@
+/**
+ * Test support, Redis: a real `redis-server` (Debian's, /usr/bin) on a free loopback port, with no
+ * persistence (`--save '' --appendonly no`: a restart comes back empty, as a replaced Redis would). It
+ * is started through {@link spawnRole} (output to polled files, SIGKILL by PID at cleanup, kernel
+ * backstop), so the test file's {@link setupFile} cleanup stops it even when a test failed.
+ * @module
+ */
+
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { defer, type RoleProcess, spawnRole, withTimeout } from "./processes.ts";
+
+/** The redis-server binary: Debian's, else whichever is on the PATH. */
+const REDIS_SERVER = Bun.which("redis-server") ?? "/usr/bin/redis-server";
+
+/** A redis-server the test started, on a port it keeps across restarts. */
+export interface RedisProcess {
+  /** Its port on 127.0.0.1. */
+  readonly port: number;
+  /** `redis://127.0.0.1:PORT`. */
+  readonly url: string;
+  /** The PID of the process running now (a restart starts another). */
+  readonly pid: number;
+  /** SIGKILL to the process this helper spawned (by PID); resolves once it exited. */
+  kill(): Promise<void>;
+  /** Starts a new, empty redis-server on the same port (killing the running one first, if any). */
+  restart(): Promise<void>;
+}
+
+/** A free TCP port on 127.0.0.1 (taken and released at once; redis-server binds it right after). */
+function freePort(): number {
+  const listener = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = listener.port;
+  listener.stop(true);
+  return port;
+}
+
+/** Spawns redis-server on `port` and waits for its "Ready to accept connections" line. */
+async function spawnRedis(port: number, dir: string): Promise<RoleProcess> {
+  const role = spawnRole([
+    REDIS_SERVER,
+    "--port",
+    String(port),
+    "--bind",
+    "127.0.0.1",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    dir,
+  ]);
+  await Promise.race([
+    role.waitFor(/Ready to accept connections/, 10_000),
+    role.proc.exited.then((code) => {
+      throw new Error(`redis-server exited (${code}) before it was ready: ${role.stdout()}${role.stderr()}`);
+    }),
+  ]);
+  return role;
+}
+
+/**
+ * Starts a redis-server on a free port and waits until it accepts connections. Rejects with the
+ * reason when /usr/bin/redis-server is missing (`apt-get install redis-server`) or it does not start.
+ */
+export async function startRedis(): Promise<RedisProcess> {
+  if (!(await Bun.file(REDIS_SERVER).exists())) {
+    throw new Error(
+      `${REDIS_SERVER} not found: the cluster tests need redis-server (apt-get install redis-server)`,
+    );
+  }
+  const dir = mkdtempSync(join(tmpdir(), "sockets-redis-"));
+  defer(() => Bun.$`rm -rf ${dir}`.quiet().nothrow());
+  // Another process may take the free port before redis-server binds it: try a few.
+  let port = 0;
+  let role: RoleProcess | undefined;
+  let lastError: unknown;
+  for (let attempt = 0; attempt < 3 && role === undefined; attempt++) {
+    port = freePort();
+    try {
+      role = await spawnRedis(port, dir);
+    } catch (error) {
+      lastError = error;
+    }
+  }
+  if (role === undefined) throw lastError;
+  let current: RoleProcess = role;
+  const kill = async () => {
+    if (current.proc.exitCode === null && current.proc.signalCode === null) current.kill("SIGKILL");
+    await withTimeout(current.proc.exited, 5000, `redis-server ${current.proc.pid} did not die`);
+  };
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    get pid() {
+      return current.proc.pid;
+    },
+    kill,
+    async restart() {
+      await kill();
+      current = await spawnRedis(port, dir);
+    },
+  };
+}
