@@ -14,7 +14,9 @@
  * @module
  */
 
+import { hostname } from "node:os";
 import { formatHost, usageLine } from "./shared/args.ts";
+import { ClusterNode } from "./shared/cluster/node.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
 import { type AdminListener, startAdmin } from "./shared/server/admin.ts";
@@ -84,6 +86,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       : new ServerMetrics(registry.sessions, {
           perTunnel: options.metricsPerTunnel === true,
           buffered: () => registry.stats().buffered,
+          cluster: () => context.cluster?.stats(),
         });
   context.metrics = metrics;
 
@@ -131,11 +134,23 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     }
   context.httpPort = httpPort?.port ?? control.port;
   context.ownPorts = [control.port, ...(httpPort ? [httpPort.port] : []), ...(admin ? [admin.port] : [])];
+  // Cluster: names and ports are leased in Redis, visitors for other nodes' tunnels carried there.
+  if (options.cluster !== undefined)
+    try {
+      context.cluster = await joinCluster(options, registry, host, control.port);
+    } catch (error) {
+      admin?.stop();
+      httpPort?.stop(true);
+      control.stop(true);
+      throw new Error(`--cluster: ${describeError(error)}`);
+    }
   registry.watch();
 
   const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${control.port}`;
   log.info(`listening on ${url} (domain ${context.domain})`);
   log.info(`http tunnels on ${context.httpScheme}://*.${context.domain}:${context.httpPort}`);
+  if (context.cluster)
+    log.info(`cluster: node ${context.cluster.name} joined (${redacted(options.cluster)})`);
   if (admin) log.info(`admin on ${admin.url}/ (dashboard, /api, /metrics)`);
   if (registry.users.open) log.warn("no SOCKETS_SINGLE_API_KEY set: any client may open tunnels");
   if (options.users?.length) log.info(`users: ${options.users.map((u) => u.name).join(", ")}`);
@@ -160,11 +175,37 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       control.stop(false);
       httpPort?.stop(false);
       await registry.drainAll();
+      await context.cluster?.leave();
       httpPort?.stop(true);
       control.stop(true);
       admin?.stop();
     },
   };
+}
+
+/** Joins the cluster `--cluster` names, as `--node-name` at `--node-url` (defaults from the control port). */
+function joinCluster(options: ServerOptions, registry: SessionRegistry, host: string, port: number) {
+  const reachable = host === "::" || host === "0.0.0.0" ? "127.0.0.1" : host;
+  return ClusterNode.join({
+    redis: options.cluster as string,
+    name: options.nodeName ?? `${hostname()}:${port}`,
+    url: options.nodeUrl ?? `${options.tls ? "wss" : "ws"}://${formatHost(reachable)}:${port}`,
+    leaseSeconds: options.clusterLeaseSeconds ?? SERVER_OPTIONS["cluster-lease"].default,
+    host,
+    settings: registry.context.limits,
+    acceptRemote: (target, kind, socket) => registry.acceptRemote(target, kind, socket),
+    onLost: (key) => registry.leaseLost(key),
+    listensOn: (port) => registry.listensOn(port),
+    log: registry.context.log,
+  });
+}
+
+/** A Redis URL for the log: without its password. */
+function redacted(url: string | undefined): string {
+  if (url === undefined) return "";
+  const parsed = new URL(url);
+  if (parsed.password) parsed.password = "***";
+  return parsed.href;
 }
 
 /** `--help`. */

@@ -8,9 +8,10 @@
 
 import { Hono } from "hono";
 import { formatHost } from "../args.ts";
+import { secretHash } from "../cluster/node.ts";
 import type { Logger } from "../log.ts";
-import { AUTH_HEADER, CONNECT_PATH, RESUME_HEADER, SUBPROTOCOL } from "../wire/protocol.ts";
-import { bearerKey } from "./auth.ts";
+import { AUTH_HEADER, CONNECT_PATH, NODE_LINK_PATH, RESUME_HEADER, SUBPROTOCOL } from "../wire/protocol.ts";
+import { bearerKey, keyMatches } from "./auth.ts";
 import type { ControlEnv } from "./control-port.ts";
 import { FailureLimiter } from "./rate-limit.ts";
 import type { SessionRegistry } from "./registry.ts";
@@ -32,6 +33,26 @@ export function controlApp({ registry, authFailLimit, log, metrics }: ControlApp
   const authFailures = new FailureLimiter(authFailLimit);
   const app = new Hono<{ Bindings: ControlEnv<SessionSocketData> }>();
   app.get("/health", (c) => c.json(registry.stats()));
+  // Another node of the cluster opens its link: the cluster's secret, the same protocol version.
+  app.get(NODE_LINK_PATH, (c) => {
+    const address = c.env.requestIP(c.req.raw);
+    const ip = address?.address ?? "?";
+    const remote = address ? `${formatHost(ip)}:${address.port}` : "?";
+    const cluster = registry.context.cluster;
+    if (cluster === undefined) return c.text("this server is not in a cluster\n", 404);
+    if (authFailures.blocked(ip)) return c.text("too many failed attempts; try again in a minute\n", 429);
+    if (!keyMatches(bearerKey(c.req.header(AUTH_HEADER)), cluster.secret)) {
+      authFailures.fail(ip);
+      log.warn(`cluster: refused a node link from ${remote}: wrong cluster secret`);
+      return c.text("authentication failed: not this cluster's secret\n", 401);
+    }
+    const offered = (c.req.header("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim());
+    if (!offered.includes(SUBPROTOCOL)) return c.text(`this node speaks ${SUBPROTOCOL}\n`, 426);
+    const data: SessionSocketData = { session: null, resume: null, remote, link: cluster.inbound(remote) };
+    if (c.env.upgrade(c.req.raw, { data, headers: { "Sec-WebSocket-Protocol": SUBPROTOCOL } }))
+      return new Response(null);
+    return c.text("expected a WebSocket upgrade\n", 400);
+  });
   // Accept: authenticate, agree the version, find the session a reconnecting client resumes.
   app.get(CONNECT_PATH, (c) => {
     const address = c.env.requestIP(c.req.raw);
@@ -69,6 +90,10 @@ export function controlApp({ registry, authFailLimit, log, metrics }: ControlApp
     }
     const data: SessionSocketData = { session: null, resume: resume ?? null, remote };
     if (account !== undefined) data.account = account;
+    // A session another node of the cluster knew: its secret is the client's proof that the names and
+    // ports leased for it are its own (only a hash of it is compared, in Redis).
+    if (resume === undefined && sessionId && secret && registry.context.cluster)
+      data.claim = secretHash(secret);
     if (c.env.upgrade(c.req.raw, { data, headers: { "Sec-WebSocket-Protocol": SUBPROTOCOL } }))
       return new Response(null);
     return c.text("expected a WebSocket upgrade\n", 400);

@@ -72,6 +72,10 @@ export const RESTART_OPTIONS = [
   "admin",
   "admin-token",
   "metrics-per-tunnel",
+  "cluster",
+  "node-name",
+  "node-url",
+  "cluster-lease",
   "watch",
   "quiet",
 ] as const;

@@ -23,6 +23,7 @@
  * @module
  */
 
+import { createHash } from "node:crypto";
 import { STATUS_CODES } from "node:http";
 import type { TCPSocketListener } from "bun";
 import { formatHost, unmappedAddress } from "../args.ts";
@@ -49,6 +50,11 @@ export interface HttpRoute {
   hostHeader?: string;
   /** `user:password` every request must present (HTTP basic auth), checked here, never forwarded. */
   basicAuth?: string;
+  /**
+   * The same as its sha256 (hex), for a tunnel held by another node of a cluster: the password itself
+   * never leaves the node its client is on.
+   */
+  basicAuthHash?: string;
   /** Opens a stream for this visitor, or says why not. */
   open(socket: HttpSocket): Stream | { status: number; message: string };
 }
@@ -147,11 +153,17 @@ function authorizationOf(head: RequestHead): string {
 
 /** Whether a request carries the tunnel's basic-auth credentials (constant-time compare). */
 function authorized(head: RequestHead, route: HttpRoute): boolean {
-  if (route.basicAuth === undefined) return true;
+  if (route.basicAuth === undefined && route.basicAuthHash === undefined) return true;
   const value = authorizationOf(head);
   const match = /^Basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(value);
   const presented = match ? Buffer.from(match[1] as string, "base64").toString("utf8") : undefined;
-  return keyMatches(presented, route.basicAuth);
+  if (route.basicAuth !== undefined) return keyMatches(presented, route.basicAuth);
+  return presented !== undefined && keyMatches(sha256Hex(presented), route.basicAuthHash as string);
+}
+
+/** The sha256 (hex) of a text: how a cluster shares a tunnel's basic-auth credentials. */
+function sha256Hex(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
 }
 
 /** The tunnel name in a Host value (`NAME.DOMAIN[:port]`), or undefined. */
@@ -399,7 +411,7 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
           }
           conn.routedHost = host;
         }
-        const basicAuth = conn.route.basicAuth !== undefined;
+        const basicAuth = conn.route.basicAuth !== undefined || conn.route.basicAuthHash !== undefined;
         if (basicAuth && authorizationOf(event.head) !== conn.authorizedAs) {
           if (!authorized(event.head, conn.route)) {
             // Responses to earlier requests may still be on their way: no page, just close.

@@ -14,6 +14,7 @@
 
 import { readdirSync } from "node:fs";
 import packageJson from "../../package.json" with { type: "json" };
+import type { ClusterStats } from "../cluster/node.ts";
 import type { Stream } from "../relay/stream.ts";
 import { PROTOCOL_VERSION } from "../wire/protocol.ts";
 import type { Session, Tunnel } from "./session.ts";
@@ -79,6 +80,8 @@ export interface MetricsOptions {
   perTunnel?: boolean;
   /** The server's memory budgets, for `sockets_buffered_bytes`. */
   buffered?: () => { received: number; sent: number };
+  /** With `--cluster`: the node's view of the cluster, for the `sockets_cluster_*` families. */
+  cluster?: () => ClusterStats | undefined;
 }
 
 /** Totals of the visitors that already closed, per tunnel or per type. */
@@ -432,6 +435,35 @@ export class ServerMetrics {
           [{ direction: "sent" }, buffered.sent],
         ],
       );
+    const cluster = this.options.cluster?.();
+    if (cluster) {
+      out.family("sockets_cluster_node_info", "gauge", "This node's name in its cluster; always 1.", [
+        [{ node: cluster.node }, 1],
+      ]);
+      out.family("sockets_cluster_redis_up", "gauge", "1 while the node reaches the cluster's Redis.", [
+        [{}, cluster.redis === "up" ? 1 : 0],
+      ]);
+      out.family("sockets_cluster_nodes", "gauge", "Nodes alive in the cluster, this one included.", [
+        [{}, cluster.nodes.length],
+      ]);
+      out.family("sockets_cluster_leases", "gauge", "Names and ports leased: held here, or by other nodes.", [
+        [{ holder: "here" }, cluster.held],
+        [{ holder: "elsewhere" }, cluster.elsewhere],
+      ]);
+      const links = Object.entries(cluster.links);
+      out.family(
+        "sockets_cluster_link_up",
+        "gauge",
+        "1 while this node's link to another node is up.",
+        links.map(([node, link]) => [{ node }, link.up ? 1 : 0]),
+      );
+      out.family(
+        "sockets_cluster_link_streams",
+        "gauge",
+        "Visitors this node carries to another node now.",
+        links.map(([node, link]) => [{ node }, link.streams]),
+      );
+    }
     if (this.options.perTunnel) {
       const labelsOf = (t: (typeof perTunnel)[number]) => ({ tunnel: t.id, name: t.name, type: t.type });
       out.family(

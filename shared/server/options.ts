@@ -192,8 +192,65 @@ export const SERVER_OPTIONS = {
     key: "metricsPerTunnel",
     help: "/metrics also has series per tunnel (labels tunnel, name, type): their number grows with tunnels",
   },
+  cluster: {
+    key: "cluster",
+    value: "URL",
+    env: "SOCKETS_CLUSTER",
+    defaultText: "one server alone, no Redis",
+    help: "join a cluster whose namespace lives in this Redis: redis://[:PASSWORD@]HOST:PORT[/DB] or rediss:// (README: Run a cluster)",
+    parse: parseRedisUrl,
+  },
+  "node-name": {
+    key: "nodeName",
+    value: "NAME",
+    defaultText: "HOSTNAME:PORT",
+    help: "this node's name in the cluster (unique per node)",
+    parse: (text: string, flag: string): string => {
+      if (!/^[A-Za-z0-9._:-]{1,64}$/.test(text))
+        throw new UsageError(`${flag}: '${text}' is not a node name (1-64 of A-Z a-z 0-9 . _ : -)`);
+      return text;
+    },
+  },
+  "node-url": {
+    key: "nodeUrl",
+    value: "URL",
+    defaultText: "ws(s)://HOST:PORT of the control port (127.0.0.1 when bound to all addresses)",
+    help: "where the other nodes reach this one (its control port) to carry visitors to it",
+    parse: (text: string, flag: string): string => {
+      let url: URL;
+      try {
+        url = new URL(text);
+      } catch {
+        throw new UsageError(`${flag}: '${text}' is not a URL (e.g. ws://10.0.0.2:7070)`);
+      }
+      if (url.protocol !== "ws:" && url.protocol !== "wss:")
+        throw new UsageError(`${flag}: '${text}' must be ws:// or wss://`);
+      return url.href.replace(/\/$/, "");
+    },
+  },
+  "cluster-lease": {
+    key: "clusterLeaseSeconds",
+    value: "SECONDS",
+    default: 5,
+    help: "how long a node's hold on a name or port lasts without renewal: a dead node's names free after this",
+    parse: seconds(1, 600),
+  },
   quiet: { key: "quiet", short: "q", help: "log warnings and errors only" },
 } as const satisfies OptionTable;
+
+/** Checks a `--cluster` Redis URL: redis:// or rediss://, with a host. */
+function parseRedisUrl(text: string, flag: string): string {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new UsageError(`${flag}: '${text}' is not a URL (e.g. redis://127.0.0.1:6379)`);
+  }
+  if (url.protocol !== "redis:" && url.protocol !== "rediss:")
+    throw new UsageError(`${flag}: '${text}' must be redis:// or rediss://`);
+  if (url.hostname === "") throw new UsageError(`${flag}: '${text}' names no host`);
+  return text;
+}
 
 /** Environment variables the server reads that no flag sets. */
 export const SERVER_ENVIRONMENT: EnvSpec[] = [

@@ -6,10 +6,13 @@
  * @module
  */
 
+import type { ClusterStats, LeaseKey } from "../cluster/node.ts";
 import type { Logger } from "../log.ts";
 import { Budget } from "../relay/budget.ts";
-import { DEFAULTS, PROTOCOL_VERSION } from "../wire/protocol.ts";
-import type { HttpRoute } from "./http-ingress.ts";
+import type { SpliceSocket } from "../relay/splice.ts";
+import type { Stream } from "../relay/stream.ts";
+import { DEFAULTS, PROTOCOL_VERSION, type StreamKind } from "../wire/protocol.ts";
+import type { HttpRoute, HttpSocket } from "./http-ingress.ts";
 import { SERVER_OPTIONS, type ServerOptions } from "./options.ts";
 import { Session, type SessionContext, type SessionSocketData } from "./session.ts";
 import { type Account, SINGLE_KEY_USER, UserDirectory } from "./users.ts";
@@ -33,6 +36,8 @@ export interface ServerStats {
   largestWindow: { send: number; receive: number };
   /** Per user, with `--health-detail` only: its tunnels (live and reserved), visitors and clients. */
   users?: Record<string, { tunnels: number; visitors: number; clients: number }>;
+  /** With `--cluster`: this node's name, the nodes alive, names held here and elsewhere, Redis and links. */
+  cluster?: ClusterStats;
 }
 
 /** What a reload changed among the users. */
@@ -143,25 +148,75 @@ export class SessionRegistry {
     };
   }
 
-  /** The HTTP tunnel behind a name, if any. */
+  /**
+   * The HTTP tunnel behind a name, if any: this node's own, or in a cluster another node's (reached
+   * over the link). A local tunnel whose lease lapsed is not served here (see {@link ClusterNode.holds}).
+   */
   route(name: string): HttpRoute | undefined {
-    return this.context.httpRoutes.get(name);
+    const local = this.context.httpRoutes.get(name);
+    const cluster = this.context.cluster;
+    if (cluster === undefined) return local;
+    if (local !== undefined && cluster.holds(`http:${name}`)) return local;
+    return cluster.remoteRoute(name);
+  }
+
+  /**
+   * Cluster: a visitor another node carried here for `target` (`http:NAME` or `tcp:PORT`), on one end
+   * of a splice: the stream of the tunnel's session, or why not.
+   */
+  acceptRemote(target: string, kind: StreamKind, socket: SpliceSocket): Stream | string {
+    const cluster = this.context.cluster;
+    if (cluster !== undefined && !cluster.holds(target as LeaseKey)) return `${target} is not held here`;
+    if (target.startsWith("http:")) {
+      const route = this.context.httpRoutes.get(target.slice(5));
+      if (route === undefined) return `no tunnel ${target} here`;
+      const opened = route.open(socket as HttpSocket);
+      return "id" in opened ? opened : opened.message;
+    }
+    const port = Number(target.slice(4));
+    const session = this.context.portHolders?.get(port);
+    const tunnel = session && [...session.tunnels.values()].find((t) => t.port === port && t.listener);
+    if (session === undefined || tunnel === undefined) return `no tunnel ${target} here`;
+    return session.acceptRemote(tunnel, socket, kind);
+  }
+
+  /** Cluster: the lease of `key` went to another node: the tunnel holding it here stops at once. */
+  leaseLost(key: LeaseKey): void {
+    for (const session of this.sessions.values())
+      for (const tunnel of session.tunnels.values()) if (tunnel.lease === key) session.lose(tunnel);
+  }
+
+  /** Whether a local tunnel listens on `port` (cluster: no mirror there then). */
+  listensOn(port: number): boolean {
+    return this.context.portHolders?.has(port) ?? false;
   }
 
   /** Where the events of a client's WebSocket go: its session. Liveness is ours (the heartbeat). */
   readonly websocket: WebSocketHandlers<SessionSocketData> = {
     open: (ws) => {
+      const link = ws.data.link;
+      if (link !== undefined) {
+        link.attach(ws);
+        this.log.info(`cluster: link from ${ws.data.remote} open`);
+        return;
+      }
       const session = ws.data.resume ?? new Session(this.context, ws.data.account);
+      if (ws.data.claim !== undefined) session.claim = ws.data.claim;
       ws.data.resume = null;
       this.sessions.set(session.id, session);
       session.attach(ws);
       this.log.info(`client ${ws.data.remote} connected`);
     },
-    message: (ws, message) => ws.data.session?.onMessage(message),
-    drain: (ws) => ws.data.session?.onDrain(),
+    message: (ws, message) => (ws.data.link ?? ws.data.session)?.onMessage(message),
+    drain: (ws) => (ws.data.link ?? ws.data.session)?.onDrain(),
     ping: (ws) => ws.data.session?.liveness.heard(),
     pong: (ws) => ws.data.session?.liveness.heard(),
     close: (ws, code, reason) => {
+      if (ws.data.link !== undefined) {
+        ws.data.link.onClose();
+        this.log.info(`cluster: link from ${ws.data.remote} closed (${code})`);
+        return;
+      }
       ws.data.session?.onClose(ws, code, reason);
       this.log.info(`client ${ws.data.remote} disconnected (${code})`);
     },
@@ -211,6 +266,7 @@ export class SessionRegistry {
       buffered: { received: budgets?.received.used ?? 0, sent: budgets?.sent.used ?? 0 },
       largestWindow,
       ...(this.context.healthDetail ? { users: this.userStats(all) } : {}),
+      ...(this.context.cluster ? { cluster: this.context.cluster.stats() } : {}),
     };
   }
 

@@ -18,6 +18,9 @@ import { randomBytes } from "node:crypto";
 import type { TCPSocketListener } from "bun";
 import { customAlphabet, nanoid } from "nanoid";
 import { formatHost, type PortRange, unmappedAddress } from "../args.ts";
+import type { InboundLink } from "../cluster/link.ts";
+import type { ClusterNode, LeaseKey, LeaseRefusal } from "../cluster/node.ts";
+import { secretHash } from "../cluster/node.ts";
 import { Liveness } from "../liveness.ts";
 import { describeError, type Logger } from "../log.ts";
 import type { Budget } from "../relay/budget.ts";
@@ -50,6 +53,13 @@ export interface SessionSocketData {
   remote: string;
   /** The user the upgrade's token opened (absent on a server without users or key). */
   account?: Account;
+  /**
+   * Cluster: sha256 of the resume secret presented for a session this node does not know (the
+   * client moved here from another node): proves it owns that session's names and ports.
+   */
+  claim?: string;
+  /** Set instead of a session when another node of the cluster opened this connection (its link). */
+  link?: InboundLink;
 }
 
 /** A client's WebSocket on the server (the control port's own, see ws-server.ts). */
@@ -90,6 +100,8 @@ export interface SessionContext {
   healthDetail?: boolean;
   /** Counters for the admin listener's `/metrics` (absent without `--admin`: nothing counted). */
   metrics?: ServerMetrics;
+  /** This server's cluster membership (`--cluster`): every name and port is leased there first. */
+  cluster?: ClusterNode;
 }
 
 /** One public TCP tunnel of a session. */
@@ -109,6 +121,8 @@ export interface Tunnel {
    * client unexposes it.
    */
   visitors: Set<Stream>;
+  /** Cluster: the lease it holds (`http:NAME` or `tcp:PORT`). */
+  lease?: LeaseKey;
 }
 
 /** A random HTTP tunnel name: DNS-safe, lower-case letters and digits. */
@@ -154,6 +168,15 @@ export class Session {
 
   /** True while the receive budget is spent: the WebSocket is not read (see {@link Session.applyPause}). */
   private receivePaused = false;
+  /** Cluster: what the client proved it owned on another node (see {@link SessionSocketData.claim}). */
+  claim?: string;
+  private ownerHash?: string;
+
+  /** Cluster: who owns this session's leases, as Redis stores it (sha256 of the resume secret). */
+  get owner(): string {
+    this.ownerHash ??= secretHash(this.secret);
+    return this.ownerHash;
+  }
 
   /**
    * @param context what every session shares.
@@ -300,7 +323,7 @@ export class Session {
   }
 
   private expose(request: ExposeRequest): void {
-    const { log, limits, domain, tunnelIds } = this.context;
+    const { limits, tunnelIds } = this.context;
     if (this.tunnels.size >= limits.maxTunnelsPerClient) {
       this.refuse(request, "limit", `a client may hold at most ${limits.maxTunnelsPerClient} tunnels`);
       return;
@@ -315,8 +338,31 @@ export class Session {
     const wanted = request.tunnel;
     const id = wanted !== undefined && !tunnelIds.has(wanted) ? wanted : nanoid(12);
     const tunnel: Tunnel = { id, ref: this.nextRef++, port: 0, visitors: new Set() };
+    // Taken before a cluster lease is awaited: two exposes in flight never get one id.
+    tunnelIds.add(id);
     const opened = request.kind === "http" ? this.openHttp(tunnel, request) : this.openTcp(tunnel, request);
+    // Alone, a tunnel opens at once; in a cluster, once Redis has leased its name or port.
+    if (opened instanceof Promise)
+      opened.then(
+        (result) => this.opened(request, tunnel, result),
+        (error) => this.opened(request, tunnel, { code: "internal", message: describeError(error) }),
+      );
+    else this.opened(request, tunnel, opened);
+  }
+
+  /** Expose, continued: the tunnel's port or name is open (or refused); tell the client. */
+  private opened(request: ExposeRequest, tunnel: Tunnel, result: LeaseRefusal | null): void {
+    const { log, domain, tunnelIds } = this.context;
+    const { id } = tunnel;
+    const account = this.account;
+    let opened = result;
+    if (opened === null && this.state === "ended") {
+      // The session ended while a cluster lease was being taken: give everything back.
+      this.closeTunnel(tunnel, true);
+      opened = { code: "gone", message: "session ended" };
+    }
     if (opened !== null) {
+      tunnelIds.delete(id);
       this.refuse(request, opened.code, opened.message);
       return;
     }
@@ -324,7 +370,6 @@ export class Session {
     if (account !== undefined) account.tunnels++;
     // Only a live tunnel ends the handshake: refused requests alone do not keep a connection open.
     clearTimeout(this.handshakeTimer);
-    tunnelIds.add(tunnel.id);
     const url =
       tunnel.name === undefined
         ? `${formatHost(domain)}:${tunnel.port}`
@@ -396,8 +441,66 @@ export class Session {
     return { ranges };
   }
 
-  /** A TCP tunnel: its own public port. */
-  private openTcp(tunnel: Tunnel, request: ExposeRequest): { code: string; message: string } | null {
+  /** What this session's tunnels are leased with in a cluster. */
+  private leaseRequest() {
+    const account = this.account;
+    return {
+      owner: this.owner,
+      claim: this.claim,
+      user: account?.name,
+      userLimit: account?.limits.maxTunnels,
+    };
+  }
+
+  /**
+   * A TCP tunnel: its own public port. In a cluster the port is leased too: a port asked for is
+   * leased before it is bound (a port this node opens for another node's tunnel is given up only when
+   * the lease says so); any other port is bound first and then leased, another one tried when some
+   * node already holds it.
+   */
+  private openTcp(
+    tunnel: Tunnel,
+    request: ExposeRequest,
+  ): LeaseRefusal | null | Promise<LeaseRefusal | null> {
+    const cluster = this.context.cluster;
+    if (cluster === undefined) return this.bindTcp(tunnel, request);
+    return this.leaseTcp(cluster, tunnel, request);
+  }
+
+  /** {@link Session.openTcp} in a cluster. */
+  private async leaseTcp(
+    cluster: ClusterNode,
+    tunnel: Tunnel,
+    request: ExposeRequest,
+  ): Promise<LeaseRefusal | null> {
+    if (request.port !== undefined) {
+      const key: LeaseKey = `tcp:${request.port}`;
+      const refused = await cluster.acquire(key, this.leaseRequest());
+      if (refused !== null) return refused;
+      cluster.unmirror(request.port);
+      const bound = this.bindTcp(tunnel, request);
+      if (bound !== null) cluster.release(key);
+      else tunnel.lease = key;
+      return bound;
+    }
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const bound = this.bindTcp(tunnel, request);
+      if (bound !== null) return bound;
+      const key: LeaseKey = `tcp:${tunnel.port}`;
+      const refused = await cluster.acquire(key, this.leaseRequest());
+      if (refused === null) {
+        tunnel.lease = key;
+        return null;
+      }
+      this.closeTunnel(tunnel, true);
+      tunnel.listener = undefined;
+      if (refused.code !== "port_taken") return refused;
+    }
+    return { code: "no_free_port", message: "no port free on this node that no other node holds" };
+  }
+
+  /** Binds a TCP tunnel's public port. */
+  private bindTcp(tunnel: Tunnel, request: ExposeRequest): LeaseRefusal | null {
     const { host, ownPorts, portHolders } = this.context;
     const where = this.tcpRanges(request);
     if (!("ranges" in where)) return where;
@@ -445,8 +548,11 @@ export class Session {
     return null;
   }
 
-  /** An HTTP tunnel: a name on the server's HTTP port. */
-  private openHttp(tunnel: Tunnel, request: ExposeRequest): { code: string; message: string } | null {
+  /** An HTTP tunnel: a name on the server's HTTP port (leased first in a cluster). */
+  private openHttp(
+    tunnel: Tunnel,
+    request: ExposeRequest,
+  ): LeaseRefusal | null | Promise<LeaseRefusal | null> {
     const { httpPort, httpRoutes } = this.context;
     if (httpPort === undefined) return { code: "no_http", message: "this server has no --http-port" };
     const account = this.account;
@@ -482,14 +588,45 @@ export class Session {
         message: `subdomain '${name}' is not a DNS label (a-z, 0-9, inner '-', at most 63)`,
       };
     if (httpRoutes.has(name)) return { code: "subdomain_taken", message: `subdomain '${name}' is taken` };
+    const cluster = this.context.cluster;
+    if (cluster !== undefined) return this.leaseHttp(cluster, tunnel, request, name);
+    this.route(tunnel, request, name);
+    return null;
+  }
+
+  /** {@link Session.openHttp} in a cluster: the name is leased first. */
+  private async leaseHttp(
+    cluster: ClusterNode,
+    tunnel: Tunnel,
+    request: ExposeRequest,
+    name: string,
+  ): Promise<LeaseRefusal | null> {
+    const key: LeaseKey = `http:${name}`;
+    const refused = await cluster.acquire(key, {
+      ...this.leaseRequest(),
+      hostHeader: request.hostHeader,
+      basicAuth: request.basicAuth,
+    });
+    if (refused !== null) return refused;
+    if (this.context.httpRoutes.has(name)) {
+      cluster.release(key);
+      return { code: "subdomain_taken", message: `subdomain '${name}' is taken` };
+    }
+    tunnel.lease = key;
+    this.route(tunnel, request, name);
+    return null;
+  }
+
+  /** Routes `NAME.DOMAIN` to an HTTP tunnel of this session. */
+  private route(tunnel: Tunnel, request: ExposeRequest, name: string): void {
+    const { httpPort, httpRoutes } = this.context;
     tunnel.name = name;
-    tunnel.port = httpPort;
+    tunnel.port = httpPort as number;
     httpRoutes.set(name, {
       hostHeader: request.hostHeader,
       basicAuth: request.basicAuth,
       open: (socket) => this.acceptHttpVisitor(tunnel, socket),
     });
-    return null;
   }
 
   /** A visitor's first request named an HTTP tunnel of this session: announce it as a new stream. */
@@ -540,6 +677,13 @@ export class Session {
   /** A visitor connected to a tunnel's public port: announce it as a new stream and relay. */
   private acceptVisitor(tunnel: Tunnel, socket: RelaySocket): void {
     socket.data = { stream: null };
+    // A node whose lease lapsed (frozen, or taken over before it heard) serves the port no more: the
+    // visitor goes to whichever node holds it now, if any.
+    const cluster = this.context.cluster;
+    if (tunnel.lease !== undefined && cluster !== undefined && !cluster.holds(tunnel.lease)) {
+      if (!cluster.forwardTcp(tunnel.port, socket)) socket.terminate();
+      return;
+    }
     // While the client is away (or the server drains) a visitor is refused at once, not left hanging.
     if (this.state !== "live") {
       socket.terminate();
@@ -666,8 +810,35 @@ export class Session {
     this.end(CloseCode.Revoked, reason.slice(0, 120));
   }
 
+  /**
+   * Cluster: another node took this tunnel's name or port (its client moved there): it stops here at
+   * once, with its visitors, and the client (if still connected here) hears why.
+   */
+  lose(tunnel: Tunnel): void {
+    if (!this.tunnels.has(tunnel.ref)) return;
+    this.context.log.warn(`tunnel ${tunnel.id} (${tunnel.url}): lease lost to another node; closed here`);
+    this.removeTunnel(tunnel);
+    const message = `tunnel ${tunnel.id} (${tunnel.url}) is now served by another node of the cluster`;
+    this.ws?.send(JSON.stringify({ type: "error", code: "tunnel_moved", message }));
+  }
+
+  /**
+   * Cluster: a visitor another node carried here for one of this session's tunnels (`socket` is one
+   * end of a splice). A stream, or why not.
+   */
+  acceptRemote(tunnel: Tunnel, socket: RelaySocket, kind: StreamKind): Stream | string {
+    if (this.state !== "live") return "the tunnel's client is offline; try again shortly";
+    if (tunnel.visitors.size >= this.context.limits.maxStreamsPerTunnel || this.overVisitorLimit(tunnel))
+      return "too many connections to this tunnel";
+    return this.relayVisitor(tunnel, socket, kind);
+  }
+
   /** Stops a tunnel taking visitors: its public port closes, or its name goes. */
   private closeTunnel(tunnel: Tunnel, closeVisitors: boolean): void {
+    if (tunnel.lease !== undefined) {
+      this.context.cluster?.release(tunnel.lease);
+      tunnel.lease = undefined;
+    }
     tunnel.listener?.stop(closeVisitors);
     if (tunnel.listener && this.context.portHolders?.get(tunnel.port) === this)
       this.context.portHolders.delete(tunnel.port);

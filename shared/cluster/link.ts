@@ -1,0 +1,271 @@
+/**
+ * Node links: how one node of a cluster carries a visitor to the node whose client holds the name or
+ * port. A link is the tunnel protocol itself (PROTOCOL.md): a WebSocket to the other node's control
+ * port at {@link NODE_LINK_PATH}, authenticated with the cluster's secret, with the same frames,
+ * windows and half-close as a client's connection. The dialling node opens one stream per visitor
+ * (OPEN's `target` names the tunnel); the other node splices it onto a new stream of the holding
+ * client's session. Each node dials each other node once: a pair of nodes has one link per direction.
+ * @module
+ */
+
+import { Liveness } from "../liveness.ts";
+import { describeError, type Logger } from "../log.ts";
+import { Mux } from "../relay/mux.ts";
+import { type SpliceSocket, spliceEnds } from "../relay/splice.ts";
+import type { RelaySocket, Stream } from "../relay/stream.ts";
+import type { OpenFrame } from "../wire/codec.ts";
+import {
+  AUTH_HEADER,
+  type Hello,
+  NODE_LINK_PATH,
+  parseControl,
+  ResetCode,
+  type StreamKind,
+  SUBPROTOCOL,
+} from "../wire/protocol.ts";
+
+/** A node as the cluster knows it: its name and where the others reach its control port. */
+export interface LinkPeer {
+  name: string;
+  url: string;
+}
+
+/** Bytes queued on a link's WebSocket past which its streams stop reading, and where they start again. */
+const HIGH_WATER = 8 * 1024 * 1024;
+const LOW_WATER = 2 * 1024 * 1024;
+/** A link pings this often and is dead after three silent intervals (a frozen or vanished node). */
+const LINK_HEARTBEAT_MS = 1000;
+/** Most a link waits between two dials of a node that does not answer. */
+const MAX_REDIAL_MS = 2000;
+
+/** A node's link to one other node: dialled, kept up, redialled while that node is alive. */
+export class OutboundLink {
+  private ws: WebSocket | null = null;
+  private mux: Mux | null = null;
+  private closed = false;
+  private attempts = 0;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  /** When the link last came up (ms since the epoch), 0 while down. */
+  upSince = 0;
+
+  constructor(
+    readonly peer: LinkPeer,
+    private readonly secret: string,
+    private readonly log: Logger,
+  ) {
+    this.dial();
+  }
+
+  /** True while visitors can be carried over it. */
+  get up(): boolean {
+    return this.mux !== null;
+  }
+
+  /** Streams open on it now. */
+  get streams(): number {
+    return this.mux?.streams.size ?? 0;
+  }
+
+  /**
+   * Carries a visitor's socket to the peer: a new stream whose OPEN names `target`. Undefined when
+   * the link is down (the caller refuses the visitor).
+   */
+  open(kind: StreamKind, target: string, remote: string, socket: RelaySocket): Stream | undefined {
+    const mux = this.mux;
+    if (mux === null) return undefined;
+    const stream = mux.createStream();
+    mux.sendOpen(stream, kind, 0, { remote, target });
+    stream.attach(socket);
+    return stream;
+  }
+
+  /** Closes the link for good (the node left the cluster, or this one shuts down). */
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.ws?.close(1001, "node leaving");
+    this.down();
+  }
+
+  private dial(): void {
+    if (this.closed) return;
+    const url = new URL(NODE_LINK_PATH, this.peer.url.endsWith("/") ? this.peer.url : `${this.peer.url}/`);
+    const headers = { [AUTH_HEADER]: `Bearer ${this.secret}` };
+    let ws: WebSocket;
+    try {
+      ws = new WebSocket(url.href, { protocols: [SUBPROTOCOL], headers } as unknown as string[]);
+    } catch (error) {
+      this.log.warn(`cluster: cannot dial node ${this.peer.name} at ${url.href}: ${describeError(error)}`);
+      this.redial();
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    const liveness = new Liveness();
+    let heartbeat: ReturnType<typeof setInterval> | undefined;
+    let blockedPoll: ReturnType<typeof setInterval> | undefined;
+    ws.addEventListener("message", (event) => {
+      liveness.heard();
+      try {
+        if (typeof event.data !== "string")
+          this.mux?.receive(new Uint8Array(event.data as ArrayBuffer), true);
+        else if (this.mux === null) this.greeted(ws, parseControl(event.data) as Hello);
+      } catch (error) {
+        this.log.warn(`cluster: link to ${this.peer.name} broke: ${describeError(error)}`);
+        ws.close(1002, "protocol error");
+      }
+    });
+    ws.addEventListener("ping", () => liveness.heard());
+    ws.addEventListener("pong", () => liveness.heard());
+    ws.addEventListener("open", () => {
+      heartbeat = setInterval(() => {
+        if (liveness.silence(Date.now()) <= 3 * LINK_HEARTBEAT_MS) return ws.ping();
+        this.log.warn(`cluster: node ${this.peer.name} silent for 3 s: link dropped`);
+        ws.terminate();
+        onGone();
+      }, LINK_HEARTBEAT_MS);
+    });
+    const send = (frame: Uint8Array) => {
+      ws.send(frame);
+      if (blockedPoll !== undefined || ws.bufferedAmount <= HIGH_WATER) return;
+      this.mux?.setBlocked(true);
+      // The client WebSocket has no drain event: watch the queue until it is low again.
+      blockedPoll = setInterval(() => {
+        if (ws.bufferedAmount > LOW_WATER) return;
+        clearInterval(blockedPoll);
+        blockedPoll = undefined;
+        this.mux?.setBlocked(false);
+      }, 1);
+    };
+    this.sendFrame = send;
+    let gone = false;
+    const onGone = () => {
+      if (gone) return;
+      gone = true;
+      clearInterval(heartbeat);
+      clearInterval(blockedPoll);
+      if (this.ws === ws) {
+        this.ws = null;
+        this.down();
+        this.redial();
+      }
+    };
+    ws.addEventListener("close", (event) => {
+      if (this.mux !== null || this.attempts === 0)
+        this.log.info(`cluster: link to node ${this.peer.name} closed (${event.code})`);
+      onGone();
+    });
+  }
+
+  private sendFrame: (frame: Uint8Array) => void = () => {};
+
+  /** The peer's hello: the link is up with its settings. */
+  private greeted(ws: WebSocket, hello: Hello): void {
+    if (hello.type !== "hello") throw new Error(`expected hello, got '${hello.type}'`);
+    const mux = new Mux(null, hello);
+    mux.start((frame) => this.sendFrame(frame));
+    this.mux = mux;
+    this.attempts = 0;
+    this.upSince = Date.now();
+    if (this.ws === ws) this.log.info(`cluster: link to node ${this.peer.name} up`);
+  }
+
+  /** Every stream over the link is lost with it (their visitors are closed). */
+  private down(): void {
+    this.mux?.destroyAll();
+    this.mux = null;
+    this.upSince = 0;
+  }
+
+  private redial(): void {
+    if (this.closed) return;
+    this.attempts++;
+    const delay = Math.min(MAX_REDIAL_MS, 100 * 2 ** Math.min(this.attempts, 5));
+    this.timer = setTimeout(() => this.dial(), delay);
+  }
+}
+
+/** What a node does with a stream another node opened: hand it to the tunnel named by its target. */
+export type RemoteAcceptor = (target: string, kind: StreamKind, socket: SpliceSocket) => Stream | string;
+
+/** The minimal WebSocket a node's inbound link is served on (the control port's own, ws-server.ts). */
+export interface LinkSocket {
+  send(message: string | Uint8Array): number;
+  getBufferedAmount(): number;
+  close(code?: number, reason?: string): void;
+}
+
+/** Bytes queued past which an inbound link's streams stop reading (as a client session's). */
+const INBOUND_HIGH_WATER = 4 * 1024 * 1024;
+
+/** A link another node opened to this one: its streams become visitors of this node's tunnels. */
+export class InboundLink {
+  readonly mux: Mux;
+  private ws: LinkSocket | null = null;
+
+  /**
+   * @param settings this node's hello (windows, frame size), announced to the dialling node.
+   * @param accept hands each stream to the local tunnel its OPEN names.
+   */
+  constructor(
+    private readonly settings: Omit<Hello, "type" | "session" | "secret" | "resumed">,
+    private readonly accept: RemoteAcceptor,
+    private readonly log: Logger,
+    /** The dialling node's address, for logs. */
+    readonly remote: string,
+  ) {
+    this.mux = new Mux(null, settings, (frame) => this.onOpen(frame));
+  }
+
+  /** The WebSocket is open: greet, go live. */
+  attach(ws: LinkSocket): void {
+    this.ws = ws;
+    const hello: Hello = { type: "hello", ...this.settings, session: "", secret: "", resumed: false };
+    ws.send(JSON.stringify(hello));
+    this.mux.start((frame) => {
+      const sent = ws.send(frame);
+      if (sent === -1 && ws.getBufferedAmount() > INBOUND_HIGH_WATER) this.mux.setBlocked(true);
+    });
+  }
+
+  /** A message from the dialling node: frames only (it says nothing in text after the upgrade). */
+  onMessage(message: string | Uint8Array): void {
+    try {
+      if (typeof message === "string") throw new Error("text message on a node link");
+      this.mux.receive(message, true);
+    } catch (error) {
+      this.log.warn(`cluster: link from ${this.remote} broke: ${describeError(error)}`);
+      this.ws?.close(1002, "protocol error");
+    }
+  }
+
+  /** The WebSocket drained: streams read again. */
+  onDrain(): void {
+    this.mux.setBlocked(false);
+  }
+
+  /** The link is gone: its visitors with it. */
+  onClose(): void {
+    this.ws = null;
+    this.mux.destroyAll();
+  }
+
+  private onOpen(frame: OpenFrame): void {
+    const stream = this.mux.acceptStream(frame.stream);
+    const target = frame.meta.target;
+    if (target === undefined) {
+      stream.reset(ResetCode.Protocol, "OPEN on a node link names no target");
+      return;
+    }
+    const [forLink, forTunnel] = spliceEnds(frame.meta.remote);
+    const carried = this.accept(target, frame.kind as StreamKind, forTunnel);
+    if (typeof carried === "string") {
+      stream.reset(ResetCode.ConnectFailed, carried);
+      return;
+    }
+    stream.attach(forLink);
+    // Bytes that arrived before both ends were attached are pending: write them now.
+    stream.onSocketDrain();
+    carried.onSocketDrain();
+  }
+}

@@ -1,0 +1,311 @@
+/**
+ * One server as a node of a cluster: its leases in Redis (the directory), its links to the other
+ * nodes, and the public TCP ports it opens for tunnels held elsewhere ("mirrors"). The server's
+ * sessions ask it for leases before a name or port goes live, and the HTTP ingress and the mirrors ask
+ * it where a visitor for a name or port held by another node goes.
+ *
+ * ```text
+ * visitor ──▶ node A ══link══▶ node B ──session──▶ client      (A: not the holder; B: the holder)
+ * ```
+ * @module
+ */
+
+import { createHash } from "node:crypto";
+import type { TCPSocketListener } from "bun";
+import { formatHost, unmappedAddress } from "../args.ts";
+import type { Logger } from "../log.ts";
+import { type RelaySocket, type RelaySocketData, relaySocketHandlers, type Stream } from "../relay/stream.ts";
+import type { HttpRoute } from "../server/http-ingress.ts";
+import { type Hello, StreamKind } from "../wire/protocol.ts";
+import { ClusterDirectory, type LeaseKey, type LeaseRecord, type NodeInfo } from "./directory.ts";
+import { InboundLink, type LinkSocket, OutboundLink, type RemoteAcceptor } from "./link.ts";
+
+export type { LeaseKey };
+
+/** What a session asks for when a tunnel goes live. */
+export interface LeaseRequest {
+  /** sha256 of the session's resume secret: who owns the lease (and may take it back from another node). */
+  owner: string;
+  /** sha256 of the resume secret of the session the client had before (its proof of ownership). */
+  claim?: string;
+  /** The user holding it, and that user's most tunnels (counted over the whole cluster). */
+  user?: string;
+  userLimit?: number;
+  /** HTTP tunnels: what the other nodes need to serve its visitors (Host rewrite, basic auth). */
+  hostHeader?: string;
+  basicAuth?: string;
+}
+
+/** How the node reaches its own server. */
+export interface ClusterNodeOptions {
+  /** Redis URL (`--cluster`). */
+  redis: string;
+  name: string;
+  /** Where the other nodes reach this one (`--node-url`). */
+  url: string;
+  leaseSeconds: number;
+  /** Bind address of public ports (the mirrors too). */
+  host: string;
+  /** This node's stream settings, announced on links other nodes open. */
+  settings: Omit<Hello, "type" | "session" | "secret" | "resumed">;
+  /** Hands a stream from another node to the local tunnel its target names. */
+  acceptRemote: RemoteAcceptor;
+  /** A lease this node held was lost (taken over elsewhere): the tunnel stops at once. */
+  onLost(key: LeaseKey): void;
+  /** Whether a local tunnel listens on this port now (then no mirror is opened on it). */
+  listensOn(port: number): boolean;
+  log: Logger;
+}
+
+/** How long a new tunnel waits for Redis to come back before it is refused. */
+const REDIS_WAIT_MS = 15_000;
+
+/** The sha256 (hex) of a resume secret: all Redis ever stores of it. */
+export function secretHash(secret: string): string {
+  return createHash("sha256").update(secret).digest("hex");
+}
+
+/** Why a lease was refused, for the client's one line. */
+export interface LeaseRefusal {
+  code: string;
+  message: string;
+}
+
+/** This server's membership in a cluster. */
+export class ClusterNode {
+  private readonly links = new Map<string, OutboundLink>();
+  private readonly mirrors = new Map<number, TCPSocketListener<RelaySocketData>>();
+  private closed = false;
+
+  private constructor(
+    private readonly options: ClusterNodeOptions,
+    readonly directory: ClusterDirectory,
+  ) {}
+
+  /**
+   * Joins: connects to Redis, registers the node, learns the others and their ports.
+   * @throws {Error} with one line when Redis cannot be reached.
+   */
+  static async join(options: ClusterNodeOptions): Promise<ClusterNode> {
+    let node: ClusterNode | undefined;
+    const directory = await ClusterDirectory.open({
+      url: options.redis,
+      node: { name: options.name, url: options.url },
+      leaseMs: options.leaseSeconds * 1000,
+      log: options.log,
+      onLost: (key) => {
+        options.onLost(key);
+        node?.reconcile(key);
+      },
+      onChange: (key) => node?.reconcile(key),
+      onNodes: (nodes) => node?.syncLinks(nodes),
+    });
+    node = new ClusterNode(options, directory);
+    node.syncLinks(directory.nodes());
+    for (const port of directory.ports().keys()) node.reconcile(`tcp:${port}`);
+    return node;
+  }
+
+  /** The node's name. */
+  get name(): string {
+    return this.options.name;
+  }
+
+  /**
+   * Takes the lease of `key` for a session's tunnel.
+   * @returns null when it holds it now, else why not.
+   */
+  async acquire(key: LeaseKey, request: LeaseRequest): Promise<LeaseRefusal | null> {
+    const record = {
+      owner: request.owner,
+      user: request.user,
+      hostHeader: request.hostHeader,
+      basicAuthHash: request.basicAuth === undefined ? undefined : secretHash(request.basicAuth),
+    };
+    let result = await this.directory.acquire(key, record, request.claim, request.userLimit);
+    // Redis away: a new tunnel waits a while for it (a restart takes seconds) before it is refused.
+    const deadline = Date.now() + REDIS_WAIT_MS;
+    if (!result.ok && result.code === "redis_down")
+      this.options.log.warn(
+        `cluster: Redis is unreachable; ${key} waits up to ${REDIS_WAIT_MS / 1000} s for it`,
+      );
+    while (!result.ok && result.code === "redis_down" && Date.now() < deadline && !this.closed) {
+      await Bun.sleep(200);
+      if (this.directory.redisUp)
+        result = await this.directory.acquire(key, record, request.claim, request.userLimit);
+    }
+    if (result.ok) {
+      if (result.tookOver) this.options.log.info(`cluster: took ${key} back for its owner`);
+      return null;
+    }
+    const what = key.startsWith("http:") ? `subdomain '${key.slice(5)}'` : `port ${key.slice(4)}`;
+    if (result.code === "taken")
+      return {
+        code: key.startsWith("http:") ? "subdomain_taken" : "port_taken",
+        message: `${what} is taken${result.holder ? ` (held by node ${result.holder.node})` : ""}`,
+      };
+    if (result.code === "limit") return { code: "limit", message: result.message };
+    return {
+      code: "cluster_unavailable",
+      message: `the cluster's Redis is unreachable: new tunnels are refused until it is back (${result.message})`,
+    };
+  }
+
+  /** Gives a lease back (the tunnel closed). */
+  release(key: LeaseKey): void {
+    void this.directory.release(key);
+  }
+
+  /** Whether this node may serve `key` now (it holds a valid lease). */
+  holds(key: LeaseKey): boolean {
+    return this.directory.holds(key);
+  }
+
+  /** A port this node mirrors for another node is wanted by a local tunnel: let go of it. */
+  unmirror(port: number): void {
+    const mirror = this.mirrors.get(port);
+    if (mirror === undefined) return;
+    this.mirrors.delete(port);
+    mirror.stop(false);
+  }
+
+  /** The route to an HTTP name held by another node, if the cluster knows one. */
+  remoteRoute(name: string): HttpRoute | undefined {
+    const key: LeaseKey = `http:${name}`;
+    const record = this.directory.holder(key);
+    if (record === undefined || record.node === this.options.name) return undefined;
+    return {
+      hostHeader: record.hostHeader,
+      basicAuthHash: record.basicAuthHash,
+      open: (socket) => {
+        const stream = this.carry(record, key, StreamKind.Http, socket);
+        return (
+          stream ?? { status: 502, message: "the node holding this tunnel is unreachable; try again shortly" }
+        );
+      },
+    };
+  }
+
+  /**
+   * A visitor on a TCP port held by another node (a mirror, or a local tunnel's port whose lease was
+   * lost): carries it there. False when no node can take it (the caller closes the socket).
+   */
+  forwardTcp(port: number, socket: RelaySocket): boolean {
+    const key: LeaseKey = `tcp:${port}`;
+    const record = this.directory.holder(key);
+    if (record === undefined || record.node === this.options.name) return false;
+    return this.carry(record, key, StreamKind.Tcp, socket) !== undefined;
+  }
+
+  private carry(
+    record: LeaseRecord,
+    key: LeaseKey,
+    kind: StreamKind,
+    socket: RelaySocket,
+  ): Stream | undefined {
+    const link = this.links.get(record.node);
+    if (link === undefined) return undefined;
+    const remote = `${formatHost(unmappedAddress(socket.remoteAddress))}:${socket.remotePort}`;
+    return link.open(kind, key, remote, socket);
+  }
+
+  /** A link another node opened to this one (the control port authenticated it). */
+  inbound(remote: string): InboundLink {
+    return new InboundLink(this.options.settings, this.options.acceptRemote, this.options.log, remote);
+  }
+
+  /** Whether a presented link secret is the cluster's. */
+  get secret(): string {
+    return this.directory.secret;
+  }
+
+  /** Dials every other live node, drops links to nodes that left. */
+  private syncLinks(nodes: NodeInfo[]): void {
+    if (this.closed) return;
+    const alive = new Set<string>();
+    for (const peer of nodes) {
+      if (peer.name === this.options.name) continue;
+      alive.add(peer.name);
+      const link = this.links.get(peer.name);
+      if (link !== undefined && link.peer.url === peer.url) continue;
+      link?.close();
+      this.links.set(peer.name, new OutboundLink(peer, this.directory.secret, this.options.log));
+    }
+    for (const [name, link] of this.links)
+      if (!alive.has(name)) {
+        link.close();
+        this.links.delete(name);
+      }
+  }
+
+  /**
+   * Brings a TCP port's mirror in line with who holds it: open while another node holds it and no
+   * local tunnel listens there, closed otherwise.
+   */
+  private reconcile(key: LeaseKey): void {
+    if (this.closed || !key.startsWith("tcp:")) return;
+    const port = Number(key.slice(4));
+    const record = this.directory.holder(key);
+    const wanted = record !== undefined && record.node !== this.options.name && !this.options.listensOn(port);
+    const mirror = this.mirrors.get(port);
+    if (!wanted) {
+      if (mirror !== undefined) this.unmirror(port);
+      return;
+    }
+    if (mirror !== undefined) return;
+    try {
+      const listener = Bun.listen<RelaySocketData>({
+        hostname: this.options.host,
+        port,
+        allowHalfOpen: true,
+        socket: {
+          ...relaySocketHandlers,
+          open: (socket) => {
+            socket.data = { stream: null };
+            if (!this.forwardTcp(port, socket)) socket.terminate();
+          },
+        },
+      });
+      this.mirrors.set(port, listener);
+    } catch (error) {
+      this.options.log.warn(
+        `cluster: cannot open port ${port} for node ${record?.node}'s tunnel here: ${(error as Error).message}`,
+      );
+    }
+  }
+
+  /** What /health and the metrics say about the cluster. */
+  stats(): ClusterStats {
+    const directory = this.directory.stats();
+    const links: ClusterStats["links"] = {};
+    for (const [name, link] of this.links) links[name] = { up: link.up, streams: link.streams };
+    return { ...directory, links, mirrors: this.mirrors.size };
+  }
+
+  /** Leaves: closes links and mirrors, gives back every lease, deregisters. */
+  async leave(): Promise<void> {
+    this.closed = true;
+    for (const link of this.links.values()) link.close();
+    this.links.clear();
+    for (const port of [...this.mirrors.keys()]) this.unmirror(port);
+    await this.directory.close();
+  }
+}
+
+/** The node's view of the cluster, for /health and /metrics. */
+export interface ClusterStats {
+  node: string;
+  redis: "up" | "down";
+  /** Live nodes' names, this one included. */
+  nodes: string[];
+  /** Names and ports held here, and held by other nodes. */
+  held: number;
+  elsewhere: number;
+  /** Links to the other nodes. */
+  links: Record<string, { up: boolean; streams: number }>;
+  /** Public ports open here for tunnels held elsewhere. */
+  mirrors: number;
+}
+
+/** The link socket type, re-exported for the control port. */
+export type { LinkSocket };

@@ -1,0 +1,367 @@
+/**
+ * Clustering through Redis (issue 20), as real processes: a real `redis-server`, three server nodes on
+ * three loopback addresses (so that each can open every tunnel's public TCP port, as three machines
+ * would) and clients given several servers. Visitors through every node reach the right client with
+ * their bytes intact; a node killed (SIGKILL) or frozen past its lease (SIGSTOP) loses its clients to
+ * another node with the same URLs and ports, and a frozen node woken again serves none of the names it
+ * lost; Redis killed and restarted stops no live tunnel; two clients racing for one name: one wins.
+ */
+
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { request } from "node:http";
+import type { Socket } from "node:net";
+import { MiB, randomData, sha256 } from "../support/hashing.ts";
+import {
+  type ClientProcess,
+  defer,
+  deferContinue,
+  eventually,
+  type RoleProcess,
+  setupFile,
+  spawnRole,
+  withTimeout,
+} from "../support/processes.ts";
+import { type RedisProcess, startRedis } from "../support/redis.ts";
+import { startEchoService } from "../support/services.ts";
+import { connectVisitor, readAll } from "../support/sockets.ts";
+
+setupFile();
+
+/** A node of the test cluster. */
+interface Node extends RoleProcess {
+  name: string;
+  /** Its loopback address: public ports are opened there. */
+  ip: string;
+  port: number;
+  httpPort: number;
+  url: string;
+}
+
+let redis: RedisProcess;
+
+async function startNode(name: string, ip: string, extra: string[] = [], port = 0): Promise<Node> {
+  const role = spawnRole([
+    "bun",
+    "server.ts",
+    "--host",
+    ip,
+    "--port",
+    String(port),
+    "--http-port",
+    "0",
+    "--domain",
+    "localhost",
+    "--cluster",
+    redis.url,
+    "--node-name",
+    name,
+    "--cluster-lease",
+    "2",
+    "--heartbeat",
+    "1",
+    "--grace",
+    "30",
+    ...extra,
+  ]);
+  const listening = await Promise.race([
+    role.waitFor(/listening on ws:\/\/\S+:(\d+) /, 15_000),
+    role.proc.exited.then((code) => {
+      throw new Error(`node ${name} exited (${code}): ${role.stderr()}`);
+    }),
+  ]);
+  const httpPort = Number((await role.waitFor(/http tunnels on http:\/\/\*\.localhost:(\d+)\n/))[1]);
+  await role.waitFor(/cluster: node \S+ joined/);
+  const controlPort = Number(listening[1]);
+  return { ...role, name, ip, port: controlPort, httpPort, url: `ws://${ip}:${controlPort}` };
+}
+
+/** `GET /health` of a node. */
+async function health(node: Node): Promise<Record<string, unknown> & { cluster: Record<string, unknown> }> {
+  const response = await fetch(`http://${node.ip}:${node.port}/health`, {
+    signal: AbortSignal.timeout(3000),
+  });
+  return (await response.json()) as Record<string, unknown> & { cluster: Record<string, unknown> };
+}
+
+/** A web app that names itself in every answer (which client's app a request reached). */
+function startApp(id: string): number {
+  const server = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch: async (req) => {
+      const body = new Uint8Array(await req.arrayBuffer());
+      return new Response(`${id} ${sha256(body)}`);
+    },
+  });
+  defer(() => server.stop(true));
+  return server.port as number;
+}
+
+/** A TCP echo service that respects backpressure. */
+function startEcho(): number {
+  const service = startEchoService();
+  defer(() => service.stop());
+  return service.port;
+}
+
+/** Starts a client against `servers` (in order) exposing `args`; resolves once `expected` tunnels are up. */
+async function startClient(servers: Node[], args: string[], expected: number): Promise<ClientProcess> {
+  const role = spawnRole([
+    "bun",
+    "client.ts",
+    ...servers.flatMap((node) => ["--server", node.url]),
+    "--heartbeat",
+    "1",
+    ...args,
+  ]);
+  const pattern = new RegExp(`(?:exposed with tunnel id \\S+, url: \\S+\\n[^]*){${expected}}`);
+  await Promise.race([
+    role.waitFor(pattern, 20_000),
+    role.proc.exited.then((code) => {
+      throw new Error(`client exited (${code}): ${role.stderr()}`);
+    }),
+  ]);
+  const tunnels = [...role.stdout().matchAll(/exposed with tunnel id (\S+), url: \S+:(\d+)/g)].map((m) => ({
+    id: m[1] as string,
+    port: Number(m[2]),
+  }));
+  return { ...role, tunnels };
+}
+
+/**
+ * POSTs `body` to `NAME.localhost` through a node's HTTP port (node:http: fetch does not send a Host
+ * of our choosing): the app's answer (`id sha256`) and status.
+ */
+function visitHttp(node: Node, name: string, body: Uint8Array): Promise<{ status: number; text: string }> {
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      const req = request(
+        {
+          host: node.ip,
+          port: node.httpPort,
+          method: "POST",
+          path: "/",
+          headers: { host: `${name}.localhost`, "content-length": String(body.length) },
+          agent: false,
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on("data", (chunk: Buffer) => chunks.push(chunk));
+          res.on("end", () =>
+            resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString() }),
+          );
+          res.on("error", reject);
+        },
+      );
+      req.on("error", reject);
+      req.end(body);
+    }),
+    10_000,
+    `POST to ${name} through ${node.name}`,
+  );
+}
+
+/** Sends `data` through a node's public TCP port to an echo service; resolves with the echo's sha256. */
+async function echoVia(ip: string, port: number, data: Uint8Array): Promise<string> {
+  const socket: Socket = await connectVisitor(port, ip);
+  const received = readAll(socket);
+  socket.end(data);
+  const result = await withTimeout(received, 20_000, `echo through ${ip}:${port}`);
+  socket.destroy();
+  return result.sha256;
+}
+
+describe("a cluster of three nodes", () => {
+  let nodes: Node[];
+  let first: ClientProcess;
+  let second: ClientProcess;
+  let firstTcp: number;
+  let secondTcp: number;
+  const firstApp = startApp("app-one");
+  const secondApp = startApp("app-two");
+  const echo = startEcho();
+
+  beforeAll(async () => {
+    redis = await startRedis();
+    nodes = [
+      await startNode("n1", "127.0.0.1"),
+      await startNode("n2", "127.0.0.2"),
+      await startNode("n3", "127.0.0.3"),
+    ];
+    for (const node of nodes) deferContinue(node);
+    const [n1, n2, n3] = nodes as [Node, Node, Node];
+    // Each client knows its own node first, then another one to move to.
+    first = await startClient(
+      [n1, n2],
+      ["--expose", `127.0.0.1:${echo}`, "--http", `127.0.0.1:${firstApp}`, "--subdomain", "one"],
+      2,
+    );
+    second = await startClient(
+      [n2, n3],
+      ["--expose", `127.0.0.1:${echo}`, "--http", `127.0.0.1:${secondApp}`, "--subdomain", "two"],
+      2,
+    );
+    firstTcp = (first.tunnels[0] as { port: number }).port;
+    secondTcp = (second.tunnels[0] as { port: number }).port;
+    // Every node sees both tunnels (pub/sub, or the resync within a second).
+    await eventually(
+      async () => {
+        for (const node of nodes) {
+          const h = await health(node);
+          if ((h.cluster.nodes as string[]).length !== 3) return false;
+          if ((h.cluster.held as number) + (h.cluster.elsewhere as number) < 4) return false;
+        }
+        return true;
+      },
+      10_000,
+      "every node sees three nodes and four leases",
+    );
+  }, 90_000);
+
+  afterAll(() => {
+    if (process.env.CLUSTER_DEBUG)
+      for (const node of nodes ?? []) console.log(`--- ${node.name}\n${node.stdout()}${node.stderr()}`);
+  });
+
+  test("HTTP and TCP visitors through every node reach the right client, bytes intact", async () => {
+    const body = randomData(256 * 1024);
+    const data = randomData(2 * MiB);
+    for (const node of nodes) {
+      expect(await visitHttp(node, "one", body)).toEqual({ status: 200, text: `app-one ${sha256(body)}` });
+      expect(await visitHttp(node, "two", body)).toEqual({ status: 200, text: `app-two ${sha256(body)}` });
+      expect(await echoVia(node.ip, firstTcp, data)).toBe(sha256(data));
+      expect(await echoVia(node.ip, secondTcp, data)).toBe(sha256(data));
+      expect((await visitHttp(node, "nobody", body)).status).toBe(404);
+    }
+    const h = await health(nodes[0] as Node);
+    expect(h.cluster.node).toBe("n1");
+    expect(h.cluster.redis).toBe("up");
+  });
+
+  test("two clients racing for one name through two nodes: exactly one wins", async () => {
+    const [n1, , n3] = nodes as [Node, Node, Node];
+    const app = startApp("racer");
+    const racers = [n1, n3].map((node) =>
+      spawnRole([
+        "bun",
+        "client.ts",
+        "--server",
+        node.url,
+        "--http",
+        `127.0.0.1:${app}`,
+        "--subdomain",
+        "race",
+      ]),
+    );
+    const outcomes = await Promise.all(
+      racers.map((racer) =>
+        Promise.race([
+          racer.waitFor(/exposed with tunnel id/, 20_000).then(() => "won"),
+          racer.proc.exited.then(() => "lost"),
+        ]),
+      ),
+    );
+    expect([...outcomes].sort()).toEqual(["lost", "won"]);
+    const loser = racers[outcomes.indexOf("lost")] as RoleProcess;
+    expect(loser.stderr()).toMatch(/subdomain 'race' is taken/);
+    for (const racer of racers) racer.kill("SIGKILL");
+  });
+
+  test("Redis killed and restarted: live tunnels carry on; a new tunnel waits and then succeeds", async () => {
+    const [n1, n2, n3] = nodes as [Node, Node, Node];
+    const data = randomData(MiB);
+    redis.kill();
+    await eventually(async () => (await health(n1)).cluster.redis === "down", 10_000, "n1 sees Redis down");
+    // Visitors through the holding node and through the others (the last known routes).
+    expect(await echoVia(n1.ip, firstTcp, data)).toBe(sha256(data));
+    expect(await echoVia(n3.ip, firstTcp, data)).toBe(sha256(data));
+    expect((await visitHttp(n2, "one", data)).text).toBe(`app-one ${sha256(data)}`);
+    // A new tunnel now waits for Redis.
+    const app = startApp("late");
+    const late = spawnRole([
+      "bun",
+      "client.ts",
+      "--server",
+      n3.url,
+      "--http",
+      `127.0.0.1:${app}`,
+      "--subdomain",
+      "late",
+    ]);
+    await n3.waitFor(/cluster: Redis is unreachable; http:late waits/, 10_000);
+    expect(late.stdout()).not.toMatch(/exposed with tunnel id/);
+    await redis.restart();
+    await late.waitFor(/exposed with tunnel id/, 20_000);
+    await eventually(
+      async () => (await visitHttp(n1, "late", data)).text === `late ${sha256(data)}`,
+      10_000,
+      "the new tunnel reachable through another node",
+    );
+    // The old names were taken up again by their holders: still served everywhere.
+    expect((await visitHttp(n3, "one", data)).text).toBe(`app-one ${sha256(data)}`);
+    expect(n1.stderr() + n1.stdout()).toMatch(/redis link lost/i);
+    late.kill("SIGKILL");
+  }, 60_000);
+
+  test("a node killed mid-transfer: its client is back through another node, same URL and port; other visitors never notice", async () => {
+    const [n1, n2, n3] = nodes as [Node, Node, Node];
+    // A visitor carried by n2 for the second client (on n2) streams while n1 dies.
+    const big = randomData(24 * MiB);
+    const socket = await connectVisitor(secondTcp, n2.ip);
+    const received = readAll(socket);
+    socket.write(big.subarray(0, 8 * MiB));
+    n1.kill("SIGKILL");
+    socket.end(big.subarray(8 * MiB));
+    expect((await withTimeout(received, 30_000, "the n2 visitor's echo")).sha256).toBe(sha256(big));
+    // The first client moves to n2 and takes back its name and port.
+    await first.waitFor(/moved to server/, 15_000);
+    const data = randomData(MiB);
+    await eventually(
+      async () => {
+        try {
+          return (await visitHttp(n3, "one", data)).text === `app-one ${sha256(data)}`;
+        } catch {
+          return false;
+        }
+      },
+      15_000,
+      "name one served again through n3",
+    );
+    expect(await echoVia(n2.ip, firstTcp, data)).toBe(sha256(data));
+    expect(await echoVia(n3.ip, firstTcp, data)).toBe(sha256(data));
+  }, 60_000);
+
+  test("a node frozen past its lease and woken does not serve the names it lost", async () => {
+    const [, n2, n3] = nodes as [Node, Node, Node];
+    // n2 holds the second client's tunnels (and the first client's, after the previous test).
+    n2.kill("SIGSTOP");
+    await second.waitFor(/moved to server/, 15_000);
+    const data = randomData(64 * 1024);
+    await eventually(
+      async () => {
+        try {
+          return (await visitHttp(n3, "two", data)).text === `app-two ${sha256(data)}`;
+        } catch {
+          return false;
+        }
+      },
+      15_000,
+      "name two served through n3 while n2 is frozen",
+    );
+    n2.kill("SIGCONT");
+    // Straight after waking, through n2: never its stale session (which has no client), only the new
+    // holder over the link, or a refusal while it catches up.
+    const deadline = Date.now() + 10_000;
+    let served = false;
+    while (Date.now() < deadline && !served) {
+      const answer = await visitHttp(n2, "two", data).catch(() => ({ status: 0, text: "" }));
+      if (answer.status === 200) {
+        expect(answer.text).toBe(`app-two ${sha256(data)}`);
+        served = true;
+      } else expect([0, 404, 502]).toContain(answer.status);
+    }
+    expect(served).toBe(true);
+    expect(await echoVia(n2.ip, secondTcp, data)).toBe(sha256(data));
+    await n2.waitFor(/lease lost/, 10_000);
+  }, 60_000);
+});
