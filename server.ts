@@ -193,6 +193,7 @@ function joinCluster(options: ServerOptions, registry: SessionRegistry, host: st
     leaseSeconds: options.clusterLeaseSeconds ?? SERVER_OPTIONS["cluster-lease"].default,
     host,
     settings: registry.context.limits,
+    budgets: registry.context.budgets,
     acceptRemote: (target, kind, socket) => registry.acceptRemote(target, kind, socket),
     onLost: (key) => registry.leaseLost(key),
     listensOn: (port) => registry.listensOn(port),

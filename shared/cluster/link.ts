@@ -10,6 +10,7 @@
 
 import { Liveness } from "../liveness.ts";
 import { describeError, type Logger } from "../log.ts";
+import type { Budget } from "../relay/budget.ts";
 import { Mux } from "../relay/mux.ts";
 import { type SpliceSocket, spliceEnds } from "../relay/splice.ts";
 import type { RelaySocket, Stream } from "../relay/stream.ts";
@@ -193,6 +194,9 @@ export interface LinkSocket {
   send(message: string | Uint8Array): number;
   getBufferedAmount(): number;
   close(code?: number, reason?: string): void;
+  /** Stops reading the link (its receive budget is spent) until {@link LinkSocket.resume}. */
+  pause(): void;
+  resume(): void;
 }
 
 /** Bytes queued past which an inbound link's streams stop reading (as a client session's). */
@@ -213,8 +217,23 @@ export class InboundLink {
     private readonly log: Logger,
     /** The dialling node's address, for logs. */
     readonly remote: string,
+    /** The server's memory budgets: a link counts as one client against them. */
+    budgets?: { perClient: number; received: Budget; sent: Budget },
   ) {
-    this.mux = new Mux(null, settings, (frame) => this.onOpen(frame));
+    this.mux = new Mux(
+      null,
+      settings,
+      (frame) => this.onOpen(frame),
+      budgets && {
+        limit: budgets.perClient,
+        shared: budgets,
+        // Bytes from the other node wait for slow clients: stop reading the link rather than hold more.
+        onReceivePressure: (over) => {
+          if (over) this.ws?.pause();
+          else this.ws?.resume();
+        },
+      },
+    );
   }
 
   /** The WebSocket is open: greet, go live. */

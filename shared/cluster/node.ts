@@ -14,6 +14,7 @@ import { createHash } from "node:crypto";
 import type { TCPSocketListener } from "bun";
 import { formatHost, unmappedAddress } from "../args.ts";
 import type { Logger } from "../log.ts";
+import type { Budget } from "../relay/budget.ts";
 import { type RelaySocket, type RelaySocketData, relaySocketHandlers, type Stream } from "../relay/stream.ts";
 import type { HttpRoute } from "../server/http-ingress.ts";
 import { type Hello, StreamKind } from "../wire/protocol.ts";
@@ -48,6 +49,8 @@ export interface ClusterNodeOptions {
   host: string;
   /** This node's stream settings, announced on links other nodes open. */
   settings: Omit<Hello, "type" | "session" | "secret" | "resumed">;
+  /** The server's memory budgets, which inbound links count against (absent: unbounded). */
+  budgets?: { perClient: number; received: Budget; sent: Budget };
   /** Hands a stream from another node to the local tunnel its target names. */
   acceptRemote: RemoteAcceptor;
   /** A lease this node held was lost (taken over elsewhere): the tunnel stops at once. */
@@ -211,7 +214,8 @@ export class ClusterNode {
 
   /** A link another node opened to this one (the control port authenticated it). */
   inbound(remote: string): InboundLink {
-    return new InboundLink(this.options.settings, this.options.acceptRemote, this.options.log, remote);
+    const { settings, acceptRemote, log, budgets } = this.options;
+    return new InboundLink(settings, acceptRemote, log, remote, budgets);
   }
 
   /** Whether a presented link secret is the cluster's. */

@@ -10,18 +10,21 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { request } from "node:http";
 import type { Socket } from "node:net";
+import { rawStatus, upgradeHeaders } from "../support/faults.ts";
 import { MiB, randomData, sha256 } from "../support/hashing.ts";
 import {
   type ClientProcess,
   defer,
   deferContinue,
   eventually,
+  openDescriptors,
   type RoleProcess,
   setupFile,
   spawnRole,
   withTimeout,
 } from "../support/processes.ts";
 import { type RedisProcess, startRedis } from "../support/redis.ts";
+import { configFolder, testUser, usersToml, writeConfig } from "../support/server-config.ts";
 import { startEchoService } from "../support/services.ts";
 import { connectVisitor, readAll } from "../support/sockets.ts";
 
@@ -39,7 +42,13 @@ interface Node extends RoleProcess {
 
 let redis: RedisProcess;
 
-async function startNode(name: string, ip: string, extra: string[] = [], port = 0): Promise<Node> {
+async function startNode(
+  name: string,
+  ip: string,
+  extra: string[] = [],
+  port = 0,
+  redisUrl = redis.url,
+): Promise<Node> {
   const role = spawnRole([
     "bun",
     "server.ts",
@@ -52,7 +61,7 @@ async function startNode(name: string, ip: string, extra: string[] = [], port = 
     "--domain",
     "localhost",
     "--cluster",
-    redis.url,
+    redisUrl,
     "--node-name",
     name,
     "--cluster-lease",
@@ -61,6 +70,9 @@ async function startNode(name: string, ip: string, extra: string[] = [], port = 
     "1",
     "--grace",
     "30",
+    // The refused-link test fails on purpose from 127.0.0.1, where every client of this file comes from.
+    "--auth-fail-limit",
+    "1000",
     ...extra,
   ]);
   const listening = await Promise.race([
@@ -238,6 +250,18 @@ describe("a cluster of three nodes", () => {
     expect(h.cluster.redis).toBe("up");
   });
 
+  test("a node link needs the cluster's secret; a node's descriptors come back after refused links", async () => {
+    const n1 = nodes[0] as Node;
+    const before = openDescriptors(n1.proc.pid);
+    for (let i = 0; i < 20; i++)
+      expect(
+        await rawStatus(n1.port, "/_sockets/node", upgradeHeaders({ Authorization: `Bearer wrong-${i}` })),
+      ).toBeOneOf([401, 429]);
+    expect(await rawStatus(n1.port, "/_sockets/node", upgradeHeaders())).toBeOneOf([401, 429]);
+    await eventually(() => openDescriptors(n1.proc.pid) <= before + 2, 5000, "n1's descriptors back");
+    expect(n1.stdout() + n1.stderr()).toMatch(/refused a node link from \S+: wrong cluster secret/);
+  });
+
   test("two clients racing for one name through two nodes: exactly one wins", async () => {
     const [n1, , n3] = nodes as [Node, Node, Node];
     const app = startApp("racer");
@@ -363,5 +387,40 @@ describe("a cluster of three nodes", () => {
     expect(served).toBe(true);
     expect(await echoVia(n2.ip, secondTcp, data)).toBe(sha256(data));
     await n2.waitFor(/lease lost/, 10_000);
+  }, 60_000);
+});
+
+describe("users across a cluster", () => {
+  test("one user's max_tunnels counts over every node", async () => {
+    const own = await startRedis();
+    const ann = testUser("ann", ["max_tunnels = 2"]);
+    const config = writeConfig(configFolder(), "server.toml", usersToml([ann]));
+    const a = await startNode("u1", "127.0.0.4", ["--config", config], 0, own.url);
+    const b = await startNode("u2", "127.0.0.5", ["--config", config], 0, own.url);
+    const echo = startEcho();
+    const env = { SOCKETS_API_KEY: ann.token };
+    const first = spawnRole(
+      [
+        "bun",
+        "client.ts",
+        "--server",
+        a.url,
+        "--expose",
+        `127.0.0.1:${echo}`,
+        "--expose",
+        `127.0.0.1:${echo}`,
+      ],
+      env,
+    );
+    await first.waitFor(/(?:exposed with tunnel id[^]*){2}/, 20_000);
+    // Her third tunnel, through the other node, is one too many.
+    const third = spawnRole(["bun", "client.ts", "--server", b.url, "--expose", `127.0.0.1:${echo}`], env);
+    expect(await third.exited(20_000)).not.toBe(0);
+    expect(third.stderr()).toMatch(/ann may hold at most 2 tunnels across the cluster/);
+    // Once she closes one, the other node lets her have it.
+    first.kill("SIGINT");
+    await first.exited(10_000);
+    const again = spawnRole(["bun", "client.ts", "--server", b.url, "--expose", `127.0.0.1:${echo}`], env);
+    await again.waitFor(/exposed with tunnel id/, 20_000);
   }, 60_000);
 });
