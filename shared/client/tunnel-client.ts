@@ -447,7 +447,10 @@ export class TunnelClient {
     const home = this.target;
     // A frozen server takes the TCP connection and never answers: with others to go to, wait less.
     const several = this.settings.servers.length > 1 || home.address !== undefined;
-    const timeout = several ? SEVERAL_TIMEOUT_MS : undefined;
+    // A server that answers pings within a heartbeat answers an upgrade within two.
+    const timeout = several
+      ? Math.min(SEVERAL_TIMEOUT_MS, Math.max(1000, 2 * this.settings.heartbeatMs))
+      : undefined;
     for (let attempt = 1; !this.closing; attempt++) {
       // Resolved again at each attempt: a round robin's records may have changed.
       const targets = attempt === 1 ? [home] : await resolveServers(this.settings.servers);
@@ -538,7 +541,10 @@ export class TunnelClient {
   }
 }
 
-/** How long one server may take to answer when there are others to try (one alone: connect.ts's 10 s). */
+/**
+ * Most one server may take to answer a reconnect when there are others to try (one alone: connect.ts's
+ * 10 s); less with a short `--heartbeat`.
+ */
 const SEVERAL_TIMEOUT_MS = 5000;
 
 /** A failure's line, with the address dialled when the server is one address of several. */

@@ -42,6 +42,14 @@ interface Node extends RoleProcess {
 
 let redis: RedisProcess;
 
+/** With CLUSTER_DEBUG set: prints how long each step of a fault took (for the closing note, not a pass/fail). */
+let markedAt = 0;
+function mark(what: string, start = false): void {
+  if (start) markedAt = performance.now();
+  if (process.env.CLUSTER_DEBUG)
+    console.log(`${(performance.now() - markedAt).toFixed(0).padStart(6)} ms  ${what}`);
+}
+
 async function startNode(
   name: string,
   ip: string,
@@ -295,6 +303,7 @@ describe("a cluster of three nodes", () => {
     const [n1, n2, n3] = nodes as [Node, Node, Node];
     const data = randomData(MiB);
     redis.kill();
+    mark("redis: killed", true);
     await eventually(async () => (await health(n1)).cluster.redis === "down", 10_000, "n1 sees Redis down");
     // Visitors through the holding node and through the others (the last known routes).
     expect(await echoVia(n1.ip, firstTcp, data)).toBe(sha256(data));
@@ -315,7 +324,9 @@ describe("a cluster of three nodes", () => {
     await n3.waitFor(/cluster: Redis is unreachable; http:late waits/, 10_000);
     expect(late.stdout()).not.toMatch(/exposed with tunnel id/);
     await redis.restart();
+    mark("redis: restarted");
     await late.waitFor(/exposed with tunnel id/, 20_000);
+    mark("redis: the waiting tunnel is live");
     await eventually(
       async () => (await visitHttp(n1, "late", data)).text === `late ${sha256(data)}`,
       10_000,
@@ -335,10 +346,12 @@ describe("a cluster of three nodes", () => {
     const received = readAll(socket);
     socket.write(big.subarray(0, 8 * MiB));
     n1.kill("SIGKILL");
+    mark("killed: n1 SIGKILLed", true);
     socket.end(big.subarray(8 * MiB));
     expect((await withTimeout(received, 30_000, "the n2 visitor's echo")).sha256).toBe(sha256(big));
     // The first client moves to n2 and takes back its name and port.
     await first.waitFor(/moved to server/, 15_000);
+    mark("killed: first client moved");
     const data = randomData(MiB);
     await eventually(
       async () => {
@@ -351,6 +364,7 @@ describe("a cluster of three nodes", () => {
       15_000,
       "name one served again through n3",
     );
+    mark("killed: name one served through n3");
     expect(await echoVia(n2.ip, firstTcp, data)).toBe(sha256(data));
     expect(await echoVia(n3.ip, firstTcp, data)).toBe(sha256(data));
   }, 60_000);
@@ -359,7 +373,9 @@ describe("a cluster of three nodes", () => {
     const [, n2, n3] = nodes as [Node, Node, Node];
     // n2 holds the second client's tunnels (and the first client's, after the previous test).
     n2.kill("SIGSTOP");
+    mark("frozen: n2 stopped", true);
     await second.waitFor(/moved to server/, 15_000);
+    mark("frozen: second client moved");
     const data = randomData(64 * 1024);
     await eventually(
       async () => {
@@ -372,6 +388,7 @@ describe("a cluster of three nodes", () => {
       15_000,
       "name two served through n3 while n2 is frozen",
     );
+    mark("frozen: name two served through n3");
     n2.kill("SIGCONT");
     // Straight after waking, through n2: never its stale session (which has no client), only the new
     // holder over the link, or a refusal while it catches up.
@@ -385,6 +402,7 @@ describe("a cluster of three nodes", () => {
       } else expect([0, 404, 502]).toContain(answer.status);
     }
     expect(served).toBe(true);
+    mark("frozen: n2 serves two again (over the link) after waking");
     expect(await echoVia(n2.ip, secondTcp, data)).toBe(sha256(data));
     await n2.waitFor(/lease lost/, 10_000);
   }, 60_000);
@@ -412,7 +430,7 @@ describe("users across a cluster", () => {
       ],
       env,
     );
-    await first.waitFor(/(?:exposed with tunnel id[^]*){2}/, 20_000);
+    await first.waitFor(/(?:exposed with tunnel id[\s\S]*){2}/, 20_000);
     // Her third tunnel, through the other node, is one too many.
     const third = spawnRole(["bun", "client.ts", "--server", b.url, "--expose", `127.0.0.1:${echo}`], env);
     expect(await third.exited(20_000)).not.toBe(0);
