@@ -7,7 +7,13 @@
 
 import { describe, expect, test } from "bun:test";
 import { gzipSync } from "node:zlib";
-import { decodedBody, InspectorTap, TeeTap } from "../../shared/client/inspector/capture.ts";
+import {
+  type CapturedBody,
+  decodedBody,
+  type HttpExchange,
+  InspectorTap,
+  TeeTap,
+} from "../../shared/client/inspector/capture.ts";
 import { ReplayError, replayRequest } from "../../shared/client/inspector/replay.ts";
 import { parseInspect } from "../../shared/client/inspector/settings.ts";
 import { InspectorStore, Ring, type StoreEvent } from "../../shared/client/inspector/store.ts";
@@ -88,6 +94,65 @@ describe("InspectorStore", () => {
     expect(store.keptBodyBytes).toBe(20_000);
     store.clear();
     expect(store.keptBodyBytes).toBe(0);
+  });
+});
+
+describe("slabs", () => {
+  /** One small exchange on a tap of its own: `path` and a body naming it, `size` bytes long. */
+  function exchange(store: InspectorStore, path: string, size: number, chunked = false): void {
+    const { tap } = httpTap(store);
+    const body = `${path}:`.padEnd(size, "z");
+    tap.toSocket(text(`GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`));
+    tap.fromSocket(
+      text(
+        chunked
+          ? `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${size.toString(16)}\r\n${body}\r\n0\r\n\r\n`
+          : `HTTP/1.1 200 OK\r\nContent-Length: ${size}\r\n\r\n${body}`,
+      ),
+    );
+    tap.closed();
+  }
+
+  test("reused once their exchanges left the store: what is kept always reads its own bytes", () => {
+    const store = new InspectorStore({ capacity: 5 });
+    let gone: HttpExchange | undefined;
+    for (let i = 1; i <= 3000; i++) {
+      exchange(store, `/${i}`, 500 + (i % 7) * 300, i % 3 === 0);
+      if (i === 10) gone = store.get("req_10");
+      if (i % 100 !== 0) continue;
+      for (const kept of store.list()) {
+        const path = kept.request.target;
+        expect(kept.id).toBe(`req_${path.slice(1)}`);
+        expect(decodedBody(kept.response?.body as CapturedBody)?.subarray(0, path.length + 1)).toEqual(
+          text(`${path}:`),
+        );
+        expect(kept.response?.headers[0]?.[0]).toMatch(/^(Content-Length|Transfer-Encoding)$/);
+      }
+    }
+    // An exchange held long after the store let it go: its slab was reused, it reads as no bytes.
+    expect(store.get("req_10")).toBeUndefined();
+    expect(gone?.request.target).toBe("");
+    expect(gone?.response?.body.bytes.length).toBe(0);
+    expect(gone?.response?.body.size).toBe(500 + 3 * 300);
+  });
+
+  test("a holder (the live stream between batches) keeps every slab from reuse", () => {
+    const store = new InspectorStore({ capacity: 2 });
+    exchange(store, "/first", 1000);
+    const first = store.get("req_1");
+    store.slabs.hold();
+    for (let i = 0; i < 500; i++) exchange(store, `/${i}`, 1000);
+    expect(store.get("req_1")).toBeUndefined();
+    expect(first?.request.target).toBe("/first");
+    store.slabs.release();
+  });
+
+  test("ids: only req_ and the number as written", () => {
+    const store = new InspectorStore();
+    exchange(store, "/a", 10);
+    expect(store.get("req_1")?.request.target).toBe("/a");
+    for (const id of ["req_01", "req_1x", "req_", "1", "req_0", "req_-1", "req_1.0"])
+      expect(store.get(id)).toBeUndefined();
   });
 });
 

@@ -169,11 +169,13 @@ export function inspectorApp(source: InspectorSource): Hono {
           let queued: StoreEvent[] = [];
           const queuedRecords = new Set<object>();
           let timer: ReturnType<typeof setTimeout> | undefined;
+          // Queued exchanges are read at the flush: the store reuses no slab meanwhile (see slabs.ts).
           const flush = () => {
             timer = undefined;
             const events = queued;
             queued = [];
             queuedRecords.clear();
+            store.slabs.release(); // before the read below: nothing reuses a slab while it runs
             send(events.map(sseEvent).join(""));
           };
           const unsubscribe = store.subscribe((event) => {
@@ -188,13 +190,18 @@ export function inspectorApp(source: InspectorSource): Hono {
               queuedRecords.add(record);
             }
             queued.push(event);
-            timer ??= setTimeout(flush, EVENT_BATCH_MS);
+            if (timer === undefined) {
+              store.slabs.hold();
+              timer = setTimeout(flush, EVENT_BATCH_MS);
+            }
           });
           const keepalive = setInterval(() => send(": keepalive\n\n"), KEEPALIVE_MS);
           stop = () => {
             unsubscribe();
             clearInterval(keepalive);
+            if (timer !== undefined) store.slabs.release();
             clearTimeout(timer);
+            timer = undefined;
           };
         },
         cancel() {

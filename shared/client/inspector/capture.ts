@@ -22,6 +22,7 @@ import { ChunkedScanner, findHeadEnd, type HeaderList, latin1, MAX_HEAD_BYTES } 
 import type { StreamTap, TapReset } from "../../relay/stream.ts";
 import { ResetCode } from "../../wire/protocol.ts";
 import { Body, fieldsOf, type HeadScan, ScanError, scanRequestHead, scanResponseHead } from "./scan.ts";
+import { SLAB_MESSAGE_MAX, type Slab } from "./slabs.ts";
 import type { InspectorStore } from "./store.ts";
 
 /** The most of each body an exchange keeps, by default (the rest is counted, not kept). */
@@ -66,8 +67,10 @@ export interface CapturedResponse extends CapturedMessage {
 
 /** One HTTP request and its response through a tunnel (or a replay). */
 export interface HttpExchange {
-  /** Set by the store: `req_` and a number. */
-  id: string;
+  /** Set by the store: the exchange's number, counting from 1 (ids are built from it when asked). */
+  seq: number;
+  /** `req_` and {@link seq}. */
+  readonly id: string;
   tunnelName: string;
   /** The visitor's `ip:port` (the OPEN frame's `meta.remote`), or `replay`. */
   remote: string;
@@ -112,59 +115,75 @@ export interface TcpConnection {
   reason?: string;
 }
 
-/** Messages up to this size are carved from a shared slab rather than given their own buffer. */
-const SLAB_MESSAGE_MAX = 8 * 1024;
-/** The slab small messages are carved from (a new one when it is full). */
-const SLAB_SIZE = 128 * 1024;
-let slab = new Uint8Array(SLAB_SIZE);
-let slabUsed = 0;
+/** Bun's native copy of a range (no view of the source made); works on any Uint8Array. */
+const copyRange = Buffer.prototype.copy;
 
-/**
- * A zeroed buffer of `size` bytes for a message record. Small ones are views into a shared slab: one
- * allocation outside the JS heap per slab, not per message (a slab is freed once no record views it;
- * the store keeps the newest exchanges, so the slabs alive are about the last few).
- */
-function keepBuffer(size: number): Uint8Array {
-  if (size > SLAB_MESSAGE_MAX) return new Uint8Array(size);
-  if (slabUsed + size > SLAB_SIZE) {
-    slab = new Uint8Array(SLAB_SIZE);
-    slabUsed = 0;
-  }
-  const view = slab.subarray(slabUsed, slabUsed + size);
-  slabUsed += size;
-  return view;
+/** Copies `src[from, to)` into `dst` at `at`. */
+function copyInto(src: Uint8Array, from: number, to: number, dst: Uint8Array, at: number): void {
+  if (from === 0 && to === src.length) dst.set(src, at);
+  else copyRange.call(src as Buffer, dst, at, from, to);
 }
 
+/** `Date.now() - performance.now()`, read again at most once a second (a wall clock that moved shows then). */
+let wallOffset = Date.now() - performance.now();
+let wallReadAt = performance.now();
+
+/** The wall-clock time (ms since the epoch) of `performance.now()` reading `now`, without a second clock read. */
+function wallClock(now: number): number {
+  if (now - wallReadAt > 1000 || now < wallReadAt) {
+    wallOffset = Date.now() - now;
+    wallReadAt = now;
+  }
+  return Math.floor(now + wallOffset);
+}
+
+/** What a record of a reused slab reads as. */
+const NO_BYTES = new Uint8Array(0);
+
 /**
- * One message's record: its head's bytes followed by its body's first bytes, in one buffer sized when
- * the head arrived (a Content-Length body up to the cap: one copy, no more allocation); a body of
- * unknown length (chunked, close-delimited) gathers copies of its pieces, joined when it ends or is read.
+ * One message's record: its head's bytes followed by its body's first bytes, at `at` in a slab (see
+ * slabs.ts), room sized when the head arrived (a Content-Length body up to the cap: one copy, no more
+ * allocation); a body of unknown length (chunked, close-delimited) gathers copies of its pieces, joined
+ * when it ends or is read. Views of the bytes are made only when read.
  */
 class MessageRecord {
-  /** Head bytes, then `kept` body bytes (`raw.length` may be larger while a body arrives). */
-  private raw: Uint8Array;
-  /** Body pieces past what `raw` has room for. */
+  /** Body pieces past what `buf` has room for. */
   private pieces: Uint8Array[] | null = null;
-  /** Body bytes kept in `raw`. */
-  private inRaw = 0;
+  /** Body bytes kept in `buf` after the head. */
+  private inBuf = 0;
   /** Body bytes kept in all. */
   kept = 0;
   /** Body bytes on the wire. */
   size = 0;
   private fields: HeaderList | null = null;
 
+  /** The slab's use this record belongs to. */
+  private gen: number;
+
   constructor(
-    raw: Uint8Array,
+    /** Holds the head at `at`, then `inBuf` body bytes, within `room` bytes. */
+    private slab: Slab,
+    protected at: number,
+    private room: number,
     readonly headLength: number,
     readonly chunked: boolean,
     private readonly cap: number,
+    /** Where a joined body goes (settle). */
+    private readonly tap: InspectorTap,
+    /** The exchange's number in the store. */
+    private readonly seq: number,
   ) {
-    this.raw = raw;
+    this.gen = slab.gen;
+  }
+
+  /** The slab's bytes; none once the slab was reused (the store let this exchange go long ago). */
+  protected get buf(): Uint8Array {
+    return this.slab.gen === this.gen ? this.slab.bytes : NO_BYTES;
   }
 
   /** The head's bytes. */
   get head(): Uint8Array {
-    return this.raw.subarray(0, this.headLength);
+    return this.buf.subarray(this.at, this.at + this.headLength);
   }
 
   /** The head's field lines, parsed on first read. */
@@ -180,70 +199,84 @@ class MessageRecord {
     const room = this.cap - this.kept;
     if (room <= 0) return;
     const take = Math.min(length, room);
-    const piece = from === 0 && take === b.length ? b : b.subarray(from, from + take);
-    const at = this.headLength + this.inRaw;
-    if (this.pieces === null && at + take <= this.raw.length) {
-      this.raw.set(piece, at);
-      this.inRaw += take;
-    } else if (this.pieces === null) this.pieces = [piece.slice()];
-    else this.pieces.push(piece.slice());
+    const used = this.headLength + this.inBuf;
+    if (this.pieces === null && used + take <= this.room) {
+      if (this.slab.gen === this.gen) copyInto(b, from, from + take, this.slab.bytes, this.at + used);
+      this.inBuf += take;
+    } else if (this.pieces === null) this.pieces = [b.slice(from, from + take)];
+    else this.pieces.push(b.slice(from, from + take));
     this.kept += take;
   }
 
-  /** Joins the pieces gathered into `raw` (when the body ends, or is read). */
+  /** Joins the pieces gathered into one record (when the body ends, or is read); gives back unused room. */
   settle(): void {
     const pieces = this.pieces;
-    if (pieces === null && this.raw.length === this.headLength + this.inRaw) return;
-    const joined = keepBuffer(this.headLength + this.kept);
-    joined.set(this.raw.subarray(0, this.headLength + this.inRaw));
-    let at = this.headLength + this.inRaw;
-    for (const piece of pieces ?? []) {
-      joined.set(piece, at);
-      at += piece.length;
+    const used = this.headLength + this.inBuf;
+    // Room a body that ended early did not use: a slab's stays there, a large own buffer is let go.
+    if (pieces === null && this.room - used <= SLAB_MESSAGE_MAX) {
+      this.room = used;
+      return;
     }
-    this.raw = joined;
+    const buf = this.buf;
+    const joined = this.tap.reserve(this.headLength + this.kept, this.seq);
+    const at = this.tap.reservedAt;
+    if (buf.length > 0) copyInto(buf, this.at, this.at + used, joined.bytes, at);
+    let to = at + used;
+    for (const piece of pieces ?? []) {
+      joined.bytes.set(piece, to);
+      to += piece.length;
+    }
+    this.slab = joined;
+    this.gen = joined.gen;
+    this.at = at;
+    this.room = to - at;
     this.pieces = null;
-    this.inRaw = this.kept;
+    this.inBuf = this.kept;
   }
 
   /** The body as captured so far. */
   get body(): CapturedBody {
     if (this.pieces !== null) this.settle();
+    const from = this.at + this.headLength;
     return {
-      bytes: this.raw.subarray(this.headLength, this.headLength + this.inRaw),
+      bytes: this.buf.subarray(from, from + this.inBuf),
       size: this.size,
       truncated: this.size > this.kept,
       chunked: this.chunked,
     };
   }
 
-  /** Where the start line's end lies (its CR). */
+  /** Where the start line's end lies (its CR), from the record's start. */
   protected lineEnd(): number {
-    const end = this.raw.indexOf(13);
+    const end = this.buf.indexOf(13, this.at) - this.at;
     return end < 0 || end > this.headLength ? this.headLength : end;
   }
 
-  /** `raw[from, to)` as a string, one character per byte. */
+  /** The record's bytes `[from, to)` as a string, one character per byte. */
   protected text(from: number, to: number): string {
-    return latin1(this.raw.subarray(from, to));
+    return latin1(this.buf.subarray(this.at + from, this.at + to));
   }
 }
 
 /** A request's record: method, target and version read from the head's bytes when asked. */
 class RequestRecord extends MessageRecord implements CapturedRequest {
   constructor(
-    raw: Uint8Array,
+    slab: Slab,
+    at: number,
+    room: number,
     headLength: number,
     chunked: boolean,
     cap: number,
+    tap: InspectorTap,
+    seq: number,
     private readonly methodEnd: number,
     private readonly targetEnd: number,
   ) {
-    super(raw, headLength, chunked, cap);
+    super(slab, at, room, headLength, chunked, cap, tap, seq);
   }
 
   get method(): string {
-    return methodName(this.head, this.methodEnd) ?? this.text(0, this.methodEnd);
+    return methodName(this.buf, this.at, this.methodEnd) ?? this.text(0, this.methodEnd);
   }
 
   get target(): string {
@@ -255,24 +288,28 @@ class RequestRecord extends MessageRecord implements CapturedRequest {
   }
 }
 
-/** The usual methods as constants (no string built for them). */
-function methodName(head: Uint8Array, end: number): string | undefined {
-  const c = head[0];
-  if (end === 3) return c === 71 ? "GET" : c === 80 ? "PUT" : undefined;
-  if (end === 4) return c === 80 ? "POST" : c === 72 ? "HEAD" : undefined;
+/** The usual methods as constants (no string built for them): the method at `b[at…]`, `length` long. */
+function methodName(b: Uint8Array, at: number, length: number): string | undefined {
+  const c = b[at];
+  if (length === 3) return c === 71 ? "GET" : c === 80 ? "PUT" : undefined;
+  if (length === 4) return c === 80 ? "POST" : c === 72 ? "HEAD" : undefined;
   return undefined;
 }
 
 /** A response's record: its status as a number, version and reason read from the head when asked. */
 class ResponseRecord extends MessageRecord implements CapturedResponse {
   constructor(
-    raw: Uint8Array,
+    slab: Slab,
+    at: number,
+    room: number,
     headLength: number,
     chunked: boolean,
     cap: number,
+    tap: InspectorTap,
+    seq: number,
     readonly status: number,
   ) {
-    super(raw, headLength, chunked, cap);
+    super(slab, at, room, headLength, chunked, cap, tap, seq);
   }
 
   get version(): string {
@@ -287,9 +324,8 @@ class ResponseRecord extends MessageRecord implements CapturedResponse {
 
 /** An exchange as the tap builds it (one object per exchange, its shape fixed from the start). */
 class Exchange implements HttpExchange {
-  id = "";
-  readonly start = Date.now();
-  readonly startedAt = performance.now();
+  seq = 0;
+  readonly start: number;
   headersMs: number | undefined = undefined;
   durationMs: number | undefined = undefined;
   response: ResponseRecord | undefined = undefined;
@@ -304,7 +340,16 @@ class Exchange implements HttpExchange {
     readonly replayOf: string | undefined,
     /** The request was HEAD: its answer has no body. */
     readonly head: boolean,
-  ) {}
+    /** `performance.now()` when the request head arrived. */
+    readonly startedAt: number,
+  ) {
+    this.start = wallClock(startedAt);
+  }
+
+  /** Built when asked (the API and the page), not for every exchange. */
+  get id(): string {
+    return `req_${this.seq}`;
+  }
 }
 
 /** Where a direction of the stream is. */
@@ -406,6 +451,10 @@ export class InspectorTap implements StreamTap {
   private heldBytes = 0;
   private off = false;
   private ended = false;
+  /** Where the last {@link reserve} placed its bytes. */
+  reservedAt = 0;
+  /** `performance.now()` once read for the response bytes at hand (-1: not yet): one read per chunk. */
+  private clock = -1;
   /** The exchange whose request head came last (a replay reads its own). */
   lastExchange: HttpExchange | null = null;
   /** The tap copies what it keeps (HTTP) or only counts (TCP): the relay may free buffers early. */
@@ -500,21 +549,35 @@ export class InspectorTap implements StreamTap {
     const { store } = this;
     const { body, contentLength, upgrade } = SCAN; // read before anything else may scan
     const headLength = to - from;
-    const length = body === Body.Length ? Math.min(contentLength, store.bodyCap) : 0;
-    const raw = keepBuffer(headLength + length);
-    raw.set(from === 0 && to === b.length ? b : b.subarray(from, to));
+    const room = headLength + (body === Body.Length ? Math.min(contentLength, store.bodyCap) : 0);
+    const seq = store.nextSeq;
+    const slab = this.reserve(room, seq);
+    const at = this.reservedAt;
+    copyInto(b, from, to, slab.bytes, at);
     const methodEnd = SCAN.methodEnd - from;
-    const head = methodEnd === 4 && raw[0] === 72 && raw[1] === 69 && raw[2] === 65 && raw[3] === 68;
+    const head =
+      methodEnd === 4 && b[from] === 72 && b[from + 1] === 69 && b[from + 2] === 65 && b[from + 3] === 68;
     const request = new RequestRecord(
-      raw,
+      slab,
+      at,
+      room,
       headLength,
       body === Body.Chunked,
       store.bodyCap,
+      this,
+      seq,
       methodEnd,
       SCAN.targetEnd - from,
     );
     const { settings } = this;
-    const exchange = new Exchange(settings.tunnelName, settings.remote, request, settings.replayOf, head);
+    const exchange = new Exchange(
+      settings.tunnelName,
+      settings.remote,
+      request,
+      settings.replayOf,
+      head,
+      performance.now(),
+    );
     this.waiting.push(exchange);
     this.sending = exchange;
     this.lastExchange = exchange;
@@ -547,6 +610,7 @@ export class InspectorTap implements StreamTap {
       return;
     }
     if (this.off) return;
+    this.clock = -1;
     try {
       this.responseBytes(bytes);
     } catch (error) {
@@ -618,11 +682,23 @@ export class InspectorTap implements StreamTap {
     if (status < 200 && status !== 101) return; // 100 Continue and friends: the final one follows
     const cap = this.store.bodyCap;
     const headLength = to - from;
-    const length = body === Body.Length ? Math.min(contentLength, cap) : 0;
-    const raw = keepBuffer(headLength + length);
-    raw.set(from === 0 && to === b.length ? b : b.subarray(from, to));
-    current.headersMs = performance.now() - current.startedAt;
-    current.response = new ResponseRecord(raw, headLength, body === Body.Chunked, cap, status);
+    const room = headLength + (body === Body.Length ? Math.min(contentLength, cap) : 0);
+    const seq = current.seq;
+    const slab = this.reserve(room, seq);
+    const at = this.reservedAt;
+    copyInto(b, from, to, slab.bytes, at);
+    current.headersMs = this.now() - current.startedAt;
+    current.response = new ResponseRecord(
+      slab,
+      at,
+      room,
+      headLength,
+      body === Body.Chunked,
+      cap,
+      this,
+      seq,
+      status,
+    );
     // An upgrade refused: the requests held behind it are HTTP after all.
     if (status >= 200 && this.requestAt === At.Pending) this.declineUpgrade();
     if (body === Body.Passthrough) {
@@ -640,6 +716,24 @@ export class InspectorTap implements StreamTap {
       else this.responseChunks.reset();
     } else if (body === Body.Close) this.responseAt = At.Close;
     else this.finish();
+  }
+
+  /**
+   * Room for `size` bytes of exchange `seq`'s record, at {@link reservedAt} in the returned slab: the
+   * store's shared slabs, or a buffer of its own for a replay (whose exchange is read after an await).
+   */
+  reserve(size: number, seq: number): Slab {
+    const { slabs } = this.store;
+    const slab =
+      this.settings.replayOf === undefined ? slabs.reserve(size, seq, this.store.firstKept) : slabs.own(size);
+    this.reservedAt = slabs.at;
+    return slab;
+  }
+
+  /** The time for the response bytes at hand: a head and the end in one chunk share one clock read. */
+  private now(): number {
+    if (this.clock < 0) this.clock = performance.now();
+    return this.clock;
   }
 
   /** The upgrade was refused: the bytes held since are parsed as requests. */
@@ -664,7 +758,7 @@ export class InspectorTap implements StreamTap {
     if (exchange === this.sending) this.sending = null; // answered before its body ended: keep what came
     exchange.request.settle();
     exchange.response?.settle();
-    exchange.durationMs = performance.now() - exchange.startedAt;
+    exchange.durationMs = this.now() - exchange.startedAt;
     exchange.state = "complete";
     this.store.update(exchange);
   }
@@ -704,6 +798,7 @@ export class InspectorTap implements StreamTap {
       return;
     }
     if (this.off) return;
+    this.clock = -1;
     if (reset === undefined && this.responseAt === At.Close && this.waiting[0]?.response !== undefined)
       this.finish();
     if (this.waiting.length > 0)

@@ -9,6 +9,7 @@
 
 import { DEFAULT_BODY_CAP, type HttpExchange, type TcpConnection } from "./capture.ts";
 import { DEFAULT_CAPACITY } from "./settings.ts";
+import { SlabPool } from "./slabs.ts";
 
 /** The most body bytes all kept exchanges may hold together, by default (64 MiB). */
 export const DEFAULT_BODY_BUDGET = 64 * 1024 * 1024;
@@ -61,6 +62,11 @@ export class Ring<T> {
     return out;
   }
 
+  /** The item `index` places after the oldest (undefined past the newest). */
+  at(index: number): T | undefined {
+    return index >= 0 && index < this.count ? this.items[(this.start + index) % this.capacity] : undefined;
+  }
+
   /** Removes and returns the oldest item. */
   shift(): T | undefined {
     if (this.count === 0) return undefined;
@@ -111,8 +117,15 @@ export class InspectorStore {
     bytesOut: 0,
     requestsTotal: 0,
   };
+  /**
+   * Kept exchanges, oldest first. Their numbers are consecutive (each new one is pushed, the oldest go
+   * first), so one is found by its number's distance from the oldest: no map, no id string per request.
+   */
   private readonly exchanges: Ring<HttpExchange>;
-  private readonly byId = new Map<string, HttpExchange>();
+  /** Where the taps keep captured bytes; slabs are reused once their exchanges left the ring. */
+  readonly slabs = new SlabPool();
+  /** The number of the oldest exchange kept (meaningful while any is kept). */
+  private oldest = 1;
   private readonly open = new Map<string, TcpConnection>();
   private readonly recent: Ring<TcpConnection>;
   private readonly subscribers = new Set<(event: StoreEvent) => void>();
@@ -138,6 +151,16 @@ export class InspectorStore {
     return this.exchanges.capacity;
   }
 
+  /** The number the next exchange will get. */
+  get nextSeq(): number {
+    return this.nextRequest;
+  }
+
+  /** The number of the oldest exchange kept (the next one's when none is). */
+  get firstKept(): number {
+    return this.exchanges.length === 0 ? this.nextRequest : this.oldest;
+  }
+
   /** Hears every change until the returned function is called. */
   subscribe(listener: (event: StoreEvent) => void): () => void {
     this.subscribers.add(listener);
@@ -155,17 +178,23 @@ export class InspectorStore {
 
   /** A new exchange (its request head just arrived): gives it an id, keeps it, tells subscribers. */
   add(exchange: HttpExchange): void {
-    exchange.id = `req_${this.nextRequest++}`;
+    const seq = this.nextRequest++;
+    exchange.seq = seq;
     this.stats.requestsTotal++;
+    if (this.exchanges.length === 0) this.oldest = seq;
     const out = this.exchanges.push(exchange);
     if (out !== undefined) this.forget(out);
-    this.byId.set(exchange.id, exchange);
     this.publishExchange(exchange);
+  }
+
+  /** The kept exchange numbered `seq`, if any. */
+  private bySeq(seq: number): HttpExchange | undefined {
+    return this.exchanges.at(seq - this.oldest);
   }
 
   /** An exchange changed (its response ended, or it failed): counts its bodies, tells subscribers. */
   update(exchange: HttpExchange): void {
-    if (!this.byId.has(exchange.id)) return; // cleared or pushed out meanwhile
+    if (this.bySeq(exchange.seq) !== exchange) return; // cleared or pushed out meanwhile
     this.bodyBytes += bodyBytesOf(exchange);
     // Over the budget: the oldest exchanges go (never the one just completed).
     for (let guard = this.exchanges.length; this.bodyBytes > this.bodyBudget && guard > 1; guard--) {
@@ -176,14 +205,16 @@ export class InspectorStore {
     this.publishExchange(exchange);
   }
 
+  /** The oldest exchange left the ring (pushed out or over the budget). */
   private forget(exchange: HttpExchange): void {
-    this.byId.delete(exchange.id);
+    this.oldest = exchange.seq + 1;
     if (exchange.state !== "pending") this.bodyBytes -= bodyBytesOf(exchange);
   }
 
   /** The exchange with this id, if still kept. */
   get(id: string): HttpExchange | undefined {
-    return this.byId.get(id);
+    if (!/^req_[1-9][0-9]{0,15}$/.test(id)) return undefined;
+    return this.bySeq(Number(id.slice(4)));
   }
 
   /** Kept exchanges, newest first: at most `limit`, only `tunnelName`'s when given. */
@@ -198,7 +229,6 @@ export class InspectorStore {
   /** Forgets every exchange and recent TCP connection (open ones stay). */
   clear(): void {
     this.exchanges.clear();
-    this.byId.clear();
     this.recent.clear();
     this.bodyBytes = 0;
     this.publish({ type: "clear" });
