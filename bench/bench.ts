@@ -9,6 +9,7 @@
  * bun run bench --only direct,sockets --measures bulk,latency --json out.json
  * bun run bench --only direct,ssh,sockets --measures longpath   # the long-path section alone
  * bun run bench --measures http      # the HTTP section alone: HTTP tunnels (both ports), TCP tunnel, direct
+ * bun run bench --measures cluster   # the cluster section alone (also: bun bench/cluster.ts)
  * ```
  * @module
  */
@@ -16,6 +17,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { cpus, release } from "node:os";
 import { parseArgs } from "node:util";
+import { CLUSTER_FULL, CLUSTER_QUICK, type ClusterResult, clusterReport, runCluster } from "./cluster.ts";
 import { HTTP_FULL, HTTP_QUICK, type HttpResult, httpReport, runHttp } from "./http.ts";
 import { LONG_PATH_PROVIDERS, type LongPathProvider, longPathReport, runLongPath } from "./longpath.ts";
 import {
@@ -45,7 +47,16 @@ import {
 } from "./report.ts";
 
 /** Measurement groups, in the order they run on each tunnel. */
-export const MEASURES = ["memory", "integrity", "latency", "connrate", "bulk", "longpath", "http"] as const;
+export const MEASURES = [
+  "memory",
+  "integrity",
+  "latency",
+  "connrate",
+  "bulk",
+  "longpath",
+  "http",
+  "cluster",
+] as const;
 
 /** A measurement group name. */
 export type Measure = (typeof MEASURES)[number];
@@ -73,6 +84,8 @@ Options:
                        longpath: direct (as the bare path), ssh and sockets across +50 and +200 ms (longpath.ts)
                        http: HTTP tunnels on the control port and on --http-port, a TCP tunnel and direct:
                        small GET and 64 B POST (wrk), 200 MiB each way (sha256), WebSocket echo (http.ts)
+                       cluster: a redis-server and two nodes: a visitor at node A for a client at node B
+                       against the same visitor at B, two nodes' aggregate bulk against one (cluster.ts)
   --sockets-root DIR   longpath, http: run sockets from another checkout (for a before/after table)
   -h, --help           show this help
 `;
@@ -298,7 +311,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
   const native = await buildNative();
   const service = spawn([native.service, "2"], { stdin: true });
   const results: Partial<Record<ProviderName, ProviderResult>> = {};
-  const loopback = options.measures.filter((m) => m !== "longpath" && m !== "http");
+  const loopback = options.measures.filter((m) => m !== "longpath" && m !== "http" && m !== "cluster");
   try {
     await service.waitFor(/port (\d+)/, 10_000);
     for (const name of loopback.length > 0 ? options.only : [])
@@ -325,6 +338,13 @@ export async function runBench(options: BenchOptions): Promise<string> {
     if (options.repeat !== undefined) httpParams.repeat = options.repeat;
     http = await runHttp({ params: httpParams, socketsRoot: options.socketsRoot, log });
   } else if (options.measures.includes("http")) log("http: skipped: it measures sockets (add it to --only)");
+  let cluster: ClusterResult | undefined;
+  if (options.measures.includes("cluster") && options.only.includes("sockets")) {
+    const clusterParams = { ...(options.quick ? CLUSTER_QUICK : CLUSTER_FULL) };
+    if (options.repeat !== undefined) clusterParams.repeat = options.repeat;
+    cluster = await runCluster({ params: clusterParams, log });
+  } else if (options.measures.includes("cluster"))
+    log("cluster: skipped: it measures sockets (add it to --only)");
   const elapsed = (performance.now() - started) / 1000;
   const info = await machine();
   const report = [
@@ -350,11 +370,12 @@ export async function runBench(options: BenchOptions): Promise<string> {
       : []),
     longPathReport(longPath, longPathSeconds),
     http ? httpReport(http) : "",
+    cluster ? clusterReport(cluster) : "",
   ].join("\n");
   if (options.json)
     writeFileSync(
       options.json,
-      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http }, null, 2)}\n`,
+      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster }, null, 2)}\n`,
     );
   return report;
 }

@@ -83,6 +83,8 @@ export interface Target {
   loadgen: string;
   service: TunnelProcess;
   tunnel: Tunnel;
+  /** Extra environment for the load generator (the cluster section: a preload that dials another loopback address). */
+  env?: Record<string, string>;
 }
 
 function sampleAll(procs: TunnelProcess[]): Map<number, CpuSample> {
@@ -115,7 +117,7 @@ export async function loadgen(target: Target, args: (string | number)[], timeout
   const p = spawn(
     [target.loadgen, args[0] as string, String(target.tunnel.port), ...args.slice(1).map(String)],
     {
-      env: { BENCH_TIMEOUT: String(timeoutS) },
+      env: { ...target.env, BENCH_TIMEOUT: String(timeoutS) },
     },
   );
   const timer = setTimeout(() => void p.stop(0), (timeoutS + 5) * 1000);
@@ -207,7 +209,7 @@ export async function memory(target: Target, params: Params): Promise<MemoryFigu
   const idle = rssByRole(tunnel);
   const p = spawn(
     [target.loadgen, "hold", String(tunnel.port), String(params.holdCount), String(params.holdInflight)],
-    { stdin: true, env: { BENCH_TIMEOUT: "120" } },
+    { stdin: true, env: { ...target.env, BENCH_TIMEOUT: "120" } },
   );
   try {
     const [line] = await p.waitFor(/\{"mode":"hold".*\}/, 60_000);
