@@ -19,7 +19,7 @@ import { type RelaySocket, type RelaySocketData, relaySocketHandlers, type Strea
 import type { HttpRoute } from "../server/http-ingress.ts";
 import { type Hello, StreamKind } from "../wire/protocol.ts";
 import { ClusterDirectory, type LeaseKey, type LeaseRecord, type NodeInfo } from "./directory.ts";
-import { InboundLink, type LinkSocket, OutboundLink, type RemoteAcceptor } from "./link.ts";
+import { InboundLink, OutboundLink, type RemoteAcceptor } from "./link.ts";
 
 export type { LeaseKey };
 
@@ -310,6 +310,3 @@ export interface ClusterStats {
   /** Public ports open here for tunnels held elsewhere. */
   mirrors: number;
 }
-
-/** The link socket type, re-exported for the control port. */
-export type { LinkSocket };
