@@ -12,43 +12,7 @@ import { Mux } from "../../shared/relay/mux.ts";
 import { splice } from "../../shared/relay/splice.ts";
 import type { RelaySocket, Stream } from "../../shared/relay/stream.ts";
 import { StreamKind } from "../../shared/wire/protocol.ts";
-
-/** A socket double that takes at most `room` bytes per write (0: full until `drain`). */
-class FakeSocket {
-  data: { stream: Stream | null } = { stream: null };
-  paused = false;
-  shut = false;
-  closed = false;
-  aborted = false;
-  received: number[] = [];
-  room = Number.POSITIVE_INFINITY;
-  remoteAddress = "192.0.2.1";
-  remotePort = 4242;
-  write(chunk: Uint8Array): number {
-    if (this.shut || this.aborted) return -1;
-    const n = Math.min(chunk.length, this.room);
-    for (let i = 0; i < n; i++) this.received.push(chunk[i] as number);
-    return n;
-  }
-  pause() {
-    this.paused = true;
-  }
-  resume() {
-    this.paused = false;
-  }
-  shutdown() {
-    this.shut = true;
-  }
-  end() {
-    this.closed = true;
-  }
-  terminate() {
-    this.aborted = true;
-  }
-  drain() {
-    this.data.stream?.onSocketDrain();
-  }
-}
+import { FakeSocket } from "../support/fake-socket.ts";
 
 const WINDOW = 64 * 1024;
 const settings = { window: WINDOW, initialWindow: WINDOW, maxFramePayload: 16 * 1024 };

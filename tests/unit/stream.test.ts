@@ -19,42 +19,7 @@ import {
   type StreamHost,
 } from "../../shared/relay/stream.ts";
 import { FrameType, StreamKind } from "../../shared/wire/protocol.ts";
-
-/** A socket double: takes a random share of each write, records what it took, obeys pause. */
-class FakeSocket {
-  data: { stream: Stream | null } = { stream: null };
-  paused = false;
-  shut = false;
-  ended = false;
-  aborted = false;
-  received: number[] = [];
-  /** Bytes the "kernel" takes on the next write; 0 means full until a drain. */
-  room = Number.POSITIVE_INFINITY;
-
-  write(chunk: Uint8Array): number {
-    if (this.shut || this.aborted) return -1;
-    // The relay never writes nothing; an empty chunk here is one it freed too early.
-    if (chunk.length === 0) throw new Error("write of an empty chunk: freed before it was written?");
-    const n = Math.min(chunk.length, this.room);
-    for (let i = 0; i < n; i++) this.received.push(chunk[i] as number);
-    return n;
-  }
-  pause() {
-    this.paused = true;
-  }
-  resume() {
-    this.paused = false;
-  }
-  shutdown() {
-    this.shut = true;
-  }
-  end() {
-    this.ended = true;
-  }
-  terminate() {
-    this.aborted = true;
-  }
-}
+import { FakeSocket } from "../support/fake-socket.ts";
 
 /** A stream host that frames nothing: every send is a no-op unless `overrides` says otherwise. */
 function quietHost(
