@@ -188,6 +188,7 @@ function joinCluster(options: ServerOptions, registry: SessionRegistry, host: st
   const reachable = host === "::" || host === "0.0.0.0" ? "127.0.0.1" : host;
   return ClusterNode.join({
     redis: options.cluster as string,
+    ca: options.clusterCa,
     name: options.nodeName ?? `${hostname()}:${port}`,
     url: options.nodeUrl ?? `${options.tls ? "wss" : "ws"}://${formatHost(reachable)}:${port}`,
     leaseSeconds: options.clusterLeaseSeconds ?? SERVER_OPTIONS["cluster-lease"].default,

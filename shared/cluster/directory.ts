@@ -17,6 +17,7 @@
 import { randomBytes } from "node:crypto";
 import { RedisClient } from "bun";
 import { describeError, type Logger } from "../log.ts";
+import { explainRedisFailure } from "./redis-probe.ts";
 
 /** A lease's name: an HTTP tunnel's name or a public TCP port. */
 export type LeaseKey = `http:${string}` | `tcp:${number}`;
@@ -54,6 +55,8 @@ export type AcquireResult =
 export interface DirectoryOptions {
   /** redis:// or rediss:// URL (password in the URL). */
   url: string;
+  /** PEM certificate(s) trusted for a rediss:// Redis (`--cluster-ca`); absent: the system's CAs. */
+  ca?: string;
   /** This node. */
   node: NodeInfo;
   /** Lease time to live in ms (renewed every third of it). */
@@ -321,12 +324,20 @@ export class ClusterDirectory {
       autoReconnect: true,
       maxRetries: MAX_RETRIES,
       connectionTimeout: CONNECT_TIMEOUT_MS,
+      // Bun takes TLS from the rediss:// scheme; --cluster-ca is what it checks Redis' certificate against.
+      ...(options.ca !== undefined && /^rediss:/i.test(options.url) ? { tls: { ca: options.ca } } : {}),
     };
     const cmd = new RedisClient(options.url, clientOptions);
     const sub = new RedisClient(options.url, clientOptions);
     let directory: ClusterDirectory | undefined;
     try {
-      await deadline(Promise.all([cmd.connect(), sub.connect()]), CONNECT_TIMEOUT_MS, "no connection");
+      try {
+        await deadline(Promise.all([cmd.connect(), sub.connect()]), CONNECT_TIMEOUT_MS, "no connection");
+      } catch (error) {
+        // Bun says "Connection closed" for a wrong password, an untrusted certificate, TLS to a plain
+        // port…: one connection of our own tells which.
+        throw new Error((await explainRedisFailure(options.url, options.ca)) ?? describeError(error));
+      }
       const mine = randomBytes(32).toString("base64url");
       await deadline(cmd.send("SET", [SECRET_KEY, mine, "NX"]), CONNECT_TIMEOUT_MS, "no answer");
       const secret = await deadline(cmd.get(SECRET_KEY), CONNECT_TIMEOUT_MS, "no answer");

@@ -36,6 +36,8 @@ const HIGH_WATER = 8 * 1024 * 1024;
 const LOW_WATER = 2 * 1024 * 1024;
 /** A link pings this often and is dead after three silent intervals (a frozen or vanished node). */
 const LINK_HEARTBEAT_MS = 1000;
+/** Error codes of a refused certificate. */
+const TLS_CODES = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|TLS|SSL|HOSTNAME|ALTNAME/i;
 /** Most a link waits between two dials of a node that does not answer. */
 const MAX_REDIAL_MS = 2000;
 
@@ -49,10 +51,15 @@ export class OutboundLink {
   /** When the link last came up (ms since the epoch), 0 while down. */
   upSince = 0;
 
+  /**
+   * @param ca PEM certificate(s) a `wss://` peer's certificate is checked against (`--cluster-ca`);
+   *   absent: the system's CAs.
+   */
   constructor(
     readonly peer: LinkPeer,
     private readonly secret: string,
     private readonly log: Logger,
+    private readonly ca?: string,
   ) {
     this.dial();
   }
@@ -92,9 +99,11 @@ export class OutboundLink {
     if (this.closed) return;
     const url = new URL(NODE_LINK_PATH, this.peer.url.endsWith("/") ? this.peer.url : `${this.peer.url}/`);
     const headers = { [AUTH_HEADER]: `Bearer ${this.secret}` };
+    // Bun's client takes the CA as connect.ts gives it for clients (`tls`, outside the DOM's types).
+    const tls = this.ca !== undefined && url.protocol === "wss:" ? { tls: { ca: this.ca } } : {};
     let ws: WebSocket;
     try {
-      ws = new WebSocket(url.href, { protocols: [SUBPROTOCOL], headers } as unknown as string[]);
+      ws = new WebSocket(url.href, { protocols: [SUBPROTOCOL], headers, ...tls } as unknown as string[]);
     } catch (error) {
       this.log.warn(`cluster: cannot dial node ${this.peer.name} at ${url.href}: ${describeError(error)}`);
       this.redial();
@@ -154,11 +163,32 @@ export class OutboundLink {
     ws.addEventListener("close", (event) => {
       if (this.mux !== null || this.attempts === 0)
         this.log.info(`cluster: link to node ${this.peer.name} closed (${event.code})`);
+      // A wss:// link that never came up: the WebSocket does not say why; a certificate is the usual one.
+      if (this.mux === null && this.attempts === 0 && url.protocol === "wss:") void this.explainTls(url);
       onGone();
     });
   }
 
   private sendFrame: (frame: Uint8Array) => void = () => {};
+
+  /** Logs once why TLS to the peer fails, if it does (the WebSocket reports only a close). */
+  private async explainTls(url: URL): Promise<void> {
+    const https = new URL("/health", url.href.replace(/^wss:/, "https:"));
+    try {
+      await fetch(https, {
+        tls: this.ca === undefined ? {} : { ca: this.ca },
+        signal: AbortSignal.timeout(2000),
+      } as RequestInit);
+    } catch (error) {
+      const code = (error as { code?: unknown }).code;
+      if (typeof code !== "string" || !TLS_CODES.test(code)) return;
+      const hint =
+        this.ca === undefined ? "trust its CA with --cluster-ca FILE" : "--cluster-ca does not hold its CA";
+      this.log.warn(
+        `cluster: node ${this.peer.name}'s certificate (${url.host}) was refused: ${describeError(error)} (${code}); ${hint}`,
+      );
+    }
+  }
 
   /** The peer's hello: the link is up with its settings. */
   private greeted(ws: WebSocket, hello: Hello): void {

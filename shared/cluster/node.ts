@@ -41,6 +41,8 @@ export interface LeaseRequest {
 export interface ClusterNodeOptions {
   /** Redis URL (`--cluster`). */
   redis: string;
+  /** PEM certificate(s) trusted for a rediss:// Redis and for links to wss:// nodes (`--cluster-ca`). */
+  ca?: string;
   name: string;
   /** Where the other nodes reach this one (`--node-url`). */
   url: string;
@@ -93,6 +95,7 @@ export class ClusterNode {
     let node: ClusterNode | undefined;
     const directory = await ClusterDirectory.open({
       url: options.redis,
+      ca: options.ca,
       node: { name: options.name, url: options.url },
       leaseMs: options.leaseSeconds * 1000,
       log: options.log,
@@ -233,7 +236,10 @@ export class ClusterNode {
       const link = this.links.get(peer.name);
       if (link !== undefined && link.peer.url === peer.url) continue;
       link?.close();
-      this.links.set(peer.name, new OutboundLink(peer, this.directory.secret, this.options.log));
+      this.links.set(
+        peer.name,
+        new OutboundLink(peer, this.directory.secret, this.options.log, this.options.ca),
+      );
     }
     for (const [name, link] of this.links)
       if (!alive.has(name)) {

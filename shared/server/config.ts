@@ -73,6 +73,7 @@ export const RESTART_OPTIONS = [
   "admin-token",
   "metrics-per-tunnel",
   "cluster",
+  "cluster-ca",
   "node-name",
   "node-url",
   "cluster-lease",
@@ -212,13 +213,13 @@ export function loadServerConfig(
   const source = readConfig(file);
   const fromFile = optionsFromConfig(source, FILE_OPTIONS, source.data, ["users"]) as ServerOptionValues;
   const users = usersFromConfig(source);
-  for (const key of ["tlsCert", "tlsKey"] as const) {
+  for (const key of ["tlsCert", "tlsKey", "clusterCa"] as const) {
     const path = fromFile[key];
     if (path !== undefined && !isAbsolute(path)) fromFile[key] = resolve(dirname(file), path);
   }
   const merged = { ...fromFile, ...commandLine };
-  const fileNamed = (flag: "tls-cert" | "tls-key") =>
-    commandLine[flag === "tls-cert" ? "tlsCert" : "tlsKey"] !== undefined
+  const fileNamed = (flag: "tls-cert" | "tls-key" | "cluster-ca") =>
+    commandLine[(SERVER_OPTIONS[flag] as { key: keyof ServerOptionValues }).key] !== undefined
       ? `--${flag}`
       : `${where(source, flag.replace("-", "_"))}: ${flag.replace("-", "_")}`;
   try {

@@ -200,6 +200,12 @@ export const SERVER_OPTIONS = {
     help: "join a cluster whose namespace lives in this Redis: redis://[:PASSWORD@]HOST:PORT[/DB] or rediss:// (README: Run a cluster)",
     parse: parseRedisUrl,
   },
+  "cluster-ca": {
+    key: "clusterCa",
+    value: "FILE",
+    defaultText: "the system's CAs",
+    help: "PEM CA certificate(s) that Redis' certificate (rediss://) and other nodes' (wss:// node URLs) are checked against",
+  },
   "node-name": {
     key: "nodeName",
     value: "NAME",
@@ -265,9 +271,11 @@ export const SERVER_ENVIRONMENT: EnvSpec[] = [
 export type ServerOptionValues = OptionValues<typeof SERVER_OPTIONS>;
 
 /** Everything the server can be told; the CLI fills it from flags, env and the config file. */
-export type ServerOptions = Omit<ServerOptionValues, "tlsCert" | "tlsKey"> & {
+export type ServerOptions = Omit<ServerOptionValues, "tlsCert" | "tlsKey" | "clusterCa"> & {
   /** PEM certificate and key: serve wss/https. */
   tls?: { cert: string; key: string };
+  /** The `--cluster-ca` file's PEM text (not its path). */
+  clusterCa?: string;
   /** Clients must present this key; absent means no auth. */
   apiKey?: string;
   /** The config file's users (tokens as hashes, limits). */
@@ -277,16 +285,21 @@ export type ServerOptions = Omit<ServerOptionValues, "tlsCert" | "tlsKey"> & {
 /**
  * Turns parsed option values into the server's options: reads the TLS files and takes the API key
  * from env. `name` says how to name an option in an error (`--tls-cert`, or a config file's place).
- * @throws {UsageError} for a certificate without its key (or the other way round) or an unreadable PEM.
+ * @throws {UsageError} for a certificate without its key (or the other way round), an unreadable PEM
+ *   or `--cluster-ca` without `--cluster`.
  */
 export function finishServerOptions(
   values: ServerOptionValues,
   env: Record<string, string | undefined>,
-  name: (flag: "tls-cert" | "tls-key") => string = (flag) => `--${flag}`,
+  name: (flag: "tls-cert" | "tls-key" | "cluster-ca") => string = (flag) => `--${flag}`,
 ): ServerOptions {
-  const { tlsCert, tlsKey, ...rest } = values;
+  const { tlsCert, tlsKey, clusterCa, ...rest } = values;
   if ((tlsCert === undefined) !== (tlsKey === undefined))
     throw new UsageError(`${name("tls-cert")} and ${name("tls-key")} must be given together`);
+  if (clusterCa !== undefined && values.cluster === undefined)
+    throw new UsageError(
+      `${name("cluster-ca")} needs --cluster (it is the CA of the cluster's Redis and nodes)`,
+    );
   const admin = adminProblem(values.admin, values.adminToken);
   if (admin !== undefined) throw new UsageError(admin);
   return {
@@ -298,6 +311,10 @@ export function finishServerOptions(
             key: readPem(tlsKey, name("tls-key"), "private key", /-----BEGIN [A-Z ]*PRIVATE KEY-----/),
           }
         : undefined,
+    clusterCa:
+      clusterCa === undefined
+        ? undefined
+        : readPem(clusterCa, name("cluster-ca"), "certificate", /-----BEGIN CERTIFICATE-----/),
     apiKey: env.SOCKETS_SINGLE_API_KEY || undefined,
   };
 }

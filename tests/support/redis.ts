@@ -14,11 +14,19 @@ import { defer, type RoleProcess, spawnRole, withTimeout } from "./processes.ts"
 /** The redis-server binary: Debian's, else whichever is on the PATH. */
 const REDIS_SERVER = Bun.which("redis-server") ?? "/usr/bin/redis-server";
 
+/** How {@link startRedis} sets the server up (default: plain TCP, no password). */
+export interface RedisSetup {
+  /** `--requirepass`: clients must AUTH with it (the URL carries it). */
+  password?: string;
+  /** Serve TLS only (`--port 0 --tls-port PORT`), with this PEM certificate and key; clients need no certificate. */
+  tls?: { cert: string; key: string; ca: string };
+}
+
 /** A redis-server the test started, on a port it keeps across restarts. */
 export interface RedisProcess {
   /** Its port on 127.0.0.1. */
   readonly port: number;
-  /** `redis://127.0.0.1:PORT`. */
+  /** `redis://127.0.0.1:PORT` (`rediss://` with TLS, `:PASSWORD@` with a password). */
   readonly url: string;
   /** The PID of the process running now (a restart starts another). */
   readonly pid: number;
@@ -37,11 +45,17 @@ function freePort(): number {
 }
 
 /** Spawns redis-server on `port` and waits for its "Ready to accept connections" line. */
-async function spawnRedis(port: number, dir: string): Promise<RoleProcess> {
+async function spawnRedis(port: number, dir: string, setup: RedisSetup): Promise<RoleProcess> {
+  const { tls, password } = setup;
   const role = spawnRole([
     REDIS_SERVER,
-    "--port",
-    String(port),
+    ...(tls === undefined
+      ? ["--port", String(port)]
+      : [
+          ...["--port", "0", "--tls-port", String(port), "--tls-auth-clients", "no"],
+          ...["--tls-cert-file", tls.cert, "--tls-key-file", tls.key, "--tls-ca-cert-file", tls.ca],
+        ]),
+    ...(password === undefined ? [] : ["--requirepass", password]),
     "--bind",
     "127.0.0.1",
     "--save",
@@ -62,9 +76,10 @@ async function spawnRedis(port: number, dir: string): Promise<RoleProcess> {
 
 /**
  * Starts a redis-server on a free port and waits until it accepts connections. Rejects with the
- * reason when /usr/bin/redis-server is missing (`apt-get install redis-server`) or it does not start.
+ * reason when /usr/bin/redis-server is missing (`apt-get install redis-server`) or it does not start
+ * (with `setup.tls`: when it was built without TLS).
  */
-export async function startRedis(): Promise<RedisProcess> {
+export async function startRedis(setup: RedisSetup = {}): Promise<RedisProcess> {
   if (!(await Bun.file(REDIS_SERVER).exists())) {
     throw new Error(
       `${REDIS_SERVER} not found: the cluster tests need redis-server (apt-get install redis-server)`,
@@ -79,27 +94,28 @@ export async function startRedis(): Promise<RedisProcess> {
   for (let attempt = 0; attempt < 3 && role === undefined; attempt++) {
     port = freePort();
     try {
-      role = await spawnRedis(port, dir);
+      role = await spawnRedis(port, dir, setup);
     } catch (error) {
       lastError = error;
     }
   }
   if (role === undefined) throw lastError;
   let current: RoleProcess = role;
+  const auth = setup.password === undefined ? "" : `:${encodeURIComponent(setup.password)}@`;
   const kill = async () => {
     if (current.proc.exitCode === null && current.proc.signalCode === null) current.kill("SIGKILL");
     await withTimeout(current.proc.exited, 5000, `redis-server ${current.proc.pid} did not die`);
   };
   return {
     port,
-    url: `redis://127.0.0.1:${port}`,
+    url: `${setup.tls ? "rediss" : "redis"}://${auth}127.0.0.1:${port}`,
     get pid() {
       return current.proc.pid;
     },
     kill,
     async restart() {
       await kill();
-      current = await spawnRedis(port, dir);
+      current = await spawnRedis(port, dir, setup);
     },
   };
 }
