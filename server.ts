@@ -142,7 +142,8 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       admin?.stop();
       httpPort?.stop(true);
       control.stop(true);
-      throw new Error(`--cluster: ${describeError(error)}`);
+      const why = describeError(error);
+      throw new Error(why.startsWith("cluster:") ? why : `--cluster: ${why}`);
     }
   registry.watch();
 
