@@ -4,7 +4,8 @@
  * port at {@link NODE_LINK_PATH}, authenticated with the cluster's secret, with the same frames,
  * windows and half-close as a client's connection. The dialling node opens one stream per visitor
  * (OPEN's `target` names the tunnel); the other node splices it onto a new stream of the holding
- * client's session. Each node dials each other node once: a pair of nodes has one link per direction.
+ * client's session. A pair of nodes shares one link: the node whose name sorts first dials, and both ends
+open streams over it (the dialler's ids below 2^31, the other's from 2^31 up).
  * @module
  */
 
@@ -18,6 +19,7 @@ import type { OpenFrame } from "../wire/codec.ts";
 import {
   AUTH_HEADER,
   type Hello,
+  NODE_HEADER,
   NODE_LINK_PATH,
   parseControl,
   ResetCode,
@@ -41,8 +43,55 @@ const TLS_CODES = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|TLS|SSL|HOSTNAME|ALTNAME/i;
 /** Most a link waits between two dials of a node that does not answer. */
 const MAX_REDIAL_MS = 2000;
 
+/** Stream ids each end of a link gives the streams it opens: halves that never meet. */
+const DIALLER_IDS = { first: 1, last: 0x7fffffff };
+const ACCEPTOR_IDS = { first: 0x80000000, last: 0xffffffff };
+
+/** What a node does with a stream another node opened: hand it to the tunnel named by its target. */
+export type RemoteAcceptor = (target: string, kind: StreamKind, socket: SpliceSocket) => Stream | string;
+
+/** Either end of a link, as the node uses it to carry visitors. */
+export interface NodeLink {
+  /** True while visitors can be carried over it. */
+  readonly up: boolean;
+  /** Streams open on it now (both ways). */
+  readonly streams: number;
+  /** Carries a visitor's socket to the peer (undefined while the link is down). */
+  open(kind: StreamKind, target: string, remote: string, socket: RelaySocket): Stream | undefined;
+  /** Closes the link for good. */
+  close(): void;
+}
+
+/** Opens a stream for a visitor on `mux`: an OPEN naming `target`, then the visitor's socket. */
+function openOn(mux: Mux, kind: StreamKind, target: string, remote: string, socket: RelaySocket): Stream {
+  const stream = mux.createStream();
+  mux.sendOpen(stream, kind, 0, { remote, target });
+  stream.attach(socket);
+  return stream;
+}
+
+/** The peer opened a stream: splice it onto the local tunnel its target names, or reset it. */
+function acceptOn(mux: Mux, frame: OpenFrame, accept: RemoteAcceptor): void {
+  const stream = mux.acceptStream(frame.stream);
+  const target = frame.meta.target;
+  if (target === undefined) {
+    stream.reset(ResetCode.Protocol, "OPEN on a node link names no target");
+    return;
+  }
+  const [forLink, forTunnel] = spliceEnds(frame.meta.remote);
+  const carried = accept(target, frame.kind as StreamKind, forTunnel);
+  if (typeof carried === "string") {
+    stream.reset(ResetCode.ConnectFailed, carried);
+    return;
+  }
+  stream.attach(forLink);
+  // Bytes that arrived before both ends were attached are pending: write them now.
+  stream.onSocketDrain();
+  carried.onSocketDrain();
+}
+
 /** A node's link to one other node: dialled, kept up, redialled while that node is alive. */
-export class OutboundLink {
+export class OutboundLink implements NodeLink {
   private ws: WebSocket | null = null;
   private mux: Mux | null = null;
   private closed = false;
@@ -57,7 +106,10 @@ export class OutboundLink {
    */
   constructor(
     readonly peer: LinkPeer,
+    /** This node's name, told to the peer. */
+    private readonly self: string,
     private readonly secret: string,
+    private readonly accept: RemoteAcceptor,
     private readonly log: Logger,
     private readonly ca?: string,
   ) {
@@ -80,11 +132,7 @@ export class OutboundLink {
    */
   open(kind: StreamKind, target: string, remote: string, socket: RelaySocket): Stream | undefined {
     const mux = this.mux;
-    if (mux === null) return undefined;
-    const stream = mux.createStream();
-    mux.sendOpen(stream, kind, 0, { remote, target });
-    stream.attach(socket);
-    return stream;
+    return mux === null ? undefined : openOn(mux, kind, target, remote, socket);
   }
 
   /** Closes the link for good (the node left the cluster, or this one shuts down). */
@@ -98,7 +146,7 @@ export class OutboundLink {
   private dial(): void {
     if (this.closed) return;
     const url = new URL(NODE_LINK_PATH, this.peer.url.endsWith("/") ? this.peer.url : `${this.peer.url}/`);
-    const headers = { [AUTH_HEADER]: `Bearer ${this.secret}` };
+    const headers = { [AUTH_HEADER]: `Bearer ${this.secret}`, [NODE_HEADER]: this.self };
     // Bun's client takes the CA as connect.ts gives it for clients (`tls`, outside the DOM's types).
     const tls = this.ca !== undefined && url.protocol === "wss:" ? { tls: { ca: this.ca } } : {};
     let ws: WebSocket;
@@ -193,7 +241,9 @@ export class OutboundLink {
   /** The peer's hello: the link is up with its settings. */
   private greeted(ws: WebSocket, hello: Hello): void {
     if (hello.type !== "hello") throw new Error(`expected hello, got '${hello.type}'`);
-    const mux = new Mux(null, hello);
+    const mux: Mux = new Mux(null, { ...hello, streamIds: DIALLER_IDS }, (frame) =>
+      acceptOn(mux, frame, this.accept),
+    );
     mux.start((frame) => this.sendFrame(frame));
     this.mux = mux;
     this.attempts = 0;
@@ -216,9 +266,6 @@ export class OutboundLink {
   }
 }
 
-/** What a node does with a stream another node opened: hand it to the tunnel named by its target. */
-export type RemoteAcceptor = (target: string, kind: StreamKind, socket: SpliceSocket) => Stream | string;
-
 /** The minimal WebSocket a node's inbound link is served on (the control port's own, ws-server.ts). */
 export interface LinkSocket {
   send(message: string | Uint8Array): number;
@@ -227,15 +274,25 @@ export interface LinkSocket {
   /** Stops reading the link (its receive budget is spent) until {@link LinkSocket.resume}. */
   pause(): void;
   resume(): void;
+  /** Drops the connection at once (the peer went silent). */
+  terminate(): void;
 }
 
 /** Bytes queued past which an inbound link's streams stop reading (as a client session's). */
 const INBOUND_HIGH_WATER = 4 * 1024 * 1024;
 
-/** A link another node opened to this one: its streams become visitors of this node's tunnels. */
-export class InboundLink {
+/**
+ * A link another node opened to this one: its streams become visitors of this node's tunnels, and this
+ * node carries its own visitors for that node's tunnels over it.
+ */
+export class InboundLink implements NodeLink {
   readonly mux: Mux;
   private ws: LinkSocket | null = null;
+  /** Heard from the dialling node (it pings every second). */
+  private readonly liveness = new Liveness();
+  private watch: ReturnType<typeof setInterval> | undefined;
+  /** Closed for good (before or after its WebSocket opened). */
+  private ended = false;
 
   /**
    * @param settings this node's hello (windows, frame size), announced to the dialling node.
@@ -249,11 +306,13 @@ export class InboundLink {
     readonly remote: string,
     /** The server's memory budgets: a link counts as one client against them. */
     budgets?: { perClient: number; received: Budget; sent: Budget },
+    /** Told once when the link is gone. */
+    private readonly onGone?: (link: InboundLink) => void,
   ) {
     this.mux = new Mux(
       null,
-      settings,
-      (frame) => this.onOpen(frame),
+      { ...settings, streamIds: ACCEPTOR_IDS },
+      (frame) => acceptOn(this.mux, frame, this.accept),
       budgets && {
         limit: budgets.perClient,
         shared: budgets,
@@ -268,6 +327,10 @@ export class InboundLink {
 
   /** The WebSocket is open: greet, go live. */
   attach(ws: LinkSocket): void {
+    if (this.ended) {
+      ws.close(1001, "link replaced");
+      return;
+    }
     this.ws = ws;
     const hello: Hello = { type: "hello", ...this.settings, session: "", secret: "", resumed: false };
     ws.send(JSON.stringify(hello));
@@ -275,10 +338,45 @@ export class InboundLink {
       const sent = ws.send(frame);
       if (sent === -1 && ws.getBufferedAmount() > INBOUND_HIGH_WATER) this.mux.setBlocked(true);
     });
+    this.liveness.restart();
+    // The dialling node pings every second: three silent seconds and it is frozen or gone.
+    this.watch = setInterval(() => {
+      if (this.liveness.silence(Date.now()) <= 3 * LINK_HEARTBEAT_MS) return;
+      this.log.warn(`cluster: link from ${this.remote} silent for 3 s: dropped`);
+      ws.terminate();
+      this.onClose();
+    }, LINK_HEARTBEAT_MS);
+  }
+
+  /** True while the link is open. */
+  get up(): boolean {
+    return this.ws !== null;
+  }
+
+  /** Streams open on it now (both ways). */
+  get streams(): number {
+    return this.mux.streams.size;
+  }
+
+  /** Carries a visitor of this node to the dialling node's tunnel `target`. */
+  open(kind: StreamKind, target: string, remote: string, socket: RelaySocket): Stream | undefined {
+    return this.ws === null ? undefined : openOn(this.mux, kind, target, remote, socket);
+  }
+
+  /** Anything from the dialling node (a frame, a ping) shows it alive. */
+  heard(): void {
+    this.liveness.heard();
+  }
+
+  /** Closes the link (the node left the cluster, or this one shuts down). */
+  close(): void {
+    this.ws?.close(1001, "node leaving");
+    this.onClose();
   }
 
   /** A message from the dialling node: frames only (it says nothing in text after the upgrade). */
   onMessage(message: string | Uint8Array): void {
+    this.liveness.heard();
     try {
       if (typeof message === "string") throw new Error("text message on a node link");
       this.mux.receive(message, true);
@@ -295,26 +393,12 @@ export class InboundLink {
 
   /** The link is gone: its visitors with it. */
   onClose(): void {
+    if (this.ended) return;
+    this.ended = true;
+    clearInterval(this.watch);
+    this.watch = undefined;
     this.ws = null;
     this.mux.destroyAll();
-  }
-
-  private onOpen(frame: OpenFrame): void {
-    const stream = this.mux.acceptStream(frame.stream);
-    const target = frame.meta.target;
-    if (target === undefined) {
-      stream.reset(ResetCode.Protocol, "OPEN on a node link names no target");
-      return;
-    }
-    const [forLink, forTunnel] = spliceEnds(frame.meta.remote);
-    const carried = this.accept(target, frame.kind as StreamKind, forTunnel);
-    if (typeof carried === "string") {
-      stream.reset(ResetCode.ConnectFailed, carried);
-      return;
-    }
-    stream.attach(forLink);
-    // Bytes that arrived before both ends were attached are pending: write them now.
-    stream.onSocketDrain();
-    carried.onSocketDrain();
+    this.onGone?.(this);
   }
 }

@@ -19,7 +19,7 @@ import { type RelaySocket, type RelaySocketData, relaySocketHandlers, type Strea
 import type { HttpRoute } from "../server/http-ingress.ts";
 import { type Hello, StreamKind } from "../wire/protocol.ts";
 import { ClusterDirectory, type LeaseKey, type LeaseRecord, type NodeInfo } from "./directory.ts";
-import { InboundLink, OutboundLink, type RemoteAcceptor } from "./link.ts";
+import { InboundLink, type NodeLink, OutboundLink, type RemoteAcceptor } from "./link.ts";
 
 export type { LeaseKey };
 
@@ -78,7 +78,8 @@ export interface LeaseRefusal {
 
 /** This server's membership in a cluster. */
 export class ClusterNode {
-  private readonly links = new Map<string, OutboundLink>();
+  /** One link per other node: dialled by this node when its name sorts first, else the one it opened. */
+  private readonly links = new Map<string, NodeLink>();
   private readonly mirrors = new Map<number, TCPSocketListener<RelaySocketData>>();
   private closed = false;
 
@@ -215,10 +216,22 @@ export class ClusterNode {
     return link.open(kind, key, remote, socket);
   }
 
-  /** A link another node opened to this one (the control port authenticated it). */
-  inbound(remote: string): InboundLink {
+  /**
+   * A link node `peer` opened to this one (the control port authenticated it): it carries that node's
+   * visitors here and, while it is up, this node's visitors there.
+   */
+  inbound(remote: string, peer: string): InboundLink {
     const { settings, acceptRemote, log, budgets } = this.options;
-    return new InboundLink(settings, acceptRemote, log, remote, budgets);
+    const link = new InboundLink(settings, acceptRemote, log, `node ${peer} (${remote})`, budgets, (gone) => {
+      if (this.links.get(peer) === gone) this.links.delete(peer);
+    });
+    // The dialler is the node whose name sorts first; a newer link from it replaces an older one.
+    if (!this.closed && dials(peer, this.options.name)) {
+      const old = this.links.get(peer);
+      this.links.set(peer, link);
+      old?.close();
+    }
+    return link;
   }
 
   /** Whether a presented link secret is the cluster's. */
@@ -226,20 +239,22 @@ export class ClusterNode {
     return this.directory.secret;
   }
 
-  /** Dials every other live node, drops links to nodes that left. */
+  /**
+   * Dials every other live node whose name sorts after this one's (the others dial this one), and drops
+   * links to nodes that left.
+   */
   private syncLinks(nodes: NodeInfo[]): void {
     if (this.closed) return;
     const alive = new Set<string>();
+    const { name, acceptRemote, log, ca } = this.options;
     for (const peer of nodes) {
-      if (peer.name === this.options.name) continue;
+      if (peer.name === name) continue;
       alive.add(peer.name);
+      if (!dials(name, peer.name)) continue;
       const link = this.links.get(peer.name);
-      if (link !== undefined && link.peer.url === peer.url) continue;
+      if (link instanceof OutboundLink && link.peer.url === peer.url) continue;
       link?.close();
-      this.links.set(
-        peer.name,
-        new OutboundLink(peer, this.directory.secret, this.options.log, this.options.ca),
-      );
+      this.links.set(peer.name, new OutboundLink(peer, name, this.directory.secret, acceptRemote, log, ca));
     }
     for (const [name, link] of this.links)
       if (!alive.has(name)) {
@@ -300,6 +315,11 @@ export class ClusterNode {
     for (const port of [...this.mirrors.keys()]) this.unmirror(port);
     await this.directory.close();
   }
+}
+
+/** Whether node `self` dials node `peer` (the one whose name sorts first does): one link per pair. */
+function dials(self: string, peer: string): boolean {
+  return self < peer;
 }
 
 /** The node's view of the cluster, for /health and /metrics. */

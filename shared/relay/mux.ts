@@ -37,6 +37,11 @@ export interface MuxSettings {
   disposeMinBytes?: number;
   /** Milliseconds for round trips and window growth (default `performance.now`; tests step it). */
   clock?: () => number;
+  /**
+   * The ids this side gives the streams it opens (default 1 to 2^32-1). Where both ends open streams
+   * (a cluster's node link), each takes its own half so that their ids never meet.
+   */
+  streamIds?: { first: number; last: number };
 }
 
 /**
@@ -113,7 +118,9 @@ export class Mux implements StreamHost {
   readonly sent?: Budget;
   /** Whether frames reach the peer; while detached (WebSocket down or resuming) they are dropped. */
   private live = true;
-  private nextId = 1;
+  private nextId: number;
+  private readonly firstId: number;
+  private readonly lastId: number;
   private highestAccepted = 0;
   /**
    * Ids of the streams freed cleanly most recently, a ring of {@link FINISHED_MEMORY}: a ring, not a
@@ -151,6 +158,9 @@ export class Mux implements StreamHost {
     }
     this.disposeMinBytes = settings.disposeMinBytes;
     this.maxFramePayload = settings.maxFramePayload;
+    this.firstId = settings.streamIds?.first ?? 1;
+    this.lastId = settings.streamIds?.last ?? 0xffffffff;
+    this.nextId = this.firstId;
     this.scratch = new Uint8Array(DATA_SCRATCH_EXTRA + settings.maxFramePayload);
     if (send === null) this.detach();
   }
@@ -158,7 +168,7 @@ export class Mux implements StreamHost {
   /** Creates a stream with a fresh id (the opening side). */
   createStream(onClosed?: (stream: Stream) => void): Stream {
     const id = this.nextId;
-    this.nextId = id >= 0xffffffff ? 1 : id + 1;
+    this.nextId = id >= this.lastId ? this.firstId : id + 1;
     return this.addStream(id, onClosed);
   }
 
@@ -309,7 +319,7 @@ export class Mux implements StreamHost {
     this.finished = [];
     this.finishedNext = 0;
     this.highestAccepted = 0;
-    this.nextId = 1;
+    this.nextId = this.firstId;
   }
 
   /**

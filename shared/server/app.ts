@@ -10,7 +10,15 @@ import { Hono } from "hono";
 import { formatHost } from "../args.ts";
 import { secretHash } from "../cluster/node.ts";
 import type { Logger } from "../log.ts";
-import { AUTH_HEADER, CONNECT_PATH, NODE_LINK_PATH, RESUME_HEADER, SUBPROTOCOL } from "../wire/protocol.ts";
+import {
+  AUTH_HEADER,
+  CONNECT_PATH,
+  NODE_HEADER,
+  NODE_LINK_PATH,
+  NODE_NAME,
+  RESUME_HEADER,
+  SUBPROTOCOL,
+} from "../wire/protocol.ts";
 import { bearerKey, keyMatches } from "./auth.ts";
 import type { ControlEnv } from "./control-port.ts";
 import { FailureLimiter } from "./rate-limit.ts";
@@ -48,9 +56,13 @@ export function controlApp({ registry, authFailLimit, log, metrics }: ControlApp
     }
     const offered = (c.req.header("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim());
     if (!offered.includes(SUBPROTOCOL)) return c.text(`this node speaks ${SUBPROTOCOL}\n`, 426);
-    const data: SessionSocketData = { session: null, resume: null, remote, link: cluster.inbound(remote) };
+    const peer = c.req.header(NODE_HEADER) ?? "";
+    if (!NODE_NAME.test(peer)) return c.text(`a node link names its node in ${NODE_HEADER}\n`, 400);
+    const link = cluster.inbound(remote, peer);
+    const data: SessionSocketData = { session: null, resume: null, remote, link };
     if (c.env.upgrade(c.req.raw, { data, headers: { "Sec-WebSocket-Protocol": SUBPROTOCOL } }))
       return new Response(null);
+    link.close();
     return c.text("expected a WebSocket upgrade\n", 400);
   });
   // Accept: authenticate, agree the version, find the session a reconnecting client resumes.

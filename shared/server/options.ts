@@ -9,7 +9,7 @@ import { type PortRange, parseCount, parsePort, parsePortRange, parseSeconds, Us
 import { describeError } from "../log.ts";
 import { type EnvSpec, type OptionTable, type OptionValues, parseOptions } from "../options.ts";
 import { DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "../relay/budget.ts";
-import { DEFAULTS } from "../wire/protocol.ts";
+import { DEFAULTS, NODE_NAME } from "../wire/protocol.ts";
 import { adminProblem, parseAdminAddress } from "./admin.ts";
 import { DEFAULT_REQUEST_TIMEOUT_SECONDS } from "./http-ingress.ts";
 import type { UserConfig } from "./users.ts";
@@ -212,7 +212,7 @@ export const SERVER_OPTIONS = {
     defaultText: "HOSTNAME:PORT",
     help: "this node's name in the cluster (unique per node)",
     parse: (text: string, flag: string): string => {
-      if (!/^[A-Za-z0-9._:-]{1,64}$/.test(text))
+      if (!NODE_NAME.test(text))
         throw new UsageError(`${flag}: '${text}' is not a node name (1-64 of A-Z a-z 0-9 . _ : -)`);
       return text;
     },

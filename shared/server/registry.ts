@@ -197,7 +197,7 @@ export class SessionRegistry {
       const link = ws.data.link;
       if (link !== undefined) {
         link.attach(ws);
-        this.log.info(`cluster: link from ${ws.data.remote} open`);
+        this.log.info(`cluster: link from ${link.remote} open`);
         return;
       }
       const session = ws.data.resume ?? new Session(this.context, ws.data.account);
@@ -209,12 +209,12 @@ export class SessionRegistry {
     },
     message: (ws, message) => (ws.data.link ?? ws.data.session)?.onMessage(message),
     drain: (ws) => (ws.data.link ?? ws.data.session)?.onDrain(),
-    ping: (ws) => ws.data.session?.liveness.heard(),
-    pong: (ws) => ws.data.session?.liveness.heard(),
+    ping: (ws) => (ws.data.link ?? ws.data.session?.liveness)?.heard(),
+    pong: (ws) => (ws.data.link ?? ws.data.session?.liveness)?.heard(),
     close: (ws, code, reason) => {
       if (ws.data.link !== undefined) {
         ws.data.link.onClose();
-        this.log.info(`cluster: link from ${ws.data.remote} closed (${code})`);
+        this.log.info(`cluster: link from ${ws.data.link.remote} closed (${code})`);
         return;
       }
       ws.data.session?.onClose(ws, code, reason);

@@ -22,6 +22,12 @@ export const CONNECT_PATH = "/_sockets/connect";
 /** Path on the control port where another node of a cluster opens its link (see PROTOCOL.md). */
 export const NODE_LINK_PATH = "/_sockets/node";
 
+/** Request header with which a node opening a link names itself (its `--node-name`). */
+export const NODE_HEADER = "sockets-node";
+
+/** What a node's name (`--node-name`) may look like. */
+export const NODE_NAME = /^[A-Za-z0-9._:-]{1,64}$/;
+
 /** Request header that carries the API key (`Authorization: Bearer <key>`). */
 export const AUTH_HEADER = "authorization";
 

@@ -256,6 +256,13 @@ describe("a cluster of three nodes", () => {
     const h = await health(nodes[0] as Node);
     expect(h.cluster.node).toBe("n1");
     expect(h.cluster.redis).toBe("up");
+    // One link per pair of nodes, used both ways: each node has exactly one to each other node.
+    for (const node of nodes) {
+      const links = (await health(node)).cluster.links as Record<string, { up: boolean }>;
+      const others = nodes.filter((other) => other !== node).map((other) => other.name);
+      expect(Object.keys(links).sort()).toEqual(others);
+      for (const name of others) expect(links[name]?.up).toBe(true);
+    }
   });
 
   test("a node link needs the cluster's secret; a node's descriptors come back after refused links", async () => {
