@@ -218,6 +218,12 @@ async function health(node: Node): Promise<Record<string, unknown>> {
 }
 
 /** Streams on node A's link to node B, from A's /health. */
+/** Whether node `a`'s link to node `b` is up (its /health). */
+async function linkUp(a: Node, b: Node): Promise<boolean> {
+  const cluster = (await health(a)).cluster as { links?: Record<string, { up?: boolean }> } | undefined;
+  return cluster?.links?.[b.name]?.up === true;
+}
+
 async function linkStreams(a: Node, b: Node): Promise<number> {
   const cluster = (await health(a)).cluster as { links?: Record<string, { streams?: number }> } | undefined;
   return cluster?.links?.[b.name]?.streams ?? 0;
@@ -417,8 +423,10 @@ export async function runCluster(options: ClusterOptions): Promise<ClusterResult
     const onB = track(await startClient("client-b", b, servicePort));
     const onA = track(await startClient("client-a", a, servicePort));
     const onA2 = track(await startClient("client-a2", a, servicePort));
-    // Node A opens B's tunnel's port once it has seen the lease (pub/sub, or its resync each second).
+    // Node A opens B's tunnel's port once it has seen the lease (pub/sub, or its resync each second),
+    // and carries visitors once its link to B is up (A dials: its name sorts first).
     await waitForPort(onB.port, 10_000);
+    for (let i = 0; i < 200 && !(await linkUp(a, b)); i++) await Bun.sleep(50);
     log(
       `cluster: redis ${redis.proc.pid}; n1 ${a.proc.pid} at ${a.ip}, n2 ${b.proc.pid} at ${b.ip}; tunnel on n2 port ${onB.port}; on n1 ports ${onA.port}, ${onA2.port}`,
     );

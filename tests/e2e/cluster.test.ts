@@ -230,11 +230,13 @@ describe("a cluster of three nodes", () => {
           const h = await health(node);
           if ((h.cluster.nodes as string[]).length !== 3) return false;
           if ((h.cluster.held as number) + (h.cluster.elsewhere as number) < 4) return false;
+          const links = Object.values(h.cluster.links as Record<string, { up: boolean }>);
+          if (links.length !== 2 || !links.every((link) => link.up)) return false;
         }
         return true;
       },
       10_000,
-      "every node sees three nodes and four leases",
+      "every node sees three nodes, four leases and its links to the other two up",
     );
   }, 90_000);
 
