@@ -56,8 +56,9 @@ export function listenControl<T>(options: ControlPortOptions<T>): HttpIngress {
     const target = head.target.startsWith("/") ? head.target : "/";
     let request: Request;
     try {
+      // HEAD is answered as GET without the body: its Content-Length is then the one GET would have.
       request = new Request(`${scheme}://${host}${target}`, {
-        method: head.method,
+        method: head.method === "HEAD" && !head.upgrade ? "GET" : head.method,
         headers: head.headers,
       });
     } catch {
@@ -95,14 +96,15 @@ export function listenControl<T>(options: ControlPortOptions<T>): HttpIngress {
       for (const bytes of held) ws.onData(bytes);
       return;
     }
-    const body = head.method === "HEAD" ? new Uint8Array(0) : new Uint8Array(await response.arrayBuffer());
+    const answer = new Uint8Array(await response.arrayBuffer());
+    const body = head.method === "HEAD" ? new Uint8Array(0) : answer;
     // A refused upgrade ends the connection: what the client sent after it is not HTTP to answer.
     const keepAlive = head.keepAlive && !head.upgrade;
     let text = `HTTP/1.1 ${response.status} ${response.statusText || STATUS_CODES[response.status] || "Status"}\r\n`;
     for (const [name, value] of response.headers)
       if (name !== "content-length" && name !== "transfer-encoding" && name !== "connection")
         text += `${name}: ${value}\r\n`;
-    text += `content-length: ${head.method === "HEAD" ? 0 : body.length}\r\n`;
+    text += `content-length: ${answer.length}\r\n`;
     if (!keepAlive) text += "connection: close\r\n";
     const bytes = Buffer.concat([Buffer.from(`${text}\r\n`, "latin1"), body]);
     // These answers are small: a peer that leaves them unread (pipelining without reading) is dropped.

@@ -92,6 +92,19 @@ export class RawHttp {
    * Reads one response: a 1xx alone, 204 and 304 without a body, else the body by Content-Length,
    * chunked (trailers skipped), or (neither) to the close.
    */
+  /** Reads one response head and nothing after it (the answer to a HEAD request): its text, without the blank line. */
+  async readHeadOnly(timeoutMs = 5000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    let end = this.buffer.indexOf("\r\n\r\n");
+    while (end < 0) {
+      await this.more(deadline);
+      end = this.buffer.indexOf("\r\n\r\n");
+    }
+    return this.take(end + 4)
+      .toString("latin1")
+      .slice(0, -4);
+  }
+
   async readResponse(timeoutMs = 5000): Promise<RawResponse> {
     const deadline = Date.now() + timeoutMs;
     let end = this.buffer.indexOf("\r\n\r\n");

@@ -72,6 +72,26 @@ test("GET /health twice on one keep-alive connection: two answers from the app, 
   conn.destroy();
 });
 
+test("HEAD /health: the Content-Length GET would have, and no body (a GET pipelined behind it comes next)", async () => {
+  const control = start();
+  const conn = await RawHttp.open(control.port);
+  await conn.write(
+    "HEAD /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+  );
+  // The HEAD answer's head is read alone (no body follows it), then the GET's whole answer.
+  const headAnswer = await conn.readHeadOnly();
+  expect(headAnswer).toStartWith("HTTP/1.1 200");
+  const headLength = Number(/content-length: (\d+)/i.exec(headAnswer)?.[1]);
+  const get = await conn.readResponse();
+  expect(get.statusLine).toStartWith("HTTP/1.1 200");
+  expect(headLength).toBeGreaterThan(0);
+  expect(Number(get.headers.find(([name]) => name === "content-length")?.[1])).toBe(get.body.length);
+  // The GET ran second (served: 2): the HEAD was answered from the app as a GET, without its body.
+  expect(JSON.parse(get.body.toString())).toEqual({ status: "ok", served: 2 });
+  expect(headLength).toBe(get.body.length);
+  conn.destroy();
+});
+
 test("a refused upgrade is answered, then the connection closes: what followed it is not answered", async () => {
   const control = start();
   const visitor = await recordingVisitor(control.port);
