@@ -9,7 +9,7 @@
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { request } from "node:http";
-import type { Socket } from "node:net";
+import { createConnection, type Socket } from "node:net";
 import { rawStatus, upgradeHeaders } from "../support/faults.ts";
 import { MiB, randomData, sha256 } from "../support/hashing.ts";
 import {
@@ -19,6 +19,7 @@ import {
   eventually,
   openDescriptors,
   type RoleProcess,
+  rssKiB,
   setupFile,
   spawnRole,
   withTimeout,
@@ -278,6 +279,62 @@ describe("a cluster of three nodes", () => {
     await eventually(() => openDescriptors(n1.proc.pid) <= before + 2, 5000, "n1's descriptors back");
     expect(n1.stdout() + n1.stderr()).toMatch(/refused a node link from \S+: wrong cluster secret/);
   });
+
+  test("300 visitors through a node's mirror of another node's port (closing at once, stalling, never reading): both nodes' descriptors and RSS return", async () => {
+    const [, n2, n3] = nodes as [Node, Node, Node];
+    const pids = [n2.proc.pid, n3.proc.pid];
+    const fdsBefore = pids.map((pid) => openDescriptors(pid));
+    const rssBefore = await Promise.all(pids.map((pid) => rssKiB(pid)));
+    const visits: ((socket: Socket) => void)[] = [
+      (socket) => socket.destroy(), // gone at once
+      (socket) => socket.write(randomData(1024)), // sends a little, then stalls
+      (socket) => {
+        socket.pause(); // never reads its echo: windows fill, nothing grows past them
+        socket.write(randomData(256 * 1024));
+      },
+    ];
+    for (let batch = 0; batch < 300; batch += 50)
+      await Promise.all(
+        Array.from(
+          { length: 50 },
+          (_, i) =>
+            new Promise<void>((resolve) => {
+              const socket = createConnection({ host: n3.ip, port: secondTcp }, () =>
+                (visits[i % visits.length] as (s: Socket) => void)(socket),
+              );
+              socket.on("data", () => {});
+              socket.on("close", () => resolve());
+              socket.on("error", () => resolve());
+              setTimeout(() => {
+                socket.destroy();
+                resolve();
+              }, 1500);
+            }),
+        ),
+      );
+    for (const [i, pid] of pids.entries())
+      await eventually(
+        async () => openDescriptors(pid) <= (fdsBefore[i] as number) + 2,
+        10_000,
+        `node ${pid}'s descriptors back to ${fdsBefore[i]}`,
+      );
+    for (const [i, pid] of pids.entries()) {
+      const rss = await rssKiB(pid);
+      if (process.env.CLUSTER_DEBUG)
+        console.log(
+          `node ${pid}: fds ${fdsBefore[i]} → ${openDescriptors(pid)}, RSS ${((rssBefore[i] as number) / 1024).toFixed(0)} → ${(rss / 1024).toFixed(0)} MiB`,
+        );
+      expect(rss - (rssBefore[i] as number)).toBeLessThan(96 * 1024);
+    }
+    await eventually(
+      async () => ((await health(n3)).cluster.links as Record<string, { streams: number }>).n2?.streams === 0,
+      10_000,
+      "no stream left on n3's link to n2",
+    );
+    // Still carrying.
+    const data = randomData(MiB);
+    expect(await echoVia(n3.ip, secondTcp, data)).toBe(sha256(data));
+  }, 60_000);
 
   test("two clients racing for one name through two nodes: exactly one wins", async () => {
     const [n1, , n3] = nodes as [Node, Node, Node];
