@@ -18,13 +18,8 @@ import {
   targetLabel,
 } from "../../shared/client/connect.ts";
 import type { ClientArgs } from "../../shared/client/options.ts";
-import {
-  CONNECT_PATH,
-  DEFAULTS,
-  type Hello,
-  PROTOCOL_VERSION,
-  SUBPROTOCOL,
-} from "../../shared/wire/protocol.ts";
+import { CONNECT_PATH, SUBPROTOCOL } from "../../shared/wire/protocol.ts";
+import { testHello } from "../support/hello.ts";
 import { cleanup, defer } from "../support/processes.ts";
 
 afterEach(cleanup);
@@ -137,18 +132,7 @@ describe("resolveServers", () => {
 describe("dialling one address of a name", () => {
   test("the connection goes to the address; the Host header keeps the URL's name", async () => {
     const hosts: (string | null)[] = [];
-    const hello: Hello = {
-      type: "hello",
-      protocol: PROTOCOL_VERSION,
-      window: DEFAULTS.window,
-      initialWindow: DEFAULTS.initialWindow,
-      maxFramePayload: DEFAULTS.maxFramePayload,
-      maxStreamsPerTunnel: 10,
-      maxTunnelsPerClient: 5,
-      session: "s1",
-      secret: "secret",
-      resumed: false,
-    };
+    const hello = testHello();
     const server = Bun.serve({
       hostname: "127.0.0.1",
       port: 0,

@@ -8,32 +8,14 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import type { Server } from "bun";
 import { ConnectError, connectControl } from "../../shared/client/connect.ts";
-import {
-  AUTH_HEADER,
-  CONNECT_PATH,
-  DEFAULTS,
-  type Hello,
-  PROTOCOL_VERSION,
-  RESUME_HEADER,
-  SUBPROTOCOL,
-} from "../../shared/wire/protocol.ts";
+import { AUTH_HEADER, CONNECT_PATH, RESUME_HEADER, SUBPROTOCOL } from "../../shared/wire/protocol.ts";
+import { testHello } from "../support/hello.ts";
 import { cleanup, defer } from "../support/processes.ts";
 import { freePort } from "../support/sockets.ts";
 
 afterEach(cleanup);
 
-const hello = (resumed = false): Hello => ({
-  type: "hello",
-  protocol: PROTOCOL_VERSION,
-  window: DEFAULTS.window,
-  initialWindow: DEFAULTS.initialWindow,
-  maxFramePayload: DEFAULTS.maxFramePayload,
-  maxStreamsPerTunnel: 10,
-  maxTunnelsPerClient: 5,
-  session: "s1",
-  secret: "secret",
-  resumed,
-});
+const hello = testHello;
 
 /** A WebSocket server that sends `messages` on open, and records each upgrade request's headers. */
 function wsServer(messages: (string | Uint8Array)[]): { url: URL; requests: Headers[] } {
