@@ -13,7 +13,7 @@ import { Liveness } from "../liveness.ts";
 import { describeError, type Logger } from "../log.ts";
 import type { Budget } from "../relay/budget.ts";
 import { Mux } from "../relay/mux.ts";
-import { type SpliceSocket, spliceEnds } from "../relay/splice.ts";
+import { type SpliceSocket, spliceOnto } from "../relay/splice.ts";
 import type { RelaySocket, Stream } from "../relay/stream.ts";
 import type { OpenFrame } from "../wire/codec.ts";
 import {
@@ -78,16 +78,10 @@ function acceptOn(mux: Mux, frame: OpenFrame, accept: RemoteAcceptor): void {
     stream.reset(ResetCode.Protocol, "OPEN on a node link names no target");
     return;
   }
-  const [forLink, forTunnel] = spliceEnds(frame.meta.remote);
-  const carried = accept(target, frame.kind as StreamKind, forTunnel);
-  if (typeof carried === "string") {
-    stream.reset(ResetCode.ConnectFailed, carried);
-    return;
-  }
-  stream.attach(forLink);
-  // Bytes that arrived before both ends were attached are pending: write them now.
-  stream.onSocketDrain();
-  carried.onSocketDrain();
+  const carried = spliceOnto(stream, frame.meta.remote, (socket) =>
+    accept(target, frame.kind as StreamKind, socket),
+  );
+  if (typeof carried === "string") stream.reset(ResetCode.ConnectFailed, carried);
 }
 
 /** A node's link to one other node: dialled, kept up, redialled while that node is alive. */

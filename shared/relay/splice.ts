@@ -91,12 +91,30 @@ class SpliceEnd {
  * @param remote the visitor's address (`ip:port`), reported by either end as its socket's address.
  */
 export function splice(a: Stream, b: Stream, remote: string): void {
+  spliceOnto(a, remote, (socket) => {
+    b.attach(socket);
+    return b;
+  });
+}
+
+/**
+ * Joins `a` to the stream `open` makes on the other end's socket (a role that creates that stream
+ * only now, attached to the socket it is given), or says why there is none (`a` is then left as it
+ * was, for its caller to reset).
+ */
+export function spliceOnto(
+  a: Stream,
+  remote: string,
+  open: (socket: SpliceSocket) => Stream | string,
+): Stream | string {
   const [forA, forB] = spliceEnds(remote);
+  const b = open(forB);
+  if (typeof b === "string") return b;
   a.attach(forA);
-  b.attach(forB);
   // Whatever either received before both were attached waits as pending: write it now.
   a.onSocketDrain();
   b.onSocketDrain();
+  return b;
 }
 
 /** The socket of a stream that is to be spliced: a {@link RelaySocket} as far as the stream can tell. */
@@ -106,7 +124,7 @@ export type SpliceSocket = RelaySocket;
  * Two joined ends, not yet attached: attach the first to one stream and the second to another
  * (`Stream.attach`).
  */
-export function spliceEnds(remote: string): [SpliceSocket, SpliceSocket] {
+function spliceEnds(remote: string): [SpliceSocket, SpliceSocket] {
   const colon = remote.lastIndexOf(":");
   const address = colon < 0 ? remote : remote.slice(0, colon).replace(/^\[|\]$/g, "");
   const port = colon < 0 ? 0 : Number(remote.slice(colon + 1)) || 0;
