@@ -15,6 +15,13 @@
 const disposable = new WeakSet<ArrayBufferLike>();
 
 /**
+ * The smallest buffer ever marked: a chunk ending before it cannot be the end of a marked buffer, so
+ * {@link dispose} returns without reading `chunk.buffer` (which makes the engine give a socket read's
+ * view an ArrayBuffer object of its own: ~0.4 µs per small chunk in a profile of the server under wrk).
+ */
+let smallestMarked = Number.POSITIVE_INFINITY;
+
+/**
  * Smaller buffers are left to the collector: the allocator keeps their pages in use among other
  * small objects, so they cost no faults, and bookkeeping per message would cost latency.
  */
@@ -26,12 +33,19 @@ export const DISPOSE_MIN_BYTES = 16 * 1024;
  * view of it.
  */
 export function markDisposable(bytes: Uint8Array, minBytes = DISPOSE_MIN_BYTES): void {
-  if (bytes.byteLength >= minBytes && bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength)
+  if (
+    bytes.byteLength >= minBytes &&
+    bytes.byteOffset === 0 &&
+    bytes.byteLength === bytes.buffer.byteLength
+  ) {
     disposable.add(bytes.buffer);
+    if (bytes.byteLength < smallestMarked) smallestMarked = bytes.byteLength;
+  }
 }
 
 /** Frees the buffer under `chunk` when it was marked and `chunk` is its last part still in use. */
 export function dispose(chunk: Uint8Array): void {
+  if (chunk.byteOffset + chunk.byteLength < smallestMarked) return;
   const buffer = chunk.buffer;
   if (chunk.byteOffset + chunk.byteLength === buffer.byteLength && disposable.delete(buffer))
     (buffer as ArrayBuffer).transfer(0);
@@ -39,5 +53,5 @@ export function dispose(chunk: Uint8Array): void {
 
 /** Unmarks the buffer under `bytes`: something else (a tap) may keep a view of it. */
 export function forgetDisposable(bytes: Uint8Array): void {
-  disposable.delete(bytes.buffer);
+  if (smallestMarked !== Number.POSITIVE_INFINITY) disposable.delete(bytes.buffer);
 }

@@ -129,11 +129,33 @@ describe("slabs", () => {
         expect(kept.response?.headers[0]?.[0]).toMatch(/^(Content-Length|Transfer-Encoding)$/);
       }
     }
-    // An exchange held long after the store let it go: its slab was reused, it reads as no bytes.
+    // An exchange held long after the store let it go was reused for a later one, records and all.
     expect(store.get("req_10")).toBeUndefined();
-    expect(gone?.request.target).toBe("");
-    expect(gone?.response?.body.bytes.length).toBe(0);
-    expect(gone?.response?.body.size).toBe(500 + 3 * 300);
+    expect(gone?.seq).toBeGreaterThan(10);
+    expect(gone?.request.target).toBe(`/${gone?.seq}`);
+  });
+
+  test("a replay's exchange is never reused; one still pending is not either", () => {
+    const store = new InspectorStore({ capacity: 2 });
+    const replayed = new InspectorTap({
+      store,
+      tunnelName: "web",
+      remote: "replay",
+      kind: "http",
+      replayOf: "req_1",
+    });
+    replayed.toSocket(text("GET /replay HTTP/1.1\r\nHost: a\r\n\r\n"));
+    replayed.fromSocket(text("HTTP/1.1 204 No Content\r\n\r\n"));
+    const replay = replayed.lastExchange;
+    const { tap: slow } = httpTap(store);
+    slow.toSocket(text("GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"));
+    const pending = store.get("req_2");
+    for (let i = 0; i < 50; i++) exchange(store, `/${i}`, 100);
+    expect(replay?.request.target).toBe("/replay");
+    expect(pending?.request.target).toBe("/slow");
+    slow.fromSocket(text("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    expect(pending?.state).toBe("complete");
+    expect(pending?.response?.status).toBe(200);
   });
 
   test("a holder (the live stream between batches) keeps every slab from reuse", () => {

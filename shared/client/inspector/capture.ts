@@ -91,6 +91,8 @@ export interface HttpExchange {
   replayOf?: string;
   /** The connection switched protocols (a 101 answer, e.g. a WebSocket). */
   upgraded?: boolean;
+  /** The capture may reuse this object once the store has let it go (see store.ts). */
+  readonly reusable?: boolean;
 }
 
 /** How a TCP connection ended: both sides closed (FIN), one reset it (RST), or an error. */
@@ -156,24 +158,59 @@ class MessageRecord {
   /** Body bytes on the wire. */
   size = 0;
   private fields: HeaderList | null = null;
-
+  // Set by renew(), which the constructor calls: a recycled record is renewed the same way.
   /** The slab's use this record belongs to. */
-  private gen: number;
+  private gen!: number;
+  /** Holds the head at `at`, then `inBuf` body bytes, within `room` bytes. */
+  private slab!: Slab;
+  protected at!: number;
+  private room!: number;
+  headLength!: number;
+  chunked!: boolean;
+  private cap!: number;
+  /** Where a joined body goes (settle). */
+  private tap!: InspectorTap;
+  /** The exchange's number in the store. */
+  private seq!: number;
 
   constructor(
-    /** Holds the head at `at`, then `inBuf` body bytes, within `room` bytes. */
-    private slab: Slab,
-    protected at: number,
-    private room: number,
-    readonly headLength: number,
-    readonly chunked: boolean,
-    private readonly cap: number,
-    /** Where a joined body goes (settle). */
-    private readonly tap: InspectorTap,
-    /** The exchange's number in the store. */
-    private readonly seq: number,
+    slab: Slab,
+    at: number,
+    room: number,
+    headLength: number,
+    chunked: boolean,
+    cap: number,
+    tap: InspectorTap,
+    seq: number,
   ) {
+    this.renew(slab, at, room, headLength, chunked, cap, tap, seq);
+  }
+
+  /** Makes this record a new message's, as the constructor would (a recycled exchange's record). */
+  protected renew(
+    slab: Slab,
+    at: number,
+    room: number,
+    headLength: number,
+    chunked: boolean,
+    cap: number,
+    tap: InspectorTap,
+    seq: number,
+  ): void {
+    this.pieces = null;
+    this.inBuf = 0;
+    this.kept = 0;
+    this.size = 0;
+    this.fields = null;
+    this.slab = slab;
     this.gen = slab.gen;
+    this.at = at;
+    this.room = room;
+    this.headLength = headLength;
+    this.chunked = chunked;
+    this.cap = cap;
+    this.tap = tap;
+    this.seq = seq;
   }
 
   /** The slab's bytes; none once the slab was reused (the store let this exchange go long ago). */
@@ -269,10 +306,28 @@ class RequestRecord extends MessageRecord implements CapturedRequest {
     cap: number,
     tap: InspectorTap,
     seq: number,
-    private readonly methodEnd: number,
-    private readonly targetEnd: number,
+    private methodEnd: number,
+    private targetEnd: number,
   ) {
     super(slab, at, room, headLength, chunked, cap, tap, seq);
+  }
+
+  /** Makes this record a new request's (see {@link MessageRecord.renew}). */
+  reuse(
+    slab: Slab,
+    at: number,
+    room: number,
+    headLength: number,
+    chunked: boolean,
+    cap: number,
+    tap: InspectorTap,
+    seq: number,
+    methodEnd: number,
+    targetEnd: number,
+  ): void {
+    this.renew(slab, at, room, headLength, chunked, cap, tap, seq);
+    this.methodEnd = methodEnd;
+    this.targetEnd = targetEnd;
   }
 
   get method(): string {
@@ -307,9 +362,25 @@ class ResponseRecord extends MessageRecord implements CapturedResponse {
     cap: number,
     tap: InspectorTap,
     seq: number,
-    readonly status: number,
+    public status: number,
   ) {
     super(slab, at, room, headLength, chunked, cap, tap, seq);
+  }
+
+  /** Makes this record a new response's (see {@link MessageRecord.renew}). */
+  reuse(
+    slab: Slab,
+    at: number,
+    room: number,
+    headLength: number,
+    chunked: boolean,
+    cap: number,
+    tap: InspectorTap,
+    seq: number,
+    status: number,
+  ): void {
+    this.renew(slab, at, room, headLength, chunked, cap, tap, seq);
+    this.status = status;
   }
 
   get version(): string {
@@ -322,28 +393,55 @@ class ResponseRecord extends MessageRecord implements CapturedResponse {
   }
 }
 
-/** An exchange as the tap builds it (one object per exchange, its shape fixed from the start). */
+/**
+ * An exchange as the tap builds it (one object per exchange, its shape fixed from the start). The
+ * store hands one back for reuse, records and all, once it has let it go (see store.ts): an exchange
+ * kept a few milliseconds lives long enough to reach the collector's old generation, and freeing
+ * thousands a second there cost the client more than capturing them.
+ */
 class Exchange implements HttpExchange {
   seq = 0;
-  readonly start: number;
+  start: number;
   headersMs: number | undefined = undefined;
   durationMs: number | undefined = undefined;
   response: ResponseRecord | undefined = undefined;
+  /** The response record of this object's last use, kept for the next. */
+  spareResponse: ResponseRecord | undefined = undefined;
   state: HttpExchange["state"] = "pending";
   error: string | undefined = undefined;
   upgraded: boolean | undefined = undefined;
+  readonly reusable: boolean;
 
   constructor(
-    readonly tunnelName: string,
-    readonly remote: string,
-    readonly request: RequestRecord,
+    public tunnelName: string,
+    public remote: string,
+    public request: RequestRecord,
     readonly replayOf: string | undefined,
     /** The request was HEAD: its answer has no body. */
-    readonly head: boolean,
+    public head: boolean,
     /** `performance.now()` when the request head arrived. */
-    readonly startedAt: number,
+    public startedAt: number,
   ) {
     this.start = wallClock(startedAt);
+    // A replay's exchange is read after an await, outside the store's say: never reused.
+    this.reusable = replayOf === undefined;
+  }
+
+  /** Makes this object a new exchange's (its request record renewed by the caller). */
+  reuse(tunnelName: string, remote: string, head: boolean, startedAt: number): void {
+    this.seq = 0;
+    this.tunnelName = tunnelName;
+    this.remote = remote;
+    this.head = head;
+    this.startedAt = startedAt;
+    this.start = wallClock(startedAt);
+    this.headersMs = undefined;
+    this.durationMs = undefined;
+    if (this.response !== undefined) this.spareResponse = this.response;
+    this.response = undefined;
+    this.state = "pending";
+    this.error = undefined;
+    this.upgraded = undefined;
   }
 
   /** Built when asked (the API and the page), not for every exchange. */
@@ -455,7 +553,7 @@ export class InspectorTap implements StreamTap {
   reservedAt = 0;
   /** `performance.now()` once read for the response bytes at hand (-1: not yet): one read per chunk. */
   private clock = -1;
-  /** The exchange whose request head came last (a replay reads its own). */
+  /** A replay's exchange (the replay reads it once answered). */
   lastExchange: HttpExchange | null = null;
   /** The tap copies what it keeps (HTTP) or only counts (TCP): the relay may free buffers early. */
   readonly keepsViews = false;
@@ -554,33 +652,59 @@ export class InspectorTap implements StreamTap {
     const slab = this.reserve(room, seq);
     const at = this.reservedAt;
     copyInto(b, from, to, slab.bytes, at);
-    const methodEnd = SCAN.methodEnd - from;
     const head =
-      methodEnd === 4 && b[from] === 72 && b[from + 1] === 69 && b[from + 2] === 65 && b[from + 3] === 68;
-    const request = new RequestRecord(
-      slab,
-      at,
-      room,
-      headLength,
-      body === Body.Chunked,
-      store.bodyCap,
-      this,
-      seq,
-      methodEnd,
-      SCAN.targetEnd - from,
-    );
+      SCAN.methodEnd - from === 4 &&
+      b[from] === 72 &&
+      b[from + 1] === 69 &&
+      b[from + 2] === 65 &&
+      b[from + 3] === 68;
     const { settings } = this;
-    const exchange = new Exchange(
-      settings.tunnelName,
-      settings.remote,
-      request,
-      settings.replayOf,
-      head,
-      performance.now(),
-    );
+    const startedAt = performance.now();
+    const methodEnd = SCAN.methodEnd - from;
+    const targetEnd = SCAN.targetEnd - from;
+    const chunked = body === Body.Chunked;
+    const spare = settings.replayOf === undefined ? (store.reusable() as Exchange | undefined) : undefined;
+    let exchange: Exchange;
+    if (spare !== undefined) {
+      exchange = spare;
+      exchange.request.reuse(
+        slab,
+        at,
+        room,
+        headLength,
+        chunked,
+        store.bodyCap,
+        this,
+        seq,
+        methodEnd,
+        targetEnd,
+      );
+      exchange.reuse(settings.tunnelName, settings.remote, head, startedAt);
+    } else {
+      const request = new RequestRecord(
+        slab,
+        at,
+        room,
+        headLength,
+        chunked,
+        store.bodyCap,
+        this,
+        seq,
+        methodEnd,
+        targetEnd,
+      );
+      exchange = new Exchange(
+        settings.tunnelName,
+        settings.remote,
+        request,
+        settings.replayOf,
+        head,
+        startedAt,
+      );
+    }
     this.waiting.push(exchange);
     this.sending = exchange;
-    this.lastExchange = exchange;
+    if (settings.replayOf !== undefined) this.lastExchange = exchange;
     this.upgradeAsked = upgrade;
     store.add(exchange);
     if (body === Body.Length && contentLength > 0) {
@@ -688,17 +812,13 @@ export class InspectorTap implements StreamTap {
     const at = this.reservedAt;
     copyInto(b, from, to, slab.bytes, at);
     current.headersMs = this.now() - current.startedAt;
-    current.response = new ResponseRecord(
-      slab,
-      at,
-      room,
-      headLength,
-      body === Body.Chunked,
-      cap,
-      this,
-      seq,
-      status,
-    );
+    const chunked = body === Body.Chunked;
+    const spare = current.spareResponse;
+    if (spare !== undefined) {
+      current.spareResponse = undefined;
+      spare.reuse(slab, at, room, headLength, chunked, cap, this, seq, status);
+      current.response = spare;
+    } else current.response = new ResponseRecord(slab, at, room, headLength, chunked, cap, this, seq, status);
     // An upgrade refused: the requests held behind it are HTTP after all.
     if (status >= 200 && this.requestAt === At.Pending) this.declineUpgrade();
     if (body === Body.Passthrough) {

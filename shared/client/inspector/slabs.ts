@@ -6,9 +6,9 @@
  * the JS heap, and each slab's pages were faulted in anew).
  *
  * Reuse is safe because records are read only while their exchange is kept, except by readers that
- * say they hold exchanges for later ({@link SlabPool.hold}: the page's live stream between batches);
- * a record whose slab was reused anyway (one read long after the store let it go) reads as no bytes,
- * never as another exchange's.
+ * say they hold exchanges for later ({@link SlabPool.hold}: the page's live stream between batches).
+ * The same terms let the store hand exchanges back for reuse (store.ts); a record left behind in a
+ * slab that was reused (a body joined into a new place) reads as no bytes, never as another's.
  * @module
  */
 
@@ -67,6 +67,11 @@ export class SlabPool {
   /** A reader holds exchanges to read later: no slab is reused until {@link release}. */
   hold(): void {
     this.holders++;
+  }
+
+  /** No reader holds exchanges to read later (see {@link hold}). */
+  get idle(): boolean {
+    return this.holders === 0;
   }
 
   /** The reader of {@link hold} is done. */

@@ -4,6 +4,10 @@
  * open, bytes each way) and subscribers told of every change (the inspector's live stream). Memory is
  * bounded twice: by the ring's length and by a total of kept body bytes, past which the oldest
  * exchanges go first.
+ *
+ * Exchanges the store lets go are handed back to the capture for reuse ({@link InspectorStore.reusable}),
+ * on the terms slabs are (slabs.ts): an exchange is read only while kept, or by a reader that holds the
+ * slabs meanwhile; one read long after it left may show a later exchange's figures.
  * @module
  */
 
@@ -13,6 +17,9 @@ import { SlabPool } from "./slabs.ts";
 
 /** The most body bytes all kept exchanges may hold together, by default (64 MiB). */
 export const DEFAULT_BODY_BUDGET = 64 * 1024 * 1024;
+
+/** Exchanges waiting for reuse at most (one is taken for each pushed out, so few wait). */
+const MAX_SPARE = 64;
 
 /** What subscribers hear. */
 export type StoreEvent =
@@ -129,6 +136,8 @@ export class InspectorStore {
   private readonly open = new Map<string, TcpConnection>();
   private readonly recent: Ring<TcpConnection>;
   private readonly subscribers = new Set<(event: StoreEvent) => void>();
+  /** Exchanges let go, for the capture to reuse. */
+  private readonly spare: HttpExchange[] = [];
   private nextRequest = 1;
   private nextConnection = 1;
   private bodyBytes = 0;
@@ -196,19 +205,30 @@ export class InspectorStore {
   update(exchange: HttpExchange): void {
     if (this.bySeq(exchange.seq) !== exchange) return; // cleared or pushed out meanwhile
     this.bodyBytes += bodyBytesOf(exchange);
+    this.publishExchange(exchange); // first: a listener that keeps it holds the slabs before any trim
     // Over the budget: the oldest exchanges go (never the one just completed).
     for (let guard = this.exchanges.length; this.bodyBytes > this.bodyBudget && guard > 1; guard--) {
       const out = this.exchanges.shift();
       if (out === undefined) break;
       this.forget(out);
     }
-    this.publishExchange(exchange);
   }
 
   /** The oldest exchange left the ring (pushed out or over the budget). */
   private forget(exchange: HttpExchange): void {
     this.oldest = exchange.seq + 1;
-    if (exchange.state !== "pending") this.bodyBytes -= bodyBytesOf(exchange);
+    if (exchange.state === "pending") return; // its tap still writes to it
+    this.bodyBytes -= bodyBytesOf(exchange);
+    if (exchange.reusable === true && this.slabs.idle && this.spare.length < MAX_SPARE)
+      this.spare.push(exchange);
+  }
+
+  /**
+   * An exchange the store has let go, for the capture to fill anew (undefined when none waits): no
+   * reader can reach it any more (it is complete, out of the ring, and nobody held the slabs).
+   */
+  reusable(): HttpExchange | undefined {
+    return this.spare.pop();
   }
 
   /** The exchange with this id, if still kept. */
@@ -229,6 +249,7 @@ export class InspectorStore {
   /** Forgets every exchange and recent TCP connection (open ones stay). */
   clear(): void {
     this.exchanges.clear();
+    this.spare.length = 0;
     this.recent.clear();
     this.bodyBytes = 0;
     this.publish({ type: "clear" });
