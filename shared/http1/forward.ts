@@ -241,7 +241,7 @@ export function forwardRequestBytes(head: RequestHead, options: ForwardBytesOpti
   if (rewrite !== undefined && !isFieldValue(rewrite)) throw new RangeError("bad Host to rewrite to");
   const { bytes, at, connection } = head;
   const count = at.length / FIELD_SLOTS;
-  const length = String(head.contentLength);
+  let length = ""; // made only for a head with a Content-Length: one string per request otherwise
   let hostSeen = false;
   let lengthKept = false;
   let size = head.startLineEnd + 2;
@@ -259,6 +259,7 @@ export function forwardRequestBytes(head: RequestHead, options: ForwardBytesOpti
         break;
       case FieldKind.ContentLength:
         how = lengthKept ? Drop : Length;
+        if (!lengthKept) length = String(head.contentLength);
         lengthKept = true;
         break;
       case FieldKind.TransferEncoding:

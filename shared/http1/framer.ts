@@ -21,6 +21,7 @@ import {
   parseResponseHeadBytes,
   type RequestHead,
   type ResponseHead,
+  ScannedRequestHead,
   scanRequestHead,
   scanResponseHeadIn,
 } from "./head.ts";
@@ -60,7 +61,8 @@ export abstract class MessageFramer<H extends RequestHead | ResponseHead> {
   /** Where the stream is. */
   protected state: State = State.Head;
   private head = new Uint8Array(0);
-  private headLength = 0;
+  /** Bytes of an incomplete head held in `head`. */
+  protected headLength = 0;
   private emptyLines = 0;
   private sawCr = false;
   private remaining = 0;
@@ -314,6 +316,8 @@ function checkLineEnds(bytes: Uint8Array, from: number, to: number): void {
 export class RequestFramer extends MessageFramer<RequestHead> {
   private held: Uint8Array[] = [];
   private heldBytes = 0;
+  /** The previous request's Host, reused by the next head that names it (see scanRequestHead). */
+  private lastHost: string | undefined = undefined;
 
   /**
    * @param scanned heads are read from their bytes where they have the common shape
@@ -327,8 +331,9 @@ export class RequestFramer extends MessageFramer<RequestHead> {
 
   protected parseHead(bytes: Uint8Array, buffered: boolean): RequestHead {
     const head = this.scanned
-      ? scanRequestHead(buffered ? bytes.slice() : bytes)
+      ? scanRequestHead(buffered ? bytes.slice() : bytes, this.lastHost)
       : parseRequestHeadBytes(bytes);
+    if (head instanceof ScannedRequestHead) this.lastHost = head.host;
     if (head.method === "CONNECT") throw new HttpParseError("CONNECT is not supported", 501);
     return head;
   }
@@ -344,7 +349,7 @@ export class RequestFramer extends MessageFramer<RequestHead> {
   }
 
   override get pendingBytes(): number {
-    return super.pendingBytes + this.heldBytes;
+    return this.headLength + this.heldBytes; // not super's getter: that costs a slow lookup per read
   }
 
   /** Whether the last request asked for an upgrade whose answer has not been reported yet. */

@@ -526,6 +526,19 @@ function requestFieldKind(bytes: Uint8Array, at: number, length: number): number
   }
 }
 
+/** The usual methods as constants (no string made per request): the method of `length` bytes at `bytes[0…]`. */
+function knownMethod(bytes: Uint8Array, length: number): string | undefined {
+  const c = bytes[0];
+  if (length === 3) {
+    if (c === 71 && bytes[1] === 69 && bytes[2] === 84) return "GET";
+    if (c === 80 && bytes[1] === 85 && bytes[2] === 84) return "PUT";
+  } else if (length === 4) {
+    if (c === 80 && bytes[1] === 79 && bytes[2] === 83 && bytes[3] === 84) return "POST";
+    if (c === 72 && bytes[1] === 69 && bytes[2] === 65 && bytes[3] === 68) return "HEAD";
+  }
+  return undefined;
+}
+
 /** Numbers per field in {@link ScannedRequestHead.at}. */
 export const FIELD_SLOTS = 6;
 const NO_TOKENS: readonly string[] = [];
@@ -537,7 +550,6 @@ const NO_TOKENS: readonly string[] = [];
  */
 export class ScannedRequestHead implements RequestHead {
   method = "";
-  target = "";
   version = "";
   headLength = 0;
   body: RequestHead["body"] = "none";
@@ -558,16 +570,34 @@ export class ScannedRequestHead implements RequestHead {
    * value end (trimmed), CR), then its {@link FieldKind}.
    */
   readonly at: number[] = [];
+  /** Where the target lies in `bytes` (decoded when first read). */
+  targetAt = 0;
+  targetEnd = 0;
   private list: HeaderList | null = null;
+  private decoded: string | null = null;
+  private targetText: string | null = null;
+
+  /** @param bytes the head, start line through the blank line (kept: a view of the fed chunk, or a copy). */
+  constructor(readonly bytes: Uint8Array) {}
 
   /**
-   * @param bytes the head, start line through the blank line (kept: a view of the fed chunk, or a copy).
-   * @param text the same bytes as Latin-1 text.
+   * The head's bytes as Latin-1 text, decoded when first read: a proxy that only routes and copies
+   * the head through never needs it (decoding every head was one string per request to collect).
    */
-  constructor(
-    readonly bytes: Uint8Array,
-    readonly text: string,
-  ) {}
+  get text(): string {
+    this.decoded ??= latin1(this.bytes);
+    return this.decoded;
+  }
+
+  /** The request target, decoded when first read. */
+  get target(): string {
+    this.targetText ??= latin1Range(this.bytes, this.targetAt, this.targetEnd);
+    return this.targetText;
+  }
+
+  set target(target: string) {
+    this.targetText = target;
+  }
 
   get headers(): HeaderList {
     if (this.list === null) {
@@ -591,11 +621,22 @@ export class ScannedRequestHead implements RequestHead {
  * most {@link MAX_HEADERS} of them. Anything else (an absolute-form target, obs-fold, a bare CR or LF,
  * any error) goes to {@link parseRequestHeadBytes}, whose answer (or error) it then is.
  */
-export function scanRequestHead(bytes: Uint8Array): RequestHead {
-  return scanRequest(bytes) ?? parseRequestHeadBytes(bytes);
+export function scanRequestHead(bytes: Uint8Array, lastHost?: string): RequestHead {
+  return scanRequest(bytes, lastHost) ?? parseRequestHeadBytes(bytes);
 }
 
-function scanRequest(bytes: Uint8Array): ScannedRequestHead | null {
+/** Whether `bytes[from, to)` spells `text` (Latin-1), compared in place. */
+function spellsText(bytes: Uint8Array, from: number, to: number, text: string): boolean {
+  if (to - from !== text.length) return false;
+  for (let i = 0; i < text.length; i++) if (bytes[from + i] !== text.charCodeAt(i)) return false;
+  return true;
+}
+
+/**
+ * @param lastHost the Host of the connection's previous request: a Host that spells it again is that
+ * string, not a new one (keep-alive requests name the same host).
+ */
+function scanRequest(bytes: Uint8Array, lastHost: string | undefined): ScannedRequestHead | null {
   const n = bytes.length;
   if (n < 4 || bytes[n - 4] !== CR || bytes[n - 3] !== LF || bytes[n - 2] !== CR || bytes[n - 1] !== LF)
     return null;
@@ -621,8 +662,7 @@ function scanRequest(bytes: Uint8Array): ScannedRequestHead | null {
     bytes[i + 1] !== LF
   )
     return null;
-  const text = latin1(bytes);
-  const head = new ScannedRequestHead(bytes, text);
+  const head = new ScannedRequestHead(bytes);
   head.startLineEnd = i;
   const at = head.at;
   // What framing and routing read, without a FieldScan's lists (allocations cost more under load than
@@ -654,7 +694,10 @@ function scanRequest(bytes: Uint8Array): ScannedRequestHead | null {
     switch (kind) {
       case FieldKind.Host:
         if (++hosts > 1) return null;
-        head.host = text.slice(from, to);
+        head.host =
+          lastHost !== undefined && spellsText(bytes, from, to, lastHost)
+            ? lastHost
+            : latin1Range(bytes, from, to);
         break;
       case FieldKind.ContentLength:
         length = digitsValue(bytes, from, to);
@@ -662,26 +705,26 @@ function scanRequest(bytes: Uint8Array): ScannedRequestHead | null {
         break;
       case FieldKind.TransferEncoding: {
         const codings: string[] = [];
-        pushTokens(codings, text.slice(from, to));
+        pushTokens(codings, latin1Range(bytes, from, to));
         if (chunked || codings.length !== 1 || codings[0] !== "chunked") return null;
         chunked = true;
         break;
       }
       case FieldKind.Connection:
         connection ??= [];
-        pushTokens(connection, text.slice(from, to));
+        pushTokens(connection, latin1Range(bytes, from, to));
         break;
       case FieldKind.Upgrade:
         if (to > from) upgrade = true;
         break;
       case FieldKind.Expect: {
         const expect: string[] = [];
-        pushTokens(expect, text.slice(from, to));
+        pushTokens(expect, latin1Range(bytes, from, to));
         if (expect.includes("100-continue")) expectContinue = true;
         break;
       }
       case FieldKind.Authorization:
-        head.authorization ??= text.slice(from, to);
+        head.authorization ??= latin1Range(bytes, from, to);
         break;
     }
   }
@@ -692,8 +735,9 @@ function scanRequest(bytes: Uint8Array): ScannedRequestHead | null {
   // target names no authority; chunked alone, on HTTP/1.1, without a length.
   if (chunked && (lengths > 0 || !http11)) return null;
   const tokens = connection ?? NO_TOKENS;
-  head.method = text.slice(0, targetAt - 1);
-  head.target = text.slice(targetAt, versionAt - 1);
+  head.method = knownMethod(bytes, targetAt - 1) ?? latin1Range(bytes, 0, targetAt - 1);
+  head.targetAt = targetAt;
+  head.targetEnd = versionAt - 1;
   head.version = version;
   head.headLength = n;
   head.body = chunked ? "chunked" : lengths > 0 ? "length" : "none";

@@ -1019,11 +1019,16 @@ describe("byte-level fast paths agree with the string parsers (the server's ingr
   test("property: scanRequestHead accepts what parseRequestHeadBytes accepts, with the same head, and fails alike", () => {
     let scanned = 0;
     fc.assert(
-      fc.property(requestBytes, (raw) => {
-        const fast = outcome(() => scanRequestHead(raw));
-        if (fast instanceof ScannedRequestHead) scanned++;
-        expect(facts(fast)).toEqual(facts(outcome(() => parseRequestHeadBytes(raw))));
-      }),
+      // The connection's previous Host: the same, one byte off, another length, or none.
+      fc.property(
+        requestBytes,
+        fc.constantFrom(undefined, "web.localhost", "web.localhosx", "other"),
+        (raw, lastHost) => {
+          const fast = outcome(() => scanRequestHead(raw, lastHost));
+          if (fast instanceof ScannedRequestHead) scanned++;
+          expect(facts(fast)).toEqual(facts(outcome(() => parseRequestHeadBytes(raw))));
+        },
+      ),
       TRIES,
     );
     expect(scanned).toBeGreaterThan(TRIES.numRuns / 4); // the fast path itself was exercised
@@ -1037,10 +1042,11 @@ describe("byte-level fast paths agree with the string parsers (the server's ingr
         fc.option(fc.constantFrom("127.0.0.1:8000", "localhost", ""), { nil: undefined }),
         fc.option(fc.constantFrom("web.localhost:7070", ""), { nil: undefined }),
         fc.boolean(),
-        (raw, rewriteHost, host, dropAuthorization) => {
+        fc.constantFrom(undefined, "web.localhost", "web.localhosx"),
+        (raw, rewriteHost, host, dropAuthorization, lastHost) => {
           const parsed = outcome(() => parseRequestHeadBytes(raw));
           if ("error" in parsed) return;
-          const head = scanRequestHead(raw);
+          const head = scanRequestHead(raw, lastHost);
           if (head instanceof ScannedRequestHead) scanned++;
           const options = { remoteIp: "203.0.113.7", proto: "https", rewriteHost, host, dropAuthorization };
           const expected = outcome(() => {
@@ -1055,6 +1061,21 @@ describe("byte-level fast paths agree with the string parsers (the server's ingr
       TRIES,
     );
     expect(scanned).toBeGreaterThan(TRIES.numRuns / 4);
+  });
+
+  test("a keep-alive request naming the previous Host reuses its string; target and text are read when asked", () => {
+    const first = scanRequestHead(
+      bytes("GET /a?b=1 HTTP/1.1\r\nHost: web.localhost\r\n\r\n"),
+    ) as ScannedRequestHead;
+    const host = first.host as string;
+    const again = scanRequestHead(bytes("GET /c HTTP/1.1\r\nHost: web.localhost\r\n\r\n"), host);
+    expect((again as ScannedRequestHead).host).toBe(host);
+    const other = scanRequestHead(bytes("GET /c HTTP/1.1\r\nHost: web.localhosx\r\n\r\n"), host);
+    expect((other as ScannedRequestHead).host).toBe("web.localhosx");
+    expect(first.target).toBe("/a?b=1");
+    expect(first.method).toBe("GET");
+    expect(first.text).toBe("GET /a?b=1 HTTP/1.1\r\nHost: web.localhost\r\n\r\n");
+    expect(first.headers).toEqual([["Host", "web.localhost"]]);
   });
 
   test("forwardRequestBytes copies lines through and rebuilds the ones with other spacing", () => {
