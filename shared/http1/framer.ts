@@ -49,6 +49,8 @@ const CR = 13;
 const LF = 10;
 /** The trailers of every message that has none: one frozen list rather than a new one per message. */
 const NO_TRAILERS = Object.freeze([]) as unknown as HeaderList;
+/** The end of every message without trailers: one frozen event rather than a new one per message. */
+const END_OF_MESSAGE = Object.freeze({ type: "end-of-message", trailers: NO_TRAILERS } as const);
 
 const State = { Head: 0, Length: 1, Chunked: 2, Close: 3, Passthrough: 4, Pending: 5, Ended: 6 } as const;
 type State = (typeof State)[keyof typeof State];
@@ -125,7 +127,7 @@ export abstract class MessageFramer<H extends RequestHead | ResponseHead> {
     return this.guard((events) => {
       const state = this.state;
       this.state = State.Ended;
-      if (state === State.Close) events.push({ type: "end-of-message", trailers: NO_TRAILERS });
+      if (state === State.Close) events.push(END_OF_MESSAGE);
       else if (state === State.Length || state === State.Chunked)
         throw new HttpParseError("connection closed inside a body");
       else if (state === State.Head && (this.headLength > 0 || this.sawCr))
@@ -291,7 +293,7 @@ export abstract class MessageFramer<H extends RequestHead | ResponseHead> {
   }
 
   private finish(events: FramerEvent<H>[], trailers: HeaderList): void {
-    events.push({ type: "end-of-message", trailers });
+    events.push(trailers === NO_TRAILERS ? END_OF_MESSAGE : { type: "end-of-message", trailers });
     this.state = this.last ? this.afterMessage(this.last) : State.Head;
   }
 }

@@ -9,6 +9,7 @@ import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import {
   type FramerEvent,
+  findHeadEnd,
   forwardRequestBytes,
   forwardRequestHead,
   forwardResponseHead,
@@ -1174,4 +1175,25 @@ describe("byte-level fast paths agree with the string parsers (the server's ingr
       "GET /one HTTP/1.1\r\nHost: web.localhost\r\n",
     );
   });
+});
+
+test("property: findHeadEnd finds the first CRLFCRLF in [from, to), near or far (its loop, then indexOf)", () => {
+  // Lines ("AB\r\n") up to ~1,100 bytes long, then CR, LF and letters at random.
+  const lines = fc.nat(280).map((n) => "AB\r\n".repeat(n));
+  const tail = fc.array(fc.constantFrom(13, 10, 13, 10, 65), { maxLength: 60 });
+  fc.assert(
+    fc.property(lines, tail, fc.nat(1300), fc.nat(1300), (text, rest, a, b) => {
+      const bytes = Uint8Array.from([...Buffer.from(text, "latin1"), ...rest]);
+      const from = Math.min(a % 600, bytes.length);
+      const to = Math.max(from, Math.min(b, bytes.length));
+      let expected = -1;
+      for (let i = from; i + 4 <= to; i++)
+        if (bytes[i] === 13 && bytes[i + 1] === 10 && bytes[i + 2] === 13 && bytes[i + 3] === 10) {
+          expected = i + 4;
+          break;
+        }
+      expect(findHeadEnd(bytes, from, to)).toBe(expected);
+    }),
+    { numRuns: 2000 },
+  );
 });
