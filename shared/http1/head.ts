@@ -878,33 +878,41 @@ function scanResponse(bytes: Uint8Array, o: number, n: number, method: string): 
   if (lengths > 0 && codings !== null) return null;
   const version = minor === 49 ? "HTTP/1.1" : "HTTP/1.0";
   const status = d0 * 100 + d1 * 10 + d2;
-  // The same rules as parseResponseHeadBytes from here on.
-  let framing: Framing = { body: "none", contentLength: 0 };
-  if (status === 101 || (method === "CONNECT" && status >= 200 && status < 300))
-    framing = { body: "passthrough", contentLength: 0 };
-  else if (status >= 200 && status !== 204 && status !== 304 && method !== "HEAD")
-    framing =
-      lengths > 0
-        ? { body: "length", contentLength: lengthValue }
-        : codings === null
-          ? { body: "close", contentLength: 0 }
-          : bodyFraming(
-              {
-                hosts: [],
-                connection: [],
-                transferEncoding: codings,
-                contentLength: [],
-                upgrade: false,
-                expect: [],
-              },
-              version,
-              false,
-            );
+  // The same rules as parseResponseHeadBytes from here on (no framing object made for the usual cases).
+  let body: Framing["body"] = "none";
+  let contentLength = 0;
+  if (status === 101 || (method === "CONNECT" && status >= 200 && status < 300)) body = "passthrough";
+  else if (status >= 200 && status !== 204 && status !== 304 && method !== "HEAD") {
+    if (lengths > 0) {
+      body = "length";
+      contentLength = lengthValue;
+    } else if (codings === null) body = "close";
+    else {
+      const framing = bodyFraming(
+        {
+          hosts: [],
+          connection: [],
+          transferEncoding: codings,
+          contentLength: [],
+          upgrade: false,
+          expect: [],
+        },
+        version,
+        false,
+      );
+      body = framing.body;
+      contentLength = framing.contentLength;
+    }
+  }
   const keepAlive =
-    framing.body !== "close" &&
-    framing.body !== "passthrough" &&
-    keepAliveOf(connection ?? NO_TOKENS, version);
-  const reason = latin1Range(bytes, o + 13, reasonEnd);
-  const { body, contentLength } = framing;
-  return { version, status, reason, headers: [], headLength: n - o, body, contentLength, keepAlive };
+    body !== "close" && body !== "passthrough" && keepAliveOf(connection ?? NO_TOKENS, version);
+  const reason =
+    reasonEnd === o + 15 && bytes[o + 13] === 79 && bytes[o + 14] === 75
+      ? "OK"
+      : latin1Range(bytes, o + 13, reasonEnd);
+  // No field list: the scan's reader passes responses on untouched (one shared, frozen empty list).
+  return { version, status, reason, headers: NO_FIELDS, headLength: n - o, body, contentLength, keepAlive };
 }
+
+/** The field list of every scanned response head. */
+const NO_FIELDS = Object.freeze([]) as unknown as HeaderList;
