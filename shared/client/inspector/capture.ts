@@ -186,8 +186,11 @@ class MessageRecord {
     this.renew(slab, at, room, headLength, chunked, cap, tap, seq);
   }
 
-  /** Makes this record a new message's, as the constructor would (a recycled exchange's record). */
-  protected renew(
+  /**
+   * Makes this record a new message's, as the constructor would (a recycled exchange's record; a
+   * request's line offsets and a response's status are then set by the caller).
+   */
+  renew(
     slab: Slab,
     at: number,
     room: number,
@@ -306,28 +309,11 @@ class RequestRecord extends MessageRecord implements CapturedRequest {
     cap: number,
     tap: InspectorTap,
     seq: number,
-    private methodEnd: number,
-    private targetEnd: number,
+    /** Where the method ends and the target ends in the head. */
+    public methodEnd: number,
+    public targetEnd: number,
   ) {
     super(slab, at, room, headLength, chunked, cap, tap, seq);
-  }
-
-  /** Makes this record a new request's (see {@link MessageRecord.renew}). */
-  reuse(
-    slab: Slab,
-    at: number,
-    room: number,
-    headLength: number,
-    chunked: boolean,
-    cap: number,
-    tap: InspectorTap,
-    seq: number,
-    methodEnd: number,
-    targetEnd: number,
-  ): void {
-    this.renew(slab, at, room, headLength, chunked, cap, tap, seq);
-    this.methodEnd = methodEnd;
-    this.targetEnd = targetEnd;
   }
 
   get method(): string {
@@ -362,25 +348,10 @@ class ResponseRecord extends MessageRecord implements CapturedResponse {
     cap: number,
     tap: InspectorTap,
     seq: number,
+    /** The status code (set again when the record is renewed). */
     public status: number,
   ) {
     super(slab, at, room, headLength, chunked, cap, tap, seq);
-  }
-
-  /** Makes this record a new response's (see {@link MessageRecord.renew}). */
-  reuse(
-    slab: Slab,
-    at: number,
-    room: number,
-    headLength: number,
-    chunked: boolean,
-    cap: number,
-    tap: InspectorTap,
-    seq: number,
-    status: number,
-  ): void {
-    this.renew(slab, at, room, headLength, chunked, cap, tap, seq);
-    this.status = status;
   }
 
   get version(): string {
@@ -667,18 +638,10 @@ export class InspectorTap implements StreamTap {
     let exchange: Exchange;
     if (spare !== undefined) {
       exchange = spare;
-      exchange.request.reuse(
-        slab,
-        at,
-        room,
-        headLength,
-        chunked,
-        store.bodyCap,
-        this,
-        seq,
-        methodEnd,
-        targetEnd,
-      );
+      const request = exchange.request;
+      request.renew(slab, at, room, headLength, chunked, store.bodyCap, this, seq);
+      request.methodEnd = methodEnd;
+      request.targetEnd = targetEnd;
       exchange.reuse(settings.tunnelName, settings.remote, head, startedAt);
     } else {
       const request = new RequestRecord(
@@ -816,7 +779,8 @@ export class InspectorTap implements StreamTap {
     const spare = current.spareResponse;
     if (spare !== undefined) {
       current.spareResponse = undefined;
-      spare.reuse(slab, at, room, headLength, chunked, cap, this, seq, status);
+      spare.renew(slab, at, room, headLength, chunked, cap, this, seq);
+      spare.status = status;
       current.response = spare;
     } else current.response = new ResponseRecord(slab, at, room, headLength, chunked, cap, this, seq, status);
     // An upgrade refused: the requests held behind it are HTTP after all.
