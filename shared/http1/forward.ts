@@ -229,13 +229,18 @@ const Length = 4;
  * the proxy sends on. For a {@link ScannedRequestHead} they are made from the head's own bytes: the
  * request line and every field kept are copied through, runs of consecutive lines in one copy; only
  * what the rewrite adds is encoded (microbenchmark: 1.8 → 0.4 µs for a small GET's head).
+ * @param room bytes left free at the end, for the caller (a small body sent on with its head).
  */
-export function forwardRequestBytes(head: RequestHead, options: ForwardBytesOptions): Uint8Array {
+export function forwardRequestBytes(head: RequestHead, options: ForwardBytesOptions, room = 0): Uint8Array {
   if (!(head instanceof ScannedRequestHead)) {
     const line = forwardRequestHead(head, options);
     if (options.dropAuthorization)
       line.headers = line.headers.filter(([name]) => name.toLowerCase() !== "authorization");
-    return serializeHead(line, true);
+    const bytes = serializeHead(line, true);
+    if (room === 0) return bytes;
+    const out = new Uint8Array(bytes.length + room);
+    out.set(bytes);
+    return out;
   }
   const rewrite = options.rewriteHost;
   if (rewrite !== undefined && !isFieldValue(rewrite)) throw new RangeError("bad Host to rewrite to");
@@ -287,7 +292,7 @@ export function forwardRequestBytes(head: RequestHead, options: ForwardBytesOpti
   }
   const prefix = !hostSeen && rewrite !== undefined ? `Host: ${rewrite}\r\n` : "";
   const suffix = appended(head, options);
-  const out = new Uint8Array(size + prefix.length + suffix.length);
+  const out = new Uint8Array(size + prefix.length + suffix.length + room);
   // Consecutive copied lines are contiguous in the head: one copy for each run, the request line's
   // included (each copy costs a view of the head, ~40 ns).
   let runStart = 0;

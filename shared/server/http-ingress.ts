@@ -173,6 +173,9 @@ export function nameOf(host: string, domain: string): string | undefined {
   return bare.endsWith(suffix) && bare.length > suffix.length ? bare.slice(0, -suffix.length) : undefined;
 }
 
+/** A request body up to this size that arrived with its head is sent on in the head's buffer. */
+const JOIN_BODY_MAX = 16 * 1024;
+
 /**
  * One visitor connection: its two framers, the tunnel it was routed to, and where it is in its life.
  * Its stream (once routed) is `socket.data.stream`, set and cleared by the stream itself.
@@ -421,13 +424,25 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
           conn.authorizedAs = authorizationOf(event.head);
         }
         conn.remoteIp ??= unmappedAddress(conn.socket.remoteAddress);
-        const head = forwardRequestBytes(event.head, {
-          remoteIp: conn.remoteIp,
-          proto,
-          rewriteHost: conn.route.hostHeader,
-          dropAuthorization: basicAuth,
-          cache: conn.forwarding,
-        });
+        // A small body read with its head goes on in the same buffer: one DATA frame and one write
+        // into the local service rather than two.
+        const next = events[i + 1];
+        const body = next?.type === "body" && next.bytes.length <= JOIN_BODY_MAX ? next.bytes : undefined;
+        const head = forwardRequestBytes(
+          event.head,
+          {
+            remoteIp: conn.remoteIp,
+            proto,
+            rewriteHost: conn.route.hostHeader,
+            dropAuthorization: basicAuth,
+            cache: conn.forwarding,
+          },
+          body?.length ?? 0,
+        );
+        if (body !== undefined) {
+          head.set(body, head.length - body.length);
+          i++;
+        }
         conn.responses.expectResponse(event.head.method);
         if (metrics) conn.started.push(performance.now());
         if (!event.head.keepAlive) conn.lastExchange = true;

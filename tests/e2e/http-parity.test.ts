@@ -408,6 +408,28 @@ describe("HTTP tunnels behave the same on the control port and on --http-port (i
       visitor.destroy();
     });
 
+    test(`${kind}: pipelined POSTs in one write (64 B, 20 KiB past the size sent on with its head, empty) reach the backend whole, in order`, async () => {
+      const visitor = await RawHttp.open(ports[kind]);
+      const bodies = ["a".repeat(63) + kind[0], "b".repeat(20 * 1024), ""];
+      const paths = bodies.map((_, i) => `/posted/${kind}/${i}`);
+      visitor.write(
+        paths
+          .map((path, i) => {
+            const body = bodies[i] as string;
+            return `POST ${path} HTTP/1.1\r\nHost: ${host("raw")}\r\nContent-Length: ${body.length}\r\n\r\n${body}`;
+          })
+          .join(""),
+      );
+      for (const path of paths) {
+        const response = await visitor.readResponse(5000);
+        expect(response.status).toBe(200);
+        expect(response.body.toString("latin1")).toBe(path);
+      }
+      const got = raw.received.filter((r) => r.head.includes(`/posted/${kind}/`));
+      expect(got.map((r) => r.body)).toEqual(bodies);
+      visitor.destroy();
+    });
+
     test(`${kind}: the backend receives the visitor's header list as sent, but for the documented X-Forwarded-* and hop-by-hop rules`, async () => {
       const target = `/headers/${kind}?q=1&r=%20`;
       const body = "hello world";
