@@ -33,6 +33,7 @@ import {
   nameServices,
 } from "./shared/client/options.ts";
 import { type ApplyResult, applyTunnels, ConfigReloader, type TunnelSet } from "./shared/client/reload.ts";
+import { batchedLines } from "./shared/client/request-log.ts";
 import { ClientError, TunnelClient, type TunnelInfo } from "./shared/client/tunnel-client.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
@@ -201,7 +202,7 @@ async function main(): Promise<void> {
       server: options.servers,
       inspect: options.inspect ?? "default",
       // Each HTTP service says whether its requests are logged (the flag, or its config file entry).
-      logRequest: (line) => process.stdout.write(`${line}\n`),
+      logRequest: batchedLines((text) => process.stdout.write(text)),
       onExposed(tunnel) {
         process.stdout.write(`exposed with tunnel id ${tunnel.id}, url: ${tunnel.url}\n`);
         log.info(

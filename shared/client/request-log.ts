@@ -1,7 +1,8 @@
 /**
  * The client's request log for HTTP tunnels: one line per request — method, path, status, duration,
  * response bytes — read off the bytes a stream relays, without changing or holding them. Parsing
- * trouble switches the log off for that connection; it never touches the relay.
+ * trouble switches the log off for that connection; it never touches the relay. With the inspector
+ * on, its capture prints these lines instead ({@link requestLine}), and this tap is not used.
  * @module
  */
 
@@ -76,8 +77,60 @@ export class RequestLogTap implements StreamTap {
   private finish(): void {
     const done = this.pending.shift();
     if (done === undefined) return;
-    const time = new Date().toTimeString().slice(0, 8);
-    const ms = Math.round(performance.now() - done.started);
-    this.print(`${time} ${done.method} ${done.target} ${done.status} ${ms} ms ${done.bytes} B`);
+    this.print(
+      requestLine(done.method, done.target, done.status, performance.now() - done.started, done.bytes),
+    );
   }
+}
+
+/**
+ * One line of the request log: the local time, method, target, status, duration and the response
+ * body's bytes as relayed (chunk framing included). The inspector's capture prints the same line when
+ * it is on (one reading of the bytes rather than two).
+ */
+export function requestLine(
+  method: string,
+  target: string,
+  status: number,
+  ms: number,
+  bytes: number,
+): string {
+  return `${clock()} ${method} ${target} ${status} ${Math.round(ms)} ms ${bytes} B`;
+}
+
+/** The local time as HH:MM:SS, formatted once a second (formatting a Date cost more than the rest of a line). */
+let shownSecond = -1;
+let shown = "";
+function clock(): string {
+  const now = Date.now();
+  const second = Math.floor(now / 1000);
+  if (second !== shownSecond) {
+    shownSecond = second;
+    shown = new Date(now).toTimeString().slice(0, 8);
+  }
+  return shown;
+}
+
+/** Lines held for one write at most (a busier turn writes early). */
+const MAX_BATCHED_LINES = 256;
+
+/**
+ * A printer of request lines that writes each event-loop turn's lines at once (`write` gets them
+ * joined, each ending in a newline): under load, one write per line to a terminal cost more than
+ * the request. Lines still held when the process exits are written then.
+ */
+export function batchedLines(write: (text: string) => void): (line: string) => void {
+  let held: string[] = [];
+  const flush = () => {
+    if (held.length === 0) return;
+    const text = `${held.join("\n")}\n`;
+    held = [];
+    write(text);
+  };
+  process.on("exit", flush);
+  return (line) => {
+    held.push(line);
+    if (held.length >= MAX_BATCHED_LINES) flush();
+    else if (held.length === 1) setImmediate(flush);
+  };
 }

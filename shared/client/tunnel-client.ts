@@ -50,7 +50,7 @@ import {
   sameTarget,
   targetLabel,
 } from "./connect.ts";
-import { combineTaps, InspectorTap } from "./inspector/capture.ts";
+import { InspectorTap } from "./inspector/capture.ts";
 import type { InspectorStore } from "./inspector/store.ts";
 import type { NamedService } from "./options.ts";
 import { RequestLogTap } from "./request-log.ts";
@@ -334,20 +334,19 @@ export class TunnelClient {
       return;
     }
     const http = frame.kind === StreamKind.Http;
-    const requestLog =
-      http && logRequest && target.logRequests !== false ? new RequestLogTap(logRequest) : undefined;
-    // The inspector's tap only when it is on: off, a stream has no tap and costs nothing more.
-    if (inspector === undefined) stream.tap = requestLog;
-    else {
-      const kind = http ? "http" : "tcp";
-      const capture = new InspectorTap({
+    const printRequest = http && target.logRequests !== false ? logRequest : undefined;
+    // The inspector's tap only when it is on: off, a stream has no tap (or the request log's alone).
+    // On, its capture prints the request log's lines too: the bytes are read once.
+    if (inspector === undefined)
+      stream.tap = printRequest === undefined ? undefined : new RequestLogTap(printRequest);
+    else
+      stream.tap = new InspectorTap({
         store: inspector,
         tunnelName: target.name,
         remote: frame.meta.remote,
-        kind,
+        kind: http ? "http" : "tcp",
+        logRequest: printRequest,
       });
-      stream.tap = combineTaps(requestLog, capture);
-    }
     Bun.connect<RelaySocketData>({
       hostname: target.host,
       port: target.port,

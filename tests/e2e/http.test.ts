@@ -301,25 +301,31 @@ test("--basic-auth: no or wrong credentials get 401 before anything reaches the 
   expect(((await allowed.json()) as Record<string, string>).authorization).toBeUndefined();
 });
 
-test("--log-requests: one stdout line per request with method, path, status, duration and bytes", async () => {
-  const app = startApp();
-  defer(app.stop);
-  const server = await startHttpServer();
-  const port = server.httpPort;
-  const client = await startHttpClient(server.url, app.port, "logged", ["--log-requests"]);
-  const base = `http://logged.localhost:${port}`;
-  expect(await (await fetch(`${base}/hello`)).text()).toBe("hello from /hello");
-  expect((await fetch(`${base}/empty`)).status).toBe(204);
-  await fetch(`${base}/sha256`, { method: "POST", body: randomData(1000) }).then((r) => r.text());
-  await client.waitFor(/POST \/sha256 200 \d+ ms \d+ B/);
-  const lines = client
-    .stdout()
-    .split("\n")
-    .filter((l) => / ms \d+ B$/.test(l));
-  expect(lines).toHaveLength(3);
-  expect(lines[0]).toMatch(/^\d\d:\d\d:\d\d GET \/hello 200 \d+ ms 17 B$/);
-  expect(lines[1]).toMatch(/^\d\d:\d\d:\d\d GET \/empty 204 \d+ ms 0 B$/);
-});
+// With the inspector on, its capture prints the lines; off, the request log's own tap does.
+for (const inspect of ["off", "127.0.0.1:0"])
+  test(`--log-requests (--inspect ${inspect}): one stdout line per request with method, path, status, duration and bytes`, async () => {
+    const app = startApp();
+    defer(app.stop);
+    const server = await startHttpServer();
+    const port = server.httpPort;
+    const client = await startHttpClient(server.url, app.port, "logged", [
+      "--log-requests",
+      "--inspect",
+      inspect,
+    ]);
+    const base = `http://logged.localhost:${port}`;
+    expect(await (await fetch(`${base}/hello`)).text()).toBe("hello from /hello");
+    expect((await fetch(`${base}/empty`)).status).toBe(204);
+    await fetch(`${base}/sha256`, { method: "POST", body: randomData(1000) }).then((r) => r.text());
+    await client.waitFor(/POST \/sha256 200 \d+ ms \d+ B/);
+    const lines = client
+      .stdout()
+      .split("\n")
+      .filter((l) => / ms \d+ B$/.test(l));
+    expect(lines).toHaveLength(3);
+    expect(lines[0]).toMatch(/^\d\d:\d\d:\d\d GET \/hello 200 \d+ ms 17 B$/);
+    expect(lines[1]).toMatch(/^\d\d:\d\d:\d\d GET \/empty 204 \d+ ms 0 B$/);
+  });
 
 test("without --http-port, HTTP tunnels are served on the control port, next to /health and the clients", async () => {
   const app = startApp();

@@ -12,13 +12,11 @@ import {
   decodedBody,
   type HttpExchange,
   InspectorTap,
-  TeeTap,
 } from "../../shared/client/inspector/capture.ts";
 import { ReplayError, replayRequest } from "../../shared/client/inspector/replay.ts";
 import { parseInspect } from "../../shared/client/inspector/settings.ts";
 import { InspectorStore, Ring, type StoreEvent } from "../../shared/client/inspector/store.ts";
 import { bodyView, exchangeDetail, hexDump } from "../../shared/client/inspector/view.ts";
-import type { StreamTap } from "../../shared/relay/stream.ts";
 import { ResetCode } from "../../shared/wire/protocol.ts";
 
 const text = (s: string) => new TextEncoder().encode(s);
@@ -372,33 +370,6 @@ describe("InspectorTap on TCP", () => {
       bytesIn: 50,
       bytesOut: 160,
     });
-  });
-});
-
-describe("TeeTap", () => {
-  test("hands every call to each tap in order", () => {
-    const calls: string[] = [];
-    const recorder = (name: string): StreamTap => ({
-      toSocket: (b) => calls.push(`${name} to ${b.length}`),
-      fromSocket: (b) => calls.push(`${name} from ${b.length}`),
-      end: () => calls.push(`${name} end`),
-      closed: (reset) => calls.push(`${name} closed ${reset?.by ?? "clean"}`),
-    });
-    const tee = new TeeTap([recorder("a"), recorder("b")]);
-    tee.toSocket(new Uint8Array(1));
-    tee.fromSocket(new Uint8Array(2));
-    tee.end();
-    tee.closed();
-    expect(calls).toEqual([
-      "a to 1",
-      "b to 1",
-      "a from 2",
-      "b from 2",
-      "a end",
-      "b end",
-      "a closed clean",
-      "b closed clean",
-    ]);
   });
 });
 

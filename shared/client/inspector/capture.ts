@@ -21,6 +21,7 @@
 import { ChunkedScanner, findHeadEnd, type HeaderList, latin1, MAX_HEAD_BYTES } from "../../http1/framer.ts";
 import type { StreamTap, TapReset } from "../../relay/stream.ts";
 import { ResetCode } from "../../wire/protocol.ts";
+import { requestLine } from "../request-log.ts";
 import { Body, fieldsOf, type HeadScan, ScanError, scanRequestHead, scanResponseHead } from "./scan.ts";
 import { SLAB_MESSAGE_MAX, type Slab } from "./slabs.ts";
 import type { InspectorStore } from "./store.ts";
@@ -492,6 +493,8 @@ export interface CaptureSettings {
   kind: "http" | "tcp";
   /** For a replay: the exchange replayed. */
   replayOf?: string;
+  /** Prints the request log's line for each exchange that completes (see request-log.ts). */
+  logRequest?: (line: string) => void;
 }
 
 /**
@@ -845,6 +848,18 @@ export class InspectorTap implements StreamTap {
     exchange.durationMs = this.now() - exchange.startedAt;
     exchange.state = "complete";
     this.store.update(exchange);
+    const log = this.settings.logRequest;
+    const response = exchange.response;
+    if (log !== undefined && response !== undefined)
+      log(
+        requestLine(
+          exchange.request.method,
+          exchange.request.target,
+          response.status,
+          exchange.durationMs,
+          response.size,
+        ),
+      );
   }
 
   /** Stops framing this connection; exchanges still open end with `why`. */
@@ -942,40 +957,4 @@ export function decodedBody(body: CapturedBody): Uint8Array | null {
   }
   const joined = Buffer.concat(parts);
   return new Uint8Array(joined.buffer, joined.byteOffset, joined.length);
-}
-
-/** Runs several taps on one stream, in order (the request log and the inspector). */
-export class TeeTap implements StreamTap {
-  /** False only when no tap keeps views of the bytes. */
-  readonly keepsViews: boolean;
-
-  constructor(private readonly taps: StreamTap[]) {
-    this.keepsViews = taps.some((tap) => tap.keepsViews !== false);
-  }
-
-  /** Hands the visitor's bytes to every tap. */
-  toSocket(bytes: Uint8Array): void {
-    for (const tap of this.taps) tap.toSocket(bytes);
-  }
-
-  /** Hands the local service's bytes to every tap. */
-  fromSocket(bytes: Uint8Array): void {
-    for (const tap of this.taps) tap.fromSocket(bytes);
-  }
-
-  /** Tells every tap the peer's END arrived. */
-  end(): void {
-    for (const tap of this.taps) tap.end?.();
-  }
-
-  /** Tells every tap the stream was freed. */
-  closed(reset?: TapReset): void {
-    for (const tap of this.taps) tap.closed?.(reset);
-  }
-}
-
-/** One tap for a stream out of those wanted (undefined for none): no composite for a single one. */
-export function combineTaps(...taps: (StreamTap | undefined)[]): StreamTap | undefined {
-  const wanted = taps.filter((tap): tap is StreamTap => tap !== undefined);
-  return wanted.length <= 1 ? wanted[0] : new TeeTap(wanted);
 }
