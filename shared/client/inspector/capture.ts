@@ -23,7 +23,7 @@ import type { StreamTap, TapReset } from "../../relay/stream.ts";
 import { ResetCode } from "../../wire/protocol.ts";
 import { requestLine } from "../request-log.ts";
 import { Body, fieldsOf, type HeadScan, ScanError, scanRequestHead, scanResponseHead } from "./scan.ts";
-import { SLAB_MESSAGE_MAX, type Slab } from "./slabs.ts";
+import { SLAB_MESSAGE_MAX, Slab } from "./slabs.ts";
 import type { InspectorStore } from "./store.ts";
 
 /** The most of each body an exchange keeps, by default (the rest is counted, not kept). */
@@ -142,6 +142,8 @@ function wallClock(now: number): number {
 
 /** What a record of a reused slab reads as. */
 const NO_BYTES = new Uint8Array(0);
+/** The slab of a record not renewed yet. */
+const EMPTY_SLAB = new Slab(NO_BYTES);
 
 /**
  * One message's record: its head's bytes followed by its body's first bytes, at `at` in a slab (see
@@ -159,37 +161,24 @@ class MessageRecord {
   /** Body bytes on the wire. */
   size = 0;
   private fields: HeaderList | null = null;
-  // Set by renew(), which the constructor calls: a recycled record is renewed the same way.
+  // Set by renew(), which every use of a record starts with (a new one, or a recycled exchange's).
   /** The slab's use this record belongs to. */
-  private gen!: number;
+  private gen = 0;
   /** Holds the head at `at`, then `inBuf` body bytes, within `room` bytes. */
-  private slab!: Slab;
-  protected at!: number;
-  private room!: number;
-  headLength!: number;
-  chunked!: boolean;
-  private cap!: number;
+  private slab: Slab = EMPTY_SLAB;
+  protected at = 0;
+  private room = 0;
+  headLength = 0;
+  chunked = false;
+  private cap = 0;
   /** Where a joined body goes (settle). */
-  private tap!: InspectorTap;
+  private tap: InspectorTap | null = null;
   /** The exchange's number in the store. */
-  private seq!: number;
-
-  constructor(
-    slab: Slab,
-    at: number,
-    room: number,
-    headLength: number,
-    chunked: boolean,
-    cap: number,
-    tap: InspectorTap,
-    seq: number,
-  ) {
-    this.renew(slab, at, room, headLength, chunked, cap, tap, seq);
-  }
+  private seq = 0;
 
   /**
-   * Makes this record a new message's, as the constructor would (a recycled exchange's record; a
-   * request's line offsets and a response's status are then set by the caller).
+   * Makes this record a message's: a new record's first call, and a recycled exchange's (a request's
+   * line offsets and a response's status are then set by the caller).
    */
   renew(
     slab: Slab,
@@ -259,8 +248,9 @@ class MessageRecord {
       return;
     }
     const buf = this.buf;
-    const joined = this.tap.reserve(this.headLength + this.kept, this.seq);
-    const at = this.tap.reservedAt;
+    const tap = this.tap as InspectorTap; // renewed before any body arrives
+    const joined = tap.reserve(this.headLength + this.kept, this.seq);
+    const at = tap.reservedAt;
     if (buf.length > 0) copyInto(buf, this.at, this.at + used, joined.bytes, at);
     let to = at + used;
     for (const piece of pieces ?? []) {
@@ -301,21 +291,9 @@ class MessageRecord {
 
 /** A request's record: method, target and version read from the head's bytes when asked. */
 class RequestRecord extends MessageRecord implements CapturedRequest {
-  constructor(
-    slab: Slab,
-    at: number,
-    room: number,
-    headLength: number,
-    chunked: boolean,
-    cap: number,
-    tap: InspectorTap,
-    seq: number,
-    /** Where the method ends and the target ends in the head. */
-    public methodEnd: number,
-    public targetEnd: number,
-  ) {
-    super(slab, at, room, headLength, chunked, cap, tap, seq);
-  }
+  /** Where the method ends and the target ends in the head. */
+  methodEnd = 0;
+  targetEnd = 0;
 
   get method(): string {
     return methodName(this.buf, this.at, this.methodEnd) ?? this.text(0, this.methodEnd);
@@ -340,20 +318,8 @@ function methodName(b: Uint8Array, at: number, length: number): string | undefin
 
 /** A response's record: its status as a number, version and reason read from the head when asked. */
 class ResponseRecord extends MessageRecord implements CapturedResponse {
-  constructor(
-    slab: Slab,
-    at: number,
-    room: number,
-    headLength: number,
-    chunked: boolean,
-    cap: number,
-    tap: InspectorTap,
-    seq: number,
-    /** The status code (set again when the record is renewed). */
-    public status: number,
-  ) {
-    super(slab, at, room, headLength, chunked, cap, tap, seq);
-  }
+  /** The status code. */
+  status = 0;
 
   get version(): string {
     return this.text(0, 8);
@@ -373,9 +339,17 @@ class ResponseRecord extends MessageRecord implements CapturedResponse {
  */
 class Exchange implements HttpExchange {
   seq = 0;
-  start: number;
+  tunnelName = "";
+  /** The visitor's `ip:port`. */
+  remote = "";
+  /** The request was HEAD: its answer has no body. */
+  head = false;
+  /** `performance.now()` when the request head arrived. */
+  startedAt = 0;
+  start = 0;
   headersMs: number | undefined = undefined;
   durationMs: number | undefined = undefined;
+  readonly request = new RequestRecord();
   response: ResponseRecord | undefined = undefined;
   /** The response record of this object's last use, kept for the next. */
   spareResponse: ResponseRecord | undefined = undefined;
@@ -384,23 +358,13 @@ class Exchange implements HttpExchange {
   upgraded: boolean | undefined = undefined;
   readonly reusable: boolean;
 
-  constructor(
-    public tunnelName: string,
-    public remote: string,
-    public request: RequestRecord,
-    readonly replayOf: string | undefined,
-    /** The request was HEAD: its answer has no body. */
-    public head: boolean,
-    /** `performance.now()` when the request head arrived. */
-    public startedAt: number,
-  ) {
-    this.start = wallClock(startedAt);
+  constructor(readonly replayOf: string | undefined) {
     // A replay's exchange is read after an await, outside the store's say: never reused.
     this.reusable = replayOf === undefined;
   }
 
-  /** Makes this object a new exchange's (its request record renewed by the caller). */
-  reuse(tunnelName: string, remote: string, head: boolean, startedAt: number): void {
+  /** Makes this object an exchange's: a new one's first call, and a recycled one's (its request record renewed by the caller). */
+  renew(tunnelName: string, remote: string, head: boolean, startedAt: number): void {
     this.seq = 0;
     this.tunnelName = tunnelName;
     this.remote = remote;
@@ -634,40 +598,13 @@ export class InspectorTap implements StreamTap {
       b[from + 3] === 68;
     const { settings } = this;
     const startedAt = performance.now();
-    const methodEnd = SCAN.methodEnd - from;
-    const targetEnd = SCAN.targetEnd - from;
-    const chunked = body === Body.Chunked;
     const spare = settings.replayOf === undefined ? (store.reusable() as Exchange | undefined) : undefined;
-    let exchange: Exchange;
-    if (spare !== undefined) {
-      exchange = spare;
-      const request = exchange.request;
-      request.renew(slab, at, room, headLength, chunked, store.bodyCap, this, seq);
-      request.methodEnd = methodEnd;
-      request.targetEnd = targetEnd;
-      exchange.reuse(settings.tunnelName, settings.remote, head, startedAt);
-    } else {
-      const request = new RequestRecord(
-        slab,
-        at,
-        room,
-        headLength,
-        chunked,
-        store.bodyCap,
-        this,
-        seq,
-        methodEnd,
-        targetEnd,
-      );
-      exchange = new Exchange(
-        settings.tunnelName,
-        settings.remote,
-        request,
-        settings.replayOf,
-        head,
-        startedAt,
-      );
-    }
+    const exchange = spare ?? new Exchange(settings.replayOf);
+    exchange.renew(settings.tunnelName, settings.remote, head, startedAt);
+    const request = exchange.request;
+    request.renew(slab, at, room, headLength, body === Body.Chunked, store.bodyCap, this, seq);
+    request.methodEnd = SCAN.methodEnd - from;
+    request.targetEnd = SCAN.targetEnd - from;
     this.waiting.push(exchange);
     this.sending = exchange;
     if (settings.replayOf !== undefined) this.lastExchange = exchange;
@@ -778,14 +715,11 @@ export class InspectorTap implements StreamTap {
     const at = this.reservedAt;
     copyInto(b, from, to, slab.bytes, at);
     current.headersMs = this.now() - current.startedAt;
-    const chunked = body === Body.Chunked;
-    const spare = current.spareResponse;
-    if (spare !== undefined) {
-      current.spareResponse = undefined;
-      spare.renew(slab, at, room, headLength, chunked, cap, this, seq);
-      spare.status = status;
-      current.response = spare;
-    } else current.response = new ResponseRecord(slab, at, room, headLength, chunked, cap, this, seq, status);
+    const response = current.spareResponse ?? new ResponseRecord();
+    current.spareResponse = undefined;
+    response.renew(slab, at, room, headLength, body === Body.Chunked, cap, this, seq);
+    response.status = status;
+    current.response = response;
     // An upgrade refused: the requests held behind it are HTTP after all.
     if (status >= 200 && this.requestAt === At.Pending) this.declineUpgrade();
     if (body === Body.Passthrough) {
