@@ -16,7 +16,7 @@
 
 import { hostname } from "node:os";
 import { formatHost, usageLine } from "./shared/args.ts";
-import { ClusterNode } from "./shared/cluster/node.ts";
+import { ClusterNode } from "./shared/server/cluster/node.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
 import { type AdminListener, startAdmin } from "./shared/server/admin.ts";

@@ -8,7 +8,7 @@
 
 import { Hono } from "hono";
 import { formatHost } from "../args.ts";
-import { secretHash } from "../cluster/node.ts";
+import { secretHash } from "./cluster/node.ts";
 import type { Logger } from "../log.ts";
 import {
   AUTH_HEADER,

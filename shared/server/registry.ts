@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { ClusterStats, LeaseKey } from "../cluster/node.ts";
+import type { ClusterStats, LeaseKey } from "./cluster/node.ts";
 import type { Logger } from "../log.ts";
 import { Budget } from "../relay/budget.ts";
 import type { SpliceSocket } from "../relay/splice.ts";

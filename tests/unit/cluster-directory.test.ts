@@ -1,5 +1,5 @@
 /**
- * The cluster directory (shared/cluster/directory.ts) against a real redis-server: leases with fencing
+ * The cluster directory (shared/server/cluster/directory.ts) against a real redis-server: leases with fencing
  * epochs, takeover by claim, the cluster-wide user limit, release, expiry of a dead node's leases, the
  * local validity of holds(), the view (pub/sub + resync) across two "nodes" (two directories in this
  * process), and a Redis killed and restarted empty. No mocks; every wait is bounded.
@@ -13,7 +13,7 @@ import {
   type LeaseKey,
   type LeaseRecord,
   type NodeInfo,
-} from "../../shared/cluster/directory.ts";
+} from "../../shared/server/cluster/directory.ts";
 import type { Logger } from "../../shared/log.ts";
 import { cleanup, eventually } from "../support/processes.ts";
 import { type RedisProcess, startRedis } from "../support/redis.ts";

@@ -16,7 +16,7 @@
 
 import { randomBytes } from "node:crypto";
 import { RedisClient } from "bun";
-import { describeError, type Logger } from "../log.ts";
+import { describeError, type Logger } from "../../log.ts";
 import { explainRedisFailure } from "./redis-probe.ts";
 
 /** A lease's name: an HTTP tunnel's name or a public TCP port. */

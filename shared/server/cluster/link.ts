@@ -9,13 +9,13 @@ open streams over it (the dialler's ids below 2^31, the other's from 2^31 up).
  * @module
  */
 
-import { Liveness } from "../liveness.ts";
-import { describeError, type Logger } from "../log.ts";
-import type { Budget } from "../relay/budget.ts";
-import { Mux } from "../relay/mux.ts";
-import { type SpliceSocket, spliceOnto } from "../relay/splice.ts";
-import type { RelaySocket, Stream } from "../relay/stream.ts";
-import type { OpenFrame } from "../wire/codec.ts";
+import { Liveness } from "../../liveness.ts";
+import { describeError, type Logger } from "../../log.ts";
+import type { Budget } from "../../relay/budget.ts";
+import { Mux } from "../../relay/mux.ts";
+import { type SpliceSocket, spliceOnto } from "../../relay/splice.ts";
+import type { RelaySocket, Stream } from "../../relay/stream.ts";
+import type { OpenFrame } from "../../wire/codec.ts";
 import {
   AUTH_HEADER,
   type Hello,
@@ -25,7 +25,7 @@ import {
   ResetCode,
   type StreamKind,
   SUBPROTOCOL,
-} from "../wire/protocol.ts";
+} from "../../wire/protocol.ts";
 
 /** A node as the cluster knows it: its name and where the others reach its control port. */
 export interface LinkPeer {
