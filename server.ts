@@ -16,11 +16,11 @@
 
 import { hostname } from "node:os";
 import { formatHost, usageLine } from "./shared/args.ts";
-import { ClusterNode } from "./shared/server/cluster/node.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
 import { type AdminListener, startAdmin } from "./shared/server/admin.ts";
 import { controlApp } from "./shared/server/app.ts";
+import { ClusterNode } from "./shared/server/cluster/node.ts";
 import {
   ConfigReloader,
   describeUsersChange,

@@ -8,7 +8,6 @@
 
 import { Hono } from "hono";
 import { formatHost } from "../args.ts";
-import { secretHash } from "./cluster/node.ts";
 import type { Logger } from "../log.ts";
 import {
   AUTH_HEADER,
@@ -20,6 +19,7 @@ import {
   SUBPROTOCOL,
 } from "../wire/protocol.ts";
 import { bearerKey, keyMatches } from "./auth.ts";
+import { secretHash } from "./cluster/node.ts";
 import type { ControlEnv } from "./control-port.ts";
 import { FailureLimiter } from "./rate-limit.ts";
 import type { SessionRegistry } from "./registry.ts";

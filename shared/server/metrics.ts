@@ -14,9 +14,9 @@
 
 import { readdirSync } from "node:fs";
 import packageJson from "../../package.json" with { type: "json" };
-import type { ClusterStats } from "./cluster/node.ts";
 import type { Stream } from "../relay/stream.ts";
 import { PROTOCOL_VERSION } from "../wire/protocol.ts";
+import type { ClusterStats } from "./cluster/node.ts";
 import type { Session, Tunnel } from "./session.ts";
 import { SINGLE_KEY_USER } from "./users.ts";
 

@@ -6,12 +6,12 @@
  * @module
  */
 
-import type { ClusterStats, LeaseKey } from "./cluster/node.ts";
 import type { Logger } from "../log.ts";
 import { Budget } from "../relay/budget.ts";
 import type { SpliceSocket } from "../relay/splice.ts";
 import type { Stream } from "../relay/stream.ts";
 import { DEFAULTS, PROTOCOL_VERSION, type StreamKind } from "../wire/protocol.ts";
+import type { ClusterStats, LeaseKey } from "./cluster/node.ts";
 import type { HttpRoute, HttpSocket } from "./http-ingress.ts";
 import { SERVER_OPTIONS, type ServerOptions } from "./options.ts";
 import { Session, type SessionContext, type SessionSocketData } from "./session.ts";

@@ -18,9 +18,6 @@ import { randomBytes } from "node:crypto";
 import type { TCPSocketListener } from "bun";
 import { customAlphabet, nanoid } from "nanoid";
 import { formatHost, type PortRange, unmappedAddress } from "../args.ts";
-import type { InboundLink } from "./cluster/link.ts";
-import type { ClusterNode, LeaseKey, LeaseRefusal } from "./cluster/node.ts";
-import { secretHash } from "./cluster/node.ts";
 import { Liveness } from "../liveness.ts";
 import { describeError, type Logger } from "../log.ts";
 import type { Budget } from "../relay/budget.ts";
@@ -39,6 +36,9 @@ import {
   type UnexposeRequest,
 } from "../wire/protocol.ts";
 import { keyMatches } from "./auth.ts";
+import type { InboundLink } from "./cluster/link.ts";
+import type { ClusterNode, LeaseKey, LeaseRefusal } from "./cluster/node.ts";
+import { secretHash } from "./cluster/node.ts";
 import type { HttpRoute } from "./http-ingress.ts";
 import type { ServerMetrics } from "./metrics.ts";
 import { listenPublic, PortError } from "./public-port.ts";

@@ -7,6 +7,7 @@
 
 import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { RedisClient } from "bun";
+import type { Logger } from "../../shared/log.ts";
 import {
   ClusterDirectory,
   type DirectoryOptions,
@@ -14,7 +15,6 @@ import {
   type LeaseRecord,
   type NodeInfo,
 } from "../../shared/server/cluster/directory.ts";
-import type { Logger } from "../../shared/log.ts";
 import { cleanup, eventually } from "../support/processes.ts";
 import { type RedisProcess, startRedis } from "../support/redis.ts";
 

@@ -15,9 +15,14 @@ import type { TCPSocketListener } from "bun";
 import { formatHost, unmappedAddress } from "../../args.ts";
 import type { Logger } from "../../log.ts";
 import type { Budget } from "../../relay/budget.ts";
-import { type RelaySocket, type RelaySocketData, relaySocketHandlers, type Stream } from "../../relay/stream.ts";
-import type { HttpRoute } from "../http-ingress.ts";
+import {
+  type RelaySocket,
+  type RelaySocketData,
+  relaySocketHandlers,
+  type Stream,
+} from "../../relay/stream.ts";
 import { type Hello, StreamKind } from "../../wire/protocol.ts";
+import type { HttpRoute } from "../http-ingress.ts";
 import { ClusterDirectory, type LeaseKey, type LeaseRecord, type NodeInfo } from "./directory.ts";
 import { InboundLink, type NodeLink, OutboundLink, type RemoteAcceptor } from "./link.ts";
 
