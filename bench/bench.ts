@@ -43,6 +43,7 @@ import {
   markdownTable,
   othersPct,
   type ProviderResult,
+  referenceTable,
   type SampleKey,
 } from "./report.ts";
 
@@ -298,6 +299,21 @@ function floorSection(
   ];
 }
 
+/** The table against rathole (issue 30's targets are ratios to it), with its lead-in; nothing when it did not run. */
+function ratholeSection(
+  results: Partial<Record<ProviderName, ProviderResult>>,
+  params: { bulkConns: number; holdCount: number },
+): string[] {
+  const table = referenceTable(results, "rathole", params.bulkConns, params.holdCount, true);
+  if (!table) return [];
+  return [
+    "Against rathole 0.5.0 (the fastest peer tunnel; each figure and its ratio to rathole's in this run; for latency, connection p99 and memory lower is better):",
+    "",
+    table,
+    "",
+  ];
+}
+
 /** Runs the benchmark; resolves with the markdown report. */
 export async function runBench(options: BenchOptions): Promise<string> {
   const started = performance.now();
@@ -362,6 +378,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
           ...footnotes(results, options.only).map((n) => `- ${n}`),
           "",
           ...floorSection(results, params),
+          ...ratholeSection(results, params),
           "CPU during each measurement (median run), % of one core per process (its busiest thread in brackets when lower; other = kernel threads and processes outside the benchmark), and what bounds it:",
           "",
           cpuTable(results, options.only),

@@ -58,6 +58,11 @@ export class ByteQueue {
     }
   }
 
+  /** Drops every byte, telling `onDropped` of each chunk (the relay frees them at once). */
+  dropAll(): void {
+    this.drop(this.length);
+  }
+
   /** Empties the queue. */
   clear(): void {
     this.chunks = [];
