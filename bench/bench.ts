@@ -17,6 +17,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { cpus, release } from "node:os";
 import { parseArgs } from "node:util";
+import { type BudgetMemoryResult, budgetMemoryReport, runBudgetMemory } from "./budget-memory.ts";
 import { CLUSTER_FULL, CLUSTER_QUICK, type ClusterResult, clusterReport, runCluster } from "./cluster.ts";
 import { HTTP_FULL, HTTP_QUICK, type HttpResult, httpReport, runHttp } from "./http.ts";
 import { LONG_PATH_PROVIDERS, type LongPathProvider, longPathReport, runLongPath } from "./longpath.ts";
@@ -34,7 +35,7 @@ import {
 } from "./measure.ts";
 import { buildNative, ROOT } from "./native.ts";
 import { killAll, type Proc, run, spawn } from "./procs.ts";
-import { PROVIDER_NAMES, PROVIDERS, type ProviderName } from "./providers.ts";
+import { PROVIDER_NAMES, PROVIDERS, type ProviderName, setSocketsBase } from "./providers.ts";
 import {
   cpuTable,
   floorTable,
@@ -57,6 +58,7 @@ export const MEASURES = [
   "longpath",
   "http",
   "cluster",
+  "budget",
 ] as const;
 
 /** A measurement group name. */
@@ -87,7 +89,10 @@ Options:
                        small GET and 64 B POST (wrk), 200 MiB each way (sha256), WebSocket echo (http.ts)
                        cluster: a redis-server and two nodes: a visitor at node A for a client at node B
                        against the same visitor at B, two nodes' aggregate bulk against one (cluster.ts)
-  --sockets-root DIR   longpath, http: run sockets from another checkout (for a before/after table)
+                       budget: 40 visitors flood a local service that never reads: the server's RSS
+                       idle, at the peak and 10 s after, against its client budget (budget-memory.ts)
+  --sockets-root DIR   longpath, http, budget: run sockets from another checkout (for a before/after table);
+                       the loopback measures run it as provider sockets-base
   -h, --help           show this help
 `;
 
@@ -318,6 +323,7 @@ function ratholeSection(
 export async function runBench(options: BenchOptions): Promise<string> {
   const started = performance.now();
   const params = { ...(options.quick ? QUICK : FULL) };
+  setSocketsBase(options.socketsRoot);
   if (options.repeat !== undefined) params.repeat = options.repeat;
   const limit = fdLimit();
   if (limit > 0 && limit < 2 * params.holdCount + 256)
@@ -327,7 +333,9 @@ export async function runBench(options: BenchOptions): Promise<string> {
   const native = await buildNative();
   const service = spawn([native.service, "2"], { stdin: true });
   const results: Partial<Record<ProviderName, ProviderResult>> = {};
-  const loopback = options.measures.filter((m) => m !== "longpath" && m !== "http" && m !== "cluster");
+  const loopback = options.measures.filter(
+    (m) => m !== "longpath" && m !== "http" && m !== "cluster" && m !== "budget",
+  );
   try {
     await service.waitFor(/port (\d+)/, 10_000);
     for (const name of loopback.length > 0 ? options.only : [])
@@ -361,6 +369,13 @@ export async function runBench(options: BenchOptions): Promise<string> {
     cluster = await runCluster({ params: clusterParams, log });
   } else if (options.measures.includes("cluster"))
     log("cluster: skipped: it measures sockets (add it to --only)");
+  const budget: [string, BudgetMemoryResult][] = [];
+  if (options.measures.includes("budget") && options.only.includes("sockets")) {
+    budget.push(["bun server.ts", await runBudgetMemory({ log })]);
+    if (options.socketsRoot)
+      budget.push([options.socketsRoot, await runBudgetMemory({ root: options.socketsRoot, log })]);
+  } else if (options.measures.includes("budget"))
+    log("budget: skipped: it measures sockets (add it to --only)");
   const elapsed = (performance.now() - started) / 1000;
   const info = await machine();
   const report = [
@@ -388,11 +403,19 @@ export async function runBench(options: BenchOptions): Promise<string> {
     longPathReport(longPath, longPathSeconds),
     http ? httpReport(http) : "",
     cluster ? clusterReport(cluster) : "",
+    budget.length > 0
+      ? [
+          "### Memory under the budgets (a local service that never reads; server RSS)",
+          "",
+          budgetMemoryReport(budget),
+          "",
+        ].join("\n")
+      : "",
   ].join("\n");
   if (options.json)
     writeFileSync(
       options.json,
-      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster }, null, 2)}\n`,
+      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster, budget }, null, 2)}\n`,
     );
   return report;
 }

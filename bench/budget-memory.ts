@@ -120,9 +120,20 @@ export async function runBudgetMemory({
     const healthUrl = `${(url as string).replace(/^ws/, "http")}/health`;
     const health = async () =>
       (await (await fetch(healthUrl, { signal: AbortSignal.timeout(5000) })).json()) as Health;
-    // Idle: after the first requests (JIT, the listener's first visitor), settled for 2 s.
+    // Idle: after a warm-up (the relay's code compiled, the first buffers made: a server that has
+    // carried traffic before, as every server soon has), settled for 2 s.
     for (let i = 0; i < 3; i++) await health();
-    await Bun.sleep(2000);
+    const warm = await Bun.connect<Pumped>({
+      hostname: "127.0.0.1",
+      port,
+      allowHalfOpen: true,
+      data: { sent: 0, size: 8 * MiB },
+      socket: { open: pump, drain: pump, data() {}, error() {} },
+    });
+    await until(() => warm.data.sent === 8 * MiB, 20_000, "warm-up sent");
+    warm.terminate();
+    await until(async () => (await health()).streams === 0, 20_000, "warm-up stream closed");
+    await Bun.sleep(3000);
     const idleKiB = rssKiB(server.pid);
     let peakKiB = idleKiB;
     const sampler = setInterval(() => {
@@ -145,6 +156,10 @@ export async function runBudgetMemory({
       const started = performance.now();
       while (performance.now() - started < 30_000 && performance.now() - grewAt < 3000) {
         const sent = (await health()).buffered.sent;
+        if (process.env.BUDGET_MEMORY_TRACE)
+          log(
+            `  flood: RSS ${(rssKiB(server.pid) / 1024).toFixed(1)} MiB (peak ${(peakKiB / 1024).toFixed(1)}), buffered ${(sent / MiB).toFixed(1)} MiB`,
+          );
         if (sent > bufferedPeak * 1.01 + 64 * 1024) grewAt = performance.now();
         bufferedPeak = Math.max(bufferedPeak, sent);
         await Bun.sleep(100);

@@ -41,6 +41,7 @@ export const PROVIDER_NAMES = [
   "sockets",
   "sockets-compiled",
   "sockets-tuned",
+  "sockets-base",
   "rathole",
 ] as const;
 
@@ -281,6 +282,24 @@ const rathole: Provider = {
   },
 };
 
+/** The other checkout `sockets-base` runs (`--sockets-root`); undefined: it is skipped. */
+let baseRoot: string | undefined;
+
+/** Names the checkout the `sockets-base` provider runs (bench.ts passes `--sockets-root`). */
+export function setSocketsBase(root: string | undefined): void {
+  baseRoot = root;
+}
+
+/** `bun server.ts` + `bun client.ts` of another checkout (`--sockets-root`): before and after in one run. */
+const socketsBase: Provider = {
+  name: "sockets-base",
+  async prepare() {
+    return baseRoot === undefined ? "no --sockets-root given" : null;
+  },
+  start: (port) =>
+    startSockets(["bun", "server.ts"], ["bun", "client.ts"], port, { cwd: baseRoot as string }),
+};
+
 /** Every provider, by name. */
 export const PROVIDERS: Record<ProviderName, Provider> = {
   direct,
@@ -289,5 +308,6 @@ export const PROVIDERS: Record<ProviderName, Provider> = {
   sockets,
   "sockets-compiled": socketsCompiled,
   "sockets-tuned": socketsTuned,
+  "sockets-base": socketsBase,
   rathole,
 };

@@ -32,12 +32,13 @@ export type SampleKey =
   | "integrity";
 
 /** Providers that the targets are about. */
-const SUBJECTS: ProviderName[] = ["sockets", "sockets-compiled", "sockets-tuned"];
+const SUBJECTS: ProviderName[] = ["sockets", "sockets-compiled", "sockets-tuned", "sockets-base"];
 /** How the "met?" column names each subject. */
 const SHORT: Partial<Record<ProviderName, string>> = {
   sockets: "src",
   "sockets-compiled": "bin",
   "sockets-tuned": "tuned",
+  "sockets-base": "base",
 };
 
 type Results = Partial<Record<ProviderName, ProviderResult>>;

@@ -18,6 +18,8 @@ export const RESUME_FRACTION = 0.75;
 export class Budget {
   /** Bytes counted now. */
   used = 0;
+  /** The most bytes counted since the last {@link Budget.takePeak}. */
+  private peak = 0;
   private over = false;
   /** Narrower budgets held back because this one was over (server-wide: the clients it paused). */
   private readonly held = new Set<Budget>();
@@ -44,6 +46,8 @@ export class Budget {
     const parent = this.parent;
     if (parent !== undefined) parent.used += n;
     if (n > 0) {
+      if (this.used > this.peak) this.peak = this.used;
+      if (parent !== undefined && parent.used > parent.peak) parent.peak = parent.used;
       if (this.over) return;
       if (this.used > this.limit) this.set(true);
       else if (parent !== undefined && parent.used > parent.limit) {
@@ -64,6 +68,13 @@ export class Budget {
   fits(n: number): boolean {
     const parent = this.parent;
     return this.used + n <= this.limit && (parent === undefined || parent.used + n <= parent.limit);
+  }
+
+  /** The most bytes counted since the last call (or since the start); the next period starts at `used`. */
+  takePeak(): number {
+    const peak = Math.max(this.peak, this.used);
+    this.peak = this.used;
+    return peak;
   }
 
   /** Forgets this budget's bytes and its place in the wider one (its owner is gone). */

@@ -279,6 +279,18 @@ export class Stream {
     return offset;
   }
 
+  /**
+   * Forgets `n` acknowledged bytes. The budget is told what memory that frees, not the bytes: a read
+   * acknowledged in part stays alive whole until its last byte is (40 streams each keeping half a
+   * 512 KiB read put the server 10-20 MiB past its budget).
+   */
+  private dropAcknowledged(n: number): void {
+    const unacked = this.unacked;
+    const before = unacked.retained;
+    unacked.drop(n);
+    this.host.accountSent?.(unacked.retained - before);
+  }
+
   private now(): number {
     return this.host.clock?.() ?? performance.now();
   }
@@ -342,8 +354,7 @@ export class Stream {
     if (this.ackedSeq + increment > this.sentSeq)
       throw new ProtocolError(`stream ${this.id} (${this.phase}): WINDOW acknowledges bytes never sent`);
     this.ackedSeq += increment;
-    this.unacked.drop(increment);
-    this.host.accountSent?.(-increment);
+    this.dropAcknowledged(increment);
     this.sendHeld();
     this.maybeFree();
   }
@@ -405,7 +416,7 @@ export class Stream {
   destroy(why?: TapReset): void {
     if (this.closed) return;
     this.closed = true;
-    this.host.accountSent?.(-(this.held.length + this.unacked.length));
+    this.host.accountSent?.(-(this.held.length + this.unacked.retained));
     this.host.accountReceived?.(-this.pending.length);
     // Freed now, not at the next collection: a burst of resets (a client's visitors gone at once)
     // would otherwise leave the budget's worth of bytes in the heap until then. Oldest first: a held
@@ -449,7 +460,7 @@ export class Stream {
 
   /** Bytes buffered by this stream: held, unacknowledged and pending (for tests and /health). */
   get bufferedBytes(): number {
-    return this.held.length + this.unacked.length + this.pending.length;
+    return this.held.length + this.unacked.retained + this.pending.length;
   }
 
   /** The window the peer granted us (what we may have in flight), for /health and tests. */
@@ -500,8 +511,7 @@ export class Stream {
     if (this.closed) return;
     if (peer.acked > peer.received || peer.received > this.sentSeq || peer.acked < this.ackedSeq)
       throw new ProtocolError(`stream ${this.id}: resume position out of range`);
-    this.unacked.drop(peer.acked - this.ackedSeq);
-    this.host.accountSent?.(this.ackedSeq - peer.acked);
+    this.dropAcknowledged(peer.acked - this.ackedSeq);
     this.ackedSeq = peer.acked;
     // The peer's grant as it stands (GROWs lost in the blip included); windows never shrink.
     this.sendWindow = Math.min(this.host.window, Math.max(this.sendWindow, peer.window));
@@ -521,7 +531,7 @@ export class Stream {
    */
   finishedByPeer(): void {
     if (this.closed) return;
-    this.host.accountSent?.(-this.unacked.length);
+    this.host.accountSent?.(-this.unacked.retained);
     this.unacked.dropAll();
     this.ackedSeq = this.sentSeq;
     this.onEnd();

@@ -8,6 +8,7 @@
 
 import type { Logger } from "../log.ts";
 import { Budget } from "../relay/budget.ts";
+import { releaseAfterBursts } from "../relay/release.ts";
 import type { SpliceSocket } from "../relay/splice.ts";
 import type { Stream } from "../relay/stream.ts";
 import { DEFAULTS, PROTOCOL_VERSION, type StreamKind } from "../wire/protocol.ts";
@@ -62,6 +63,7 @@ export class SessionRegistry {
   /** Who may connect: the config file's users and the single API key. */
   readonly users: UserDirectory;
   private timers: ReturnType<typeof setInterval>[] = [];
+  private stopRelease?: () => void;
 
   /**
    * @param options the server's options (defaults from its option table).
@@ -222,8 +224,10 @@ export class SessionRegistry {
     },
   };
 
-  /** Starts the heartbeat and, when asked for, the visitor idle sweep. */
+  /** Starts the heartbeat, the release of memory after bursts and, when asked for, the visitor idle sweep. */
   watch(): void {
+    const budgets = this.context.budgets;
+    if (budgets) this.stopRelease = releaseAfterBursts([budgets.received, budgets.sent]);
     // Heartbeat: ping every client each interval; one silent for three intervals is dead.
     const heartbeatMs = (this.options.heartbeatSeconds ?? SERVER_OPTIONS.heartbeat.default) * 1000;
     this.timers.push(
@@ -290,6 +294,7 @@ export class SessionRegistry {
   async drainAll(): Promise<void> {
     this.draining = true;
     for (const timer of this.timers) clearInterval(timer);
+    this.stopRelease?.();
     const drainMs = (this.options.drainSeconds ?? SERVER_OPTIONS["drain-timeout"].default) * 1000;
     await Promise.all([...this.sessions.values()].map((session) => session.drain(drainMs)));
     for (const session of [...this.sessions.values()]) session.end();
