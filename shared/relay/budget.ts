@@ -14,6 +14,9 @@
 /** A budget over its limit lets its owner go on once its use fell to this fraction of the limit. */
 export const RESUME_FRACTION = 0.75;
 
+/** The {@link Budget.held} of every budget that never held one back (never added to). */
+const NONE_HELD: ReadonlySet<Budget> = new Set<Budget>();
+
 /** A byte counter with a limit, optionally counted into a wider (server-wide) budget too. */
 export class Budget {
   /** Bytes counted now. */
@@ -21,8 +24,11 @@ export class Budget {
   /** The most bytes counted since the last {@link Budget.takePeak}. */
   private peak = 0;
   private over = false;
-  /** Narrower budgets held back because this one was over (server-wide: the clients it paused). */
-  private readonly held = new Set<Budget>();
+  /**
+   * Narrower budgets held back because this one was over (server-wide: the clients it paused). Only a
+   * wider budget ever holds any: an empty shared set spares every session's budgets one each.
+   */
+  private held = NONE_HELD as Set<Budget>;
 
   /**
    * @param limit most bytes before the owner is told to stop taking more.
@@ -51,7 +57,7 @@ export class Budget {
       if (this.over) return;
       if (this.used > this.limit) this.set(true);
       else if (parent !== undefined && parent.used > parent.limit) {
-        parent.held.add(this);
+        parent.hold(this);
         this.set(true);
       }
     } else {
@@ -93,11 +99,16 @@ export class Budget {
     const parent = this.parent;
     if (this.used > this.limit * RESUME_FRACTION) return;
     if (parent !== undefined && parent.used > parent.limit * RESUME_FRACTION) {
-      parent.held.add(this); // still over the wider one: it lets this go when it has room
+      parent.hold(this); // still over the wider one: it lets this go when it has room
       return;
     }
     parent?.held.delete(this);
     this.set(false);
+  }
+
+  private hold(budget: Budget): void {
+    if (this.held === NONE_HELD) this.held = new Set();
+    this.held.add(budget);
   }
 
   /** Room again in this (wider) budget: let every budget it held back recheck. */
