@@ -13,6 +13,7 @@ import { deadAfter, Liveness } from "../../liveness.ts";
 import { describeError, type Logger } from "../../log.ts";
 import type { Budget } from "../../relay/budget.ts";
 import { Mux } from "../../relay/mux.ts";
+import { SendWatch } from "../../relay/send-watch.ts";
 import { type SpliceSocket, spliceOnto } from "../../relay/splice.ts";
 import type { RelaySocket, Stream } from "../../relay/stream.ts";
 import type { OpenFrame } from "../../wire/codec.ts";
@@ -33,9 +34,6 @@ export interface LinkPeer {
   url: string;
 }
 
-/** Bytes queued on a link's WebSocket past which its streams stop reading, and where they start again. */
-const HIGH_WATER = 8 * 1024 * 1024;
-const LOW_WATER = 2 * 1024 * 1024;
 /** A link pings this often and is dead after three silent intervals (a frozen or vanished node). */
 const LINK_HEARTBEAT_MS = 1000;
 /** Error codes of a refused certificate. */
@@ -155,7 +153,6 @@ export class OutboundLink implements NodeLink {
     this.ws = ws;
     const liveness = new Liveness();
     let heartbeat: ReturnType<typeof setInterval> | undefined;
-    let blockedPoll: ReturnType<typeof setInterval> | undefined;
     ws.addEventListener("message", (event) => {
       liveness.heard();
       try {
@@ -177,17 +174,10 @@ export class OutboundLink implements NodeLink {
         onGone();
       }, LINK_HEARTBEAT_MS);
     });
+    const queue = new SendWatch(ws, (blocked) => this.mux?.setBlocked(blocked));
     const send = (frame: Uint8Array) => {
       ws.send(frame);
-      if (blockedPoll !== undefined || ws.bufferedAmount <= HIGH_WATER) return;
-      this.mux?.setBlocked(true);
-      // The client WebSocket has no drain event: watch the queue until it is low again.
-      blockedPoll = setInterval(() => {
-        if (ws.bufferedAmount > LOW_WATER) return;
-        clearInterval(blockedPoll);
-        blockedPoll = undefined;
-        this.mux?.setBlocked(false);
-      }, 1);
+      queue.sent();
     };
     this.sendFrame = send;
     let gone = false;
@@ -195,7 +185,7 @@ export class OutboundLink implements NodeLink {
       if (gone) return;
       gone = true;
       clearInterval(heartbeat);
-      clearInterval(blockedPoll);
+      queue.stop();
       if (this.ws === ws) {
         this.ws = null;
         this.down();
