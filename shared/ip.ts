@@ -149,7 +149,8 @@ export function parseIpInto(text: string, out: Uint32Array): IpFamily | 0 {
     return 4;
   }
   if (!parseV6(text, 0, end)) return 0;
-  for (let k = 0; k < 4; k++) out[k] = (((groups[2 * k] as number) << 16) | (groups[2 * k + 1] as number)) >>> 0;
+  for (let k = 0; k < 4; k++)
+    out[k] = (((groups[2 * k] as number) << 16) | (groups[2 * k + 1] as number)) >>> 0;
   if (out[0] === 0 && out[1] === 0 && out[2] === 0xffff) {
     out[0] = out[3] as number;
     return 4;
@@ -274,4 +275,13 @@ export function splitAddress(text: string): { ip: string; port: number } | undef
   let ip = text.slice(0, colon);
   if (ip.startsWith("[") && ip.endsWith("]")) ip = ip.slice(1, -1);
   return { ip, port };
+}
+
+/**
+ * `ip:port` as OPEN's `remote` and `local` carry a socket's address: IPv6 in brackets, an IPv4-mapped
+ * address as IPv4 (`::ffff:192.0.2.1` → `192.0.2.1:80`). The inverse of {@link splitAddress}.
+ */
+export function joinAddress(ip: string, port: number): string {
+  const unmapped = ip.replace(/^::ffff:(?=\d{1,3}(\.\d{1,3}){3}$)/i, "");
+  return unmapped.includes(":") ? `[${unmapped}]:${port}` : `${unmapped}:${port}`;
 }

@@ -61,7 +61,12 @@ export class AccessList {
     readonly deny: readonly Cidr[],
     readonly source: AccessSource,
   ) {
-    this.denied = { source, rule: "deny", label: `${source}_deny`, message: `denied by ${OWNER[source]} list` };
+    this.denied = {
+      source,
+      rule: "deny",
+      label: `${source}_deny`,
+      message: `denied by ${OWNER[source]} list`,
+    };
     this.notAllowed = {
       source,
       rule: "allow",
@@ -134,7 +139,11 @@ function parseVisitor(ip: string): IpFamily | 0 {
 function anyContains(rules: readonly Cidr[], family: IpFamily): boolean {
   for (let i = 0; i < rules.length; i++) {
     const rule = rules[i] as Cidr;
-    if (rule.family === family ? cidrContains(rule, family, visitor) : family === 4 && cidrContains(rule, 6, mapped))
+    if (
+      rule.family === family
+        ? cidrContains(rule, family, visitor)
+        : family === 4 && cidrContains(rule, 6, mapped)
+    )
       return true;
   }
   return false;
@@ -162,6 +171,11 @@ export function accessRefusal(
 }
 
 /** Whether every given list permits `ip` (see {@link accessRefusal}). */
-export function accessPermits(ip: string, first?: AccessList, second?: AccessList, third?: AccessList): boolean {
+export function accessPermits(
+  ip: string,
+  first?: AccessList,
+  second?: AccessList,
+  third?: AccessList,
+): boolean {
   return accessRefusal(ip, first, second, third) === undefined;
 }

@@ -197,6 +197,12 @@ export interface ExposeRequest {
   basicAuth?: string;
   /** Tunnel id wanted (a client re-exposing after a server restart keeps its id); absent for a new one. */
   tunnel?: string;
+  /** Share the port or name with the user's other clients that ask with `pool` (README: Pools). */
+  pool?: boolean;
+  /** Visitor addresses allowed (CIDR or single addresses, at most 64); absent or empty: all. */
+  allow?: string[];
+  /** Visitor addresses refused, whatever `allow` says (at most 64). */
+  deny?: string[];
 }
 
 /** Server → client: a tunnel is live. */
@@ -212,6 +218,12 @@ export interface Exposed {
   host: string;
   port: number;
   url: string;
+  /**
+   * True when the server enforces the request's `allow`/`deny` lists. A client that sent lists and
+   * reads no `true` here (a server older than the lists) closes the tunnel rather than leave it open
+   * to everyone.
+   */
+  access?: boolean;
 }
 
 /** Client → server: stop publishing one of its tunnels (its public port or name is released at once). */
@@ -257,8 +269,14 @@ export const TUNNEL_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** Metadata carried by OPEN frames (JSON after the fixed part). */
 export interface OpenMeta {
-  /** The visitor's address as `ip:port`. */
+  /** The visitor's address as `ip:port` (`[ipv6]:port`; IPv4-mapped addresses as IPv4). */
   remote: string;
+  /**
+   * The public address the visitor connected to, as `ip:port` (the server's side of the visitor's
+   * connection: what a PROXY protocol header names as destination). Across a cluster hop, the address
+   * at the node the visitor reached. Absent from servers older than it.
+   */
+  local?: string;
   /**
    * On a node link only (cluster): what the visitor came for, `http:NAME` or `tcp:PORT`; the receiving
    * node hands the stream to the client holding it. Absent on a client's connection.
@@ -270,6 +288,10 @@ export interface OpenMeta {
 export class ProtocolError extends Error {
   override name = "ProtocolError";
 }
+
+/** Most rules in an expose request's `allow` or `deny`, and the longest rule. */
+export const MAX_ACCESS_RULES = 64;
+const MAX_RULE_LENGTH = 64;
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null;
 const isPort = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0 && (v as number) < 65536;
@@ -284,6 +306,11 @@ const isPosition = (v: unknown): boolean =>
   isSeq(v[2]) &&
   (v[3] === 0 || v[3] === 1) &&
   isCount(v[4]);
+const isRules = (v: unknown): boolean =>
+  v === undefined ||
+  (Array.isArray(v) &&
+    v.length <= MAX_ACCESS_RULES &&
+    v.every((rule) => typeof rule === "string" && rule.length <= MAX_RULE_LENGTH));
 
 /**
  * Parses and validates one JSON control message.
@@ -337,7 +364,10 @@ export function parseControl(text: string): ControlMessage {
           (typeof value.basicAuth === "string" && value.basicAuth.length <= 512)) &&
         (value.hostHeader === undefined ||
           (typeof value.hostHeader === "string" && value.hostHeader.length <= 300)) &&
-        (value.tunnel === undefined || (typeof value.tunnel === "string" && TUNNEL_ID.test(value.tunnel)))
+        (value.tunnel === undefined || (typeof value.tunnel === "string" && TUNNEL_ID.test(value.tunnel))) &&
+        (value.pool === undefined || typeof value.pool === "boolean") &&
+        isRules(value.allow) &&
+        isRules(value.deny)
       )
         return value as unknown as ExposeRequest;
       break;
@@ -348,7 +378,8 @@ export function parseControl(text: string): ControlMessage {
         isCount(value.ref) &&
         typeof value.host === "string" &&
         isPort(value.port) &&
-        typeof value.url === "string"
+        typeof value.url === "string" &&
+        (value.access === undefined || typeof value.access === "boolean")
       )
         return value as unknown as Exposed;
       break;

@@ -34,7 +34,20 @@ export interface ProxyAddresses {
 }
 
 /** The 12 bytes every v2 header starts with. */
-export const V2_SIGNATURE = Uint8Array.of(0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a);
+export const V2_SIGNATURE = Uint8Array.of(
+  0x0d,
+  0x0a,
+  0x0d,
+  0x0a,
+  0x00,
+  0x0d,
+  0x0a,
+  0x51,
+  0x55,
+  0x49,
+  0x54,
+  0x0a,
+);
 
 /** Longest v1 header, CRLF included (the spec's bound). */
 export const V1_MAX_LENGTH = 107;
@@ -115,8 +128,7 @@ export interface ProxyHeader {
 export function parseProxyHeader(bytes: Uint8Array): ProxyHeader | undefined {
   const signature = V2_SIGNATURE.length;
   let isV2 = bytes.length > 0;
-  for (let i = 0; i < Math.min(signature, bytes.length); i++)
-    if (bytes[i] !== V2_SIGNATURE[i]) isV2 = false;
+  for (let i = 0; i < Math.min(signature, bytes.length); i++) if (bytes[i] !== V2_SIGNATURE[i]) isV2 = false;
   if (isV2) return parseV2(bytes);
   return parseV1(bytes);
 }

@@ -134,7 +134,8 @@ describe("combined lists (operator, user, tunnel)", () => {
 /** A reference model: addresses and ranges as BigInts over 128 bits (IPv4 as its mapped IPv6). */
 function model(allow: string[], deny: string[], ip: string): boolean {
   const big = (text: string): bigint => {
-    if (!text.includes(":")) return (0xffffn << 32n) | BigInt(text.split(".").reduce((a, p) => a * 256 + Number(p), 0));
+    if (!text.includes(":"))
+      return (0xffffn << 32n) | BigInt(text.split(".").reduce((a, p) => a * 256 + Number(p), 0));
     const [head = "", tail = ""] = text.includes("::") ? text.split("::") : [text, ""];
     const h = head === "" ? [] : head.split(":");
     const t = tail === "" ? [] : tail.split(":");

@@ -139,37 +139,57 @@ const sameFamily: fc.Arbitrary<ProxyAddresses> = fc.oneof(
 describe("PROXY protocol headers", () => {
   test("v1 and v2 round-trip every same-family connection, and the service's bytes follow", () => {
     fc.assert(
-      fc.property(sameFamily, fc.constantFrom("v1" as const, "v2" as const), fc.uint8Array(), (a, v, tail) => {
-        const header = encodeProxyHeader(v, a);
-        if (v === "v1") expect(header.length).toBeLessThanOrEqual(V1_MAX_LENGTH);
-        const bytes = new Uint8Array(header.length + tail.length);
-        bytes.set(header);
-        bytes.set(tail, header.length);
-        const parsed = parseProxyHeader(bytes);
-        expect(parsed?.command).toBe("proxy");
-        expect(parsed?.version).toBe(v === "v1" ? 1 : 2);
-        expect(parsed?.addresses).toEqual(a);
-        expect(parsed?.length).toBe(header.length);
-        // Every prefix shorter than the header asks for more bytes, never throws or misreads.
-        for (const cut of [0, 1, 11, 15, header.length - 1])
-          if (cut >= 0 && cut < header.length) expect(parseProxyHeader(header.subarray(0, cut))).toBeUndefined();
-      }),
+      fc.property(
+        sameFamily,
+        fc.constantFrom("v1" as const, "v2" as const),
+        fc.uint8Array(),
+        (a, v, tail) => {
+          const header = encodeProxyHeader(v, a);
+          if (v === "v1") expect(header.length).toBeLessThanOrEqual(V1_MAX_LENGTH);
+          const bytes = new Uint8Array(header.length + tail.length);
+          bytes.set(header);
+          bytes.set(tail, header.length);
+          const parsed = parseProxyHeader(bytes);
+          expect(parsed?.command).toBe("proxy");
+          expect(parsed?.version).toBe(v === "v1" ? 1 : 2);
+          expect(parsed?.addresses).toEqual(a);
+          expect(parsed?.length).toBe(header.length);
+          // Every prefix shorter than the header asks for more bytes, never throws or misreads.
+          for (const cut of [0, 1, 11, 15, header.length - 1])
+            if (cut >= 0 && cut < header.length)
+              expect(parseProxyHeader(header.subarray(0, cut))).toBeUndefined();
+        },
+      ),
       RUNS,
     );
   });
 
   test("IPv4-mapped addresses are written as IPv4 (TCP4, family 0x11)", () => {
-    const a = { sourceIp: "::ffff:127.0.0.1", sourcePort: 40000, destinationIp: "::ffff:10.1.2.3", destinationPort: 80 };
+    const a = {
+      sourceIp: "::ffff:127.0.0.1",
+      sourcePort: 40000,
+      destinationIp: "::ffff:10.1.2.3",
+      destinationPort: 80,
+    };
     expect(new TextDecoder().decode(encodeProxyV1(a))).toBe("PROXY TCP4 127.0.0.1 10.1.2.3 40000 80\r\n");
     const v2 = encodeProxyV2(a);
     expect(v2[13]).toBe(0x11);
-    expect(parseProxyHeader(v2)?.addresses).toEqual({ ...a, sourceIp: "127.0.0.1", destinationIp: "10.1.2.3" });
+    expect(parseProxyHeader(v2)?.addresses).toEqual({
+      ...a,
+      sourceIp: "127.0.0.1",
+      destinationIp: "10.1.2.3",
+    });
   });
 
   test("unknown, malformed or mixed-family addresses: v1 UNKNOWN, v2 LOCAL", () => {
     const mixed = { sourceIp: "::1", sourcePort: 1, destinationIp: "127.0.0.1", destinationPort: 2 };
     const broken = { sourceIp: "nope", sourcePort: 1, destinationIp: "127.0.0.1", destinationPort: 2 };
-    const badPort = { sourceIp: "127.0.0.1", sourcePort: 70000, destinationIp: "127.0.0.1", destinationPort: 2 };
+    const badPort = {
+      sourceIp: "127.0.0.1",
+      sourcePort: 70000,
+      destinationIp: "127.0.0.1",
+      destinationPort: 2,
+    };
     for (const a of [undefined, mixed, broken, badPort]) {
       expect(new TextDecoder().decode(encodeProxyV1(a))).toBe("PROXY UNKNOWN\r\n");
       const v2 = encodeProxyV2(a);
@@ -181,8 +201,15 @@ describe("PROXY protocol headers", () => {
   test("the bytes are the spec's: v1 TCP6 text, v2 TCP4 layout", () => {
     const a = { sourceIp: "2001:db8::1", sourcePort: 56324, destinationIp: "::1", destinationPort: 443 };
     expect(new TextDecoder().decode(encodeProxyV1(a))).toBe("PROXY TCP6 2001:db8::1 ::1 56324 443\r\n");
-    const v4 = encodeProxyV2({ sourceIp: "192.0.2.1", sourcePort: 0x1234, destinationIp: "198.51.100.2", destinationPort: 80 });
-    expect([...v4.subarray(12)]).toEqual([0x21, 0x11, 0, 12, 192, 0, 2, 1, 198, 51, 100, 2, 0x12, 0x34, 0, 80]);
+    const v4 = encodeProxyV2({
+      sourceIp: "192.0.2.1",
+      sourcePort: 0x1234,
+      destinationIp: "198.51.100.2",
+      destinationPort: 80,
+    });
+    expect([...v4.subarray(12)]).toEqual([
+      0x21, 0x11, 0, 12, 192, 0, 2, 1, 198, 51, 100, 2, 0x12, 0x34, 0, 80,
+    ]);
     const v6 = encodeProxyV2(a);
     expect(v6.length).toBe(16 + 36);
     expect([v6[12], v6[13], v6[14], v6[15]]).toEqual([0x21, 0x21, 0, 36]);
