@@ -38,7 +38,6 @@ const groups = new Uint16Array(8);
 
 const COLON = 58;
 const DOT = 46;
-const PERCENT = 37;
 
 /** The value of a hex digit, or -1. */
 function hexDigit(c: number): number {
