@@ -17,7 +17,7 @@
  * @module
  */
 
-import { formatIpv4, formatIpv6, type IpFamily, parseIpInto } from "../ip.ts";
+import { formatIpv4, formatIpv6, type IpFamily, parseIpInto, splitAddress } from "../ip.ts";
 
 /** A PROXY protocol version, as `--proxy-protocol` names it. */
 export type ProxyVersion = "v1" | "v2";
@@ -201,5 +201,34 @@ function parseV2(bytes: Uint8Array): ProxyHeader | undefined {
       destinationPort: view.getUint16(18 + 8 * words),
     },
     length,
+  };
+}
+
+/**
+ * The addresses a client's header names for one visitor: OPEN's `remote` as source and `local` (the
+ * public address the visitor connected to) as destination. A server older than `local` sends none:
+ * the destination is then the tunnel's public host and port as the server announced them when the host
+ * is an address of the visitor's family, else the unspecified address of that family (`0.0.0.0` or
+ * `::`) with the public port, so that the visitor's own address still gets through. Undefined when
+ * `remote` is not `ip:port` (the header then says UNKNOWN / LOCAL).
+ */
+export function visitorAddresses(
+  remote: string,
+  local: string | undefined,
+  announced: { host: string; port: number },
+): ProxyAddresses | undefined {
+  const from = splitAddress(remote);
+  const family = from === undefined ? 0 : parseIpInto(from.ip, source);
+  if (from === undefined || family === 0) return undefined;
+  const to = local === undefined ? undefined : splitAddress(local);
+  if (to !== undefined)
+    return { sourceIp: from.ip, sourcePort: from.port, destinationIp: to.ip, destinationPort: to.port };
+  const host = announced.host.replace(/^\[|\]$/g, "");
+  const sameFamily = parseIpInto(host, destination) === family;
+  return {
+    sourceIp: from.ip,
+    sourcePort: from.port,
+    destinationIp: sameFamily ? host : family === 4 ? "0.0.0.0" : "::",
+    destinationPort: announced.port,
   };
 }

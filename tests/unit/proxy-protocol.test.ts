@@ -17,6 +17,7 @@ import {
   parseProxyHeader,
   V1_MAX_LENGTH,
   V2_SIGNATURE,
+  visitorAddresses,
 } from "../../shared/wire/proxy-protocol.ts";
 
 const RUNS = { numRuns: 500 };
@@ -229,5 +230,50 @@ describe("PROXY protocol headers", () => {
     expect(parseProxyHeader(text("PROXY UNKNOWN ffff::1 ::1 1 2\r\n"))?.command).toBe("unknown");
     const v3 = Uint8Array.of(...V2_SIGNATURE, 0x31, 0x11, 0, 0);
     expect(() => parseProxyHeader(v3)).toThrow(/version 3/);
+  });
+});
+
+describe("the addresses a client's header names (visitorAddresses)", () => {
+  const announced = { host: "tunnel.example.com", port: 7070 };
+
+  test("OPEN's remote and local, IPv4 and IPv6", () => {
+    expect(visitorAddresses("127.0.0.1:40000", "127.0.0.1:5000", announced)).toEqual({
+      sourceIp: "127.0.0.1",
+      sourcePort: 40000,
+      destinationIp: "127.0.0.1",
+      destinationPort: 5000,
+    });
+    expect(visitorAddresses("[::1]:40000", "[::1]:5000", announced)).toEqual({
+      sourceIp: "::1",
+      sourcePort: 40000,
+      destinationIp: "::1",
+      destinationPort: 5000,
+    });
+  });
+
+  test("an older server (no local): the announced host when it is an address of the visitor's family, else unspecified", () => {
+    expect(visitorAddresses("192.0.2.1:1", undefined, { host: "198.51.100.1", port: 80 })).toMatchObject({
+      destinationIp: "198.51.100.1",
+      destinationPort: 80,
+    });
+    expect(visitorAddresses("192.0.2.1:1", undefined, announced)).toMatchObject({
+      destinationIp: "0.0.0.0",
+      destinationPort: 7070,
+    });
+    expect(visitorAddresses("[2001:db8::1]:1", undefined, { host: "[::1]", port: 80 })).toMatchObject({
+      destinationIp: "::1",
+    });
+    expect(visitorAddresses("[2001:db8::1]:1", undefined, { host: "127.0.0.1", port: 80 })).toMatchObject({
+      destinationIp: "::",
+    });
+    const header = new TextDecoder().decode(
+      encodeProxyV1(visitorAddresses("192.0.2.1:1234", undefined, announced)),
+    );
+    expect(header).toBe("PROXY TCP4 192.0.2.1 0.0.0.0 1234 7070\r\n");
+  });
+
+  test("a remote that is no ip:port gives no addresses (UNKNOWN / LOCAL)", () => {
+    expect(visitorAddresses("?", "127.0.0.1:1", announced)).toBeUndefined();
+    expect(visitorAddresses("host:1", "127.0.0.1:1", announced)).toBeUndefined();
   });
 });
