@@ -169,7 +169,7 @@ export const CLIENT_OPTIONS = {
   },
   "proxy-protocol": {
     key: "proxyProtocol",
-    value: "v1|v2",
+    value: "VERSION",
     defaultText: "off",
     help: "write a PROXY protocol header (text v1 or binary v2) with the visitor's address into each connection to the local service (README: The visitor's address)",
     parse: (text: string, flag: string): ProxyVersion => {
