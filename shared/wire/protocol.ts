@@ -197,11 +197,11 @@ export interface ExposeRequest {
   basicAuth?: string;
   /** Tunnel id wanted (a client re-exposing after a server restart keeps its id); absent for a new one. */
   tunnel?: string;
-  /** Share the port or name with the user's other clients that ask with `pool` (README: Pools). */
+  /** Share the port or name with other clients of the same user that ask for a pool too (`--pool`). */
   pool?: boolean;
-  /** Visitor addresses allowed (CIDR or single addresses, at most 64); absent or empty: all. */
+  /** Addresses or CIDR ranges that may reach the tunnel (`--allow`); absent or empty: all. */
   allow?: string[];
-  /** Visitor addresses refused, whatever `allow` says (at most 64). */
+  /** Addresses or CIDR ranges that may not (`--deny`); deny wins over allow. */
   deny?: string[];
 }
 
@@ -298,6 +298,12 @@ const isPort = (v: unknown): v is number => Number.isInteger(v) && (v as number)
 const isCount = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0;
 const isSeq = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
 const isStreamId = (v: unknown): v is number => isCount(v) && (v as number) <= 0xffffffff;
+/** An allow or deny list in an expose: absent, or at most 64 short strings (parsed by the server). */
+const isAddressList = (v: unknown): boolean =>
+  v === undefined ||
+  (Array.isArray(v) &&
+    v.length <= MAX_ACCESS_RULES &&
+    v.every((a) => typeof a === "string" && a.length <= MAX_RULE_LENGTH));
 const isPosition = (v: unknown): boolean =>
   Array.isArray(v) &&
   v.length === 5 &&
@@ -306,11 +312,6 @@ const isPosition = (v: unknown): boolean =>
   isSeq(v[2]) &&
   (v[3] === 0 || v[3] === 1) &&
   isCount(v[4]);
-const isRules = (v: unknown): boolean =>
-  v === undefined ||
-  (Array.isArray(v) &&
-    v.length <= MAX_ACCESS_RULES &&
-    v.every((rule) => typeof rule === "string" && rule.length <= MAX_RULE_LENGTH));
 
 /**
  * Parses and validates one JSON control message.
@@ -366,8 +367,8 @@ export function parseControl(text: string): ControlMessage {
           (typeof value.hostHeader === "string" && value.hostHeader.length <= 300)) &&
         (value.tunnel === undefined || (typeof value.tunnel === "string" && TUNNEL_ID.test(value.tunnel))) &&
         (value.pool === undefined || typeof value.pool === "boolean") &&
-        isRules(value.allow) &&
-        isRules(value.deny)
+        isAddressList(value.allow) &&
+        isAddressList(value.deny)
       )
         return value as unknown as ExposeRequest;
       break;
