@@ -154,6 +154,51 @@ describe("an HTTP tunnel in front of nginx", () => {
     });
 });
 
+test("an inspector replay to a PROXY-protocol service sends a header too (UNKNOWN: a replay is no visitor)", async () => {
+  const server = await startHttpServer();
+  const client = await startHttpClient(server.url, nginx.port, "replayed", [
+    "--proxy-protocol",
+    "v1",
+    "--inspect",
+    "127.0.0.1:0",
+  ]);
+  const inspector = (await client.waitFor(/inspector: (http:\/\/127\.0\.0\.1:\d+)\n/))[1] as string;
+  await expectVisitorSeen("127.0.0.1", server.httpPort, "127.0.0.2", "replayed.localhost");
+  const api = (path: string, init?: RequestInit) =>
+    fetch(`${inspector}${path}`, { ...init, signal: AbortSignal.timeout(10_000) }).then(async (response) => ({
+      status: response.status,
+      body: (await response.json()) as Record<string, unknown>,
+    }));
+  let id = "";
+  await eventually(
+    async () => {
+      const list = (await api("/api/requests/http?summary=1")).body.requests as {
+        id: string;
+        state: string;
+      }[];
+      id = list[0]?.state === "complete" ? list[0].id : "";
+      return id !== "";
+    },
+    10_000,
+    "the visit is in the inspector",
+  );
+  const before = nginx.accessLog().length;
+  const replayed = await api("/api/requests/http", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ id }),
+  });
+  expect(replayed.status).toBe(200);
+  expect((replayed.body.response as { status: string }).status).toBe("200 OK");
+  await eventually(() => nginx.accessLog().length > before, 5000, "nginx logs the replay");
+  // UNKNOWN: nginx has no PROXY address for it ("-"), and took the request all the same.
+  expect(nginx.accessLog().at(-1)).toMatchObject({
+    addr: "-",
+    remoteAddr: "127.0.0.1",
+    request: "GET /visit HTTP/1.1",
+  });
+});
+
 describe("a visitor through another node of a cluster", () => {
   let redis: RedisProcess;
   const nodes: { role: RoleProcess; ip: string; url: string; httpPort: number }[] = [];
