@@ -179,3 +179,17 @@ export function accessPermits(
 ): boolean {
   return accessRefusal(ip, first, second, third) === undefined;
 }
+
+/**
+ * The lists an expose request carries (`allow`, `deny`), parsed once when the tunnel is placed;
+ * undefined when it carries none.
+ * @throws {Error} one line naming the first bad rule (`deny: '10.0.0.0/33': /33 is longer …`), for
+ * the server's refusal of the expose.
+ */
+export function tunnelAccess(request: {
+  allow?: readonly string[];
+  deny?: readonly string[];
+}): AccessList | undefined {
+  const { allow = [], deny = [] } = request;
+  return allow.length + deny.length === 0 ? undefined : AccessList.parse(allow, deny, "tunnel");
+}

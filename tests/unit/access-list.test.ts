@@ -8,7 +8,13 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { formatIpv4, formatIpv6, parseCidr } from "../../shared/ip.ts";
-import { AccessList, accessPermits, accessRefusal, MAX_RULES } from "../../shared/server/access-list.ts";
+import {
+  AccessList,
+  accessPermits,
+  accessRefusal,
+  MAX_RULES,
+  tunnelAccess,
+} from "../../shared/server/access-list.ts";
 
 describe("CIDR rules", () => {
   test("ranges and single addresses, canonical, host bits cleared", () => {
@@ -96,6 +102,17 @@ describe("AccessList", () => {
     expect(() => list([], ["nope"])).toThrow(/^deny: 'nope' is not an IP address/);
     const many = Array.from({ length: MAX_RULES + 1 }, (_, i) => `10.0.${i}.0/24`);
     expect(() => list(many)).toThrow(/at most 64/);
+  });
+
+  test("tunnelAccess: an expose request's lists, none when it carries none, one line for a bad rule", () => {
+    expect(tunnelAccess({})).toBeUndefined();
+    expect(tunnelAccess({ allow: [], deny: [] })).toBeUndefined();
+    const access = tunnelAccess({ deny: ["127.0.0.2"] });
+    expect(access?.source).toBe("tunnel");
+    expect(access?.permits("127.0.0.2")).toBe(false);
+    expect(() => tunnelAccess({ allow: ["::/129"] })).toThrow(
+      /^allow: '::\/129': \/129 is longer than an IPv6/,
+    );
   });
 
   test("toJSON gives the canonical rules (how a reload compares a user's limits)", () => {
