@@ -6,16 +6,27 @@
 
 import { readFileSync } from "node:fs";
 import { type PortRange, parseCount, parsePort, parsePortRange, parseSeconds, UsageError } from "../args.ts";
+import { parseCidr } from "../ip.ts";
 import { describeError } from "../log.ts";
 import { type EnvSpec, type OptionTable, type OptionValues, parseOptions } from "../options.ts";
 import { DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "../relay/budget.ts";
 import { DEFAULTS, NODE_NAME } from "../wire/protocol.ts";
+import { AccessList, MAX_RULES } from "./access-list.ts";
 import { adminProblem, parseAdminAddress } from "./admin.ts";
 import { DEFAULT_REQUEST_TIMEOUT_SECONDS } from "./http-ingress.ts";
 import type { UserConfig } from "./users.ts";
 
 const seconds = (min: number, max: number) => (text: string, flag: string) =>
   parseSeconds(text, flag, min, max);
+
+/** A CIDR range or address as its canonical text, or one line naming the flag (or config key). */
+function cidrOption(text: string, flag: string): string {
+  try {
+    return parseCidr(text).text;
+  } catch (error) {
+    throw new UsageError(`${flag}: ${(error as Error).message}`, false);
+  }
+}
 
 /** Reads a PEM file named by a flag; one line naming the flag when it is unreadable or not PEM. */
 function readPem(file: string, flag: string, what: string, label: RegExp): string {
@@ -184,6 +195,22 @@ export const SERVER_OPTIONS = {
     help: "close visitor connections that move no byte either way for this long (0 = never)",
     parse: seconds(0, 86_400),
   },
+  allow: {
+    key: "allow",
+    value: "CIDR",
+    multiple: true,
+    defaultText: "everyone",
+    help: "only visitors from these addresses reach any tunnel (repeatable; IPv4 or IPv6, a range or one address); binds every user's and tunnel's own lists (README: Allow and deny lists)",
+    parse: cidrOption,
+  },
+  deny: {
+    key: "deny",
+    value: "CIDR",
+    multiple: true,
+    defaultText: "nobody",
+    help: "visitors from these addresses are refused by every tunnel, whatever any allow list says (repeatable)",
+    parse: cidrOption,
+  },
   "health-detail": {
     key: "healthDetail",
     help: "GET /health and tunnel log lines name the user holding each tunnel (per-user counts)",
@@ -348,6 +375,11 @@ export type ServerOptions = Omit<ServerOptionValues, "tlsCert" | "tlsKey" | "clu
   apiKey?: string;
   /** The config file's users (tokens as hashes, limits). */
   users?: UserConfig[];
+  /**
+   * The server's own allow and deny lists (`--allow`, `--deny`), parsed; absent when neither is
+   * given. They bind every visitor of every tunnel (shared/server/access-list.ts, `accessRefusal`).
+   */
+  access?: AccessList;
 };
 
 /**
@@ -370,7 +402,12 @@ export function finishServerOptions(
     );
   const admin = adminProblem(values.admin, values.adminToken);
   if (admin !== undefined) throw new UsageError(admin);
+  for (const key of ["allow", "deny"] as const)
+    if ((values[key]?.length ?? 0) > MAX_RULES)
+      throw new UsageError(`--${key}: at most ${MAX_RULES} ranges (use wider ranges)`, false);
+  const { allow = [], deny = [] } = values;
   return {
+    access: allow.length + deny.length > 0 ? AccessList.parse(allow, deny, "server") : undefined,
     ...rest,
     tls:
       tlsCert !== undefined && tlsKey !== undefined

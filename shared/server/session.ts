@@ -17,6 +17,7 @@
 import { randomBytes } from "node:crypto";
 import { nanoid } from "nanoid";
 import { formatHost, unmappedAddress } from "../args.ts";
+import { joinAddress } from "../ip.ts";
 import { Liveness } from "../liveness.ts";
 import { describeError, type Logger } from "../log.ts";
 import type { Budget } from "../relay/budget.ts";
@@ -388,7 +389,10 @@ export class Session implements TunnelHolder, WebSocketPeer {
     });
     tunnel.visitors.add(stream);
     const remote = `${formatHost(unmappedAddress(socket.remoteAddress))}:${socket.remotePort}`;
-    this.mux.sendOpen(stream, kind, tunnel.ref, { remote });
+    // The public address the visitor reached (for PROXY protocol headers); a spliced socket (a visitor
+    // another node carried here) reports the address at that node.
+    const local = socket.localAddress ? joinAddress(socket.localAddress, socket.localPort) : undefined;
+    this.mux.sendOpen(stream, kind, tunnel.ref, { remote, local });
     stream.attach(socket);
     return stream;
   }

@@ -54,16 +54,31 @@ export interface NodeLink {
   readonly up: boolean;
   /** Streams open on it now (both ways). */
   readonly streams: number;
-  /** Carries a visitor's socket to the peer (undefined while the link is down). */
-  open(kind: StreamKind, target: string, remote: string, socket: RelaySocket): Stream | undefined;
+  /**
+   * Carries a visitor's socket to the peer (undefined while the link is down); `visitor`: its address
+   * and the public address it connected to (OPEN's `remote` and `local`).
+   */
+  open(kind: StreamKind, target: string, visitor: VisitorAddresses, socket: RelaySocket): Stream | undefined;
   /** Closes the link for good. */
   close(): void;
 }
 
+/** A visitor's address and the public address it connected to, as OPEN carries them (`ip:port`). */
+export interface VisitorAddresses {
+  remote: string;
+  local?: string;
+}
+
 /** Opens a stream for a visitor on `mux`: an OPEN naming `target`, then the visitor's socket. */
-function openOn(mux: Mux, kind: StreamKind, target: string, remote: string, socket: RelaySocket): Stream {
+function openOn(
+  mux: Mux,
+  kind: StreamKind,
+  target: string,
+  visitor: VisitorAddresses,
+  socket: RelaySocket,
+): Stream {
   const stream = mux.createStream();
-  mux.sendOpen(stream, kind, 0, { remote, target });
+  mux.sendOpen(stream, kind, 0, { remote: visitor.remote, local: visitor.local, target });
   stream.attach(socket);
   return stream;
 }
@@ -76,8 +91,11 @@ function acceptOn(mux: Mux, frame: OpenFrame, accept: RemoteAcceptor): void {
     stream.reset(ResetCode.Protocol, "OPEN on a node link names no target");
     return;
   }
-  const carried = spliceOnto(stream, frame.meta.remote, (socket) =>
-    accept(target, frame.kind as StreamKind, socket),
+  const carried = spliceOnto(
+    stream,
+    frame.meta.remote,
+    (socket) => accept(target, frame.kind as StreamKind, socket),
+    frame.meta.local,
   );
   if (typeof carried === "string") stream.reset(ResetCode.ConnectFailed, carried);
 }
@@ -122,9 +140,9 @@ export class OutboundLink implements NodeLink {
    * Carries a visitor's socket to the peer: a new stream whose OPEN names `target`. Undefined when
    * the link is down (the caller refuses the visitor).
    */
-  open(kind: StreamKind, target: string, remote: string, socket: RelaySocket): Stream | undefined {
+  open(kind: StreamKind, target: string, visitor: VisitorAddresses, socket: RelaySocket): Stream | undefined {
     const mux = this.mux;
-    return mux === null ? undefined : openOn(mux, kind, target, remote, socket);
+    return mux === null ? undefined : openOn(mux, kind, target, visitor, socket);
   }
 
   /** Closes the link for good (the node left the cluster, or this one shuts down). */
@@ -343,8 +361,8 @@ export class InboundLink implements NodeLink {
   }
 
   /** Carries a visitor of this node to the dialling node's tunnel `target`. */
-  open(kind: StreamKind, target: string, remote: string, socket: RelaySocket): Stream | undefined {
-    return this.ws === null ? undefined : openOn(this.mux, kind, target, remote, socket);
+  open(kind: StreamKind, target: string, visitor: VisitorAddresses, socket: RelaySocket): Stream | undefined {
+    return this.ws === null ? undefined : openOn(this.mux, kind, target, visitor, socket);
   }
 
   /** Anything from the dialling node (a frame, a ping) shows it alive. */

@@ -13,6 +13,7 @@
 import { createHash } from "node:crypto";
 import type { TCPSocketListener } from "bun";
 import { formatHost, unmappedAddress } from "../../args.ts";
+import { joinAddress } from "../../ip.ts";
 import type { Logger } from "../../log.ts";
 import type { Budget } from "../../relay/budget.ts";
 import {
@@ -221,7 +222,9 @@ export class ClusterNode {
     const link = this.links.get(record.node);
     if (link === undefined) return undefined;
     const remote = `${formatHost(unmappedAddress(socket.remoteAddress))}:${socket.remotePort}`;
-    return link.open(kind, key, remote, socket);
+    // The visitor's own public address goes along: the client sees where it connected, not this hop.
+    const local = socket.localAddress ? joinAddress(socket.localAddress, socket.localPort) : undefined;
+    return link.open(kind, key, { remote, local }, socket);
   }
 
   /**
