@@ -328,6 +328,8 @@ export interface ServerSettings {
   healthDetail: boolean;
   users: UserConfig[];
   apiKey?: string;
+  /** The server's own allow and deny lists (`--allow`, `--deny`). */
+  access?: AccessList;
 }
 
 /** {@link ServerSettings} from the options: each absent one takes its option table default. */
@@ -350,6 +352,7 @@ export function resolveServerSettings(options: ServerOptions): ServerSettings {
     healthDetail: options.healthDetail === true,
     users: options.users ?? [],
     apiKey: options.apiKey,
+    access: options.access,
   };
 }
 

@@ -12,6 +12,7 @@ import { Budget } from "../relay/budget.ts";
 import { DEFAULTS, PROTOCOL_VERSION } from "../wire/protocol.ts";
 import type { InboundLink } from "./cluster/link.ts";
 import type { ClusterNode, ClusterStats } from "./cluster/node.ts";
+import { accessPermits, tunnelAccess } from "./access-list.ts";
 import { Namespace, type NamespaceSettings } from "./namespace/namespace.ts";
 import type { ServerSettings } from "./options.ts";
 import { Session, type SessionContext, type SessionSocketData, type WebSocketPeer } from "./session.ts";
@@ -266,11 +267,15 @@ export class SessionRegistry {
 
 /** The namespace's rules, from the server's settings. */
 function namespaceSettings(settings: ServerSettings, host: string): NamespaceSettings {
+  const server = settings.access;
   return {
     host,
     domain: settings.domain,
     tcpPorts: settings.tcpPorts,
     maxTunnelsPerClient: settings.maxTunnelsPerClient,
+    // The server's lists and the user's bind every tunnel of the user; a reload swaps them at once.
+    operatorRefuses: (account, ip) => !accessPermits(ip, server, account?.limits.access),
+    tunnelFilter: (request) => tunnelAccess(request),
   };
 }
 

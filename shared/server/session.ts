@@ -338,7 +338,8 @@ export class Session implements TunnelHolder, WebSocketPeer {
     );
     const domain = this.context.namespace.http.domain;
     const host = name === undefined ? domain : `${name}.${domain}`;
-    const exposed = { type: "exposed", id: request.id, tunnel: id, ref, name, host, port, url };
+    // access: this server checks the tunnel's allow and deny lists (a client refuses to rely on an older one).
+    const exposed = { type: "exposed", id: request.id, tunnel: id, ref, name, host, port, url, access: true };
     this.ws?.send(JSON.stringify(exposed));
   }
 

@@ -45,9 +45,15 @@ export interface NamespaceSettings {
   tcpPorts?: PortRange;
   /** `--max-tunnels`: most tunnels one client may hold. */
   maxTunnelsPerClient: number;
-  /** The operator's allow and deny lists for a user's tunnels (absent: none). */
-  userFilter?(account: Account): VisitorFilter | undefined;
-  /** The lists a tunnel asked for (`--allow`, `--deny`), built once when it is claimed. */
+  /**
+   * Whether the operator's lists (the server's own, and the user's in its config) refuse a visitor
+   * from `ip` to a place of `account` (absent: none refuses). A user cannot allow what these deny.
+   */
+  operatorRefuses?(account: Account | undefined, ip: string): boolean;
+  /**
+   * The lists a tunnel asked for (`--allow`, `--deny`), built once when it is claimed.
+   * @throws {Error} one line naming a bad rule: the claim is refused with it.
+   */
   tunnelFilter?(request: ExposeRequest): VisitorFilter | undefined;
 }
 
@@ -153,6 +159,12 @@ export class Namespace {
   ): Tunnel | Refusal | Promise<Tunnel | Refusal> {
     const refused = tunnelAllowance(clientTunnels, this.settings.maxTunnelsPerClient, holder.account);
     if (refused !== null) return refused;
+    let filter: VisitorFilter | undefined;
+    try {
+      filter = this.settings.tunnelFilter?.(request);
+    } catch (error) {
+      return { code: "bad_request", message: (error as Error).message };
+    }
     // A client re-exposing after a server restart keeps its tunnel id unless another client holds it.
     const wanted = request.tunnel;
     const id = wanted !== undefined && !this.tunnelIds.has(wanted) ? wanted : nanoid(12);
@@ -164,7 +176,7 @@ export class Namespace {
       visitors: new Set(),
       holder,
       pool: request.pool === true,
-      filter: this.settings.tunnelFilter?.(request),
+      filter,
       hostHeader: request.hostHeader,
       basicAuth: request.basicAuth,
     };
@@ -410,8 +422,7 @@ export class Namespace {
   private choose(place: Place, ip: string): Tunnel | RefusedReason {
     const { tunnels } = place;
     const count = tunnels.length;
-    const userFilter = place.account && this.settings.userFilter?.(place.account);
-    if (userFilter !== undefined && !userFilter.permits(ip)) return "denied";
+    if (this.settings.operatorRefuses?.(place.account, ip) === true) return "denied";
     let best: Tunnel | undefined;
     let bestAt = 0;
     let live = false;
