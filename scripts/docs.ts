@@ -64,7 +64,8 @@ export function supportList(): string {
       const comment = /\/\*\*([\s\S]*?)\*\//.exec(readFileSync(join(dir, file), "utf8"))?.[1] ?? "";
       const text = comment.replace(/\n\s*\*\s?/g, " ").trim();
       const sentence = text.replace(/^Test support(, [^:]+)?: */, "").split(/[.;:](?:\s|$)/)[0] ?? "";
-      const what = sentence.length > 110 ? `${sentence.slice(0, sentence.lastIndexOf(" ", 107))} …` : sentence;
+      const what =
+        sentence.length > 110 ? `${sentence.slice(0, sentence.lastIndexOf(" ", 107))} …` : sentence;
       return `- \`${file}\`: ${what}`;
     })
     .join("\n");
