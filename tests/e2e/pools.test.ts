@@ -23,6 +23,7 @@ import {
   startServerProcess,
   withTimeout,
 } from "../support/processes.ts";
+import { configFolder, testUser, usersToml, writeConfig } from "../support/server-config.ts";
 import { freePort } from "../support/sockets.ts";
 
 setupFile();
@@ -164,7 +165,7 @@ describe("a pool of three clients behind one port", () => {
     expect(new Set(after.map((r) => r.tag))).toEqual(new Set([0, 2]));
   });
 
-  test("a client without --pool is refused with the rule named, and so is one that asks for another user's name", async () => {
+  test("a client without --pool is refused with the rule named (exit 2)", async () => {
     const result = await runToExit([
       "bun",
       "client.ts",
@@ -183,4 +184,26 @@ describe("a pool of three clients behind one port", () => {
     // The server is unharmed: its descriptors are those of its listeners and two live members.
     expect(openDescriptors(server.proc.pid)).toBeLessThan(100);
   });
+});
+
+test("pools are per user: --pool with a name another user's pool holds is refused, naming the rule (exit 2)", async () => {
+  const alice = testUser("alice");
+  const bob = testUser("bob");
+  const file = writeConfig(configFolder(), "server.toml", usersToml([alice, bob]));
+  const server = await startServerProcess(["--config", file, "--http-port", "0"]);
+  const app = taggedEcho(7);
+  const pool = ["--http", `127.0.0.1:${app.port}`, "--subdomain", "shared", "--pool"];
+  for (let i = 0; i < 2; i++) {
+    const member = await startClientProcess(server.url, [], pool, { SOCKETS_API_KEY: alice.token });
+    await member.waitFor(/exposed with tunnel id \S+, url: http\S*\n/);
+  }
+  const result = await runToExit(["bun", "client.ts", "--server", server.url, ...pool], {
+    SOCKETS_API_KEY: bob.token,
+  });
+  expectOneLineError(
+    result,
+    /subdomain 'shared' is taken \(held by another user; pools are per user\)/,
+    10_000,
+  );
+  expect(result.code).toBe(2);
 });
