@@ -140,6 +140,8 @@ function countMetrics(registry: SessionRegistry, options: ServerOptions): Server
     perTunnel: options.metricsPerTunnel === true,
     buffered: () => registry.stats().buffered,
     cluster: () => registry.cluster?.stats(),
+    pools: () =>
+      registry.namespace.pools().map(({ key, members }) => ({ place: key, members: members.length })),
   });
   registry.context.metrics = metrics;
   registry.namespace.onRefused = (reason) => metrics.visitorRefused(reason);
