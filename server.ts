@@ -14,13 +14,14 @@
  * @module
  */
 
-import { hostname } from "node:os";
 import { formatHost, usageLine } from "./shared/args.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
 import { type AdminListener, startAdmin } from "./shared/server/admin.ts";
 import { controlApp } from "./shared/server/app.ts";
+import { defaultNodeName, defaultNodeUrl, settingsDigest } from "./shared/server/cluster/identity.ts";
 import { ClusterNode } from "./shared/server/cluster/node.ts";
+import { isSentinelUrl, redactSentinelUrl } from "./shared/server/cluster/sentinel.ts";
 import {
   ConfigReloader,
   describeUsersChange,
@@ -170,6 +171,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
           `config: ${restart.join(", ")} changed; a restart is needed to apply that (the rest applies now)`,
         );
       log.info(describeUsersChange(registry.reconfigure(next)));
+      void context.cluster?.reloaded(settingsDigest(next));
     },
     async close() {
       if (registry.draining) return;
@@ -184,14 +186,20 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   };
 }
 
-/** Joins the cluster `--cluster` names, as `--node-name` at `--node-url` (defaults from the control port). */
-function joinCluster(options: ServerOptions, registry: SessionRegistry, host: string, port: number) {
-  const reachable = host === "::" || host === "0.0.0.0" ? "127.0.0.1" : host;
+/**
+ * Joins the cluster `--cluster` names, as `--node-name` at `--node-url`. Defaults: the URL of the
+ * control port at the bind address (bound to all addresses: at this machine's address toward Redis),
+ * and a name made of that URL's HOST:PORT, unique as node URLs are.
+ */
+async function joinCluster(options: ServerOptions, registry: SessionRegistry, host: string, port: number) {
+  const cluster = options.cluster as string;
+  const url = options.nodeUrl ?? (await defaultNodeUrl(host, port, options.tls !== undefined, cluster));
   return ClusterNode.join({
-    redis: options.cluster as string,
+    redis: cluster,
     ca: options.clusterCa,
-    name: options.nodeName ?? `${hostname()}:${port}`,
-    url: options.nodeUrl ?? `${options.tls ? "wss" : "ws"}://${formatHost(reachable)}:${port}`,
+    name: options.nodeName ?? defaultNodeName(url),
+    url,
+    digest: settingsDigest(options),
     leaseSeconds: options.clusterLeaseSeconds ?? SERVER_OPTIONS["cluster-lease"].default,
     host,
     settings: registry.context.limits,
@@ -206,6 +214,7 @@ function joinCluster(options: ServerOptions, registry: SessionRegistry, host: st
 /** A Redis URL for the log: without its password. */
 function redacted(url: string | undefined): string {
   if (url === undefined) return "";
+  if (isSentinelUrl(url)) return redactSentinelUrl(url);
   const parsed = new URL(url);
   if (parsed.password) parsed.password = "***";
   return parsed.href;

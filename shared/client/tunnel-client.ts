@@ -117,7 +117,20 @@ interface Waiter {
 /** The server refused a request (as opposed to the connection failing under it). */
 export class RefusedError extends ClientError {
   override name = "RefusedError";
+  /** The server's error code (`subdomain_taken`, `cluster_unavailable`…). */
+  constructor(
+    message: string,
+    readonly code = "",
+  ) {
+    super(message);
+  }
 }
+
+/**
+ * Refusals that pass by themselves: the request is asked again (with backoff) rather than given up.
+ * `cluster_unavailable`: the cluster's Redis is unreachable from the server's node.
+ */
+const TEMPORARY_REFUSALS = new Set(["cluster_unavailable"]);
 
 /** One client's session with the server, across the connections it resumes it with. */
 export class TunnelClient {
@@ -291,10 +304,29 @@ export class TunnelClient {
       basicAuth: http ? local.basicAuth : undefined,
       tunnel: wanted.id,
     };
-    const m = (await this.ask(request, "server refused the tunnel")) as Exposed;
+    const m = (await this.askUntilAnswered(request)) as Exposed;
     this.targets.set(m.ref, local);
     const info = { id: m.tunnel, name: m.name, url: m.url, host: m.host, port: m.port, local: { ...local } };
     return { info, ref: m.ref };
+  }
+
+  /**
+   * Sends an expose; a temporary refusal (the cluster's Redis is away) is logged with its reason and
+   * asked again after a backoff, as long as the connection stands (a lost connection rejects, and the
+   * reconnect exposes everything again).
+   */
+  private async askUntilAnswered(request: ExposeRequest): Promise<Exposed | Unexposed> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.ask(request, "server refused the tunnel");
+      } catch (error) {
+        if (!(error instanceof RefusedError) || !TEMPORARY_REFUSALS.has(error.code)) throw error;
+        const delay = backoffDelay(attempt, 1000, this.settings.maxBackoffMs);
+        this.settings.log.warn(`${error.message}; asking again in ${(delay / 1000).toFixed(1)} s`);
+        await Bun.sleep(delay);
+        request = { ...request, id: this.nextRequest++ };
+      }
+    }
   }
 
   /** Sends a request and resolves with the server's answer to it. */
@@ -380,7 +412,8 @@ export class TunnelClient {
       return;
     }
     this.pending.delete(message.id as number);
-    if (message.type === "error") waiter.reject(new RefusedError(`${waiter.refused}: ${message.message}`));
+    if (message.type === "error")
+      waiter.reject(new RefusedError(`${waiter.refused}: ${message.message}`, message.code));
     else waiter.resolve(message);
   }
 

@@ -162,6 +162,8 @@ export class Session {
   /** When the grace period ends (ms since the epoch), while reserved: told to whoever wants its ports. */
   private graceEnds = 0;
   private handshakeTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Exposes waiting for a cluster lease: the handshake deadline waits for them. */
+  private exposing = 0;
   private nextRef = 1;
   /** Per stream: its byte count at the last idle sweep that saw it move, and when. */
   private readonly idleMarks = new Map<number, { progress: number; since: number }>();
@@ -254,12 +256,7 @@ export class Session {
     };
     ws.send(JSON.stringify(hello));
     // A connection that upgrades and then says nothing holds resources for nothing: bound it.
-    if (this.tunnels.size === 0 || resumed)
-      this.handshakeTimer = setTimeout(
-        () =>
-          this.fail(CloseCode.PolicyViolation, `no expose or sync within ${this.context.handshakeSeconds} s`),
-        this.context.handshakeSeconds * 1000,
-      );
+    if (this.tunnels.size === 0 || resumed) this.armHandshake();
     if (resumed) {
       this.resumes++;
       if (this.context.metrics) this.context.metrics.resumes++;
@@ -270,6 +267,17 @@ export class Session {
       this.mux.start((frame) => this.sendFrame(frame));
     }
     this.applyPause();
+  }
+
+  /**
+   * The handshake deadline. An expose still waiting for its cluster lease (Redis away) is no silent
+   * connection: the deadline waits for its answer, which tells the client the real reason.
+   */
+  private armHandshake(): void {
+    this.handshakeTimer = setTimeout(() => {
+      if (this.exposing > 0) this.armHandshake();
+      else this.fail(CloseCode.PolicyViolation, `no expose or sync within ${this.context.handshakeSeconds} s`);
+    }, this.context.handshakeSeconds * 1000);
   }
 
   private sendFrame(frame: Uint8Array): void {
@@ -342,11 +350,15 @@ export class Session {
     tunnelIds.add(id);
     const opened = request.kind === "http" ? this.openHttp(tunnel, request) : this.openTcp(tunnel, request);
     // Alone, a tunnel opens at once; in a cluster, once Redis has leased its name or port.
-    if (opened instanceof Promise)
-      opened.then(
-        (result) => this.opened(request, tunnel, result),
-        (error) => this.opened(request, tunnel, { code: "internal", message: describeError(error) }),
-      );
+    if (opened instanceof Promise) {
+      this.exposing++;
+      opened
+        .finally(() => this.exposing--)
+        .then(
+          (result) => this.opened(request, tunnel, result),
+          (error) => this.opened(request, tunnel, { code: "internal", message: describeError(error) }),
+        );
+    }
     else this.opened(request, tunnel, opened);
   }
 

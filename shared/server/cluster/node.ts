@@ -51,6 +51,8 @@ export interface ClusterNodeOptions {
   name: string;
   /** Where the other nodes reach this one (`--node-url`). */
   url: string;
+  /** Hashes of its users and shared settings, compared with the other nodes' (identity.ts). */
+  digest?: { users: string; settings: string };
   leaseSeconds: number;
   /** Bind address of public ports (the mirrors too). */
   host: string;
@@ -102,7 +104,7 @@ export class ClusterNode {
     const directory = await ClusterDirectory.open({
       url: options.redis,
       ca: options.ca,
-      node: { name: options.name, url: options.url },
+      node: { name: options.name, url: options.url, ...(options.digest ? { digest: options.digest } : {}) },
       leaseMs: options.leaseSeconds * 1000,
       log: options.log,
       onLost: (key) => {
@@ -115,7 +117,29 @@ export class ClusterNode {
     node = new ClusterNode(options, directory);
     node.syncLinks(directory.nodes());
     for (const port of directory.ports().keys()) node.reconcile(`tcp:${port}`);
+    node.reportDifferences();
     return node;
+  }
+
+  /** The node's users or settings were reloaded: the others see the new digest; differences are logged. */
+  async reloaded(digest: { users: string; settings: string }): Promise<void> {
+    await this.directory.setDigest(digest);
+    this.reportDifferences();
+  }
+
+  /** Logs, once, which live nodes have other users or shared settings than this one. */
+  private reportDifferences(): void {
+    const differences = this.directory.differences();
+    if (differences.length === 0) return;
+    const users = differences.filter((d) => d.users).map((d) => d.node);
+    const settings = differences.filter((d) => d.settings).map((d) => d.node);
+    const parts = [
+      users.length > 0 ? `users or API key differ from node ${users.join(", ")}` : "",
+      settings.length > 0 ? `settings (domain, TCP ports, lease, TLS) differ from node ${settings.join(", ")}` : "",
+    ].filter(Boolean);
+    this.options.log.warn(
+      `cluster: this node's ${parts.join("; its ")}: give every node the same --config, users and SOCKETS_SINGLE_API_KEY`,
+    );
   }
 
   /** The node's name. */
