@@ -321,7 +321,8 @@ export class TunnelClient {
         return await this.ask(request, "server refused the tunnel");
       } catch (error) {
         if (!(error instanceof RefusedError) || !TEMPORARY_REFUSALS.has(error.code)) throw error;
-        const delay = backoffDelay(attempt, 1000, this.settings.maxBackoffMs);
+        // The server itself waited for Redis before it answered: a short pause is enough here.
+        const delay = backoffDelay(attempt, 500, 1000);
         this.settings.log.warn(`${error.message}; asking again in ${(delay / 1000).toFixed(1)} s`);
         await Bun.sleep(delay);
         request = { ...request, id: this.nextRequest++ };

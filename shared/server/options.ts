@@ -221,7 +221,8 @@ export const SERVER_OPTIONS = {
   "node-url": {
     key: "nodeUrl",
     value: "URL",
-    defaultText: "ws(s)://HOST:PORT of the control port (bound to all addresses: this machine's address toward Redis)",
+    defaultText:
+      "ws(s)://HOST:PORT of the control port (bound to all addresses: this machine's address toward Redis)",
     help: "where the other nodes reach this one (its control port) to carry visitors to it",
     parse: (text: string, flag: string): string => {
       let url: URL;

@@ -276,7 +276,8 @@ export class Session {
   private armHandshake(): void {
     this.handshakeTimer = setTimeout(() => {
       if (this.exposing > 0) this.armHandshake();
-      else this.fail(CloseCode.PolicyViolation, `no expose or sync within ${this.context.handshakeSeconds} s`);
+      else
+        this.fail(CloseCode.PolicyViolation, `no expose or sync within ${this.context.handshakeSeconds} s`);
     }, this.context.handshakeSeconds * 1000);
   }
 
@@ -358,8 +359,7 @@ export class Session {
           (result) => this.opened(request, tunnel, result),
           (error) => this.opened(request, tunnel, { code: "internal", message: describeError(error) }),
         );
-    }
-    else this.opened(request, tunnel, opened);
+    } else this.opened(request, tunnel, opened);
   }
 
   /** Expose, continued: the tunnel's port or name is open (or refused); tell the client. */
@@ -376,6 +376,11 @@ export class Session {
     if (opened !== null) {
       tunnelIds.delete(id);
       this.refuse(request, opened.code, opened.message);
+      // The cluster's Redis is away: the client asks again; its deadline starts again with the answer.
+      if (opened.code === "cluster_unavailable" && this.tunnels.size === 0 && this.state === "live") {
+        clearTimeout(this.handshakeTimer);
+        this.armHandshake();
+      }
       return;
     }
     this.tunnels.set(tunnel.ref, tunnel);

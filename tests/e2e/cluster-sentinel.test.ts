@@ -122,7 +122,9 @@ test("the master killed: live tunnels keep serving, new tunnels are accepted aft
   visiting = false;
   await loop;
   if (process.env.CLUSTER_DEBUG)
-    console.log(`sentinel failover: new tunnel accepted ${acceptedAfter.toFixed(0)} ms after the kill; ${visits} visits, ${failures.length} failed`);
+    console.log(
+      `sentinel failover: new tunnel accepted ${acceptedAfter.toFixed(0)} ms after the kill; ${visits} visits, ${failures.length} failed`,
+    );
   expect(failures).toEqual([]);
   expect(visits).toBeGreaterThan(10);
   // Failover time (down-after 1 s, election, promotion) plus a few seconds, loosely.
@@ -141,8 +143,12 @@ test("the master killed: live tunnels keep serving, new tunnels are accepted aft
       "three leases in the promoted master",
     );
     const keys = ((await promoted.send("KEYS", ["sockets:lease:*"])) as string[]).sort();
-    const holders = await Promise.all(keys.map(async (key) => JSON.parse((await promoted.get(key)) as string)));
-    const held = await Promise.all(nodes.map(async (node) => (await nodeHealth(node)).cluster.held as number));
+    const holders = await Promise.all(
+      keys.map(async (key) => JSON.parse((await promoted.get(key)) as string)),
+    );
+    const held = await Promise.all(
+      nodes.map(async (node) => (await nodeHealth(node)).cluster.held as number),
+    );
     expect(held.reduce((a, b) => a + b, 0)).toBe(keys.length);
     for (const [i, node] of nodes.entries())
       expect(holders.filter((holder) => holder.node === node.name).length).toBe(held[i] as number);

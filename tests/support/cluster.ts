@@ -58,7 +58,9 @@ export async function startClusterNode(
 export async function nodeHealth(
   node: ClusterNodeProcess,
 ): Promise<Record<string, unknown> & { cluster: Record<string, unknown> }> {
-  const response = await fetch(`http://${node.ip}:${node.port}/health`, { signal: AbortSignal.timeout(3000) });
+  const response = await fetch(`http://${node.ip}:${node.port}/health`, {
+    signal: AbortSignal.timeout(3000),
+  });
   return (await response.json()) as Record<string, unknown> & { cluster: Record<string, unknown> };
 }
 
@@ -184,7 +186,10 @@ export function startTcpProxy(targetPort: number): TcpProxy {
           socket: {
             open(server) {
               open.add(server);
-              if (cut || client.readyState !== "open") return server.end();
+              if (cut || client.readyState !== 1) {
+                server.end();
+                return;
+              }
               client.data.peer = server;
               for (const chunk of client.data.pending) server.write(chunk);
               client.data.pending = [];

@@ -168,7 +168,9 @@ async function ready(role: RoleProcess, pattern: RegExp, what: string): Promise<
  */
 export async function startSentinels(downAfterMs = 1000): Promise<SentinelSet> {
   if (!(await Bun.file(REDIS_SENTINEL).exists()))
-    throw new Error(`${REDIS_SENTINEL} not found: the Sentinel test needs it (apt-get install redis-sentinel)`);
+    throw new Error(
+      `${REDIS_SENTINEL} not found: the Sentinel test needs it (apt-get install redis-sentinel)`,
+    );
   const dir = mkdtempSync(join(tmpdir(), "sockets-sentinel-"));
   defer(() => Bun.$`rm -rf ${dir}`.quiet().nothrow());
   const common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];

@@ -24,8 +24,8 @@ import {
   masterUrl,
   parseSentinelUrl,
   redactSentinelUrl,
-  SentinelWatch,
   type SentinelUrl,
+  SentinelWatch,
 } from "./sentinel.ts";
 
 /** A lease's name: an HTTP tunnel's name or a public TCP port. */

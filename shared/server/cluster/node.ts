@@ -135,7 +135,9 @@ export class ClusterNode {
     const settings = differences.filter((d) => d.settings).map((d) => d.node);
     const parts = [
       users.length > 0 ? `users or API key differ from node ${users.join(", ")}` : "",
-      settings.length > 0 ? `settings (domain, TCP ports, lease, TLS) differ from node ${settings.join(", ")}` : "",
+      settings.length > 0
+        ? `settings (domain, TCP ports, lease, TLS) differ from node ${settings.join(", ")}`
+        : "",
     ].filter(Boolean);
     this.options.log.warn(
       `cluster: this node's ${parts.join("; its ")}: give every node the same --config, users and SOCKETS_SINGLE_API_KEY`,

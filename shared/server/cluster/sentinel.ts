@@ -52,7 +52,9 @@ export function isSentinelUrl(text: string): boolean {
  * @throws {Error} with one line saying what is wrong.
  */
 export function parseSentinelUrl(text: string): SentinelUrl {
-  const match = /^(rediss?)\+sentinel:\/\/(?:([^@/]*)@)?([^/?]+)\/([^/?]+)(?:\/(\d+))?\/?(?:\?(.*))?$/i.exec(text);
+  const match = /^(rediss?)\+sentinel:\/\/(?:([^@/]*)@)?([^/?]+)\/([^/?]+)(?:\/(\d+))?\/?(?:\?(.*))?$/i.exec(
+    text,
+  );
   if (match === null)
     throw new Error(
       `'${redactSentinelUrl(text)}' is not a sentinel URL (redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER_NAME)`,
@@ -190,23 +192,26 @@ class SentinelConnection {
     };
     let late = false;
     const connecting = Bun.connect({
-        hostname: address.host,
-        port: address.port,
-        ...(tls ? { tls: true } : {}),
-        socket: {
-          data(_, data) {
-            try {
-              reader.push(data);
-            } catch {
-              connection.close();
-            }
-          },
-          close: closed,
-          error: closed,
+      hostname: address.host,
+      port: address.port,
+      ...(tls ? { tls: true } : {}),
+      socket: {
+        data(_, data) {
+          try {
+            reader.push(data);
+          } catch {
+            connection.close();
+          }
         },
-      });
+        close: closed,
+        error: closed,
+      },
+    });
     // A connection that comes up after the deadline is closed at once, not left open.
-    connecting.then((socket) => late && socket.end(), () => {});
+    connecting.then(
+      (socket) => late && socket.end(),
+      () => {},
+    );
     const socket = await deadline(
       connecting,
       ASK_TIMEOUT_MS,
