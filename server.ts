@@ -139,6 +139,8 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   if (options.cluster !== undefined)
     try {
       context.cluster = await joinCluster(options, registry, host, control.port);
+      // Clients learn their node's name in hello: their standby connections watch it.
+      context.limits.node = context.cluster.name;
     } catch (error) {
       admin?.stop();
       httpPort?.stop(true);

@@ -36,7 +36,7 @@ import {
   type UnexposeRequest,
 } from "../wire/protocol.ts";
 import { keyMatches } from "./auth.ts";
-import type { InboundLink } from "./cluster/link.ts";
+import type { LinkEndpoint } from "./cluster/link.ts";
 import type { ClusterNode, LeaseKey, LeaseRefusal } from "./cluster/node.ts";
 import { secretHash } from "./cluster/node.ts";
 import type { HttpRoute } from "./http-ingress.ts";
@@ -58,8 +58,8 @@ export interface SessionSocketData {
    * client moved here from another node): proves it owns that session's names and ports.
    */
   claim?: string;
-  /** Set instead of a session when another node of the cluster opened this connection (its link). */
-  link?: InboundLink;
+  /** Set instead of a session when another node of the cluster opened this connection (its link), or a client's standby connection. */
+  link?: LinkEndpoint;
 }
 
 /** A client's WebSocket on the server (the control port's own, see ws-server.ts). */

@@ -223,10 +223,12 @@ describe("the view", () => {
         "both ports in the view",
       );
       await eventually(() => node.dir.nodes().length === 2, 2000, "both nodes in the list");
-      expect(node.dir.nodes()).toEqual([
+      expect(node.dir.nodes().map(({ name, url }) => ({ name, url }))).toEqual([
         { name: "a", url: "ws://a.test:7070" },
         { name: "b", url: "ws://b.test:7070" },
       ]);
+      // Each registration carries its process's instance id (what tells a restart from a name clash).
+      expect(new Set(node.dir.nodes().map((n) => n.instance)).size).toBe(2);
     }
     expect(a.dir.stats()).toEqual({ node: "a", redis: "up", nodes: ["a", "b"], held: 1, elsewhere: 1 });
     expect(a.changes.some((c) => c.key === `tcp:${portB}` && c.record?.node === "b")).toBe(true);

@@ -237,17 +237,24 @@ redis.call('PUBLISH', ARGV[2], 'node:' .. ARGV[1])
 return 1
 `;
 
-/** KEYS: nodes zset. ARGV: node key prefix. Returns the JSON NodeInfo of every node alive now. */
+/**
+ * KEYS: nodes zset. ARGV: node key prefix, this node's name. Returns {the JSON NodeInfo of every node
+ * alive now, ms until the first other node's registration runs out (-1: none)}.
+ */
 const NODES_LUA = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local names = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+local names = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
 local out = {}
-for _, name in ipairs(names) do
+local soonest = -1
+for i = 1, #names, 2 do
+  local name = names[i]
   local info = redis.call('GET', ARGV[1] .. name)
   if info then out[#out + 1] = info end
+  local left = tonumber(names[i + 1]) - now
+  if name ~= ARGV[2] and (soonest < 0 or left < soonest) then soonest = left end
 end
-return out
+return {out, soonest}
 `;
 
 /** A lease this node holds. */
@@ -333,6 +340,8 @@ export class ClusterDirectory {
   private frozen = false;
   private renewTimer: ReturnType<typeof setTimeout> | undefined;
   private resyncTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Fires when the first other node's registration runs out (see watchExpiry). */
+  private expiryTimer: ReturnType<typeof setTimeout> | undefined;
   private recovering: Promise<void> | null = null;
   private resyncing = false;
   private nodesRefresh: { running: boolean; again: boolean } = { running: false, again: false };
@@ -735,6 +744,8 @@ export class ClusterDirectory {
   private stopTimers(): void {
     clearTimeout(this.renewTimer);
     clearTimeout(this.resyncTimer);
+    clearTimeout(this.expiryTimer);
+    this.expiryTimer = undefined;
     this.renewTimer = undefined;
     this.resyncTimer = undefined;
   }
@@ -976,7 +987,11 @@ export class ClusterDirectory {
     try {
       for (let round = 0; round < 3; round++) {
         this.nodesRefresh.again = false;
-        const list = (await this.eval(NODES_LUA, [NODES_KEY], [NODE_PREFIX])) as string[];
+        const [list, soonest] = (await this.eval(NODES_LUA, [NODES_KEY], [NODE_PREFIX, this.name])) as [
+          string[],
+          number,
+        ];
+        this.watchExpiry(soonest);
         const next = new Map<string, NodeInfo>();
         for (const json of list) {
           const info = parseNode(json);
@@ -1002,6 +1017,21 @@ export class ClusterDirectory {
     } finally {
       this.nodesRefresh.running = false;
     }
+  }
+
+  /**
+   * Reads the node list again right after the first other node's registration runs out, unless it is
+   * renewed meanwhile (a later read moves the check): a node that stopped renewing is seen gone within
+   * milliseconds of its expiry, not at the next resync.
+   */
+  private watchExpiry(soonestMs: number): void {
+    clearTimeout(this.expiryTimer);
+    this.expiryTimer = undefined;
+    if (soonestMs < 0 || this.stopping || this.frozen) return;
+    this.expiryTimer = setTimeout(() => {
+      this.expiryTimer = undefined;
+      if (this.state === "up") void this.refreshNodes(true).catch(() => {});
+    }, soonestMs + 5);
   }
 
   /**

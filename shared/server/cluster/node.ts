@@ -25,6 +25,7 @@ import { type Hello, StreamKind } from "../../wire/protocol.ts";
 import type { HttpRoute } from "../http-ingress.ts";
 import { ClusterDirectory, type LeaseKey, type LeaseRecord, type NodeInfo } from "./directory.ts";
 import { InboundLink, type NodeLink, OutboundLink, type RemoteAcceptor } from "./link.ts";
+import { StandbyWatch } from "./standby.ts";
 
 export type { LeaseKey };
 
@@ -88,6 +89,8 @@ export class ClusterNode {
   /** One link per other node: dialled by this node when its name sorts first, else the one it opened. */
   private readonly links = new Map<string, NodeLink>();
   private readonly mirrors = new Map<number, TCPSocketListener<RelaySocketData>>();
+  /** Standby connections of other nodes' clients, each watching its client's node. */
+  private readonly standbys = new Set<StandbyWatch>();
   private closed = false;
 
   private constructor(
@@ -265,6 +268,22 @@ export class ClusterNode {
     return link;
   }
 
+  /**
+   * A client of node `watched` opens a standby connection here: it is told to move here the moment
+   * that node leaves the cluster (see standby.ts).
+   */
+  standby(remote: string, watched: string): StandbyWatch {
+    const standby = new StandbyWatch(watched, remote, (gone) => this.standbys.delete(gone));
+    if (this.closed) standby.close();
+    else this.standbys.add(standby);
+    return standby;
+  }
+
+  /** Whether node `name` is alive in the cluster now (as this node last read it). */
+  alive(name: string): boolean {
+    return this.directory.nodes().some((node) => node.name === name);
+  }
+
   /** Whether a presented link secret is the cluster's. */
   get secret(): string {
     return this.directory.secret;
@@ -277,6 +296,15 @@ export class ClusterNode {
   private syncLinks(nodes: NodeInfo[]): void {
     if (this.closed) return;
     const alive = new Set<string>();
+    // A node that left (stopped renewing, or shut down): its clients' standbys here move them here now.
+    const names = new Set(nodes.map((node) => node.name));
+    for (const standby of [...this.standbys])
+      if (!names.has(standby.watched) && this.directory.redisUp) {
+        this.options.log.info(
+          `cluster: node ${standby.watched} left: its client ${standby.remote} moves here`,
+        );
+        standby.moveHere();
+      }
     const { name, acceptRemote, log, ca } = this.options;
     for (const peer of nodes) {
       if (peer.name === name) continue;
@@ -341,6 +369,7 @@ export class ClusterNode {
   /** Leaves: closes links and mirrors, gives back every lease, deregisters. */
   async leave(): Promise<void> {
     this.closed = true;
+    for (const standby of [...this.standbys]) standby.close();
     for (const link of this.links.values()) link.close();
     this.links.clear();
     for (const port of [...this.mirrors.keys()]) this.unmirror(port);
