@@ -55,9 +55,16 @@ export interface HttpRoute {
    * never leaves the node its client is on.
    */
   basicAuthHash?: string;
-  /** Opens a stream for this visitor, or says why not. */
-  open(socket: HttpSocket): Stream | { status: number; message: string };
+  /**
+   * Opens a stream for this visitor, or says why not (with `retryAfter`, seconds: a Retry-After
+   * header). A promise: the connection waits unread for the answer (a cluster's name whose node is a
+   * moment away: its link coming up, or the name moving; the cluster bounds the wait).
+   */
+  open(socket: HttpSocket): RouteAnswer | Promise<RouteAnswer>;
 }
+
+/** What {@link HttpRoute.open} answers: the visitor's stream, or the refusal it is answered with. */
+export type RouteAnswer = Stream | { status: number; message: string; retryAfter?: number };
 
 /** The `data` slot of a visitor socket on the HTTP port. */
 export interface HttpSocketData extends RelaySocketData {
@@ -345,8 +352,11 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
     conn.heldBytes = 0;
   }
 
-  /** Route: the first request's authority picks the tunnel for the whole connection. */
-  function route(conn: HttpConnection, head: RequestHead): Stream | null {
+  /**
+   * Route: the first request's authority picks the tunnel for the whole connection. "waiting": the
+   * route answers later (see {@link HttpRoute.open}); the request's events wait in the backlog.
+   */
+  function route(conn: HttpConnection, head: RequestHead): Stream | null | "waiting" {
     const host = requestHost(head);
     const name = nameOf(host, domain);
     const target = name === undefined ? undefined : options.route(name);
@@ -359,9 +369,36 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
       return null;
     }
     const opened = target.open(conn.socket);
+    if (opened instanceof Promise) {
+      disarm(conn);
+      conn.busy = true;
+      conn.socket.pause();
+      opened.then(
+        (answer) => {
+          conn.busy = false;
+          if (conn.answered) return;
+          if (routed(conn, target, name as string, answer) === null) return;
+          conn.socket.resume();
+          const backlog = conn.backlog;
+          conn.backlog = [];
+          relay(conn, backlog);
+        },
+        (error) => {
+          log.error(`routing to ${name} failed: ${(error as Error).message}`);
+          conn.socket.terminate();
+        },
+      );
+      return "waiting";
+    }
+    return routed(conn, target, name as string, opened);
+  }
+
+  /** Route, continued: the route's answer (a stream, or a refusal the visitor is answered with). */
+  function routed(conn: HttpConnection, target: HttpRoute, name: string, opened: RouteAnswer): Stream | null {
     if (!(opened as Stream).id) {
-      const refusal = opened as { status: number; message: string };
-      respond(conn, refusal.status, refusal.message);
+      const refusal = opened as { status: number; message: string; retryAfter?: number };
+      const retry = refusal.retryAfter === undefined ? "" : `retry-after: ${refusal.retryAfter}\r\n`;
+      respond(conn, refusal.status, refusal.message, retry);
       return null;
     }
     const stream = opened as Stream;
@@ -403,6 +440,10 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
           continue;
         }
         const stream = conn.stream ?? route(conn, event.head);
+        if (stream === "waiting") {
+          conn.backlog.push(...events.slice(i));
+          return;
+        }
         if (stream === null || conn.route === null) return;
         disarm(conn); // a request is in progress: its response is the backend's business
         const host = requestHost(event.head);

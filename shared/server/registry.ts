@@ -171,6 +171,8 @@ export class SessionRegistry {
       const route = this.context.httpRoutes.get(target.slice(5));
       if (route === undefined) return `no tunnel ${target} here`;
       const opened = route.open(socket as HttpSocket);
+      // A local tunnel answers at once (only a route to another node waits).
+      if (opened instanceof Promise) return `${target} is not ready here`;
       return "id" in opened ? opened : opened.message;
     }
     const port = Number(target.slice(4));

@@ -119,3 +119,55 @@ describe("failover at the default timings", () => {
     expect(gapMs).toBeLessThan(10_000);
   }, 60_000);
 });
+
+describe("visitors while a route is not ready", () => {
+  test("a node that just joined: its first visitors wait for its link to the holder instead of a 502", async () => {
+    const app = startNamedApp("early");
+    const client = await startClusterClient(
+      [steady],
+      ["--http", `127.0.0.1:${app}`, "--subdomain", "early"],
+      1,
+    );
+    const body = new Uint8Array(8);
+    const fresh = await startClusterNode("127.0.0.3", redis.url);
+    deferContinue(fresh);
+    // At once after it joined: its link to the holder is still being dialled.
+    const answers = await Promise.all(
+      Array.from({ length: 5 }, () => visitName(fresh, "early", body, 8000).catch((e: Error) => e.message)),
+    );
+    for (const answer of answers) expect(answer).toEqual({ status: 200, text: `early ${sha256(body)}` });
+    client.kill("SIGKILL");
+    fresh.kill("SIGKILL");
+  }, 60_000);
+
+  test("a name whose node died with its client: 503 with Retry-After while a move is possible, never a hang", async () => {
+    const node = await startClusterNode("127.0.0.1", redis.url);
+    deferContinue(node);
+    const app = startNamedApp("orphan");
+    const client = await startClusterClient(
+      [node],
+      ["--http", `127.0.0.1:${app}`, "--subdomain", "orphan"],
+      1,
+    );
+    const body = new Uint8Array(8);
+    await eventually(
+      async () => (await visitName(steady, "orphan", body).catch(() => ({ status: 0 }))).status === 200,
+      10_000,
+      "orphan served through the steady node",
+    );
+    client.kill("SIGKILL");
+    node.kill("SIGKILL");
+    // Once its lease is gone (5 s), the name is moving for a while: visitors wait, then 503 + Retry-After.
+    const deadline = performance.now() + 20_000;
+    let answer: Awaited<ReturnType<typeof visitName>> | undefined;
+    while (performance.now() < deadline) {
+      // A visitor already carried over the link when the node died is lost with it (a reset).
+      answer = await visitName(steady, "orphan", body, 8000).catch(() => ({ status: 0, text: "reset" }));
+      if (answer.status === 503) break;
+      expect([0, 502]).toContain(answer.status);
+      await Bun.sleep(200);
+    }
+    expect(answer?.status).toBe(503);
+    expect(answer?.retryAfter).toBe("2");
+  }, 60_000);
+});

@@ -15,6 +15,7 @@ import type { TCPSocketListener } from "bun";
 import { formatHost, unmappedAddress } from "../../args.ts";
 import type { Logger } from "../../log.ts";
 import type { Budget } from "../../relay/budget.ts";
+import type { SpliceSocket } from "../../relay/splice.ts";
 import {
   type RelaySocket,
   type RelaySocketData,
@@ -22,7 +23,7 @@ import {
   type Stream,
 } from "../../relay/stream.ts";
 import { type Hello, StreamKind } from "../../wire/protocol.ts";
-import type { HttpRoute } from "../http-ingress.ts";
+import type { HttpRoute, RouteAnswer } from "../http-ingress.ts";
 import { ClusterDirectory, type LeaseKey, type LeaseRecord, type NodeInfo } from "./directory.ts";
 import { InboundLink, type NodeLink, OutboundLink, type RemoteAcceptor } from "./link.ts";
 import { StandbyWatch } from "./standby.ts";
@@ -70,6 +71,11 @@ export interface ClusterNodeOptions {
   log: Logger;
 }
 
+/** How long a visitor for a moving name or port waits before it is refused (503 with Retry-After). */
+const VISITOR_WAIT_MS = 5000;
+/** Visitors that may wait at once; more are refused at once (each wait polls every 50 ms). */
+const MAX_WAITING = 1024;
+
 /** How long a new tunnel waits for Redis to come back before it is refused. */
 const REDIS_WAIT_MS = 15_000;
 
@@ -89,6 +95,12 @@ export class ClusterNode {
   /** One link per other node: dialled by this node when its name sorts first, else the one it opened. */
   private readonly links = new Map<string, NodeLink>();
   private readonly mirrors = new Map<number, TCPSocketListener<RelaySocketData>>();
+  /** The last holder of each key that left the view, and when: a move may bring it back. */
+  private readonly vanished = new Map<LeaseKey, { record: LeaseRecord; at: number }>();
+  /** The record of each key in the view, as last told (what `vanished` keeps when it goes). */
+  private readonly records = new Map<LeaseKey, LeaseRecord>();
+  /** Visitors waiting for a moving name or port now. */
+  private waiting = 0;
   /** Standby connections of other nodes' clients, each watching its client's node. */
   private readonly standbys = new Set<StandbyWatch>();
   private closed = false;
@@ -114,7 +126,7 @@ export class ClusterNode {
         options.onLost(key);
         node?.reconcile(key);
       },
-      onChange: (key) => node?.reconcile(key),
+      onChange: (key, record) => node?.changed(key, record),
       onNodes: (nodes) => node?.syncLinks(nodes),
     });
     node = new ClusterNode(options, directory);
@@ -210,18 +222,31 @@ export class ClusterNode {
     mirror.stop(false);
   }
 
-  /** The route to an HTTP name held by another node, if the cluster knows one. */
+  /**
+   * The route to an HTTP name held by another node, if the cluster knows one. While the name's node is
+   * a moment away (the link to it coming up, or the name moving: its node left the cluster and its
+   * client is moving), the route's visitors wait for it (at most {@link VISITOR_WAIT_MS}), then get a
+   * 503 with Retry-After; a name nobody holds any more and that no move can bring back is undefined (404).
+   */
   remoteRoute(name: string): HttpRoute | undefined {
     const key: LeaseKey = `http:${name}`;
-    const record = this.directory.holder(key);
-    if (record === undefined || record.node === this.options.name) return undefined;
+    const where = this.where(key);
+    if (where.kind === "none" || where.kind === "self") return undefined;
+    const { record } = where;
     return {
       hostHeader: record.hostHeader,
       basicAuthHash: record.basicAuthHash,
       open: (socket) => {
-        const stream = this.carry(record, key, StreamKind.Http, socket);
-        return (
-          stream ?? { status: 502, message: "the node holding this tunnel is unreachable; try again shortly" }
+        if (where.kind === "route") {
+          const stream = this.carry(record, key, StreamKind.Http, socket);
+          if (stream !== undefined) return stream;
+        }
+        return this.waitFor(key, StreamKind.Http, socket, record).then(
+          (answer) =>
+            answer ?? {
+              status: 404,
+              message: `no tunnel named ${name} any more (it was held by node ${record.node})`,
+            },
         );
       },
     };
@@ -229,15 +254,106 @@ export class ClusterNode {
 
   /**
    * A visitor on a TCP port held by another node (a mirror, or a local tunnel's port whose lease was
-   * lost): carries it there. False when no node can take it (the caller closes the socket).
+   * lost): carries it there, after a wait while the port is moving (as {@link remoteRoute}). False when
+   * no node can take it (the caller closes the socket).
    */
   forwardTcp(port: number, socket: RelaySocket): boolean {
     const key: LeaseKey = `tcp:${port}`;
-    const record = this.directory.holder(key);
-    if (record === undefined || record.node === this.options.name) return false;
-    return this.carry(record, key, StreamKind.Tcp, socket) !== undefined;
+    const where = this.where(key);
+    if (where.kind === "none" || where.kind === "self") return false;
+    if (where.kind === "route" && this.carry(where.record, key, StreamKind.Tcp, socket) !== undefined)
+      return true;
+    socket.pause();
+    this.waitFor(key, StreamKind.Tcp, socket, where.record).then(
+      (answer) => {
+        if (answer === undefined || !("id" in answer)) socket.terminate();
+        else socket.resume();
+      },
+      () => socket.terminate(),
+    );
+    return true;
   }
 
+  /**
+   * Where a visitor for `key` goes now: over a link that is up ("route"), to a tunnel of this node
+   * ("self"), nowhere yet but maybe soon ("moving": its node's link is not up, its node just left, or
+   * its lease just lapsed while a move is possible), or nowhere ("none").
+   */
+  private where(
+    key: LeaseKey,
+  ):
+    | { kind: "route"; record: LeaseRecord }
+    | { kind: "moving"; record: LeaseRecord }
+    | { kind: "self"; record: LeaseRecord }
+    | { kind: "none" } {
+    const record = this.directory.holder(key);
+    if (record !== undefined) {
+      if (record.node === this.options.name)
+        return this.directory.holds(key) ? { kind: "self", record } : { kind: "moving", record };
+      return this.links.get(record.node)?.up ? { kind: "route", record } : { kind: "moving", record };
+    }
+    const gone = this.vanished.get(key);
+    if (gone === undefined) return { kind: "none" };
+    // Released by a node that is still here: gone for good. Its node left: its client may bring it back.
+    if (performance.now() - gone.at > this.moveWindowMs || this.alive(gone.record.node)) {
+      this.vanished.delete(key);
+      return { kind: "none" };
+    }
+    return { kind: "moving", record: gone.record };
+  }
+
+  /**
+   * Waits (polling every 50 ms, at most {@link VISITOR_WAIT_MS}) until `key` can be served, then carries
+   * the visitor there. Undefined: nobody holds it and nobody will (404, or a closed socket). A holder
+   * whose Host rewrite or basic auth differ from what the visitor was checked against (another client
+   * took the name meanwhile) is not served: 503, asked again.
+   */
+  private async waitFor(
+    key: LeaseKey,
+    kind: StreamKind,
+    socket: RelaySocket,
+    expected: LeaseRecord,
+  ): Promise<RouteAnswer | undefined> {
+    const retry = {
+      status: 503,
+      message: "this tunnel is moving to another node; try again shortly",
+      retryAfter: 2,
+    };
+    if (this.waiting >= MAX_WAITING) return retry;
+    this.waiting++;
+    try {
+      const deadline = performance.now() + VISITOR_WAIT_MS;
+      for (
+        let round = 0;
+        round < VISITOR_WAIT_MS / 50 && performance.now() < deadline && !this.closed;
+        round++
+      ) {
+        await Bun.sleep(50);
+        if (socket.readyState !== 1) return undefined;
+        const where = this.where(key);
+        if (where.kind === "none") return undefined;
+        if (where.kind === "moving") continue;
+        const { record } = where;
+        if (
+          kind === StreamKind.Http &&
+          (record.hostHeader !== expected.hostHeader || record.basicAuthHash !== expected.basicAuthHash)
+        )
+          return { ...retry, message: "this tunnel changed hands; try again", retryAfter: 0 };
+        if (where.kind === "route") {
+          const stream = this.carry(record, key, kind, socket);
+          if (stream !== undefined) return stream;
+          continue;
+        }
+        const local = this.options.acceptRemote(key, kind, socket as unknown as SpliceSocket);
+        return typeof local === "string" ? { status: 502, message: local } : local;
+      }
+      return retry;
+    } finally {
+      this.waiting--;
+    }
+  }
+
+  /** Opens a stream for the visitor on the link to the holder's node (undefined while that link is down). */
   private carry(
     record: LeaseRecord,
     key: LeaseKey,
@@ -320,6 +436,24 @@ export class ClusterNode {
         link.close();
         this.links.delete(name);
       }
+  }
+
+  /** A key's holder changed in the view: remember who held a key that went (it may be moving). */
+  private changed(key: LeaseKey, record: LeaseRecord | undefined): void {
+    const before = this.records.get(key);
+    if (record !== undefined) {
+      this.records.set(key, record);
+      this.vanished.delete(key);
+    } else if (before !== undefined) {
+      this.records.delete(key);
+      this.vanished.set(key, { record: before, at: performance.now() });
+    }
+    this.reconcile(key);
+  }
+
+  /** How long after its lease went a name counts as moving (its client has other servers to move to). */
+  private get moveWindowMs(): number {
+    return 2 * this.options.leaseSeconds * 1000 + 5000;
   }
 
   /**
