@@ -13,6 +13,7 @@
 import { createHash } from "node:crypto";
 import type { TCPSocketListener } from "bun";
 import { formatHost, unmappedAddress } from "../../args.ts";
+import { joinAddress } from "../../ip.ts";
 import type { Logger } from "../../log.ts";
 import type { Budget } from "../../relay/budget.ts";
 import type { SpliceSocket } from "../../relay/splice.ts";
@@ -23,7 +24,7 @@ import {
   type Stream,
 } from "../../relay/stream.ts";
 import { type Hello, StreamKind } from "../../wire/protocol.ts";
-import type { HttpRoute, RouteAnswer } from "../http-ingress.ts";
+import type { RouteAnswer } from "../namespace/holding.ts";
 import { ClusterDirectory, type LeaseKey, type LeaseRecord, type NodeInfo } from "./directory.ts";
 import { InboundLink, type NodeLink, OutboundLink, type RemoteAcceptor } from "./link.ts";
 import { StandbyWatch } from "./standby.ts";
@@ -82,6 +83,18 @@ const REDIS_WAIT_MS = 15_000;
 /** The sha256 (hex) of a resume secret: all Redis ever stores of it. */
 export function secretHash(secret: string): string {
   return createHash("sha256").update(secret).digest("hex");
+}
+
+/** An HTTP name held by another node: what its visitors must present, and how to carry one there. */
+export interface RemoteRoute {
+  hostHeader?: string;
+  /** sha256 hex of the tunnel's `user:password` (basic auth), if it asks for one. */
+  basicAuthHash?: string;
+  /**
+   * Carries a visitor's connection to the holding node; a promise while that node is a moment away
+   * (see {@link ClusterNode.remoteRoute}); undefined when it cannot.
+   */
+  open(socket: RelaySocket): Stream | Promise<RouteAnswer> | undefined;
 }
 
 /** Why a lease was refused, for the client's one line. */
@@ -228,7 +241,7 @@ export class ClusterNode {
    * client is moving), the route's visitors wait for it (at most {@link VISITOR_WAIT_MS}), then get a
    * 503 with Retry-After; a name nobody holds any more and that no move can bring back is undefined (404).
    */
-  remoteRoute(name: string): HttpRoute | undefined {
+  remoteRoute(name: string): RemoteRoute | undefined {
     const key: LeaseKey = `http:${name}`;
     const where = this.where(key);
     if (where.kind === "none" || where.kind === "self") return undefined;
@@ -363,7 +376,9 @@ export class ClusterNode {
     const link = this.links.get(record.node);
     if (link === undefined) return undefined;
     const remote = `${formatHost(unmappedAddress(socket.remoteAddress))}:${socket.remotePort}`;
-    return link.open(kind, key, remote, socket);
+    // The visitor's own public address goes along: the client sees where it connected, not this hop.
+    const local = socket.localAddress ? joinAddress(socket.localAddress, socket.localPort) : undefined;
+    return link.open(kind, key, { remote, local }, socket);
   }
 
   /**
