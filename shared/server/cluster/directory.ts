@@ -333,6 +333,8 @@ export class ClusterDirectory {
   private seq = 0;
   private alive = new Map<string, NodeInfo>();
   private state: "starting" | "up" | "down" = "starting";
+  /** performance.now() when the link last came back after an outage (or a master switch). */
+  private recoveredAt = Number.NEGATIVE_INFINITY;
   /** performance.now() when the link went down. */
   private downSince = 0;
   private stopping = false;
@@ -568,6 +570,15 @@ export class ClusterDirectory {
     cmd.onclose = null;
     sub.onconnect = null;
     sub.onclose = null;
+  }
+
+  /**
+   * Ms left of the lease after this node's Redis link came back, else 0. Meanwhile a node missing from
+   * the list may only be reconnecting too (the outage, or the master switch, cut every node off): its
+   * absence is not yet a departure.
+   */
+  get settlingMs(): number {
+    return Math.max(0, this.recoveredAt + this.options.leaseMs - performance.now());
   }
 
   /** True while Redis answers (after a loss: once this node registered and renewed its leases again). */
@@ -819,6 +830,7 @@ export class ClusterDirectory {
         await this.renewAll();
         if (this.stopping || this.state !== "down") return;
         this.state = "up";
+        this.recoveredAt = performance.now();
         this.warned.clear();
         this.options.log.info("cluster: redis link back");
         await this.resync();

@@ -112,6 +112,8 @@ export class ClusterNode {
   private readonly vanished = new Map<LeaseKey, { record: LeaseRecord; at: number }>();
   /** The record of each key in the view, as last told (what `vanished` keeps when it goes). */
   private readonly records = new Map<LeaseKey, LeaseRecord>();
+  /** Looks at the node list again once a Redis outage's settling time is over (see syncLinks). */
+  private settleTimer: ReturnType<typeof setTimeout> | undefined;
   /** Visitors waiting for a moving name or port now. */
   private waiting = 0;
   /** Standby connections of other nodes' clients, each watching its client's node. */
@@ -427,10 +429,16 @@ export class ClusterNode {
   private syncLinks(nodes: NodeInfo[]): void {
     if (this.closed) return;
     const alive = new Set<string>();
+    // Just after this node's own Redis outage, a missing node may be reconnecting too: its links and
+    // its clients stay until the lease has passed (then the list is looked at again).
+    const settling = this.directory.settlingMs;
+    clearTimeout(this.settleTimer);
+    if (settling > 0)
+      this.settleTimer = setTimeout(() => this.syncLinks(this.directory.nodes()), settling + 10);
     // A node that left (stopped renewing, or shut down): its clients' standbys here move them here now.
     const names = new Set(nodes.map((node) => node.name));
     for (const standby of [...this.standbys])
-      if (!names.has(standby.watched) && this.directory.redisUp) {
+      if (!names.has(standby.watched) && this.directory.redisUp && settling === 0) {
         this.options.log.info(
           `cluster: node ${standby.watched} left: its client ${standby.remote} moves here`,
         );
@@ -447,7 +455,7 @@ export class ClusterNode {
       this.links.set(peer.name, new OutboundLink(peer, name, this.directory.secret, acceptRemote, log, ca));
     }
     for (const [name, link] of this.links)
-      if (!alive.has(name)) {
+      if (!alive.has(name) && settling === 0) {
         link.close();
         this.links.delete(name);
       }
@@ -518,6 +526,7 @@ export class ClusterNode {
   /** Leaves: closes links and mirrors, gives back every lease, deregisters. */
   async leave(): Promise<void> {
     this.closed = true;
+    clearTimeout(this.settleTimer);
     for (const standby of [...this.standbys]) standby.close();
     for (const link of this.links.values()) link.close();
     this.links.clear();
