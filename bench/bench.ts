@@ -21,6 +21,7 @@ import { type BudgetMemoryResult, budgetMemoryReport, runBudgetMemory } from "./
 import { CLUSTER_FULL, CLUSTER_QUICK, type ClusterResult, clusterReport, runCluster } from "./cluster.ts";
 import { HTTP_FULL, HTTP_QUICK, type HttpResult, httpReport, runHttp } from "./http.ts";
 import { LONG_PATH_PROVIDERS, type LongPathProvider, longPathReport, runLongPath } from "./longpath.ts";
+import { type ManyClientsResult, manyClientsReport, runManyClients } from "./many-clients.ts";
 import {
   bulk,
   connRate,
@@ -59,6 +60,7 @@ export const MEASURES = [
   "http",
   "cluster",
   "budget",
+  "clients",
 ] as const;
 
 /** A measurement group name. */
@@ -91,6 +93,8 @@ Options:
                        against the same visitor at B, two nodes' aggregate bulk against one (cluster.ts)
                        budget: 40 visitors flood a local service that never reads: the server's RSS
                        idle, at the peak and 10 s after, against its client budget (budget-memory.ts)
+                       clients: 2,000 idle clients with a TCP tunnel each: the server's KiB per client and
+                       CPU while they idle (many-clients.ts)
   --sockets-root DIR   longpath, http, budget: run sockets from another checkout (for a before/after table);
                        the loopback measures run it as provider sockets-base
   -h, --help           show this help
@@ -334,7 +338,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
   const service = spawn([native.service, "2"], { stdin: true });
   const results: Partial<Record<ProviderName, ProviderResult>> = {};
   const loopback = options.measures.filter(
-    (m) => m !== "longpath" && m !== "http" && m !== "cluster" && m !== "budget",
+    (m) => m !== "longpath" && m !== "http" && m !== "cluster" && m !== "budget" && m !== "clients",
   );
   try {
     await service.waitFor(/port (\d+)/, 10_000);
@@ -376,6 +380,18 @@ export async function runBench(options: BenchOptions): Promise<string> {
       budget.push([options.socketsRoot, await runBudgetMemory({ root: options.socketsRoot, log })]);
   } else if (options.measures.includes("budget"))
     log("budget: skipped: it measures sockets (add it to --only)");
+  const clients: [string, ManyClientsResult][] = [];
+  if (options.measures.includes("clients") && options.only.includes("sockets")) {
+    const count = options.quick ? 500 : 2000;
+    const seconds = options.quick ? 10 : 20;
+    clients.push(["bun server.ts", await runManyClients({ clients: count, seconds, log })]);
+    if (options.socketsRoot)
+      clients.push([
+        options.socketsRoot,
+        await runManyClients({ clients: count, seconds, root: options.socketsRoot, log }),
+      ]);
+  } else if (options.measures.includes("clients"))
+    log("clients: skipped: it measures sockets (add it to --only)");
   const elapsed = (performance.now() - started) / 1000;
   const info = await machine();
   const report = [
@@ -411,11 +427,19 @@ export async function runBench(options: BenchOptions): Promise<string> {
           "",
         ].join("\n")
       : "",
+    clients.length > 0
+      ? [
+          "### Idle clients (one TCP tunnel each; server RSS and CPU)",
+          "",
+          manyClientsReport(clients),
+          "",
+        ].join("\n")
+      : "",
   ].join("\n");
   if (options.json)
     writeFileSync(
       options.json,
-      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster, budget }, null, 2)}\n`,
+      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster, budget, clients }, null, 2)}\n`,
     );
   return report;
 }

@@ -37,7 +37,6 @@ async function fleet(url: string, count: number): Promise<void> {
       ws.addEventListener("message", (event) => {
         if (typeof event.data !== "string") return;
         const m = JSON.parse(event.data) as { type: string };
-        if (m.type === "hello" && process.env.FLEET_NO_EXPOSE) m.type = "exposed";
         if (m.type === "hello") ws.send(JSON.stringify({ type: "expose", id: 1, kind: "tcp" }));
         else if (m.type === "exposed") {
           ready++;
@@ -96,14 +95,6 @@ export async function runManyClients({
     const elapsed = (performance.now() - started) / 1000;
     const cpuPct = ((cpuSample(server.pid).total - before) / CLK_TCK / elapsed) * 100;
     const withKiB = rssKiB(server.pid);
-    if (process.env.FLEET_TRACE)
-      log(
-        server
-          .stderr()
-          .split("\n")
-          .filter((l) => l.includes("DEBUG"))
-          .join("\n"),
-      );
     const result = {
       clients,
       idleKiB,
