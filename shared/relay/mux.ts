@@ -7,9 +7,10 @@
  * @module
  */
 
-import { Batcher } from "../wire/batcher.ts";
+import { BATCHABLE_BYTES, Batcher } from "../wire/batcher.ts";
 import {
   DATA_SCRATCH_EXTRA,
+  dataFrameStream,
   decodeFrame,
   encodeData,
   encodeEnd,
@@ -21,7 +22,7 @@ import {
   forEachInBatch,
   type OpenFrame,
 } from "../wire/codec.ts";
-import { FrameType, type OpenMeta, ProtocolError, type StreamKind } from "../wire/protocol.ts";
+import { FrameType, HEADER_LENGTH, type OpenMeta, ProtocolError, type StreamKind } from "../wire/protocol.ts";
 import { Budget } from "./budget.ts";
 import { markDisposable } from "./disposable.ts";
 import { Stream, type StreamHost, type StreamPosition } from "./stream.ts";
@@ -91,6 +92,8 @@ const PING_LOST_MS = 5000;
  * written, before the next is built, and a buffer per session cost every idle client its pages.
  */
 let dataScratch = new Uint8Array(0);
+/** DATA payloads up to this size are written into the round's batch directly. */
+const SMALL_DATA = BATCHABLE_BYTES - HEADER_LENGTH;
 /** The same for WINDOW, GROW and END frames (the batcher copies them). */
 const smallScratch = new Uint8Array(16);
 /** The default clock, one function for every mux. */
@@ -261,6 +264,12 @@ export class Mux implements StreamHost {
   private readonly receiveFrameInBatch = (frame: Uint8Array) => this.receiveFrame(frame);
 
   private receiveFrame(message: Uint8Array): void {
+    // DATA, the common case, without a frame object.
+    const id = dataFrameStream(message, this.maxFramePayload);
+    if (id !== 0) {
+      this.streams.get(id)?.onData(message.subarray(HEADER_LENGTH));
+      return;
+    }
     const frame = decodeFrame(message, this.maxFramePayload);
     if (frame.type === FrameType.Open) {
       if (!this.onOpen) throw new ProtocolError("OPEN frames are not accepted in this direction");
@@ -402,7 +411,9 @@ export class Mux implements StreamHost {
 
   /** @inheritdoc */
   sendData(stream: number, payload: Uint8Array): void {
-    if (this.live) this.batcher.push(encodeData(stream, payload, dataScratch));
+    if (!this.live) return;
+    if (payload.length <= SMALL_DATA) this.batcher.pushData(stream, payload);
+    else this.batcher.push(encodeData(stream, payload, dataScratch));
   }
 
   /** @inheritdoc */

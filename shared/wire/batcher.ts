@@ -83,6 +83,37 @@ export class Batcher {
     this.count++;
   }
 
+  /**
+   * A DATA frame of `payload` (at most {@link BATCHABLE_BYTES} with its header), written into the
+   * round's batch directly: what {@link Batcher.push} of an encoded frame does, without encoding it
+   * elsewhere first (one copy of the payload, no frame view).
+   */
+  pushData(stream: number, payload: Uint8Array): void {
+    const length = HEADER_LENGTH + payload.length;
+    if (this.length + 2 + length > CAPACITY) this.flush();
+    if (!this.scheduled) {
+      this.scheduled = true;
+      due.push(this);
+      if (due.length === 1) setImmediate(flushDue);
+    }
+    let b = this.buffer;
+    if (b === null) {
+      b = this.pool.take();
+      this.buffer = b;
+    }
+    const at = this.length;
+    b[at] = length >>> 8;
+    b[at + 1] = length;
+    b[at + 2] = FrameType.Data;
+    b[at + 3] = stream >>> 24;
+    b[at + 4] = stream >>> 16;
+    b[at + 5] = stream >>> 8;
+    b[at + 6] = stream;
+    b.set(payload, at + 2 + HEADER_LENGTH);
+    this.length = at + 2 + length;
+    this.count++;
+  }
+
   /** Sends what is batched now: a lone frame as itself, several as one BATCH message. */
   flush(): void {
     const buffer = this.buffer;
