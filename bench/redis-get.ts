@@ -88,7 +88,8 @@ export async function runRedisGet({
     const result: RedisResult = {};
     for (let i = 0; i < repeat; i++)
       for (const [name, tunnel] of tunnels) {
-        const entry = (result[name] ??= { runs: [], median: 0 });
+        const entry = result[name] ?? { runs: [], median: 0 };
+        result[name] = entry;
         entry.runs.push(await bench(tunnel.port));
       }
     for (const entry of Object.values(result)) {
