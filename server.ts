@@ -87,6 +87,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
           perTunnel: options.metricsPerTunnel === true,
           buffered: () => registry.stats().buffered,
           cluster: () => context.cluster?.stats(),
+          udp: () => registry.udpStats(),
         });
   context.metrics = metrics;
 

@@ -170,6 +170,20 @@ export const SERVER_OPTIONS = {
     help: "close visitor connections that move no byte either way for this long (0 = never)",
     parse: seconds(0, 86_400),
   },
+  "udp-idle-timeout": {
+    key: "udpIdleSeconds",
+    value: "SECONDS",
+    default: 60,
+    help: "a UDP flow (one visitor's IP and port) that carries no datagram either way this long is forgotten, and its client's socket closed",
+    parse: seconds(0.1, 86_400),
+  },
+  "udp-max-flows": {
+    key: "udpMaxFlows",
+    value: "N",
+    default: 1024,
+    help: "most flows per UDP tunnel; a new visitor past it takes the place of the least recently active flow",
+    parse: (text: string, flag: string): number => parseCount(text, flag),
+  },
   "health-detail": {
     key: "healthDetail",
     help: "GET /health and tunnel log lines name the user holding each tunnel (per-user counts)",

@@ -10,11 +10,12 @@ import type { Logger } from "../log.ts";
 import { Budget } from "../relay/budget.ts";
 import type { SpliceSocket } from "../relay/splice.ts";
 import type { Stream } from "../relay/stream.ts";
-import { DEFAULTS, PROTOCOL_VERSION, type StreamKind } from "../wire/protocol.ts";
+import { DEFAULTS, Feature, PROTOCOL_VERSION, type StreamKind } from "../wire/protocol.ts";
 import type { ClusterStats, LeaseKey } from "./cluster/node.ts";
 import type { HttpRoute, HttpSocket } from "./http-ingress.ts";
 import { SERVER_OPTIONS, type ServerOptions } from "./options.ts";
 import { Session, type SessionContext, type SessionSocketData } from "./session.ts";
+import { newUdpCounters, type UdpPort, type UdpStats, udpStats } from "./udp-port.ts";
 import { type Account, SINGLE_KEY_USER, UserDirectory } from "./users.ts";
 import type { WebSocketHandlers } from "./ws-server.ts";
 
@@ -38,6 +39,8 @@ export interface ServerStats {
   users?: Record<string, { tunnels: number; visitors: number; clients: number }>;
   /** With `--cluster`: this node's name, the nodes alive, names held here and elsewhere, Redis and links. */
   cluster?: ClusterStats;
+  /** UDP tunnels: flows open, datagrams and bytes each way, drops by reason, and the flow settings. */
+  udp: UdpStats;
 }
 
 /** What a reload changed among the users. */
@@ -86,6 +89,12 @@ export class SessionRegistry {
         maxFramePayload: DEFAULTS.maxFramePayload,
         maxStreamsPerTunnel: options.maxStreamsPerTunnel ?? SERVER_OPTIONS["max-streams"].default,
         maxTunnelsPerClient: options.maxTunnelsPerClient ?? SERVER_OPTIONS["max-tunnels"].default,
+        features: [Feature.Udp],
+      },
+      udp: {
+        idleMs: (options.udpIdleSeconds ?? SERVER_OPTIONS["udp-idle-timeout"].default) * 1000,
+        maxFlows: options.udpMaxFlows ?? SERVER_OPTIONS["udp-max-flows"].default,
+        closed: newUdpCounters(),
       },
       graceSeconds: options.graceSeconds ?? SERVER_OPTIONS.grace.default,
       handshakeSeconds: options.handshakeSeconds ?? SERVER_OPTIONS["handshake-timeout"].default,
@@ -128,6 +137,10 @@ export class SessionRegistry {
     context.graceSeconds = options.graceSeconds ?? SERVER_OPTIONS.grace.default;
     context.handshakeSeconds = options.handshakeSeconds ?? SERVER_OPTIONS["handshake-timeout"].default;
     context.healthDetail = options.healthDetail === true;
+    if (context.udp) {
+      context.udp.idleMs = (options.udpIdleSeconds ?? SERVER_OPTIONS["udp-idle-timeout"].default) * 1000;
+      context.udp.maxFlows = options.udpMaxFlows ?? SERVER_OPTIONS["udp-max-flows"].default;
+    }
     this.options = { ...this.options, drainSeconds: options.drainSeconds, users: options.users };
     const { added, revoked, limitsChanged } = this.users.update(options.users ?? []);
     let sessionsClosed = 0;
@@ -265,9 +278,18 @@ export class SessionRegistry {
       reserved: all.filter((s) => s.reserved).length,
       buffered: { received: budgets?.received.used ?? 0, sent: budgets?.sent.used ?? 0 },
       largestWindow,
+      udp: this.udpStats(),
       ...(this.context.healthDetail ? { users: this.userStats(all) } : {}),
       ...(this.context.cluster ? { cluster: this.context.cluster.stats() } : {}),
     };
+  }
+
+  /** Every UDP tunnel's counts and the closed ones' (for /health and /metrics). */
+  udpStats(): UdpStats {
+    const ports: UdpPort[] = [];
+    for (const session of this.sessions.values())
+      for (const tunnel of session.tunnels.values()) if (tunnel.udp) ports.push(tunnel.udp);
+    return udpStats(this.context.udp as NonNullable<SessionContext["udp"]>, ports);
   }
 
   /** Per-user counts for `/health` (`--health-detail`): every account, holding something or not. */

@@ -42,6 +42,7 @@ import { secretHash } from "./cluster/node.ts";
 import type { HttpRoute } from "./http-ingress.ts";
 import type { ServerMetrics } from "./metrics.ts";
 import { listenPublic, PortError } from "./public-port.ts";
+import { UdpPort, UdpSessionFlows, type UdpTotals } from "./udp-port.ts";
 import { type Account, describeRanges, portAllowed, randomNameFor, subdomainAllowed } from "./users.ts";
 import type { RawWebSocket } from "./ws-server.ts";
 
@@ -102,6 +103,8 @@ export interface SessionContext {
   metrics?: ServerMetrics;
   /** This server's cluster membership (`--cluster`): every name and port is leased there first. */
   cluster?: ClusterNode;
+  /** UDP tunnels' settings and closed totals (udp-port.ts); absent: `expose` of kind udp is refused. */
+  udp?: UdpTotals;
 }
 
 /** One public TCP tunnel of a session. */
@@ -112,6 +115,8 @@ export interface Tunnel {
   port: number;
   /** TCP tunnels: the public listener. */
   listener?: TCPSocketListener<RelaySocketData>;
+  /** UDP tunnels: the public socket and its flows. */
+  udp?: UdpPort;
   /** HTTP tunnels: the name under the server's domain. */
   name?: string;
   /** The URL its client was told. */
@@ -168,6 +173,8 @@ export class Session {
 
   /** True while the receive budget is spent: the WebSocket is not read (see {@link Session.applyPause}). */
   private receivePaused = false;
+  /** The session's UDP flows, made with its first UDP tunnel. */
+  private udpFlows?: UdpSessionFlows;
   /** Cluster: what the client proved it owned on another node (see {@link SessionSocketData.claim}). */
   claim?: string;
   private ownerHash?: string;
@@ -340,7 +347,12 @@ export class Session {
     const tunnel: Tunnel = { id, ref: this.nextRef++, port: 0, visitors: new Set() };
     // Taken before a cluster lease is awaited: two exposes in flight never get one id.
     tunnelIds.add(id);
-    const opened = request.kind === "http" ? this.openHttp(tunnel, request) : this.openTcp(tunnel, request);
+    const opened =
+      request.kind === "http"
+        ? this.openHttp(tunnel, request)
+        : request.kind === "udp"
+          ? this.openUdp(tunnel, request)
+          : this.openTcp(tunnel, request);
     // Alone, a tunnel opens at once; in a cluster, once Redis has leased its name or port.
     if (opened instanceof Promise)
       opened.then(
@@ -372,7 +384,7 @@ export class Session {
     clearTimeout(this.handshakeTimer);
     const url =
       tunnel.name === undefined
-        ? `${formatHost(domain)}:${tunnel.port}`
+        ? `${tunnel.udp ? "udp://" : ""}${formatHost(domain)}:${tunnel.port}`
         : `${this.context.httpScheme ?? "http"}://${tunnel.name}.${domain}:${tunnel.port}`;
     tunnel.url = url;
     log.info(`tunnel ${tunnel.id} for ${this.remote}${this.context.healthDetail ? this.who : ""}: ${url}`);
@@ -546,6 +558,32 @@ export class Session {
     tunnel.port = tunnel.listener.port;
     portHolders?.set(tunnel.port, this);
     return null;
+  }
+
+  /** A UDP tunnel: its own public UDP port, under the TCP ports' rules (udp-port.ts does the rest). */
+  private openUdp(tunnel: Tunnel, request: ExposeRequest): LeaseRefusal | Promise<LeaseRefusal | null> {
+    const { udp, host, ownPorts, cluster } = this.context;
+    if (udp === undefined || cluster !== undefined)
+      return { code: "no_udp", message: "this server does not serve UDP tunnels (not in a cluster yet)" };
+    const where = this.tcpRanges(request);
+    if (!("ranges" in where)) return where;
+    this.udpFlows ??= new UdpSessionFlows(this.mux, () => this.ws?.getBufferedAmount() ?? 0, udp);
+    const opening = UdpPort.open(
+      { host, port: request.port, ranges: where.ranges, own: ownPorts },
+      this.udpFlows,
+      tunnel.ref,
+    );
+    return opening.then(
+      (port) => {
+        tunnel.udp = port;
+        tunnel.port = port.port;
+        return null;
+      },
+      (error) => ({
+        code: error instanceof PortError ? error.code : "listen_failed",
+        message: describeError(error),
+      }),
+    );
   }
 
   /** An HTTP tunnel: a name on the server's HTTP port (leased first in a cluster). */
@@ -840,6 +878,7 @@ export class Session {
       tunnel.lease = undefined;
     }
     tunnel.listener?.stop(closeVisitors);
+    tunnel.udp?.close();
     if (tunnel.listener && this.context.portHolders?.get(tunnel.port) === this)
       this.context.portHolders.delete(tunnel.port);
     if (tunnel.name !== undefined) this.context.httpRoutes.delete(tunnel.name);

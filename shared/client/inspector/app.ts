@@ -28,8 +28,8 @@ import { connectionView, exchangeDetail, exchangeSummary } from "./view.ts";
 export interface InspectedTunnel {
   /** The tunnel's name in the client's set (`http-1`, a config file's name). */
   name: string;
-  kind: "tcp" | "http";
-  /** Its public URL. */
+  kind: "tcp" | "http" | "udp";
+  /** Its public URL (`udp://HOST:PORT` for UDP tunnels). */
   url: string;
   /** The local service. */
   local: HostPort;

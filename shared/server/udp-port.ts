@@ -1,0 +1,419 @@
+/**
+ * UDP tunnels, the server's side: a tunnel's public UDP socket and its flow table. Each visitor
+ * address (IP and port) is a flow with a session-wide id; its first datagram announces it to the
+ * client (FLOW_OPEN, with the visitor's address, once), then every datagram travels whole as one
+ * DATAGRAM frame, both ways, and the client's replies leave from the public port to that visitor.
+ *
+ * UDP's rules, not TCP's: nothing waits for credit and nothing is resent. A datagram that finds the
+ * client's WebSocket with more than {@link UDP_QUEUE_BOUND} bytes queued is dropped and counted (so
+ * UDP never holds TCP streams behind a long queue, and memory stays bounded); so is one that arrives
+ * while the client is away. A flow idle for `--udp-idle-timeout` is forgotten, and past
+ * `--udp-max-flows` a new visitor takes the place of the least recently active flow; the client
+ * hears of both (FLOW_CLOSE) and closes its socket for the flow.
+ *
+ * Counting is per datagram (a few integer additions), never per byte; the totals of closed tunnels are
+ * folded into one server-wide {@link UdpTotals} for /metrics and /health.
+ * @module
+ */
+
+import type { udp } from "bun";
+import type { PortRange } from "../args.ts";
+import { formatHost, unmappedAddress } from "../args.ts";
+import type { DatagramHandler, Mux } from "../relay/mux.ts";
+import type { DatagramFrame, FlowCloseFrame } from "../wire/codec.ts";
+import { FlowCloseCode, ProtocolError } from "../wire/protocol.ts";
+import { FIRST_UNPRIVILEGED_PORT, PortError } from "./public-port.ts";
+
+/**
+ * Bytes queued on a client's WebSocket past which datagrams toward it are dropped: about 4 ms at
+ * 500 Mbit/s, so a busy UDP flow adds little waiting to the TCP streams that share the WebSocket.
+ */
+export const UDP_QUEUE_BOUND = 512 * 1024;
+
+/** Why a datagram was dropped (the `reason` label of `sockets_udp_drops_total`). */
+export const UDP_DROP_REASONS = [
+  /** The client's WebSocket had more than {@link UDP_QUEUE_BOUND} bytes queued. */
+  "backpressure",
+  /** The client was away (reconnecting, within its grace period). */
+  "offline",
+  /** The kernel refused to send it to the visitor. */
+  "send_failed",
+  /** Larger than the receive buffer (the kernel cut it): never passed on cut. */
+  "truncated",
+  /** From the client for a flow the server no longer has (idle, evicted): it was told. */
+  "unknown_flow",
+] as const;
+
+/** A {@link UDP_DROP_REASONS} entry. */
+export type UdpDropReason = (typeof UDP_DROP_REASONS)[number];
+
+/** Datagram and byte counts: `in` from visitors toward clients, `out` back to visitors. */
+export interface UdpCounters {
+  datagramsIn: number;
+  datagramsOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** Flows opened. */
+  flows: number;
+  /** Flows closed for idleness. */
+  idled: number;
+  /** Flows that gave way to a new one at the most-flows limit. */
+  evicted: number;
+  drops: Record<UdpDropReason, number>;
+}
+
+/** Zeroed {@link UdpCounters}. */
+export function newUdpCounters(): UdpCounters {
+  const drops = Object.fromEntries(UDP_DROP_REASONS.map((reason) => [reason, 0])) as Record<
+    UdpDropReason,
+    number
+  >;
+  return { datagramsIn: 0, datagramsOut: 0, bytesIn: 0, bytesOut: 0, flows: 0, idled: 0, evicted: 0, drops };
+}
+
+/** Adds `from` into `into`. */
+export function addUdpCounters(into: UdpCounters, from: UdpCounters): void {
+  into.datagramsIn += from.datagramsIn;
+  into.datagramsOut += from.datagramsOut;
+  into.bytesIn += from.bytesIn;
+  into.bytesOut += from.bytesOut;
+  into.flows += from.flows;
+  into.idled += from.idled;
+  into.evicted += from.evicted;
+  for (const reason of UDP_DROP_REASONS) into.drops[reason] += from.drops[reason];
+}
+
+/** The server's UDP settings and the totals of closed tunnels. */
+export interface UdpTotals {
+  /** `--udp-idle-timeout` in ms. */
+  idleMs: number;
+  /** `--udp-max-flows`. */
+  maxFlows: number;
+  /** Counts of tunnels already closed, and drops no tunnel can be named for. */
+  closed: UdpCounters;
+}
+
+/** What `/health` says about UDP tunnels. */
+export interface UdpStats extends UdpCounters {
+  /** Flows open now, over every UDP tunnel. */
+  open: number;
+  /** `--udp-idle-timeout`, seconds. */
+  idleTimeout: number;
+  /** `--udp-max-flows`. */
+  maxFlows: number;
+}
+
+/** The server-wide UDP view: `totals` plus every open port's counts. */
+export function udpStats(totals: UdpTotals, ports: Iterable<UdpPort>): UdpStats {
+  const sum = newUdpCounters();
+  addUdpCounters(sum, totals.closed);
+  let open = 0;
+  for (const port of ports) {
+    addUdpCounters(sum, port.counters);
+    open += port.flowCount;
+  }
+  return { ...sum, open, idleTimeout: totals.idleMs / 1000, maxFlows: totals.maxFlows };
+}
+
+/** One visitor address of a tunnel. */
+interface Flow {
+  readonly id: number;
+  readonly port: UdpPort;
+  /** The address as the socket reported it (what replies are sent to). */
+  readonly address: string;
+  readonly remotePort: number;
+  readonly key: string;
+  /** The port's tick at its last datagram either way (see {@link UdpPort.tick}). */
+  seen: number;
+}
+
+/**
+ * A session's UDP flows: one id space over all its UDP tunnels (the DATAGRAM frame names a flow, not a
+ * tunnel), and the mux's handler for the client's FLOW_CLOSE and DATAGRAM frames.
+ */
+export class UdpSessionFlows implements DatagramHandler {
+  /** Every open flow of the session by id. */
+  readonly flows = new Map<number, Flow>();
+  private nextId = 1;
+
+  /**
+   * @param mux the session's multiplexer (frames leave through its batcher).
+   * @param queued bytes queued on the client's WebSocket now (0 without one).
+   * @param totals where drops no tunnel can be named for are counted.
+   */
+  constructor(
+    readonly mux: Mux,
+    readonly queued: () => number,
+    readonly totals: UdpTotals,
+  ) {
+    mux.datagrams = this;
+  }
+
+  /** A fresh flow id, never one in use (they wrap past 2^32 − 1). */
+  allocate(): number {
+    let id = this.nextId;
+    while (this.flows.has(id)) id = id >= 0xffffffff ? 1 : id + 1;
+    this.nextId = id >= 0xffffffff ? 1 : id + 1;
+    return id;
+  }
+
+  /** @inheritdoc */
+  onFlowOpen(): void {
+    throw new ProtocolError("FLOW_OPEN from a client (only the server opens flows)");
+  }
+
+  /** @inheritdoc */
+  onDatagram(frame: DatagramFrame): void {
+    const flow = this.flows.get(frame.stream);
+    if (flow === undefined) {
+      // Crossed our FLOW_CLOSE, or its FLOW_OPEN was lost in a blip: the client forgets it too.
+      this.totals.closed.drops.unknown_flow++;
+      this.mux.sendFlowClose(frame.stream, FlowCloseCode.Gone);
+      return;
+    }
+    flow.port.toVisitor(flow, frame.payload);
+  }
+
+  /** @inheritdoc */
+  onFlowClose(frame: FlowCloseFrame): void {
+    const flow = this.flows.get(frame.stream);
+    if (flow !== undefined) flow.port.forget(flow, 0);
+  }
+}
+
+/** Where a UDP tunnel may listen (the same rules as a TCP tunnel's port: see public-port.ts). */
+export interface UdpPortRequest {
+  host: string;
+  /** The port the client asked for, if any. */
+  port?: number;
+  /** Ranges to take a port from, in order (the server's, narrowed by the user's); `undefined`: any. */
+  ranges: readonly (PortRange | undefined)[];
+  /** The server's own ports. */
+  own?: readonly number[];
+}
+
+/** A UDP tunnel's public socket and flow table. */
+export class UdpPort {
+  /** This tunnel's counts (folded into the server's totals when it closes). */
+  readonly counters = newUdpCounters();
+  /** Open flows by visitor address (`address port`). */
+  private readonly byAddress = new Map<string, Flow>();
+  /** Advances once per sweep: a flow's `seen` stamp costs no clock read per datagram. */
+  private tick = 0;
+  private readonly idleTicks: number;
+  private readonly sweeper: ReturnType<typeof setInterval>;
+  private closed = false;
+
+  private constructor(
+    private readonly socket: udp.Socket<"buffer">,
+    private readonly session: UdpSessionFlows,
+    /** The tunnel ref FLOW_OPEN frames carry. */
+    readonly ref: number,
+  ) {
+    const { idleMs } = session.totals;
+    const every = Math.min(1000, Math.max(25, idleMs / 4));
+    this.idleTicks = Math.max(1, Math.round(idleMs / every));
+    this.sweeper = setInterval(() => this.sweep(), every);
+    this.sweeper.unref?.();
+  }
+
+  /**
+   * Opens a tunnel's public UDP socket: on the port asked for, or the first free one of the ranges
+   * (from a random place in each), or any the kernel picks.
+   * @throws {PortError} with a one-line message for the client.
+   */
+  static async open(request: UdpPortRequest, session: UdpSessionFlows, ref: number): Promise<UdpPort> {
+    let port: UdpPort | undefined;
+    const socket = await bindUdp(request, {
+      data: (_socket, data, remotePort, address, flags) =>
+        port?.fromVisitor(data, remotePort, address, flags.truncated),
+      error: () => {}, // ICMP errors about visitors that went away: UDP says nothing more
+    });
+    port = new UdpPort(socket, session, ref);
+    return port;
+  }
+
+  /** The public port. */
+  get port(): number {
+    return this.socket.port;
+  }
+
+  /** Flows open now. */
+  get flowCount(): number {
+    return this.byAddress.size;
+  }
+
+  /** A visitor's datagram: to the client as its flow's DATAGRAM, or dropped and counted. */
+  private fromVisitor(data: Uint8Array, remotePort: number, address: string, truncated: boolean): void {
+    const counters = this.counters;
+    if (truncated) {
+      counters.drops.truncated++;
+      return;
+    }
+    const session = this.session;
+    const mux = session.mux;
+    if (!mux.isLive) {
+      counters.drops.offline++;
+      return;
+    }
+    const key = `${address} ${remotePort}`;
+    let flow = this.byAddress.get(key);
+    if (flow === undefined) flow = this.openFlow(key, address, remotePort);
+    else flow.seen = this.tick;
+    if (session.queued() > UDP_QUEUE_BOUND) {
+      counters.drops.backpressure++;
+      return;
+    }
+    mux.sendDatagram(flow.id, data);
+    counters.datagramsIn++;
+    counters.bytesIn += data.length;
+  }
+
+  private openFlow(key: string, address: string, remotePort: number): Flow {
+    if (this.byAddress.size >= this.session.totals.maxFlows) this.evictOne();
+    const flow: Flow = {
+      id: this.session.allocate(),
+      port: this,
+      address,
+      remotePort,
+      key,
+      seen: this.tick,
+    };
+    this.byAddress.set(key, flow);
+    this.session.flows.set(flow.id, flow);
+    this.counters.flows++;
+    const remote = `${formatHost(unmappedAddress(address))}:${remotePort}`;
+    this.session.mux.sendFlowOpen(flow.id, this.ref, { remote });
+    return flow;
+  }
+
+  /** At the most-flows limit: the least recently active flow gives way (the oldest of those tied). */
+  private evictOne(): void {
+    let oldest: Flow | undefined;
+    for (const flow of this.byAddress.values())
+      if (oldest === undefined || flow.seen < oldest.seen) oldest = flow;
+    if (oldest === undefined) return;
+    this.counters.evicted++;
+    this.forget(oldest, FlowCloseCode.Evicted);
+  }
+
+  /** A datagram from the client for a flow of this tunnel: to its visitor, from the public port. */
+  toVisitor(flow: Flow, payload: Uint8Array): void {
+    flow.seen = this.tick;
+    const counters = this.counters;
+    let sent = false;
+    try {
+      sent = this.socket.send(payload, flow.remotePort, flow.address);
+    } catch {
+      // EMSGSIZE toward an IPv6 visitor on a smaller path, a visitor address gone: counted below.
+    }
+    if (!sent) {
+      counters.drops.send_failed++;
+      return;
+    }
+    counters.datagramsOut++;
+    counters.bytesOut += payload.length;
+  }
+
+  /** Forgets a flow; with a code, the client is told (FLOW_CLOSE) so it closes its socket too. */
+  forget(flow: Flow, code: number): void {
+    if (this.byAddress.get(flow.key) !== flow) return;
+    this.byAddress.delete(flow.key);
+    this.session.flows.delete(flow.id);
+    if (code !== 0) this.session.mux.sendFlowClose(flow.id, code);
+  }
+
+  /** Idle sweep: flows with no datagram either way for `--udp-idle-timeout` are forgotten. */
+  private sweep(): void {
+    const tick = ++this.tick;
+    for (const flow of this.byAddress.values())
+      if (tick - flow.seen > this.idleTicks) {
+        this.counters.idled++;
+        this.forget(flow, FlowCloseCode.Idle);
+      }
+  }
+
+  /**
+   * Closes the public socket and forgets every flow without a frame (the client forgets a closed
+   * tunnel's flows itself); the counts join the server's totals.
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.sweeper);
+    this.socket.close();
+    for (const flow of this.byAddress.values()) this.session.flows.delete(flow.id);
+    this.byAddress.clear();
+    addUdpCounters(this.session.totals.closed, this.counters);
+  }
+}
+
+/** Binds the public UDP socket as {@link UdpPort.open} says. */
+async function bindUdp(
+  request: UdpPortRequest,
+  handler: udp.SocketHandler<"buffer">,
+): Promise<udp.Socket<"buffer">> {
+  const own = new Set(request.own ?? []);
+  const bind = (port: number) => Bun.udpSocket({ hostname: request.host, port, socket: handler });
+  const wanted = request.port;
+  if (wanted !== undefined) {
+    const at = request.ranges.findIndex((r) => r === undefined || (wanted >= r.min && wanted <= r.max));
+    const first = request.ranges[0];
+    if (at === -1 && first !== undefined)
+      throw new PortError(
+        "port_out_of_range",
+        `port ${wanted} is outside the server's range ${first.min}-${first.max}`,
+      );
+    // As root, binding 53 succeeds: only the operator's --tcp-ports may hand privileged ports out.
+    if ((at === -1 || request.ranges[at] === undefined) && wanted < FIRST_UNPRIVILEGED_PORT)
+      throw new PortError(
+        "port_out_of_range",
+        `port ${wanted} is privileged (below ${FIRST_UNPRIVILEGED_PORT}); this server hands out ${FIRST_UNPRIVILEGED_PORT}-65535 unless started with --tcp-ports`,
+      );
+    if (own.has(wanted)) throw new PortError("port_taken", `UDP port ${wanted} is the server's own`);
+    try {
+      return await bind(wanted);
+    } catch (error) {
+      throw udpListenError(error, wanted);
+    }
+  }
+  let last: unknown;
+  for (const range of request.ranges) {
+    if (range === undefined) {
+      try {
+        return await bind(0);
+      } catch (error) {
+        throw udpListenError(error, 0);
+      }
+    }
+    const size = range.max - range.min + 1;
+    const start = Math.floor(Math.random() * size);
+    for (let i = 0; i < size; i++) {
+      const candidate = range.min + ((start + i) % size);
+      if (own.has(candidate)) continue;
+      try {
+        return await bind(candidate);
+      } catch (error) {
+        const code = (error as { code?: string }).code;
+        if (code !== "EADDRINUSE" && code !== "EACCES") throw udpListenError(error, candidate);
+        last = error;
+      }
+    }
+  }
+  const range = request.ranges[0];
+  throw new PortError(
+    "no_free_port",
+    range === undefined
+      ? `no free UDP port: ${String(last)}`
+      : `no free UDP port in the server's range ${range.min}-${range.max}`,
+  );
+}
+
+function udpListenError(error: unknown, port: number): PortError {
+  const code = (error as { code?: string }).code;
+  if (code === "EADDRINUSE")
+    return new PortError("port_taken", `UDP port ${port} is already in use on the server`);
+  if (code === "EACCES")
+    return new PortError("listen_failed", `UDP port ${port} needs privileges the server lacks`);
+  return new PortError("listen_failed", `cannot open UDP port ${port}: ${(error as Error).message}`);
+}
