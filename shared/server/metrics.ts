@@ -17,7 +17,8 @@ import packageJson from "../../package.json" with { type: "json" };
 import type { Stream } from "../relay/stream.ts";
 import { PROTOCOL_VERSION } from "../wire/protocol.ts";
 import type { ClusterStats } from "./cluster/node.ts";
-import type { Session, Tunnel } from "./session.ts";
+import type { Tunnel } from "./namespace/holding.ts";
+import type { Session } from "./session.ts";
 import { UDP_DROP_REASONS, type UdpStats } from "./udp-port.ts";
 import { SINGLE_KEY_USER } from "./users.ts";
 
@@ -65,9 +66,9 @@ export interface TunnelInfo {
   /** The session (client) holding it. */
   client: string;
   user?: string;
-  /** Visitor connections open now (UDP: flows). */
+  /** Visitor connections open now (UDP: flows of its place). */
   visitors: number;
-  /** Visitor connections since the tunnel opened (UDP: flows). */
+  /** Visitor connections since the tunnel opened (UDP: flows of its place). */
   visitorsTotal: number;
   /** Bytes relayed since the tunnel opened. */
   bytes: ByteCounts;
@@ -105,9 +106,9 @@ interface RateSample {
 /** The shortest span (ms) over which a rate is measured; looks closer together reuse the last rate. */
 const RATE_SPAN_MS = 900;
 
-/** A tunnel's type: HTTP tunnels have a name under the domain. */
+/** A tunnel's type, as its client asked for it. */
 export function tunnelType(tunnel: Tunnel): TunnelType {
-  return tunnel.udp !== undefined ? "udp" : tunnel.name === undefined ? "tcp" : "http";
+  return tunnel.kind;
 }
 
 /** The user a session belongs to, when the server has users (the single API key names nobody). */
@@ -185,6 +186,8 @@ export class ServerMetrics {
   resumes = 0;
   /** Clients declared dead after three heartbeat intervals of silence. */
   heartbeatMisses = 0;
+  /** Visitors refused before reaching a client, by reason (see {@link ServerMetrics.visitorRefused}). */
+  readonly refused = new Map<string, number>();
   /** This build's version. */
   readonly version = VERSION;
   /** When the process started (ms since the epoch). */
@@ -244,6 +247,11 @@ export class ServerMetrics {
     this.durationCounts[i] = (this.durationCounts[i] ?? 0) + 1;
   }
 
+  /** A visitor was refused before it reached a client (allow/deny lists, limits, client away). */
+  visitorRefused(reason: string): void {
+    this.refused.set(reason, (this.refused.get(reason) ?? 0) + 1);
+  }
+
   /** A tunnel's totals: open visitors, all visitors and bytes, closed and open together. */
   private tunnelTotals(tunnel: Tunnel): Closed & { open: number } {
     const udp = tunnel.udp;
@@ -269,8 +277,7 @@ export class ServerMetrics {
   clients(): ClientInfo[] {
     return [...this.sessions.values()].map((session) => {
       let visitors = 0;
-      for (const tunnel of session.tunnels.values())
-        visitors += tunnel.visitors.size + (tunnel.udp?.flowCount ?? 0);
+      for (const tunnel of session.tunnels.values()) visitors += tunnel.visitors.size;
       const info: ClientInfo = {
         id: session.id,
         address: session.remote,
@@ -427,6 +434,12 @@ export class ServerMetrics {
       "Client upgrades refused for a wrong or missing API key (401) or resume secret (403).",
       [[{}, this.authFailures]],
     );
+    out.family(
+      "sockets_visitors_refused_total",
+      "counter",
+      "Visitors refused before reaching a client: denied (allow/deny lists), offline (client away), limit (max streams or visitors).",
+      (["denied", "offline", "limit"] as const).map((reason) => [{ reason }, this.refused.get(reason) ?? 0]),
+    );
     out.family("sockets_resumes_total", "counter", "Sessions resumed by a client that reconnected.", [
       [{}, this.resumes],
     ]);
@@ -475,7 +488,7 @@ export class ServerMetrics {
       out.family(
         "sockets_udp_drops_total",
         "counter",
-        "Datagrams the server dropped, by reason (backpressure, offline, send_failed, truncated, unknown_flow).",
+        "Datagrams the server dropped, by reason (backpressure, offline, denied, send_failed, truncated, unknown_flow).",
         UDP_DROP_REASONS.map((reason) => [{ reason }, udp.drops[reason]]),
       );
     }

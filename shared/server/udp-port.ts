@@ -1,8 +1,10 @@
 /**
- * UDP tunnels, the server's side: a tunnel's public UDP socket and its flow table. Each visitor
- * address (IP and port) is a flow with a session-wide id; its first datagram announces it to the
- * client (FLOW_OPEN, with the visitor's address, once), then every datagram travels whole as one
- * DATAGRAM frame, both ways, and the client's replies leave from the public port to that visitor.
+ * UDP tunnels, the server's side: a UDP place's public socket and its flow table. Each visitor
+ * address (IP and port) is a flow, given on its first datagram to one member tunnel of the place (the
+ * namespace chooses, as for a TCP visitor: allow and deny lists, a live client, a pool's least loaded
+ * member), with an id in that member's session. The first datagram announces the flow to the client
+ * (FLOW_OPEN, with the visitor's address, once), then every datagram travels whole as one DATAGRAM
+ * frame, both ways, and the client's replies leave from the public port to that visitor.
  *
  * UDP's rules, not TCP's: nothing waits for credit and nothing is resent. A datagram that finds the
  * client's WebSocket with more than {@link UDP_QUEUE_BOUND} bytes queued is dropped and counted (so
@@ -34,8 +36,10 @@ export const UDP_QUEUE_BOUND = 512 * 1024;
 export const UDP_DROP_REASONS = [
   /** The client's WebSocket had more than {@link UDP_QUEUE_BOUND} bytes queued. */
   "backpressure",
-  /** The client was away (reconnecting, within its grace period). */
+  /** The client was away (reconnecting, within its grace period), or no member of a pool was live. */
   "offline",
+  /** The visitor's address is refused by the tunnel's or its user's allow and deny lists. */
+  "denied",
   /** The kernel refused to send it to the visitor. */
   "send_failed",
   /** Larger than the receive buffer (the kernel cut it): never passed on cut. */
@@ -83,14 +87,10 @@ export function addUdpCounters(into: UdpCounters, from: UdpCounters): void {
   for (const reason of UDP_DROP_REASONS) into.drops[reason] += from.drops[reason];
 }
 
-/** The server's UDP settings and the totals of closed tunnels. */
-export interface UdpTotals {
-  /** `--udp-idle-timeout` in ms. */
+/** The server's UDP flow settings (`--udp-idle-timeout` in ms, `--udp-max-flows`). */
+export interface UdpSettings {
   idleMs: number;
-  /** `--udp-max-flows`. */
   maxFlows: number;
-  /** Counts of tunnels already closed, and drops no tunnel can be named for. */
-  closed: UdpCounters;
 }
 
 /** What `/health` says about UDP tunnels. */
@@ -103,22 +103,33 @@ export interface UdpStats extends UdpCounters {
   maxFlows: number;
 }
 
-/** The server-wide UDP view: `totals` plus every open port's counts. */
-export function udpStats(totals: UdpTotals, ports: Iterable<UdpPort>): UdpStats {
+/** The server-wide UDP view: the closed places' counts plus every open port's. */
+export function udpStats(settings: UdpSettings, closed: UdpCounters, ports: Iterable<UdpPort>): UdpStats {
   const sum = newUdpCounters();
-  addUdpCounters(sum, totals.closed);
+  addUdpCounters(sum, closed);
   let open = 0;
   for (const port of ports) {
     addUdpCounters(sum, port.counters);
     open += port.flowCount;
   }
-  return { ...sum, open, idleTimeout: totals.idleMs / 1000, maxFlows: totals.maxFlows };
+  return { ...sum, open, idleTimeout: settings.idleMs / 1000, maxFlows: settings.maxFlows };
 }
 
-/** One visitor address of a tunnel. */
+/** One member tunnel of a UDP place, as its flows see it: its ref and its session's flows. */
+export interface UdpMember {
+  /** The tunnel ref FLOW_OPEN frames carry. */
+  readonly ref: number;
+  readonly flows: UdpSessionFlows;
+}
+
+/** Where a new flow goes: a member, or why none (`denied`, `offline`). */
+export type UdpChooser = (address: string) => UdpMember | "denied" | "offline";
+
+/** One visitor address of a place, carried by one member. */
 interface Flow {
   readonly id: number;
   readonly port: UdpPort;
+  readonly member: UdpMember;
   /** The address as the socket reported it (what replies are sent to). */
   readonly address: string;
   readonly remotePort: number;
@@ -139,12 +150,12 @@ export class UdpSessionFlows implements DatagramHandler {
   /**
    * @param mux the session's multiplexer (frames leave through its batcher).
    * @param queued bytes queued on the client's WebSocket now (0 without one).
-   * @param totals where drops no tunnel can be named for are counted.
+   * @param unplaced where drops no tunnel can be named for are counted (the server's totals).
    */
   constructor(
     readonly mux: Mux,
     readonly queued: () => number,
-    readonly totals: UdpTotals,
+    readonly unplaced: UdpCounters,
   ) {
     mux.datagrams = this;
   }
@@ -167,7 +178,7 @@ export class UdpSessionFlows implements DatagramHandler {
     const flow = this.flows.get(frame.stream);
     if (flow === undefined) {
       // Crossed our FLOW_CLOSE, or its FLOW_OPEN was lost in a blip: the client forgets it too.
-      this.totals.closed.drops.unknown_flow++;
+      this.unplaced.drops.unknown_flow++;
       this.mux.sendFlowClose(frame.stream, FlowCloseCode.Gone);
       return;
     }
@@ -192,9 +203,9 @@ export interface UdpPortRequest {
   own?: readonly number[];
 }
 
-/** A UDP tunnel's public socket and flow table. */
+/** A UDP place's public socket and flow table. */
 export class UdpPort {
-  /** This tunnel's counts (folded into the server's totals when it closes). */
+  /** This place's counts (folded into the server's totals when it closes). */
   readonly counters = newUdpCounters();
   /** Open flows by visitor address (`address port`). */
   private readonly byAddress = new Map<string, Flow>();
@@ -206,11 +217,10 @@ export class UdpPort {
 
   private constructor(
     private readonly socket: udp.Socket<"buffer">,
-    private readonly session: UdpSessionFlows,
-    /** The tunnel ref FLOW_OPEN frames carry. */
-    readonly ref: number,
+    private readonly settings: UdpSettings,
+    private readonly choose: UdpChooser,
   ) {
-    const { idleMs } = session.totals;
+    const { idleMs } = settings;
     const every = Math.min(1000, Math.max(25, idleMs / 4));
     this.idleTicks = Math.max(1, Math.round(idleMs / every));
     this.sweeper = setInterval(() => this.sweep(), every);
@@ -219,17 +229,18 @@ export class UdpPort {
 
   /**
    * Opens a tunnel's public UDP socket: on the port asked for, or the first free one of the ranges
-   * (from a random place in each), or any the kernel picks.
+   * (from a random place in each), or any the kernel picks. `settings` is read at each new flow (a
+   * reload applies to the next one); `choose` gives each new flow its member.
    * @throws {PortError} with a one-line message for the client.
    */
-  static async open(request: UdpPortRequest, session: UdpSessionFlows, ref: number): Promise<UdpPort> {
+  static async open(request: UdpPortRequest, settings: UdpSettings, choose: UdpChooser): Promise<UdpPort> {
     let port: UdpPort | undefined;
     const socket = await bindUdp(request, {
       data: (_socket, data, remotePort, address, flags) =>
         port?.fromVisitor(data, remotePort, address, flags.truncated),
       error: () => {}, // ICMP errors about visitors that went away: UDP says nothing more
     });
-    port = new UdpPort(socket, session, ref);
+    port = new UdpPort(socket, settings, choose);
     return port;
   }
 
@@ -250,16 +261,22 @@ export class UdpPort {
       counters.drops.truncated++;
       return;
     }
-    const session = this.session;
+    const key = `${address} ${remotePort}`;
+    let flow = this.byAddress.get(key);
+    if (flow === undefined) {
+      const member = this.choose(address);
+      if (typeof member === "string") {
+        counters.drops[member]++;
+        return;
+      }
+      flow = this.openFlow(key, address, remotePort, member);
+    } else flow.seen = this.tick;
+    const session = flow.member.flows;
     const mux = session.mux;
     if (!mux.isLive) {
       counters.drops.offline++;
       return;
     }
-    const key = `${address} ${remotePort}`;
-    let flow = this.byAddress.get(key);
-    if (flow === undefined) flow = this.openFlow(key, address, remotePort);
-    else flow.seen = this.tick;
     if (session.queued() > UDP_QUEUE_BOUND) {
       counters.drops.backpressure++;
       return;
@@ -269,21 +286,22 @@ export class UdpPort {
     counters.bytesIn += data.length;
   }
 
-  private openFlow(key: string, address: string, remotePort: number): Flow {
-    if (this.byAddress.size >= this.session.totals.maxFlows) this.evictOne();
+  private openFlow(key: string, address: string, remotePort: number, member: UdpMember): Flow {
+    if (this.byAddress.size >= this.settings.maxFlows) this.evictOne();
     const flow: Flow = {
-      id: this.session.allocate(),
+      id: member.flows.allocate(),
       port: this,
+      member,
       address,
       remotePort,
       key,
       seen: this.tick,
     };
     this.byAddress.set(key, flow);
-    this.session.flows.set(flow.id, flow);
+    member.flows.flows.set(flow.id, flow);
     this.counters.flows++;
     const remote = `${formatHost(unmappedAddress(address))}:${remotePort}`;
-    this.session.mux.sendFlowOpen(flow.id, this.ref, { remote });
+    member.flows.mux.sendFlowOpen(flow.id, member.ref, { remote });
     return flow;
   }
 
@@ -319,8 +337,13 @@ export class UdpPort {
   forget(flow: Flow, code: number): void {
     if (this.byAddress.get(flow.key) !== flow) return;
     this.byAddress.delete(flow.key);
-    this.session.flows.delete(flow.id);
-    if (code !== 0) this.session.mux.sendFlowClose(flow.id, code);
+    flow.member.flows.flows.delete(flow.id);
+    if (code !== 0) flow.member.flows.mux.sendFlowClose(flow.id, code);
+  }
+
+  /** A member left the place (a pool goes on): its flows are forgotten, no frame (its client knows). */
+  forgetMember(member: UdpMember): void {
+    for (const flow of [...this.byAddress.values()]) if (flow.member === member) this.forget(flow, 0);
   }
 
   /** Idle sweep: flows with no datagram either way for `--udp-idle-timeout` are forgotten. */
@@ -335,16 +358,16 @@ export class UdpPort {
 
   /**
    * Closes the public socket and forgets every flow without a frame (the client forgets a closed
-   * tunnel's flows itself); the counts join the server's totals.
+   * tunnel's flows itself); the counts join `closed` (the server's totals).
    */
-  close(): void {
+  close(closed: UdpCounters): void {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.sweeper);
     this.socket.close();
-    for (const flow of this.byAddress.values()) this.session.flows.delete(flow.id);
+    for (const flow of this.byAddress.values()) flow.member.flows.flows.delete(flow.id);
     this.byAddress.clear();
-    addUdpCounters(this.session.totals.closed, this.counters);
+    addUdpCounters(closed, this.counters);
   }
 }
 
