@@ -393,7 +393,7 @@ async function bindUdp(
         "port_out_of_range",
         `port ${wanted} is privileged (below ${FIRST_UNPRIVILEGED_PORT}); this server hands out ${FIRST_UNPRIVILEGED_PORT}-65535 unless started with --tcp-ports`,
       );
-    if (own.has(wanted)) throw new PortError("port_taken", `UDP port ${wanted} is the server's own`);
+    if (own.has(wanted)) throw new PortError("port_taken", `port ${wanted}/udp is the server's own`);
     try {
       return await bind(wanted);
     } catch (error) {
@@ -435,8 +435,8 @@ async function bindUdp(
 function udpListenError(error: unknown, port: number): PortError {
   const code = (error as { code?: string }).code;
   if (code === "EADDRINUSE")
-    return new PortError("port_taken", `UDP port ${port} is already in use on the server`);
+    return new PortError("port_taken", `port ${port}/udp is already in use on the server`);
   if (code === "EACCES")
-    return new PortError("listen_failed", `UDP port ${port} needs privileges the server lacks`);
-  return new PortError("listen_failed", `cannot open UDP port ${port}: ${(error as Error).message}`);
+    return new PortError("listen_failed", `port ${port}/udp needs privileges the server lacks`);
+  return new PortError("listen_failed", `cannot open port ${port}/udp: ${(error as Error).message}`);
 }

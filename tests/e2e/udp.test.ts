@@ -220,8 +220,19 @@ test("bad input: a UDP port already taken and a name that does not resolve get o
   ]);
   expectOneLineError(
     refused,
-    new RegExp(`^error: server refused the tunnel: UDP port ${taken.port} is already in use on the server$`),
+    new RegExp(`^error: server refused the tunnel: port ${taken.port}/udp is already in use on the server$`),
   );
+  const privileged = await runToExit([
+    "bun",
+    "client.ts",
+    "--server",
+    server.url,
+    "--expose-udp",
+    "9",
+    "--port",
+    "53",
+  ]);
+  expectOneLineError(privileged, /^error: server refused the tunnel: port 53 is privileged \(below 1024\)/);
   const unresolved = await runToExit([
     "bun",
     "client.ts",

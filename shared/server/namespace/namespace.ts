@@ -393,7 +393,7 @@ export class Namespace {
     if (asked !== undefined) {
       tunnel.port = asked;
       const held = this.places.get(`udp:${asked}`);
-      if (held !== undefined) return this.joinUdp(held, tunnel, `UDP port ${asked}`);
+      if (held !== undefined) return this.joinUdp(held, tunnel, `port ${asked}/udp`);
     }
     let place: Place | undefined;
     const choose = (address: string) => {
@@ -412,7 +412,7 @@ export class Namespace {
         const held = this.places.get(key);
         if (held !== undefined) {
           port.close(this.udpClosed);
-          return this.joinUdp(held, tunnel, `UDP port ${port.port}`);
+          return this.joinUdp(held, tunnel, `port ${port.port}/udp`);
         }
         place = new Place(key, tunnel.pool, tunnel.holder.account);
         place.udp = port;
@@ -427,7 +427,7 @@ export class Namespace {
         };
         // "In use" is true but useless when a dropped client's session holds it: say for how long.
         const held = asked === undefined ? undefined : this.places.get(`udp:${asked}`);
-        return held === undefined ? refusal : this.joinUdp(held, tunnel, `UDP port ${asked}`);
+        return held === undefined ? refusal : this.joinUdp(held, tunnel, `port ${asked}/udp`);
       },
     );
   }
