@@ -417,7 +417,11 @@ export class TunnelClient {
       liveness.heard();
       try {
         if (typeof event.data === "string") this.onControl(event.data);
-        else this.mux.receive(new Uint8Array(event.data as ArrayBuffer), true);
+        else {
+          this.mux.receive(new Uint8Array(event.data as ArrayBuffer), true);
+          // The datagrams of this message, each flow's in one sendmmsg (their views die with the message).
+          this.udp.flush();
+        }
       } catch (error) {
         const reason = `protocol error: ${describeError(error)}`;
         log.error(reason);

@@ -68,6 +68,8 @@ interface ClientFlow {
   socket?: udp.ConnectedSocket<"buffer">;
   /** Datagrams that came while the socket was being opened (copies). */
   waiting: Uint8Array[];
+  /** Datagrams of the WebSocket message being read, sent together by {@link UdpFlows.flush} (views). */
+  batch: Uint8Array[];
   /** {@link UdpFlows} tick at the last datagram either way. */
   seen: number;
   closed: boolean;
@@ -102,6 +104,8 @@ export class UdpFlows implements DatagramHandler {
   /** Local service of each UDP tunnel, by the ref FLOW_OPEN frames carry. */
   private readonly targets = new Map<number, NamedService>();
   private tick = 0;
+  /** Flows with datagrams in their {@link ClientFlow.batch}. */
+  private readonly dirty: ClientFlow[] = [];
   private readonly idleTicks: number;
   private sweeper?: ReturnType<typeof setInterval>;
   private readonly every: number;
@@ -150,6 +154,7 @@ export class UdpFlows implements DatagramHandler {
       ref: frame.tunnel,
       remote: frame.meta.remote,
       waiting: [],
+      batch: [],
       seen: this.tick,
       closed: false,
     };
@@ -190,9 +195,10 @@ export class UdpFlows implements DatagramHandler {
       return;
     }
     flow.seen = this.tick;
-    const socket = flow.socket;
-    if (socket !== undefined) this.toLocal(flow, socket, frame.payload);
-    else if (flow.waiting.length < CONNECTING_QUEUE) flow.waiting.push(frame.payload.slice());
+    if (flow.socket !== undefined) {
+      // Held until the message is read: one sendmmsg per flow and message instead of one per datagram.
+      if (flow.batch.push(frame.payload) === 1) this.dirty.push(flow);
+    } else if (flow.waiting.length < CONNECTING_QUEUE) flow.waiting.push(frame.payload.slice());
     else this.counters.drops.connecting++;
   }
 
@@ -200,6 +206,38 @@ export class UdpFlows implements DatagramHandler {
   onFlowClose(frame: FlowCloseFrame): void {
     const flow = this.flows.get(frame.stream);
     if (flow !== undefined) this.close(flow, 0);
+  }
+
+  /**
+   * Sends the datagrams the last WebSocket message brought, each flow's with one `sendMany`
+   * (sendmmsg). Called once the message is read: its datagrams are views into it.
+   */
+  flush(): void {
+    const dirty = this.dirty;
+    if (dirty.length === 0) return;
+    const counters = this.counters;
+    for (const flow of dirty) {
+      const batch = flow.batch;
+      flow.batch = [];
+      const socket = flow.socket;
+      if (socket === undefined || flow.closed) continue;
+      if (batch.length === 1) {
+        this.toLocal(flow, socket, batch[0] as Uint8Array);
+        continue;
+      }
+      let sent = 0;
+      try {
+        sent = socket.sendMany(batch);
+      } catch {
+        // ECONNREFUSED from an earlier datagram: counted below.
+      }
+      for (let i = 0; i < batch.length; i++)
+        if (i < sent) {
+          counters.datagramsIn++;
+          counters.bytesIn += (batch[i] as Uint8Array).length;
+        } else counters.drops.local_busy++;
+    }
+    dirty.length = 0;
   }
 
   private toLocal(_flow: ClientFlow, socket: udp.ConnectedSocket<"buffer">, payload: Uint8Array): void {
@@ -242,6 +280,7 @@ export class UdpFlows implements DatagramHandler {
     flow.closed = true;
     flow.socket?.close();
     flow.waiting = [];
+    flow.batch = [];
     if (this.flows.get(flow.id) === flow) this.flows.delete(flow.id);
     if (code !== 0) this.host.mux().sendFlowClose(flow.id, code);
   }
