@@ -10,9 +10,9 @@
  *    generator) beside it.
  * 2. **Offered rates.** `iperf3 -u -l 1400` at 10, 100 and 500 Mbit/s for a few seconds: loss and
  *    jitter through the tunnel beside direct, runs alternated.
- * 3. **A TCP stream beside a saturating UDP flow.** The TCP tunnel's bulk download (one connection)
- *    and 64-byte round trip alone, then while `iperf3 -u -b 2G` floods the UDP tunnel of the same
- *    client.
+ * 3. **A TCP stream beside a UDP flow.** The TCP tunnel's bulk download (one connection) and 64-byte
+ *    round trip alone, then while `iperf3 -u` sends 100 Mbit/s, then 2 Gbit/s (saturating), through the
+ *    UDP tunnel of the same client.
  *
  * Needs iperf3 (`apt-get install iperf3`; without it the iperf3 figures are skipped with a note). All
  * traffic on loopback; ports bound as 0 and read back; every process in its own group, stopped by PID.
@@ -79,13 +79,11 @@ export interface UdpResult {
   rr: { udpDirect: RoundTrip; udpTunnel: RoundTrip; tcpTunnel: RoundTrip; tcpDirect: RoundTrip };
   /** Per offered rate: the median run (by loss) direct and through the tunnel; absent without iperf3. */
   rates?: { offered: number; direct: RateRun; tunnel: RateRun; directRuns: number[]; tunnelRuns: number[] }[];
-  /** A TCP stream alone and beside a saturating UDP flow. */
-  contention?: {
-    alone: { mbps: number; p50: number; p99: number };
-    flooded: { mbps: number; p50: number; p99: number };
-    /** What the flood delivered meanwhile (iperf3's receiver). */
-    flood: RateRun | undefined;
-  };
+  /**
+   * A TCP stream (bulk down, Mbit/s; 64 B RTT, µs) alone (`offered` 0) and beside a UDP flow of
+   * `offered` Mbit/s on the same client, with what that flow delivered meanwhile.
+   */
+  contention?: { offered: number; mbps: number; p50: number; p99: number; flood?: RateRun }[];
   notes: string[];
 }
 
@@ -249,40 +247,39 @@ export async function runUdp(options: {
         });
       }
 
-      log("udp: a TCP stream alone, then beside a saturating UDP flow on the same client");
+      log(
+        "udp: a TCP stream alone, then beside a UDP flow on the same client (100 Mbit/s, then 2 Gbit/s offered)",
+      );
       const bulkParams = { ...tcpParams, bulkBytes: params.bulkBytes };
       const mbpsOf = (s: { result: Record<string, unknown> }) => Number(s.result.gbps) * 1000;
-      const aloneBulk: number[] = [];
-      const aloneRtt: { p50: number; p99: number }[] = [];
-      const floodBulk: number[] = [];
-      const floodRtt: { p50: number; p99: number }[] = [];
-      let flood: RateRun | undefined;
-      for (let i = 0; i < params.repeat; i++) {
-        aloneBulk.push(mbpsOf(await bulk(target(tcpTunnel), bulkParams, false, 1)));
-        aloneRtt.push(rtt(await latency(target(tcpTunnel), tcpParams)));
-        const flooding = startIperf(publicIperf, 2000, 600);
-        await Bun.sleep(1000);
-        floodBulk.push(mbpsOf(await bulk(target(tcpTunnel), bulkParams, false, 1)));
-        floodRtt.push(rtt(await latency(target(tcpTunnel), tcpParams)));
-        // iperf3 ends its run on SIGINT and still prints its JSON; the server keeps listening.
-        flooding.proc.kill("SIGINT");
-        const timer = setTimeout(() => void flooding.stop(0), 10_000);
-        await flooding.proc.exited;
-        clearTimeout(timer);
-        await flooding.stop();
-        try {
-          flood = iperfResult(flooding.stdout(), 2000);
-        } catch {}
-      }
       const mid = (list: { p50: number; p99: number }[]) => ({
         p50: median(list.map((r) => r.p50)),
         p99: median(list.map((r) => r.p99)),
       });
-      result.contention = {
-        alone: { mbps: median(aloneBulk), ...mid(aloneRtt) },
-        flooded: { mbps: median(floodBulk), ...mid(floodRtt) },
-        flood,
+      /** The TCP stream's figures, runs alternated with the flood's, beside a flood of `offered` (0: none). */
+      const stream = async (offered: number) => {
+        const mbps: number[] = [];
+        const rtts: { p50: number; p99: number }[] = [];
+        let flood: RateRun | undefined;
+        for (let i = 0; i < params.repeat; i++) {
+          const flooding = offered > 0 ? startIperf(publicIperf, offered, 600) : undefined;
+          if (flooding) await Bun.sleep(1000);
+          mbps.push(mbpsOf(await bulk(target(tcpTunnel), bulkParams, false, 1)));
+          rtts.push(rtt(await latency(target(tcpTunnel), tcpParams)));
+          if (flooding === undefined) continue;
+          // iperf3 ends its run on SIGINT and still prints its JSON; the server keeps listening.
+          flooding.proc.kill("SIGINT");
+          const timer = setTimeout(() => void flooding.stop(0), 10_000);
+          await flooding.proc.exited;
+          clearTimeout(timer);
+          await flooding.stop();
+          try {
+            flood = iperfResult(flooding.stdout(), offered);
+          } catch {}
+        }
+        return { offered, mbps: median(mbps), ...mid(rtts), flood };
       };
+      result.contention = [await stream(0), await stream(100), await stream(2000)];
     }
     return result;
   } finally {
@@ -324,18 +321,22 @@ export function udpReport(result: UdpResult): string {
     );
   }
   const c = result.contention;
-  if (c) {
-    const cost = 1 - c.flooded.mbps / Math.max(1, c.alone.mbps);
+  const alone = c?.[0];
+  if (c && alone) {
     lines.push(
       "",
-      "A TCP stream through the same client, alone and beside `iperf3 -u -b 2G` on its UDP tunnel:",
+      "A TCP stream through the same client (bulk down on one connection; 64 B round trip), alone and beside an `iperf3 -u` flow on its UDP tunnel:",
       "",
-      "| | TCP bulk down, Mbit/s | 64 B RTT p50 / p99, µs |",
-      "| --- | ---: | ---: |",
-      `| alone | ${fmt(c.alone.mbps)} | ${fmt(c.alone.p50)} / ${fmt(c.alone.p99)} |`,
-      `| beside the UDP flood | ${fmt(c.flooded.mbps)} | ${fmt(c.flooded.p50)} / ${fmt(c.flooded.p99)} |`,
+      "| UDP flow offered | TCP bulk down, Mbit/s | cost | 64 B RTT p50 / p99, µs | the UDP flow delivered |",
+      "| ---: | ---: | ---: | ---: | --- |",
+      ...c.map((row) => {
+        const cost =
+          row.offered === 0 ? "–" : `${((1 - row.mbps / Math.max(1, alone.mbps)) * 100).toFixed(1)}%`;
+        const flood = row.flood ? `${fmt(row.flood.received, 1)} Mbit/s, ${row.flood.lossPct}% lost` : "–";
+        return `| ${row.offered === 0 ? "none" : `${row.offered} Mbit/s`} | ${fmt(row.mbps)} | ${cost} | ${fmt(row.p50)} / ${fmt(row.p99)} | ${flood} |`;
+      }),
       "",
-      `Throughput cost of the flood: ${(cost * 100).toFixed(1)}% (target < 20%)${c.flood ? `; the flood delivered ${fmt(c.flood.received, 1)} Mbit/s, ${c.flood.lossPct}% lost` : ""}`,
+      "Target: a saturating UDP flow costs the TCP stream less than 20% of its throughput.",
     );
   }
   for (const note of result.notes) lines.push("", `Note: ${note}`);
@@ -348,6 +349,11 @@ if (import.meta.main) {
     options: { quick: { type: "boolean" }, repeat: { type: "string" }, json: { type: "string" } },
   });
   atExit(killAll);
+  for (const signal of ["SIGINT", "SIGTERM"] as const)
+    process.once(signal, () => {
+      killAll();
+      process.exit(130);
+    });
   const params = { ...(values.quick ? UDP_QUICK : UDP_FULL) };
   if (values.repeat !== undefined) params.repeat = Number(values.repeat);
   const result = await runUdp({ params, log: (line) => process.stderr.write(`${line}\n`) });
