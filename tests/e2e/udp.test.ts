@@ -56,8 +56,19 @@ test("DNS: dnsmasq behind a UDP tunnel answers dig, 1,000 queries with their ids
   const dns = await startDnsmasq();
   const server = await startServerProcess(["--admin", "127.0.0.1:0"]);
   const admin = (await server.waitFor(/admin on (http:\/\/127\.0\.0\.1:\d+)\//))[1] as string;
-  const client = await startClientWith(server.url, ["--expose-udp", `127.0.0.1:${dns.port}`]);
+  const client = await startClientWith(server.url, [
+    "--expose-udp",
+    `127.0.0.1:${dns.port}`,
+    "--inspect",
+    "127.0.0.1:0",
+  ]);
   expect(client.urls[0]).toMatch(/^udp:\/\/localhost:\d+$/);
+  // The client's inspector lists it as a UDP tunnel with its udp:// URL.
+  const inspector = (await client.waitFor(/inspector: (http:\/\/\S+)/))[1] as string;
+  const listed = (await (await fetch(`${inspector}/api/tunnels`)).json()) as {
+    tunnels: { proto: string; public_url: string }[];
+  };
+  expect(listed.tunnels).toEqual([expect.objectContaining({ proto: "udp", public_url: client.urls[0] })]);
   const port = client.ports[0] as number;
 
   expect(

@@ -276,7 +276,7 @@ export function inspectorApp(source: InspectorSource): Hono {
         name: tunnel.name,
         uri: `/api/tunnels/${encodeURIComponent(tunnel.name)}`,
         public_url: tunnel.url,
-        proto: tunnel.kind === "http" ? (tunnel.url.startsWith("https:") ? "https" : "http") : "tcp",
+        proto: tunnel.kind === "http" ? (tunnel.url.startsWith("https:") ? "https" : "http") : (tunnel.kind ?? "tcp"),
         config: { addr: `${tunnel.local.host}:${tunnel.local.port}` },
       })),
     }),
