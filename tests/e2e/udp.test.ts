@@ -198,6 +198,26 @@ test("flows idle out after --udp-idle-timeout, and past --udp-max-flows the leas
   expect(echo.peers.size).toBe(before + 1);
 });
 
+test("the client's --udp-idle-timeout closes its socket for a quiet flow and tells the server", async () => {
+  const echo = await startUdpEcho();
+  const server = await startServerProcess();
+  const client = await startClientWith(server.url, [
+    "--expose-udp",
+    `127.0.0.1:${echo.port}`,
+    "--udp-idle-timeout",
+    "0.5",
+  ]);
+  const port = client.ports[0] as number;
+  const peer = await udpPeer();
+  await ask(peer, port, new Uint8Array([1]));
+  expect((await udpHealth(server)).open).toBe(1);
+  // The server's own timeout is 60 s: only the client's FLOW_CLOSE can end the flow this soon.
+  await eventually(async () => (await udpHealth(server)).open === 0, 5000, "the client closed the flow");
+  expect((await udpHealth(server)).idled).toBe(0);
+  await ask(peer, port, new Uint8Array([2]));
+  expect(echo.peers.size).toBe(2);
+});
+
 test("a blip mid-flow: the flow goes on afterwards from the same client-side socket", async () => {
   const echo = await startUdpEcho();
   const server = await startServerProcess();
