@@ -207,8 +207,14 @@ export interface UdpPortRequest {
 export class UdpPort {
   /** This place's counts (folded into the server's totals when it closes). */
   readonly counters = newUdpCounters();
-  /** Open flows by visitor address (`address port`). */
+  /**
+   * Open flows by visitor address (`address port`), least recently active first: a flow moves to the
+   * end when it is first active in a tick, so eviction takes the first and the idle sweep stops at the
+   * first flow that is not idle (a flood of new addresses at the limit costs O(1) per flow).
+   */
   private readonly byAddress = new Map<string, Flow>();
+  /** The flow of the last visitor datagram: a burst from one address skips the key and the lookup. */
+  private last: Flow | undefined;
   /** Advances once per sweep: a flow's `seen` stamp costs no clock read per datagram. */
   private tick = 0;
   private readonly idleTicks: number;
@@ -261,16 +267,21 @@ export class UdpPort {
       counters.drops.truncated++;
       return;
     }
-    const key = `${address} ${remotePort}`;
-    let flow = this.byAddress.get(key);
-    if (flow === undefined) {
-      const member = this.choose(address);
-      if (typeof member === "string") {
-        counters.drops[member]++;
-        return;
+    let flow = this.last;
+    if (flow === undefined || flow.remotePort !== remotePort || flow.address !== address) {
+      const key = `${address} ${remotePort}`;
+      flow = this.byAddress.get(key);
+      if (flow === undefined) {
+        const member = this.choose(address);
+        if (typeof member === "string") {
+          counters.drops[member]++;
+          return;
+        }
+        flow = this.openFlow(key, address, remotePort, member);
       }
-      flow = this.openFlow(key, address, remotePort, member);
-    } else flow.seen = this.tick;
+      this.last = flow;
+    }
+    if (flow.seen !== this.tick) this.touch(flow);
     const session = flow.member.flows;
     const mux = session.mux;
     if (!mux.isLive) {
@@ -305,11 +316,16 @@ export class UdpPort {
     return flow;
   }
 
-  /** At the most-flows limit: the least recently active flow gives way (the oldest of those tied). */
+  /** A flow's first datagram in this tick: stamped, and moved to the end (most recently active). */
+  private touch(flow: Flow): void {
+    flow.seen = this.tick;
+    this.byAddress.delete(flow.key);
+    this.byAddress.set(flow.key, flow);
+  }
+
+  /** At the most-flows limit: the least recently active flow (the first) gives way. */
   private evictOne(): void {
-    let oldest: Flow | undefined;
-    for (const flow of this.byAddress.values())
-      if (oldest === undefined || flow.seen < oldest.seen) oldest = flow;
+    const oldest = this.byAddress.values().next().value;
     if (oldest === undefined) return;
     this.counters.evicted++;
     this.forget(oldest, FlowCloseCode.Evicted);
@@ -317,7 +333,7 @@ export class UdpPort {
 
   /** A datagram from the client for a flow of this tunnel: to its visitor, from the public port. */
   toVisitor(flow: Flow, payload: Uint8Array): void {
-    flow.seen = this.tick;
+    if (flow.seen !== this.tick) this.touch(flow);
     const counters = this.counters;
     let sent = false;
     try {
@@ -337,6 +353,7 @@ export class UdpPort {
   forget(flow: Flow, code: number): void {
     if (this.byAddress.get(flow.key) !== flow) return;
     this.byAddress.delete(flow.key);
+    if (this.last === flow) this.last = undefined;
     flow.member.flows.flows.delete(flow.id);
     if (code !== 0) flow.member.flows.mux.sendFlowClose(flow.id, code);
   }
@@ -349,11 +366,12 @@ export class UdpPort {
   /** Idle sweep: flows with no datagram either way for `--udp-idle-timeout` are forgotten. */
   private sweep(): void {
     const tick = ++this.tick;
-    for (const flow of this.byAddress.values())
-      if (tick - flow.seen > this.idleTicks) {
-        this.counters.idled++;
-        this.forget(flow, FlowCloseCode.Idle);
-      }
+    // Oldest first: the first flow that is not idle ends the walk.
+    for (const flow of this.byAddress.values()) {
+      if (tick - flow.seen <= this.idleTicks) break;
+      this.counters.idled++;
+      this.forget(flow, FlowCloseCode.Idle);
+    }
   }
 
   /**
@@ -367,6 +385,7 @@ export class UdpPort {
     this.socket.close();
     for (const flow of this.byAddress.values()) flow.member.flows.flows.delete(flow.id);
     this.byAddress.clear();
+    this.last = undefined;
     addUdpCounters(closed, this.counters);
   }
 }
