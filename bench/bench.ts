@@ -10,6 +10,7 @@
  * bun run bench --only direct,ssh,sockets --measures longpath   # the long-path section alone
  * bun run bench --measures http      # the HTTP section alone: HTTP tunnels (both ports), TCP tunnel, direct
  * bun run bench --measures cluster   # the cluster section alone (also: bun bench/cluster.ts)
+ * bun run bench --measures udp       # the UDP section alone (also: bun bench/udp.ts)
  * ```
  * @module
  */
@@ -45,6 +46,7 @@ import {
   type ProviderResult,
   type SampleKey,
 } from "./report.ts";
+import { runUdp, UDP_FULL, UDP_QUICK, type UdpResult, udpReport } from "./udp.ts";
 
 /** Measurement groups, in the order they run on each tunnel. */
 export const MEASURES = [
@@ -56,6 +58,7 @@ export const MEASURES = [
   "longpath",
   "http",
   "cluster",
+  "udp",
 ] as const;
 
 /** A measurement group name. */
@@ -86,6 +89,8 @@ Options:
                        small GET and 64 B POST (wrk), 200 MiB each way (sha256), WebSocket echo (http.ts)
                        cluster: a redis-server and two nodes: a visitor at node A for a client at node B
                        against the same visitor at B, two nodes' aggregate bulk against one (cluster.ts)
+                       udp: UDP tunnels: 64 B request/response beside direct and the TCP tunnel, iperf3 -u
+                       at 10/100/500 Mbit/s beside direct, a TCP stream beside a saturating UDP flow (udp.ts)
   --sockets-root DIR   longpath, http: run sockets from another checkout (for a before/after table)
   -h, --help           show this help
 `;
@@ -311,7 +316,9 @@ export async function runBench(options: BenchOptions): Promise<string> {
   const native = await buildNative();
   const service = spawn([native.service, "2"], { stdin: true });
   const results: Partial<Record<ProviderName, ProviderResult>> = {};
-  const loopback = options.measures.filter((m) => m !== "longpath" && m !== "http" && m !== "cluster");
+  const loopback = options.measures.filter(
+    (m) => m !== "longpath" && m !== "http" && m !== "cluster" && m !== "udp",
+  );
   try {
     await service.waitFor(/port (\d+)/, 10_000);
     for (const name of loopback.length > 0 ? options.only : [])
@@ -345,6 +352,12 @@ export async function runBench(options: BenchOptions): Promise<string> {
     cluster = await runCluster({ params: clusterParams, log });
   } else if (options.measures.includes("cluster"))
     log("cluster: skipped: it measures sockets (add it to --only)");
+  let udp: UdpResult | undefined;
+  if (options.measures.includes("udp") && options.only.includes("sockets")) {
+    const udpParams = { ...(options.quick ? UDP_QUICK : UDP_FULL) };
+    if (options.repeat !== undefined) udpParams.repeat = options.repeat;
+    udp = await runUdp({ params: udpParams, log });
+  } else if (options.measures.includes("udp")) log("udp: skipped: it measures sockets (add it to --only)");
   const elapsed = (performance.now() - started) / 1000;
   const info = await machine();
   const report = [
@@ -371,11 +384,12 @@ export async function runBench(options: BenchOptions): Promise<string> {
     longPathReport(longPath, longPathSeconds),
     http ? httpReport(http) : "",
     cluster ? clusterReport(cluster) : "",
+    udp ? udpReport(udp) : "",
   ].join("\n");
   if (options.json)
     writeFileSync(
       options.json,
-      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster }, null, 2)}\n`,
+      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster, udp }, null, 2)}\n`,
     );
   return report;
 }

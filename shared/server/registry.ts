@@ -9,13 +9,14 @@
 import { deadAfter } from "../liveness.ts";
 import type { Logger } from "../log.ts";
 import { Budget } from "../relay/budget.ts";
-import { DEFAULTS, PROTOCOL_VERSION } from "../wire/protocol.ts";
+import { DEFAULTS, Feature, PROTOCOL_VERSION } from "../wire/protocol.ts";
 import { accessPermits, tunnelAccess } from "./access-list.ts";
 import type { LinkEndpoint } from "./cluster/link.ts";
 import type { ClusterNode, ClusterStats } from "./cluster/node.ts";
 import { Namespace, type NamespaceSettings } from "./namespace/namespace.ts";
 import type { ServerSettings } from "./options.ts";
 import { Session, type SessionContext, type SessionSocketData, type WebSocketPeer } from "./session.ts";
+import { type UdpStats, udpStats } from "./udp-port.ts";
 import { type Account, SINGLE_KEY_USER, UserDirectory } from "./users.ts";
 import type { WebSocketHandlers } from "./ws-server.ts";
 
@@ -41,6 +42,8 @@ export interface ServerStats {
   pools?: { place: string; members: { tunnel: string; visitors: number; live: boolean }[] }[];
   /** With `--cluster`: this node's name, the nodes alive, names held here and elsewhere, Redis and links. */
   cluster?: ClusterStats;
+  /** UDP tunnels: flows open, datagrams and bytes each way, drops by reason, and the flow settings. */
+  udp: UdpStats;
 }
 
 /** What a reload changed among the users. */
@@ -90,6 +93,7 @@ export class SessionRegistry {
         maxFramePayload: DEFAULTS.maxFramePayload,
         maxStreamsPerTunnel: settings.maxStreamsPerTunnel,
         maxTunnelsPerClient: settings.maxTunnelsPerClient,
+        features: [Feature.Udp],
       },
       graceSeconds: settings.graceSeconds,
       handshakeSeconds: settings.handshakeSeconds,
@@ -206,6 +210,12 @@ export class SessionRegistry {
       );
   }
 
+  /** Every UDP place's counts and the closed ones' (for /health and /metrics). */
+  udpStats(): UdpStats {
+    const ns = this.namespace;
+    return udpStats(ns.udpSettings, ns.udpClosed, ns.udpPorts());
+  }
+
   /** What `/health` says. */
   stats(): ServerStats {
     const all = [...this.sessions.values()];
@@ -234,6 +244,7 @@ export class SessionRegistry {
       buffered: { received: budgets?.received.used ?? 0, sent: budgets?.sent.used ?? 0 },
       largestWindow,
       ...(this.context.healthDetail ? { users: this.userStats(all) } : {}),
+      udp: this.udpStats(),
       ...(pools.length > 0 ? { pools } : {}),
       ...(this.cluster ? { cluster: this.cluster.stats() } : {}),
     };
@@ -276,6 +287,7 @@ function namespaceSettings(settings: ServerSettings, host: string): NamespaceSet
     // The server's lists and the user's bind every tunnel of the user; a reload swaps them at once.
     operatorRefuses: (account, ip) => !accessPermits(ip, server, account?.limits.access),
     tunnelFilter: (request) => tunnelAccess(request),
+    udp: { idleMs: settings.udpIdleSeconds * 1000, maxFlows: settings.udpMaxFlows },
   };
 }
 

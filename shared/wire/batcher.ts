@@ -54,6 +54,32 @@ export class Batcher {
     this.count++;
   }
 
+  /**
+   * Batches the frame `type | id u32 | payload` without encoding it first: one copy, straight into the
+   * batch (a datagram's path). The caller sends frames over {@link BATCHABLE_BYTES} itself.
+   */
+  pushFrame(type: number, id: number, payload: Uint8Array): void {
+    const length = HEADER_LENGTH + payload.length;
+    if (this.length + 2 + length > CAPACITY) this.flush();
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.flushSoon);
+    }
+    const b = this.buffer;
+    let at = this.length;
+    b[at] = length >>> 8;
+    b[at + 1] = length;
+    b[at + 2] = type;
+    b[at + 3] = id >>> 24;
+    b[at + 4] = id >>> 16;
+    b[at + 5] = id >>> 8;
+    b[at + 6] = id;
+    at += 7;
+    b.set(payload, at);
+    this.length = at + payload.length;
+    this.count++;
+  }
+
   /** Sends what is batched now: a lone frame as itself, several as one BATCH message. */
   flush(): void {
     if (this.count === 0) return;
