@@ -37,6 +37,7 @@ import { batchedLines } from "./shared/client/request-log.ts";
 import { ClientError, TunnelClient, type TunnelInfo } from "./shared/client/tunnel-client.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
+import { versionLine } from "./shared/version.ts";
 
 export { ClientError, type ExposeOption, type NamedService, parseClientArgs, type TunnelInfo };
 
@@ -161,6 +162,7 @@ async function main(): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
+  if (options === "version") return void process.stdout.write(versionLine("client"));
   if ("init" in options) {
     try {
       return void process.stdout.write(writeExample(options.init));

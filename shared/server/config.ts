@@ -237,15 +237,16 @@ export interface ServerCommand {
 }
 
 /**
- * Parses argv, env and the `--config` file (if any) into the server's options, or "help".
+ * Parses argv, env and the `--config` file (if any) into the server's options, or "help" / "version".
  * @throws {UsageError} (a {@link ConfigError} for the file) as one line.
  */
 export function parseServerCommand(
   argv: string[],
   env: Record<string, string | undefined>,
-): ServerCommand | "help" {
-  const { values, help } = parseOptions(SERVER_OPTIONS, argv, env);
+): ServerCommand | "help" | "version" {
+  const { values, help, version } = parseOptions(SERVER_OPTIONS, argv, env);
   if (help) return "help";
+  if (version) return "version";
   const commandLine = values as ServerOptionValues;
   const file = commandLine.config;
   if (file === undefined) {
