@@ -222,7 +222,8 @@ export const HELP = helpText(
     'See README.md, section "Config file".\n',
 );
 
-async function main(): Promise<void> {
+/** The `server` command: reads process.argv and runs until a signal (the package's `bin` entry calls it too). */
+export async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   let command: ServerCommand | "help" | "version";
   try {
