@@ -12,11 +12,11 @@
  * @module
  */
 
+import { type ServerHandle, startServer as startServerProcess } from "../server.ts";
 import { UsageError } from "../shared/args.ts";
 import { checkLibraryOptions } from "../shared/library.ts";
 import type { OptionTable } from "../shared/options.ts";
 import { finishServerOptions, SERVER_OPTIONS, type ServerOptions } from "../shared/server/options.ts";
-import { type ServerHandle, startServer as startServerProcess } from "../server.ts";
 
 export type { ServerHandle, ServerOptions };
 

@@ -10,7 +10,7 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PACKAGE_VERSION } from "../../shared/version.ts";
-import { defer, expectOneLineError, ROOT, runToExit, setupFile } from "../support/processes.ts";
+import { defer, expectOneLineError, runToExit, setupFile } from "../support/processes.ts";
 
 setupFile();
 
