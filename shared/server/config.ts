@@ -330,7 +330,8 @@ export function describeUsersChange(change: {
   if (change.removed.length > 0) parts.push(`removed ${change.removed.join(", ")}`);
   if (change.tokenChanged.length > 0) parts.push(`new token for ${change.tokenChanged.join(", ")}`);
   if (change.limitsChanged.length > 0) parts.push(`new limits for ${change.limitsChanged.join(", ")}`);
-  if (change.sessionsClosed > 0) parts.push(`${change.sessionsClosed} sessions closed (4001 revoked)`);
+  const closed = change.sessionsClosed;
+  if (closed > 0) parts.push(`${closed} session${closed === 1 ? "" : "s"} closed (4001 revoked)`);
   return `configuration reloaded: ${parts.length > 0 ? `users: ${parts.join("; ")}` : "no user changed"}`;
 }
 

@@ -8,6 +8,7 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { CONNECT_PATH } from "../../shared/wire/protocol.ts";
 import { makeCertificate } from "../support/certificates.ts";
 import { randomData, sha256 } from "../support/hashing.ts";
 import {
@@ -65,9 +66,13 @@ describe("API key", () => {
     await stopClient(client, server);
   });
 
-  for (const [name, env] of [
-    ["a wrong key", { SOCKETS_API_KEY: `${key}x` }],
-    ["no key", {}],
+  for (const [name, env, line] of [
+    [
+      "a wrong key",
+      { SOCKETS_API_KEY: `${key}x` },
+      /rejected the API key: authentication failed: wrong API key$/,
+    ],
+    ["no key", {}, /wants an API key and none was sent: set SOCKETS_API_KEY$/],
   ] as const)
     test(`${name}: one clear line, exit non-zero, no tunnel on the server`, async () => {
       const before = await server.health();
@@ -75,9 +80,44 @@ describe("API key", () => {
         [...CLIENT, "--server", server.url, "--expose", `127.0.0.1:${service.port}`],
         env,
       );
-      expectOneLineError(result, /rejected the API key.*authentication failed/);
+      expectOneLineError(result, line);
       expect(await server.health()).toMatchObject({ clients: before.clients, tunnels: before.tunnels });
     });
+});
+
+test("each wrong key counts once toward --auth-fail-limit: the client's explanation is no second attempt", async () => {
+  const key = `key-${crypto.randomUUID()}`;
+  const service = startEchoService();
+  const server = await startServerProcess(["--auth-fail-limit", "6", "--admin", "127.0.0.1:0"], {
+    SOCKETS_SINGLE_API_KEY: key,
+  });
+  const admin = (await server.waitFor(/admin on (http:\/\/\S+)\//))[1] as string;
+  const failures = async () => {
+    const text = await (await fetch(`${admin}/metrics`)).text();
+    return Number(/^sockets_auth_failures_total (\d+)$/m.exec(text)?.[1]);
+  };
+  // Five typos: five failures (each client asks again over HTTP to learn why; that is not counted).
+  for (let typo = 1; typo <= 5; typo++) {
+    const result = await runToExit([...CLIENT, "--server", server.url, "--expose", `${service.port}`], {
+      SOCKETS_API_KEY: `${key}-${typo}`,
+    });
+    expectOneLineError(result, /rejected the API key: authentication failed: wrong API key$/);
+  }
+  expect(await failures()).toBe(5);
+  // Under the limit of 6: the right key still gets in.
+  const client = await startClientProcess(server.url, [`127.0.0.1:${service.port}`], [], {
+    SOCKETS_API_KEY: key,
+  });
+  await expectEcho(client);
+  await stopClient(client, server);
+  // A plain request to the upgrade path, with a key, is never checked: it cannot be used to try keys.
+  for (let i = 0; i < 8; i++) {
+    const probe = await fetch(`${server.url.replace("ws:", "http:")}${CONNECT_PATH}`, {
+      headers: { authorization: "Bearer guess" },
+    });
+    expect(probe.status).toBe(400);
+  }
+  expect(await failures()).toBe(5);
 });
 
 test("wss:// to a plain server, even with --insecure: one line naming the scheme ws://", async () => {
