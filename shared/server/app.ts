@@ -97,7 +97,9 @@ export function controlApp({ registry, authFailLimit, log, metrics }: ControlApp
       authFailures.fail(ip);
       return refuse(
         401,
-        key === undefined ? "authentication failed: no API key was sent" : "authentication failed: wrong API key",
+        key === undefined
+          ? "authentication failed: no API key was sent"
+          : "authentication failed: wrong API key",
       );
     }
     const offered = (c.req.header("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim());

@@ -66,7 +66,8 @@ export class RecentRefusals {
     this.refusals.delete(key);
     if (this.refusals.size >= this.maxKeys) {
       for (const [old, entry] of this.refusals) if (entry.until <= now) this.refusals.delete(old);
-      if (this.refusals.size >= this.maxKeys) this.refusals.delete(this.refusals.keys().next().value as string);
+      if (this.refusals.size >= this.maxKeys)
+        this.refusals.delete(this.refusals.keys().next().value as string);
     }
     this.refusals.set(key, { ...refusal, until: now + this.keepMs });
   }
