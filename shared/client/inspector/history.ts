@@ -81,12 +81,12 @@ export class RequestHistory {
   /** An exchange finished: complete after `durationMs`, or failed (`durationMs` undefined). */
   record(durationMs: number | undefined, now = Date.now()): void {
     const at = this.slot(Math.floor(now / 1000));
-    const add = (counts: Uint32Array, index: number) => {
-      counts[index] = (counts[index] as number) + 1;
-    };
-    add(this.counts, at);
-    if (durationMs === undefined) add(this.errors, at);
-    else add(this.histograms, at * BUCKETS + bucketOf(durationMs));
+    this.counts[at] = (this.counts[at] as number) + 1;
+    if (durationMs === undefined) this.errors[at] = (this.errors[at] as number) + 1;
+    else {
+      const bucket = at * BUCKETS + bucketOf(durationMs);
+      this.histograms[bucket] = (this.histograms[bucket] as number) + 1;
+    }
   }
 
   /** The `q` quantile (0–1) of a slot's complete exchanges, or null when it has none. */

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { DEFAULT_BODY_CAP, type HttpExchange, type TcpConnection } from "./capture.ts";
+import { DEFAULT_BODY_CAP, type HttpExchange, type TcpConnection, wallClock } from "./capture.ts";
 import { RequestHistory } from "./history.ts";
 import { DEFAULT_CAPACITY } from "./settings.ts";
 import { SlabPool } from "./slabs.ts";
@@ -206,8 +206,12 @@ export class InspectorStore {
 
   /** An exchange changed (its response ended, or it failed): counts its bodies, tells subscribers. */
   update(exchange: HttpExchange): void {
+    // Its second by the capture's own clock reading (its end): no clock read here.
     if (exchange.state !== "pending")
-      this.history.record(exchange.state === "complete" ? exchange.durationMs : undefined);
+      this.history.record(
+        exchange.state === "complete" ? exchange.durationMs : undefined,
+        wallClock(exchange.startedAt + (exchange.durationMs ?? 0)),
+      );
     if (this.bySeq(exchange.seq) !== exchange) return; // cleared or pushed out meanwhile
     this.bodyBytes += bodyBytesOf(exchange);
     this.publishExchange(exchange); // first: a listener that keeps it holds the slabs before any trim
