@@ -37,6 +37,7 @@ import { batchedLines } from "./shared/client/request-log.ts";
 import {
   ClientError,
   type ConnectionChange,
+  RefusedError,
   TunnelClient,
   type TunnelInfo,
   type VisitorInfo,
@@ -237,7 +238,8 @@ export async function main(): Promise<void> {
   } catch (error) {
     if (stopping) return;
     process.stderr.write(`error: ${describeError(error)}\n`);
-    process.exit(1);
+    // The server refused what the command line asked for (a name, a port, a pool): as bad input, 2.
+    process.exit(error instanceof RefusedError ? 2 : 1);
   }
   // The server actually connected to (with several, the first that answered); logged once the tunnels
   // are up, so that a refused tunnel still leaves one error line alone on stderr.

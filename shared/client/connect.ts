@@ -8,6 +8,7 @@ import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import { describeError } from "../log.ts";
+import { SendWatch } from "../relay/send-watch.ts";
 import {
   AUTH_HEADER,
   CONNECT_PATH,
@@ -111,11 +112,6 @@ export class ConnectError extends Error {
   }
 }
 
-// The client WebSocket has no drain event; bufferedAmount is the only signal, polled while high.
-const HIGH_WATER = 8 * 1024 * 1024;
-const LOW_WATER = 2 * 1024 * 1024;
-const POLL_MS = 1;
-
 const TLS_CODES = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|TLS|SSL|HOSTNAME|ALTNAME/i;
 
 /** Opens the control WebSocket and waits for the server's hello. */
@@ -184,25 +180,15 @@ export async function connectControl(options: ConnectOptions): Promise<ControlCo
     ws.addEventListener("message", onMessage);
   });
 
-  let blocked = false;
+  const queue = new SendWatch(ws, (blocked) => connection.onBlocked(blocked));
   const connection: ControlConnection = {
     ws,
     ...greeting,
     onBlocked: () => {},
     send(frame) {
       ws.send(frame);
-      if (!blocked && ws.bufferedAmount > HIGH_WATER) {
-        blocked = true;
-        connection.onBlocked(true);
-        setTimeout(poll, POLL_MS);
-      }
+      queue.sent();
     },
-  };
-  const poll = () => {
-    if (ws.readyState !== WebSocket.OPEN || ws.bufferedAmount < LOW_WATER) {
-      blocked = false;
-      connection.onBlocked(false);
-    } else setTimeout(poll, POLL_MS);
   };
   return connection;
 }

@@ -23,7 +23,7 @@
  */
 
 import { formatHost } from "../args.ts";
-import { Liveness } from "../liveness.ts";
+import { deadAfter, Liveness } from "../liveness.ts";
 import { describeError, type Logger } from "../log.ts";
 import { Mux } from "../relay/mux.ts";
 import { type RelaySocket, type RelaySocketData, relaySocketHandlers } from "../relay/stream.ts";
@@ -40,6 +40,7 @@ import {
   type Unexposed,
   type UnexposeRequest,
 } from "../wire/protocol.ts";
+import { encodeProxyHeader, visitorAddresses } from "../wire/proxy-protocol.ts";
 import { backoffDelay } from "./backoff.ts";
 import {
   ConnectError,
@@ -111,6 +112,12 @@ export interface VisitorInfo {
   remote: string;
 }
 
+/** Where a tunnel's visitors go: its local service, and its public address as the server announced it. */
+interface LocalTarget {
+  service: NamedService;
+  announced: { host: string; port: number };
+}
+
 /** A tunnel the client holds: what it asked for, what the server gave, and the ref its OPEN frames use. */
 interface Held {
   info: TunnelInfo;
@@ -145,8 +152,8 @@ export class TunnelClient {
   readonly closed: Promise<string>;
   private giveUp: (reason: string) => void = () => {};
   private connection: ControlConnection;
-  /** Local service of each tunnel, by the ref the server's OPEN frames use. */
-  private readonly targets = new Map<number, NamedService>();
+  /** Local service of each tunnel (and its public address), by the ref the server's OPEN frames use. */
+  private readonly targets = new Map<number, LocalTarget>();
   private readonly pending = new Map<number, Waiter>();
   private nextRequest = 1;
   private closing = false;
@@ -308,9 +315,20 @@ export class TunnelClient {
       hostHeader: http && !local.preserveHost ? `${formatHost(local.host)}:${local.port}` : undefined,
       basicAuth: http ? local.basicAuth : undefined,
       tunnel: wanted.id,
+      pool: local.pool === true ? true : undefined,
+      allow: local.allow,
+      deny: local.deny,
     };
     const m = (await this.ask(request, "server refused the tunnel")) as Exposed;
-    this.targets.set(m.ref, local);
+    this.targets.set(m.ref, { service: local, announced: { host: m.host, port: m.port } });
+    const lists = (local.allow?.length ?? 0) + (local.deny?.length ?? 0) > 0;
+    if (lists && m.access !== true) {
+      // An older server ignores the lists: better no tunnel than one open to everyone.
+      await this.closeTunnel(m.tunnel, m.ref).catch(() => {});
+      throw new RefusedError(
+        "server refused the tunnel: it does not enforce --allow/--deny lists (older than this client); tunnel closed",
+      );
+    }
     const info = { id: m.tunnel, name: m.name, url: m.url, host: m.host, port: m.port, local: { ...local } };
     return { info, ref: m.ref };
   }
@@ -343,8 +361,9 @@ export class TunnelClient {
 
   /** Route: a visitor arrived; connect to the local service and relay, or reset the stream. */
   private accept(frame: OpenFrame): void {
-    const target = this.targets.get(frame.tunnel);
-    if (target === undefined) throw new ProtocolError(`OPEN for unknown tunnel ${frame.tunnel}`);
+    const local = this.targets.get(frame.tunnel);
+    if (local === undefined) throw new ProtocolError(`OPEN for unknown tunnel ${frame.tunnel}`);
+    const target = local.service;
     const stream = this.mux.acceptStream(frame.stream);
     const { log, logRequest, inspector, onVisitor } = this.settings;
     if (onVisitor !== undefined) {
@@ -369,6 +388,13 @@ export class TunnelClient {
         kind: http ? "http" : "tcp",
         logRequest: printRequest,
       });
+    // The PROXY header goes first, once per connection to the local service (for HTTP tunnels too:
+    // each visitor connection is one), written on its own: the relay's chunks are never copied for it.
+    const version = target.proxyProtocol;
+    const header =
+      version === undefined
+        ? undefined
+        : encodeProxyHeader(version, visitorAddresses(frame.meta.remote, frame.meta.local, local.announced));
     Bun.connect<RelaySocketData>({
       hostname: target.host,
       port: target.port,
@@ -376,7 +402,18 @@ export class TunnelClient {
       data: { stream: null },
       socket: relaySocketHandlers,
     }).then(
-      (socket: RelaySocket) => stream.attach(socket),
+      (socket: RelaySocket) => {
+        // A fresh connection's send buffer is empty: the header (at most 232 bytes) goes whole, or the
+        // service has already closed it.
+        if (header !== undefined && socket.write(header) !== header.length) {
+          socket.terminate();
+          const reason = `local service ${target.host}:${target.port} closed before the PROXY header was written`;
+          log.warn(reason);
+          stream.reset(ResetCode.ConnectFailed, reason);
+          return;
+        }
+        stream.attach(socket);
+      },
       (error: unknown) => {
         const reason = `local service ${target.host}:${target.port} refused ${frame.meta.remote}: ${describeError(error)}`;
         log.warn(reason);
@@ -428,7 +465,7 @@ export class TunnelClient {
     ws.addEventListener("pong", heard);
     const heartbeat = setInterval(() => {
       const silence = liveness.silence(Date.now());
-      if (silence <= 3 * heartbeatMs) return ws.ping();
+      if (silence <= deadAfter(heartbeatMs)) return ws.ping();
       log.warn(`server silent for ${Math.round(silence / 1000)} s: connection is dead`);
       ws.terminate();
       lost("server silent");

@@ -17,8 +17,10 @@ import {
   watchConfigFile,
   where,
 } from "../config.ts";
+import { type Cidr, parseCidr } from "../ip.ts";
 import type { Logger } from "../log.ts";
 import { type OptionTable, parseOptions } from "../options.ts";
+import { AccessList, MAX_RULES } from "./access-list.ts";
 import {
   finishServerOptions,
   SERVER_OPTIONS,
@@ -49,37 +51,14 @@ const USER_KEYS = [
   "max_tunnels",
   "max_visitors",
   "random_subdomain",
+  "allow",
+  "deny",
 ] as const;
 
-/**
- * Options that a running server cannot take up (its listeners, certificates, buffers and log are
- * built once): a reload that changes one logs that a restart is needed and applies the rest.
- */
-export const RESTART_OPTIONS = [
-  "host",
-  "port",
-  "domain",
-  "http-port",
-  "tls-cert",
-  "tls-key",
-  "window",
-  "client-budget",
-  "server-budget",
-  "heartbeat",
-  "request-timeout",
-  "visitor-idle-timeout",
-  "auth-fail-limit",
-  "admin",
-  "admin-token",
-  "metrics-per-tunnel",
-  "cluster",
-  "cluster-ca",
-  "node-name",
-  "node-url",
-  "cluster-lease",
-  "watch",
-  "quiet",
-] as const;
+/** Options that a running server cannot take up (marked `restart` in the option table), by flag. */
+export const RESTART_OPTIONS: readonly string[] = Object.entries(SERVER_OPTIONS as OptionTable)
+  .filter(([, spec]) => spec.restart === true)
+  .map(([flag]) => flag);
 
 /** `FILE:LINE:COL` of the `index`-th `[[table]]` header, or `FILE`. */
 function tableAt(source: ConfigSource, table: string, index: number): string {
@@ -194,6 +173,26 @@ export function usersFromConfig(source: ConfigSource): UserConfig[] {
         fail("random_subdomain", `random_subdomain of user ${user} must be true or false`);
       limits.randomSubdomain = entry.random_subdomain as boolean;
     }
+    const rules = (key: "allow" | "deny"): Cidr[] => {
+      const raw = entry[key];
+      if (raw === undefined) return [];
+      return check(key, () => {
+        const list = Array.isArray(raw) ? raw : [raw];
+        if (list.length > MAX_RULES)
+          throw new Error(`${key} of user ${user}: at most ${MAX_RULES} ranges (use wider ranges)`);
+        return list.map((rule) => {
+          if (typeof rule !== "string")
+            throw new Error(`${key} of user ${user} must be a list of strings ("10.0.0.0/8", "2001:db8::1")`);
+          try {
+            return parseCidr(rule);
+          } catch (error) {
+            throw new Error(`${key} of user ${user}: ${(error as Error).message}`);
+          }
+        });
+      });
+    };
+    const [allow, deny] = [rules("allow"), rules("deny")];
+    if (allow.length + deny.length > 0) limits.access = new AccessList(allow, deny, "user");
     seen.set(user, { at: at("name"), hash: tokenHash });
     users.push({ name: user, tokenHash, limits });
   });

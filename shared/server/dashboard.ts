@@ -80,6 +80,7 @@ ${CHART_STYLE}
     <div class="total"><b id="t-visitors">–</b><span>visitors open</span></div>
     <div class="total"><b id="t-in">–</b><span>in (from visitors)</span></div>
     <div class="total"><b id="t-out">–</b><span>out (to visitors)</span></div>
+    <div class="total"><b id="t-refused">–</b><span>visitors refused</span></div>
   </section>
   <h2 id="charts-title">Over time</h2>
   <section class="charts" id="charts" aria-labelledby="charts-title"></section>
@@ -193,6 +194,9 @@ function render() {
   $("t-visitors").textContent = server.streams;
   $("t-in").textContent = bytes(tunnels.reduce((n, t) => n + t.bytes.in, 0));
   $("t-out").textContent = bytes(tunnels.reduce((n, t) => n + t.bytes.out, 0));
+  const refused = server.visitorsRefused ?? {};
+  $("t-refused").textContent = Object.values(refused).reduce((n, v) => n + v, 0);
+  $("t-refused").title = Object.entries(refused).map(([reason, n]) => reason + ": " + n).join(", ") || "none";
 
   const cbody = $("clients");
   const shownClients = clients.filter((c) => matches([c.id, c.user, c.address, c.state]));
@@ -222,7 +226,7 @@ function render() {
     row.dataset.tunnel = t.id;
     const tag = document.createElement("span");
     tag.className = "tag";
-    tag.textContent = t.type;
+    tag.textContent = t.pool ? t.type + " · pool" : t.type;
     cell(row, "Type", tag);
     let url = t.url;
     if (t.type === "http") {

@@ -18,7 +18,8 @@ import type { Stream } from "../relay/stream.ts";
 import { PROTOCOL_VERSION } from "../wire/protocol.ts";
 import type { ClusterStats } from "./cluster/node.ts";
 import type { CountsSource, TunnelCounts } from "./history.ts";
-import type { Session, Tunnel } from "./session.ts";
+import type { Tunnel } from "./namespace/holding.ts";
+import type { Session } from "./session.ts";
 import { SINGLE_KEY_USER } from "./users.ts";
 
 /** The kinds of tunnel, as the `type` label names them. */
@@ -73,6 +74,8 @@ export interface TunnelInfo {
   bytes: ByteCounts;
   /** Bytes per second over the last second or so (0 on the first look). */
   rate: ByteCounts;
+  /** Whether it serves its port or name as a member of a pool (`--pool`). */
+  pool: boolean;
 }
 
 /** Where the metrics read the sessions from, and how they label. */
@@ -83,6 +86,8 @@ export interface MetricsOptions {
   buffered?: () => { received: number; sent: number };
   /** With `--cluster`: the node's view of the cluster, for the `sockets_cluster_*` families. */
   cluster?: () => ClusterStats | undefined;
+  /** Places shared by pools and their members' count, for `sockets_pool_members`. */
+  pools?: () => { place: string; members: number }[];
 }
 
 /** Totals of the visitors that already closed, per tunnel or per type. */
@@ -183,6 +188,8 @@ export class ServerMetrics {
   resumes = 0;
   /** Clients declared dead after three heartbeat intervals of silence. */
   heartbeatMisses = 0;
+  /** Visitors refused before reaching a client, by reason (see {@link ServerMetrics.visitorRefused}). */
+  readonly refused = new Map<string, number>();
   /** This build's version. */
   readonly version = VERSION;
   /** When the process started (ms since the epoch). */
@@ -239,6 +246,11 @@ export class ServerMetrics {
     let i = 0;
     while (i < DURATION_BUCKETS.length && seconds > (DURATION_BUCKETS[i] as number)) i++;
     this.durationCounts[i] = (this.durationCounts[i] ?? 0) + 1;
+  }
+
+  /** A visitor was refused before it reached a client (allow/deny lists, limits, client away). */
+  visitorRefused(reason: string): void {
+    this.refused.set(reason, (this.refused.get(reason) ?? 0) + 1);
   }
 
   /** A tunnel's totals: open visitors, all visitors and bytes, closed and open together. */
@@ -328,6 +340,7 @@ export class ServerMetrics {
         const type = tunnelType(tunnel);
         const info: TunnelInfo = {
           id: tunnel.id,
+          pool: tunnel.pool,
           type,
           url: tunnel.url ?? "",
           name: tunnel.name ?? String(tunnel.port),
@@ -440,6 +453,12 @@ export class ServerMetrics {
       "Client upgrades refused for a wrong or missing API key (401) or resume secret (403).",
       [[{}, this.authFailures]],
     );
+    out.family(
+      "sockets_visitors_refused_total",
+      "counter",
+      "Visitors refused before reaching a client: denied (allow/deny lists), offline (client away), limit (max streams or visitors).",
+      (["denied", "offline", "limit"] as const).map((reason) => [{ reason }, this.refused.get(reason) ?? 0]),
+    );
     out.family("sockets_resumes_total", "counter", "Sessions resumed by a client that reconnected.", [
       [{}, this.resumes],
     ]);
@@ -459,6 +478,14 @@ export class ServerMetrics {
           [{ direction: "received" }, buffered.received],
           [{ direction: "sent" }, buffered.sent],
         ],
+      );
+    const pools = this.options.pools?.() ?? [];
+    if (pools.length > 0)
+      out.family(
+        "sockets_pool_members",
+        "gauge",
+        "Members of each pool (clients that share a port or name with --pool).",
+        pools.map(({ place, members }) => [{ place }, members]),
       );
     const cluster = this.options.cluster?.();
     if (cluster) {

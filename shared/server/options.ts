@@ -6,16 +6,27 @@
 
 import { readFileSync } from "node:fs";
 import { type PortRange, parseCount, parsePort, parsePortRange, parseSeconds, UsageError } from "../args.ts";
+import { parseCidr } from "../ip.ts";
 import { describeError } from "../log.ts";
 import { type EnvSpec, type OptionTable, type OptionValues, parseOptions } from "../options.ts";
 import { DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "../relay/budget.ts";
 import { DEFAULTS, NODE_NAME } from "../wire/protocol.ts";
+import { AccessList, MAX_RULES } from "./access-list.ts";
 import { adminProblem, parseAdminAddress } from "./admin.ts";
 import { DEFAULT_REQUEST_TIMEOUT_SECONDS } from "./http-ingress.ts";
 import type { UserConfig } from "./users.ts";
 
 const seconds = (min: number, max: number) => (text: string, flag: string) =>
   parseSeconds(text, flag, min, max);
+
+/** A CIDR range or address as its canonical text, or one line naming the flag (or config key). */
+function cidrOption(text: string, flag: string): string {
+  try {
+    return parseCidr(text).text;
+  } catch (error) {
+    throw new UsageError(`${flag}: ${(error as Error).message}`, false);
+  }
+}
 
 /** Reads a PEM file named by a flag; one line naming the flag when it is unreadable or not PEM. */
 function readPem(file: string, flag: string, what: string, label: RegExp): string {
@@ -39,16 +50,19 @@ export const SERVER_OPTIONS = {
     help: "read options and [[users]] (tokens, limits) from this TOML file; flags override it; SIGHUP reloads it (README: Config file)",
   },
   watch: {
+    restart: true,
     key: "watch",
     help: "reload the --config file when it changes, as SIGHUP does",
   },
   host: {
+    restart: true,
     key: "host",
     value: "ADDR",
     defaultText: "`::` (IPv4 and IPv6) where the machine has IPv6, else `0.0.0.0`",
     help: "bind address for the control port and the public ports",
   },
   port: {
+    restart: true,
     key: "port",
     value: "N",
     default: 7070,
@@ -56,6 +70,7 @@ export const SERVER_OPTIONS = {
     parse: (text: string, flag: string): number => parsePort(text, flag, true),
   },
   domain: {
+    restart: true,
     key: "domain",
     value: "NAME",
     default: "localhost",
@@ -69,6 +84,7 @@ export const SERVER_OPTIONS = {
     parse: (text: string, flag: string): PortRange => parsePortRange(text, flag),
   },
   "http-port": {
+    restart: true,
     key: "httpPort",
     value: "N",
     defaultText: "HTTP tunnels on `--port` only",
@@ -76,17 +92,20 @@ export const SERVER_OPTIONS = {
     parse: (text: string, flag: string): number => parsePort(text, flag, true),
   },
   "tls-cert": {
+    restart: true,
     key: "tlsCert",
     value: "FILE",
     defaultText: "plain ws/http",
     help: "PEM certificate: serve wss/https on --port (and --http-port); a wildcard for *.DOMAIN for HTTP tunnels (needs --tls-key)",
   },
   "tls-key": {
+    restart: true,
     key: "tlsKey",
     value: "FILE",
     help: "PEM private key for --tls-cert",
   },
   window: {
+    restart: true,
     key: "window",
     value: "BYTES",
     default: DEFAULTS.window,
@@ -94,6 +113,7 @@ export const SERVER_OPTIONS = {
     parse: (text: string, flag: string): number => parseCount(text, flag),
   },
   "client-budget": {
+    restart: true,
     key: "clientBudget",
     value: "BYTES",
     default: DEFAULT_CLIENT_BUDGET,
@@ -101,6 +121,7 @@ export const SERVER_OPTIONS = {
     parse: (text: string, flag: string): number => parseCount(text, flag),
   },
   "server-budget": {
+    restart: true,
     key: "serverBudget",
     value: "BYTES",
     default: DEFAULT_SERVER_BUDGET,
@@ -129,6 +150,7 @@ export const SERVER_OPTIONS = {
     parse: seconds(0, 86_400),
   },
   heartbeat: {
+    restart: true,
     key: "heartbeatSeconds",
     value: "SECONDS",
     default: 10,
@@ -150,6 +172,7 @@ export const SERVER_OPTIONS = {
     parse: seconds(0.1, 3600),
   },
   "auth-fail-limit": {
+    restart: true,
     key: "authFailLimit",
     value: "N",
     default: 10,
@@ -157,6 +180,7 @@ export const SERVER_OPTIONS = {
     parse: (text: string, flag: string): number => parseCount(text, flag),
   },
   "request-timeout": {
+    restart: true,
     key: "requestTimeoutSeconds",
     value: "SECONDS",
     default: DEFAULT_REQUEST_TIMEOUT_SECONDS,
@@ -164,17 +188,35 @@ export const SERVER_OPTIONS = {
     parse: seconds(0.1, 3600),
   },
   "visitor-idle-timeout": {
+    restart: true,
     key: "visitorIdleSeconds",
     value: "SECONDS",
     default: 0,
     help: "close visitor connections that move no byte either way for this long (0 = never)",
     parse: seconds(0, 86_400),
   },
+  allow: {
+    key: "allow",
+    value: "CIDR",
+    multiple: true,
+    defaultText: "everyone",
+    help: "only visitors from these addresses reach any tunnel (repeatable; IPv4 or IPv6, a range or one address); binds every user's and tunnel's own lists (README: Allow and deny lists)",
+    parse: cidrOption,
+  },
+  deny: {
+    key: "deny",
+    value: "CIDR",
+    multiple: true,
+    defaultText: "nobody",
+    help: "visitors from these addresses are refused by every tunnel, whatever any allow list says (repeatable)",
+    parse: cidrOption,
+  },
   "health-detail": {
     key: "healthDetail",
     help: "GET /health and tunnel log lines name the user holding each tunnel (per-user counts)",
   },
   admin: {
+    restart: true,
     key: "admin",
     value: "ADDR",
     defaultText: "off",
@@ -182,6 +224,7 @@ export const SERVER_OPTIONS = {
     parse: parseAdminAddress,
   },
   "admin-token": {
+    restart: true,
     key: "adminToken",
     value: "TOKEN",
     env: "SOCKETS_ADMIN_TOKEN",
@@ -189,10 +232,12 @@ export const SERVER_OPTIONS = {
     help: "the admin listener wants this token (Bearer or ?token=); required beyond loopback (prefer the env or admin_token in --config: a flag shows in ps)",
   },
   "metrics-per-tunnel": {
+    restart: true,
     key: "metricsPerTunnel",
     help: "/metrics also has series per tunnel (labels tunnel, name, type): their number grows with tunnels",
   },
   cluster: {
+    restart: true,
     key: "cluster",
     value: "URL",
     env: "SOCKETS_CLUSTER",
@@ -201,12 +246,14 @@ export const SERVER_OPTIONS = {
     parse: parseRedisUrl,
   },
   "cluster-ca": {
+    restart: true,
     key: "clusterCa",
     value: "FILE",
     defaultText: "the system's CAs",
     help: "PEM CA certificate(s) that Redis' certificate (rediss://) and other nodes' (wss:// node URLs) are checked against",
   },
   "node-name": {
+    restart: true,
     key: "nodeName",
     value: "NAME",
     defaultText: "HOSTNAME:PORT",
@@ -218,6 +265,7 @@ export const SERVER_OPTIONS = {
     },
   },
   "node-url": {
+    restart: true,
     key: "nodeUrl",
     value: "URL",
     defaultText: "ws(s)://HOST:PORT of the control port (127.0.0.1 when bound to all addresses)",
@@ -235,13 +283,14 @@ export const SERVER_OPTIONS = {
     },
   },
   "cluster-lease": {
+    restart: true,
     key: "clusterLeaseSeconds",
     value: "SECONDS",
     default: 5,
     help: "how long a node's hold on a name or port lasts without renewal: a dead node's names free after this",
     parse: seconds(1, 600),
   },
-  quiet: { key: "quiet", short: "q", help: "log warnings and errors only" },
+  quiet: { key: "quiet", short: "q", restart: true, help: "log warnings and errors only" },
 } as const satisfies OptionTable;
 
 /** Checks a `--cluster` Redis URL: redis:// or rediss://, with a host. */
@@ -256,6 +305,55 @@ function parseRedisUrl(text: string, flag: string): string {
     throw new UsageError(`${flag}: '${text}' must be redis:// or rediss://`);
   if (url.hostname === "") throw new UsageError(`${flag}: '${text}' names no host`);
   return text;
+}
+
+/**
+ * The options that shape the running server, each with its default applied: resolved once, at start
+ * and on each reload (nothing else applies a default).
+ */
+export interface ServerSettings {
+  domain: string;
+  tcpPorts?: PortRange;
+  window: number;
+  clientBudget: number;
+  serverBudget: number;
+  maxStreamsPerTunnel: number;
+  maxTunnelsPerClient: number;
+  graceSeconds: number;
+  heartbeatSeconds: number;
+  drainSeconds: number;
+  handshakeSeconds: number;
+  authFailLimit: number;
+  visitorIdleSeconds: number;
+  healthDetail: boolean;
+  users: UserConfig[];
+  apiKey?: string;
+  /** The server's own allow and deny lists (`--allow`, `--deny`). */
+  access?: AccessList;
+}
+
+/** {@link ServerSettings} from the options: each absent one takes its option table default. */
+export function resolveServerSettings(options: ServerOptions): ServerSettings {
+  const o = SERVER_OPTIONS;
+  return {
+    domain: options.domain ?? o.domain.default,
+    tcpPorts: options.tcpPorts,
+    window: options.window ?? o.window.default,
+    clientBudget: options.clientBudget ?? o["client-budget"].default,
+    serverBudget: options.serverBudget ?? o["server-budget"].default,
+    maxStreamsPerTunnel: options.maxStreamsPerTunnel ?? o["max-streams"].default,
+    maxTunnelsPerClient: options.maxTunnelsPerClient ?? o["max-tunnels"].default,
+    graceSeconds: options.graceSeconds ?? o.grace.default,
+    heartbeatSeconds: options.heartbeatSeconds ?? o.heartbeat.default,
+    drainSeconds: options.drainSeconds ?? o["drain-timeout"].default,
+    handshakeSeconds: options.handshakeSeconds ?? o["handshake-timeout"].default,
+    authFailLimit: options.authFailLimit ?? o["auth-fail-limit"].default,
+    visitorIdleSeconds: options.visitorIdleSeconds ?? o["visitor-idle-timeout"].default,
+    healthDetail: options.healthDetail === true,
+    users: options.users ?? [],
+    apiKey: options.apiKey,
+    access: options.access,
+  };
 }
 
 /** Environment variables the server reads that no flag sets. */
@@ -280,6 +378,11 @@ export type ServerOptions = Omit<ServerOptionValues, "tlsCert" | "tlsKey" | "clu
   apiKey?: string;
   /** The config file's users (tokens as hashes, limits). */
   users?: UserConfig[];
+  /**
+   * The server's own allow and deny lists (`--allow`, `--deny`), parsed; absent when neither is
+   * given. They bind every visitor of every tunnel (shared/server/access-list.ts, `accessRefusal`).
+   */
+  access?: AccessList;
 };
 
 /**
@@ -302,7 +405,12 @@ export function finishServerOptions(
     );
   const admin = adminProblem(values.admin, values.adminToken);
   if (admin !== undefined) throw new UsageError(admin);
+  for (const key of ["allow", "deny"] as const)
+    if ((values[key]?.length ?? 0) > MAX_RULES)
+      throw new UsageError(`--${key}: at most ${MAX_RULES} ranges (use wider ranges)`, false);
+  const { allow = [], deny = [] } = values;
   return {
+    access: allow.length + deny.length > 0 ? AccessList.parse(allow, deny, "server") : undefined,
     ...rest,
     tls:
       tlsCert !== undefined && tlsKey !== undefined

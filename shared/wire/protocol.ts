@@ -197,6 +197,12 @@ export interface ExposeRequest {
   basicAuth?: string;
   /** Tunnel id wanted (a client re-exposing after a server restart keeps its id); absent for a new one. */
   tunnel?: string;
+  /** Share the port or name with other clients of the same user that ask for a pool too (`--pool`). */
+  pool?: boolean;
+  /** Addresses or CIDR ranges that may reach the tunnel (`--allow`); absent or empty: all. */
+  allow?: string[];
+  /** Addresses or CIDR ranges that may not (`--deny`); deny wins over allow. */
+  deny?: string[];
 }
 
 /** Server → client: a tunnel is live. */
@@ -212,6 +218,12 @@ export interface Exposed {
   host: string;
   port: number;
   url: string;
+  /**
+   * True when the server enforces the request's `allow`/`deny` lists. A client that sent lists and
+   * reads no `true` here (a server older than the lists) closes the tunnel rather than leave it open
+   * to everyone.
+   */
+  access?: boolean;
 }
 
 /** Client → server: stop publishing one of its tunnels (its public port or name is released at once). */
@@ -257,8 +269,14 @@ export const TUNNEL_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** Metadata carried by OPEN frames (JSON after the fixed part). */
 export interface OpenMeta {
-  /** The visitor's address as `ip:port`. */
+  /** The visitor's address as `ip:port` (`[ipv6]:port`; IPv4-mapped addresses as IPv4). */
   remote: string;
+  /**
+   * The public address the visitor connected to, as `ip:port` (the server's side of the visitor's
+   * connection: what a PROXY protocol header names as destination). Across a cluster hop, the address
+   * at the node the visitor reached. Absent from servers older than it.
+   */
+  local?: string;
   /**
    * On a node link only (cluster): what the visitor came for, `http:NAME` or `tcp:PORT`; the receiving
    * node hands the stream to the client holding it. Absent on a client's connection.
@@ -271,11 +289,21 @@ export class ProtocolError extends Error {
   override name = "ProtocolError";
 }
 
+/** Most rules in an expose request's `allow` or `deny`, and the longest rule. */
+export const MAX_ACCESS_RULES = 64;
+const MAX_RULE_LENGTH = 64;
+
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null;
 const isPort = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0 && (v as number) < 65536;
 const isCount = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0;
 const isSeq = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
 const isStreamId = (v: unknown): v is number => isCount(v) && (v as number) <= 0xffffffff;
+/** An allow or deny list in an expose: absent, or at most 64 short strings (parsed by the server). */
+const isAddressList = (v: unknown): boolean =>
+  v === undefined ||
+  (Array.isArray(v) &&
+    v.length <= MAX_ACCESS_RULES &&
+    v.every((a) => typeof a === "string" && a.length <= MAX_RULE_LENGTH));
 const isPosition = (v: unknown): boolean =>
   Array.isArray(v) &&
   v.length === 5 &&
@@ -337,7 +365,10 @@ export function parseControl(text: string): ControlMessage {
           (typeof value.basicAuth === "string" && value.basicAuth.length <= 512)) &&
         (value.hostHeader === undefined ||
           (typeof value.hostHeader === "string" && value.hostHeader.length <= 300)) &&
-        (value.tunnel === undefined || (typeof value.tunnel === "string" && TUNNEL_ID.test(value.tunnel)))
+        (value.tunnel === undefined || (typeof value.tunnel === "string" && TUNNEL_ID.test(value.tunnel))) &&
+        (value.pool === undefined || typeof value.pool === "boolean") &&
+        isAddressList(value.allow) &&
+        isAddressList(value.deny)
       )
         return value as unknown as ExposeRequest;
       break;
@@ -348,7 +379,8 @@ export function parseControl(text: string): ControlMessage {
         isCount(value.ref) &&
         typeof value.host === "string" &&
         isPort(value.port) &&
-        typeof value.url === "string"
+        typeof value.url === "string" &&
+        (value.access === undefined || typeof value.access === "boolean")
       )
         return value as unknown as Exposed;
       break;
