@@ -5,7 +5,7 @@
  */
 
 import { beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CONNECT_PATH } from "../../shared/wire/protocol.ts";
@@ -280,18 +280,24 @@ test("README's TLS recipe runs as written on one machine (free ports in place of
     `cd '${dir}' && exec ${line.replace(/ (server|client)\.ts /, ` '${ROOT}/$1.ts' `)}`,
   ];
 
-  const made = await runToExit(inDir(find("openssl req ")));
+  // The recipe keeps its files in $TLS (outside the checkout): here, the temp folder.
+  expect(find("TLS=")).toStartWith("TLS=~/.config/sockets-tls && mkdir -p $TLS");
+  const env = { TLS: dir };
+  const made = await runToExit(inDir(find("openssl req ")), env);
   expect(made.code, made.stderr).toBe(0);
   const web = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("hello\n") });
   defer(() => web.stop(true));
-  const server = spawnRole(inDir(find("bun server.ts ").replace("--port 7443", "--port 0")));
+  const server = spawnRole(inDir(find("bun server.ts ").replace("--port 7443", "--port 0")), env);
   const port = Number((await server.waitFor(/listening on wss:\/\/\S+:(\d+)/))[1]);
   const client = spawnRole(
     inDir(find("bun client.ts ").replaceAll(":7443", `:${port}`).replace(":8080", `:${web.port}`)),
+    env,
   );
   await client.waitFor(
     new RegExp(`exposed with tunnel id \\S+, url: https://demo\\.tunnel\\.localhost:${port}`),
   );
-  const visitor = await runToExit(inDir(find("curl ").replaceAll(":7443", `:${port}`)));
+  const visitor = await runToExit(inDir(find("curl ").replaceAll(":7443", `:${port}`)), env);
+  // Nothing was written where the commands ran from but into $TLS.
+  expect(readdirSync(dir).sort()).toEqual(["cert.pem", "key.pem"]);
   expect(visitor, visitor.stderr).toMatchObject({ code: 0, stdout: "hello\n" });
 });
