@@ -7,11 +7,13 @@ import { constants } from "node:os";
 import { fileURLToPath } from "node:url";
 
 const entry = fileURLToPath(new URL("../client.ts", import.meta.url));
+// --help and --init's example name the command as the user typed it (shared/log.ts, commandName).
+process.env.SOCKETS_COMMAND = "sockets-client";
 if (process.versions.bun) {
   const { main } = await import(entry);
   await main();
 } else {
-  const child = spawn("bun", [entry, ...process.argv.slice(2)], { stdio: "inherit" });
+  const child = spawn("bun", [entry, ...process.argv.slice(2)], { stdio: "inherit", env: process.env });
   child.on("error", (error) => {
     if (error.code === "ENOENT")
       process.stderr.write(

@@ -69,8 +69,13 @@ const ERRNO_TEXT: Record<string, string> = {
   EADDRNOTAVAIL: "address not available on this machine",
 };
 
-/** How the user started this role: `bun server.ts`, or the executable's name when compiled. */
+/**
+ * How the user started this role: `bun server.ts`, the executable's name when compiled, or the npm
+ * package's command (`sockets-server`: its bin entry sets `SOCKETS_COMMAND`).
+ */
 export function commandName(script: string): string {
+  const role = script.replace(/\.ts$/, "");
+  if (process.env.SOCKETS_COMMAND?.startsWith("sockets-")) return `sockets-${role}`;
   // Modules of a `bun build --compile` executable live in its embedded /$bunfs/ file system.
   const compiled = import.meta.path.startsWith("/$bunfs/");
   return compiled ? (process.execPath.split("/").pop() as string) : `bun ${script}`;

@@ -87,6 +87,9 @@ test("the package's bin commands: --version under Bun; one line naming Bun when 
     expect(viaNode.stdout).toStartWith(`sockets-${role} ${PACKAGE_VERSION} (protocol `);
     // Installed, not a checkout: no git commit to read.
     expect(viaNode.stdout).toContain("commit unknown");
+    // Help names the command as typed.
+    const help = await runToExit([join(bin, `sockets-${role}`), "--help"], {}, 20_000);
+    expect(help.stdout).toStartWith(`Usage: sockets-${role} `);
   }
   // PATH with node and nothing else: no bun to run on.
   const onlyNode = mkdtempSync(join(tmpdir(), "sockets-only-node-"));
