@@ -367,7 +367,7 @@ function renderCharts(h) {
       { name: "errors", label: "failed", values: h.errors, color: "var(--bad)", dash: true }] }),
     lineChart({ ...common, name: "latency", title: "Latency", format: ms, series: [
       { name: "p50_ms", label: "p50", values: h.p50_ms, color: "var(--p50)" },
-      { name: "p90_ms", label: "p90", values: h.p90_ms, color: "var(--p90)" },
+      { name: "p90_ms", label: "p90", values: h.p90_ms, color: "var(--p90)", dash: true },
       { name: "p99_ms", label: "p99", values: h.p99_ms, color: "var(--p99)" }] }));
 }
 function refreshCharts() {
