@@ -13,8 +13,10 @@ import {
   AUTH_HEADER,
   CONNECT_PATH,
   type Hello,
+  NODE_HEADER,
   parseControl,
   RESUME_HEADER,
+  STANDBY_PATH,
   SUBPROTOCOL,
   type SyncMessage,
 } from "../wire/protocol.ts";
@@ -191,6 +193,27 @@ export async function connectControl(options: ConnectOptions): Promise<ControlCo
     },
   };
   return connection;
+}
+
+/**
+ * Opens a standby connection to a cluster node (PROTOCOL.md "Standby connections"): an idle WebSocket
+ * that the node closes with {@link CloseCode.MoveHere} when `node` (the client's own node) leaves the
+ * cluster. Returned at once; its events are the caller's.
+ */
+export function openStandby(options: ConnectOptions & { node: string }): WebSocket {
+  const url = new URL(STANDBY_PATH, options.url);
+  const headers: Record<string, string> = { [NODE_HEADER]: options.node };
+  if (options.apiKey) headers[AUTH_HEADER] = `Bearer ${options.apiKey}`;
+  const tls: ProbeTls = { ca: options.ca, rejectUnauthorized: !options.insecure };
+  const dial = new URL(url);
+  if (options.address !== undefined) {
+    dial.hostname = isIP(options.address) === 6 ? `[${options.address}]` : options.address;
+    headers.Host = url.host;
+    tls.serverName = url.hostname;
+  }
+  const ws = new WebSocket(dial.href, { protocols: [SUBPROTOCOL], headers, tls } as unknown as string[]);
+  ws.binaryType = "arraybuffer";
+  return ws;
 }
 
 /** The server's default control port, suggested when a URL without a port reached nothing. */

@@ -43,9 +43,9 @@ import type { Logger } from "../log.ts";
 import type { RelaySocket, RelaySocketData, Stream } from "../relay/stream.ts";
 import { ResetCode } from "../wire/protocol.ts";
 import { keyMatches } from "./auth.ts";
-import type { HttpRoute } from "./namespace/holding.ts";
+import type { HttpRoute, RouteAnswer } from "./namespace/holding.ts";
 
-export type { HttpRoute };
+export type { HttpRoute, RouteAnswer };
 
 /** The `data` slot of a visitor socket on the HTTP port. */
 export interface HttpSocketData extends RelaySocketData {
@@ -375,8 +375,11 @@ class HttpListener implements HttpIngress {
     conn.heldBytes = 0;
   }
 
-  /** Route: the first request's authority picks the tunnel for the whole connection. */
-  private route(conn: HttpConnection, head: RequestHead): Stream | null {
+  /**
+   * Route: the first request's authority picks the tunnel for the whole connection. "waiting": the
+   * route answers later (see {@link HttpRoute.open}); the request's events wait in the backlog.
+   */
+  private route(conn: HttpConnection, head: RequestHead): Stream | null | "waiting" {
     const host = requestHost(head);
     const name = nameOf(host, this.domain);
     const target = name === undefined ? undefined : this.options.route(name);
@@ -389,9 +392,37 @@ class HttpListener implements HttpIngress {
       return null;
     }
     const opened = target.open(conn.socket);
+    if (opened instanceof Promise) {
+      // A cluster's name whose node is a moment away: the connection waits unread, as for a local request.
+      this.disarm(conn);
+      conn.busy = true;
+      conn.socket.pause();
+      opened.then(
+        (answer) => {
+          conn.busy = false;
+          if (conn.answered) return;
+          if (this.routed(conn, target, name as string, answer) === null) return;
+          conn.socket.resume();
+          const backlog = conn.backlog;
+          conn.backlog = [];
+          this.relay(conn, backlog);
+        },
+        (error) => {
+          this.log.error(`routing to ${name} failed: ${(error as Error).message}`);
+          conn.socket.terminate();
+        },
+      );
+      return "waiting";
+    }
+    return this.routed(conn, target, name as string, opened);
+  }
+
+  /** Route, continued: the route's answer (a stream, or a refusal the visitor is answered with). */
+  private routed(conn: HttpConnection, target: HttpRoute, name: string, opened: RouteAnswer): Stream | null {
     if (!(opened as Stream).id) {
-      const refusal = opened as { status: number; message: string };
-      this.respond(conn, refusal.status, refusal.message);
+      const refusal = opened as { status: number; message: string; retryAfter?: number };
+      const retry = refusal.retryAfter === undefined ? "" : `retry-after: ${refusal.retryAfter}\r\n`;
+      this.respond(conn, refusal.status, refusal.message, retry);
       return null;
     }
     const stream = opened as Stream;
@@ -437,6 +468,10 @@ class HttpListener implements HttpIngress {
           continue;
         }
         const stream = conn.stream ?? this.route(conn, event.head);
+        if (stream === "waiting") {
+          conn.backlog.push(...events.slice(i));
+          return;
+        }
         if (stream === null || conn.route === null) return;
         this.disarm(conn); // a request is in progress: its response is the backend's business
         const host = requestHost(event.head);

@@ -13,6 +13,7 @@ import { DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "../relay/budget.ts
 import { DEFAULTS, NODE_NAME } from "../wire/protocol.ts";
 import { AccessList, MAX_RULES } from "./access-list.ts";
 import { adminProblem, parseAdminAddress } from "./admin.ts";
+import { isSentinelUrl, parseSentinelUrl } from "./cluster/sentinel.ts";
 import { DEFAULT_REQUEST_TIMEOUT_SECONDS } from "./http-ingress.ts";
 import type { UserConfig } from "./users.ts";
 
@@ -242,7 +243,7 @@ export const SERVER_OPTIONS = {
     value: "URL",
     env: "SOCKETS_CLUSTER",
     defaultText: "one server alone, no Redis",
-    help: "join a cluster whose namespace lives in this Redis: redis://[:PASSWORD@]HOST:PORT[/DB] or rediss:// (README: Run a cluster)",
+    help: "join a cluster whose namespace lives in this Redis: redis://[:PASSWORD@]HOST:PORT[/DB], rediss://, or redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT…]/MASTER_NAME (README: Run a cluster)",
     parse: parseRedisUrl,
   },
   "cluster-ca": {
@@ -256,8 +257,8 @@ export const SERVER_OPTIONS = {
     restart: true,
     key: "nodeName",
     value: "NAME",
-    defaultText: "HOSTNAME:PORT",
-    help: "this node's name in the cluster (unique per node)",
+    defaultText: "HOST:PORT of --node-url",
+    help: "this node's name in the cluster (unique per node; a node whose name a live node uses refuses to start)",
     parse: (text: string, flag: string): string => {
       if (!NODE_NAME.test(text))
         throw new UsageError(`${flag}: '${text}' is not a node name (1-64 of A-Z a-z 0-9 . _ : -)`);
@@ -268,7 +269,8 @@ export const SERVER_OPTIONS = {
     restart: true,
     key: "nodeUrl",
     value: "URL",
-    defaultText: "ws(s)://HOST:PORT of the control port (127.0.0.1 when bound to all addresses)",
+    defaultText:
+      "ws(s)://HOST:PORT of the control port (bound to all addresses: this machine's address toward Redis)",
     help: "where the other nodes reach this one (its control port) to carry visitors to it",
     parse: (text: string, flag: string): string => {
       let url: URL;
@@ -293,8 +295,16 @@ export const SERVER_OPTIONS = {
   quiet: { key: "quiet", short: "q", restart: true, help: "log warnings and errors only" },
 } as const satisfies OptionTable;
 
-/** Checks a `--cluster` Redis URL: redis:// or rediss://, with a host. */
+/** Checks a `--cluster` Redis URL: redis:// or rediss://, with a host, or a sentinel URL. */
 function parseRedisUrl(text: string, flag: string): string {
+  if (isSentinelUrl(text)) {
+    try {
+      parseSentinelUrl(text);
+    } catch (error) {
+      throw new UsageError(`${flag}: ${describeError(error)}`);
+    }
+    return text;
+  }
   let url: URL;
   try {
     url = new URL(text);
@@ -302,7 +312,7 @@ function parseRedisUrl(text: string, flag: string): string {
     throw new UsageError(`${flag}: '${text}' is not a URL (e.g. redis://127.0.0.1:6379)`);
   }
   if (url.protocol !== "redis:" && url.protocol !== "rediss:")
-    throw new UsageError(`${flag}: '${text}' must be redis:// or rediss://`);
+    throw new UsageError(`${flag}: '${text}' must be redis://, rediss:// or redis+sentinel://`);
   if (url.hostname === "") throw new UsageError(`${flag}: '${text}' names no host`);
   return text;
 }

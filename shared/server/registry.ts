@@ -11,7 +11,7 @@ import type { Logger } from "../log.ts";
 import { Budget } from "../relay/budget.ts";
 import { DEFAULTS, PROTOCOL_VERSION } from "../wire/protocol.ts";
 import { accessPermits, tunnelAccess } from "./access-list.ts";
-import type { InboundLink } from "./cluster/link.ts";
+import type { LinkEndpoint } from "./cluster/link.ts";
 import type { ClusterNode, ClusterStats } from "./cluster/node.ts";
 import { Namespace, type NamespaceSettings } from "./namespace/namespace.ts";
 import type { ServerSettings } from "./options.ts";
@@ -280,7 +280,7 @@ function namespaceSettings(settings: ServerSettings, host: string): NamespaceSet
 }
 
 /** A node link as the peer of its WebSocket. */
-function linkPeer(link: InboundLink, log: Logger): WebSocketPeer {
+function linkPeer(link: LinkEndpoint, log: Logger): WebSocketPeer {
   return {
     onMessage: (message) => link.onMessage(message),
     onDrain: () => link.onDrain(),

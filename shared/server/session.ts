@@ -35,7 +35,7 @@ import {
   type UnexposeRequest,
 } from "../wire/protocol.ts";
 import { keyMatches } from "./auth.ts";
-import type { InboundLink } from "./cluster/link.ts";
+import type { LinkEndpoint } from "./cluster/link.ts";
 import { secretHash } from "./cluster/node.ts";
 import type { ServerMetrics } from "./metrics.ts";
 import type { Namespace, Refusal, Tunnel, TunnelHolder } from "./namespace/namespace.ts";
@@ -68,8 +68,8 @@ export interface SessionSocketData {
    * client moved here from another node): proves it owns that session's names and ports.
    */
   claim?: string;
-  /** Set instead of a session when another node of the cluster opened this connection (its link). */
-  link?: InboundLink;
+  /** Set instead of a session when another node of the cluster opened this connection (its link), or a client's standby connection. */
+  link?: LinkEndpoint;
 }
 
 /** A client's WebSocket on the server (the control port's own, see ws-server.ts). */
@@ -135,6 +135,8 @@ export class Session implements TunnelHolder, WebSocketPeer {
   /** When the grace period ends (ms since the epoch), while reserved: told to whoever wants its ports. */
   graceEnds = 0;
   private handshakeTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Exposes waiting for a cluster lease: the handshake deadline waits for them. */
+  private exposing = 0;
   private nextRef = 1;
   /** Per stream: its byte count at the last idle sweep that saw it move, and when. */
   private readonly idleMarks = new Map<number, { progress: number; since: number }>();
@@ -232,12 +234,7 @@ export class Session implements TunnelHolder, WebSocketPeer {
     };
     ws.send(JSON.stringify(hello));
     // A connection that upgrades and then says nothing holds resources for nothing: bound it.
-    if (this.tunnels.size === 0 || resumed)
-      this.handshakeTimer = setTimeout(
-        () =>
-          this.fail(CloseCode.PolicyViolation, `no expose or sync within ${this.context.handshakeSeconds} s`),
-        this.context.handshakeSeconds * 1000,
-      );
+    if (this.tunnels.size === 0 || resumed) this.armHandshake();
     if (resumed) {
       this.resumes++;
       if (this.context.metrics) this.context.metrics.resumes++;
@@ -248,6 +245,18 @@ export class Session implements TunnelHolder, WebSocketPeer {
       this.mux.start((frame) => this.sendFrame(frame));
     }
     this.applyPause();
+  }
+
+  /**
+   * The handshake deadline. An expose still waiting for its cluster lease (Redis away) is no silent
+   * connection: the deadline waits for its answer, which tells the client the real reason.
+   */
+  private armHandshake(): void {
+    this.handshakeTimer = setTimeout(() => {
+      if (this.exposing > 0) this.armHandshake();
+      else
+        this.fail(CloseCode.PolicyViolation, `no expose or sync within ${this.context.handshakeSeconds} s`);
+    }, this.context.handshakeSeconds * 1000);
   }
 
   private sendFrame(frame: Uint8Array): void {
@@ -308,18 +317,27 @@ export class Session implements TunnelHolder, WebSocketPeer {
   /** Expose: the namespace places the tunnel (in a cluster, once Redis leased it); tell the client. */
   private expose(request: ExposeRequest): void {
     const claimed = this.context.namespace.claim(this, request, this.nextRef++, this.tunnels.size);
-    if (claimed instanceof Promise)
-      claimed.then(
-        (result) => this.exposed(request, result),
-        (error) => this.exposed(request, { code: "internal", message: describeError(error) }),
-      );
-    else this.exposed(request, claimed);
+    // Alone, a tunnel opens at once; in a cluster, once Redis has leased its name or port.
+    if (claimed instanceof Promise) {
+      this.exposing++;
+      claimed
+        .finally(() => this.exposing--)
+        .then(
+          (result) => this.exposed(request, result),
+          (error) => this.exposed(request, { code: "internal", message: describeError(error) }),
+        );
+    } else this.exposed(request, claimed);
   }
 
   /** Expose, continued: the tunnel is live (or refused); tell the client. */
   private exposed(request: ExposeRequest, result: Tunnel | Refusal): void {
     if ("code" in result) {
       this.refuse(request, result.code, result.message);
+      // The cluster's Redis is away: the client asks again; its deadline starts again with the answer.
+      if (result.code === "cluster_unavailable" && this.tunnels.size === 0 && this.state === "live") {
+        clearTimeout(this.handshakeTimer);
+        this.armHandshake();
+      }
       return;
     }
     const tunnel = result;

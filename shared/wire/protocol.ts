@@ -22,6 +22,13 @@ export const CONNECT_PATH = "/_sockets/connect";
 /** Path on the control port where another node of a cluster opens its link (see PROTOCOL.md). */
 export const NODE_LINK_PATH = "/_sockets/node";
 
+/**
+ * Path on the control port where a client of another node of the cluster keeps a standby connection:
+ * it names its node in {@link NODE_HEADER}, and is closed with {@link CloseCode.MoveHere} when that node
+ * leaves the cluster (PROTOCOL.md "Standby connections").
+ */
+export const STANDBY_PATH = "/_sockets/standby";
+
 /** Request header with which a node opening a link names itself (its `--node-name`). */
 export const NODE_HEADER = "sockets-node";
 
@@ -106,6 +113,8 @@ export const CloseCode = {
   Replaced: 4000,
   /** The client's credentials were revoked (its user's token removed or changed): do not retry. */
   Revoked: 4001,
+  /** On a standby connection: the client's node left the cluster; connect here now (with its old session). */
+  MoveHere: 4002,
 } as const;
 
 /** Fixed header length of every binary frame: type (1) + stream id (4). */
@@ -155,6 +164,8 @@ export interface Hello {
   secret: string;
   /** True when this connection resumed an earlier session: its tunnels and streams still stand. */
   resumed: boolean;
+  /** In a cluster: this node's name (a client with other servers keeps a standby connection watching it). */
+  node?: string;
 }
 
 /**
@@ -337,7 +348,8 @@ export function parseControl(text: string): ControlMessage {
         isCount(value.maxTunnelsPerClient) &&
         typeof value.session === "string" &&
         typeof value.secret === "string" &&
-        typeof value.resumed === "boolean"
+        typeof value.resumed === "boolean" &&
+        (value.node === undefined || typeof value.node === "string")
       )
         return value as unknown as Hello;
       break;

@@ -211,7 +211,7 @@ describe("frames round-trip", () => {
       }),
       RUNS,
     );
-  });
+  }, 30_000); // a property run: seconds on a loaded machine, not the 5 s default
 
   test("property: DATA through a reused, offset scratch buffer keeps the payload intact", () => {
     const scratch = new Uint8Array(4096 + DATA_SCRATCH_EXTRA + 64);

@@ -268,6 +268,22 @@ export class OutboundLink implements NodeLink {
   }
 }
 
+/**
+ * What the control port's WebSocket handlers drive for a connection that is no client session: a link
+ * another node opened ({@link InboundLink}), or a client's standby connection (standby.ts).
+ */
+export interface LinkEndpoint {
+  /** Who is at the other end, for logs. */
+  readonly remote: string;
+  attach(ws: LinkSocket): void;
+  onMessage(message: string | Uint8Array): void;
+  onDrain(): void;
+  /** A ping or pong arrived. */
+  heard(): void;
+  onClose(): void;
+  close(): void;
+}
+
 /** The minimal WebSocket a node's inbound link is served on (the control port's own, ws-server.ts). */
 export interface LinkSocket {
   send(message: string | Uint8Array): number;
@@ -287,7 +303,7 @@ const INBOUND_HIGH_WATER = 4 * 1024 * 1024;
  * A link another node opened to this one: its streams become visitors of this node's tunnels, and this
  * node carries its own visitors for that node's tunnels over it.
  */
-export class InboundLink implements NodeLink {
+export class InboundLink implements NodeLink, LinkEndpoint {
   readonly mux: Mux;
   private ws: LinkSocket | null = null;
   /** Heard from the dialling node (it pings every second). */

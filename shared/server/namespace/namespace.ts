@@ -262,7 +262,7 @@ export class Namespace {
       const verb = what.startsWith("port") ? "is reserved" : "is taken: reserved";
       return {
         code,
-        message: `${what} ${verb} for a dropped client's session for up to ${left} s more (the server's --grace); wait, or ask for another`,
+        message: `${what} ${verb} for a dropped client's session for up to ${left} s more (the server's --grace); wait, or ask for another ${what.startsWith("port") ? "port" : "name"}`,
       };
     }
     return refused;
