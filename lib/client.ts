@@ -30,7 +30,7 @@ import {
   parseServerUrl,
   UsageError,
 } from "../shared/args.ts";
-import { CLIENT_OPTIONS } from "../shared/client/options.ts";
+import { CLIENT_OPTIONS, type NamedService, withTunnelSettings } from "../shared/client/options.ts";
 import { checkLibraryOptions } from "../shared/library.ts";
 import type { OptionTable } from "../shared/options.ts";
 
@@ -66,6 +66,14 @@ export interface StartClientOptions {
   heartbeatSeconds?: number;
   /** Longest wait between reconnect attempts, in seconds (default 30). */
   maxBackoffSeconds?: number;
+  /** Every tunnel shares its port or name with the same user's other clients that say `pool` (README: Pools). */
+  pool?: boolean;
+  /** Every tunnel: only visitors from these CIDR ranges (a service's own `allow` replaces this). */
+  allow?: string[];
+  /** Every tunnel: visitors from these CIDR ranges are refused. */
+  deny?: string[];
+  /** Every tunnel: a PROXY protocol header (`v1` or `v2`) starts each connection to the local service. */
+  proxyProtocol?: "v1" | "v2";
   /** Log warnings and errors only (the log goes to stderr). */
   quiet?: boolean;
   /** One line per HTTP request on HTTP tunnels, given to this function (off when absent). */
@@ -93,6 +101,9 @@ export interface Client extends ClientHandle {
   off<E extends keyof ClientEvents>(event: E, listener: (...args: ClientEvents[E]) => void): this;
 }
 
+/** Settings every tunnel takes from the top level unless it sets its own. */
+type TunnelDefaults = Pick<StartClientOptions, "pool" | "allow" | "deny" | "proxyProtocol">;
+
 /** Command-line options a program does not pass (it has `expose`/`http` objects, and no config file). */
 const COMMAND_LINE_ONLY = ["expose", "http", "port", "subdomain", "server", "ca", "config", "watch", "init"];
 /** The options table a library call is checked against. */
@@ -114,6 +125,16 @@ function service(spec: ServiceSpec, kind: "tcp" | "http", flag: string): ExposeO
     checked.subdomain = CLIENT_OPTIONS.subdomain.parse(spec.subdomain, "--subdomain");
   if (spec.basicAuth !== undefined)
     checked.basicAuth = CLIENT_OPTIONS["basic-auth"].parse(spec.basicAuth, "--basic-auth");
+  for (const key of ["allow", "deny"] as const) {
+    const rules = spec[key];
+    if (rules !== undefined)
+      checked[key] = rules.map((rule) => CLIENT_OPTIONS[key].parse(String(rule), `--${key}`));
+  }
+  if (spec.proxyProtocol !== undefined)
+    checked.proxyProtocol = CLIENT_OPTIONS["proxy-protocol"].parse(
+      String(spec.proxyProtocol),
+      "--proxy-protocol",
+    );
   return checked;
 }
 
@@ -153,7 +174,18 @@ export function clientOptions(input: StartClientOptions): ClientOptions {
       return checked;
     }),
   ];
-  return { ...rest, server: servers, expose: services, inspect: values.inspect ?? "off" };
+  // Top-level pool, allow, deny and PROXY protocol apply to every service that does not set its own.
+  const { pool, allow, deny, proxyProtocol, ...others } = rest as typeof rest & TunnelDefaults;
+  const settings = { pool, allow, deny, proxyProtocol };
+  const withDefaults = services.map((service) =>
+    withTunnelSettings({ ...service } as NamedService, {
+      pool: service.pool ?? settings.pool,
+      allow: service.allow ?? settings.allow,
+      deny: service.deny ?? settings.deny,
+      proxyProtocol: service.proxyProtocol ?? settings.proxyProtocol,
+    }),
+  );
+  return { ...others, server: servers, expose: withDefaults, inspect: values.inspect ?? "off" };
 }
 
 /**

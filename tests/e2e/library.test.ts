@@ -7,7 +7,7 @@
 import { describe, expect, test } from "bun:test";
 import { startClient } from "../../lib/client.ts";
 import { startServer } from "../../lib/server.ts";
-import { startProxy } from "../support/faults.ts";
+import { refusedOrClosed, startProxy } from "../support/faults.ts";
 import { randomData, sha256 } from "../support/hashing.ts";
 import { defer, runToExit, setupFile, startServerProcess } from "../support/processes.ts";
 import { startEchoService } from "../support/services.ts";
@@ -49,6 +49,17 @@ describe("a bad option: the command line's line", () => {
       "host header",
       { http: [1], hostHeader: "keep" as "preserve" },
       ["--http", "1", "--host-header", "keep"],
+    ],
+    [
+      "allow, at the top",
+      { expose: [1], allow: ["10.0.0.0/33"] },
+      ["--expose", "1", "--allow", "10.0.0.0/33"],
+    ],
+    ["deny, on a service", { expose: [{ port: 1, deny: ["nope"] }] }, ["--expose", "1", "--deny", "nope"]],
+    [
+      "PROXY protocol",
+      { expose: [1], proxyProtocol: "v3" as "v1" },
+      ["--expose", "1", "--proxy-protocol", "v3"],
     ],
   ];
   for (const [what, options, argv] of clientCases)
@@ -127,4 +138,28 @@ test("events: a cut connection is resumed, a restarted server gets the tunnels a
   await client.close();
   await Bun.sleep(0);
   expect(closedWith).toBe("client closed");
+});
+
+test("top-level allow reaches the server: a visitor from outside the range is closed unanswered; inside it is served", async () => {
+  const service = startEchoService();
+  const server = await startServerProcess();
+  const outside = await startClient({
+    server: server.url,
+    expose: [service.port],
+    allow: ["10.0.0.0/8"],
+    quiet: true,
+  });
+  defer(() => outside.close());
+  expect(outside.tunnels[0]?.local.allow).toEqual(["10.0.0.0/8"]);
+  expect(await refusedOrClosed((outside.tunnels[0] as { port: number }).port, 5000)).toBe("closed");
+  // A service's own list replaces the top-level one.
+  const inside = await startClient({
+    server: server.url,
+    expose: [{ port: service.port, allow: ["127.0.0.0/8"] }],
+    allow: ["10.0.0.0/8"],
+    quiet: true,
+  });
+  defer(() => inside.close());
+  const payload = randomData(64 * 1024);
+  expect(await echoThrough((inside.tunnels[0] as { port: number }).port, payload)).toBe(sha256(payload));
 });
