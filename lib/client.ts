@@ -159,6 +159,12 @@ export function clientOptions(input: StartClientOptions): ClientOptions {
     parseServerUrl(String(url), "--server"),
   );
   if (servers.length === 0) throw new UsageError("--server: no server given");
+  for (const [flag, list] of [
+    ["--expose", expose],
+    ["--http", http],
+  ] as const)
+    if (!Array.isArray(list))
+      throw new UsageError(`${flag}: a list of services is expected (e.g. [3000, "127.0.0.1:8080"])`);
   if (expose.length === 0 && http.length === 0)
     throw new UsageError("--expose HOST:PORT or --http HOST:PORT is required");
   const services = [
