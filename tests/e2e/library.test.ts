@@ -84,6 +84,9 @@ describe("a bad option: the command line's line", () => {
     expect(await rejection(() => startServer({ config: "x.toml" } as never))).toMatch(
       /^unknown option 'config'/,
     );
+    expect(await rejection(() => startClient({ expose: 3000 } as never))).toMatch(
+      /^--expose: a list of services/,
+    );
   });
 });
 
