@@ -236,6 +236,8 @@ describe("cluster leases", () => {
       release: (key: string) => leases.delete(key),
       holds: (key: string) => held && leases.has(key),
       remoteRoute: () => undefined,
+      poolOf: () => undefined,
+      memberKey: (key: string) => `${key}~n1`,
       unmirror() {},
       forwardTcp: () => false,
     };

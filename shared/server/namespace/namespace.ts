@@ -16,6 +16,7 @@ import type { Logger } from "../../log.ts";
 import type { RelaySocket, RelaySocketData, Stream } from "../../relay/stream.ts";
 import { relaySocketHandlers } from "../../relay/stream.ts";
 import { type ExposeRequest, StreamKind } from "../../wire/protocol.ts";
+import { placeOfLease } from "../cluster/directory.ts";
 import type { ClusterNode } from "../cluster/node.ts";
 import { listenPublic, PortError } from "../public-port.ts";
 import { type Account, describeRanges } from "../users.ts";
@@ -65,8 +66,11 @@ class Place {
   readonly tunnels: Tunnel[] = [];
   /** TCP: the public listener, shared by a pool's members. */
   listener?: PublicListener;
-  /** Cluster: whether the lease on {@link key} is ours (taken before the place went live). */
-  leased = false;
+  /**
+   * Cluster: the lease this node holds for the place (taken before it went live): its key itself, or
+   * for a pool that other nodes hold too, this node's member lease beside it (`KEY~NODE`).
+   */
+  lease?: PlaceKey;
   /** Where the next visitor's round-robin turn starts among equally loaded members. */
   turn = 0;
   /** HTTP: the route the ingress uses, made once. */
@@ -130,7 +134,7 @@ export class Namespace {
   holding(key: PlaceKey): Holding {
     const place = this.places.get(key);
     const cluster = this.cluster;
-    if (place === undefined || (place.leased && cluster !== undefined && !cluster.holds(key))) {
+    if (place === undefined || (place.lease && cluster !== undefined && !cluster.holds(place.lease))) {
       const remote = cluster?.directory.holder(key);
       return remote === undefined || remote.node === cluster?.name
         ? { state: "free" }
@@ -226,9 +230,9 @@ export class Namespace {
       this.listening.delete(place.listener);
       place.listener.stop(closeVisitors);
     }
-    if (place.leased) {
-      place.leased = false;
-      this.cluster?.release(place.key);
+    if (place.lease !== undefined) {
+      this.cluster?.release(place.lease);
+      place.lease = undefined;
     }
   }
 
@@ -248,7 +252,36 @@ export class Namespace {
       userLimit: holder.account?.limits.maxTunnels,
       hostHeader: tunnel.hostHeader,
       basicAuth: tunnel.basicAuth,
+      pool: tunnel.pool,
     };
+  }
+
+  /**
+   * Cluster: leases place `key` for a tunnel, or, when other nodes serve it as a pool of the same
+   * user and the tunnel asks for a pool, a member lease beside it. The lease taken, or why not.
+   */
+  private async lease(
+    cluster: ClusterNode,
+    key: PlaceKey,
+    tunnel: Tunnel,
+    what: string,
+  ): Promise<PlaceKey | Refusal> {
+    const request = this.leaseRequest(tunnel);
+    const pool = cluster.poolOf(key);
+    if (pool !== undefined) {
+      const code = key.startsWith("http:") ? "subdomain_taken" : "port_taken";
+      const nodes = pool.nodes.join(", ");
+      if (pool.user !== request.user)
+        return {
+          code,
+          message: `${what} is taken (held by another user; pools are per user; node ${nodes})`,
+        };
+      if (!tunnel.pool)
+        return { code, message: `${what} is served by a pool (node ${nodes}): ask with --pool to join it` };
+      const member = cluster.memberKey(key);
+      return (await cluster.acquire(member, request)) ?? member;
+    }
+    return (await cluster.acquire(key, request)) ?? key;
   }
 
   /** A place is held here already: join its pool, or be told which rule forbids it. */
@@ -295,18 +328,21 @@ export class Namespace {
     what: string,
     bind?: () => PublicListener | Refusal,
   ): Promise<Refusal | null> {
-    const refused = await cluster.acquire(key, this.leaseRequest(tunnel));
-    if (refused !== null) return refused;
+    const leased = await this.lease(cluster, key, tunnel, what);
+    if (typeof leased !== "string") return leased;
     // Another local tunnel may have opened the place while Redis answered.
     const held = this.places.get(key);
-    if (held !== undefined) return this.joinHeld(held, tunnel, what);
+    if (held !== undefined) {
+      if (held.lease !== leased) cluster.release(leased);
+      return this.joinHeld(held, tunnel, what);
+    }
     const listener = bind?.();
     if (listener !== undefined && !("stop" in listener)) {
-      cluster.release(key);
+      cluster.release(leased);
       return listener;
     }
     const place = new Place(key, tunnel.pool, tunnel.holder.account);
-    place.leased = true;
+    place.lease = leased;
     return this.open(place, tunnel, listener);
   }
 
@@ -368,7 +404,7 @@ export class Namespace {
       const refused = await cluster.acquire(key, this.leaseRequest(tunnel));
       if (refused === null && !this.places.has(key)) {
         const place = new Place(key, tunnel.pool, tunnel.holder.account);
-        place.leased = true;
+        place.lease = key;
         return this.open(place, tunnel, listener);
       }
       listener.stop(true);
@@ -458,7 +494,7 @@ export class Namespace {
     // A node whose lease lapsed (frozen, or taken over before it heard) serves the port no more: the
     // visitor goes to whichever node holds it now, if any.
     const cluster = this.cluster;
-    if (place.leased && cluster !== undefined && !cluster.holds(place.key)) {
+    if (place.lease !== undefined && cluster !== undefined && !cluster.holds(place.lease)) {
       if (!cluster.forwardTcp(Number(place.key.slice(4)), socket)) socket.terminate();
       return;
     }
@@ -516,7 +552,7 @@ export class Namespace {
     const place = this.places.get(key);
     const cluster = this.cluster;
     if (cluster === undefined) return place?.route;
-    if (place !== undefined && cluster.holds(key)) return place.route;
+    if (place?.lease !== undefined && cluster.holds(place.lease)) return place.route;
     const remote = cluster.remoteRoute(name);
     if (remote === undefined) return undefined;
     return {
@@ -535,9 +571,10 @@ export class Namespace {
    * the stream of the member it goes to, or why not.
    */
   acceptRemote(target: string, kind: StreamKind, socket: RelaySocket): Stream | string {
-    const key = target as PlaceKey;
-    if (this.cluster !== undefined && !this.cluster.holds(key)) return `${target} is not held here`;
-    const place = this.places.get(key);
+    // A pool member lease (`KEY~NODE`) names this node's share of the place `KEY`.
+    if (this.cluster !== undefined && !this.cluster.holds(target as PlaceKey))
+      return `${target} is not held here`;
+    const place = this.places.get(placeOfLease(target as PlaceKey));
     if (place === undefined) return `no tunnel ${target} here`;
     const chosen = this.choose(place, socket.remoteAddress);
     if (chosen === "denied") return "forbidden: this address may not reach this tunnel";
@@ -550,7 +587,7 @@ export class Namespace {
 
   /** Cluster: the lease of `key` went to another node: every tunnel of that place stops here at once. */
   leaseLost(key: PlaceKey): void {
-    const place = this.places.get(key);
+    const place = this.places.get(placeOfLease(key));
     if (place === undefined) return;
     for (const tunnel of [...place.tunnels]) tunnel.holder.lose(tunnel);
   }
