@@ -18,6 +18,7 @@ import { hostname } from "node:os";
 import { formatHost, usageLine } from "./shared/args.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
+import { HttpsSide } from "./shared/server/acme/https.ts";
 import { type AdminListener, startAdmin } from "./shared/server/admin.ts";
 import { controlApp } from "./shared/server/app.ts";
 import { ClusterNode } from "./shared/server/cluster/node.ts";
@@ -55,6 +56,8 @@ export interface ServerHandle {
   url: string;
   /** Bound HTTP tunnel port, when `httpPort` was given. */
   httpPort?: number;
+  /** Bound HTTPS port, when `httpsPort` was given. */
+  httpsPort?: number;
   /** `http://HOST:PORT` of the admin listener (dashboard, API, /metrics), when `admin` was given. */
   adminUrl?: string;
   stats(): ServerStats;
@@ -90,6 +93,10 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
         });
   context.metrics = metrics;
 
+  // Certificates, ACME and the HTTPS front (--https-port): see shared/server/acme/.
+  const https = new HttpsSide(options, log);
+  context.names = https.names;
+  context.customDomains = options.customDomains;
   // HTTP tunnels are routed by Host (NAME.DOMAIN) by the same code on the control port and --http-port.
   const http = {
     domain: context.domain,
@@ -98,6 +105,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     heads: new HeadBudget(),
     tls: options.tls,
     metrics,
+    acmeChallenge: https.acmeChallenge,
     log,
   };
   // Accept: the control port serves the clients' upgrade and /health (the app), and HTTP tunnels.
@@ -118,28 +126,48 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   });
   let httpPort: HttpIngress | undefined;
   try {
-    if (options.httpPort !== undefined) httpPort = listenHttp({ ...http, host, port: options.httpPort });
+    // With --https-port, --http-port stays plain http (HTTP-01 validations, http:// visitors).
+    const plain = options.httpsPort !== undefined ? { tls: undefined } : {};
+    if (options.httpPort !== undefined)
+      httpPort = listenHttp({ ...http, ...plain, host, port: options.httpPort });
   } catch (error) {
     control.stop(true);
     throw new Error(`--http-port ${options.httpPort}: ${describeError(error)}`);
   }
+  let httpsPort: number | undefined;
+  try {
+    const { tls: _, ...terminated } = http;
+    httpsPort = https.listen(host, context.domain, terminated, (key) => registry.route(key));
+  } catch (error) {
+    httpPort?.stop(true);
+    control.stop(true);
+    throw new Error(`--https-port ${options.httpsPort}: ${describeError(error)}`);
+  }
+  context.httpsPort = httpsPort;
   let admin: AdminListener | undefined;
   if (metrics !== undefined && options.admin !== undefined)
     try {
       admin = startAdmin({ metrics, stats: () => registry.stats() }, options.admin, options.adminToken);
     } catch (error) {
+      https.stop(true);
       httpPort?.stop(true);
       control.stop(true);
       throw error;
     }
   context.httpPort = httpPort?.port ?? control.port;
-  context.ownPorts = [control.port, ...(httpPort ? [httpPort.port] : []), ...(admin ? [admin.port] : [])];
+  context.ownPorts = [
+    control.port,
+    ...(httpPort ? [httpPort.port] : []),
+    ...(httpsPort !== undefined ? [httpsPort] : []),
+    ...(admin ? [admin.port] : []),
+  ];
   // Cluster: names and ports are leased in Redis, visitors for other nodes' tunnels carried there.
   if (options.cluster !== undefined)
     try {
       context.cluster = await joinCluster(options, registry, host, control.port);
     } catch (error) {
       admin?.stop();
+      https.stop(true);
       httpPort?.stop(true);
       control.stop(true);
       const why = describeError(error);
@@ -150,6 +178,10 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${control.port}`;
   log.info(`listening on ${url} (domain ${context.domain})`);
   log.info(`http tunnels on ${context.httpScheme}://*.${context.domain}:${context.httpPort}`);
+  if (httpsPort !== undefined)
+    log.info(
+      `https on port ${httpsPort} (names chosen by SNI${https.acme ? `; ACME certificates from ${https.acme.settings.directory}` : ""})`,
+    );
   if (context.cluster)
     log.info(`cluster: node ${context.cluster.name} joined (${redacted(options.cluster)})`);
   if (admin) log.info(`admin on ${admin.url}/ (dashboard, /api, /metrics)`);
@@ -160,6 +192,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     port: control.port,
     url,
     httpPort: httpPort?.port,
+    httpsPort,
     adminUrl: admin?.url,
     stats: () => registry.stats(),
     reload(next) {
@@ -175,8 +208,10 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       if (registry.draining) return;
       control.stop(false);
       httpPort?.stop(false);
+      https.stop(false);
       await registry.drainAll();
       await context.cluster?.leave();
+      https.stop(true);
       httpPort?.stop(true);
       control.stop(true);
       admin?.stop();

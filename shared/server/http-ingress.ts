@@ -57,6 +57,8 @@ export interface HttpRoute {
   basicAuthHash?: string;
   /** Opens a stream for this visitor, or says why not. */
   open(socket: HttpSocket): Stream | { status: number; message: string };
+  /** An end-to-end TLS tunnel (acme/tls-front.ts carries its raw bytes): no plain HTTP route. */
+  passthrough?: boolean;
 }
 
 /** The `data` slot of a visitor socket on the HTTP port. */
@@ -106,6 +108,13 @@ export interface HttpIngressOptions {
   local?: LocalRequests;
   /** Told of every response to a visitor (absent: nothing timed or counted). */
   metrics?: HttpResponseCounter;
+  /**
+   * The visitor's address when the socket's peer is not the visitor (the HTTPS front's loopback
+   * connection, see acme/tls-front.ts); undefined to use the peer's.
+   */
+  visitorAddress?: (socket: HttpSocket) => string | undefined;
+  /** Answers HTTP-01 validations (`/.well-known/acme-challenge/TOKEN`): the key authorization, if any. */
+  acmeChallenge?: (token: string) => string | undefined;
   log: Logger;
 }
 
@@ -172,6 +181,9 @@ export function nameOf(host: string, domain: string): string | undefined {
   const suffix = `.${domain.toLowerCase()}`;
   return bare.endsWith(suffix) && bare.length > suffix.length ? bare.slice(0, -suffix.length) : undefined;
 }
+
+/** Where ACME HTTP-01 validations ask for their token (RFC 8555 §8.3). */
+const ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/";
 
 /** A request body up to this size that arrived with its head is sent on in the head's buffer. */
 const JOIN_BODY_MAX = 16 * 1024;
@@ -345,13 +357,25 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
     conn.heldBytes = 0;
   }
 
+  /**
+   * The route key of a Host value: the tunnel name of `NAME.DOMAIN`, or a custom domain's whole host
+   * name when a tunnel holds it (so that the control port still answers its own requests).
+   */
+  function keyOf(host: string): string | undefined {
+    const name = nameOf(host, domain);
+    if (name !== undefined) return name;
+    const bare = host.toLowerCase().replace(/:\d+$/, "");
+    return bare.includes(".") && options.route(bare) !== undefined ? bare : undefined;
+  }
+
   /** Route: the first request's authority picks the tunnel for the whole connection. */
   function route(conn: HttpConnection, head: RequestHead): Stream | null {
     const host = requestHost(head);
-    const name = nameOf(host, domain);
+    const name = keyOf(host);
     const target = name === undefined ? undefined : options.route(name);
-    if (target === undefined) {
-      respond(conn, 404, `no tunnel at ${host || "(no Host header)"}`);
+    if (target === undefined || target.passthrough) {
+      const why = target === undefined ? "no tunnel" : "only an end-to-end TLS tunnel (use https)";
+      respond(conn, 404, `${why} at ${host || "(no Host header)"}`);
       return null;
     }
     if (!authorized(head, target)) {
@@ -398,7 +422,15 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
         continue;
       }
       if (event.type === "head") {
-        if (conn.stream === null && options.local && nameOf(requestHost(event.head), domain) === undefined) {
+        if (
+          conn.stream === null &&
+          options.acmeChallenge &&
+          event.head.target.startsWith(ACME_CHALLENGE_PATH)
+        ) {
+          answerChallenge(conn, event.head.target.slice(ACME_CHALLENGE_PATH.length), options.acmeChallenge);
+          return;
+        }
+        if (conn.stream === null && options.local && keyOf(requestHost(event.head)) === undefined) {
           answerLocally(conn, event.head, options.local);
           continue;
         }
@@ -407,7 +439,7 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
         disarm(conn); // a request is in progress: its response is the backend's business
         const host = requestHost(event.head);
         if (host !== conn.routedHost) {
-          if (nameOf(host, domain) !== conn.name) {
+          if (keyOf(host) !== conn.name) {
             // A connection belongs to the tunnel of its first request: never carry a request elsewhere.
             stream.reset(ResetCode.Protocol, "request for another host on the same connection");
             return;
@@ -423,7 +455,7 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
           }
           conn.authorizedAs = authorizationOf(event.head);
         }
-        conn.remoteIp ??= unmappedAddress(conn.socket.remoteAddress);
+        conn.remoteIp ??= options.visitorAddress?.(conn.socket) ?? unmappedAddress(conn.socket.remoteAddress);
         // A small body read with its head goes on in the same buffer: one DATA frame and one write
         // into the local service rather than two.
         const next = events[i + 1];
@@ -450,6 +482,24 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
       } else if (event.type === "body" || event.type === "passthrough")
         conn.stream?.onSocketData(event.bytes);
     }
+  }
+
+  /** An ACME HTTP-01 validation: the key authorization as the whole body (or 404), then close. */
+  function answerChallenge(
+    conn: HttpConnection,
+    token: string,
+    challenge: (token: string) => string | undefined,
+  ): void {
+    const answer = challenge(token);
+    if (answer === undefined) {
+      respond(conn, 404, "no such ACME challenge");
+      return;
+    }
+    metrics?.httpResponse(200);
+    conn.socket.write(
+      `HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: ${answer.length}\r\nconnection: close\r\n\r\n${answer}`,
+    );
+    conn.close();
   }
 
   /** A request for the port itself: the connection waits (unread) until it is answered. */

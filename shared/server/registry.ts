@@ -95,7 +95,9 @@ export class SessionRegistry {
         sent: new Budget(budget),
       },
       log,
-      httpScheme: options.tls ? "https" : "http",
+      // With --https-port, --http-port serves plain http (the control port keeps --tls-cert).
+      httpScheme:
+        options.tls && (options.httpsPort === undefined || options.httpPort === undefined) ? "https" : "http",
       tunnelIds: new Set(),
       httpRoutes: new Map(),
       portHolders: new Map(),

@@ -35,6 +35,7 @@ import {
   type SyncMessage,
   type UnexposeRequest,
 } from "../wire/protocol.ts";
+import { customHost, hostOfKey, type NameHooks } from "./acme/hostnames.ts";
 import { keyMatches } from "./auth.ts";
 import type { InboundLink } from "./cluster/link.ts";
 import type { ClusterNode, LeaseKey, LeaseRefusal } from "./cluster/node.ts";
@@ -102,6 +103,12 @@ export interface SessionContext {
   metrics?: ServerMetrics;
   /** This server's cluster membership (`--cluster`): every name and port is leased there first. */
   cluster?: ClusterNode;
+  /** The HTTPS port (`--https-port`): HTTP tunnels get https URLs there, and TLS tunnels live there. */
+  httpsPort?: number;
+  /** Without users: the custom domains (`--custom-domains` patterns) clients may hold. */
+  customDomains?: readonly string[];
+  /** Told when an HTTP tunnel starts or stops holding a host name (automatic HTTPS orders for it). */
+  names?: NameHooks;
 }
 
 /** One public TCP tunnel of a session. */
@@ -112,8 +119,10 @@ export interface Tunnel {
   port: number;
   /** TCP tunnels: the public listener. */
   listener?: TCPSocketListener<RelaySocketData>;
-  /** HTTP tunnels: the name under the server's domain. */
+  /** HTTP tunnels: the name under the server's domain, or a custom domain's whole host name. */
   name?: string;
+  /** The host name it holds and for whom, when told to {@link SessionContext.names}. */
+  claimed?: { host: string; owner: string };
   /** The URL its client was told. */
   url?: string;
   /**
@@ -340,7 +349,7 @@ export class Session {
     const tunnel: Tunnel = { id, ref: this.nextRef++, port: 0, visitors: new Set() };
     // Taken before a cluster lease is awaited: two exposes in flight never get one id.
     tunnelIds.add(id);
-    const opened = request.kind === "http" ? this.openHttp(tunnel, request) : this.openTcp(tunnel, request);
+    const opened = request.kind === "tcp" ? this.openTcp(tunnel, request) : this.openHttp(tunnel, request);
     // Alone, a tunnel opens at once; in a cluster, once Redis has leased its name or port.
     if (opened instanceof Promise)
       opened.then(
@@ -370,13 +379,16 @@ export class Session {
     if (account !== undefined) account.tunnels++;
     // Only a live tunnel ends the handshake: refused requests alone do not keep a connection open.
     clearTimeout(this.handshakeTimer);
+    const named = tunnel.name === undefined ? undefined : hostOfKey(tunnel.name, domain);
     const url =
-      tunnel.name === undefined
+      named === undefined
         ? `${formatHost(domain)}:${tunnel.port}`
-        : `${this.context.httpScheme ?? "http"}://${tunnel.name}.${domain}:${tunnel.port}`;
+        : request.kind === "tls"
+          ? `tls://${named}:${tunnel.port}`
+          : `${this.context.httpsPort !== undefined ? "https" : (this.context.httpScheme ?? "http")}://${named}:${tunnel.port}`;
     tunnel.url = url;
     log.info(`tunnel ${tunnel.id} for ${this.remote}${this.context.healthDetail ? this.who : ""}: ${url}`);
-    const host = tunnel.name === undefined ? domain : `${tunnel.name}.${domain}`;
+    const host = named ?? domain;
     const { ref, port, name } = tunnel;
     const exposed = { type: "exposed", id: request.id, tunnel: id, ref, name, host, port, url };
     this.ws?.send(JSON.stringify(exposed));
@@ -555,11 +567,16 @@ export class Session {
   ): LeaseRefusal | null | Promise<LeaseRefusal | null> {
     const { httpPort, httpRoutes } = this.context;
     if (httpPort === undefined) return { code: "no_http", message: "this server has no --http-port" };
+    if (request.kind === "tls" && this.context.httpsPort === undefined)
+      return { code: "no_https", message: "this server has no --https-port for end-to-end TLS tunnels" };
     const account = this.account;
+    const custom = customHost(request.hostname, this.context.domain, account, this.context.customDomains);
+    if (custom !== undefined && typeof custom !== "string") return custom;
     const patterns = account?.limits.subdomains;
     const allowedText = patterns === undefined ? "" : ` (allowed: ${patterns.join(", ")})`;
-    let name = request.subdomain;
+    let name = custom ?? request.subdomain;
     if (
+      custom === undefined &&
       name !== undefined &&
       account !== undefined &&
       patterns !== undefined &&
@@ -582,12 +599,16 @@ export class Session {
           message: `${account} has no subdomain pattern with '*' to draw a random name from: ask for one with --subdomain${allowedText}`,
         };
     }
-    if (!SUBDOMAIN.test(name))
+    if (custom === undefined && !SUBDOMAIN.test(name))
       return {
         code: "bad_subdomain",
         message: `subdomain '${name}' is not a DNS label (a-z, 0-9, inner '-', at most 63)`,
       };
-    if (httpRoutes.has(name)) return { code: "subdomain_taken", message: `subdomain '${name}' is taken` };
+    if (httpRoutes.has(name))
+      return {
+        code: "subdomain_taken",
+        message: `${custom === undefined ? "subdomain" : "host name"} '${name}' is taken`,
+      };
     const cluster = this.context.cluster;
     if (cluster !== undefined) return this.leaseHttp(cluster, tunnel, request, name);
     this.route(tunnel, request, name);
@@ -622,24 +643,40 @@ export class Session {
     const { httpPort, httpRoutes } = this.context;
     tunnel.name = name;
     tunnel.port = httpPort as number;
+    const passthrough = request.kind === "tls";
     httpRoutes.set(name, {
       hostHeader: request.hostHeader,
       basicAuth: request.basicAuth,
-      open: (socket) => this.acceptHttpVisitor(tunnel, socket),
+      passthrough: passthrough || undefined,
+      open: (socket) =>
+        this.acceptHttpVisitor(tunnel, socket, passthrough ? StreamKind.Tcp : StreamKind.Http),
     });
+    // A terminated name gets its certificate ordered now (automatic HTTPS); a passthrough one needs none.
+    if (!passthrough && this.context.names !== undefined) {
+      tunnel.claimed = { host: hostOfKey(name, this.context.domain), owner: this.orderOwner };
+      this.context.names.claimed(tunnel.claimed.host, tunnel.claimed.owner);
+    }
+  }
+
+  /** Who a name's certificate orders count against: the user, or without users the client's address. */
+  private get orderOwner(): string {
+    return this.account !== undefined
+      ? `user ${this.account.name}`
+      : `client ${this.remote.replace(/:\d+$/, "")}`;
   }
 
   /** A visitor's first request named an HTTP tunnel of this session: announce it as a new stream. */
   private acceptHttpVisitor(
     tunnel: Tunnel,
     socket: RelaySocket,
+    kind: StreamKind = StreamKind.Http,
   ): Stream | { status: number; message: string } {
     if (this.state !== "live")
       return { status: 502, message: "the tunnel's client is offline; try again shortly" };
     if (tunnel.visitors.size >= this.context.limits.maxStreamsPerTunnel)
       return { status: 502, message: "too many connections to this tunnel" };
     if (this.overVisitorLimit(tunnel)) return { status: 502, message: "too many connections to this tunnel" };
-    return this.relayVisitor(tunnel, socket, StreamKind.Http);
+    return this.relayVisitor(tunnel, socket, kind);
   }
 
   /** True (and logged) when the user's `max_visitors` is reached: the visitor is refused. */
@@ -843,6 +880,10 @@ export class Session {
     if (tunnel.listener && this.context.portHolders?.get(tunnel.port) === this)
       this.context.portHolders.delete(tunnel.port);
     if (tunnel.name !== undefined) this.context.httpRoutes.delete(tunnel.name);
+    if (tunnel.claimed !== undefined) {
+      this.context.names?.released(tunnel.claimed.host, tunnel.claimed.owner);
+      tunnel.claimed = undefined;
+    }
   }
 
   /** Ends the session for good: closes its public ports, every visitor and the WebSocket. */

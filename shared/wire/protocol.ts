@@ -186,11 +186,14 @@ export interface ExposeRequest {
   type: "expose";
   /** Request number chosen by the client; echoed in the answer. */
   id: number;
-  kind: "tcp" | "http";
+  /** "tls": an end-to-end TLS tunnel, routed by SNI on the server's HTTPS port and never decrypted. */
+  kind: "tcp" | "http" | "tls";
   /** Public port wanted (tcp); absent for any. */
   port?: number;
-  /** Name wanted under the server's domain (http); absent for a random one. */
+  /** Name wanted under the server's domain (http, tls); absent for a random one. */
   subdomain?: string;
+  /** A full host name outside the server's domain (http, tls: a custom domain the server allows). */
+  hostname?: string;
   /** Host header to send the local service (http): its own address; absent to keep the visitor's. */
   hostHeader?: string;
   /** `user:password` every visitor request must present (http, basic auth); absent for none. */
@@ -329,7 +332,9 @@ export function parseControl(text: string): ControlMessage {
     case "expose":
       if (
         isCount(value.id) &&
-        (value.kind === "tcp" || value.kind === "http") &&
+        (value.kind === "tcp" || value.kind === "http" || value.kind === "tls") &&
+        (value.hostname === undefined ||
+          (typeof value.hostname === "string" && value.hostname.length <= 253)) &&
         (value.port === undefined || isPort(value.port)) &&
         (value.subdomain === undefined ||
           (typeof value.subdomain === "string" && value.subdomain.length <= 63)) &&

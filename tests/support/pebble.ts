@@ -1,0 +1,115 @@
+/**
+ * Test support, pebble: Let's Encrypt's test CA (Debian's `pebble` and `pebble-challtestsrv`) started on
+ * free loopback ports with a config of its own: its DNS (challtestsrv) answers every name with
+ * 127.0.0.1, its validations go to the ports the test names (the server under test), and the root
+ * that signs what it issues is read from its management API for curl's `--cacert`.
+ * @module
+ */
+
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { makeCertificate } from "./certificates.ts";
+import { defer, type RoleProcess, spawnRole } from "./processes.ts";
+import { configFolder } from "./server-config.ts";
+import { freePort } from "./sockets.ts";
+
+/** A running pebble. */
+export interface Pebble {
+  /** `https://127.0.0.1:PORT/dir`. */
+  directory: string;
+  /** PEM file to trust pebble's own listener (the server's `--acme-ca`). */
+  listenerCa: string;
+  /** PEM file holding the root (and intermediate) that sign issued certificates (curl's `--cacert`). */
+  issuerCa: string;
+  /** The pebble process (its log names each validation). */
+  process: RoleProcess;
+  /** Folder of its config and certificates. */
+  dir: string;
+}
+
+/** How pebble is started. */
+export interface PebbleSetup {
+  /** Port pebble's HTTP-01 validations connect to (the server's plain HTTP port). */
+  httpPort: number;
+  /** Port pebble's TLS-ALPN-01 validations connect to (the server's HTTPS port). */
+  tlsPort: number;
+  /** Lifetime of issued certificates in seconds (pebble's default: about 5 years). */
+  validitySeconds?: number;
+  /** Extra environment (e.g. `PEBBLE_VA_ALWAYS_VALID`). */
+  env?: Record<string, string>;
+}
+
+/** Whether Debian's pebble is installed (`apt-get install pebble`). */
+export const PEBBLE_INSTALLED = Bun.which("pebble") !== null && Bun.which("pebble-challtestsrv") !== null;
+
+/** Starts pebble-challtestsrv (DNS only) and pebble; resolves once pebble's directory answers. */
+export async function startPebble(setup: PebbleSetup): Promise<Pebble> {
+  const dir = configFolder();
+  const [cert, key] = await makeCertificate(dir, "pebble-listener", "DNS:localhost,IP:127.0.0.1");
+  const dnsPort = freePort();
+  const dns = spawnRole([
+    "pebble-challtestsrv",
+    "-defaultIPv4",
+    "127.0.0.1",
+    "-defaultIPv6",
+    "",
+    "-dns01",
+    `127.0.0.1:${dnsPort}`,
+    "-http01",
+    "",
+    "-https01",
+    "",
+    "-tlsalpn01",
+    "",
+    "-management",
+    `127.0.0.1:${freePort()}`,
+  ]);
+  await dns.waitFor(/Starting challenge servers|Answering A questions|dnsOne/i, 10_000).catch(() => {});
+  const [acmePort, managementPort] = [freePort(), freePort()];
+  const config = {
+    pebble: {
+      listenAddress: `127.0.0.1:${acmePort}`,
+      managementListenAddress: `127.0.0.1:${managementPort}`,
+      certificate: cert,
+      privateKey: key,
+      httpPort: setup.httpPort,
+      tlsPort: setup.tlsPort,
+      ocspResponderURL: "",
+      externalAccountBindingRequired: false,
+      ...(setup.validitySeconds ? { certificateValidityPeriod: setup.validitySeconds } : {}),
+    },
+  };
+  const configFile = join(dir, "pebble.json");
+  writeFileSync(configFile, JSON.stringify(config));
+  const pebble = spawnRole(
+    ["pebble", "-config", configFile, "-dnsserver", `127.0.0.1:${dnsPort}`, "-strict=false"],
+    {
+      PEBBLE_VA_NOSLEEP: "1",
+      PEBBLE_WFE_NONCEREJECT: "0",
+      PEBBLE_AUTHZREUSE: "0",
+      ...setup.env,
+    },
+  );
+  await pebble.waitFor(/ACME directory available|Listening on/, 10_000);
+  // The root and intermediate are made at every start: read them once the management API answers.
+  const ca = { ca: await Bun.file(cert).text() };
+  const get = async (path: string) => {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      try {
+        const response = await fetch(`https://127.0.0.1:${managementPort}${path}`, {
+          tls: ca,
+        } as RequestInit);
+        if (response.ok) return await response.text();
+      } catch {}
+      await Bun.sleep(100);
+    }
+    throw new Error(`pebble management ${path} did not answer`);
+  };
+  const issuerCa = join(dir, "pebble-issuer.pem");
+  writeFileSync(issuerCa, `${await get("/roots/0")}\n${await get("/intermediates/0")}\n`);
+  defer(() => {
+    pebble.kill("SIGKILL");
+    dns.kill("SIGKILL");
+  });
+  return { directory: `https://127.0.0.1:${acmePort}/dir`, listenerCa: cert, issuerCa, process: pebble, dir };
+}
