@@ -9,8 +9,10 @@
 import { describe, expect, test } from "bun:test";
 import { statSync } from "node:fs";
 import { join } from "node:path";
+import { makeCertificate } from "../support/certificates.ts";
+import { connectControl } from "../support/control-client.ts";
 import { MiB, sha256 } from "../support/hashing.ts";
-import { PEBBLE_INSTALLED, type Pebble, startPebble } from "../support/pebble.ts";
+import { freePorts, PEBBLE_INSTALLED, type Pebble, startPebble } from "../support/pebble.ts";
 import {
   count,
   eventually,
@@ -22,7 +24,6 @@ import {
   withTimeout,
 } from "../support/processes.ts";
 import { configFolder } from "../support/server-config.ts";
-import { freePort } from "../support/sockets.ts";
 
 setupFile();
 
@@ -67,8 +68,9 @@ async function startAcme(
   pebble: { validitySeconds?: number; env?: Record<string, string> } = {},
   ports?: { httpPort: number; httpsPort: number; acmeDir: string; pebble: Pebble },
 ): Promise<AcmeSetup> {
-  const httpPort = ports?.httpPort ?? freePort();
-  const httpsPort = ports?.httpsPort ?? freePort();
+  const [httpPort, httpsPort] = ports
+    ? [ports.httpPort, ports.httpsPort]
+    : (freePorts(2) as [number, number]);
   const ca = ports?.pebble ?? (await startPebble({ httpPort, tlsPort: httpsPort, ...pebble }));
   const acmeDir = ports?.acmeDir ?? join(configFolder(), "acme");
   const server = await startServerProcess([
@@ -145,4 +147,192 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
       app.stop(true);
     }
   });
+
+  test("TLS-ALPN-01: answered on the HTTPS port; the next name is issued while a visitor of the first streams 64 MiB", async () => {
+    const setup = await startAcme(["--acme-challenge", "tls-alpn-01"]);
+    const { server } = setup;
+    await server.waitFor(new RegExp(`certificate issued for ${DOMAIN} through tls-alpn-01`), 20_000);
+    const [first, second] = [startApp("first"), startApp("second")];
+    try {
+      await publish(setup, first.port as number, "first");
+      await server.waitFor(/certificate issued for first\.tunnel\.test through tls-alpn-01/, 20_000);
+      expect((await curl(setup, `first.${DOMAIN}`)).stdout).toBe("hello from first");
+      // A slow 64 MiB download through the first name while the second is ordered and served.
+      const size = 64 * MiB;
+      const out = join(setup.pebble.dir, "download");
+      const download = runToExit(
+        [
+          "curl",
+          "-sS",
+          "--max-time",
+          "60",
+          "--limit-rate",
+          "24M",
+          "--resolve",
+          `first.${DOMAIN}:${setup.httpsPort}:127.0.0.1`,
+          "--cacert",
+          setup.pebble.issuerCa,
+          "-o",
+          out,
+          `https://first.${DOMAIN}:${setup.httpsPort}/bytes?n=${size}`,
+        ],
+        {},
+        70_000,
+      );
+      await publish(setup, second.port as number, "second");
+      await server.waitFor(/certificate issued for second\.tunnel\.test through tls-alpn-01/, 20_000);
+      expect((await curl(setup, `second.${DOMAIN}`)).stdout).toBe("hello from second");
+      const done = await download;
+      expect(done.stderr).toBe("");
+      expect(sha256(new Uint8Array(await Bun.file(out).arrayBuffer()))).toBe(sha256(deterministic(size)));
+    } finally {
+      first.stop(true);
+      second.stop(true);
+    }
+  });
+
+  test("renewal at a third of the lifetime left: the next connection gets the new certificate, an open one goes on", async () => {
+    // pebble issues 9-second certificates: renewed 6 s after issue.
+    const setup = await startAcme(["--acme-challenge", "http-01"], { validitySeconds: 9 });
+    const { server } = setup;
+    const app = startApp("renewed");
+    try {
+      await publish(setup, app.port as number, "renewed");
+      await server.waitFor(/certificate issued for renewed\.tunnel\.test/, 20_000);
+      const host = `renewed.${DOMAIN}`;
+      const serial = async () => {
+        const result = await curl(setup, host, "/", ["-v"]);
+        return /expire date: (.+)/.exec(result.stderr)?.[1] ?? "";
+      };
+      const before = await serial();
+      expect(before).not.toBe("");
+      // An open keep-alive connection before the renewal.
+      const open = await openTls(setup, host);
+      expect(await open.get("/")).toContain("hello from renewed");
+      await server.waitFor(/certificate renewed for renewed\.tunnel\.test/, 20_000);
+      const after = await serial();
+      expect(after).not.toBe(before);
+      // The connection opened on the old certificate still works.
+      expect(await open.get("/")).toContain("hello from renewed");
+      open.close();
+    } finally {
+      app.stop(true);
+    }
+  });
+
+  test("the CA refusing (no valid answer): the server stays up, retries with backoff, logs one line per failure, serves what it has", async () => {
+    // pebble validates HTTP-01 on a port where nothing answers: every order fails.
+    const [httpPort, httpsPort, silentPort] = freePorts(3) as [number, number, number];
+    const pebble = await startPebble({ httpPort: silentPort, tlsPort: httpsPort });
+    const dir = configFolder();
+    const [cert, key] = await makeCertificate(dir, "wildcard", `DNS:*.${DOMAIN},DNS:${DOMAIN},IP:127.0.0.1`);
+    const setup = await startAcme(
+      ["--acme-challenge", "http-01", "--acme-retry", "0.5", "--tls-cert", cert, "--tls-key", key],
+      {},
+      { httpPort, httpsPort, acmeDir: join(dir, "acme"), pebble },
+    );
+    const { server } = setup;
+    const app = startApp("fallback");
+    try {
+      await publish(setup, app.port as number, "fallback", ["--ca", cert]);
+      await server.waitFor(/order for fallback\.tunnel\.test failed: /, 30_000);
+      // Meanwhile the operator's wildcard serves the name (trusted here by its own file).
+      const result = await runToExit([
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--resolve",
+        `fallback.${DOMAIN}:${httpsPort}:127.0.0.1`,
+        "--cacert",
+        cert,
+        `https://fallback.${DOMAIN}:${httpsPort}/`,
+      ]);
+      expect(result.stdout).toBe("hello from fallback");
+      // One line per failure, with waits that grow (0.5, 1, 2, 4 s ... from --acme-retry 0.5).
+      const failed = /order for fallback\.tunnel\.test failed: .*; next try in (\d+) s/g;
+      await eventually(() => count(server.stderr() + server.stdout(), failed) >= 4, 20_000, "four failures");
+      const waits = [...(server.stderr() + server.stdout()).matchAll(failed)].map((m) => Number(m[1]));
+      for (let i = 1; i < waits.length; i++)
+        expect(waits[i] as number).toBeGreaterThanOrEqual(waits[i - 1] as number);
+      expect(waits[3] as number).toBeGreaterThanOrEqual(4);
+      expect((await server.health()).status).toBe("ok");
+    } finally {
+      app.stop(true);
+    }
+  });
+
+  test("a name no tunnel holds never causes an order; 100 random names from one client hit the order limit, named", async () => {
+    const setup = await startAcme(["--acme-challenge", "http-01", "--acme-user-orders", "3"]);
+    const { server } = setup;
+    await server.waitFor(new RegExp(`certificate issued for ${DOMAIN}`), 20_000);
+    // A visitor naming a host no tunnel holds: a TLS alert, one log line, no order.
+    const stranger = await curl(setup, `nobody.${DOMAIN}`);
+    expect(stranger.code).not.toBe(0);
+    await server.waitFor(/no tunnel or certificate for nobody\.tunnel\.test/);
+    const control = await connectControl(server.url, undefined);
+    await control.hello;
+    for (let i = 0; i < 100; i++) {
+      const reply = await control.expose({ kind: "http" });
+      expect(reply.type).toBe("exposed");
+      expect((await control.unexpose(reply.tunnel as string)).type).toBe("unexposed");
+    }
+    const refusal =
+      /no certificate ordered for [a-z0-9]{10}\.tunnel\.test: client 127\.0\.0\.1 caused 3 orders in the last hour \(acme_user_orders_per_hour = 3\)/g;
+    // Every name past the third is refused, each named once (the log is read as the server writes it).
+    await eventually(() => count(server.stderr() + server.stdout(), refusal) >= 97, 10_000, "97 refusals");
+    const log = server.stderr() + server.stdout();
+    expect(count(log, refusal)).toBe(97);
+    expect(log).not.toMatch(/order for nobody|certificate issued for nobody/);
+    const placed = count(
+      log,
+      /certificate issued for [a-z0-9]{10}\.tunnel\.test|order for [a-z0-9]{10}\.tunnel\.test failed/g,
+    );
+    expect(placed).toBeLessThanOrEqual(3);
+  });
+
+  test("a restart reuses the account and certificates on disk: no new order", async () => {
+    const setup = await startAcme(["--acme-challenge", "http-01"]);
+    await setup.server.waitFor(new RegExp(`certificate issued for ${DOMAIN}`), 20_000);
+    setup.server.kill("SIGTERM");
+    await setup.server.exited();
+    const again = await startAcme(["--acme-challenge", "http-01"], {}, setup);
+    await again.server.waitFor(/acme: 1 certificates loaded/);
+    const result = await curl(again, DOMAIN, "/health");
+    expect(result.stderr).toBe("");
+    // Give a wrong order a chance to show: the health answer came over the stored certificate.
+    expect(again.server.stderr() + again.server.stdout()).not.toMatch(/certificate issued/);
+  });
 });
+
+/** A keep-alive TLS connection to the HTTPS port naming `host`, trusting pebble's root. */
+async function openTls(setup: AcmeSetup, host: string) {
+  const tls = await import("node:tls");
+  const socket = tls.connect({
+    host: "127.0.0.1",
+    port: setup.httpsPort,
+    servername: host,
+    ca: await Bun.file(setup.pebble.issuerCa).text(),
+  });
+  await withTimeout(
+    new Promise<void>((resolve, reject) => {
+      socket.once("secureConnect", resolve);
+      socket.once("error", reject);
+    }),
+    5000,
+    "TLS handshake",
+  );
+  let received = "";
+  socket.on("data", (chunk) => {
+    received += chunk.toString();
+  });
+  return {
+    async get(path: string): Promise<string> {
+      received = "";
+      socket.write(`GET ${path} HTTP/1.1\r\nhost: ${host}\r\n\r\n`);
+      await eventually(() => /\r\n\r\n[\s\S]*hello/.test(received), 5000, "response");
+      return received;
+    },
+    close: () => socket.destroy(),
+  };
+}

@@ -11,7 +11,6 @@ import { join } from "node:path";
 import { makeCertificate } from "./certificates.ts";
 import { defer, type RoleProcess, spawnRole } from "./processes.ts";
 import { configFolder } from "./server-config.ts";
-import { freePort } from "./sockets.ts";
 
 /** A running pebble. */
 export interface Pebble {
@@ -39,6 +38,19 @@ export interface PebbleSetup {
   env?: Record<string, string>;
 }
 
+/**
+ * `n` distinct free TCP ports on 127.0.0.1: all are held while they are chosen (a port taken and
+ * released at once may come back from the next call), then released for their users.
+ */
+export function freePorts(n: number): number[] {
+  const probes = Array.from({ length: n }, () =>
+    Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }),
+  );
+  const ports = probes.map((probe) => probe.port);
+  for (const probe of probes) probe.stop(true);
+  return ports;
+}
+
 /** Whether Debian's pebble is installed (`apt-get install pebble`). */
 export const PEBBLE_INSTALLED = Bun.which("pebble") !== null && Bun.which("pebble-challtestsrv") !== null;
 
@@ -46,7 +58,11 @@ export const PEBBLE_INSTALLED = Bun.which("pebble") !== null && Bun.which("pebbl
 export async function startPebble(setup: PebbleSetup): Promise<Pebble> {
   const dir = configFolder();
   const [cert, key] = await makeCertificate(dir, "pebble-listener", "DNS:localhost,IP:127.0.0.1");
-  const dnsPort = freePort();
+  // Distinct from each other and from the ports the test gave (taken before this call).
+  const [dnsPort, dnsManagementPort, acmePort, managementPort] = freePorts(6)
+    .filter((p) => p !== setup.httpPort && p !== setup.tlsPort)
+    .slice(0, 4) as number[];
+  if (managementPort === undefined) throw new Error("no four free ports distinct from the server's");
   const dns = spawnRole([
     "pebble-challtestsrv",
     "-defaultIPv4",
@@ -62,10 +78,9 @@ export async function startPebble(setup: PebbleSetup): Promise<Pebble> {
     "-tlsalpn01",
     "",
     "-management",
-    `127.0.0.1:${freePort()}`,
+    `127.0.0.1:${dnsManagementPort}`,
   ]);
   await dns.waitFor(/Starting challenge servers|Answering A questions|dnsOne/i, 10_000).catch(() => {});
-  const [acmePort, managementPort] = [freePort(), freePort()];
   const config = {
     pebble: {
       listenAddress: `127.0.0.1:${acmePort}`,

@@ -191,7 +191,6 @@ export class AcmeManager {
   private consider(name: string, state: NameState, now: number): void {
     if (state.ordering || now < state.notBefore || state.owners.size === 0) return;
     if (!this.due(name, now)) return;
-    if (this.running >= MAX_CONCURRENT_ORDERS) return;
     const renewal = this.store.get(name) !== undefined;
     const refusal = this.limitRefusal(state, now, renewal);
     if (refusal !== undefined) {
@@ -202,6 +201,7 @@ export class AcmeManager {
       }
       return;
     }
+    if (this.running >= MAX_CONCURRENT_ORDERS) return; // the next check tries again
     state.refused = undefined;
     this.serverOrders.push(now);
     if (!renewal)
