@@ -8,9 +8,10 @@
  *
  * [[tunnels]]
  * name = "web"           # unique; a reload compares tunnels by name
- * type = "http"          # tcp | http
+ * type = "http"          # tcp | http | tls
  * local = "127.0.0.1:3000"
- * subdomain = "demo"     # http: subdomain, basic_auth, host_header, log_requests; tcp: port
+ * subdomain = "demo"     # http: subdomain or hostname, basic_auth, host_header, log_requests;
+ *                        # tls: subdomain or hostname; tcp: port
  * ```
  *
  * Options on the command line (and `SOCKETS_SERVER`) win over the file's; tunnels on the command line
@@ -34,6 +35,7 @@ import {
   type ServiceDefaults,
   serversFromEnv,
   servicesFromValues,
+  tlsService,
 } from "./options.ts";
 
 /** The file `--init` writes when given no name. */
@@ -57,9 +59,14 @@ export const TUNNEL_TYPES = {
   },
   http: {
     subdomain: { ...CLIENT_OPTIONS.subdomain, key: "subdomain", multiple: false },
+    hostname: { ...CLIENT_OPTIONS.hostname, key: "hostname", multiple: false },
     "basic-auth": CLIENT_OPTIONS["basic-auth"],
     "host-header": CLIENT_OPTIONS["host-header"],
     "log-requests": CLIENT_OPTIONS["log-requests"],
+  },
+  tls: {
+    subdomain: { ...CLIENT_OPTIONS.subdomain, key: "subdomain", multiple: false },
+    hostname: { ...CLIENT_OPTIONS.hostname, key: "hostname", multiple: false },
   },
 } as const satisfies Record<string, OptionTable>;
 
@@ -134,7 +141,7 @@ export function fileTunnels(
     const type = table.type;
     if (type === undefined)
       throw new ConfigError(
-        `${header}: tunnel '${name}' has no type (type = "tcp" or "http"; one of: ${types})`,
+        `${header}: tunnel '${name}' has no type (type = "tcp", "http" or "tls"; one of: ${types})`,
       );
     if (typeof type !== "string" || !(type in TUNNEL_TYPES))
       throw new ConfigError(
@@ -164,14 +171,21 @@ export function fileTunnels(
     } catch (error) {
       throw new ConfigError(`${at("local")}: ${(error as Error).message}`);
     }
+    if (own.subdomain !== undefined && own.hostname !== undefined)
+      throw new ConfigError(`${at("hostname")}: tunnel '${name}': give subdomain or hostname, not both`);
+    const withHostname = (service: NamedService): NamedService => {
+      if (own.hostname !== undefined) service.hostname = own.hostname as string;
+      return service;
+    };
     if (type === "http") {
       const settings: ServiceDefaults = {
         hostHeader: (own.hostHeader as ServiceDefaults["hostHeader"]) ?? defaults.hostHeader,
         basicAuth: (own.basicAuth as string | undefined) ?? defaults.basicAuth,
         logRequests: (own.logRequests as boolean | undefined) ?? defaults.logRequests,
       };
-      return httpService(name, target, own.subdomain as string | undefined, settings);
+      return withHostname(httpService(name, target, own.subdomain as string | undefined, settings));
     }
+    if (type === "tls") return withHostname(tlsService(name, target, own.subdomain as string | undefined));
     const service: NamedService = { name, ...target };
     if (own.publicPort !== undefined) service.publicPort = own.publicPort as number;
     return service;
@@ -205,7 +219,8 @@ export function clientSetup(
     basicAuth: values.basicAuth,
     logRequests: values.logRequests ?? tty,
   };
-  const onCommandLine = (commandLine.tcp?.length ?? 0) + (commandLine.http?.length ?? 0) > 0;
+  const onCommandLine =
+    (commandLine.tcp?.length ?? 0) + (commandLine.http?.length ?? 0) + (commandLine.tls?.length ?? 0) > 0;
   if (source === undefined || onCommandLine)
     return { values, services: servicesFromValues(commandLine, defaults) };
   let topLevel: NamedService[];
@@ -278,14 +293,29 @@ export async function parseClientArgs(
   const source = commandLine.config === undefined ? undefined : readConfig(commandLine.config);
   const { values, services } = clientSetup(commandLine, source);
   if (services.length === 0) {
-    if (source === undefined) throw new UsageError("--expose HOST:PORT or --http HOST:PORT is required");
+    if (source === undefined)
+      throw new UsageError("--expose HOST:PORT, --http HOST:PORT or --tls-passthrough HOST:PORT is required");
     throw new ConfigError(
       `${source.file}: no tunnels: add a [[tunnels]] table (bun client.ts --init writes an example) or give --expose/--http`,
     );
   }
   if (commandLine.basicAuth !== undefined && !services.some((service) => service.kind === "http"))
     throw new UsageError("--basic-auth needs --http");
-  const { tcp, http, ports, subdomains, hostHeader, basicAuth, ca, server, config, init, ...rest } = values;
+  const {
+    tcp,
+    http,
+    tls,
+    ports,
+    subdomains,
+    hostnames,
+    hostHeader,
+    basicAuth,
+    ca,
+    server,
+    config,
+    init,
+    ...rest
+  } = values;
   let caText: string | undefined;
   if (ca !== undefined) {
     const file = Bun.file(ca);

@@ -255,6 +255,10 @@ export type ControlMessage =
 /** What an HTTP tunnel's name may look like: one DNS label, lower case. */
 export const SUBDOMAIN = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 
+/** A full host name (a custom domain): dot-separated DNS labels, lower case, at least two, at most 253 characters. */
+export const HOSTNAME =
+  /^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+
 /** What a tunnel id may look like (nanoid's alphabet). */
 export const TUNNEL_ID = /^[A-Za-z0-9_-]{1,64}$/;
 

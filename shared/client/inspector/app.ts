@@ -28,7 +28,7 @@ import { connectionView, exchangeDetail, exchangeSummary } from "./view.ts";
 export interface InspectedTunnel {
   /** The tunnel's name in the client's set (`http-1`, a config file's name). */
   name: string;
-  kind: "tcp" | "http";
+  kind: "tcp" | "http" | "tls";
   /** Its public URL. */
   url: string;
   /** The local service. */

@@ -74,7 +74,7 @@ export function startInspector(
 /** A tunnel as the client holds it (the fields the inspector reads). */
 interface HeldTunnel {
   url: string;
-  local: { name: string; kind?: "tcp" | "http"; host: string; port: number };
+  local: { name: string; kind?: "tcp" | "http" | "tls"; host: string; port: number };
 }
 
 /**

@@ -6,12 +6,11 @@
  * @module
  */
 
-/** A host name: dot-separated DNS labels, lower case, at most 253 characters, at least two labels. */
-const HOST = /^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+import { HOSTNAME } from "../../wire/protocol.ts";
 
 /** Whether `host` is a full host name a tunnel could hold. */
 export function validHostname(host: string): boolean {
-  return HOST.test(host);
+  return HOSTNAME.test(host);
 }
 
 /** Whether `pattern` is a usable host pattern (a host name, or `*.` and a host name). */
