@@ -16,10 +16,9 @@
 
 import { hostname } from "node:os";
 import { formatHost, usageLine } from "./shared/args.ts";
-import { commandName, createLogger, describeError } from "./shared/log.ts";
+import { commandName, createLogger, describeError, type Logger } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
 import { HttpsSide } from "./shared/server/acme/https.ts";
-import { type AdminListener, startAdmin } from "./shared/server/admin.ts";
 import { controlApp } from "./shared/server/app.ts";
 import { ClusterNode } from "./shared/server/cluster/node.ts";
 import {
@@ -29,11 +28,11 @@ import {
   parseServerCommand,
   restartNeeded,
 } from "./shared/server/config.ts";
-import { listenControl } from "./shared/server/control-port.ts";
-import { HeadBudget, type HttpIngress, listenHttp } from "./shared/server/http-ingress.ts";
+import { type Listeners, openListeners } from "./shared/server/listeners.ts";
 import { ServerMetrics } from "./shared/server/metrics.ts";
 import {
   parseServerArgs,
+  resolveServerSettings,
   SERVER_ENVIRONMENT,
   SERVER_OPTIONS,
   type ServerOptions,
@@ -73,127 +72,63 @@ export interface ServerHandle {
   close(): Promise<void>;
 }
 
-/** Limits of a client's WebSocket: tunnel frames stay far below them (the codec bounds frames). */
-const CLIENT_WEBSOCKET = { maxPayloadLength: 16 * 1024 * 1024, backpressureLimit: 64 * 1024 * 1024 };
-
-/** Starts a server; resolves once the control port listens. */
+/** Starts a server; resolves once the control port listens (and, with `--cluster`, it joined). */
 export async function startServer(options: ServerOptions = {}): Promise<ServerHandle> {
+  const settings = resolveServerSettings(options);
   const log = createLogger("server", options.quiet);
   const host = options.host ?? (await defaultHost());
-  const registry = new SessionRegistry(options, host, log);
-  const { context } = registry;
-  // Metrics: counted only when someone can read them (the admin listener); nothing otherwise.
-  const metrics =
-    options.admin === undefined
-      ? undefined
-      : new ServerMetrics(registry.sessions, {
-          perTunnel: options.metricsPerTunnel === true,
-          buffered: () => registry.stats().buffered,
-          cluster: () => context.cluster?.stats(),
-        });
-  context.metrics = metrics;
-
+  const registry = new SessionRegistry(settings, host, log);
+  const metrics = options.admin === undefined ? undefined : countMetrics(registry, options);
   // Certificates, ACME and the HTTPS front (--https-port): see shared/server/acme/.
   const https = new HttpsSide(options, log);
-  context.names = https.names;
-  context.customDomains = options.customDomains;
-  // HTTP tunnels are routed by Host (NAME.DOMAIN) by the same code on the control port and --http-port.
-  const http = {
-    domain: context.domain,
-    route: (name: string) => registry.route(name),
-    requestTimeoutSeconds: options.requestTimeoutSeconds,
-    heads: new HeadBudget(),
-    tls: options.tls,
-    metrics,
-    acmeChallenge: https.acmeChallenge,
-    log,
-  };
+  registry.namespace.names = https.names;
   // Accept: the control port serves the clients' upgrade and /health (the app), and HTTP tunnels.
-  const app = controlApp({
-    registry,
-    authFailLimit: options.authFailLimit ?? SERVER_OPTIONS["auth-fail-limit"].default,
-    log,
-    metrics,
-  });
-  const port = options.port ?? SERVER_OPTIONS.port.default;
-  const control = listenControl({
-    ...http,
-    host,
-    port,
-    app,
-    limits: CLIENT_WEBSOCKET,
-    websocket: registry.websocket,
-  });
-  let httpPort: HttpIngress | undefined;
+  const app = controlApp({ registry, authFailLimit: settings.authFailLimit, log, metrics });
+  let listeners: Listeners | undefined;
   try {
-    // With --https-port, --http-port stays plain http (HTTP-01 validations, http:// visitors).
-    const plain = options.httpsPort !== undefined ? { tls: undefined } : {};
-    if (options.httpPort !== undefined)
-      httpPort = listenHttp({ ...http, ...plain, host, port: options.httpPort });
+    listeners = openListeners({
+      options,
+      host,
+      domain: settings.domain,
+      app,
+      websocket: registry.websocket,
+      route: (name) => registry.namespace.routeHttp(name),
+      stats: () => registry.stats(),
+      metrics,
+      https,
+      log,
+    });
+    const { control, http, httpsPort, admin } = listeners;
+    registry.namespace.bind({
+      httpPort: http?.port ?? control.port,
+      // With --https-port, --http-port serves plain http (the control port keeps --tls-cert).
+      https: options.tls !== undefined && (options.httpsPort === undefined || http === undefined),
+      httpsPort,
+      ownPorts: [
+        control.port,
+        ...(http ? [http.port] : []),
+        ...(httpsPort !== undefined ? [httpsPort] : []),
+        ...(admin ? [admin.port] : []),
+      ],
+    });
+    // Cluster: names and ports are leased in Redis, visitors for other nodes' tunnels carried there.
+    if (options.cluster !== undefined)
+      registry.join(await joinCluster(options, registry, host, control.port));
   } catch (error) {
-    control.stop(true);
-    throw new Error(`--http-port ${options.httpPort}: ${describeError(error)}`);
+    listeners?.stop(true);
+    throw error;
   }
-  let httpsPort: number | undefined;
-  try {
-    const { tls: _, ...terminated } = http;
-    httpsPort = https.listen(host, context.domain, terminated, (key) => registry.route(key));
-  } catch (error) {
-    httpPort?.stop(true);
-    control.stop(true);
-    throw new Error(`--https-port ${options.httpsPort}: ${describeError(error)}`);
-  }
-  context.httpsPort = httpsPort;
-  let admin: AdminListener | undefined;
-  if (metrics !== undefined && options.admin !== undefined)
-    try {
-      admin = startAdmin({ metrics, stats: () => registry.stats() }, options.admin, options.adminToken);
-    } catch (error) {
-      https.stop(true);
-      httpPort?.stop(true);
-      control.stop(true);
-      throw error;
-    }
-  context.httpPort = httpPort?.port ?? control.port;
-  context.ownPorts = [
-    control.port,
-    ...(httpPort ? [httpPort.port] : []),
-    ...(httpsPort !== undefined ? [httpsPort] : []),
-    ...(admin ? [admin.port] : []),
-  ];
-  // Cluster: names and ports are leased in Redis, visitors for other nodes' tunnels carried there.
-  if (options.cluster !== undefined)
-    try {
-      context.cluster = await joinCluster(options, registry, host, control.port);
-    } catch (error) {
-      admin?.stop();
-      https.stop(true);
-      httpPort?.stop(true);
-      control.stop(true);
-      const why = describeError(error);
-      throw new Error(why.startsWith("cluster:") ? why : `--cluster: ${why}`);
-    }
   registry.watch();
-
-  const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${control.port}`;
-  log.info(`listening on ${url} (domain ${context.domain})`);
-  log.info(`http tunnels on ${context.httpScheme}://*.${context.domain}:${context.httpPort}`);
-  if (httpsPort !== undefined)
-    log.info(
-      `https on port ${httpsPort} (names chosen by SNI${https.acme ? `; ACME certificates from ${https.acme.settings.directory}` : ""})`,
-    );
-  if (context.cluster)
-    log.info(`cluster: node ${context.cluster.name} joined (${redacted(options.cluster)})`);
-  if (admin) log.info(`admin on ${admin.url}/ (dashboard, /api, /metrics)`);
-  if (registry.users.open) log.warn("no SOCKETS_SINGLE_API_KEY set: any client may open tunnels");
-  if (options.users?.length) log.info(`users: ${options.users.map((u) => u.name).join(", ")}`);
+  const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${listeners.control.port}`;
+  logStart(log, url, registry, listeners, options);
+  const running = listeners;
   return {
     host,
-    port: control.port,
+    port: running.control.port,
     url,
-    httpPort: httpPort?.port,
-    httpsPort,
-    adminUrl: admin?.url,
+    httpPort: running.http?.port,
+    httpsPort: running.httpsPort,
+    adminUrl: running.admin?.url,
     stats: () => registry.stats(),
     reload(next) {
       // Compared with what runs (the start-up options): a restart-only change warns on every reload.
@@ -202,40 +137,73 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
         log.warn(
           `config: ${restart.join(", ")} changed; a restart is needed to apply that (the rest applies now)`,
         );
-      log.info(describeUsersChange(registry.reconfigure(next)));
+      log.info(describeUsersChange(registry.reconfigure(resolveServerSettings(next), host)));
     },
     async close() {
       if (registry.draining) return;
-      control.stop(false);
-      httpPort?.stop(false);
-      https.stop(false);
+      running.stop(false);
       await registry.drainAll();
-      await context.cluster?.leave();
-      https.stop(true);
-      httpPort?.stop(true);
-      control.stop(true);
-      admin?.stop();
+      await registry.cluster?.leave();
+      running.stop(true);
     },
   };
 }
 
-/** Joins the cluster `--cluster` names, as `--node-name` at `--node-url` (defaults from the control port). */
-function joinCluster(options: ServerOptions, registry: SessionRegistry, host: string, port: number) {
-  const reachable = host === "::" || host === "0.0.0.0" ? "127.0.0.1" : host;
-  return ClusterNode.join({
-    redis: options.cluster as string,
-    ca: options.clusterCa,
-    name: options.nodeName ?? `${hostname()}:${port}`,
-    url: options.nodeUrl ?? `${options.tls ? "wss" : "ws"}://${formatHost(reachable)}:${port}`,
-    leaseSeconds: options.clusterLeaseSeconds ?? SERVER_OPTIONS["cluster-lease"].default,
-    host,
-    settings: registry.context.limits,
-    budgets: registry.context.budgets,
-    acceptRemote: (target, kind, socket) => registry.acceptRemote(target, kind, socket),
-    onLost: (key) => registry.leaseLost(key),
-    listensOn: (port) => registry.listensOn(port),
-    log: registry.context.log,
+/** Metrics, counted only when someone can read them (the admin listener); nothing otherwise. */
+function countMetrics(registry: SessionRegistry, options: ServerOptions): ServerMetrics {
+  const metrics = new ServerMetrics(registry.sessions, {
+    perTunnel: options.metricsPerTunnel === true,
+    buffered: () => registry.stats().buffered,
+    cluster: () => registry.cluster?.stats(),
   });
+  registry.context.metrics = metrics;
+  registry.namespace.onRefused = (reason) => metrics.visitorRefused(reason);
+  return metrics;
+}
+
+/** The start-up lines: where clients and visitors connect, and what the operator should know. */
+function logStart(
+  log: Logger,
+  url: string,
+  registry: SessionRegistry,
+  listeners: Listeners,
+  options: ServerOptions,
+): void {
+  const { port, scheme, domain } = registry.namespace.http;
+  log.info(`listening on ${url} (domain ${domain})`);
+  log.info(`http tunnels on ${scheme}://*.${domain}:${port}`);
+  if (listeners.httpsPort !== undefined)
+    log.info(`https on port ${listeners.httpsPort} (names chosen by SNI)`);
+  if (registry.cluster)
+    log.info(`cluster: node ${registry.cluster.name} joined (${redacted(options.cluster)})`);
+  if (listeners.admin) log.info(`admin on ${listeners.admin.url}/ (dashboard, /api, /metrics)`);
+  if (registry.users.open) log.warn("no SOCKETS_SINGLE_API_KEY set: any client may open tunnels");
+  if (options.users?.length) log.info(`users: ${options.users.map((u) => u.name).join(", ")}`);
+}
+
+/** Joins the cluster `--cluster` names, as `--node-name` at `--node-url` (defaults from the control port). */
+async function joinCluster(options: ServerOptions, registry: SessionRegistry, host: string, port: number) {
+  const reachable = host === "::" || host === "0.0.0.0" ? "127.0.0.1" : host;
+  const { namespace } = registry;
+  try {
+    return await ClusterNode.join({
+      redis: options.cluster as string,
+      ca: options.clusterCa,
+      name: options.nodeName ?? `${hostname()}:${port}`,
+      url: options.nodeUrl ?? `${options.tls ? "wss" : "ws"}://${formatHost(reachable)}:${port}`,
+      leaseSeconds: options.clusterLeaseSeconds ?? SERVER_OPTIONS["cluster-lease"].default,
+      host,
+      settings: registry.context.limits,
+      budgets: registry.context.budgets,
+      acceptRemote: (target, kind, socket) => namespace.acceptRemote(target, kind, socket),
+      onLost: (key) => namespace.leaseLost(key),
+      listensOn: (port) => namespace.listensOn(port),
+      log: registry.context.log,
+    });
+  } catch (error) {
+    const why = describeError(error);
+    throw new Error(why.startsWith("cluster:") ? why : `--cluster: ${why}`);
+  }
 }
 
 /** A Redis URL for the log: without its password. */

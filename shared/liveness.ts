@@ -6,6 +6,14 @@
  * @module
  */
 
+/** Heartbeat intervals a peer may stay silent before it is declared dead. */
+export const MISSED_BEATS = 3;
+
+/** How long a peer pinged every `intervalMs` may stay silent before it is dead: {@link MISSED_BEATS} intervals. */
+export function deadAfter(intervalMs: number): number {
+  return MISSED_BEATS * intervalMs;
+}
+
 /** Tracks when the peer was last heard from. */
 export class Liveness {
   private heardSinceTick = false;

@@ -29,6 +29,11 @@ export interface OptionSpec {
   help: string;
   /** Turns the text given into the value (throws a UsageError naming the flag); default: the text. */
   parse?: (text: string, flag: string) => unknown;
+  /**
+   * A running process cannot take a changed value up (its listeners, certificates, buffers are built
+   * once): a reload that changes it logs that a restart is needed and applies the rest.
+   */
+  restart?: true;
 }
 
 /** A role's options, keyed by flag name without dashes (`tcp-ports`). */

@@ -23,7 +23,7 @@
  */
 
 import { formatHost } from "../args.ts";
-import { Liveness } from "../liveness.ts";
+import { deadAfter, Liveness } from "../liveness.ts";
 import { describeError, type Logger } from "../log.ts";
 import { Mux } from "../relay/mux.ts";
 import { type RelaySocket, type RelaySocketData, relaySocketHandlers } from "../relay/stream.ts";
@@ -416,7 +416,7 @@ export class TunnelClient {
     ws.addEventListener("pong", heard);
     const heartbeat = setInterval(() => {
       const silence = liveness.silence(Date.now());
-      if (silence <= 3 * heartbeatMs) return ws.ping();
+      if (silence <= deadAfter(heartbeatMs)) return ws.ping();
       log.warn(`server silent for ${Math.round(silence / 1000)} s: connection is dead`);
       ws.terminate();
       lost("server silent");

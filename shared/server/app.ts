@@ -46,7 +46,7 @@ export function controlApp({ registry, authFailLimit, log, metrics }: ControlApp
     const address = c.env.requestIP(c.req.raw);
     const ip = address?.address ?? "?";
     const remote = address ? `${formatHost(ip)}:${address.port}` : "?";
-    const cluster = registry.context.cluster;
+    const cluster = registry.cluster;
     if (cluster === undefined) return c.text("this server is not in a cluster\n", 404);
     if (authFailures.blocked(ip)) return c.text("too many failed attempts; try again in a minute\n", 429);
     if (!keyMatches(bearerKey(c.req.header(AUTH_HEADER)), cluster.secret)) {
@@ -59,7 +59,7 @@ export function controlApp({ registry, authFailLimit, log, metrics }: ControlApp
     const peer = c.req.header(NODE_HEADER) ?? "";
     if (!NODE_NAME.test(peer)) return c.text(`a node link names its node in ${NODE_HEADER}\n`, 400);
     const link = cluster.inbound(remote, peer);
-    const data: SessionSocketData = { session: null, resume: null, remote, link };
+    const data: SessionSocketData = { peer: null, resume: null, remote, link };
     if (c.env.upgrade(c.req.raw, { data, headers: { "Sec-WebSocket-Protocol": SUBPROTOCOL } }))
       return new Response(null);
     link.close();
@@ -100,12 +100,11 @@ export function controlApp({ registry, authFailLimit, log, metrics }: ControlApp
       authFailures.fail(ip);
       return refuse(403, "resume refused: the session belongs to another user");
     }
-    const data: SessionSocketData = { session: null, resume: resume ?? null, remote };
+    const data: SessionSocketData = { peer: null, resume: resume ?? null, remote };
     if (account !== undefined) data.account = account;
     // A session another node of the cluster knew: its secret is the client's proof that the names and
     // ports leased for it are its own (only a hash of it is compared, in Redis).
-    if (resume === undefined && sessionId && secret && registry.context.cluster)
-      data.claim = secretHash(secret);
+    if (resume === undefined && sessionId && secret && registry.cluster) data.claim = secretHash(secret);
     if (c.env.upgrade(c.req.raw, { data, headers: { "Sec-WebSocket-Protocol": SUBPROTOCOL } }))
       return new Response(null);
     return c.text("expected a WebSocket upgrade\n", 400);

@@ -53,45 +53,10 @@ const USER_KEYS = [
   "hostnames",
 ] as const;
 
-/**
- * Options that a running server cannot take up (its listeners, certificates, buffers and log are
- * built once): a reload that changes one logs that a restart is needed and applies the rest.
- */
-export const RESTART_OPTIONS = [
-  "host",
-  "port",
-  "domain",
-  "http-port",
-  "https-port",
-  "acme-email",
-  "acme-directory",
-  "acme-ca",
-  "acme-dir",
-  "acme-challenge",
-  "acme-user-orders",
-  "acme-server-orders",
-  "acme-retry",
-  "custom-domains",
-  "tls-cert",
-  "tls-key",
-  "window",
-  "client-budget",
-  "server-budget",
-  "heartbeat",
-  "request-timeout",
-  "visitor-idle-timeout",
-  "auth-fail-limit",
-  "admin",
-  "admin-token",
-  "metrics-per-tunnel",
-  "cluster",
-  "cluster-ca",
-  "node-name",
-  "node-url",
-  "cluster-lease",
-  "watch",
-  "quiet",
-] as const;
+/** Options that a running server cannot take up (marked `restart` in the option table), by flag. */
+export const RESTART_OPTIONS: readonly string[] = Object.entries(SERVER_OPTIONS as OptionTable)
+  .filter(([, spec]) => spec.restart === true)
+  .map(([flag]) => flag);
 
 /** `FILE:LINE:COL` of the `index`-th `[[table]]` header, or `FILE`. */
 function tableAt(source: ConfigSource, table: string, index: number): string {

@@ -43,23 +43,9 @@ import type { Logger } from "../log.ts";
 import type { RelaySocket, RelaySocketData, Stream } from "../relay/stream.ts";
 import { ResetCode } from "../wire/protocol.ts";
 import { keyMatches } from "./auth.ts";
+import type { HttpRoute } from "./namespace/holding.ts";
 
-/** Where a name leads: an HTTP tunnel that opens a stream per visitor connection. */
-export interface HttpRoute {
-  /** Host header for the local service, or undefined to keep the visitor's. */
-  hostHeader?: string;
-  /** `user:password` every request must present (HTTP basic auth), checked here, never forwarded. */
-  basicAuth?: string;
-  /**
-   * The same as its sha256 (hex), for a tunnel held by another node of a cluster: the password itself
-   * never leaves the node its client is on.
-   */
-  basicAuthHash?: string;
-  /** Opens a stream for this visitor, or says why not. */
-  open(socket: HttpSocket): Stream | { status: number; message: string };
-  /** An end-to-end TLS tunnel (acme/tls-front.ts carries its raw bytes): no plain HTTP route. */
-  passthrough?: boolean;
-}
+export type { HttpRoute };
 
 /** The `data` slot of a visitor socket on the HTTP port. */
 export interface HttpSocketData extends RelaySocketData {

@@ -17,7 +17,8 @@ import packageJson from "../../package.json" with { type: "json" };
 import type { Stream } from "../relay/stream.ts";
 import { PROTOCOL_VERSION } from "../wire/protocol.ts";
 import type { ClusterStats } from "./cluster/node.ts";
-import type { Session, Tunnel } from "./session.ts";
+import type { Tunnel } from "./namespace/holding.ts";
+import type { Session } from "./session.ts";
 import { SINGLE_KEY_USER } from "./users.ts";
 
 /** The kinds of tunnel, as the `type` label names them. */
@@ -182,6 +183,8 @@ export class ServerMetrics {
   resumes = 0;
   /** Clients declared dead after three heartbeat intervals of silence. */
   heartbeatMisses = 0;
+  /** Visitors refused before reaching a client, by reason (see {@link ServerMetrics.visitorRefused}). */
+  readonly refused = new Map<string, number>();
   /** This build's version. */
   readonly version = VERSION;
   /** When the process started (ms since the epoch). */
@@ -238,6 +241,11 @@ export class ServerMetrics {
     let i = 0;
     while (i < DURATION_BUCKETS.length && seconds > (DURATION_BUCKETS[i] as number)) i++;
     this.durationCounts[i] = (this.durationCounts[i] ?? 0) + 1;
+  }
+
+  /** A visitor was refused before it reached a client (allow/deny lists, limits, client away). */
+  visitorRefused(reason: string): void {
+    this.refused.set(reason, (this.refused.get(reason) ?? 0) + 1);
   }
 
   /** A tunnel's totals: open visitors, all visitors and bytes, closed and open together. */
@@ -414,6 +422,12 @@ export class ServerMetrics {
       "counter",
       "Client upgrades refused for a wrong or missing API key (401) or resume secret (403).",
       [[{}, this.authFailures]],
+    );
+    out.family(
+      "sockets_visitors_refused_total",
+      "counter",
+      "Visitors refused before reaching a client: denied (allow/deny lists), offline (client away), limit (max streams or visitors).",
+      (["denied", "offline", "limit"] as const).map((reason) => [{ reason }, this.refused.get(reason) ?? 0]),
     );
     out.family("sockets_resumes_total", "counter", "Sessions resumed by a client that reconnected.", [
       [{}, this.resumes],

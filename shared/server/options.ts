@@ -59,16 +59,19 @@ export const SERVER_OPTIONS = {
     help: "read options and [[users]] (tokens, limits) from this TOML file; flags override it; SIGHUP reloads it (README: Config file)",
   },
   watch: {
+    restart: true,
     key: "watch",
     help: "reload the --config file when it changes, as SIGHUP does",
   },
   host: {
+    restart: true,
     key: "host",
     value: "ADDR",
     defaultText: "`::` (IPv4 and IPv6) where the machine has IPv6, else `0.0.0.0`",
     help: "bind address for the control port and the public ports",
   },
   port: {
+    restart: true,
     key: "port",
     value: "N",
     default: 7070,
@@ -76,6 +79,7 @@ export const SERVER_OPTIONS = {
     parse: (text: string, flag: string): number => parsePort(text, flag, true),
   },
   domain: {
+    restart: true,
     key: "domain",
     value: "NAME",
     default: "localhost",
@@ -89,6 +93,7 @@ export const SERVER_OPTIONS = {
     parse: (text: string, flag: string): PortRange => parsePortRange(text, flag),
   },
   "http-port": {
+    restart: true,
     key: "httpPort",
     value: "N",
     defaultText: "HTTP tunnels on `--port` only",
@@ -96,18 +101,21 @@ export const SERVER_OPTIONS = {
     parse: (text: string, flag: string): number => parsePort(text, flag, true),
   },
   "tls-cert": {
+    restart: true,
     key: "tlsCert",
     value: "FILE",
     defaultText: "plain ws/http",
     help: "PEM certificate: serve wss/https on --port (and --http-port); a wildcard for *.DOMAIN for HTTP tunnels (needs --tls-key)",
   },
   "tls-key": {
+    restart: true,
     key: "tlsKey",
     value: "FILE",
     help: "PEM private key for --tls-cert",
   },
   "https-port": {
     key: "httpsPort",
+    restart: true,
     value: "N",
     defaultText: "off",
     help: "public HTTPS port routed by the ClientHello's name (SNI): HTTP tunnels terminated with ACME's or --tls-cert's certificate, --tls-passthrough tunnels carried encrypted; --http-port then stays plain http (README: Automatic HTTPS)",
@@ -115,6 +123,7 @@ export const SERVER_OPTIONS = {
   },
   "acme-email": {
     key: "acmeEmail",
+    restart: true,
     value: "ADDR",
     defaultText: "off",
     help: "turn on automatic HTTPS: certificates from an ACME CA for DOMAIN and each HTTP tunnel's name, renewed by themselves (needs --https-port and, for HTTP-01, --http-port)",
@@ -125,6 +134,7 @@ export const SERVER_OPTIONS = {
   },
   "acme-directory": {
     key: "acmeDirectory",
+    restart: true,
     value: "URL",
     default: LETS_ENCRYPT,
     help: "the ACME CA's directory (any RFC 8555 CA; Let's Encrypt's staging: https://acme-staging-v02.api.letsencrypt.org/directory)",
@@ -141,18 +151,21 @@ export const SERVER_OPTIONS = {
   },
   "acme-ca": {
     key: "acmeCa",
+    restart: true,
     value: "FILE",
     defaultText: "the system's CAs",
     help: "PEM CA certificate to trust for --acme-directory's HTTPS (a private CA)",
   },
   "acme-dir": {
     key: "acmeDir",
+    restart: true,
     value: "DIR",
     defaultText: "$XDG_STATE_HOME/sockets/acme (~/.local/state/sockets/acme)",
     help: "where the ACME account key, certificates and keys are kept (made 0700, files 0600); a restart reuses them",
   },
   "acme-challenge": {
     key: "acmeChallenges",
+    restart: true,
     value: "LIST",
     default: ["http-01", "tls-alpn-01"] as ChallengeType[],
     defaultText: "http-01,tls-alpn-01",
@@ -161,6 +174,7 @@ export const SERVER_OPTIONS = {
   },
   "acme-user-orders": {
     key: "acmeUserOrders",
+    restart: true,
     value: "N",
     default: 20,
     help: "most certificate orders one user's (or, without users, one client address's) names may cause per hour; past it, named in the log",
@@ -168,6 +182,7 @@ export const SERVER_OPTIONS = {
   },
   "acme-server-orders": {
     key: "acmeServerOrders",
+    restart: true,
     value: "N",
     default: 100,
     help: "most certificate orders (renewals included) the server places per hour",
@@ -175,6 +190,7 @@ export const SERVER_OPTIONS = {
   },
   "acme-retry": {
     key: "acmeRetrySeconds",
+    restart: true,
     value: "SECONDS",
     default: 60,
     help: "first wait after a failed order; doubles per failure up to an hour (at least an hour after the CA's rate-limit answer)",
@@ -182,6 +198,7 @@ export const SERVER_OPTIONS = {
   },
   "custom-domains": {
     key: "customDomains",
+    restart: true,
     value: "PATTERNS",
     defaultText: "none",
     help: "without users: host names outside DOMAIN clients may hold with --hostname, e.g. *.example.com,api.example.org (users: hostnames in [[users]]; README: Custom domains)",
@@ -194,6 +211,7 @@ export const SERVER_OPTIONS = {
     },
   },
   window: {
+    restart: true,
     key: "window",
     value: "BYTES",
     default: DEFAULTS.window,
@@ -201,6 +219,7 @@ export const SERVER_OPTIONS = {
     parse: (text: string, flag: string): number => parseCount(text, flag),
   },
   "client-budget": {
+    restart: true,
     key: "clientBudget",
     value: "BYTES",
     default: DEFAULT_CLIENT_BUDGET,
@@ -208,6 +227,7 @@ export const SERVER_OPTIONS = {
     parse: (text: string, flag: string): number => parseCount(text, flag),
   },
   "server-budget": {
+    restart: true,
     key: "serverBudget",
     value: "BYTES",
     default: DEFAULT_SERVER_BUDGET,
@@ -236,6 +256,7 @@ export const SERVER_OPTIONS = {
     parse: seconds(0, 86_400),
   },
   heartbeat: {
+    restart: true,
     key: "heartbeatSeconds",
     value: "SECONDS",
     default: 10,
@@ -257,6 +278,7 @@ export const SERVER_OPTIONS = {
     parse: seconds(0.1, 3600),
   },
   "auth-fail-limit": {
+    restart: true,
     key: "authFailLimit",
     value: "N",
     default: 10,
@@ -264,6 +286,7 @@ export const SERVER_OPTIONS = {
     parse: (text: string, flag: string): number => parseCount(text, flag),
   },
   "request-timeout": {
+    restart: true,
     key: "requestTimeoutSeconds",
     value: "SECONDS",
     default: DEFAULT_REQUEST_TIMEOUT_SECONDS,
@@ -271,6 +294,7 @@ export const SERVER_OPTIONS = {
     parse: seconds(0.1, 3600),
   },
   "visitor-idle-timeout": {
+    restart: true,
     key: "visitorIdleSeconds",
     value: "SECONDS",
     default: 0,
@@ -282,6 +306,7 @@ export const SERVER_OPTIONS = {
     help: "GET /health and tunnel log lines name the user holding each tunnel (per-user counts)",
   },
   admin: {
+    restart: true,
     key: "admin",
     value: "ADDR",
     defaultText: "off",
@@ -289,6 +314,7 @@ export const SERVER_OPTIONS = {
     parse: parseAdminAddress,
   },
   "admin-token": {
+    restart: true,
     key: "adminToken",
     value: "TOKEN",
     env: "SOCKETS_ADMIN_TOKEN",
@@ -296,10 +322,12 @@ export const SERVER_OPTIONS = {
     help: "the admin listener wants this token (Bearer or ?token=); required beyond loopback (prefer the env or admin_token in --config: a flag shows in ps)",
   },
   "metrics-per-tunnel": {
+    restart: true,
     key: "metricsPerTunnel",
     help: "/metrics also has series per tunnel (labels tunnel, name, type): their number grows with tunnels",
   },
   cluster: {
+    restart: true,
     key: "cluster",
     value: "URL",
     env: "SOCKETS_CLUSTER",
@@ -308,12 +336,14 @@ export const SERVER_OPTIONS = {
     parse: parseRedisUrl,
   },
   "cluster-ca": {
+    restart: true,
     key: "clusterCa",
     value: "FILE",
     defaultText: "the system's CAs",
     help: "PEM CA certificate(s) that Redis' certificate (rediss://) and other nodes' (wss:// node URLs) are checked against",
   },
   "node-name": {
+    restart: true,
     key: "nodeName",
     value: "NAME",
     defaultText: "HOSTNAME:PORT",
@@ -325,6 +355,7 @@ export const SERVER_OPTIONS = {
     },
   },
   "node-url": {
+    restart: true,
     key: "nodeUrl",
     value: "URL",
     defaultText: "ws(s)://HOST:PORT of the control port (127.0.0.1 when bound to all addresses)",
@@ -342,13 +373,14 @@ export const SERVER_OPTIONS = {
     },
   },
   "cluster-lease": {
+    restart: true,
     key: "clusterLeaseSeconds",
     value: "SECONDS",
     default: 5,
     help: "how long a node's hold on a name or port lasts without renewal: a dead node's names free after this",
     parse: seconds(1, 600),
   },
-  quiet: { key: "quiet", short: "q", help: "log warnings and errors only" },
+  quiet: { key: "quiet", short: "q", restart: true, help: "log warnings and errors only" },
 } as const satisfies OptionTable;
 
 /** Checks a `--cluster` Redis URL: redis:// or rediss://, with a host. */
@@ -363,6 +395,55 @@ function parseRedisUrl(text: string, flag: string): string {
     throw new UsageError(`${flag}: '${text}' must be redis:// or rediss://`);
   if (url.hostname === "") throw new UsageError(`${flag}: '${text}' names no host`);
   return text;
+}
+
+/**
+ * The options that shape the running server, each with its default applied: resolved once, at start
+ * and on each reload (nothing else applies a default).
+ */
+export interface ServerSettings {
+  domain: string;
+  tcpPorts?: PortRange;
+  window: number;
+  clientBudget: number;
+  serverBudget: number;
+  maxStreamsPerTunnel: number;
+  maxTunnelsPerClient: number;
+  graceSeconds: number;
+  heartbeatSeconds: number;
+  drainSeconds: number;
+  handshakeSeconds: number;
+  authFailLimit: number;
+  visitorIdleSeconds: number;
+  healthDetail: boolean;
+  users: UserConfig[];
+  apiKey?: string;
+  /** `--custom-domains`: host patterns clients may hold without users. */
+  customDomains?: string[];
+}
+
+/** {@link ServerSettings} from the options: each absent one takes its option table default. */
+export function resolveServerSettings(options: ServerOptions): ServerSettings {
+  const o = SERVER_OPTIONS;
+  return {
+    domain: options.domain ?? o.domain.default,
+    tcpPorts: options.tcpPorts,
+    window: options.window ?? o.window.default,
+    clientBudget: options.clientBudget ?? o["client-budget"].default,
+    serverBudget: options.serverBudget ?? o["server-budget"].default,
+    maxStreamsPerTunnel: options.maxStreamsPerTunnel ?? o["max-streams"].default,
+    maxTunnelsPerClient: options.maxTunnelsPerClient ?? o["max-tunnels"].default,
+    graceSeconds: options.graceSeconds ?? o.grace.default,
+    heartbeatSeconds: options.heartbeatSeconds ?? o.heartbeat.default,
+    drainSeconds: options.drainSeconds ?? o["drain-timeout"].default,
+    handshakeSeconds: options.handshakeSeconds ?? o["handshake-timeout"].default,
+    authFailLimit: options.authFailLimit ?? o["auth-fail-limit"].default,
+    visitorIdleSeconds: options.visitorIdleSeconds ?? o["visitor-idle-timeout"].default,
+    healthDetail: options.healthDetail === true,
+    users: options.users ?? [],
+    apiKey: options.apiKey,
+    customDomains: options.customDomains,
+  };
 }
 
 /** Environment variables the server reads that no flag sets. */

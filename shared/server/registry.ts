@@ -6,15 +6,15 @@
  * @module
  */
 
+import { deadAfter } from "../liveness.ts";
 import type { Logger } from "../log.ts";
 import { Budget } from "../relay/budget.ts";
-import type { SpliceSocket } from "../relay/splice.ts";
-import type { Stream } from "../relay/stream.ts";
-import { DEFAULTS, PROTOCOL_VERSION, type StreamKind } from "../wire/protocol.ts";
-import type { ClusterStats, LeaseKey } from "./cluster/node.ts";
-import type { HttpRoute, HttpSocket } from "./http-ingress.ts";
-import { SERVER_OPTIONS, type ServerOptions } from "./options.ts";
-import { Session, type SessionContext, type SessionSocketData } from "./session.ts";
+import { DEFAULTS, PROTOCOL_VERSION } from "../wire/protocol.ts";
+import type { InboundLink } from "./cluster/link.ts";
+import type { ClusterNode, ClusterStats } from "./cluster/node.ts";
+import { Namespace, type NamespaceSettings } from "./namespace/namespace.ts";
+import type { ServerSettings } from "./options.ts";
+import { Session, type SessionContext, type SessionSocketData, type WebSocketPeer } from "./session.ts";
 import { type Account, SINGLE_KEY_USER, UserDirectory } from "./users.ts";
 import type { WebSocketHandlers } from "./ws-server.ts";
 
@@ -36,6 +36,8 @@ export interface ServerStats {
   largestWindow: { send: number; receive: number };
   /** Per user, with `--health-detail` only: its tunnels (live and reserved), visitors and clients. */
   users?: Record<string, { tunnels: number; visitors: number; clients: number }>;
+  /** Places shared by pools (`--pool`), with each member's tunnel, its open visitors and whether its client is live. */
+  pools?: { place: string; members: { tunnel: string; visitors: number; live: boolean }[] }[];
   /** With `--cluster`: this node's name, the nodes alive, names held here and elsewhere, Redis and links. */
   cluster?: ClusterStats;
 }
@@ -57,54 +59,55 @@ export class SessionRegistry {
   readonly sessions = new Map<string, Session>();
   /** Settings and registries every session uses. */
   readonly context: SessionContext;
+  /** Where tunnels are placed and visitors routed. */
+  readonly namespace: Namespace;
   /** True once shutdown began: no new clients. */
   draining = false;
   /** Who may connect: the config file's users and the single API key. */
   readonly users: UserDirectory;
+  /** This server's cluster membership, once it joined one. */
+  cluster?: ClusterNode;
   private timers: ReturnType<typeof setInterval>[] = [];
 
   /**
-   * @param options the server's options (defaults from its option table).
+   * @param settings the server's options with their defaults applied.
    * @param host the bind address of public ports.
    * @param log the server's log.
    */
   constructor(
-    private options: ServerOptions,
+    private settings: ServerSettings,
     host: string,
     private readonly log: Logger,
   ) {
-    const window = options.window ?? SERVER_OPTIONS.window.default;
-    const budget = options.serverBudget ?? SERVER_OPTIONS["server-budget"].default;
+    this.namespace = new Namespace(namespaceSettings(settings, host), log);
     this.context = {
-      host,
-      domain: options.domain ?? SERVER_OPTIONS.domain.default,
-      tcpPorts: options.tcpPorts,
+      namespace: this.namespace,
       limits: {
         protocol: PROTOCOL_VERSION,
-        window,
-        initialWindow: Math.min(window, DEFAULTS.initialWindow),
+        window: settings.window,
+        initialWindow: Math.min(settings.window, DEFAULTS.initialWindow),
         maxFramePayload: DEFAULTS.maxFramePayload,
-        maxStreamsPerTunnel: options.maxStreamsPerTunnel ?? SERVER_OPTIONS["max-streams"].default,
-        maxTunnelsPerClient: options.maxTunnelsPerClient ?? SERVER_OPTIONS["max-tunnels"].default,
+        maxStreamsPerTunnel: settings.maxStreamsPerTunnel,
+        maxTunnelsPerClient: settings.maxTunnelsPerClient,
       },
-      graceSeconds: options.graceSeconds ?? SERVER_OPTIONS.grace.default,
-      handshakeSeconds: options.handshakeSeconds ?? SERVER_OPTIONS["handshake-timeout"].default,
+      graceSeconds: settings.graceSeconds,
+      handshakeSeconds: settings.handshakeSeconds,
       budgets: {
-        perClient: options.clientBudget ?? SERVER_OPTIONS["client-budget"].default,
-        received: new Budget(budget),
-        sent: new Budget(budget),
+        perClient: settings.clientBudget,
+        received: new Budget(settings.serverBudget),
+        sent: new Budget(settings.serverBudget),
       },
       log,
-      // With --https-port, --http-port serves plain http (the control port keeps --tls-cert).
-      httpScheme:
-        options.tls && (options.httpsPort === undefined || options.httpPort === undefined) ? "https" : "http",
-      tunnelIds: new Set(),
-      httpRoutes: new Map(),
-      portHolders: new Map(),
       onEnded: (session) => this.sessions.delete(session.id),
-      healthDetail: options.healthDetail === true,
+      healthDetail: settings.healthDetail,
     };
-    this.users = new UserDirectory(options.users ?? [], options.apiKey);
+    this.users = new UserDirectory(settings.users, settings.apiKey);
+  }
+
+  /** The server joined a cluster: names and ports are leased there from now on. */
+  join(cluster: ClusterNode): void {
+    this.cluster = cluster;
+    this.namespace.join(cluster);
   }
 
   /**
@@ -118,20 +121,21 @@ export class SessionRegistry {
   /**
    * Takes up a reloaded configuration without touching anything it did not change: the users (an
    * added one may connect at once; a removed one, or one whose token changed, has its sessions closed
-   * with 4001 Revoked), and the limits that apply to new tunnels and visitors (`--max-streams`,
-   * `--max-tunnels`, `--tcp-ports`, `--grace`, `--handshake-timeout`, `--drain-timeout`,
-   * `--health-detail`). Listeners, certificates and budgets stay as they are (a restart applies those).
+   * with 4001 Revoked), and the limits that apply to new tunnels and visitors (the options the option
+   * table marks as applying at once). Listeners, certificates and budgets stay as they are (a restart
+   * applies those).
    */
-  reconfigure(options: ServerOptions): UsersChange {
+  reconfigure(settings: ServerSettings, host: string): UsersChange {
     const context = this.context;
-    context.limits.maxStreamsPerTunnel = options.maxStreamsPerTunnel ?? SERVER_OPTIONS["max-streams"].default;
-    context.limits.maxTunnelsPerClient = options.maxTunnelsPerClient ?? SERVER_OPTIONS["max-tunnels"].default;
-    context.tcpPorts = options.tcpPorts;
-    context.graceSeconds = options.graceSeconds ?? SERVER_OPTIONS.grace.default;
-    context.handshakeSeconds = options.handshakeSeconds ?? SERVER_OPTIONS["handshake-timeout"].default;
-    context.healthDetail = options.healthDetail === true;
-    this.options = { ...this.options, drainSeconds: options.drainSeconds, users: options.users };
-    const { added, revoked, limitsChanged } = this.users.update(options.users ?? []);
+    context.limits.maxStreamsPerTunnel = settings.maxStreamsPerTunnel;
+    context.limits.maxTunnelsPerClient = settings.maxTunnelsPerClient;
+    context.graceSeconds = settings.graceSeconds;
+    context.handshakeSeconds = settings.handshakeSeconds;
+    context.healthDetail = settings.healthDetail;
+    // The domain is in URLs already given out: it changes only with a restart (the option table says so).
+    this.namespace.reconfigure(namespaceSettings({ ...settings, domain: this.settings.domain }, host));
+    this.settings = { ...this.settings, drainSeconds: settings.drainSeconds, users: settings.users };
+    const { added, revoked, limitsChanged } = this.users.update(settings.users);
     let sessionsClosed = 0;
     const gone = new Map(revoked.map(({ account, why }) => [account, why]));
     for (const session of [...this.sessions.values()]) {
@@ -151,54 +155,15 @@ export class SessionRegistry {
   }
 
   /**
-   * The HTTP tunnel behind a name, if any: this node's own, or in a cluster another node's (reached
-   * over the link). A local tunnel whose lease lapsed is not served here (see {@link ClusterNode.holds}).
+   * Where the events of a control-port WebSocket go: the peer its upgrade made (a session, new or
+   * resumed, or a node link). Liveness is ours (the heartbeat).
    */
-  route(name: string): HttpRoute | undefined {
-    const local = this.context.httpRoutes.get(name);
-    const cluster = this.context.cluster;
-    if (cluster === undefined) return local;
-    if (local !== undefined && cluster.holds(`http:${name}`)) return local;
-    return cluster.remoteRoute(name);
-  }
-
-  /**
-   * Cluster: a visitor another node carried here for `target` (`http:NAME` or `tcp:PORT`), on one end
-   * of a splice: the stream of the tunnel's session, or why not.
-   */
-  acceptRemote(target: string, kind: StreamKind, socket: SpliceSocket): Stream | string {
-    const cluster = this.context.cluster;
-    if (cluster !== undefined && !cluster.holds(target as LeaseKey)) return `${target} is not held here`;
-    if (target.startsWith("http:")) {
-      const route = this.context.httpRoutes.get(target.slice(5));
-      if (route === undefined) return `no tunnel ${target} here`;
-      const opened = route.open(socket as HttpSocket);
-      return "id" in opened ? opened : opened.message;
-    }
-    const port = Number(target.slice(4));
-    const session = this.context.portHolders?.get(port);
-    const tunnel = session && [...session.tunnels.values()].find((t) => t.port === port && t.listener);
-    if (session === undefined || tunnel === undefined) return `no tunnel ${target} here`;
-    return session.acceptRemote(tunnel, socket, kind);
-  }
-
-  /** Cluster: the lease of `key` went to another node: the tunnel holding it here stops at once. */
-  leaseLost(key: LeaseKey): void {
-    for (const session of this.sessions.values())
-      for (const tunnel of session.tunnels.values()) if (tunnel.lease === key) session.lose(tunnel);
-  }
-
-  /** Whether a local tunnel listens on `port` (cluster: no mirror there then). */
-  listensOn(port: number): boolean {
-    return this.context.portHolders?.has(port) ?? false;
-  }
-
-  /** Where the events of a client's WebSocket go: its session. Liveness is ours (the heartbeat). */
   readonly websocket: WebSocketHandlers<SessionSocketData> = {
     open: (ws) => {
       const link = ws.data.link;
       if (link !== undefined) {
         link.attach(ws);
+        ws.data.peer = linkPeer(link, this.log);
         this.log.info(`cluster: link from ${link.remote} open`);
         return;
       }
@@ -209,33 +174,25 @@ export class SessionRegistry {
       session.attach(ws);
       this.log.info(`client ${ws.data.remote} connected`);
     },
-    message: (ws, message) => (ws.data.link ?? ws.data.session)?.onMessage(message),
-    drain: (ws) => (ws.data.link ?? ws.data.session)?.onDrain(),
-    ping: (ws) => (ws.data.link ?? ws.data.session?.liveness)?.heard(),
-    pong: (ws) => (ws.data.link ?? ws.data.session?.liveness)?.heard(),
-    close: (ws, code, reason) => {
-      if (ws.data.link !== undefined) {
-        ws.data.link.onClose();
-        this.log.info(`cluster: link from ${ws.data.link.remote} closed (${code})`);
-        return;
-      }
-      ws.data.session?.onClose(ws, code, reason);
-      this.log.info(`client ${ws.data.remote} disconnected (${code})`);
-    },
+    message: (ws, message) => ws.data.peer?.onMessage(message),
+    drain: (ws) => ws.data.peer?.onDrain(),
+    ping: (ws) => ws.data.peer?.heard(),
+    pong: (ws) => ws.data.peer?.heard(),
+    close: (ws, code, reason) => ws.data.peer?.onClose(ws, code, reason),
   };
 
   /** Starts the heartbeat and, when asked for, the visitor idle sweep. */
   watch(): void {
     // Heartbeat: ping every client each interval; one silent for three intervals is dead.
-    const heartbeatMs = (this.options.heartbeatSeconds ?? SERVER_OPTIONS.heartbeat.default) * 1000;
+    const heartbeatMs = this.settings.heartbeatSeconds * 1000;
     this.timers.push(
       setInterval(() => {
         const now = Date.now();
-        for (const session of this.sessions.values()) session.heartbeat(now, 3 * heartbeatMs);
+        for (const session of this.sessions.values()) session.heartbeat(now, deadAfter(heartbeatMs));
       }, heartbeatMs),
     );
     // Visitor idle timeout: a sweep a few times per timeout period, off unless asked for.
-    const idleMs = (this.options.visitorIdleSeconds ?? SERVER_OPTIONS["visitor-idle-timeout"].default) * 1000;
+    const idleMs = this.settings.visitorIdleSeconds * 1000;
     if (idleMs > 0)
       this.timers.push(
         setInterval(
@@ -258,6 +215,14 @@ export class SessionRegistry {
         largestWindow.receive = Math.max(largestWindow.receive, stream.recvWindowBytes);
       }
     const budgets = this.context.budgets;
+    const pools = this.namespace.pools().map(({ key, members }) => ({
+      place: key,
+      members: members.map((tunnel) => ({
+        tunnel: tunnel.id,
+        visitors: tunnel.visitors.size,
+        live: tunnel.holder.live,
+      })),
+    }));
     return {
       status: this.draining ? "draining" : "ok",
       protocol: PROTOCOL_VERSION,
@@ -268,7 +233,8 @@ export class SessionRegistry {
       buffered: { received: budgets?.received.used ?? 0, sent: budgets?.sent.used ?? 0 },
       largestWindow,
       ...(this.context.healthDetail ? { users: this.userStats(all) } : {}),
-      ...(this.context.cluster ? { cluster: this.context.cluster.stats() } : {}),
+      ...(pools.length > 0 ? { pools } : {}),
+      ...(this.cluster ? { cluster: this.cluster.stats() } : {}),
     };
   }
 
@@ -292,8 +258,32 @@ export class SessionRegistry {
   async drainAll(): Promise<void> {
     this.draining = true;
     for (const timer of this.timers) clearInterval(timer);
-    const drainMs = (this.options.drainSeconds ?? SERVER_OPTIONS["drain-timeout"].default) * 1000;
+    const drainMs = this.settings.drainSeconds * 1000;
     await Promise.all([...this.sessions.values()].map((session) => session.drain(drainMs)));
     for (const session of [...this.sessions.values()]) session.end();
   }
+}
+
+/** The namespace's rules, from the server's settings. */
+function namespaceSettings(settings: ServerSettings, host: string): NamespaceSettings {
+  return {
+    host,
+    domain: settings.domain,
+    tcpPorts: settings.tcpPorts,
+    maxTunnelsPerClient: settings.maxTunnelsPerClient,
+    customDomains: settings.customDomains,
+  };
+}
+
+/** A node link as the peer of its WebSocket. */
+function linkPeer(link: InboundLink, log: Logger): WebSocketPeer {
+  return {
+    onMessage: (message) => link.onMessage(message),
+    onDrain: () => link.onDrain(),
+    heard: () => link.heard(),
+    onClose: (_ws, code) => {
+      link.onClose();
+      log.info(`cluster: link from ${link.remote} closed (${code})`);
+    },
+  };
 }

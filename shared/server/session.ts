@@ -15,14 +15,13 @@
  */
 
 import { randomBytes } from "node:crypto";
-import type { TCPSocketListener } from "bun";
-import { customAlphabet, nanoid } from "nanoid";
-import { formatHost, type PortRange, unmappedAddress } from "../args.ts";
+import { nanoid } from "nanoid";
+import { formatHost, unmappedAddress } from "../args.ts";
 import { Liveness } from "../liveness.ts";
 import { describeError, type Logger } from "../log.ts";
 import type { Budget } from "../relay/budget.ts";
 import { Mux } from "../relay/mux.ts";
-import { type RelaySocket, type RelaySocketData, relaySocketHandlers, type Stream } from "../relay/stream.ts";
+import type { RelaySocket, Stream } from "../relay/stream.ts";
 import {
   CloseCode,
   type ExposeRequest,
@@ -30,25 +29,34 @@ import {
   ProtocolError,
   parseControl,
   ResetCode,
-  StreamKind,
-  SUBDOMAIN,
+  type StreamKind,
   type SyncMessage,
   type UnexposeRequest,
 } from "../wire/protocol.ts";
-import { customHost, hostOfKey, type NameHooks } from "./acme/hostnames.ts";
 import { keyMatches } from "./auth.ts";
 import type { InboundLink } from "./cluster/link.ts";
-import type { ClusterNode, LeaseKey, LeaseRefusal } from "./cluster/node.ts";
 import { secretHash } from "./cluster/node.ts";
-import type { HttpRoute } from "./http-ingress.ts";
 import type { ServerMetrics } from "./metrics.ts";
-import { listenPublic, PortError } from "./public-port.ts";
-import { type Account, describeRanges, portAllowed, randomNameFor, subdomainAllowed } from "./users.ts";
+import type { Namespace, Refusal, Tunnel, TunnelHolder } from "./namespace/namespace.ts";
+import type { Account } from "./users.ts";
 import type { RawWebSocket } from "./ws-server.ts";
 
-/** The `data` slot of every client WebSocket. */
+/**
+ * What a WebSocket on the control port serves: a client's session, or another node's link. Each
+ * connection has one; the WebSocket events go to it and nowhere else.
+ */
+export interface WebSocketPeer {
+  onMessage(message: string | Uint8Array): void;
+  onDrain(): void;
+  /** A ping or pong arrived: the peer is alive. */
+  heard(): void;
+  onClose(ws: SessionSocket, code: number, reason: string): void;
+}
+
+/** The `data` slot of every control-port WebSocket. */
 export interface SessionSocketData {
-  session: Session | null;
+  /** Where its events go (null before it opened, and once a newer connection replaced it). */
+  peer: WebSocketPeer | null;
   /** A reserved session this connection resumes (set by the upgrade handler). */
   resume: Session | null;
   remote: string;
@@ -68,9 +76,8 @@ export type SessionSocket = RawWebSocket<SessionSocketData>;
 
 /** Server-wide settings and registries every session uses. */
 export interface SessionContext {
-  host: string;
-  domain: string;
-  tcpPorts?: PortRange;
+  /** Where tunnels are placed and visitors routed (ports, names, pools, leases). */
+  namespace: Namespace;
   /** Settings announced in hello (session fields are filled per session). */
   limits: Omit<Hello, "type" | "session" | "secret" | "resumed">;
   /** Seconds a dropped client's tunnels stay reserved. */
@@ -83,59 +90,15 @@ export interface SessionContext {
    */
   budgets?: { perClient: number; received: Budget; sent: Budget };
   log: Logger;
-  /** Tunnel ids in use server-wide (live and reserved). */
-  tunnelIds: Set<string>;
-  /** The public HTTP port, if the server has one. */
-  httpPort?: number;
-  /** "https" when the HTTP port has the server's certificate. */
-  httpScheme?: "http" | "https";
-  /** HTTP tunnels by name, server-wide (live and reserved). */
-  httpRoutes: Map<string, HttpRoute>;
-  /** TCP tunnels' public ports and the session holding each, server-wide (live and reserved). */
-  portHolders?: Map<number, Session>;
-  /** The server's own ports (control, HTTP): never a tunnel's. */
-  ownPorts?: readonly number[];
   /** Called once when the session ended for good. */
   onEnded(session: Session): void;
   /** Whether log lines about tunnels name their user (`--health-detail`: the operator asked). */
   healthDetail?: boolean;
   /** Counters for the admin listener's `/metrics` (absent without `--admin`: nothing counted). */
   metrics?: ServerMetrics;
-  /** This server's cluster membership (`--cluster`): every name and port is leased there first. */
-  cluster?: ClusterNode;
-  /** The HTTPS port (`--https-port`): HTTP tunnels get https URLs there, and TLS tunnels live there. */
-  httpsPort?: number;
-  /** Without users: the custom domains (`--custom-domains` patterns) clients may hold. */
-  customDomains?: readonly string[];
-  /** Told when an HTTP tunnel starts or stops holding a host name (automatic HTTPS orders for it). */
-  names?: NameHooks;
 }
 
-/** One public TCP tunnel of a session. */
-export interface Tunnel {
-  id: string;
-  ref: number;
-  /** Its public port (for HTTP tunnels, the server's HTTP port). */
-  port: number;
-  /** TCP tunnels: the public listener. */
-  listener?: TCPSocketListener<RelaySocketData>;
-  /** HTTP tunnels: the name under the server's domain, or a custom domain's whole host name. */
-  name?: string;
-  /** The host name it holds and for whom, when told to {@link SessionContext.names}. */
-  claimed?: { host: string; owner: string };
-  /** The URL its client was told. */
-  url?: string;
-  /**
-   * Its open visitor streams (their count is what `--max-streams` limits): closed with it when its
-   * client unexposes it.
-   */
-  visitors: Set<Stream>;
-  /** Cluster: the lease it holds (`http:NAME` or `tcp:PORT`). */
-  lease?: LeaseKey;
-}
-
-/** A random HTTP tunnel name: DNS-safe, lower-case letters and digits. */
-const randomName = customAlphabet("abcdefghijklmnopqrstuvwxyz0123456789", 10);
+export type { Tunnel };
 
 /** Bytes queued on a client's WebSocket past which every stream stops reading until it drains. */
 const SEND_HIGH_WATER = 4 * 1024 * 1024;
@@ -152,7 +115,7 @@ const BUN_TOO_BIG = /too big message/i;
 type State = "live" | "syncing" | "reserved" | "draining" | "ended";
 
 /** One client, across the WebSocket connections it resumes the session with. */
-export class Session {
+export class Session implements TunnelHolder, WebSocketPeer {
   /** Session id, sent in hello; public within the connection, useless without the secret. */
   readonly id = nanoid(16);
   /** Resume secret: 32 random bytes, sent only to this client. */
@@ -169,7 +132,7 @@ export class Session {
   private state: State = "live";
   private graceTimer: ReturnType<typeof setTimeout> | undefined;
   /** When the grace period ends (ms since the epoch), while reserved: told to whoever wants its ports. */
-  private graceEnds = 0;
+  graceEnds = 0;
   private handshakeTimer: ReturnType<typeof setTimeout> | undefined;
   private nextRef = 1;
   /** Per stream: its byte count at the last idle sweep that saw it move, and when. */
@@ -226,6 +189,16 @@ export class Session {
     return this.ws?.data.remote ?? "(disconnected)";
   }
 
+  /** The client's IP address (its certificate orders count against it without users). */
+  get address(): string {
+    return this.remote.replace(/:\d+$/, "");
+  }
+
+  /** True while its client is connected and frames flow: visitors are carried only then. */
+  get live(): boolean {
+    return this.state === "live";
+  }
+
   /** True while the grace period runs. */
   get reserved(): boolean {
     return this.state === "reserved";
@@ -244,7 +217,7 @@ export class Session {
     const resumed = this.ws !== null || this.state === "reserved";
     if (this.ws) {
       const old = this.ws;
-      old.data.session = null;
+      old.data.peer = null;
       this.mux.detach();
       old.close(CloseCode.Replaced, "session resumed on a newer connection");
     }
@@ -252,7 +225,7 @@ export class Session {
     // A replaced connection's handshake deadline is not this one's: it would end the session later.
     clearTimeout(this.handshakeTimer);
     this.ws = ws;
-    ws.data.session = this;
+    ws.data.peer = this;
     this.liveness.restart();
     const hello: Hello = {
       type: "hello",
@@ -306,6 +279,11 @@ export class Session {
     }
   }
 
+  /** A ping or pong from the client. */
+  heard(): void {
+    this.liveness.heard();
+  }
+
   /** The WebSocket can take more: resume reading every stream. */
   onDrain(): void {
     if (this.state === "live" || this.state === "draining") this.mux.setBlocked(false);
@@ -331,65 +309,39 @@ export class Session {
     return this.account === undefined ? "" : ` (${this.account})`;
   }
 
+  /** Expose: the namespace places the tunnel (in a cluster, once Redis leased it); tell the client. */
   private expose(request: ExposeRequest): void {
-    const { limits, tunnelIds } = this.context;
-    if (this.tunnels.size >= limits.maxTunnelsPerClient) {
-      this.refuse(request, "limit", `a client may hold at most ${limits.maxTunnelsPerClient} tunnels`);
-      return;
-    }
-    const account = this.account;
-    const maxTunnels = account?.limits.maxTunnels;
-    if (account !== undefined && maxTunnels !== undefined && account.tunnels >= maxTunnels) {
-      this.refuse(request, "limit", `${account} may hold at most ${maxTunnels} tunnels`);
-      return;
-    }
-    // A client re-exposing after a server restart keeps its tunnel id unless another client holds it.
-    const wanted = request.tunnel;
-    const id = wanted !== undefined && !tunnelIds.has(wanted) ? wanted : nanoid(12);
-    const tunnel: Tunnel = { id, ref: this.nextRef++, port: 0, visitors: new Set() };
-    // Taken before a cluster lease is awaited: two exposes in flight never get one id.
-    tunnelIds.add(id);
-    const opened = request.kind === "tcp" ? this.openTcp(tunnel, request) : this.openHttp(tunnel, request);
-    // Alone, a tunnel opens at once; in a cluster, once Redis has leased its name or port.
-    if (opened instanceof Promise)
-      opened.then(
-        (result) => this.opened(request, tunnel, result),
-        (error) => this.opened(request, tunnel, { code: "internal", message: describeError(error) }),
+    const claimed = this.context.namespace.claim(this, request, this.nextRef++, this.tunnels.size);
+    if (claimed instanceof Promise)
+      claimed.then(
+        (result) => this.exposed(request, result),
+        (error) => this.exposed(request, { code: "internal", message: describeError(error) }),
       );
-    else this.opened(request, tunnel, opened);
+    else this.exposed(request, claimed);
   }
 
-  /** Expose, continued: the tunnel's port or name is open (or refused); tell the client. */
-  private opened(request: ExposeRequest, tunnel: Tunnel, result: LeaseRefusal | null): void {
-    const { log, domain, tunnelIds } = this.context;
-    const { id } = tunnel;
-    const account = this.account;
-    let opened = result;
-    if (opened === null && this.state === "ended") {
-      // The session ended while a cluster lease was being taken: give everything back.
-      this.closeTunnel(tunnel, true);
-      opened = { code: "gone", message: "session ended" };
+  /** Expose, continued: the tunnel is live (or refused); tell the client. */
+  private exposed(request: ExposeRequest, result: Tunnel | Refusal): void {
+    if ("code" in result) {
+      this.refuse(request, result.code, result.message);
+      return;
     }
-    if (opened !== null) {
-      tunnelIds.delete(id);
-      this.refuse(request, opened.code, opened.message);
+    const tunnel = result;
+    if (this.state === "ended") {
+      // The session ended while a cluster lease was being taken: give everything back.
+      this.context.namespace.release(tunnel, true);
+      this.refuse(request, "gone", "session ended");
       return;
     }
     this.tunnels.set(tunnel.ref, tunnel);
-    if (account !== undefined) account.tunnels++;
     // Only a live tunnel ends the handshake: refused requests alone do not keep a connection open.
     clearTimeout(this.handshakeTimer);
-    const named = tunnel.name === undefined ? undefined : hostOfKey(tunnel.name, domain);
-    const url =
-      named === undefined
-        ? `${formatHost(domain)}:${tunnel.port}`
-        : request.kind === "tls"
-          ? `tls://${named}:${tunnel.port}`
-          : `${this.context.httpsPort !== undefined ? "https" : (this.context.httpScheme ?? "http")}://${named}:${tunnel.port}`;
-    tunnel.url = url;
-    log.info(`tunnel ${tunnel.id} for ${this.remote}${this.context.healthDetail ? this.who : ""}: ${url}`);
-    const host = named ?? domain;
-    const { ref, port, name } = tunnel;
+    const { id, ref, port, name, url } = tunnel;
+    this.context.log.info(
+      `tunnel ${id} for ${this.remote}${this.context.healthDetail ? this.who : ""}: ${url}`,
+    );
+    const domain = this.context.namespace.http.domain;
+    const host = name === undefined ? domain : `${name}.${domain}`;
     const exposed = { type: "exposed", id: request.id, tunnel: id, ref, name, host, port, url };
     this.ws?.send(JSON.stringify(exposed));
   }
@@ -414,285 +366,25 @@ export class Session {
     this.ws?.send(JSON.stringify({ type: "unexposed", id: request.id, tunnel: tunnel.id }));
   }
 
-  /** Closes a tunnel for good: its visitors (reset: the client hears of each), port or name, and id. */
+  /** Closes a tunnel for good: its visitors (reset: the client hears of each), its place and id. */
   private removeTunnel(tunnel: Tunnel): void {
     for (const stream of [...tunnel.visitors]) stream.reset(ResetCode.Shutdown, "tunnel closed");
-    this.closeTunnel(tunnel, true);
+    this.context.namespace.release(tunnel, true);
     this.tunnels.delete(tunnel.ref);
-    this.context.tunnelIds.delete(tunnel.id);
-    if (this.account !== undefined) this.account.tunnels--;
   }
 
   /**
-   * Where a TCP tunnel may listen: the server's range, narrowed to the user's ranges when it has
-   * some (each range that overlaps the server's). Null: no port at all (a refusal says why).
+   * A visitor the namespace routed to one of this session's tunnels (a public socket, or one end of a
+   * splice from another node): announced to the client as a new stream, or why not.
    */
-  private tcpRanges(
-    request: ExposeRequest,
-  ): { ranges: (PortRange | undefined)[] } | { code: string; message: string } {
-    const { tcpPorts } = this.context;
-    const account = this.account;
-    const allowed = account?.limits.tcpPorts;
-    if (account === undefined || allowed === undefined) return { ranges: [tcpPorts] };
-    const outside = { code: "not_allowed", message: "" };
-    if (request.port !== undefined && !portAllowed(request.port, allowed))
-      return {
-        ...outside,
-        message: `port ${request.port} is outside user ${account.name}'s ports ${describeRanges(allowed)}`,
-      };
-    const ranges = allowed
-      .map((r) => (tcpPorts ? { min: Math.max(r.min, tcpPorts.min), max: Math.min(r.max, tcpPorts.max) } : r))
-      .filter((r) => r.min <= r.max)
-      .filter((r) => request.port === undefined || (request.port >= r.min && request.port <= r.max));
-    // An operator who lists a user's ports outside the server's range (or no range) means them.
-    if (ranges.length === 0 && tcpPorts !== undefined)
-      return {
-        ...outside,
-        message: `user ${account.name}'s ports ${describeRanges(allowed)} are outside the server's range ${describeRanges([tcpPorts])}`,
-      };
-    return { ranges };
-  }
-
-  /** What this session's tunnels are leased with in a cluster. */
-  private leaseRequest() {
-    const account = this.account;
-    return {
-      owner: this.owner,
-      claim: this.claim,
-      user: account?.name,
-      userLimit: account?.limits.maxTunnels,
-    };
-  }
-
-  /**
-   * A TCP tunnel: its own public port. In a cluster the port is leased too: a port asked for is
-   * leased before it is bound (a port this node opens for another node's tunnel is given up only when
-   * the lease says so); any other port is bound first and then leased, another one tried when some
-   * node already holds it.
-   */
-  private openTcp(
-    tunnel: Tunnel,
-    request: ExposeRequest,
-  ): LeaseRefusal | null | Promise<LeaseRefusal | null> {
-    const cluster = this.context.cluster;
-    if (cluster === undefined) return this.bindTcp(tunnel, request);
-    return this.leaseTcp(cluster, tunnel, request);
-  }
-
-  /** {@link Session.openTcp} in a cluster. */
-  private async leaseTcp(
-    cluster: ClusterNode,
-    tunnel: Tunnel,
-    request: ExposeRequest,
-  ): Promise<LeaseRefusal | null> {
-    if (request.port !== undefined) {
-      const key: LeaseKey = `tcp:${request.port}`;
-      const refused = await cluster.acquire(key, this.leaseRequest());
-      if (refused !== null) return refused;
-      cluster.unmirror(request.port);
-      const bound = this.bindTcp(tunnel, request);
-      if (bound !== null) cluster.release(key);
-      else tunnel.lease = key;
-      return bound;
-    }
-    for (let attempt = 0; attempt < 8; attempt++) {
-      const bound = this.bindTcp(tunnel, request);
-      if (bound !== null) return bound;
-      const key: LeaseKey = `tcp:${tunnel.port}`;
-      const refused = await cluster.acquire(key, this.leaseRequest());
-      if (refused === null) {
-        tunnel.lease = key;
-        return null;
-      }
-      this.closeTunnel(tunnel, true);
-      tunnel.listener = undefined;
-      if (refused.code !== "port_taken") return refused;
-    }
-    return { code: "no_free_port", message: "no port free on this node that no other node holds" };
-  }
-
-  /** Binds a TCP tunnel's public port. */
-  private bindTcp(tunnel: Tunnel, request: ExposeRequest): LeaseRefusal | null {
-    const { host, ownPorts, portHolders } = this.context;
-    const where = this.tcpRanges(request);
-    if (!("ranges" in where)) return where;
-    try {
-      let lastError: unknown;
-      for (const range of where.ranges) {
-        try {
-          tunnel.listener = listenPublic<RelaySocketData>(
-            { host, port: request.port, range, own: ownPorts },
-            { ...relaySocketHandlers, open: (socket) => this.acceptVisitor(tunnel, socket) },
-          );
-          break;
-        } catch (error) {
-          lastError = error;
-          // Another of the user's ranges may have a free port; a port asked for is in one range only.
-          if (!(error instanceof PortError && error.code === "no_free_port")) throw error;
-        }
-      }
-      if (tunnel.listener === undefined) {
-        const allowed = this.account?.limits.tcpPorts;
-        if (allowed !== undefined && lastError instanceof PortError)
-          throw new PortError(
-            "no_free_port",
-            `no free port in user ${this.account?.name}'s ports ${describeRanges(allowed)}`,
-          );
-        throw lastError;
-      }
-    } catch (error) {
-      // "In use" is true but useless when a dropped client's session holds the port: say for how long.
-      const holder = request.port === undefined ? undefined : portHolders?.get(request.port);
-      if (holder?.reserved) {
-        const left = Math.max(1, Math.ceil((holder.graceEnds - Date.now()) / 1000));
-        return {
-          code: "port_reserved",
-          message: `port ${request.port} is reserved for a dropped client's session for up to ${left} s more (the server's --grace); wait, or ask for another port`,
-        };
-      }
-      return {
-        code: error instanceof PortError ? error.code : "listen_failed",
-        message: describeError(error),
-      };
-    }
-    tunnel.port = tunnel.listener.port;
-    portHolders?.set(tunnel.port, this);
-    return null;
-  }
-
-  /** An HTTP tunnel: a name on the server's HTTP port (leased first in a cluster). */
-  private openHttp(
-    tunnel: Tunnel,
-    request: ExposeRequest,
-  ): LeaseRefusal | null | Promise<LeaseRefusal | null> {
-    const { httpPort, httpRoutes } = this.context;
-    if (httpPort === undefined) return { code: "no_http", message: "this server has no --http-port" };
-    if (request.kind === "tls" && this.context.httpsPort === undefined)
-      return { code: "no_https", message: "this server has no --https-port for end-to-end TLS tunnels" };
-    const account = this.account;
-    const custom = customHost(request.hostname, this.context.domain, account, this.context.customDomains);
-    if (custom !== undefined && typeof custom !== "string") return custom;
-    const patterns = account?.limits.subdomains;
-    const allowedText = patterns === undefined ? "" : ` (allowed: ${patterns.join(", ")})`;
-    let name = custom ?? request.subdomain;
-    if (
-      custom === undefined &&
-      name !== undefined &&
-      account !== undefined &&
-      patterns !== undefined &&
-      !subdomainAllowed(name, patterns)
-    )
-      return {
-        code: "not_allowed",
-        message: `subdomain '${name}' is not allowed for ${account}${allowedText}`,
-      };
-    if (name === undefined) {
-      if (account !== undefined && account.limits.randomSubdomain === false)
-        return {
-          code: "not_allowed",
-          message: `${account} may not get a random subdomain: ask for one with --subdomain${allowedText}`,
-        };
-      name = randomNameFor(patterns, randomName());
-      if (name === undefined)
-        return {
-          code: "not_allowed",
-          message: `${account} has no subdomain pattern with '*' to draw a random name from: ask for one with --subdomain${allowedText}`,
-        };
-    }
-    if (custom === undefined && !SUBDOMAIN.test(name))
-      return {
-        code: "bad_subdomain",
-        message: `subdomain '${name}' is not a DNS label (a-z, 0-9, inner '-', at most 63)`,
-      };
-    if (httpRoutes.has(name))
-      return {
-        code: "subdomain_taken",
-        message: `${custom === undefined ? "subdomain" : "host name"} '${name}' is taken`,
-      };
-    const cluster = this.context.cluster;
-    if (cluster !== undefined) return this.leaseHttp(cluster, tunnel, request, name);
-    this.route(tunnel, request, name);
-    return null;
-  }
-
-  /** {@link Session.openHttp} in a cluster: the name is leased first. */
-  private async leaseHttp(
-    cluster: ClusterNode,
-    tunnel: Tunnel,
-    request: ExposeRequest,
-    name: string,
-  ): Promise<LeaseRefusal | null> {
-    const key: LeaseKey = `http:${name}`;
-    const refused = await cluster.acquire(key, {
-      ...this.leaseRequest(),
-      hostHeader: request.hostHeader,
-      basicAuth: request.basicAuth,
-    });
-    if (refused !== null) return refused;
-    if (this.context.httpRoutes.has(name)) {
-      cluster.release(key);
-      return { code: "subdomain_taken", message: `subdomain '${name}' is taken` };
-    }
-    tunnel.lease = key;
-    this.route(tunnel, request, name);
-    return null;
-  }
-
-  /** Routes `NAME.DOMAIN` to an HTTP tunnel of this session. */
-  private route(tunnel: Tunnel, request: ExposeRequest, name: string): void {
-    const { httpPort, httpRoutes } = this.context;
-    tunnel.name = name;
-    tunnel.port = httpPort as number;
-    const passthrough = request.kind === "tls";
-    httpRoutes.set(name, {
-      hostHeader: request.hostHeader,
-      basicAuth: request.basicAuth,
-      passthrough: passthrough || undefined,
-      open: (socket) =>
-        this.acceptHttpVisitor(tunnel, socket, passthrough ? StreamKind.Tcp : StreamKind.Http),
-    });
-    // A terminated name gets its certificate ordered now (automatic HTTPS); a passthrough one needs none.
-    if (!passthrough && this.context.names !== undefined) {
-      tunnel.claimed = { host: hostOfKey(name, this.context.domain), owner: this.orderOwner };
-      this.context.names.claimed(tunnel.claimed.host, tunnel.claimed.owner);
-    }
-  }
-
-  /** Who a name's certificate orders count against: the user, or without users the client's address. */
-  private get orderOwner(): string {
-    return this.account !== undefined
-      ? `user ${this.account.name}`
-      : `client ${this.remote.replace(/:\d+$/, "")}`;
-  }
-
-  /** A visitor's first request named an HTTP tunnel of this session: announce it as a new stream. */
-  private acceptHttpVisitor(
-    tunnel: Tunnel,
-    socket: RelaySocket,
-    kind: StreamKind = StreamKind.Http,
-  ): Stream | { status: number; message: string } {
-    if (this.state !== "live")
-      return { status: 502, message: "the tunnel's client is offline; try again shortly" };
-    if (tunnel.visitors.size >= this.context.limits.maxStreamsPerTunnel)
-      return { status: 502, message: "too many connections to this tunnel" };
-    if (this.overVisitorLimit(tunnel)) return { status: 502, message: "too many connections to this tunnel" };
-    return this.relayVisitor(tunnel, socket, kind);
-  }
-
-  /** True (and logged) when the user's `max_visitors` is reached: the visitor is refused. */
-  private overVisitorLimit(tunnel: Tunnel): boolean {
+  openVisitor(tunnel: Tunnel, socket: RelaySocket, kind: StreamKind): Stream | string {
+    if (this.state !== "live") return "the tunnel's client is offline; try again shortly";
+    const limit = this.context.limits.maxStreamsPerTunnel;
+    if (tunnel.visitors.size >= limit) return `${tunnel.visitors.size} streams open (limit)`;
     const account = this.account;
     const max = account?.limits.maxVisitors;
-    if (account === undefined || max === undefined || account.visitors < max) return false;
-    this.context.log.warn(
-      `tunnel ${tunnel.id}: visitor refused, ${account} has ${account.visitors} visitors open (max_visitors)`,
-    );
-    return true;
-  }
-
-  /** Announces a visitor as a new stream of `tunnel` (OPEN) and relays its socket. */
-  private relayVisitor(tunnel: Tunnel, socket: RelaySocket, kind: StreamKind): Stream {
-    const account = this.account;
+    if (account !== undefined && max !== undefined && account.visitors >= max)
+      return `${account} has ${account.visitors} visitors open (max_visitors)`;
     if (account !== undefined) account.visitors++;
     const stream = this.mux.createStream((closed) => {
       tunnel.visitors.delete(closed);
@@ -709,36 +401,6 @@ export class Session {
   private refuse(request: ExposeRequest, code: string, message: string): void {
     this.context.log.info(`expose refused for ${this.remote}${this.who}: ${message}`);
     this.ws?.send(JSON.stringify({ type: "error", id: request.id, code, message }));
-  }
-
-  /** A visitor connected to a tunnel's public port: announce it as a new stream and relay. */
-  private acceptVisitor(tunnel: Tunnel, socket: RelaySocket): void {
-    socket.data = { stream: null };
-    // A node whose lease lapsed (frozen, or taken over before it heard) serves the port no more: the
-    // visitor goes to whichever node holds it now, if any.
-    const cluster = this.context.cluster;
-    if (tunnel.lease !== undefined && cluster !== undefined && !cluster.holds(tunnel.lease)) {
-      if (!cluster.forwardTcp(tunnel.port, socket)) socket.terminate();
-      return;
-    }
-    // While the client is away (or the server drains) a visitor is refused at once, not left hanging.
-    if (this.state !== "live") {
-      socket.terminate();
-      return;
-    }
-    const limit = this.context.limits.maxStreamsPerTunnel;
-    if (tunnel.visitors.size >= limit) {
-      this.context.log.warn(
-        `tunnel ${tunnel.id}: visitor refused, ${tunnel.visitors.size} streams open (limit)`,
-      );
-      socket.terminate();
-      return;
-    }
-    if (this.overVisitorLimit(tunnel)) {
-      socket.terminate();
-      return;
-    }
-    this.relayVisitor(tunnel, socket, StreamKind.Tcp);
   }
 
   /**
@@ -781,7 +443,7 @@ export class Session {
   onClose(ws: SessionSocket, code: number, reason = ""): void {
     if (ws !== this.ws) return; // an old connection that a resume replaced
     this.ws = null;
-    ws.data.session = null;
+    ws.data.peer = null;
     clearTimeout(this.handshakeTimer);
     const nothingToKeep = this.tunnels.size === 0 || this.context.graceSeconds === 0;
     // A client that broke the WebSocket protocol (Bun closed it: bad frame, bad UTF-8, a message over
@@ -814,7 +476,7 @@ export class Session {
   async drain(drainMs: number): Promise<void> {
     if (this.state !== "live") return this.end();
     this.state = "draining";
-    for (const tunnel of this.tunnels.values()) this.closeTunnel(tunnel, false);
+    for (const tunnel of this.tunnels.values()) this.context.namespace.release(tunnel, false);
     this.ws?.send(JSON.stringify({ type: "going-away", drain: Math.round(drainMs / 1000) }));
     const deadline = Date.now() + drainMs;
     while (this.mux.streams.size > 0 && this.ws !== null && Date.now() < deadline) await Bun.sleep(50);
@@ -859,50 +521,19 @@ export class Session {
     this.ws?.send(JSON.stringify({ type: "error", code: "tunnel_moved", message }));
   }
 
-  /**
-   * Cluster: a visitor another node carried here for one of this session's tunnels (`socket` is one
-   * end of a splice). A stream, or why not.
-   */
-  acceptRemote(tunnel: Tunnel, socket: RelaySocket, kind: StreamKind): Stream | string {
-    if (this.state !== "live") return "the tunnel's client is offline; try again shortly";
-    if (tunnel.visitors.size >= this.context.limits.maxStreamsPerTunnel || this.overVisitorLimit(tunnel))
-      return "too many connections to this tunnel";
-    return this.relayVisitor(tunnel, socket, kind);
-  }
-
-  /** Stops a tunnel taking visitors: its public port closes, or its name goes. */
-  private closeTunnel(tunnel: Tunnel, closeVisitors: boolean): void {
-    if (tunnel.lease !== undefined) {
-      this.context.cluster?.release(tunnel.lease);
-      tunnel.lease = undefined;
-    }
-    tunnel.listener?.stop(closeVisitors);
-    if (tunnel.listener && this.context.portHolders?.get(tunnel.port) === this)
-      this.context.portHolders.delete(tunnel.port);
-    if (tunnel.name !== undefined) this.context.httpRoutes.delete(tunnel.name);
-    if (tunnel.claimed !== undefined) {
-      this.context.names?.released(tunnel.claimed.host, tunnel.claimed.owner);
-      tunnel.claimed = undefined;
-    }
-  }
-
   /** Ends the session for good: closes its public ports, every visitor and the WebSocket. */
   end(code: number = CloseCode.GoingAway, reason = "server shutting down"): void {
     if (this.state === "ended") return;
     this.state = "ended";
     clearTimeout(this.graceTimer);
     clearTimeout(this.handshakeTimer);
-    for (const tunnel of this.tunnels.values()) {
-      this.closeTunnel(tunnel, true);
-      this.context.tunnelIds.delete(tunnel.id);
-    }
-    if (this.account !== undefined) this.account.tunnels -= this.tunnels.size;
+    for (const tunnel of this.tunnels.values()) this.context.namespace.release(tunnel, true);
     this.tunnels.clear();
     this.mux.destroyAll();
     const ws = this.ws;
     this.ws = null;
     if (ws) {
-      ws.data.session = null;
+      ws.data.peer = null;
       ws.close(code, reason);
     }
     this.context.onEnded(this);

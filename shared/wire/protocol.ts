@@ -200,6 +200,12 @@ export interface ExposeRequest {
   basicAuth?: string;
   /** Tunnel id wanted (a client re-exposing after a server restart keeps its id); absent for a new one. */
   tunnel?: string;
+  /** Share the port or name with other clients of the same user that ask for a pool too (`--pool`). */
+  pool?: boolean;
+  /** Addresses or CIDR ranges that may reach the tunnel (`--allow`); absent or empty: all. */
+  allow?: string[];
+  /** Addresses or CIDR ranges that may not (`--deny`); deny wins over allow. */
+  deny?: string[];
 }
 
 /** Server → client: a tunnel is live. */
@@ -283,6 +289,10 @@ const isPort = (v: unknown): v is number => Number.isInteger(v) && (v as number)
 const isCount = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0;
 const isSeq = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
 const isStreamId = (v: unknown): v is number => isCount(v) && (v as number) <= 0xffffffff;
+/** An allow or deny list in an expose: absent, or at most 64 short strings (parsed by the server). */
+const isAddressList = (v: unknown): boolean =>
+  v === undefined ||
+  (Array.isArray(v) && v.length <= 64 && v.every((a) => typeof a === "string" && a.length <= 64));
 const isPosition = (v: unknown): boolean =>
   Array.isArray(v) &&
   v.length === 5 &&
@@ -346,7 +356,10 @@ export function parseControl(text: string): ControlMessage {
           (typeof value.basicAuth === "string" && value.basicAuth.length <= 512)) &&
         (value.hostHeader === undefined ||
           (typeof value.hostHeader === "string" && value.hostHeader.length <= 300)) &&
-        (value.tunnel === undefined || (typeof value.tunnel === "string" && TUNNEL_ID.test(value.tunnel)))
+        (value.tunnel === undefined || (typeof value.tunnel === "string" && TUNNEL_ID.test(value.tunnel))) &&
+        (value.pool === undefined || typeof value.pool === "boolean") &&
+        isAddressList(value.allow) &&
+        isAddressList(value.deny)
       )
         return value as unknown as ExposeRequest;
       break;

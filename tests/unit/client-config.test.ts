@@ -242,7 +242,11 @@ describe("bad input: one line naming FILE:LINE:COL", () => {
     ["no local", `[[tunnels]]\nname = "a"\ntype = "tcp"\n`, /^FILE:1:1: tunnel 'a' has no local/],
     ["no name", `[[tunnels]]\ntype = "tcp"\nlocal = "1"\n`, /^FILE:1:1: tunnel 1 has no name/],
     ["no type", `[[tunnels]]\nname = "a"\nlocal = "1"\n`, /^FILE:1:1: tunnel 'a' has no type/],
-    ["unknown type", tunnel("", "udp"), /^FILE:3:1: tunnel 'a': unknown type "udp" \(one of: tcp, http\)$/],
+    [
+      "unknown type",
+      tunnel("", "udp"),
+      /^FILE:3:1: tunnel 'a': unknown type "udp" \(one of: tcp, http, tls\)$/,
+    ],
     ["bad name", `[[tunnels]]\nname = "a b"\ntype = "tcp"\nlocal = "1"\n`, /^FILE:2:1: name must be/],
     [
       "two tunnels with the same name",

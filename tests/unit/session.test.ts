@@ -6,6 +6,8 @@
  */
 
 import { afterEach, describe, expect, test } from "bun:test";
+import type { PortRange } from "../../shared/args.ts";
+import { Namespace } from "../../shared/server/namespace/namespace.ts";
 import type { SessionContext, SessionSocket, SessionSocketData } from "../../shared/server/session.ts";
 import { Session } from "../../shared/server/session.ts";
 import { encodePing } from "../../shared/wire/codec.ts";
@@ -13,7 +15,7 @@ import { CloseCode, DEFAULTS, PROTOCOL_VERSION } from "../../shared/wire/protoco
 
 /** What the server's code calls on a client's WebSocket, recording it. */
 class FakeWebSocket {
-  data: SessionSocketData = { session: null, resume: null, remote: "192.0.2.7" };
+  data: SessionSocketData = { peer: null, resume: null, remote: "192.0.2.7" };
   readonly sent: (string | Uint8Array)[] = [];
   closed: { code: number; reason: string } | null = null;
   pings = 0;
@@ -58,13 +60,22 @@ afterEach(() => {
   for (const s of sessions.splice(0)) s.end();
 });
 
-/** A session with server-wide registries of its own (or `shared`'s), and what it logged. */
-function setup(overrides: Partial<SessionContext> = {}) {
+/** What a test may change: the context's fields, the namespace's rules, or another test's namespace. */
+type Overrides = Partial<SessionContext> & { httpPort?: number | null; tcpPorts?: PortRange };
+
+/** A session with a namespace of its own (or `namespace`'s), and what it logged. */
+function setup(overrides: Overrides = {}) {
   const warnings: string[] = [];
   const ended: Session[] = [];
+  const log = { info() {}, warn: (m: string) => warnings.push(m), error: (m: string) => warnings.push(m) };
+  const { httpPort, tcpPorts, ...fields } = overrides;
+  const namespace =
+    fields.namespace ??
+    new Namespace({ host: "127.0.0.1", domain: "localhost", tcpPorts, maxTunnelsPerClient: 2 }, log);
+  if (fields.namespace === undefined && httpPort !== null)
+    namespace.bind({ httpPort: httpPort ?? 8080, https: false, ownPorts: [] });
   const context: SessionContext = {
-    host: "127.0.0.1",
-    domain: "localhost",
+    namespace,
     limits: {
       protocol: PROTOCOL_VERSION,
       window: DEFAULTS.window,
@@ -75,13 +86,9 @@ function setup(overrides: Partial<SessionContext> = {}) {
     },
     graceSeconds: 30,
     handshakeSeconds: 10,
-    log: { info() {}, warn: (m) => warnings.push(m), error: (m) => warnings.push(m) },
-    tunnelIds: new Set(),
-    httpPort: 8080,
-    httpRoutes: new Map(),
-    portHolders: new Map(),
+    log,
     onEnded: (s) => ended.push(s),
-    ...overrides,
+    ...fields,
   };
   const session = new Session(context);
   sessions.push(session);
@@ -90,13 +97,17 @@ function setup(overrides: Partial<SessionContext> = {}) {
   return { session, ws, context, warnings, ended };
 }
 
+/** Whether an HTTP name is in the namespace (held, reserved or pooled). */
+const held = (context: SessionContext, name: string) =>
+  context.namespace.holding(`http:${name}`).state !== "free";
+
 const expose = (id: number, fields: Record<string, unknown>) =>
   JSON.stringify({ type: "expose", id, ...fields });
 
 describe("greeting", () => {
   test("attach sends hello first: the limits, the session id, a secret, not resumed", () => {
     const { session, ws } = setup();
-    expect(ws.data.session).toBe(session);
+    expect(ws.data.peer).toBe(session);
     const first = ws.messages()[0] as Record<string, unknown>;
     expect(first).toMatchObject({
       type: "hello",
@@ -115,7 +126,7 @@ describe("greeting", () => {
     const newer = new FakeWebSocket();
     session.attach(newer as unknown as SessionSocket);
     expect(ws.closed?.code).toBe(CloseCode.Replaced);
-    expect(ws.data.session).toBeNull();
+    expect(ws.data.peer).toBeNull();
     expect(newer.messages().map((m) => m.type)).toEqual(["hello", "sync"]);
     expect(newer.messages()[0]).toMatchObject({ resumed: true, session: session.id });
   });
@@ -185,7 +196,7 @@ describe("liveness: heard since the last tick, or dead after the timeout of sile
     expect(ws.terminated).toBe(true);
     expect(session.reserved).toBe(true);
     expect(ended).toEqual([]);
-    expect(context.httpRoutes.has("kept")).toBe(true);
+    expect(held(context, "kept")).toBe(true);
     session.heartbeat(t + 120_000, 3000); // no WebSocket: nothing to ping or declare dead
     expect(ws.pings).toBe(1);
   });
@@ -204,14 +215,14 @@ describe("expose", () => {
       port: 8080,
       url: "http://demo.localhost:8080",
     });
-    expect(context.httpRoutes.has("demo")).toBe(true);
-    expect(context.tunnelIds.has(exposed.tunnel as string)).toBe(true);
+    expect(held(context, "demo")).toBe(true);
+    expect(context.namespace.tunnelIds.has(exposed.tunnel as string)).toBe(true);
     expect(session.tunnels.size).toBe(1);
   });
 
   test("a tunnel id asked for is kept unless another client holds it", () => {
     const { session, ws, context } = setup();
-    context.tunnelIds.add("held-by-another");
+    context.namespace.tunnelIds.add("held-by-another");
     session.onMessage(expose(1, { kind: "http", subdomain: "one", tunnel: "mine-from-before" }));
     expect(ws.last()).toMatchObject({ type: "exposed", tunnel: "mine-from-before" });
     session.onMessage(expose(2, { kind: "http", subdomain: "two", tunnel: "held-by-another" }));
@@ -219,8 +230,8 @@ describe("expose", () => {
     expect(ws.last()?.tunnel).not.toBe("held-by-another");
   });
 
-  const refusals: [string, Partial<SessionContext>, Record<string, unknown>, string, RegExp][] = [
-    ["no --http-port", { httpPort: undefined }, { kind: "http" }, "no_http", /no --http-port/],
+  const refusals: [string, Overrides, Record<string, unknown>, string, RegExp][] = [
+    ["no --http-port", { httpPort: null }, { kind: "http" }, "no_http", /no --http-port/],
     [
       "a subdomain that is no DNS label",
       {},
@@ -250,14 +261,14 @@ describe("expose", () => {
       expect(ws.last()).toMatchObject({ type: "error", id: 3, code });
       expect(ws.last()?.message).toMatch(message);
       expect(session.tunnels.size).toBe(0);
-      expect(ctx.tunnelIds.size).toBe(0);
+      expect(ctx.namespace.tunnelIds.size).toBe(0);
       expect(ws.closed).toBeNull(); // a refusal is an answer, not the end of the session
     });
 
   test("a subdomain another session holds is taken", () => {
     const first = setup();
     first.session.onMessage(expose(1, { kind: "http", subdomain: "popular" }));
-    const second = setup({ httpRoutes: first.context.httpRoutes, tunnelIds: first.context.tunnelIds });
+    const second = setup({ namespace: first.context.namespace });
     second.session.onMessage(expose(1, { kind: "http", subdomain: "popular" }));
     expect(second.ws.last()).toMatchObject({ type: "error", code: "subdomain_taken" });
   });
@@ -277,7 +288,7 @@ describe("expose", () => {
   });
 
   test("refused exposes do not end the handshake: the connection is closed at the handshake timeout", async () => {
-    const refused = setup({ handshakeSeconds: 0.05, httpPort: undefined });
+    const refused = setup({ handshakeSeconds: 0.05, httpPort: null });
     refused.session.onMessage(expose(1, { kind: "http" }));
     const live = setup({ handshakeSeconds: 0.05 });
     live.session.onMessage(expose(1, { kind: "http", subdomain: "up" }));
@@ -301,7 +312,7 @@ describe("protocol errors end the session at once", () => {
       expect(ws.closed?.code).toBe(CloseCode.ProtocolError);
       expect(ended).toEqual([session]);
       expect(session.reserved).toBe(false);
-      expect(context.httpRoutes.has("gone")).toBe(false); // nothing reserved for a broken client
+      expect(held(context, "gone")).toBe(false); // nothing reserved for a broken client
     });
 });
 
@@ -311,7 +322,7 @@ describe("when the connection goes", () => {
     session.onMessage(expose(1, { kind: "http", subdomain: "stay" }));
     session.onClose(ws as unknown as SessionSocket, 1006);
     expect(session.reserved).toBe(true);
-    expect(context.httpRoutes.has("stay")).toBe(true);
+    expect(held(context, "stay")).toBe(true);
     expect(ended).toEqual([]);
     const back = new FakeWebSocket();
     session.attach(back as unknown as SessionSocket);
@@ -324,8 +335,8 @@ describe("when the connection goes", () => {
     session.onMessage(expose(1, { kind: "http", subdomain: "bye" }));
     session.onClose(ws as unknown as SessionSocket, CloseCode.Normal);
     expect(ended).toEqual([session]);
-    expect(context.httpRoutes.has("bye")).toBe(false);
-    expect(context.tunnelIds.size).toBe(0);
+    expect(held(context, "bye")).toBe(false);
+    expect(context.namespace.tunnelIds.size).toBe(0);
   });
 
   test("a client that broke the WebSocket protocol (1009, or Bun's 'too big' 1006) is not reserved", () => {

@@ -9,7 +9,7 @@ open streams over it (the dialler's ids below 2^31, the other's from 2^31 up).
  * @module
  */
 
-import { Liveness } from "../../liveness.ts";
+import { deadAfter, Liveness } from "../../liveness.ts";
 import { describeError, type Logger } from "../../log.ts";
 import type { Budget } from "../../relay/budget.ts";
 import { Mux } from "../../relay/mux.ts";
@@ -171,7 +171,7 @@ export class OutboundLink implements NodeLink {
     ws.addEventListener("pong", () => liveness.heard());
     ws.addEventListener("open", () => {
       heartbeat = setInterval(() => {
-        if (liveness.silence(Date.now()) <= 3 * LINK_HEARTBEAT_MS) return ws.ping();
+        if (liveness.silence(Date.now()) <= deadAfter(LINK_HEARTBEAT_MS)) return ws.ping();
         this.log.warn(`cluster: node ${this.peer.name} silent for 3 s: link dropped`);
         ws.terminate();
         onGone();
@@ -335,7 +335,7 @@ export class InboundLink implements NodeLink {
     this.liveness.restart();
     // The dialling node pings every second: three silent seconds and it is frozen or gone.
     this.watch = setInterval(() => {
-      if (this.liveness.silence(Date.now()) <= 3 * LINK_HEARTBEAT_MS) return;
+      if (this.liveness.silence(Date.now()) <= deadAfter(LINK_HEARTBEAT_MS)) return;
       this.log.warn(`cluster: link from ${this.remote} silent for 3 s: dropped`);
       ws.terminate();
       this.onClose();

@@ -22,7 +22,6 @@ import {
   type Stream,
 } from "../../relay/stream.ts";
 import { type Hello, StreamKind } from "../../wire/protocol.ts";
-import type { HttpRoute } from "../http-ingress.ts";
 import { ClusterDirectory, type LeaseKey, type LeaseRecord, type NodeInfo } from "./directory.ts";
 import { InboundLink, type NodeLink, OutboundLink, type RemoteAcceptor } from "./link.ts";
 
@@ -73,6 +72,15 @@ const REDIS_WAIT_MS = 15_000;
 /** The sha256 (hex) of a resume secret: all Redis ever stores of it. */
 export function secretHash(secret: string): string {
   return createHash("sha256").update(secret).digest("hex");
+}
+
+/** An HTTP name held by another node: what its visitors must present, and how to carry one there. */
+export interface RemoteRoute {
+  hostHeader?: string;
+  /** sha256 hex of the tunnel's `user:password` (basic auth), if it asks for one. */
+  basicAuthHash?: string;
+  /** Carries a visitor's connection to the holding node; undefined while the link there is down. */
+  open(socket: RelaySocket): Stream | undefined;
 }
 
 /** Why a lease was refused, for the client's one line. */
@@ -182,19 +190,14 @@ export class ClusterNode {
   }
 
   /** The route to an HTTP name held by another node, if the cluster knows one. */
-  remoteRoute(name: string): HttpRoute | undefined {
+  remoteRoute(name: string): RemoteRoute | undefined {
     const key: LeaseKey = `http:${name}`;
     const record = this.directory.holder(key);
     if (record === undefined || record.node === this.options.name) return undefined;
     return {
       hostHeader: record.hostHeader,
       basicAuthHash: record.basicAuthHash,
-      open: (socket) => {
-        const stream = this.carry(record, key, StreamKind.Http, socket);
-        return (
-          stream ?? { status: 502, message: "the node holding this tunnel is unreachable; try again shortly" }
-        );
-      },
+      open: (socket) => this.carry(record, key, StreamKind.Http, socket),
     };
   }
 
