@@ -23,7 +23,7 @@ import {
   startServerProcess,
   withTimeout,
 } from "../support/processes.ts";
-import { configFolder } from "../support/server-config.ts";
+import { configFolder, testUser, usersToml, writeConfig } from "../support/server-config.ts";
 
 setupFile();
 
@@ -119,7 +119,9 @@ async function publish(setup: AcmeSetup, port: number, name: string, args: strin
     [],
     ["--http", `127.0.0.1:${port}`, "--subdomain", name, ...args],
   );
-  await client.waitFor(/exposed with tunnel id \S+, url: https:\S+\n/);
+  await client.waitFor(
+    new RegExp(`exposed with tunnel id \\S+, url: https://${name}\\.${DOMAIN}:${setup.httpsPort}\\n`),
+  );
   return client;
 }
 
@@ -289,6 +291,56 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
       /certificate issued for [a-z0-9]{10}\.tunnel\.test|order for [a-z0-9]{10}\.tunnel\.test failed/g,
     );
     expect(placed).toBeLessThanOrEqual(3);
+  });
+
+  test("a custom domain: allowed for one user (its certificate issued once claimed), refused with the rule named for another", async () => {
+    const alice = testUser("alice", ['hostnames = ["*.alice.example"]']);
+    const bob = testUser("bob");
+    const config = writeConfig(configFolder(), "server.toml", usersToml([alice, bob]));
+    const setup = await startAcme(["--acme-challenge", "http-01", "--config", config]);
+    const { server } = setup;
+    const app = startApp("alice's api");
+    try {
+      const client = await startClientProcess(
+        server.url,
+        [],
+        ["--http", `127.0.0.1:${app.port}`, "--hostname", "api.alice.example"],
+        { SOCKETS_API_KEY: alice.token },
+      );
+      await client.waitFor(new RegExp(`url: https://api\\.alice\\.example:${setup.httpsPort}`));
+      await server.waitFor(/certificate issued for api\.alice\.example through http-01/, 20_000);
+      const result = await curl(setup, "api.alice.example");
+      expect(result.stderr).toBe("");
+      expect(result.stdout).toBe("hello from alice's api");
+      // Plain http on --http-port routes the same host too.
+      const plain = await runToExit([
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "--resolve",
+        `api.alice.example:${setup.httpPort}:127.0.0.1`,
+        `http://api.alice.example:${setup.httpPort}/`,
+      ]);
+      expect(plain.stdout).toBe("hello from alice's api");
+      // Bob may hold no custom domain; alice none outside her pattern.
+      const b = await connectControl(server.url, bob.token);
+      const refused = await b.expose({ kind: "http", hostname: "www.alice.example" });
+      expect(refused).toMatchObject({ type: "error", code: "not_allowed" });
+      expect(refused.message).toBe(
+        "custom domain 'www.alice.example' is not allowed for user bob (no hostnames in its [[users]] entry)",
+      );
+      const a = await connectControl(server.url, alice.token);
+      const outside = await a.expose({ kind: "http", hostname: "evil.example.com" });
+      expect(outside.message).toBe(
+        "custom domain 'evil.example.com' is not allowed for user alice (allowed: *.alice.example)",
+      );
+      expect(server.stderr() + server.stdout()).not.toMatch(
+        /order for (www\.alice|evil)|issued for (www\.alice|evil)/,
+      );
+    } finally {
+      app.stop(true);
+    }
   });
 
   test("a restart reuses the account and certificates on disk: no new order", async () => {

@@ -200,9 +200,11 @@ export class Namespace {
     if (account !== undefined) account.tunnels++;
     const domain = this.settings.domain;
     const host = tunnel.name === undefined ? undefined : hostOfKey(tunnel.name, domain);
-    const scheme = tunnel.kind === "tls" ? "tls" : this.httpsPort !== undefined ? "https" : this.httpScheme;
-    tunnel.url =
-      host === undefined ? `${formatHost(domain)}:${tunnel.port}` : `${scheme}://${host}:${tunnel.port}`;
+    // With --https-port, HTTP tunnels are announced there (their plain port serves http:// too).
+    const https = this.httpsPort;
+    const scheme = tunnel.kind === "tls" ? "tls" : https !== undefined ? "https" : this.httpScheme;
+    const port = tunnel.kind === "http" && https !== undefined ? https : tunnel.port;
+    tunnel.url = host === undefined ? `${formatHost(domain)}:${tunnel.port}` : `${scheme}://${host}:${port}`;
     return tunnel;
   }
 
