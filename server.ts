@@ -78,10 +78,11 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   const log = createLogger("server", options.quiet);
   const host = options.host ?? (await defaultHost());
   const registry = new SessionRegistry(settings, host, log);
-  const metrics = options.admin === undefined ? undefined : countMetrics(registry, options);
   // Certificates, ACME and the HTTPS front (--https-port): see shared/server/acme/.
   const https = new HttpsSide(options, log);
   registry.namespace.names = https.names;
+  registry.certificateStats = () => https.stats();
+  const metrics = options.admin === undefined ? undefined : countMetrics(registry, options);
   // Accept: the control port serves the clients' upgrade and /health (the app), and HTTP tunnels.
   const app = controlApp({ registry, authFailLimit: settings.authFailLimit, log, metrics });
   let listeners: Listeners | undefined;
@@ -155,6 +156,7 @@ function countMetrics(registry: SessionRegistry, options: ServerOptions): Server
     perTunnel: options.metricsPerTunnel === true,
     buffered: () => registry.stats().buffered,
     cluster: () => registry.cluster?.stats(),
+    certificates: () => registry.certificateStats?.(),
   });
   registry.context.metrics = metrics;
   registry.namespace.onRefused = (reason) => metrics.visitorRefused(reason);

@@ -72,6 +72,7 @@ td a { color: var(--accent); word-break: break-all; }
     <div class="total"><b id="t-in">–</b><span>in (from visitors)</span></div>
     <div class="total"><b id="t-out">–</b><span>out (to visitors)</span></div>
   </section>
+  <p id="certificates" class="meta" hidden></p>
   <h2 id="clients-title">Clients</h2>
   <table aria-labelledby="clients-title">
     <thead><tr><th>Client</th><th class="user">User</th><th>Address</th><th>State</th><th>Connected since</th><th class="num">Resumes</th><th class="num">Tunnels</th><th class="num">Visitors</th></tr></thead>
@@ -134,6 +135,14 @@ function render() {
   $("t-visitors").textContent = server.streams;
   $("t-in").textContent = bytes(tunnels.reduce((n, t) => n + t.bytes.in, 0));
   $("t-out").textContent = bytes(tunnels.reduce((n, t) => n + t.bytes.out, 0));
+  const certs = server.certificates;
+  $("certificates").hidden = !certs;
+  if (certs) {
+    const days = certs.soonestExpirySeconds === undefined ? "" : " · soonest expiry in " + (certs.soonestExpirySeconds / 86400).toFixed(1) + " days";
+    const o = certs.orders;
+    const failure = certs.lastFailure ? " · last failure " + ago(certs.lastFailure.at) + ": " + certs.lastFailure.host + ": " + certs.lastFailure.message : "";
+    $("certificates").textContent = "Certificates: " + certs.certificates + days + " · ACME orders: " + o.issued + " issued, " + o.failed + " failed, " + o.refused + " refused" + failure;
+  }
 
   const cbody = $("clients");
   const shownClients = clients.filter((c) => matches([c.id, c.user, c.address, c.state]));

@@ -16,6 +16,7 @@ import { readdirSync } from "node:fs";
 import packageJson from "../../package.json" with { type: "json" };
 import type { Stream } from "../relay/stream.ts";
 import { PROTOCOL_VERSION } from "../wire/protocol.ts";
+import type { AcmeStats } from "./acme/manager.ts";
 import type { ClusterStats } from "./cluster/node.ts";
 import type { Tunnel } from "./namespace/holding.ts";
 import type { Session } from "./session.ts";
@@ -83,6 +84,8 @@ export interface MetricsOptions {
   buffered?: () => { received: number; sent: number };
   /** With `--cluster`: the node's view of the cluster, for the `sockets_cluster_*` families. */
   cluster?: () => ClusterStats | undefined;
+  /** With certificates: their count, soonest expiry and ACME orders, for `sockets_certificate*` and `sockets_acme_*`. */
+  certificates?: () => AcmeStats | undefined;
 }
 
 /** Totals of the visitors that already closed, per tunnel or per type. */
@@ -449,6 +452,40 @@ export class ServerMetrics {
           [{ direction: "sent" }, buffered.sent],
         ],
       );
+    const certificates = this.options.certificates?.();
+    if (certificates) {
+      out.family(
+        "sockets_certificates",
+        "gauge",
+        "Certificates the server holds (ACME's and --tls-cert's).",
+        [[{}, certificates.certificates]],
+      );
+      if (certificates.soonestExpirySeconds !== undefined)
+        out.family(
+          "sockets_certificate_expiry_seconds",
+          "gauge",
+          "Seconds until the soonest certificate expiry (negative once past).",
+          [[{}, certificates.soonestExpirySeconds]],
+        );
+      const { orders } = certificates;
+      out.family(
+        "sockets_acme_orders_total",
+        "counter",
+        "ACME certificate orders by result (refused: the order limits).",
+        [
+          [{ result: "issued" }, orders.issued],
+          [{ result: "failed" }, orders.failed],
+          [{ result: "refused" }, orders.refused],
+        ],
+      );
+      if (certificates.lastFailure !== undefined)
+        out.family(
+          "sockets_acme_last_failure_timestamp_seconds",
+          "gauge",
+          "When the last ACME order failed (Unix seconds); the log line and /health name it.",
+          [[{}, Math.floor(Date.parse(certificates.lastFailure.at) / 1000)]],
+        );
+    }
     const cluster = this.options.cluster?.();
     if (cluster) {
       out.family("sockets_cluster_node_info", "gauge", "This node's name in its cluster; always 1.", [

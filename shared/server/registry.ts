@@ -10,6 +10,7 @@ import { deadAfter } from "../liveness.ts";
 import type { Logger } from "../log.ts";
 import { Budget } from "../relay/budget.ts";
 import { DEFAULTS, PROTOCOL_VERSION } from "../wire/protocol.ts";
+import type { AcmeStats as CertificateStats } from "./acme/manager.ts";
 import type { InboundLink } from "./cluster/link.ts";
 import type { ClusterNode, ClusterStats } from "./cluster/node.ts";
 import { Namespace, type NamespaceSettings } from "./namespace/namespace.ts";
@@ -40,6 +41,8 @@ export interface ServerStats {
   pools?: { place: string; members: { tunnel: string; visitors: number; live: boolean }[] }[];
   /** With `--cluster`: this node's name, the nodes alive, names held here and elsewhere, Redis and links. */
   cluster?: ClusterStats;
+  /** With certificates (`--tls-cert`, `--acme-email`): how many, the soonest expiry, ACME orders and the last failure. */
+  certificates?: CertificateStats;
 }
 
 /** What a reload changed among the users. */
@@ -55,6 +58,8 @@ export interface UsersChange {
 
 /** Every session of a server and what they share. */
 export class SessionRegistry {
+  /** The certificates' counts for /health (set by the server when it has an HTTPS side). */
+  certificateStats?: () => CertificateStats | undefined;
   /** Sessions by id, live and reserved. */
   readonly sessions = new Map<string, Session>();
   /** Settings and registries every session uses. */
@@ -223,6 +228,7 @@ export class SessionRegistry {
         live: tunnel.holder.live,
       })),
     }));
+    const certificates = this.certificateStats?.();
     return {
       status: this.draining ? "draining" : "ok",
       protocol: PROTOCOL_VERSION,
@@ -235,6 +241,7 @@ export class SessionRegistry {
       ...(this.context.healthDetail ? { users: this.userStats(all) } : {}),
       ...(pools.length > 0 ? { pools } : {}),
       ...(this.cluster ? { cluster: this.cluster.stats() } : {}),
+      ...(certificates ? { certificates } : {}),
     };
   }
 

@@ -127,9 +127,10 @@ async function publish(setup: AcmeSetup, port: number, name: string, args: strin
 
 describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
   test("HTTP-01: the domain at start and a tunnel's name once claimed; served by SNI with pebble's chain", async () => {
-    const setup = await startAcme(["--acme-challenge", "http-01"]);
+    const setup = await startAcme(["--acme-challenge", "http-01", "--admin", "127.0.0.1:0"]);
     const { server } = setup;
     await server.waitFor(new RegExp(`certificate issued for ${DOMAIN} through http-01`), 20_000);
+    const admin = (await server.waitFor(/admin on (http:\/\/\S+)\//))[1] as string;
     const app = startApp("one");
     try {
       await publish(setup, app.port as number, "one");
@@ -145,6 +146,27 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
       expect(statSync(setup.acmeDir).mode & 0o777).toBe(0o700);
       expect(statSync(join(setup.acmeDir, "certificates", `one.${DOMAIN}.key`)).mode & 0o777).toBe(0o600);
       expect(statSync(join(setup.acmeDir, "account.key")).mode & 0o777).toBe(0o600);
+      // /health and /metrics count them: two certificates valid for years (pebble's default), two orders issued.
+      const health = (await server.health()) as unknown as { certificates: Record<string, unknown> };
+      expect(health.certificates).toMatchObject({
+        certificates: 2,
+        orders: { issued: 2, failed: 0, refused: 0 },
+      });
+      expect(health.certificates.soonestExpirySeconds as number).toBeGreaterThan(86_400);
+      const metrics = await (await fetch(`${admin}/metrics`)).text();
+      expect(metrics).toContain("sockets_certificates 2\n");
+      expect(metrics).toContain('sockets_acme_orders_total{result="issued"} 2\n');
+      expect(Number(/^sockets_certificate_expiry_seconds (\S+)$/m.exec(metrics)?.[1])).toBeGreaterThan(
+        86_400,
+      );
+      if (Bun.which("promtool")) {
+        const check = Bun.spawn(["promtool", "check", "metrics"], {
+          stdin: new Blob([metrics]),
+          stderr: "pipe",
+          stdout: "pipe",
+        });
+        expect(await check.exited).toBe(0);
+      }
     } finally {
       app.stop(true);
     }
