@@ -16,7 +16,8 @@
  * serves the next connection; the old one stops accepting and its connections go on. The ingress
  * learns the visitor's address from the front (X-Forwarded-For), not the loopback peer.
  *
- * A ClientHello must complete within the head timeout and {@link MAX_CLIENT_HELLO} bytes.
+ * A ClientHello must complete within the head timeout, {@link MAX_CLIENT_HELLO} bytes and
+ * {@link MAX_HELLO_READS} reads.
  * @module
  */
 
@@ -64,6 +65,8 @@ interface FrontData {
   phase: "hello" | "pipe" | "relay" | "done";
   /** Bytes read while in "hello" (and, in "pipe", until the terminator connection opens). */
   head: Uint8Array;
+  /** Reads that went into {@link head}: a ClientHello comes in a few; a dribble is cut at {@link MAX_HELLO_READS}. */
+  reads: number;
   deadline: number;
   pipe?: Pipe;
 }
@@ -82,6 +85,13 @@ interface Pipe {
 interface PipeData {
   visitor: Socket<FrontData>;
 }
+
+/**
+ * Most reads a ClientHello may take: real ones arrive in one to three packets; each read re-reads what
+ * arrived so far, so a ClientHello dribbled a byte at a time is refused here rather than costing
+ * quadratic time until the head timeout.
+ */
+const MAX_HELLO_READS = 32;
 
 /** How often deadlines are checked. */
 const SWEEP_MS = 250;
@@ -292,6 +302,7 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
           stream: null,
           phase: "hello",
           head: EMPTY,
+          reads: 0,
           deadline: performance.now() + headTimeoutMs,
         };
         open.add(socket);
@@ -322,7 +333,10 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
         }
         data.head = data.head.length === 0 ? chunk.slice() : concat(data.head, chunk);
         const read = readClientHello(data.head);
-        if (read.status === "more") return;
+        if (read.status === "more") {
+          if (++data.reads >= MAX_HELLO_READS) refuse(socket, Alert.HandshakeFailure);
+          return;
+        }
         if (read.status === "bad") {
           refuse(socket, Alert.HandshakeFailure);
           return;
