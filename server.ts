@@ -113,8 +113,11 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       ],
     });
     // Cluster: names and ports are leased in Redis, visitors for other nodes' tunnels carried there.
-    if (options.cluster !== undefined)
-      registry.join(await joinCluster(options, registry, host, control.port));
+    if (options.cluster !== undefined) {
+      const node = await joinCluster(options, registry, host, control.port);
+      registry.join(node);
+      await https.joinCluster(node);
+    }
   } catch (error) {
     listeners?.stop(true);
     throw error;

@@ -23,6 +23,7 @@ import {
   startServerProcess,
   withTimeout,
 } from "../support/processes.ts";
+import { startRedis } from "../support/redis.ts";
 import { configFolder, testUser, usersToml, writeConfig } from "../support/server-config.ts";
 
 setupFile();
@@ -247,7 +248,7 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
   test("the CA refusing (no valid answer): the server stays up, retries with backoff, logs one line per failure, serves what it has", async () => {
     // pebble validates HTTP-01 on a port where nothing answers: every order fails.
     const [httpPort, httpsPort, silentPort] = freePorts(3) as [number, number, number];
-    const pebble = await startPebble({ httpPort: silentPort, tlsPort: httpsPort });
+    const pebble = await startPebble({ httpPort: silentPort, tlsPort: httpsPort, avoid: [httpPort] });
     const dir = configFolder();
     const [cert, key] = await makeCertificate(dir, "wildcard", `DNS:*.${DOMAIN},DNS:${DOMAIN},IP:127.0.0.1`);
     const setup = await startAcme(
@@ -360,6 +361,83 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
       expect(server.stderr() + server.stdout()).not.toMatch(
         /order for (www\.alice|evil)|issued for (www\.alice|evil)/,
       );
+    } finally {
+      app.stop(true);
+    }
+  });
+
+  test("two cluster nodes: one order per name, both serve it; the CA's validation reaches the node that did not order", async () => {
+    const redis = await startRedis();
+    const [httpA, httpsA, httpB, httpsB] = freePorts(4) as [number, number, number, number];
+    // pebble validates on node a's ports only: b's orders are answered by a (challenges are shared).
+    const pebble = await startPebble({ httpPort: httpA, tlsPort: httpsA, avoid: [httpB, httpsB] });
+    const dir = configFolder();
+    const node = (name: string, http: number, https: number) =>
+      startServerProcess([
+        "--domain",
+        DOMAIN,
+        "--http-port",
+        String(http),
+        "--https-port",
+        String(https),
+        "--acme-email",
+        "ops@tunnel.test",
+        "--acme-directory",
+        pebble.directory,
+        "--acme-ca",
+        pebble.listenerCa,
+        "--acme-dir",
+        join(dir, name),
+        "--acme-challenge",
+        "http-01",
+        "--cluster",
+        redis.url,
+        "--node-name",
+        name,
+      ]);
+    const a = await node("a", httpA, httpsA);
+    const b = await node("b", httpB, httpsB);
+    const logs = () => a.stdout() + a.stderr() + b.stdout() + b.stderr();
+    // Both claim the domain at start; one orders it, the other gets it through the cluster.
+    await eventually(
+      () => count(logs(), /certificate for tunnel\.test from the cluster/g) === 1,
+      20_000,
+      "the domain shared",
+    );
+    expect(count(logs(), /certificate issued for tunnel\.test /g)).toBe(1);
+    const app = startApp("clustered");
+    try {
+      const client = await startClientProcess(
+        b.url,
+        [],
+        ["--http", `127.0.0.1:${app.port}`, "--subdomain", "clustered"],
+      );
+      await client.waitFor(/exposed with tunnel id/);
+      await b.waitFor(/certificate issued for clustered\.tunnel\.test through http-01/, 20_000);
+      await a.waitFor(/certificate for clustered\.tunnel\.test from the cluster/, 10_000);
+      for (const httpsPort of [httpsA, httpsB]) {
+        const result = await curl({ pebble, httpsPort } as AcmeSetup, `clustered.${DOMAIN}`);
+        expect(result.stderr).toBe("");
+        expect(result.stdout).toBe("hello from clustered");
+      }
+      expect(count(logs(), /certificate issued for clustered\.tunnel\.test/g)).toBe(1);
+      // A node that joins later serves what the cluster holds without ordering.
+      const [httpC, httpsC] = freePorts(2) as [number, number];
+      const c = await node("c", httpC, httpsC);
+      await c.waitFor(/acme: 2 certificates loaded from the cluster/, 10_000);
+      const late = await curl({ pebble, httpsPort: httpsC } as AcmeSetup, `clustered.${DOMAIN}`);
+      expect(late.stdout).toBe("hello from clustered");
+      expect(c.stdout() + c.stderr()).not.toMatch(/certificate issued/);
+      // The keys in Redis are sealed: no PEM private key in the stored record.
+      const stored = await runToExit([
+        "redis-cli",
+        "-u",
+        redis.url,
+        "GET",
+        `sockets:acme:cert:clustered.${DOMAIN}`,
+      ]);
+      expect(stored.stdout).toContain("BEGIN CERTIFICATE");
+      expect(stored.stdout).not.toContain("PRIVATE KEY");
     } finally {
       app.stop(true);
     }

@@ -34,21 +34,33 @@ export interface PebbleSetup {
   tlsPort: number;
   /** Lifetime of issued certificates in seconds (pebble's default: about 5 years). */
   validitySeconds?: number;
+  /** Ports the test took for other uses (more servers): pebble's own ports are never among them. */
+  avoid?: number[];
   /** Extra environment (e.g. `PEBBLE_VA_ALWAYS_VALID`). */
   env?: Record<string, string>;
 }
 
 /**
- * `n` distinct free TCP ports on 127.0.0.1: all are held while they are chosen (a port taken and
- * released at once may come back from the next call), then released for their users.
+ * `n` distinct free TCP ports on 127.0.0.1 for processes that must be told their ports before they
+ * start (pebble validates on fixed ports). They are drawn below Linux's ephemeral range (32768+), where
+ * neither outgoing connections nor port-0 listeners take ports, so a port released here stays free
+ * for its user; each is checked by binding it, all held until all are chosen (at most 200 tries).
  */
 export function freePorts(n: number): number[] {
-  const probes = Array.from({ length: n }, () =>
-    Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }),
-  );
-  const ports = probes.map((probe) => probe.port);
-  for (const probe of probes) probe.stop(true);
-  return ports;
+  const held: { port: number; stop(closeActive: boolean): void }[] = [];
+  try {
+    for (let attempt = 0; held.length < n && attempt < 200; attempt++) {
+      const port = 20_000 + Math.floor(Math.random() * 12_000);
+      if (held.some((h) => h.port === port)) continue;
+      try {
+        held.push(Bun.listen({ hostname: "127.0.0.1", port, socket: { data() {} } }));
+      } catch {}
+    }
+    if (held.length < n) throw new Error(`no ${n} free ports in 20000-31999`);
+    return held.map((h) => h.port);
+  } finally {
+    for (const h of held) h.stop(true);
+  }
 }
 
 /** Whether Debian's pebble is installed (`apt-get install pebble`). */
@@ -59,8 +71,9 @@ export async function startPebble(setup: PebbleSetup): Promise<Pebble> {
   const dir = configFolder();
   const [cert, key] = await makeCertificate(dir, "pebble-listener", "DNS:localhost,IP:127.0.0.1");
   // Distinct from each other and from the ports the test gave (taken before this call).
-  const [dnsPort, dnsManagementPort, acmePort, managementPort] = freePorts(6)
-    .filter((p) => p !== setup.httpPort && p !== setup.tlsPort)
+  const taken = [setup.httpPort, setup.tlsPort, ...(setup.avoid ?? [])];
+  const [dnsPort, dnsManagementPort, acmePort, managementPort] = freePorts(4 + taken.length)
+    .filter((p) => !taken.includes(p))
     .slice(0, 4) as number[];
   if (managementPort === undefined) throw new Error("no four free ports distinct from the server's");
   const dns = spawnRole([

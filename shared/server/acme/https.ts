@@ -9,10 +9,12 @@
 import { homedir } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "../../log.ts";
+import { describeError } from "../../log.ts";
 import type { HttpIngressOptions, HttpRoute } from "../http-ingress.ts";
 import type { ServerOptions } from "../options.ts";
 import { SERVER_OPTIONS } from "../options.ts";
 import { CertificateStore } from "./certificates.ts";
+import { AcmeClusterShare } from "./cluster-share.ts";
 import type { NameHooks } from "./hostnames.ts";
 import { AcmeManager, type AcmeStats } from "./manager.ts";
 import { listenTlsFront, type TlsFront } from "./tls-front.ts";
@@ -28,6 +30,7 @@ export class HttpsSide {
   readonly certificates: CertificateStore;
   readonly acme?: AcmeManager;
   private front?: TlsFront;
+  private share?: AcmeClusterShare;
 
   constructor(
     private readonly options: ServerOptions,
@@ -108,7 +111,8 @@ export class HttpsSide {
       });
     }
     if (this.acme !== undefined) {
-      this.acme.start();
+      // In a cluster, ACME starts once the cluster's certificates are loaded (see joinCluster).
+      if (this.options.cluster === undefined) this.acme.start();
       this.acme.claim(domain, "server");
     }
     return this.front?.port;
@@ -126,8 +130,38 @@ export class HttpsSide {
     };
   }
 
+  /**
+   * Cluster: loads the certificates other nodes obtained, shares this node's orders and challenges
+   * through the cluster's Redis (cluster-share.ts), then starts ACME. A failure to reach Redis for this
+   * leaves ACME running alone on this node (logged).
+   */
+  async joinCluster(node: { secret: string; name: string }): Promise<void> {
+    const acme = this.acme;
+    if (acme === undefined || this.options.cluster === undefined) return;
+    try {
+      this.share = await AcmeClusterShare.open({
+        url: this.options.cluster,
+        ca: this.options.clusterCa,
+        secret: node.secret,
+        node: node.name,
+        log: this.log,
+      });
+      await this.share.attach(acme);
+    } catch (error) {
+      this.log.warn(
+        `acme: cannot share certificates through the cluster (${describeError(error)}): ordering alone`,
+      );
+      acme.coordinator = undefined;
+      acme.challenges = undefined;
+    }
+    acme.start();
+  }
+
   stop(closeActive = false): void {
     this.front?.stop(closeActive);
-    if (closeActive) this.acme?.stop();
+    if (closeActive) {
+      this.acme?.stop();
+      this.share?.close();
+    }
   }
 }

@@ -23,7 +23,7 @@ import { join } from "node:path";
 import { rootCertificates } from "node:tls";
 import * as acme from "acme-client";
 import { describeError, type Logger } from "../../log.ts";
-import type { CertificateStore } from "./certificates.ts";
+import { type CertificateStore, describeCertificate } from "./certificates.ts";
 
 /** Challenge types the server can answer. */
 export type ChallengeType = "http-01" | "tls-alpn-01";
@@ -68,9 +68,27 @@ export interface OrderCoordinator {
   unlock(host: string): Promise<void>;
   /** Shares an issued certificate with the other nodes. */
   publish(host: string, cert: string, key: string): Promise<void>;
+  /** What the cluster holds for `host` now (another node may have just stored it). */
+  current(host: string): Promise<{ cert: string; key: string } | undefined>;
 }
 
+/**
+ * Cluster: challenges are announced to every node (the CA may reach any of them); `undefined` withdraws
+ * one.
+ */
+export interface ChallengeShare {
+  httpToken(token: string, keyAuthorization: string | undefined): Promise<void>;
+  alpnCertificate(host: string, certificate: { cert: string; key: string } | undefined): Promise<void>;
+}
+
+/** The lock on a name is another node's: its order's result arrives through the cluster. */
+class OrderedElsewhere extends Error {}
+
 const HOUR_MS = 3_600_000;
+/** Cluster: how long a node waits before looking again at a name another node is ordering. */
+const ELSEWHERE_RETRY_MS = 5000;
+/** How long another node's challenge is kept at most (its withdrawal may never come if it died). */
+const SHARED_CHALLENGE_MS = 10 * 60_000;
 /** How often names are looked at for orders, retries and renewals. */
 const CHECK_MS = 1000;
 /** Orders placed at once; more names wait for the next check. */
@@ -94,6 +112,10 @@ export class AcmeManager {
   private readonly names = new Map<string, NameState>();
   private readonly tokens = new Map<string, string>();
   private readonly alpnCertificates = new Map<string, { cert: string; key: string }>();
+  /** Other nodes' challenges (cluster), with when they came. */
+  private readonly sharedTokens = new Map<string, { keyAuthorization: string; at: number }>();
+  private readonly sharedAlpn = new Map<string, { cert: string; key: string; at: number }>();
+  private started = false;
   private readonly serverOrders: number[] = [];
   private readonly ownerOrders = new Map<string, number[]>();
   private readonly orders = { issued: 0, failed: 0, refused: 0 };
@@ -103,6 +125,8 @@ export class AcmeManager {
   private timer?: ReturnType<typeof setInterval>;
   /** Cluster coordination, when the server is a node of one. */
   coordinator?: OrderCoordinator;
+  /** Cluster: where this node's challenges are announced. */
+  challenges?: ChallengeShare;
   /** Told when a certificate is stored (the front serves it to the next connection). */
   onIssued?: (host: string) => void;
 
@@ -125,6 +149,8 @@ export class AcmeManager {
       this.log.info(`acme: ${loaded.length} certificates loaded from ${this.settings.dir}`);
     this.timer = setInterval(() => this.check(), CHECK_MS);
     this.timer.unref?.();
+    this.started = true;
+    this.check();
   }
 
   stop(): void {
@@ -155,14 +181,26 @@ export class AcmeManager {
     if (state.owners.size === 0 && !state.ordering) this.names.delete(name);
   }
 
-  /** The key authorization for an HTTP-01 token, while its order runs. */
+  /** The key authorization for an HTTP-01 token, while its order runs (here or on another node). */
   http01(token: string): string | undefined {
-    return this.tokens.get(token);
+    return this.tokens.get(token) ?? this.sharedTokens.get(token)?.keyAuthorization;
   }
 
-  /** The TLS-ALPN-01 certificate for `host`, while its order runs. */
+  /** The TLS-ALPN-01 certificate for `host`, while its order runs (here or on another node). */
   alpnCertificate(host: string): { cert: string; key: string } | undefined {
-    return this.alpnCertificates.get(host);
+    return this.alpnCertificates.get(host) ?? this.sharedAlpn.get(host);
+  }
+
+  /** Cluster: another node's HTTP-01 token (undefined: withdrawn). */
+  shareHttpToken(token: string, keyAuthorization: string | undefined): void {
+    if (keyAuthorization === undefined) this.sharedTokens.delete(token);
+    else this.sharedTokens.set(token, { keyAuthorization, at: Date.now() });
+  }
+
+  /** Cluster: another node's TLS-ALPN-01 certificate (undefined: withdrawn). */
+  shareAlpnCertificate(host: string, certificate: { cert: string; key: string } | undefined): void {
+    if (certificate === undefined) this.sharedAlpn.delete(host);
+    else this.sharedAlpn.set(host, { ...certificate, at: Date.now() });
   }
 
   stats(now = Date.now()): AcmeStats {
@@ -179,6 +217,10 @@ export class AcmeManager {
   private check(): void {
     const now = Date.now();
     for (const [name, state] of this.names) this.consider(name, state, now);
+    for (const [token, shared] of this.sharedTokens)
+      if (now - shared.at > SHARED_CHALLENGE_MS) this.sharedTokens.delete(token);
+    for (const [host, shared] of this.sharedAlpn)
+      if (now - shared.at > SHARED_CHALLENGE_MS) this.sharedAlpn.delete(host);
   }
 
   private due(name: string, now: number): boolean {
@@ -189,7 +231,7 @@ export class AcmeManager {
   }
 
   private consider(name: string, state: NameState, now: number): void {
-    if (state.ordering || now < state.notBefore || state.owners.size === 0) return;
+    if (!this.started || state.ordering || now < state.notBefore || state.owners.size === 0) return;
     if (!this.due(name, now)) return;
     const renewal = this.store.get(name) !== undefined;
     const refusal = this.limitRefusal(state, now, renewal);
@@ -219,6 +261,11 @@ export class AcmeManager {
           state.notBefore = 0;
         },
         (error) => {
+          if (error instanceof OrderedElsewhere) {
+            // Not a failure: another node orders it, and its certificate arrives through the cluster.
+            state.notBefore = Date.now() + ELSEWHERE_RETRY_MS;
+            return;
+          }
           state.failures++;
           const message = describeError(error).replace(/\s+/g, " ");
           const rateLimited = /rate.?limit|too many/i.test(message);
@@ -287,11 +334,15 @@ export class AcmeManager {
   /** One order for `name`, through whichever configured challenge the CA offers first. */
   private async order(name: string, renewal: boolean): Promise<void> {
     const coordinator = this.coordinator;
-    if (coordinator !== undefined && !(await coordinator.lock(name))) {
-      // Another node orders it: its certificate arrives through the cluster.
-      throw new Error("another node of the cluster is ordering it");
-    }
+    if (coordinator !== undefined && !(await coordinator.lock(name))) throw new OrderedElsewhere(name);
     try {
+      // The lock may come right after another node's order ended: its certificate is in the cluster
+      // already, perhaps before its announcement reached this node.
+      if (coordinator !== undefined) {
+        const shared = await coordinator.current(name);
+        if (shared !== undefined) this.adopt(name, shared.cert, shared.key);
+        if (!this.due(name, Date.now())) return;
+      }
       const started = performance.now();
       const client = await this.account();
       const key = await acme.crypto.createPrivateEcdsaKey();
@@ -306,18 +357,24 @@ export class AcmeManager {
         skipChallengeVerification: true,
         challengeCreateFn: async (authz, challenge, keyAuthorization) => {
           used = challenge.type;
-          if (challenge.type === "http-01") this.tokens.set(challenge.token, keyAuthorization);
-          else if ((challenge.type as string) === "tls-alpn-01") {
+          if (challenge.type === "http-01") {
+            this.tokens.set(challenge.token, keyAuthorization);
+            await this.challenges?.httpToken(challenge.token, keyAuthorization);
+          } else if ((challenge.type as string) === "tls-alpn-01") {
             const [alpnKey, alpnCert] = await acme.crypto.createAlpnCertificate(authz, keyAuthorization);
-            this.alpnCertificates.set(authz.identifier.value, {
-              cert: alpnCert.toString(),
-              key: alpnKey.toString(),
-            });
+            const answer = { cert: alpnCert.toString(), key: alpnKey.toString() };
+            this.alpnCertificates.set(authz.identifier.value, answer);
+            await this.challenges?.alpnCertificate(authz.identifier.value, answer);
           } else throw new Error(`challenge ${challenge.type} is not supported`);
         },
         challengeRemoveFn: async (authz, challenge) => {
-          if (challenge.type === "http-01") this.tokens.delete(challenge.token);
-          else this.alpnCertificates.delete(authz.identifier.value);
+          if (challenge.type === "http-01") {
+            this.tokens.delete(challenge.token);
+            await this.challenges?.httpToken(challenge.token, undefined);
+          } else {
+            this.alpnCertificates.delete(authz.identifier.value);
+            await this.challenges?.alpnCertificate(authz.identifier.value, undefined);
+          }
         },
       });
       this.store.put(name, cert, key.toString());
@@ -335,12 +392,16 @@ export class AcmeManager {
     }
   }
 
-  /** A certificate another node obtained: served here too. */
+  /** A certificate another node obtained: served here too (unless the one here lasts longer). */
   adopt(host: string, cert: string, key: string): void {
     const current = this.store.get(host);
-    const incoming = this.store.put(host, cert, key);
-    if (current !== undefined && current.notAfter > incoming.notAfter)
-      this.store.put(host, current.cert, current.key);
+    if (current !== undefined && current.cert === cert) return;
+    const incoming = describeCertificate(cert, key, "acme");
+    if (current !== undefined && current.notAfter >= incoming.notAfter) return;
+    this.store.put(host, cert, key);
+    this.log.info(
+      `acme: certificate for ${host} from the cluster (valid until ${new Date(incoming.notAfter).toISOString()})`,
+    );
     this.onIssued?.(host);
   }
 }
