@@ -34,8 +34,10 @@ export interface LeaseRecord {
   user?: string;
   /** The Host header an HTTP tunnel rewrites to, for the node that receives its visitors. */
   hostHeader?: string;
-  /** sha256 hex of "user:password" when the tunnel asks visitors for basic auth. */
+    /** sha256 hex of "user:password" when the tunnel asks visitors for basic auth. */
   basicAuthHash?: string;
+  /** "tls" for an end-to-end TLS tunnel: its visitors are carried raw (acme/tls-front.ts). */
+  kind?: "tls";
 }
 
 /** A node of the cluster, as registered in Redis. */
@@ -406,7 +408,8 @@ export class ClusterDirectory {
     const request: Record<string, string> = { owner: record.owner };
     if (record.user !== undefined) request.user = record.user;
     if (record.hostHeader !== undefined) request.hostHeader = record.hostHeader;
-    if (record.basicAuthHash !== undefined) request.basicAuthHash = record.basicAuthHash;
+        if (record.basicAuthHash !== undefined) request.basicAuthHash = record.basicAuthHash;
+    if (record.kind !== undefined) request.kind = record.kind;
     const keys = [LEASE_PREFIX + key, EPOCH_KEY];
     if (record.user !== undefined) keys.push(USER_PREFIX + record.user);
     const seq = ++this.seq;

@@ -37,8 +37,10 @@ export interface LeaseRequest {
   user?: string;
   userLimit?: number;
   /** HTTP tunnels: what the other nodes need to serve its visitors (Host rewrite, basic auth). */
-  hostHeader?: string;
+    hostHeader?: string;
   basicAuth?: string;
+  /** "tls": an end-to-end TLS tunnel (visitors carried raw). */
+  kind?: "tls";
 }
 
 /** How the node reaches its own server. */
@@ -77,8 +79,10 @@ export function secretHash(secret: string): string {
 /** An HTTP name held by another node: what its visitors must present, and how to carry one there. */
 export interface RemoteRoute {
   hostHeader?: string;
-  /** sha256 hex of the tunnel's `user:password` (basic auth), if it asks for one. */
+    /** sha256 hex of the tunnel's `user:password` (basic auth), if it asks for one. */
   basicAuthHash?: string;
+  /** An end-to-end TLS tunnel: carried raw from the HTTPS front, no plain HTTP route. */
+  passthrough?: boolean;
   /** Carries a visitor's connection to the holding node; undefined while the link there is down. */
   open(socket: RelaySocket): Stream | undefined;
 }
@@ -140,7 +144,8 @@ export class ClusterNode {
       owner: request.owner,
       user: request.user,
       hostHeader: request.hostHeader,
-      basicAuthHash: request.basicAuth === undefined ? undefined : secretHash(request.basicAuth),
+            basicAuthHash: request.basicAuth === undefined ? undefined : secretHash(request.basicAuth),
+      kind: request.kind,
     };
     let result = await this.directory.acquire(key, record, request.claim, request.userLimit);
     // Redis away: a new tunnel waits a while for it (a restart takes seconds) before it is refused.
@@ -196,8 +201,9 @@ export class ClusterNode {
     if (record === undefined || record.node === this.options.name) return undefined;
     return {
       hostHeader: record.hostHeader,
-      basicAuthHash: record.basicAuthHash,
-      open: (socket) => this.carry(record, key, StreamKind.Http, socket),
+            basicAuthHash: record.basicAuthHash,
+      passthrough: record.kind === "tls" || undefined,
+      open: (socket) => this.carry(record, key, record.kind === "tls" ? StreamKind.Tcp : StreamKind.Http, socket),
     };
   }
 

@@ -255,8 +255,9 @@ export class Namespace {
       claim: holder.claim,
       user: holder.account?.name,
       userLimit: holder.account?.limits.maxTunnels,
-      hostHeader: tunnel.hostHeader,
+            hostHeader: tunnel.hostHeader,
       basicAuth: tunnel.basicAuth,
+      kind: tunnel.kind === "tls" ? ("tls" as const) : undefined,
     };
   }
 
@@ -547,8 +548,9 @@ export class Namespace {
     const remote = cluster.remoteRoute(name);
     if (remote === undefined) return undefined;
     return {
-      hostHeader: remote.hostHeader,
+            hostHeader: remote.hostHeader,
       basicAuthHash: remote.basicAuthHash,
+      passthrough: remote.passthrough,
       open: (socket) =>
         remote.open(socket) ?? {
           status: 502,
