@@ -12,11 +12,12 @@
  * local = "127.0.0.1:3000"
  * subdomain = "demo"     # http: subdomain or hostname, basic_auth, host_header, log_requests;
  *                        # tls: subdomain or hostname; tcp: port
+ * allow = ["10.0.0.0/8"] # all: pool, allow, deny, proxy_protocol
  * ```
  *
  * Options on the command line (and `SOCKETS_SERVER`) win over the file's; tunnels on the command line
  * (`--expose`, `--http`) replace the file's. A tunnel's own keys win over the top-level `host_header`,
- * `basic_auth` and `log_requests`. {@link clientSetup} is the one function that merges them, at start
+ * `basic_auth`, `log_requests`, `pool`, `allow`, `deny` and `proxy_protocol`. {@link clientSetup} is the one function that merges them, at start
  * and on every reload; every error is one line naming FILE:LINE:COL where it is known.
  * @module
  */
@@ -35,7 +36,9 @@ import {
   type ServiceDefaults,
   serversFromEnv,
   servicesFromValues,
+  type TunnelSettings,
   tlsService,
+  withTunnelSettings,
 } from "./options.ts";
 
 /** The file `--init` writes when given no name. */
@@ -56,6 +59,10 @@ const COMMON_KEYS = ["name", "type", "local"] as const;
 export const TUNNEL_TYPES = {
   tcp: {
     port: { ...CLIENT_OPTIONS.port, key: "publicPort", multiple: false },
+    pool: CLIENT_OPTIONS.pool,
+    allow: CLIENT_OPTIONS.allow,
+    deny: CLIENT_OPTIONS.deny,
+    "proxy-protocol": CLIENT_OPTIONS["proxy-protocol"],
   },
   http: {
     subdomain: { ...CLIENT_OPTIONS.subdomain, key: "subdomain", multiple: false },
@@ -63,10 +70,18 @@ export const TUNNEL_TYPES = {
     "basic-auth": CLIENT_OPTIONS["basic-auth"],
     "host-header": CLIENT_OPTIONS["host-header"],
     "log-requests": CLIENT_OPTIONS["log-requests"],
+    pool: CLIENT_OPTIONS.pool,
+    allow: CLIENT_OPTIONS.allow,
+    deny: CLIENT_OPTIONS.deny,
+    "proxy-protocol": CLIENT_OPTIONS["proxy-protocol"],
   },
   tls: {
     subdomain: { ...CLIENT_OPTIONS.subdomain, key: "subdomain", multiple: false },
     hostname: { ...CLIENT_OPTIONS.hostname, key: "hostname", multiple: false },
+    pool: CLIENT_OPTIONS.pool,
+    allow: CLIENT_OPTIONS.allow,
+    deny: CLIENT_OPTIONS.deny,
+    "proxy-protocol": CLIENT_OPTIONS["proxy-protocol"],
   },
 } as const satisfies Record<string, OptionTable>;
 
@@ -171,24 +186,37 @@ export function fileTunnels(
     } catch (error) {
       throw new ConfigError(`${at("local")}: ${(error as Error).message}`);
     }
+    // A tunnel's own pool, allow, deny and proxy_protocol replace the top level's (lists are not merged).
+    const tunnelSettings: TunnelSettings = {
+      pool: (own.pool as boolean | undefined) ?? defaults.pool,
+      allow: (own.allow as string[] | undefined) ?? defaults.allow,
+      deny: (own.deny as string[] | undefined) ?? defaults.deny,
+      proxyProtocol: (own.proxyProtocol as TunnelSettings["proxyProtocol"]) ?? defaults.proxyProtocol,
+    };
     if (own.subdomain !== undefined && own.hostname !== undefined)
       throw new ConfigError(`${at("hostname")}: tunnel '${name}': give subdomain or hostname, not both`);
     const withHostname = (service: NamedService): NamedService => {
       if (own.hostname !== undefined) service.hostname = own.hostname as string;
       return service;
     };
-    if (type === "http") {
-      const settings: ServiceDefaults = {
-        hostHeader: (own.hostHeader as ServiceDefaults["hostHeader"]) ?? defaults.hostHeader,
-        basicAuth: (own.basicAuth as string | undefined) ?? defaults.basicAuth,
-        logRequests: (own.logRequests as boolean | undefined) ?? defaults.logRequests,
-      };
-      return withHostname(httpService(name, target, own.subdomain as string | undefined, settings));
+    try {
+      if (type === "http") {
+        const settings: ServiceDefaults = {
+          hostHeader: (own.hostHeader as ServiceDefaults["hostHeader"]) ?? defaults.hostHeader,
+          basicAuth: (own.basicAuth as string | undefined) ?? defaults.basicAuth,
+          logRequests: (own.logRequests as boolean | undefined) ?? defaults.logRequests,
+          ...tunnelSettings,
+        };
+        return withHostname(httpService(name, target, own.subdomain as string | undefined, settings));
+      }
+      if (type === "tls")
+        return withHostname(tlsService(name, target, own.subdomain as string | undefined, tunnelSettings));
+      const service: NamedService = { name, ...target };
+      if (own.publicPort !== undefined) service.publicPort = own.publicPort as number;
+      return withTunnelSettings(service, tunnelSettings);
+    } catch (error) {
+      throw new ConfigError(`${header}: tunnel '${name}': ${(error as Error).message.replace(/^--/, "")}`);
     }
-    if (type === "tls") return withHostname(tlsService(name, target, own.subdomain as string | undefined));
-    const service: NamedService = { name, ...target };
-    if (own.publicPort !== undefined) service.publicPort = own.publicPort as number;
-    return service;
   });
 }
 
@@ -218,6 +246,10 @@ export function clientSetup(
     hostHeader: values.hostHeader,
     basicAuth: values.basicAuth,
     logRequests: values.logRequests ?? tty,
+    pool: values.pool,
+    allow: values.allow,
+    deny: values.deny,
+    proxyProtocol: values.proxyProtocol,
   };
   const onCommandLine =
     (commandLine.tcp?.length ?? 0) + (commandLine.http?.length ?? 0) + (commandLine.tls?.length ?? 0) > 0;
@@ -314,8 +346,9 @@ export async function parseClientArgs(
     server,
     config,
     init,
-    ...rest
+    ...others
   } = values;
+  const { pool, allow, deny, proxyProtocol, ...rest } = others;
   let caText: string | undefined;
   if (ca !== undefined) {
     const file = Bun.file(ca);

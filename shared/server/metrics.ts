@@ -74,6 +74,8 @@ export interface TunnelInfo {
   bytes: ByteCounts;
   /** Bytes per second over the last second or so (0 on the first look). */
   rate: ByteCounts;
+  /** Whether it serves its port or name as a member of a pool (`--pool`). */
+  pool: boolean;
 }
 
 /** Where the metrics read the sessions from, and how they label. */
@@ -86,6 +88,8 @@ export interface MetricsOptions {
   cluster?: () => ClusterStats | undefined;
   /** With certificates: their count, soonest expiry and ACME orders, for `sockets_certificate*` and `sockets_acme_*`. */
   certificates?: () => AcmeStats | undefined;
+  /** Places shared by pools and their members' count, for `sockets_pool_members`. */
+  pools?: () => { place: string; members: number }[];
 }
 
 /** Totals of the visitors that already closed, per tunnel or per type. */
@@ -314,6 +318,7 @@ export class ServerMetrics {
         const type = tunnelType(tunnel);
         const info: TunnelInfo = {
           id: tunnel.id,
+          pool: tunnel.pool,
           type,
           url: tunnel.url ?? "",
           name: tunnel.name ?? String(tunnel.port),
@@ -486,6 +491,14 @@ export class ServerMetrics {
           [[{}, Math.floor(Date.parse(certificates.lastFailure.at) / 1000)]],
         );
     }
+    const pools = this.options.pools?.() ?? [];
+    if (pools.length > 0)
+      out.family(
+        "sockets_pool_members",
+        "gauge",
+        "Members of each pool (clients that share a port or name with --pool).",
+        pools.map(({ place, members }) => [{ place }, members]),
+      );
     const cluster = this.options.cluster?.();
     if (cluster) {
       out.family("sockets_cluster_node_info", "gauge", "This node's name in its cluster; always 1.", [

@@ -202,7 +202,7 @@ describe("allow and deny lists", () => {
     const alice = new Account("alice", "0".repeat(64), {});
     const ns = namespace({
       tunnelFilter: (request) => (request.allow ? only(request.allow[0] as string) : undefined),
-      userFilter: (account) => (account === alice ? { permits: (ip) => ip !== "127.0.0.3" } : undefined),
+      operatorRefuses: (account, ip) => account === alice && ip === "127.0.0.3",
     });
     ns.onRefused = (reason) => refusals.push(reason);
     const holder = new FakeHolder("a", alice);

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import type { Logger } from "../../log.ts";
 import { describeError } from "../../log.ts";
 import type { HttpIngressOptions, HttpRoute } from "../http-ingress.ts";
+import type { RouteAnswer } from "../namespace/holding.ts";
 import type { ServerOptions } from "../options.ts";
 import { SERVER_OPTIONS } from "../options.ts";
 import { CertificateStore } from "./certificates.ts";
@@ -100,8 +101,9 @@ export class HttpsSide {
           if (target === undefined || !target.passthrough) return undefined;
           return {
             open: (socket) => {
+              const answer = (opened: RouteAnswer) => ("id" in opened ? opened : opened.message);
               const opened = target.open(socket as never);
-              return "id" in opened ? opened : opened.message;
+              return opened instanceof Promise ? opened.then(answer) : answer(opened);
             },
           };
         },

@@ -25,14 +25,18 @@ import type { Socket, TCPSocketListener } from "bun";
 import { formatHost, unmappedAddress } from "../../args.ts";
 import type { Logger } from "../../log.ts";
 import { type RelaySocket, relaySocketHandlers, type Stream } from "../../relay/stream.ts";
+import { ResetCode } from "../../wire/protocol.ts";
 import { type HttpIngress, type HttpIngressOptions, listenHttp } from "../http-ingress.ts";
 import type { Certificate, CertificateStore } from "./certificates.ts";
 import { Alert, alertRecord, readClientHello } from "./client-hello.ts";
 
 /** An end-to-end TLS tunnel: the raw connection is carried to its client. */
 export interface PassthroughRoute {
-  /** Opens a stream for the visitor, or says why not. */
-  open(socket: RelaySocket): Stream | string;
+  /**
+   * Opens a stream for the visitor, or says why not; a promise when the tunnel's node is a moment away
+   * (a cluster): the connection waits unread meanwhile.
+   */
+  open(socket: RelaySocket): Stream | string | Promise<Stream | string>;
 }
 
 /** What the front needs from the server. */
@@ -61,8 +65,11 @@ export interface TlsFront {
 /** The `data` slot of a front socket. */
 interface FrontData {
   stream: Stream | null;
-  /** "hello": reading the ClientHello; "pipe": to a terminator; "relay": a passthrough stream; "done". */
-  phase: "hello" | "pipe" | "relay" | "done";
+  /**
+   * "hello": reading the ClientHello; "waiting": for a passthrough route's answer; "pipe": to a
+   * terminator; "relay": a passthrough stream; "done".
+   */
+  phase: "hello" | "waiting" | "pipe" | "relay" | "done";
   /** Bytes read while in "hello" (and, in "pipe", until the terminator connection opens). */
   head: Uint8Array;
   /** Reads that went into {@link head}: a ClientHello comes in a few; a dribble is cut at {@link MAX_HELLO_READS}. */
@@ -186,7 +193,6 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
 
   /** The ClientHello is complete: route the connection. */
   function route(socket: Socket<FrontData>, serverName: string | undefined, alpn: string[]): void {
-    const head = socket.data.head;
     if (serverName !== undefined && alpn.includes(ACME_TLS_ALPN)) {
       const challenge = options.alpnCertificate(serverName);
       if (challenge === undefined)
@@ -197,13 +203,22 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
     const passthrough = serverName === undefined ? undefined : options.passthrough(serverName);
     if (passthrough !== undefined) {
       const opened = passthrough.open(socket as unknown as RelaySocket);
-      if (typeof opened === "string") {
-        refuse(socket, Alert.InternalError, `${serverName}: ${opened}`);
-        return;
-      }
-      socket.data.phase = "relay";
-      socket.data.head = EMPTY;
-      opened.onSocketData(head);
+      if (opened instanceof Promise) {
+        socket.data.phase = "waiting";
+        socket.pause();
+        opened.then(
+          (answer) => {
+            if (socket.data.phase !== "waiting") {
+              // The visitor left meanwhile: the stream has nobody to carry.
+              if (typeof answer !== "string") answer.reset(ResetCode.Aborted, "visitor gone");
+              return;
+            }
+            socket.resume();
+            relayPassthrough(socket, serverName as string, answer);
+          },
+          () => refuse(socket, Alert.InternalError, `${serverName}: routing failed`),
+        );
+      } else relayPassthrough(socket, serverName as string, opened);
       return;
     }
     const certificate = certificates.select(serverName);
@@ -216,6 +231,18 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
           ? "no server name (SNI) and no default certificate"
           : `no tunnel or certificate for ${serverName}`,
       );
+  }
+
+  /** A passthrough route answered: relay the raw bytes (what was read first), or refuse. */
+  function relayPassthrough(socket: Socket<FrontData>, serverName: string, opened: Stream | string): void {
+    if (typeof opened === "string") {
+      refuse(socket, Alert.InternalError, `${serverName}: ${opened}`);
+      return;
+    }
+    const head = socket.data.head;
+    socket.data.phase = "relay";
+    socket.data.head = EMPTY;
+    opened.onSocketData(head);
   }
 
   /** Carries the connection to a loopback TLS listener, the bytes read so far first. */
@@ -328,6 +355,10 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
             }
             return;
           }
+          case "waiting":
+            // Read before the pause took hold: kept, in order, for the stream.
+            data.head = concat(data.head, chunk);
+            return;
           case "done":
             return;
         }
@@ -375,7 +406,8 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
         open.delete(socket);
         const data = socket.data;
         if (data === undefined) return;
-        if (data.phase === "relay") relaySocketHandlers.close(socket as unknown as RelaySocket, error);
+        if (data.phase === "relay" || data.phase === "waiting")
+          relaySocketHandlers.close(socket as unknown as RelaySocket, error);
         else if (data.pipe !== undefined && !data.pipe.closed) {
           data.pipe.closed = true;
           data.pipe.peer?.end();

@@ -46,9 +46,15 @@ export interface NamespaceSettings {
   tcpPorts?: PortRange;
   /** `--max-tunnels`: most tunnels one client may hold. */
   maxTunnelsPerClient: number;
-  /** The operator's allow and deny lists for a user's tunnels (absent: none). */
-  userFilter?(account: Account): VisitorFilter | undefined;
-  /** The lists a tunnel asked for (`--allow`, `--deny`), built once when it is claimed. */
+  /**
+   * Whether the operator's lists (the server's own, and the user's in its config) refuse a visitor
+   * from `ip` to a place of `account` (absent: none refuses). A user cannot allow what these deny.
+   */
+  operatorRefuses?(account: Account | undefined, ip: string): boolean;
+  /**
+   * The lists a tunnel asked for (`--allow`, `--deny`), built once when it is claimed.
+   * @throws {Error} one line naming a bad rule: the claim is refused with it.
+   */
   tunnelFilter?(request: ExposeRequest): VisitorFilter | undefined;
   /** Without users: the custom domains (`--custom-domains` patterns) clients may hold. */
   customDomains?: readonly string[];
@@ -168,6 +174,12 @@ export class Namespace {
   ): Tunnel | Refusal | Promise<Tunnel | Refusal> {
     const refused = tunnelAllowance(clientTunnels, this.settings.maxTunnelsPerClient, holder.account);
     if (refused !== null) return refused;
+    let filter: VisitorFilter | undefined;
+    try {
+      filter = this.settings.tunnelFilter?.(request);
+    } catch (error) {
+      return { code: "bad_request", message: (error as Error).message };
+    }
     // A client re-exposing after a server restart keeps its tunnel id unless another client holds it.
     const wanted = request.tunnel;
     const id = wanted !== undefined && !this.tunnelIds.has(wanted) ? wanted : nanoid(12);
@@ -179,7 +191,7 @@ export class Namespace {
       visitors: new Set(),
       holder,
       pool: request.pool === true,
-      filter: this.settings.tunnelFilter?.(request),
+      filter,
       hostHeader: request.hostHeader,
       basicAuth: request.basicAuth,
     };
@@ -255,7 +267,7 @@ export class Namespace {
       claim: holder.claim,
       user: holder.account?.name,
       userLimit: holder.account?.limits.maxTunnels,
-            hostHeader: tunnel.hostHeader,
+      hostHeader: tunnel.hostHeader,
       basicAuth: tunnel.basicAuth,
       kind: tunnel.kind === "tls" ? ("tls" as const) : undefined,
     };
@@ -272,7 +284,7 @@ export class Namespace {
       const verb = what.startsWith("port") ? "is reserved" : "is taken: reserved";
       return {
         code,
-        message: `${what} ${verb} for a dropped client's session for up to ${left} s more (the server's --grace); wait, or ask for another`,
+        message: `${what} ${verb} for a dropped client's session for up to ${left} s more (the server's --grace); wait, or ask for another ${what.startsWith("port") ? "port" : "name"}`,
       };
     }
     return refused;
@@ -447,8 +459,7 @@ export class Namespace {
   private choose(place: Place, ip: string): Tunnel | RefusedReason {
     const { tunnels } = place;
     const count = tunnels.length;
-    const userFilter = place.account && this.settings.userFilter?.(place.account);
-    if (userFilter !== undefined && !userFilter.permits(ip)) return "denied";
+    if (this.settings.operatorRefuses?.(place.account, ip) === true) return "denied";
     let best: Tunnel | undefined;
     let bestAt = 0;
     let live = false;
@@ -548,7 +559,7 @@ export class Namespace {
     const remote = cluster.remoteRoute(name);
     if (remote === undefined) return undefined;
     return {
-            hostHeader: remote.hostHeader,
+      hostHeader: remote.hostHeader,
       basicAuthHash: remote.basicAuthHash,
       passthrough: remote.passthrough,
       open: (socket) =>
