@@ -224,7 +224,7 @@ export function loadServerConfig(
   const source = readConfig(file);
   const fromFile = optionsFromConfig(source, FILE_OPTIONS, source.data, ["users"]) as ServerOptionValues;
   const users = usersFromConfig(source);
-  for (const key of ["tlsCert", "tlsKey", "clusterCa", "acmeCa", "acmeDir"] as const) {
+  for (const key of ["tlsCert", "tlsKey", "clusterCa", "acmeCa", "acmeDir", "acmeDnsKey"] as const) {
     const path = fromFile[key];
     if (path !== undefined && !isAbsolute(path)) fromFile[key] = resolve(dirname(file), path);
   }

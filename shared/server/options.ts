@@ -5,13 +5,23 @@
  */
 
 import { readFileSync } from "node:fs";
-import { type PortRange, parseCount, parsePort, parsePortRange, parseSeconds, UsageError } from "../args.ts";
+import {
+  type HostPort,
+  type PortRange,
+  parseCount,
+  parseHostPort,
+  parsePort,
+  parsePortRange,
+  parseSeconds,
+  UsageError,
+} from "../args.ts";
 import { parseCidr } from "../ip.ts";
 import { describeError } from "../log.ts";
 import { type EnvSpec, type OptionTable, type OptionValues, parseOptions } from "../options.ts";
 import { DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "../relay/budget.ts";
 import { DEFAULTS, NODE_NAME } from "../wire/protocol.ts";
 import { AccessList, MAX_RULES } from "./access-list.ts";
+import { nsupdateAvailable } from "./acme/dns-update.ts";
 import { parseHostPatterns } from "./acme/hostnames.ts";
 import type { ChallengeType } from "./acme/manager.ts";
 import { adminProblem, parseAdminAddress } from "./admin.ts";
@@ -183,6 +193,20 @@ export const SERVER_OPTIONS = {
     defaultText: "http-01,tls-alpn-01",
     help: "ACME challenge types in order of preference: http-01 (answered on --http-port, the CA connects to port 80) and tls-alpn-01 (on --https-port, port 443)",
     parse: parseChallenges,
+  },
+  "acme-dns": {
+    key: "acmeDns",
+    restart: true,
+    value: "HOST:PORT",
+    defaultText: "off",
+    help: "DNS server that takes RFC 2136 updates for DOMAIN's zone: a wildcard *.DOMAIN (with DOMAIN) is ordered through DNS-01 and covers every NAME.DOMAIN (needs --acme-dns-key and nsupdate; README: Automatic HTTPS)",
+    parse: (text: string, flag: string): HostPort => parseHostPort(text, flag),
+  },
+  "acme-dns-key": {
+    key: "acmeDnsKey",
+    restart: true,
+    value: "FILE",
+    help: "TSIG key file for --acme-dns, as tsig-keygen writes it",
   },
   "acme-user-orders": {
     key: "acmeUserOrders",
@@ -539,6 +563,12 @@ export function finishServerOptions(
     !(values.acmeChallenges ?? []).includes("tls-alpn-01")
   )
     throw new UsageError("--acme-challenge http-01 needs --http-port (the CA validates on port 80)");
+  if ((values.acmeDns === undefined) !== (values.acmeDnsKey === undefined))
+    throw new UsageError("--acme-dns and --acme-dns-key must be given together");
+  if (values.acmeDns !== undefined && values.acmeEmail === undefined)
+    throw new UsageError("--acme-dns needs --acme-email (it is how ACME's DNS-01 is answered)");
+  if (values.acmeDns !== undefined && !nsupdateAvailable())
+    throw new UsageError("--acme-dns needs nsupdate to send its updates (apt-get install dnsutils)");
   if (acmeCa !== undefined && values.acmeEmail === undefined)
     throw new UsageError(`${name("acme-ca")} needs --acme-email (it is the CA of --acme-directory)`);
   if ((tlsCert === undefined) !== (tlsKey === undefined))

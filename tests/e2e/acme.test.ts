@@ -9,6 +9,7 @@
 import { describe, expect, test } from "bun:test";
 import { statSync } from "node:fs";
 import { join } from "node:path";
+import { BIND9_INSTALLED, startBind9 } from "../support/bind9.ts";
 import { makeCertificate } from "../support/certificates.ts";
 import { connectControl } from "../support/control-client.ts";
 import { MiB, sha256 } from "../support/hashing.ts";
@@ -481,6 +482,48 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
       app.stop(true);
     }
   });
+
+  test.skipIf(!BIND9_INSTALLED)(
+    "DNS-01 with bind9 and a TSIG key: a wildcard for the domain, and no order per tunnel name under it",
+    async () => {
+      const bind = await startBind9(DOMAIN);
+      const [httpPort, httpsPort] = freePorts(2) as [number, number];
+      // pebble asks bind9 for every name: the _acme-challenge TXT records and the A records.
+      const pebble = await startPebble({ httpPort, tlsPort: httpsPort, dnsServer: bind.address });
+      const setup = await startAcme(
+        ["--acme-challenge", "http-01", "--acme-dns", bind.address, "--acme-dns-key", bind.keyFile],
+        {},
+        { httpPort, httpsPort, acmeDir: join(configFolder(), "acme"), pebble },
+      );
+      const { server } = setup;
+      await server.waitFor(/certificate issued for \*\.tunnel\.test through dns-01/, 30_000);
+      const app = startApp("wild");
+      try {
+        await publish(setup, app.port as number, "wild");
+        const result = await curl(setup, `wild.${DOMAIN}`);
+        expect(result.stderr).toBe("");
+        expect(result.stdout).toBe("hello from wild");
+        // The domain itself is covered by the same certificate.
+        const apex = await curl(setup, DOMAIN, "/health");
+        expect(apex.stderr).toBe("");
+        const log = server.stdout() + server.stderr();
+        expect(count(log, /certificate issued for/g)).toBe(1);
+        // The challenge records were removed once validated.
+        const txt = await runToExit([
+          "dig",
+          "+short",
+          "-p",
+          String(bind.port),
+          "@127.0.0.1",
+          "TXT",
+          `_acme-challenge.${DOMAIN}`,
+        ]);
+        expect(txt.stdout.trim()).toBe("");
+      } finally {
+        app.stop(true);
+      }
+    },
+  );
 
   test("a restart reuses the account and certificates on disk: no new order", async () => {
     const setup = await startAcme(["--acme-challenge", "http-01"]);

@@ -34,6 +34,8 @@ export interface PebbleSetup {
   tlsPort: number;
   /** Lifetime of issued certificates in seconds (pebble's default: about 5 years). */
   validitySeconds?: number;
+  /** A DNS server of the test's own (bind9 for DNS-01) in place of pebble-challtestsrv: `HOST:PORT`. */
+  dnsServer?: string;
   /** Ports the test took for other uses (more servers): pebble's own ports are never among them. */
   avoid?: number[];
   /** Extra environment (e.g. `PEBBLE_VA_ALWAYS_VALID`). */
@@ -76,24 +78,27 @@ export async function startPebble(setup: PebbleSetup): Promise<Pebble> {
     .filter((p) => !taken.includes(p))
     .slice(0, 4) as number[];
   if (managementPort === undefined) throw new Error("no four free ports distinct from the server's");
-  const dns = spawnRole([
-    "pebble-challtestsrv",
-    "-defaultIPv4",
-    "127.0.0.1",
-    "-defaultIPv6",
-    "",
-    "-dns01",
-    `127.0.0.1:${dnsPort}`,
-    "-http01",
-    "",
-    "-https01",
-    "",
-    "-tlsalpn01",
-    "",
-    "-management",
-    `127.0.0.1:${dnsManagementPort}`,
-  ]);
-  await dns.waitFor(/Starting challenge servers|Answering A questions|dnsOne/i, 10_000).catch(() => {});
+  const dns =
+    setup.dnsServer !== undefined
+      ? undefined
+      : spawnRole([
+          "pebble-challtestsrv",
+          "-defaultIPv4",
+          "127.0.0.1",
+          "-defaultIPv6",
+          "",
+          "-dns01",
+          `127.0.0.1:${dnsPort}`,
+          "-http01",
+          "",
+          "-https01",
+          "",
+          "-tlsalpn01",
+          "",
+          "-management",
+          `127.0.0.1:${dnsManagementPort}`,
+        ]);
+  await dns?.waitFor(/Starting challenge servers|Answering A questions|dnsOne/i, 10_000).catch(() => {});
   const config = {
     pebble: {
       listenAddress: `127.0.0.1:${acmePort}`,
@@ -110,7 +115,14 @@ export async function startPebble(setup: PebbleSetup): Promise<Pebble> {
   const configFile = join(dir, "pebble.json");
   writeFileSync(configFile, JSON.stringify(config));
   const pebble = spawnRole(
-    ["pebble", "-config", configFile, "-dnsserver", `127.0.0.1:${dnsPort}`, "-strict=false"],
+    [
+      "pebble",
+      "-config",
+      configFile,
+      "-dnsserver",
+      setup.dnsServer ?? `127.0.0.1:${dnsPort}`,
+      "-strict=false",
+    ],
     {
       PEBBLE_VA_NOSLEEP: "1",
       PEBBLE_WFE_NONCEREJECT: "0",
@@ -137,7 +149,7 @@ export async function startPebble(setup: PebbleSetup): Promise<Pebble> {
   writeFileSync(issuerCa, `${await get("/roots/0")}\n${await get("/intermediates/0")}\n`);
   defer(() => {
     pebble.kill("SIGKILL");
-    dns.kill("SIGKILL");
+    dns?.kill("SIGKILL");
   });
   return { directory: `https://127.0.0.1:${acmePort}/dir`, listenerCa: cert, issuerCa, process: pebble, dir };
 }

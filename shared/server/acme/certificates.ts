@@ -148,6 +148,9 @@ export class CertificateStore {
     if (host === undefined) return this.operator.find(valid);
     const own = this.byHost.get(host);
     if (own !== undefined && valid(own)) return own;
+    // A wildcard ordered with its base name (DNS-01) covers the base name too.
+    const withBase = this.byHost.get(`*.${host}`);
+    if (withBase !== undefined && valid(withBase) && withBase.names.includes(host)) return withBase;
     const dot = host.indexOf(".");
     if (dot > 0) {
       const wildcard = this.byHost.get(`*.${host.slice(dot + 1)}`);

@@ -51,6 +51,12 @@ export class HttpsSide {
           userOrdersPerHour: options.acmeUserOrders ?? SERVER_OPTIONS["acme-user-orders"].default,
           serverOrdersPerHour: options.acmeServerOrders ?? SERVER_OPTIONS["acme-server-orders"].default,
           retrySeconds: options.acmeRetrySeconds ?? SERVER_OPTIONS["acme-retry"].default,
+          dns:
+            options.acmeDns !== undefined && options.acmeDnsKey !== undefined
+              ? { ...options.acmeDns, keyFile: options.acmeDnsKey }
+              : undefined,
+          wildcardDomain:
+            options.acmeDns !== undefined ? (options.domain ?? SERVER_OPTIONS.domain.default) : undefined,
         },
         this.certificates,
         log,
@@ -115,7 +121,8 @@ export class HttpsSide {
     if (this.acme !== undefined) {
       // In a cluster, ACME starts once the cluster's certificates are loaded (see joinCluster).
       if (this.options.cluster === undefined) this.acme.start();
-      this.acme.claim(domain, "server");
+      // With DNS-01, one wildcard (and the domain) covers every NAME.DOMAIN.
+      this.acme.claim(this.options.acmeDns !== undefined ? `*.${domain}` : domain, "server");
     }
     return this.front?.port;
   }

@@ -24,6 +24,7 @@ import { rootCertificates } from "node:tls";
 import * as acme from "acme-client";
 import { describeError, type Logger } from "../../log.ts";
 import { type CertificateStore, describeCertificate } from "./certificates.ts";
+import { type DnsUpdateTarget, updateChallengeRecord } from "./dns-update.ts";
 
 /** Challenge types the server can answer. */
 export type ChallengeType = "http-01" | "tls-alpn-01";
@@ -45,6 +46,13 @@ export interface AcmeSettings {
   serverOrdersPerHour: number;
   /** Seconds before the first retry of a failed order (doubling up to an hour). */
   retrySeconds: number;
+  /**
+   * DNS-01 (`--acme-dns`): where the TXT records go. Names `*.X` are ordered with `X` through it, and
+   * names under {@link AcmeSettings.wildcardDomain} are covered by that wildcard (never ordered alone).
+   */
+  dns?: DnsUpdateTarget;
+  /** The server's domain, when its wildcard is ordered through DNS-01. */
+  wildcardDomain?: string;
 }
 
 /** Counts for /health, the dashboard and /metrics. */
@@ -163,6 +171,7 @@ export class AcmeManager {
    */
   claim(host: string, owner: string): void {
     const name = host.toLowerCase();
+    if (this.coveredByWildcard(name)) return;
     let state = this.names.get(name);
     if (state === undefined) {
       state = { owners: new Set(), notBefore: 0, failures: 0, ordering: false };
@@ -170,6 +179,15 @@ export class AcmeManager {
     }
     state.owners.add(owner);
     this.consider(name, state, Date.now());
+  }
+
+  /** Whether a name is left to the DNS-01 wildcard of the server's domain (a label under it, or itself). */
+  private coveredByWildcard(name: string): boolean {
+    const base = this.settings.wildcardDomain;
+    if (this.settings.dns === undefined || base === undefined) return false;
+    if (name === base) return true;
+    const dot = name.indexOf(".");
+    return dot > 0 && name.slice(dot + 1) === base && !name.startsWith("*.");
   }
 
   /** `owner` no longer holds `host`: no order or renewal for it unless another owner does. */
@@ -346,13 +364,17 @@ export class AcmeManager {
       const started = performance.now();
       const client = await this.account();
       const key = await acme.crypto.createPrivateEcdsaKey();
-      const [, csr] = await acme.crypto.createCsr({ altNames: [name] }, key);
+      // A wildcard is ordered with its base name, through DNS-01 (the only challenge a CA takes for it).
+      const wildcard = name.startsWith("*.");
+      const altNames = wildcard ? [name.slice(2), name] : [name];
+      const [, csr] = await acme.crypto.createCsr({ altNames }, key);
+      const dns = this.settings.dns;
       let used = "";
       const cert = await client.auto({
         csr,
         email: this.settings.email,
         termsOfServiceAgreed: true,
-        challengePriority: this.settings.challenges,
+        challengePriority: wildcard ? ["dns-01"] : this.settings.challenges,
         // Our own check would go through the system's DNS: the CA's validation is the one that counts.
         skipChallengeVerification: true,
         challengeCreateFn: async (authz, challenge, keyAuthorization) => {
@@ -365,12 +387,16 @@ export class AcmeManager {
             const answer = { cert: alpnCert.toString(), key: alpnKey.toString() };
             this.alpnCertificates.set(authz.identifier.value, answer);
             await this.challenges?.alpnCertificate(authz.identifier.value, answer);
+          } else if (challenge.type === "dns-01" && dns !== undefined) {
+            await updateChallengeRecord(dns, "add", authz.identifier.value, keyAuthorization);
           } else throw new Error(`challenge ${challenge.type} is not supported`);
         },
-        challengeRemoveFn: async (authz, challenge) => {
+        challengeRemoveFn: async (authz, challenge, keyAuthorization) => {
           if (challenge.type === "http-01") {
             this.tokens.delete(challenge.token);
             await this.challenges?.httpToken(challenge.token, undefined);
+          } else if (challenge.type === "dns-01" && dns !== undefined) {
+            await updateChallengeRecord(dns, "delete", authz.identifier.value, keyAuthorization);
           } else {
             this.alpnCertificates.delete(authz.identifier.value);
             await this.challenges?.alpnCertificate(authz.identifier.value, undefined);
