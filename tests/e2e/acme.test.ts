@@ -10,6 +10,7 @@ import { describe, expect, test } from "bun:test";
 import { statSync } from "node:fs";
 import { join } from "node:path";
 import { BIND9_INSTALLED, startBind9 } from "../support/bind9.ts";
+import { openBrowserPage } from "../support/browser.ts";
 import { makeCertificate } from "../support/certificates.ts";
 import { connectControl } from "../support/control-client.ts";
 import { MiB, sha256 } from "../support/hashing.ts";
@@ -214,6 +215,27 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
     } finally {
       first.stop(true);
       second.stop(true);
+    }
+  });
+
+  test("headless Chromium trusting only pebble's root opens https://NAME.DOMAIN (no insecure flag)", async () => {
+    const setup = await startAcme(["--acme-challenge", "tls-alpn-01"]);
+    const app = startApp("browser");
+    try {
+      await publish(setup, app.port as number, "browser");
+      await setup.server.waitFor(/certificate issued for browser\.tunnel\.test/, 20_000);
+      const { page, problems } = await openBrowserPage({ width: 800, height: 600 }, true, {
+        trust: setup.pebble.rootCa,
+        args: [`--host-resolver-rules=MAP *.${DOMAIN} 127.0.0.1`],
+      });
+      const response = await page.goto(`https://browser.${DOMAIN}:${setup.httpsPort}/`);
+      expect(response?.status()).toBe(200);
+      expect(await page.textContent("body")).toBe("hello from browser");
+      const security = await response?.securityDetails();
+      expect(security?.subjectName).toBe(`browser.${DOMAIN}`);
+      expect(problems).toEqual([]);
+    } finally {
+      app.stop(true);
     }
   });
 

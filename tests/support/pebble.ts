@@ -20,6 +20,8 @@ export interface Pebble {
   listenerCa: string;
   /** PEM file holding the root (and intermediate) that sign issued certificates (curl's `--cacert`). */
   issuerCa: string;
+  /** PEM file holding the root alone (what a browser's trust store takes). */
+  rootCa: string;
   /** The pebble process (its log names each validation). */
   process: RoleProcess;
   /** Folder of its config and certificates. */
@@ -146,10 +148,20 @@ export async function startPebble(setup: PebbleSetup): Promise<Pebble> {
     throw new Error(`pebble management ${path} did not answer`);
   };
   const issuerCa = join(dir, "pebble-issuer.pem");
-  writeFileSync(issuerCa, `${await get("/roots/0")}\n${await get("/intermediates/0")}\n`);
+  const rootCa = join(dir, "pebble-root.pem");
+  const root = await get("/roots/0");
+  writeFileSync(rootCa, root);
+  writeFileSync(issuerCa, `${root}\n${await get("/intermediates/0")}\n`);
   defer(() => {
     pebble.kill("SIGKILL");
     dns?.kill("SIGKILL");
   });
-  return { directory: `https://127.0.0.1:${acmePort}/dir`, listenerCa: cert, issuerCa, process: pebble, dir };
+  return {
+    directory: `https://127.0.0.1:${acmePort}/dir`,
+    listenerCa: cert,
+    issuerCa,
+    rootCa,
+    process: pebble,
+    dir,
+  };
 }
