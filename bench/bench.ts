@@ -10,6 +10,7 @@
  * bun run bench --only direct,ssh,sockets --measures longpath   # the long-path section alone
  * bun run bench --measures http      # the HTTP section alone: HTTP tunnels (both ports), TCP tunnel, direct
  * bun run bench --measures cluster   # the cluster section alone (also: bun bench/cluster.ts)
+ * bun run bench --measures udp       # the UDP section alone (also: bun bench/udp.ts)
  * ```
  * @module
  */
@@ -49,6 +50,7 @@ import {
   referenceTable,
   type SampleKey,
 } from "./report.ts";
+import { runUdp, UDP_FULL, UDP_QUICK, type UdpResult, udpReport } from "./udp.ts";
 
 /** Measurement groups, in the order they run on each tunnel. */
 export const MEASURES = [
@@ -60,6 +62,7 @@ export const MEASURES = [
   "longpath",
   "http",
   "cluster",
+  "udp",
   "budget",
   "clients",
   "redis",
@@ -93,6 +96,8 @@ Options:
                        small GET and 64 B POST (wrk), 200 MiB each way (sha256), WebSocket echo (http.ts)
                        cluster: a redis-server and two nodes: a visitor at node A for a client at node B
                        against the same visitor at B, two nodes' aggregate bulk against one (cluster.ts)
+                       udp: UDP tunnels: 64 B request/response beside direct and the TCP tunnel, iperf3 -u
+                       at 10/100/500 Mbit/s beside direct, a TCP stream beside a saturating UDP flow (udp.ts)
                        budget: 40 visitors flood a local service that never reads: the server's RSS
                        idle, at the peak and 10 s after, against its client budget (budget-memory.ts)
                        clients: 2,000 idle clients with a TCP tunnel each: the server's KiB per client and
@@ -345,6 +350,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
       m !== "longpath" &&
       m !== "http" &&
       m !== "cluster" &&
+      m !== "udp" &&
       m !== "budget" &&
       m !== "clients" &&
       m !== "redis",
@@ -382,6 +388,12 @@ export async function runBench(options: BenchOptions): Promise<string> {
     cluster = await runCluster({ params: clusterParams, log });
   } else if (options.measures.includes("cluster"))
     log("cluster: skipped: it measures sockets (add it to --only)");
+  let udp: UdpResult | undefined;
+  if (options.measures.includes("udp") && options.only.includes("sockets")) {
+    const udpParams = { ...(options.quick ? UDP_QUICK : UDP_FULL) };
+    if (options.repeat !== undefined) udpParams.repeat = options.repeat;
+    udp = await runUdp({ params: udpParams, log });
+  } else if (options.measures.includes("udp")) log("udp: skipped: it measures sockets (add it to --only)");
   const budget: [string, BudgetMemoryResult][] = [];
   if (options.measures.includes("budget") && options.only.includes("sockets")) {
     budget.push(["bun server.ts", await runBudgetMemory({ log })]);
@@ -436,6 +448,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
     longPathReport(longPath, longPathSeconds),
     http ? httpReport(http) : "",
     cluster ? clusterReport(cluster) : "",
+    udp ? udpReport(udp) : "",
     budget.length > 0
       ? [
           "### Memory under the budgets (a local service that never reads; server RSS)",
@@ -464,7 +477,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
   if (options.json)
     writeFileSync(
       options.json,
-      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster, budget, clients, redis }, null, 2)}\n`,
+      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster, udp, budget, clients, redis }, null, 2)}\n`,
     );
   return report;
 }

@@ -8,10 +8,11 @@
  *
  * [[tunnels]]
  * name = "web"           # unique; a reload compares tunnels by name
- * type = "http"          # tcp | http
+ * type = "http"          # tcp | http | udp | tls
  * local = "127.0.0.1:3000"
- * subdomain = "demo"     # http: subdomain, basic_auth, host_header, log_requests; tcp: port
- * allow = ["10.0.0.0/8"] # both: pool, allow, deny, proxy_protocol
+ * subdomain = "demo"     # http: subdomain or hostname, basic_auth, host_header, log_requests;
+ *                        # tls: subdomain or hostname; tcp, udp: port
+ * allow = ["10.0.0.0/8"] # all: pool, allow, deny, proxy_protocol
  * ```
  *
  * Options on the command line (and `SOCKETS_SERVER`) win over the file's; tunnels on the command line
@@ -36,6 +37,7 @@ import {
   serversFromEnv,
   servicesFromValues,
   type TunnelSettings,
+  tlsService,
   withTunnelSettings,
 } from "./options.ts";
 
@@ -64,9 +66,24 @@ export const TUNNEL_TYPES = {
   },
   http: {
     subdomain: { ...CLIENT_OPTIONS.subdomain, key: "subdomain", multiple: false },
+    hostname: { ...CLIENT_OPTIONS.hostname, key: "hostname", multiple: false },
     "basic-auth": CLIENT_OPTIONS["basic-auth"],
     "host-header": CLIENT_OPTIONS["host-header"],
     "log-requests": CLIENT_OPTIONS["log-requests"],
+    pool: CLIENT_OPTIONS.pool,
+    allow: CLIENT_OPTIONS.allow,
+    deny: CLIENT_OPTIONS.deny,
+    "proxy-protocol": CLIENT_OPTIONS["proxy-protocol"],
+  },
+  udp: {
+    port: { ...CLIENT_OPTIONS.port, key: "publicPort", multiple: false },
+    pool: CLIENT_OPTIONS.pool,
+    allow: CLIENT_OPTIONS.allow,
+    deny: CLIENT_OPTIONS.deny,
+  },
+  tls: {
+    subdomain: { ...CLIENT_OPTIONS.subdomain, key: "subdomain", multiple: false },
+    hostname: { ...CLIENT_OPTIONS.hostname, key: "hostname", multiple: false },
     pool: CLIENT_OPTIONS.pool,
     allow: CLIENT_OPTIONS.allow,
     deny: CLIENT_OPTIONS.deny,
@@ -145,7 +162,7 @@ export function fileTunnels(
     const type = table.type;
     if (type === undefined)
       throw new ConfigError(
-        `${header}: tunnel '${name}' has no type (type = "tcp" or "http"; one of: ${types})`,
+        `${header}: tunnel '${name}' has no type (type = "tcp", "http", "udp" or "tls"; one of: ${types})`,
       );
     if (typeof type !== "string" || !(type in TUNNEL_TYPES))
       throw new ConfigError(
@@ -182,6 +199,12 @@ export function fileTunnels(
       deny: (own.deny as string[] | undefined) ?? defaults.deny,
       proxyProtocol: (own.proxyProtocol as TunnelSettings["proxyProtocol"]) ?? defaults.proxyProtocol,
     };
+    if (own.subdomain !== undefined && own.hostname !== undefined)
+      throw new ConfigError(`${at("hostname")}: tunnel '${name}': give subdomain or hostname, not both`);
+    const withHostname = (service: NamedService): NamedService => {
+      if (own.hostname !== undefined) service.hostname = own.hostname as string;
+      return service;
+    };
     try {
       if (type === "http") {
         const settings: ServiceDefaults = {
@@ -190,9 +213,11 @@ export function fileTunnels(
           logRequests: (own.logRequests as boolean | undefined) ?? defaults.logRequests,
           ...tunnelSettings,
         };
-        return httpService(name, target, own.subdomain as string | undefined, settings);
+        return withHostname(httpService(name, target, own.subdomain as string | undefined, settings));
       }
-      const service: NamedService = { name, ...target };
+      if (type === "tls")
+        return withHostname(tlsService(name, target, own.subdomain as string | undefined, tunnelSettings));
+      const service: NamedService = type === "udp" ? { name, ...target, kind: "udp" } : { name, ...target };
       if (own.publicPort !== undefined) service.publicPort = own.publicPort as number;
       return withTunnelSettings(service, tunnelSettings);
     } catch (error) {
@@ -232,7 +257,12 @@ export function clientSetup(
     deny: values.deny,
     proxyProtocol: values.proxyProtocol,
   };
-  const onCommandLine = (commandLine.tcp?.length ?? 0) + (commandLine.http?.length ?? 0) > 0;
+  const onCommandLine =
+    (commandLine.tcp?.length ?? 0) +
+      (commandLine.http?.length ?? 0) +
+      (commandLine.udp?.length ?? 0) +
+      (commandLine.tls?.length ?? 0) >
+    0;
   if (source === undefined || onCommandLine)
     return { values, services: servicesFromValues(commandLine, defaults) };
   let topLevel: NamedService[];
@@ -281,18 +311,19 @@ function withInitDefault(argv: string[]): string[] {
 }
 
 /**
- * Turns argv, env and the `--config` file into the client's options; "help" for `-h`; `{ init }`
+ * Turns argv, env and the `--config` file into the client's options; "help" for `-h`, "version" for `-V`; `{ init }`
  * for `--init [FILE]`.
  * @throws {UsageError} (a {@link ConfigError} for the file) on bad input, with one line.
  */
 export async function parseClientArgs(
   argv: string[],
   env: Record<string, string | undefined>,
-): Promise<ClientArgs | "help" | { init: string }> {
+): Promise<ClientArgs | "help" | "version" | { init: string }> {
   // SOCKETS_SERVER may hold a list, which the generic parser would read as one URL: split here.
   const serverEnv = CLIENT_OPTIONS.server.env;
   const parsed = parseOptions(CLIENT_OPTIONS, withInitDefault(argv), { ...env, [serverEnv]: undefined });
   if (parsed.help) return "help";
+  if (parsed.version) return "version";
   const commandLine = parsed.values as ClientValues;
   const listed = env[serverEnv];
   if (commandLine.server === undefined && listed) {
@@ -305,14 +336,32 @@ export async function parseClientArgs(
   const source = commandLine.config === undefined ? undefined : readConfig(commandLine.config);
   const { values, services } = clientSetup(commandLine, source);
   if (services.length === 0) {
-    if (source === undefined) throw new UsageError("--expose HOST:PORT or --http HOST:PORT is required");
+    if (source === undefined)
+      throw new UsageError(
+        "--expose HOST:PORT, --http HOST:PORT, --expose-udp HOST:PORT or --tls-passthrough HOST:PORT is required",
+      );
     throw new ConfigError(
       `${source.file}: no tunnels: add a [[tunnels]] table (bun client.ts --init writes an example) or give --expose/--http`,
     );
   }
   if (commandLine.basicAuth !== undefined && !services.some((service) => service.kind === "http"))
     throw new UsageError("--basic-auth needs --http");
-  const { tcp, http, ports, subdomains, hostHeader, basicAuth, ca, server, config, init, ...others } = values;
+  const {
+    tcp,
+    http,
+    udp,
+    tls,
+    ports,
+    subdomains,
+    hostnames,
+    hostHeader,
+    basicAuth,
+    ca,
+    server,
+    config,
+    init,
+    ...others
+  } = values;
   const { pool, allow, deny, proxyProtocol, ...rest } = others;
   let caText: string | undefined;
   if (ca !== undefined) {

@@ -10,15 +10,21 @@
 import { BATCHABLE_BYTES, Batcher } from "../wire/batcher.ts";
 import {
   DATA_SCRATCH_EXTRA,
+  type DatagramFrame,
   dataFrameStream,
   decodeFrame,
   encodeData,
+  encodeDatagram,
   encodeEnd,
+  encodeFlowClose,
+  encodeFlowOpen,
   encodeGrow,
   encodeOpen,
   encodePing,
   encodeReset,
   encodeWindow,
+  type FlowCloseFrame,
+  type FlowOpenFrame,
   forEachInBatch,
   type OpenFrame,
 } from "../wire/codec.ts";
@@ -58,6 +64,18 @@ export interface MuxBudgets {
   shared?: { received: Budget; sent: Budget };
   /** Told true when the WebSocket must stop being read, false when it may be read again. */
   onReceivePressure?: (over: boolean) => void;
+}
+
+/**
+ * Where a mux hands the frames of UDP tunnels (FLOW_OPEN, DATAGRAM, FLOW_CLOSE): the server's and
+ * the client's flow tables. Without one, those frames are a protocol error (a peer that was never
+ * offered UDP sent them).
+ */
+export interface DatagramHandler {
+  onFlowOpen(frame: FlowOpenFrame): void;
+  /** `frame.payload` is a view into the message: use it before returning. */
+  onDatagram(frame: DatagramFrame): void;
+  onFlowClose(frame: FlowCloseFrame): void;
 }
 
 /** Sends one binary frame on the WebSocket. The role reports backpressure with {@link Mux.setBlocked}. */
@@ -142,6 +160,8 @@ export class Mux implements StreamHost {
   private finishedNext = 0;
   /** Every frame leaves through here: small ones coalesced per event-loop round. */
   private readonly batcher: Batcher;
+  /** The flow table that takes UDP tunnels' frames (see {@link DatagramHandler}); none: refused. */
+  datagrams?: DatagramHandler;
 
   /**
    * @param send writes one binary frame to the WebSocket; `null` builds the mux detached (frames are
@@ -284,6 +304,18 @@ export class Mux implements StreamHost {
       this.onPong(frame.token);
       return;
     }
+    if (
+      frame.type === FrameType.Datagram ||
+      frame.type === FrameType.FlowOpen ||
+      frame.type === FrameType.FlowClose
+    ) {
+      const datagrams = this.datagrams;
+      if (datagrams === undefined) throw new ProtocolError("UDP frames were not agreed on this connection");
+      if (frame.type === FrameType.Datagram) datagrams.onDatagram(frame);
+      else if (frame.type === FrameType.FlowOpen) datagrams.onFlowOpen(frame);
+      else datagrams.onFlowClose(frame);
+      return;
+    }
     // Frames for a stream that is gone are normal races with a RESET we sent: drop them.
     const stream = this.streams.get(frame.stream);
     if (stream === undefined) return;
@@ -409,10 +441,39 @@ export class Mux implements StreamHost {
     if (this.live && open) this.batcher.push(encodeOpen(stream.id, open.kind, open.tunnel, open.meta));
   }
 
+  /** True while frames reach the peer (not detached). */
+  get isLive(): boolean {
+    return this.live;
+  }
+
+  /** Announces a UDP flow (FLOW_OPEN); false while detached (nothing sent). */
+  sendFlowOpen(flow: number, tunnel: number, meta: OpenMeta): boolean {
+    if (this.live) this.batcher.push(encodeFlowOpen(flow, tunnel, meta));
+    return this.live;
+  }
+
+  /**
+   * Sends one datagram of a flow, whole: small ones with this round's batch (one copy), larger ones at
+   * once. False while detached (dropped: UDP resends nothing). The caller checks the size and the
+   * WebSocket's queue first.
+   */
+  sendDatagram(flow: number, payload: Uint8Array): boolean {
+    if (!this.live) return false;
+    if (payload.length + HEADER_LENGTH <= BATCHABLE_BYTES)
+      this.batcher.pushFrame(FrameType.Datagram, flow, payload);
+    else this.batcher.push(encodeDatagram(flow, payload, dataScratch));
+    return true;
+  }
+
+  /** Tells the peer a flow is gone (FLOW_CLOSE); dropped while detached. */
+  sendFlowClose(flow: number, code: number): void {
+    if (this.live) this.batcher.push(encodeFlowClose(flow, code, smallScratch));
+  }
+
   /** @inheritdoc */
   sendData(stream: number, payload: Uint8Array): void {
     if (!this.live) return;
-    if (payload.length <= SMALL_DATA) this.batcher.pushData(stream, payload);
+    if (payload.length <= SMALL_DATA) this.batcher.pushFrame(FrameType.Data, stream, payload);
     else this.batcher.push(encodeData(stream, payload, dataScratch));
   }
 

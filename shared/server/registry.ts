@@ -10,13 +10,15 @@ import { deadAfter } from "../liveness.ts";
 import type { Logger } from "../log.ts";
 import { Budget } from "../relay/budget.ts";
 import { releaseAfterBursts } from "../relay/release.ts";
-import { DEFAULTS, PROTOCOL_VERSION } from "../wire/protocol.ts";
+import { DEFAULTS, Feature, PROTOCOL_VERSION } from "../wire/protocol.ts";
 import { accessPermits, tunnelAccess } from "./access-list.ts";
+import type { AcmeStats as CertificateStats } from "./acme/manager.ts";
 import type { LinkEndpoint } from "./cluster/link.ts";
 import type { ClusterNode, ClusterStats } from "./cluster/node.ts";
 import { Namespace, type NamespaceSettings } from "./namespace/namespace.ts";
 import type { ServerSettings } from "./options.ts";
 import { Session, type SessionContext, type SessionSocketData, type WebSocketPeer } from "./session.ts";
+import { type UdpStats, udpStats } from "./udp-port.ts";
 import { type Account, SINGLE_KEY_USER, UserDirectory } from "./users.ts";
 import type { WebSocketHandlers } from "./ws-server.ts";
 
@@ -42,6 +44,10 @@ export interface ServerStats {
   pools?: { place: string; members: { tunnel: string; visitors: number; live: boolean }[] }[];
   /** With `--cluster`: this node's name, the nodes alive, names held here and elsewhere, Redis and links. */
   cluster?: ClusterStats;
+  /** UDP tunnels: flows open, datagrams and bytes each way, drops by reason, and the flow settings. */
+  udp: UdpStats;
+  /** With certificates (`--tls-cert`, `--acme-email`): how many, the soonest expiry, ACME orders and the last failure. */
+  certificates?: CertificateStats;
 }
 
 /** What a reload changed among the users. */
@@ -57,6 +63,8 @@ export interface UsersChange {
 
 /** Every session of a server and what they share. */
 export class SessionRegistry {
+  /** The certificates' counts for /health (set by the server when it has an HTTPS side). */
+  certificateStats?: () => CertificateStats | undefined;
   /** Sessions by id, live and reserved. */
   readonly sessions = new Map<string, Session>();
   /** Settings and registries every session uses. */
@@ -92,6 +100,7 @@ export class SessionRegistry {
         maxFramePayload: DEFAULTS.maxFramePayload,
         maxStreamsPerTunnel: settings.maxStreamsPerTunnel,
         maxTunnelsPerClient: settings.maxTunnelsPerClient,
+        features: [Feature.Udp],
       },
       graceSeconds: settings.graceSeconds,
       handshakeSeconds: settings.handshakeSeconds,
@@ -210,6 +219,12 @@ export class SessionRegistry {
       );
   }
 
+  /** Every UDP place's counts and the closed ones' (for /health and /metrics). */
+  udpStats(): UdpStats {
+    const ns = this.namespace;
+    return udpStats(ns.udpSettings, ns.udpClosed, ns.udpPorts());
+  }
+
   /** What `/health` says. */
   stats(): ServerStats {
     const all = [...this.sessions.values()];
@@ -228,6 +243,7 @@ export class SessionRegistry {
         live: tunnel.holder.live,
       })),
     }));
+    const certificates = this.certificateStats?.();
     return {
       status: this.draining ? "draining" : "ok",
       protocol: PROTOCOL_VERSION,
@@ -238,8 +254,10 @@ export class SessionRegistry {
       buffered: { received: budgets?.received.used ?? 0, sent: budgets?.sent.used ?? 0 },
       largestWindow,
       ...(this.context.healthDetail ? { users: this.userStats(all) } : {}),
+      udp: this.udpStats(),
       ...(pools.length > 0 ? { pools } : {}),
       ...(this.cluster ? { cluster: this.cluster.stats() } : {}),
+      ...(certificates ? { certificates } : {}),
     };
   }
 
@@ -278,9 +296,11 @@ function namespaceSettings(settings: ServerSettings, host: string): NamespaceSet
     domain: settings.domain,
     tcpPorts: settings.tcpPorts,
     maxTunnelsPerClient: settings.maxTunnelsPerClient,
+    customDomains: settings.customDomains,
     // The server's lists and the user's bind every tunnel of the user; a reload swaps them at once.
     operatorRefuses: (account, ip) => !accessPermits(ip, server, account?.limits.access),
     tunnelFilter: (request) => tunnelAccess(request),
+    udp: { idleMs: settings.udpIdleSeconds * 1000, maxFlows: settings.udpMaxFlows },
   };
 }
 

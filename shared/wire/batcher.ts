@@ -84,11 +84,10 @@ export class Batcher {
   }
 
   /**
-   * A DATA frame of `payload` (at most {@link BATCHABLE_BYTES} with its header), written into the
-   * round's batch directly: what {@link Batcher.push} of an encoded frame does, without encoding it
-   * elsewhere first (one copy of the payload, no frame view).
+   * Batches the frame `type | id u32 | payload` without encoding it first: one copy, straight into the
+   * batch (a datagram's path). The caller sends frames over {@link BATCHABLE_BYTES} itself.
    */
-  pushData(stream: number, payload: Uint8Array): void {
+  pushFrame(type: number, id: number, payload: Uint8Array): void {
     const length = HEADER_LENGTH + payload.length;
     if (this.length + 2 + length > CAPACITY) this.flush();
     if (!this.scheduled) {
@@ -101,16 +100,17 @@ export class Batcher {
       b = this.pool.take();
       this.buffer = b;
     }
-    const at = this.length;
+    let at = this.length;
     b[at] = length >>> 8;
     b[at + 1] = length;
-    b[at + 2] = FrameType.Data;
-    b[at + 3] = stream >>> 24;
-    b[at + 4] = stream >>> 16;
-    b[at + 5] = stream >>> 8;
-    b[at + 6] = stream;
-    b.set(payload, at + 2 + HEADER_LENGTH);
-    this.length = at + 2 + length;
+    b[at + 2] = type;
+    b[at + 3] = id >>> 24;
+    b[at + 4] = id >>> 16;
+    b[at + 5] = id >>> 8;
+    b[at + 6] = id;
+    at += 7;
+    b.set(payload, at);
+    this.length = at + payload.length;
     this.count++;
   }
 

@@ -96,7 +96,7 @@ describe("BATCH decoding", () => {
     });
 });
 
-test("pushData batches the same DATA frame that push of an encoded one does, in order with other frames", () => {
+test("pushFrame batches the same DATA frame that push of an encoded one does, in order with other frames", () => {
   fc.assert(
     fc.property(
       fc.array(
@@ -119,7 +119,7 @@ test("pushData batches the same DATA frame that push of an encoded one does, in 
         for (const [i, item] of items.entries()) {
           const payload = new Uint8Array(item.size).fill(i & 255);
           a.push(encodeData(item.stream, payload));
-          if (item.direct) b.pushData(item.stream, payload);
+          if (item.direct) b.pushFrame(FrameType.Data, item.stream, payload);
           else b.push(encodeData(item.stream, payload));
         }
         a.flush();

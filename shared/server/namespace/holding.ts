@@ -16,10 +16,14 @@
 
 import type { RelaySocket, Stream } from "../../relay/stream.ts";
 import type { StreamKind } from "../../wire/protocol.ts";
+import type { UdpMember, UdpPort, UdpSessionFlows } from "../udp-port.ts";
 import type { Account } from "../users.ts";
 
-/** A place in the namespace: an HTTP tunnel's name or a public TCP port (the cluster's lease key too). */
-export type PlaceKey = `http:${string}` | `tcp:${number}`;
+/**
+ * A place in the namespace: an HTTP tunnel's name, a public TCP port (the cluster's lease key too) or
+ * a public UDP port (TCP's and UDP's port numbers are separate places, as they are to the kernel).
+ */
+export type PlaceKey = `http:${string}` | `tcp:${number}` | `udp:${number}`;
 
 /** Why a claim or a visitor was refused, for the client's (or the log's) one line. */
 export interface Refusal {
@@ -41,6 +45,8 @@ export interface TunnelHolder {
   readonly claim?: string;
   /** The user whose token opened the session (absent on a server without users). */
   readonly account?: Account;
+  /** The client's IP address (what certificate orders count against without users). */
+  readonly address?: string;
   /** True while its client is connected and its frames flow: only then are visitors carried. */
   readonly live: boolean;
   /** True while the session waits for its client to come back (its grace period). */
@@ -51,6 +57,11 @@ export interface TunnelHolder {
   openVisitor(tunnel: Tunnel, socket: RelaySocket, kind: StreamKind): Stream | string;
   /** Cluster: another node took the tunnel's key; the holder drops the tunnel and tells its client. */
   lose(tunnel: Tunnel): void;
+  /**
+   * The session's UDP flows (made with its first UDP tunnel): where a UDP place's flows are carried.
+   * A holder without it holds no UDP tunnel.
+   */
+  udpFlows?(): UdpSessionFlows;
 }
 
 /** One session's share of a place: what its client exposed, with its own visitors. */
@@ -59,11 +70,15 @@ export interface Tunnel {
   readonly id: string;
   /** Small number that OPEN frames use to name this tunnel on its client's connection. */
   readonly ref: number;
-  readonly kind: "tcp" | "http";
+  /** "tls": an end-to-end TLS tunnel on the HTTPS port, routed by SNI like an HTTP name (acme/tls-front.ts). */
+  readonly kind: "tcp" | "http" | "udp" | "tls";
   /** Its public port (for HTTP tunnels, the server's HTTP port). */
   port: number;
-  /** HTTP tunnels: the name under the server's domain. */
+  /** HTTP and TLS tunnels: the name under the server's domain, or a custom domain's whole host name. */
   name?: string;
+  /** UDP tunnels: the place's public socket (shared by a pool's members) and this member's share. */
+  udp?: UdpPort;
+  udpMember?: UdpMember;
   /** The URL its client was told. */
   url?: string;
   /** Its open visitor streams (their count is what `--max-streams` limits). */
@@ -109,6 +124,8 @@ export interface HttpRoute {
    * bounds the wait).
    */
   open(socket: RelaySocket): RouteAnswer | Promise<RouteAnswer>;
+  /** An end-to-end TLS tunnel: its raw bytes go to the client from the HTTPS front; no plain HTTP route. */
+  passthrough?: boolean;
 }
 
 /** What {@link HttpRoute.open} answers: the visitor's stream, or the refusal it is answered with. */
