@@ -417,8 +417,8 @@ export async function runBench(options: BenchOptions): Promise<string> {
   if (options.measures.includes("redis"))
     redis = await runRedisGet({
       providers: options.only.filter((n) => n === "direct" || n === "rathole" || n.startsWith("sockets")),
-      repeat: options.quick ? 1 : Math.min(params.repeat, 5),
-      requests: options.quick ? 50_000 : 200_000,
+      repeat: options.quick ? 1 : Math.min(params.repeat, 3),
+      requests: options.quick ? 50_000 : 100_000,
       log,
     });
   const elapsed = (performance.now() - started) / 1000;
