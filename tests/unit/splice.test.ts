@@ -152,7 +152,7 @@ describe("splice", () => {
       ),
       { numRuns: 40 },
     );
-  });
+  }, 30_000); // a property run: seconds on a loaded machine, not the 5 s default
 
   test("a reset on the service's side reaches the visitor through the splice", async () => {
     const t = chain();
