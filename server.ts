@@ -196,6 +196,7 @@ async function joinCluster(options: ServerOptions, registry: SessionRegistry, ho
       acceptRemote: (target, kind, socket) => namespace.acceptRemote(target, kind, socket),
       onLost: (key) => namespace.leaseLost(key),
       listensOn: (port) => namespace.listensOn(port),
+      accounts: () => registry.users.accounts.values(),
       log: registry.context.log,
     });
   } catch (error) {

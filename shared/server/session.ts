@@ -401,8 +401,9 @@ export class Session implements TunnelHolder, WebSocketPeer {
     if (tunnel.visitors.size >= limit) return `${tunnel.visitors.size} streams open (limit)`;
     const account = this.account;
     const max = account?.limits.maxVisitors;
-    if (account !== undefined && max !== undefined && account.visitors >= max)
-      return `${account} has ${account.visitors} visitors open (max_visitors)`;
+    // In a cluster `elsewhere` counts the user's visitors on the other nodes (a second or two old).
+    if (account !== undefined && max !== undefined && account.visitors + account.elsewhere >= max)
+      return `${account} has ${account.visitors + account.elsewhere} visitors open (max_visitors)`;
     if (account !== undefined) account.visitors++;
     const stream = this.mux.createStream((closed) => {
       tunnel.visitors.delete(closed);

@@ -111,6 +111,7 @@ const USER_PREFIX = `${PREFIX}user:`;
 const NODES_KEY = `${PREFIX}nodes`;
 const NODE_PREFIX = `${PREFIX}node:`;
 const SECRET_KEY = `${PREFIX}secret`;
+const VISITORS_PREFIX = `${PREFIX}visitors:`;
 const CHANNEL = `${PREFIX}changes`;
 
 /** How often the view is rebuilt from Redis: a missed message or an expiry is seen within this. */
@@ -246,6 +247,34 @@ if not ok or type(rec) ~= 'table' then return '' end
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if rec.instance ~= ARGV[2] and rec.url ~= ARGV[3] and score and tonumber(score) > now then return cur end
 return ''
+`;
+
+/**
+ * ARGV: node, lease ms, key prefix, then user/count pairs. For each user: sets this node's count in
+ * the user's hash (with an expiry of its own: a dead node's count stops counting), and returns
+ * {user, the sum of the other nodes' live counts} pairs, flattened.
+ */
+const VISITORS_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+local out = {}
+for i = 4, #ARGV, 2 do
+  local key = ARGV[3] .. ARGV[i]
+  redis.call('HSET', key, ARGV[1], ARGV[i + 1] .. ':' .. (now + lease))
+  redis.call('PEXPIRE', key, 3 * lease)
+  local all = redis.call('HGETALL', key)
+  local sum = 0
+  for j = 1, #all, 2 do
+    if all[j] ~= ARGV[1] then
+      local count, expiry = string.match(all[j + 1], '^(%d+):(%d+)$')
+      if count and tonumber(expiry) > now then sum = sum + tonumber(count) else redis.call('HDEL', key, all[j]) end
+    end
+  end
+  out[#out + 1] = ARGV[i]
+  out[#out + 1] = sum
+end
+return out
 `;
 
 /** KEYS: nodes zset, node key. ARGV: name, channel. */
@@ -558,6 +587,27 @@ export class ClusterDirectory {
       await this.refreshNodes(false);
     } catch {
       // Redis away: the next heartbeat registers it.
+    }
+  }
+
+  /**
+   * Cluster-wide visitor counts: writes this node's count per user and reads the sum of the other
+   * nodes' (each count expires with the lease). Undefined while Redis is away (keep the last sums).
+   */
+  async syncVisitors(counts: Map<string, number>): Promise<Map<string, number> | undefined> {
+    if (this.state !== "up" || counts.size === 0) return undefined;
+    const pairs = [...counts].flatMap(([user, count]) => [user, String(count)]);
+    try {
+      const reply = (await this.eval(
+        VISITORS_LUA,
+        [],
+        [this.name, String(this.options.leaseMs), VISITORS_PREFIX, ...pairs],
+      )) as (string | number)[];
+      const sums = new Map<string, number>();
+      for (let i = 0; i + 1 < reply.length; i += 2) sums.set(String(reply[i]), Number(reply[i + 1]));
+      return sums;
+    } catch {
+      return undefined;
     }
   }
 

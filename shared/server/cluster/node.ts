@@ -76,6 +76,16 @@ export interface ClusterNodeOptions {
   acceptRemote: RemoteAcceptor;
   /** A lease this node held was lost (taken over elsewhere): the tunnel stops at once. */
   onLost(key: LeaseKey): void;
+  /**
+   * The users whose `max_visitors` counts over the cluster: their visitors here are published, and
+   * `elsewhere` set to theirs on the other nodes (every lease/3).
+   */
+  accounts?: () => Iterable<{
+    name: string;
+    visitors: number;
+    elsewhere: number;
+    limits: { maxVisitors?: number };
+  }>;
   /** Whether a local tunnel listens on this port now (then no mirror is opened on it). */
   listensOn(port: number): boolean;
   log: Logger;
@@ -123,6 +133,9 @@ export class ClusterNode {
   private readonly records = new Map<LeaseKey, LeaseRecord>();
   /** Looks at the node list again once a Redis outage's settling time is over (see syncLinks). */
   private settleTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Publishes and reads the cluster's visitor counts (see syncVisitors). */
+  private visitorTimer: ReturnType<typeof setInterval> | undefined;
+  private syncing = false;
   /** Visitors waiting for a moving name or port now. */
   private waiting = 0;
   /** Standby connections of other nodes' clients, each watching its client's node. */
@@ -157,7 +170,24 @@ export class ClusterNode {
     node.syncLinks(directory.nodes());
     for (const port of directory.ports().keys()) node.reconcile(`tcp:${port}`);
     node.reportDifferences();
+    node.visitorTimer = setInterval(
+      () => void node?.syncVisitors(),
+      Math.max(100, (options.leaseSeconds * 1000) / 3),
+    );
     return node;
+  }
+
+  /** Publishes this node's visitors per limited user and takes in the other nodes' (see `accounts`). */
+  private async syncVisitors(): Promise<void> {
+    if (this.syncing || this.closed || this.options.accounts === undefined) return;
+    this.syncing = true;
+    try {
+      const limited = [...this.options.accounts()].filter((a) => a.limits.maxVisitors !== undefined);
+      const sums = await this.directory.syncVisitors(new Map(limited.map((a) => [a.name, a.visitors])));
+      if (sums !== undefined) for (const account of limited) account.elsewhere = sums.get(account.name) ?? 0;
+    } finally {
+      this.syncing = false;
+    }
   }
 
   /** The node's users or settings were reloaded: the others see the new digest; differences are logged. */
@@ -592,6 +622,7 @@ export class ClusterNode {
   async leave(): Promise<void> {
     this.closed = true;
     clearTimeout(this.settleTimer);
+    clearInterval(this.visitorTimer);
     for (const standby of [...this.standbys]) standby.close();
     for (const link of this.links.values()) link.close();
     this.links.clear();
