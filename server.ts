@@ -17,6 +17,7 @@
 import { formatHost, usageLine } from "./shared/args.ts";
 import { commandName, createLogger, describeError, type Logger } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
+import { HttpsSide } from "./shared/server/acme/https.ts";
 import { controlApp } from "./shared/server/app.ts";
 import { defaultNodeName, defaultNodeUrl, settingsDigest } from "./shared/server/cluster/identity.ts";
 import { ClusterNode } from "./shared/server/cluster/node.ts";
@@ -56,6 +57,8 @@ export interface ServerHandle {
   url: string;
   /** Bound HTTP tunnel port, when `httpPort` was given. */
   httpPort?: number;
+  /** Bound HTTPS port, when `httpsPort` was given. */
+  httpsPort?: number;
   /** `http://HOST:PORT` of the admin listener (dashboard, API, /metrics), when `admin` was given. */
   adminUrl?: string;
   stats(): ServerStats;
@@ -77,6 +80,10 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   const log = createLogger("server", options.quiet);
   const host = options.host ?? (await defaultHost());
   const registry = new SessionRegistry(settings, host, log);
+  // Certificates, ACME and the HTTPS front (--https-port): see shared/server/acme/.
+  const https = new HttpsSide(options, log);
+  registry.namespace.names = https.names;
+  registry.certificateStats = () => https.stats();
   const metrics = options.admin === undefined ? undefined : countMetrics(registry, options);
   // Accept: the control port serves the clients' upgrade and /health (the app), and HTTP tunnels.
   const app = controlApp({ registry, authFailLimit: settings.authFailLimit, log, metrics });
@@ -91,19 +98,29 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       route: (name) => registry.namespace.routeHttp(name),
       stats: () => registry.stats(),
       metrics,
+      https,
       log,
     });
-    const { control, http, admin } = listeners;
+    const { control, http, httpsPort, admin } = listeners;
     registry.namespace.bind({
       httpPort: http?.port ?? control.port,
-      https: options.tls !== undefined,
-      ownPorts: [control.port, ...(http ? [http.port] : []), ...(admin ? [admin.port] : [])],
+      // With --https-port, --http-port serves plain http (the control port keeps --tls-cert).
+      https: options.tls !== undefined && (options.httpsPort === undefined || http === undefined),
+      httpsPort,
+      ownPorts: [
+        control.port,
+        ...(http ? [http.port] : []),
+        ...(httpsPort !== undefined ? [httpsPort] : []),
+        ...(admin ? [admin.port] : []),
+      ],
     });
     // Cluster: names and ports are leased in Redis, visitors for other nodes' tunnels carried there.
     if (options.cluster !== undefined) {
-      registry.join(await joinCluster(options, registry, host, control.port));
+      const node = await joinCluster(options, registry, host, control.port);
+      registry.join(node);
       // Clients learn their node's name in hello: their standby connections watch it.
       registry.context.limits.node = registry.cluster?.name;
+      await https.joinCluster(node);
     }
   } catch (error) {
     listeners?.stop(true);
@@ -118,6 +135,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
     port: running.control.port,
     url,
     httpPort: running.http?.port,
+    httpsPort: running.httpsPort,
     adminUrl: running.admin?.url,
     stats: () => registry.stats(),
     reload(next) {
@@ -146,6 +164,7 @@ function countMetrics(registry: SessionRegistry, options: ServerOptions): Server
     perTunnel: options.metricsPerTunnel === true,
     buffered: () => registry.stats().buffered,
     cluster: () => registry.cluster?.stats(),
+    certificates: () => registry.certificateStats?.(),
     pools: () =>
       registry.namespace.pools().map(({ key, members }) => ({ place: key, members: members.length })),
     udp: () => registry.udpStats(),
@@ -166,6 +185,8 @@ function logStart(
   const { port, scheme, domain } = registry.namespace.http;
   log.info(`listening on ${url} (domain ${domain})`);
   log.info(`http tunnels on ${scheme}://*.${domain}:${port}`);
+  if (listeners.httpsPort !== undefined)
+    log.info(`https on port ${listeners.httpsPort} (names chosen by SNI)`);
   if (registry.cluster)
     log.info(`cluster: node ${registry.cluster.name} joined (${redacted(options.cluster)})`);
   if (listeners.admin) log.info(`admin on ${listeners.admin.url}/ (dashboard, /api, /metrics)`);

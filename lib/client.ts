@@ -181,7 +181,9 @@ export function clientOptions(input: StartClientOptions): ClientOptions {
     if (!Array.isArray(list))
       throw new UsageError(`${flag}: a list of services is expected (e.g. [3000, "127.0.0.1:8080"])`);
   if (expose.length === 0 && http.length === 0 && udp.length === 0)
-    throw new UsageError("--expose HOST:PORT, --http HOST:PORT or --expose-udp HOST:PORT is required");
+    throw new UsageError(
+      "--expose HOST:PORT, --http HOST:PORT, --expose-udp HOST:PORT or --tls-passthrough HOST:PORT is required",
+    );
   const services = [
     ...expose.map((spec) => service(spec, "tcp", "--expose")),
     ...udp.map((spec) => service(spec, "udp", "--expose-udp")),

@@ -8,10 +8,11 @@
  *
  * [[tunnels]]
  * name = "web"           # unique; a reload compares tunnels by name
- * type = "http"          # tcp | http | udp
+ * type = "http"          # tcp | http | udp | tls
  * local = "127.0.0.1:3000"
- * subdomain = "demo"     # http: subdomain, basic_auth, host_header, log_requests; tcp, udp: port
- * allow = ["10.0.0.0/8"] # both: pool, allow, deny, proxy_protocol
+ * subdomain = "demo"     # http: subdomain or hostname, basic_auth, host_header, log_requests;
+ *                        # tls: subdomain or hostname; tcp, udp: port
+ * allow = ["10.0.0.0/8"] # all: pool, allow, deny, proxy_protocol
  * ```
  *
  * Options on the command line (and `SOCKETS_SERVER`) win over the file's; tunnels on the command line
@@ -36,6 +37,7 @@ import {
   serversFromEnv,
   servicesFromValues,
   type TunnelSettings,
+  tlsService,
   withTunnelSettings,
 } from "./options.ts";
 
@@ -64,6 +66,7 @@ export const TUNNEL_TYPES = {
   },
   http: {
     subdomain: { ...CLIENT_OPTIONS.subdomain, key: "subdomain", multiple: false },
+    hostname: { ...CLIENT_OPTIONS.hostname, key: "hostname", multiple: false },
     "basic-auth": CLIENT_OPTIONS["basic-auth"],
     "host-header": CLIENT_OPTIONS["host-header"],
     "log-requests": CLIENT_OPTIONS["log-requests"],
@@ -74,6 +77,17 @@ export const TUNNEL_TYPES = {
   },
   udp: {
     port: { ...CLIENT_OPTIONS.port, key: "publicPort", multiple: false },
+    pool: CLIENT_OPTIONS.pool,
+    allow: CLIENT_OPTIONS.allow,
+    deny: CLIENT_OPTIONS.deny,
+  },
+  tls: {
+    subdomain: { ...CLIENT_OPTIONS.subdomain, key: "subdomain", multiple: false },
+    hostname: { ...CLIENT_OPTIONS.hostname, key: "hostname", multiple: false },
+    pool: CLIENT_OPTIONS.pool,
+    allow: CLIENT_OPTIONS.allow,
+    deny: CLIENT_OPTIONS.deny,
+    "proxy-protocol": CLIENT_OPTIONS["proxy-protocol"],
   },
 } as const satisfies Record<string, OptionTable>;
 
@@ -148,7 +162,7 @@ export function fileTunnels(
     const type = table.type;
     if (type === undefined)
       throw new ConfigError(
-        `${header}: tunnel '${name}' has no type (type = "tcp", "http" or "udp"; one of: ${types})`,
+        `${header}: tunnel '${name}' has no type (type = "tcp", "http", "udp" or "tls"; one of: ${types})`,
       );
     if (typeof type !== "string" || !(type in TUNNEL_TYPES))
       throw new ConfigError(
@@ -185,6 +199,12 @@ export function fileTunnels(
       deny: (own.deny as string[] | undefined) ?? defaults.deny,
       proxyProtocol: (own.proxyProtocol as TunnelSettings["proxyProtocol"]) ?? defaults.proxyProtocol,
     };
+    if (own.subdomain !== undefined && own.hostname !== undefined)
+      throw new ConfigError(`${at("hostname")}: tunnel '${name}': give subdomain or hostname, not both`);
+    const withHostname = (service: NamedService): NamedService => {
+      if (own.hostname !== undefined) service.hostname = own.hostname as string;
+      return service;
+    };
     try {
       if (type === "http") {
         const settings: ServiceDefaults = {
@@ -193,8 +213,10 @@ export function fileTunnels(
           logRequests: (own.logRequests as boolean | undefined) ?? defaults.logRequests,
           ...tunnelSettings,
         };
-        return httpService(name, target, own.subdomain as string | undefined, settings);
+        return withHostname(httpService(name, target, own.subdomain as string | undefined, settings));
       }
+      if (type === "tls")
+        return withHostname(tlsService(name, target, own.subdomain as string | undefined, tunnelSettings));
       const service: NamedService = type === "udp" ? { name, ...target, kind: "udp" } : { name, ...target };
       if (own.publicPort !== undefined) service.publicPort = own.publicPort as number;
       return withTunnelSettings(service, tunnelSettings);
@@ -236,7 +258,11 @@ export function clientSetup(
     proxyProtocol: values.proxyProtocol,
   };
   const onCommandLine =
-    (commandLine.tcp?.length ?? 0) + (commandLine.http?.length ?? 0) + (commandLine.udp?.length ?? 0) > 0;
+    (commandLine.tcp?.length ?? 0) +
+      (commandLine.http?.length ?? 0) +
+      (commandLine.udp?.length ?? 0) +
+      (commandLine.tls?.length ?? 0) >
+    0;
   if (source === undefined || onCommandLine)
     return { values, services: servicesFromValues(commandLine, defaults) };
   let topLevel: NamedService[];
@@ -311,15 +337,31 @@ export async function parseClientArgs(
   const { values, services } = clientSetup(commandLine, source);
   if (services.length === 0) {
     if (source === undefined)
-      throw new UsageError("--expose HOST:PORT, --http HOST:PORT or --expose-udp HOST:PORT is required");
+      throw new UsageError(
+        "--expose HOST:PORT, --http HOST:PORT, --expose-udp HOST:PORT or --tls-passthrough HOST:PORT is required",
+      );
     throw new ConfigError(
       `${source.file}: no tunnels: add a [[tunnels]] table (bun client.ts --init writes an example) or give --expose/--http`,
     );
   }
   if (commandLine.basicAuth !== undefined && !services.some((service) => service.kind === "http"))
     throw new UsageError("--basic-auth needs --http");
-  const { tcp, http, udp, ports, subdomains, hostHeader, basicAuth, ca, server, config, init, ...others } =
-    values;
+  const {
+    tcp,
+    http,
+    udp,
+    tls,
+    ports,
+    subdomains,
+    hostnames,
+    hostHeader,
+    basicAuth,
+    ca,
+    server,
+    config,
+    init,
+    ...others
+  } = values;
   const { pool, allow, deny, proxyProtocol, ...rest } = others;
   let caText: string | undefined;
   if (ca !== undefined) {

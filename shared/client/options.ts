@@ -17,7 +17,7 @@ import {
 } from "../args.ts";
 import { parseCidr } from "../ip.ts";
 import type { EnvSpec, OptionTable, OptionValues } from "../options.ts";
-import { MAX_ACCESS_RULES, SUBDOMAIN } from "../wire/protocol.ts";
+import { HOSTNAME, MAX_ACCESS_RULES, SUBDOMAIN } from "../wire/protocol.ts";
 import { PROXY_VERSIONS, type ProxyVersion } from "../wire/proxy-protocol.ts";
 import { DEFAULT_CAPACITY, type InspectSetting, parseInspect } from "./inspector/settings.ts";
 
@@ -25,12 +25,17 @@ import { DEFAULT_CAPACITY, type InspectSetting, parseInspect } from "./inspector
 export interface ExposeOption extends HostPort {
   /** The tunnel's name in the client's set (unique; a config file's `name`, else `tcp-1`, `http-1`, …). */
   name?: string;
-  /** A raw TCP tunnel (default), an HTTP tunnel at `NAME.DOMAIN`, or a UDP tunnel. */
-  kind?: "tcp" | "http" | "udp";
+  /**
+   * A raw TCP tunnel (default), an HTTP tunnel at `NAME.DOMAIN`, a UDP tunnel, or an end-to-end TLS
+   * tunnel (the server routes by SNI on its HTTPS port and never decrypts: the local service holds the key).
+   */
+  kind?: "tcp" | "http" | "udp" | "tls";
   /** TCP, UDP: the public port to ask for; absent for any. */
   publicPort?: number;
-  /** HTTP: the name to ask for; absent for a random one. */
+  /** HTTP, TLS: the name to ask for; absent for a random one. */
   subdomain?: string;
+  /** HTTP, TLS: a full host name outside the server's domain (a custom domain it allows). */
+  hostname?: string;
   /** HTTP: keep the visitor's Host header instead of sending the local address (default false). */
   preserveHost?: boolean;
   /** HTTP: `user:password` visitors must present (basic auth, checked by the server). */
@@ -101,16 +106,37 @@ export const CLIENT_OPTIONS = {
     help: "local web service to publish at http(s)://NAME.DOMAIN (repeatable: one tunnel each; combinable with --expose)",
     parse: (text: string, flag: string): HostPort => parseHostPort(text, flag),
   },
+  "tls-passthrough": {
+    key: "tls",
+    value: "HOST:PORT",
+    multiple: true,
+    help: "local TLS service to publish end to end at NAME.DOMAIN on the server's --https-port: routed by SNI, never decrypted, so the service's own certificate is what visitors see (README: End-to-end TLS)",
+    parse: (text: string, flag: string): HostPort => parseHostPort(text, flag),
+  },
   subdomain: {
     key: "subdomains",
     value: "NAME",
     multiple: true,
     defaultText: "random (10 lower-case letters and digits)",
-    help: "ask for this name (repeatable: the n-th goes with the n-th --http); a DNS label: a-z, 0-9, inner '-', at most 63",
+    help: "ask for this name (repeatable: the n-th goes with the n-th --http, then --tls-passthrough); a DNS label: a-z, 0-9, inner '-', at most 63",
     parse: (text: string, flag: string): string => {
       if (!SUBDOMAIN.test(text))
         throw new UsageError(`${flag}: '${text}' is not a DNS label (a-z, 0-9, inner '-', at most 63)`);
       return text;
+    },
+  },
+  hostname: {
+    key: "hostnames",
+    value: "HOST",
+    multiple: true,
+    help: "ask for a full host name outside the server's domain, e.g. api.example.com CNAMEd to the server (repeatable, paired as --subdomain; the server must allow it; README: Custom domains)",
+    parse: (text: string, flag: string): string => {
+      const host = text.toLowerCase().replace(/\.$/, "");
+      if (!HOSTNAME.test(host))
+        throw new UsageError(
+          `${flag}: '${text}' is not a host name (dot-separated DNS labels, e.g. api.example.com)`,
+        );
+      return host;
     },
   },
   "host-header": {
@@ -250,8 +276,10 @@ export type ClientArgs = Omit<
   | "tcp"
   | "http"
   | "udp"
+  | "tls"
   | "ports"
   | "subdomains"
+  | "hostnames"
   | "hostHeader"
   | "basicAuth"
   | "ca"
@@ -319,10 +347,25 @@ export function withTunnelSettings(service: NamedService, settings: TunnelSettin
  * @throws {UsageError} for a `--port` or `--subdomain` without its tunnel.
  */
 export function servicesFromValues(values: ClientValues, defaults: ServiceDefaults = values): NamedService[] {
-  const { tcp = [], http = [], udp = [], ports = [], subdomains = [] } = values;
+  const { tcp = [], http = [], udp = [], tls = [], ports = [], subdomains = [], hostnames = [] } = values;
   if (ports.length > tcp.length + udp.length)
     throw new UsageError("--port given more times than --expose and --expose-udp together");
-  if (subdomains.length > http.length) throw new UsageError("--subdomain given more times than --http");
+  const named = http.length + tls.length;
+  if (subdomains.length > named)
+    throw new UsageError("--subdomain given more times than --http and --tls-passthrough");
+  if (hostnames.length > named)
+    throw new UsageError("--hostname given more times than --http and --tls-passthrough");
+  // The n-th --subdomain or --hostname names the n-th --http, then the --tls-passthrough ones: the
+  // two would name the same first tunnel (a config file names each tunnel on its own).
+  if (subdomains.length > 0 && hostnames.length > 0)
+    throw new UsageError(
+      "--subdomain and --hostname both name the tunnels in order: give one of them (or name each tunnel in a config file)",
+    );
+  const withHostname = (i: number, service: NamedService): NamedService => {
+    const hostname = hostnames[i];
+    if (hostname !== undefined) service.hostname = hostname;
+    return service;
+  };
   return [
     ...tcp.map((target, i): NamedService => {
       const publicPort = ports[i];
@@ -331,7 +374,17 @@ export function servicesFromValues(values: ClientValues, defaults: ServiceDefaul
         publicPort === undefined ? { name, ...target } : { name, ...target, publicPort };
       return withTunnelSettings(service, defaults);
     }),
-    ...http.map((target, i): NamedService => httpService(`http-${i + 1}`, target, subdomains[i], defaults)),
+    ...http.map(
+      (target, i): NamedService =>
+        withHostname(i, httpService(`http-${i + 1}`, target, subdomains[i], defaults)),
+    ),
+    ...tls.map(
+      (target, i): NamedService =>
+        withHostname(
+          http.length + i,
+          tlsService(`tls-${i + 1}`, target, subdomains[http.length + i], defaults),
+        ),
+    ),
     ...udp.map((target, i): NamedService => {
       const publicPort = ports[tcp.length + i];
       const service: NamedService = { name: `udp-${i + 1}`, ...target, kind: "udp" };
@@ -359,9 +412,21 @@ export function httpService(
   return withTunnelSettings(service, settings);
 }
 
+/** An end-to-end TLS service (absent fields stay absent: a reload compares them). */
+export function tlsService(
+  name: string,
+  target: HostPort,
+  subdomain: string | undefined,
+  settings: TunnelSettings = {},
+): NamedService {
+  const service: NamedService = { name, ...target, kind: "tls" };
+  if (subdomain !== undefined) service.subdomain = subdomain;
+  return withTunnelSettings(service, settings);
+}
+
 /** Gives each service without a name one (`tcp-1`, `http-1`, … by kind and position); keeps the others. */
 export function nameServices(services: ExposeOption[]): NamedService[] {
-  const seen = { tcp: 0, http: 0, udp: 0 };
+  const seen = { tcp: 0, http: 0, udp: 0, tls: 0 };
   return services.map((service) => {
     const kind = service.kind ?? "tcp";
     seen[kind]++;

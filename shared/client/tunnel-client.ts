@@ -338,7 +338,12 @@ export class TunnelClient {
     if (previous === undefined) return this.expose(service);
     const wanted: Wanted = { port: previous.port, name: previous.name, id: sameId ? previous.id : undefined };
     return this.expose(service, wanted).catch((error) => {
-      if (service.publicPort !== undefined || service.subdomain !== undefined) throw error;
+      if (
+        service.publicPort !== undefined ||
+        service.subdomain !== undefined ||
+        service.hostname !== undefined
+      )
+        throw error;
       this.settings.log.warn(`${describeError(error)}; asking for another one`);
       return this.expose(service);
     });
@@ -353,12 +358,17 @@ export class TunnelClient {
       throw new RefusedError(
         `server ${this.server} does not serve UDP tunnels (an older sockets server): upgrade it, or drop --expose-udp ${formatHost(local.host)}:${local.port}`,
       );
+    // HTTP and end-to-end TLS tunnels hold a name: a subdomain, or a custom domain's full host name.
+    const named = local.kind === "http" || local.kind === "tls";
+    const wantedName = local.hostname ?? local.subdomain ?? wanted.name;
+    const custom = wantedName?.includes(".") === true;
     const request: ExposeRequest = {
       type: "expose",
       id: this.nextRequest++,
-      kind: http ? "http" : udp ? "udp" : "tcp",
-      port: http ? undefined : (local.publicPort ?? wanted.port),
-      subdomain: http ? (local.subdomain ?? wanted.name) : undefined,
+      kind: local.kind ?? "tcp",
+      port: named ? undefined : (local.publicPort ?? wanted.port),
+      subdomain: named && !custom ? wantedName : undefined,
+      hostname: named && custom ? wantedName : undefined,
       hostHeader: http && !local.preserveHost ? `${formatHost(local.host)}:${local.port}` : undefined,
       basicAuth: http ? local.basicAuth : undefined,
       tunnel: wanted.id,

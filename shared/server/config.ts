@@ -21,6 +21,7 @@ import { type Cidr, parseCidr } from "../ip.ts";
 import type { Logger } from "../log.ts";
 import { type OptionTable, parseOptions } from "../options.ts";
 import { AccessList, MAX_RULES } from "./access-list.ts";
+import { validHostPattern } from "./acme/hostnames.ts";
 import {
   finishServerOptions,
   SERVER_OPTIONS,
@@ -51,6 +52,7 @@ const USER_KEYS = [
   "max_tunnels",
   "max_visitors",
   "random_subdomain",
+  "hostnames",
   "allow",
   "deny",
 ] as const;
@@ -168,6 +170,16 @@ export function usersFromConfig(source: ConfigSource): UserConfig[] {
       limits.maxVisitors = check("max_visitors", () =>
         count(entry.max_visitors, `max_visitors of user ${user}`),
       );
+    if (entry.hostnames !== undefined)
+      limits.hostnames = check("hostnames", () => {
+        const list = Array.isArray(entry.hostnames) ? entry.hostnames : [entry.hostnames];
+        for (const pattern of list)
+          if (typeof pattern !== "string" || !validHostPattern(pattern))
+            throw new Error(
+              `hostnames of user ${user}: ${JSON.stringify(pattern)} is not a host pattern (a host name, lower case, where a first label * stands for any one label: "api.example.com", "*.example.com")`,
+            );
+        return list as string[];
+      });
     if (entry.random_subdomain !== undefined) {
       if (typeof entry.random_subdomain !== "boolean")
         fail("random_subdomain", `random_subdomain of user ${user} must be true or false`);
@@ -212,12 +224,12 @@ export function loadServerConfig(
   const source = readConfig(file);
   const fromFile = optionsFromConfig(source, FILE_OPTIONS, source.data, ["users"]) as ServerOptionValues;
   const users = usersFromConfig(source);
-  for (const key of ["tlsCert", "tlsKey", "clusterCa"] as const) {
+  for (const key of ["tlsCert", "tlsKey", "clusterCa", "acmeCa", "acmeDir", "acmeDnsKey"] as const) {
     const path = fromFile[key];
     if (path !== undefined && !isAbsolute(path)) fromFile[key] = resolve(dirname(file), path);
   }
   const merged = { ...fromFile, ...commandLine };
-  const fileNamed = (flag: "tls-cert" | "tls-key" | "cluster-ca") =>
+  const fileNamed = (flag: "tls-cert" | "tls-key" | "cluster-ca" | "acme-ca") =>
     commandLine[(SERVER_OPTIONS[flag] as { key: keyof ServerOptionValues }).key] !== undefined
       ? `--${flag}`
       : `${where(source, flag.replace("-", "_"))}: ${flag.replace("-", "_")}`;

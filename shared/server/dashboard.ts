@@ -86,6 +86,7 @@ ${CHART_STYLE}
   </section>
   <h2 id="charts-title">Over time</h2>
   <section class="charts" id="charts" aria-labelledby="charts-title"></section>
+  <p id="certificates" class="meta" hidden></p>
   <h2 id="clients-title">Clients</h2>
   <table aria-labelledby="clients-title">
     <thead><tr><th>Client</th><th class="user">User</th><th>Address</th><th>State</th><th>Connected since</th><th class="num">Resumes</th><th class="num">Tunnels</th><th class="num">Visitors</th></tr></thead>
@@ -204,6 +205,14 @@ function render() {
     $("t-udp-flows").textContent = server.udp.open;
     $("t-udp-drops").textContent = drops.reduce((n, [, v]) => n + v, 0);
     $("t-udp-drops").title = drops.map(([reason, v]) => reason + ": " + v).join(", ");
+  }
+  const certs = server.certificates;
+  $("certificates").hidden = !certs;
+  if (certs) {
+    const days = certs.soonestExpirySeconds === undefined ? "" : " · soonest expiry in " + (certs.soonestExpirySeconds / 86400).toFixed(1) + " days";
+    const o = certs.orders;
+    const failure = certs.lastFailure ? " · last failure " + ago(certs.lastFailure.at) + ": " + certs.lastFailure.host + ": " + certs.lastFailure.message : "";
+    $("certificates").textContent = "Certificates: " + certs.certificates + days + " · ACME orders: " + o.issued + " issued, " + o.failed + " failed, " + o.refused + " refused" + failure;
   }
 
   const cbody = $("clients");

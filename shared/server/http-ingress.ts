@@ -94,6 +94,13 @@ export interface HttpIngressOptions {
   local?: LocalRequests;
   /** Told of every response to a visitor (absent: nothing timed or counted). */
   metrics?: HttpResponseCounter;
+  /**
+   * The visitor's address when the socket's peer is not the visitor (the HTTPS front's loopback
+   * connection, see acme/tls-front.ts); undefined to use the peer's.
+   */
+  visitorAddress?: (socket: HttpSocket) => string | undefined;
+  /** Answers HTTP-01 validations (`/.well-known/acme-challenge/TOKEN`): the key authorization, if any. */
+  acmeChallenge?: (token: string) => string | undefined;
   log: Logger;
 }
 
@@ -160,6 +167,9 @@ export function nameOf(host: string, domain: string): string | undefined {
   const suffix = `.${domain.toLowerCase()}`;
   return bare.endsWith(suffix) && bare.length > suffix.length ? bare.slice(0, -suffix.length) : undefined;
 }
+
+/** Where ACME HTTP-01 validations ask for their token (RFC 8555 §8.3). */
+const ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/";
 
 /** A request body up to this size that arrived with its head is sent on in the head's buffer. */
 const JOIN_BODY_MAX = 16 * 1024;
@@ -376,15 +386,27 @@ class HttpListener implements HttpIngress {
   }
 
   /**
+   * The route key of a Host value: the tunnel name of `NAME.DOMAIN`, or a custom domain's whole host
+   * name when a tunnel holds it (so that the control port still answers its own requests).
+   */
+  private keyOf(host: string): string | undefined {
+    const name = nameOf(host, this.domain);
+    if (name !== undefined) return name;
+    const bare = host.toLowerCase().replace(/:\d+$/, "");
+    return bare.includes(".") && this.options.route(bare) !== undefined ? bare : undefined;
+  }
+
+  /**
    * Route: the first request's authority picks the tunnel for the whole connection. "waiting": the
    * route answers later (see {@link HttpRoute.open}); the request's events wait in the backlog.
    */
   private route(conn: HttpConnection, head: RequestHead): Stream | null | "waiting" {
     const host = requestHost(head);
-    const name = nameOf(host, this.domain);
+    const name = this.keyOf(host);
     const target = name === undefined ? undefined : this.options.route(name);
-    if (target === undefined) {
-      this.respond(conn, 404, `no tunnel at ${host || "(no Host header)"}`);
+    if (target === undefined || target.passthrough) {
+      const why = target === undefined ? "no tunnel" : "only an end-to-end TLS tunnel (use https)";
+      this.respond(conn, 404, `${why} at ${host || "(no Host header)"}`);
       return null;
     }
     if (!authorized(head, target)) {
@@ -461,9 +483,17 @@ class HttpListener implements HttpIngress {
       if (event.type === "head") {
         if (
           conn.stream === null &&
-          this.options.local &&
-          nameOf(requestHost(event.head), this.domain) === undefined
+          this.options.acmeChallenge &&
+          event.head.target.startsWith(ACME_CHALLENGE_PATH)
         ) {
+          this.answerChallenge(
+            conn,
+            event.head.target.slice(ACME_CHALLENGE_PATH.length),
+            this.options.acmeChallenge,
+          );
+          return;
+        }
+        if (conn.stream === null && this.options.local && this.keyOf(requestHost(event.head)) === undefined) {
           this.answerLocally(conn, event.head, this.options.local);
           continue;
         }
@@ -476,7 +506,7 @@ class HttpListener implements HttpIngress {
         this.disarm(conn); // a request is in progress: its response is the backend's business
         const host = requestHost(event.head);
         if (host !== conn.routedHost) {
-          if (nameOf(host, this.domain) !== conn.name) {
+          if (this.keyOf(host) !== conn.name) {
             // A connection belongs to the tunnel of its first request: never carry a request elsewhere.
             stream.reset(ResetCode.Protocol, "request for another host on the same connection");
             return;
@@ -492,7 +522,8 @@ class HttpListener implements HttpIngress {
           }
           conn.authorizedAs = authorizationOf(event.head);
         }
-        conn.remoteIp ??= unmappedAddress(conn.socket.remoteAddress);
+        conn.remoteIp ??=
+          this.options.visitorAddress?.(conn.socket) ?? unmappedAddress(conn.socket.remoteAddress);
         // A small body read with its head goes on in the same buffer: one DATA frame and one write
         // into the local service rather than two.
         const next = events[i + 1];
@@ -519,6 +550,24 @@ class HttpListener implements HttpIngress {
       } else if (event.type === "body" || event.type === "passthrough")
         conn.stream?.onSocketData(event.bytes);
     }
+  }
+
+  /** An ACME HTTP-01 validation: the key authorization as the whole body (or 404), then close. */
+  private answerChallenge(
+    conn: HttpConnection,
+    token: string,
+    challenge: (token: string) => string | undefined,
+  ): void {
+    const answer = challenge(token);
+    if (answer === undefined) {
+      this.respond(conn, 404, "no such ACME challenge");
+      return;
+    }
+    this.metrics?.httpResponse(200);
+    conn.socket.write(
+      `HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: ${answer.length}\r\nconnection: close\r\n\r\n${answer}`,
+    );
+    conn.close();
   }
 
   /** A request for the port itself: the connection waits (unread) until it is answered. */

@@ -1,11 +1,12 @@
 /**
  * The server's own listeners, opened together: the control port (clients' upgrades, `/health`, HTTP
- * tunnels), `--http-port`, and the admin listener. Either all open or none stays open: one that fails
+ * tunnels), `--http-port`, `--https-port` (acme/https.ts), and the admin listener. Either all open or none stays open: one that fails
  * closes those before it, and the error names the option.
  * @module
  */
 
 import { describeError, type Logger } from "../log.ts";
+import type { HttpsSide } from "./acme/https.ts";
 import { type AdminListener, startAdmin } from "./admin.ts";
 import { listenControl } from "./control-port.ts";
 import { HeadBudget, type HttpIngress, listenHttp } from "./http-ingress.ts";
@@ -32,6 +33,8 @@ export interface ListenerParts {
   route(name: string): HttpRoute | undefined;
   stats(): ServerStats;
   metrics?: ServerMetrics;
+  /** Certificates, ACME and the HTTPS front (`--https-port`). */
+  https: HttpsSide;
   log: Logger;
 }
 
@@ -39,6 +42,8 @@ export interface ListenerParts {
 export interface Listeners {
   control: HttpIngress;
   http?: HttpIngress;
+  /** The bound `--https-port`. */
+  httpsPort?: number;
   admin?: AdminListener;
   /** Stops accepting on all of them; with `closeActive`, closes their connections too. */
   stop(closeActive: boolean): void;
@@ -56,6 +61,8 @@ export function openListeners(parts: ListenerParts): Listeners {
     heads: new HeadBudget(),
     tls: options.tls,
     metrics,
+    // ACME's HTTP-01 validations are answered on the plain HTTP ports.
+    acmeChallenge: parts.https.acmeChallenge,
     log,
   };
   const opened: { stop(closeActive: boolean): void }[] = [];
@@ -75,17 +82,27 @@ export function openListeners(parts: ListenerParts): Listeners {
     let httpPort: HttpIngress | undefined;
     if (options.httpPort !== undefined)
       try {
-        httpPort = listenHttp({ ...http, port: options.httpPort });
+        // With --https-port, --http-port stays plain http (HTTP-01 validations, http:// visitors).
+        const plain = options.httpsPort !== undefined ? { tls: undefined } : {};
+        httpPort = listenHttp({ ...http, ...plain, port: options.httpPort });
         opened.push(httpPort);
       } catch (error) {
         throw new Error(`--http-port ${options.httpPort}: ${describeError(error)}`);
       }
+    let httpsPort: number | undefined;
+    try {
+      const { tls: _, host: __, ...terminated } = http;
+      httpsPort = parts.https.listen(parts.host, parts.domain, terminated, parts.route);
+      opened.push(parts.https);
+    } catch (error) {
+      throw new Error(`--https-port ${options.httpsPort}: ${describeError(error)}`);
+    }
     let admin: AdminListener | undefined;
     if (metrics !== undefined && options.admin !== undefined) {
       admin = startAdmin({ metrics, stats: parts.stats }, options.admin, options.adminToken);
       opened.push({ stop: () => admin?.stop() });
     }
-    return { control, http: httpPort, admin, stop };
+    return { control, http: httpPort, httpsPort, admin, stop };
   } catch (error) {
     stop(true);
     throw error;

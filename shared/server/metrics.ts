@@ -16,6 +16,7 @@ import { readdirSync } from "node:fs";
 import packageJson from "../../package.json" with { type: "json" };
 import type { Stream } from "../relay/stream.ts";
 import { PROTOCOL_VERSION } from "../wire/protocol.ts";
+import type { AcmeStats } from "./acme/manager.ts";
 import type { ClusterStats } from "./cluster/node.ts";
 import type { CountsSource, TunnelCounts } from "./history.ts";
 import type { Tunnel } from "./namespace/holding.ts";
@@ -24,7 +25,7 @@ import { UDP_DROP_REASONS, type UdpStats } from "./udp-port.ts";
 import { SINGLE_KEY_USER } from "./users.ts";
 
 /** The kinds of tunnel, as the `type` label names them. */
-export type TunnelType = "tcp" | "http" | "udp";
+export type TunnelType = "tcp" | "http" | "udp" | "tls";
 
 /** Upper bounds (seconds) of the HTTP request duration histogram's buckets (`+Inf` is added). */
 export const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30] as const;
@@ -87,6 +88,8 @@ export interface MetricsOptions {
   buffered?: () => { received: number; sent: number };
   /** With `--cluster`: the node's view of the cluster, for the `sockets_cluster_*` families. */
   cluster?: () => ClusterStats | undefined;
+  /** With certificates: their count, soonest expiry and ACME orders, for `sockets_certificate*` and `sockets_acme_*`. */
+  certificates?: () => AcmeStats | undefined;
   /** Places shared by pools and their members' count, for `sockets_pool_members`. */
   pools?: () => { place: string; members: number }[];
   /** UDP tunnels' flows, datagrams, bytes and drops, for the `sockets_udp_*` families. */
@@ -202,6 +205,7 @@ export class ServerMetrics {
     tcp: { visitors: 0, in: 0, out: 0 },
     http: { visitors: 0, in: 0, out: 0 },
     udp: { visitors: 0, in: 0, out: 0 },
+    tls: { visitors: 0, in: 0, out: 0 },
   };
   /** Closed visitors per tunnel, while the tunnel lives (weakly held: nothing to forget). */
   private readonly closedByTunnel = new WeakMap<Tunnel, Closed>();
@@ -370,18 +374,20 @@ export class ServerMetrics {
   /** The Prometheus text exposition (format 0.0.4) of every metric. */
   render(): string {
     const out = new Exposition();
-    const types: TunnelType[] = ["tcp", "http"];
-    const tunnels: Record<TunnelType, number> = { tcp: 0, http: 0, udp: 0 };
-    const open: Record<TunnelType, number> = { tcp: 0, http: 0, udp: 0 };
+    const types: TunnelType[] = ["tcp", "http", "tls"];
+    const tunnels: Record<TunnelType, number> = { tcp: 0, http: 0, udp: 0, tls: 0 };
+    const open: Record<TunnelType, number> = { tcp: 0, http: 0, udp: 0, tls: 0 };
     const total: Record<TunnelType, number> = {
       tcp: this.closedByType.tcp.visitors,
       http: this.closedByType.http.visitors,
       udp: 0,
+      tls: this.closedByType.tls.visitors,
     };
     const bytes: Record<TunnelType, ByteCounts> = {
       tcp: { in: this.closedByType.tcp.in, out: this.closedByType.tcp.out },
       http: { in: this.closedByType.http.in, out: this.closedByType.http.out },
       udp: { in: 0, out: 0 },
+      tls: { in: this.closedByType.tls.in, out: this.closedByType.tls.out },
     };
     let clients = 0;
     let reserved = 0;
@@ -533,6 +539,40 @@ export class ServerMetrics {
           [{ direction: "sent" }, buffered.sent],
         ],
       );
+    const certificates = this.options.certificates?.();
+    if (certificates) {
+      out.family(
+        "sockets_certificates",
+        "gauge",
+        "Certificates the server holds (ACME's and --tls-cert's).",
+        [[{}, certificates.certificates]],
+      );
+      if (certificates.soonestExpirySeconds !== undefined)
+        out.family(
+          "sockets_certificate_expiry_seconds",
+          "gauge",
+          "Seconds until the soonest certificate expiry (negative once past).",
+          [[{}, certificates.soonestExpirySeconds]],
+        );
+      const { orders } = certificates;
+      out.family(
+        "sockets_acme_orders_total",
+        "counter",
+        "ACME certificate orders by result (refused: the order limits).",
+        [
+          [{ result: "issued" }, orders.issued],
+          [{ result: "failed" }, orders.failed],
+          [{ result: "refused" }, orders.refused],
+        ],
+      );
+      if (certificates.lastFailure !== undefined)
+        out.family(
+          "sockets_acme_last_failure_timestamp_seconds",
+          "gauge",
+          "When the last ACME order failed (Unix seconds); the log line and /health name it.",
+          [[{}, Math.floor(Date.parse(certificates.lastFailure.at) / 1000)]],
+        );
+    }
     const pools = this.options.pools?.() ?? [];
     if (pools.length > 0)
       out.family(

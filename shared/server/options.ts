@@ -5,17 +5,47 @@
  */
 
 import { readFileSync } from "node:fs";
-import { type PortRange, parseCount, parsePort, parsePortRange, parseSeconds, UsageError } from "../args.ts";
+import {
+  type HostPort,
+  type PortRange,
+  parseCount,
+  parseHostPort,
+  parsePort,
+  parsePortRange,
+  parseSeconds,
+  UsageError,
+} from "../args.ts";
 import { parseCidr } from "../ip.ts";
 import { describeError } from "../log.ts";
 import { type EnvSpec, type OptionTable, type OptionValues, parseOptions } from "../options.ts";
 import { DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "../relay/budget.ts";
 import { DEFAULTS, NODE_NAME } from "../wire/protocol.ts";
 import { AccessList, MAX_RULES } from "./access-list.ts";
+import { nsupdateAvailable } from "./acme/dns-update.ts";
+import { parseHostPatterns } from "./acme/hostnames.ts";
+import type { ChallengeType } from "./acme/manager.ts";
 import { adminProblem, parseAdminAddress } from "./admin.ts";
 import { isSentinelUrl, parseSentinelUrl } from "./cluster/sentinel.ts";
 import { DEFAULT_REQUEST_TIMEOUT_SECONDS } from "./http-ingress.ts";
 import type { UserConfig } from "./users.ts";
+
+/** Let's Encrypt's production directory. */
+export const LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory";
+
+/** Parses `--acme-challenge`: a comma-separated list of http-01 and tls-alpn-01. */
+function parseChallenges(text: string, flag: string): ChallengeType[] {
+  const list = text
+    .split(",")
+    .map((t) => t.trim())
+    .filter((t) => t !== "");
+  for (const type of list)
+    if (type !== "http-01" && type !== "tls-alpn-01")
+      throw new UsageError(
+        `${flag}: '${type}' is not a challenge type this server answers (http-01, tls-alpn-01)`,
+      );
+  if (list.length === 0) throw new UsageError(`${flag}: no challenge type given (http-01, tls-alpn-01)`);
+  return [...new Set(list)] as ChallengeType[];
+}
 
 const seconds = (min: number, max: number) => (text: string, flag: string) =>
   parseSeconds(text, flag, min, max);
@@ -104,6 +134,117 @@ export const SERVER_OPTIONS = {
     key: "tlsKey",
     value: "FILE",
     help: "PEM private key for --tls-cert",
+  },
+  "https-port": {
+    key: "httpsPort",
+    restart: true,
+    value: "N",
+    defaultText: "off",
+    help: "public HTTPS port routed by the ClientHello's name (SNI): HTTP tunnels terminated with ACME's or --tls-cert's certificate, --tls-passthrough tunnels carried encrypted; --http-port then stays plain http (README: Automatic HTTPS)",
+    parse: (text: string, flag: string): number => parsePort(text, flag, true),
+  },
+  "acme-email": {
+    key: "acmeEmail",
+    restart: true,
+    value: "ADDR",
+    defaultText: "off",
+    help: "turn on automatic HTTPS: certificates from an ACME CA for DOMAIN and each HTTP tunnel's name, renewed by themselves (needs --https-port and, for HTTP-01, --http-port)",
+    parse: (text: string, flag: string): string => {
+      if (!/^[^\s@]+@[^\s@]+$/.test(text)) throw new UsageError(`${flag}: '${text}' is not an email address`);
+      return text;
+    },
+  },
+  "acme-directory": {
+    key: "acmeDirectory",
+    restart: true,
+    value: "URL",
+    default: LETS_ENCRYPT,
+    help: "the ACME CA's directory (any RFC 8555 CA; Let's Encrypt's staging: https://acme-staging-v02.api.letsencrypt.org/directory)",
+    parse: (text: string, flag: string): string => {
+      let url: URL;
+      try {
+        url = new URL(text);
+      } catch {
+        throw new UsageError(`${flag}: '${text}' is not a URL`);
+      }
+      if (url.protocol !== "https:") throw new UsageError(`${flag}: '${text}' must be https://`);
+      return text;
+    },
+  },
+  "acme-ca": {
+    key: "acmeCa",
+    restart: true,
+    value: "FILE",
+    defaultText: "the system's CAs",
+    help: "PEM CA certificate to trust for --acme-directory's HTTPS (a private CA)",
+  },
+  "acme-dir": {
+    key: "acmeDir",
+    restart: true,
+    value: "DIR",
+    defaultText: "$XDG_STATE_HOME/sockets/acme (~/.local/state/sockets/acme)",
+    help: "where the ACME account key, certificates and keys are kept (made 0700, files 0600); a restart reuses them",
+  },
+  "acme-challenge": {
+    key: "acmeChallenges",
+    restart: true,
+    value: "LIST",
+    default: ["http-01", "tls-alpn-01"] as ChallengeType[],
+    defaultText: "http-01,tls-alpn-01",
+    help: "ACME challenge types in order of preference: http-01 (answered on --http-port, the CA connects to port 80) and tls-alpn-01 (on --https-port, port 443)",
+    parse: parseChallenges,
+  },
+  "acme-dns": {
+    key: "acmeDns",
+    restart: true,
+    value: "HOST:PORT",
+    defaultText: "off",
+    help: "DNS server that takes RFC 2136 updates for DOMAIN's zone: a wildcard *.DOMAIN (with DOMAIN) is ordered through DNS-01 and covers every NAME.DOMAIN (needs --acme-dns-key and nsupdate; README: Automatic HTTPS)",
+    parse: (text: string, flag: string): HostPort => parseHostPort(text, flag),
+  },
+  "acme-dns-key": {
+    key: "acmeDnsKey",
+    restart: true,
+    value: "FILE",
+    help: "TSIG key file for --acme-dns, as tsig-keygen writes it",
+  },
+  "acme-user-orders": {
+    key: "acmeUserOrders",
+    restart: true,
+    value: "N",
+    default: 20,
+    help: "most certificate orders one user's (or, without users, one client address's) names may cause per hour; past it, named in the log",
+    parse: (text: string, flag: string): number => parseCount(text, flag),
+  },
+  "acme-server-orders": {
+    key: "acmeServerOrders",
+    restart: true,
+    value: "N",
+    default: 100,
+    help: "most certificate orders (renewals included) the server places per hour",
+    parse: (text: string, flag: string): number => parseCount(text, flag),
+  },
+  "acme-retry": {
+    key: "acmeRetrySeconds",
+    restart: true,
+    value: "SECONDS",
+    default: 60,
+    help: "first wait after a failed order; doubles per failure up to an hour (at least an hour after the CA's rate-limit answer)",
+    parse: seconds(0.1, 86_400),
+  },
+  "custom-domains": {
+    key: "customDomains",
+    restart: true,
+    value: "PATTERNS",
+    defaultText: "none",
+    help: "without users: host names outside DOMAIN clients may hold with --hostname, e.g. *.example.com,api.example.org (users: hostnames in [[users]]; README: Custom domains)",
+    parse: (text: string, flag: string): string[] => {
+      try {
+        return parseHostPatterns(text, flag);
+      } catch (error) {
+        throw new UsageError((error as Error).message);
+      }
+    },
   },
   window: {
     restart: true,
@@ -355,6 +496,8 @@ export interface ServerSettings {
   healthDetail: boolean;
   users: UserConfig[];
   apiKey?: string;
+  /** `--custom-domains`: host patterns clients may hold without users. */
+  customDomains?: string[];
   /** The server's own allow and deny lists (`--allow`, `--deny`). */
   access?: AccessList;
 }
@@ -381,6 +524,7 @@ export function resolveServerSettings(options: ServerOptions): ServerSettings {
     healthDetail: options.healthDetail === true,
     users: options.users ?? [],
     apiKey: options.apiKey,
+    customDomains: options.customDomains,
     access: options.access,
   };
 }
@@ -398,7 +542,9 @@ export const SERVER_ENVIRONMENT: EnvSpec[] = [
 export type ServerOptionValues = OptionValues<typeof SERVER_OPTIONS>;
 
 /** Everything the server can be told; the CLI fills it from flags, env and the config file. */
-export type ServerOptions = Omit<ServerOptionValues, "tlsCert" | "tlsKey" | "clusterCa"> & {
+export type ServerOptions = Omit<ServerOptionValues, "tlsCert" | "tlsKey" | "clusterCa" | "acmeCa"> & {
+  /** The `--acme-ca` file's PEM text. */
+  acmeCa?: string;
   /** PEM certificate and key: serve wss/https. */
   tls?: { cert: string; key: string };
   /** The `--cluster-ca` file's PEM text (not its path). */
@@ -423,9 +569,27 @@ export type ServerOptions = Omit<ServerOptionValues, "tlsCert" | "tlsKey" | "clu
 export function finishServerOptions(
   values: ServerOptionValues,
   env: Record<string, string | undefined>,
-  name: (flag: "tls-cert" | "tls-key" | "cluster-ca") => string = (flag) => `--${flag}`,
+  name: (flag: "tls-cert" | "tls-key" | "cluster-ca" | "acme-ca") => string = (flag) => `--${flag}`,
 ): ServerOptions {
-  const { tlsCert, tlsKey, clusterCa, ...rest } = values;
+  const { tlsCert, tlsKey, clusterCa, acmeCa, ...rest } = values;
+  if (values.acmeEmail !== undefined && values.httpsPort === undefined)
+    throw new UsageError(
+      "--acme-email needs --https-port (where the certificates are served; 443 in production)",
+    );
+  if (
+    values.acmeEmail !== undefined &&
+    values.httpPort === undefined &&
+    !(values.acmeChallenges ?? []).includes("tls-alpn-01")
+  )
+    throw new UsageError("--acme-challenge http-01 needs --http-port (the CA validates on port 80)");
+  if ((values.acmeDns === undefined) !== (values.acmeDnsKey === undefined))
+    throw new UsageError("--acme-dns and --acme-dns-key must be given together");
+  if (values.acmeDns !== undefined && values.acmeEmail === undefined)
+    throw new UsageError("--acme-dns needs --acme-email (it is how ACME's DNS-01 is answered)");
+  if (values.acmeDns !== undefined && !nsupdateAvailable())
+    throw new UsageError("--acme-dns needs nsupdate to send its updates (apt-get install dnsutils)");
+  if (acmeCa !== undefined && values.acmeEmail === undefined)
+    throw new UsageError(`${name("acme-ca")} needs --acme-email (it is the CA of --acme-directory)`);
   if ((tlsCert === undefined) !== (tlsKey === undefined))
     throw new UsageError(`${name("tls-cert")} and ${name("tls-key")} must be given together`);
   if (clusterCa !== undefined && values.cluster === undefined)
@@ -452,6 +616,10 @@ export function finishServerOptions(
       clusterCa === undefined
         ? undefined
         : readPem(clusterCa, name("cluster-ca"), "certificate", /-----BEGIN CERTIFICATE-----/),
+    acmeCa:
+      acmeCa === undefined
+        ? undefined
+        : readPem(acmeCa, name("acme-ca"), "certificate", /-----BEGIN CERTIFICATE-----/),
     apiKey: env.SOCKETS_SINGLE_API_KEY || undefined,
   };
 }

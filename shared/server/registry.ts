@@ -12,6 +12,7 @@ import { Budget } from "../relay/budget.ts";
 import { releaseAfterBursts } from "../relay/release.ts";
 import { DEFAULTS, Feature, PROTOCOL_VERSION } from "../wire/protocol.ts";
 import { accessPermits, tunnelAccess } from "./access-list.ts";
+import type { AcmeStats as CertificateStats } from "./acme/manager.ts";
 import type { LinkEndpoint } from "./cluster/link.ts";
 import type { ClusterNode, ClusterStats } from "./cluster/node.ts";
 import { Namespace, type NamespaceSettings } from "./namespace/namespace.ts";
@@ -45,6 +46,8 @@ export interface ServerStats {
   cluster?: ClusterStats;
   /** UDP tunnels: flows open, datagrams and bytes each way, drops by reason, and the flow settings. */
   udp: UdpStats;
+  /** With certificates (`--tls-cert`, `--acme-email`): how many, the soonest expiry, ACME orders and the last failure. */
+  certificates?: CertificateStats;
 }
 
 /** What a reload changed among the users. */
@@ -60,6 +63,8 @@ export interface UsersChange {
 
 /** Every session of a server and what they share. */
 export class SessionRegistry {
+  /** The certificates' counts for /health (set by the server when it has an HTTPS side). */
+  certificateStats?: () => CertificateStats | undefined;
   /** Sessions by id, live and reserved. */
   readonly sessions = new Map<string, Session>();
   /** Settings and registries every session uses. */
@@ -238,6 +243,7 @@ export class SessionRegistry {
         live: tunnel.holder.live,
       })),
     }));
+    const certificates = this.certificateStats?.();
     return {
       status: this.draining ? "draining" : "ok",
       protocol: PROTOCOL_VERSION,
@@ -251,6 +257,7 @@ export class SessionRegistry {
       udp: this.udpStats(),
       ...(pools.length > 0 ? { pools } : {}),
       ...(this.cluster ? { cluster: this.cluster.stats() } : {}),
+      ...(certificates ? { certificates } : {}),
     };
   }
 
@@ -289,6 +296,7 @@ function namespaceSettings(settings: ServerSettings, host: string): NamespaceSet
     domain: settings.domain,
     tcpPorts: settings.tcpPorts,
     maxTunnelsPerClient: settings.maxTunnelsPerClient,
+    customDomains: settings.customDomains,
     // The server's lists and the user's bind every tunnel of the user; a reload swaps them at once.
     operatorRefuses: (account, ip) => !accessPermits(ip, server, account?.limits.access),
     tunnelFilter: (request) => tunnelAccess(request),

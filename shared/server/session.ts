@@ -195,6 +195,11 @@ export class Session implements TunnelHolder, WebSocketPeer {
     return this.ws?.data.remote ?? "(disconnected)";
   }
 
+  /** The client's IP address (its certificate orders count against it without users). */
+  get address(): string {
+    return this.remote.replace(/:\d+$/, "");
+  }
+
   /** True while its client is connected and frames flow: visitors are carried only then. */
   get live(): boolean {
     return this.state === "live";

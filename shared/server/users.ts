@@ -27,6 +27,8 @@ export interface UserLimits {
   maxTunnels?: number;
   /** Most visitor connections open at once over all the user's tunnels. */
   maxVisitors?: number;
+  /** Full host names outside DOMAIN (custom domains) the user may hold: `api.example.com`, `*.example.com`. */
+  hostnames?: string[];
   /** Whether an HTTP tunnel that names no subdomain gets a random one (default true). */
   randomSubdomain?: boolean;
   /**

@@ -234,12 +234,17 @@ export interface ExposeRequest {
   type: "expose";
   /** Request number chosen by the client; echoed in the answer. */
   id: number;
-  /** `udp` only toward a server whose hello lists {@link Feature.Udp}. */
-  kind: "tcp" | "http" | "udp";
+  /**
+   * `udp` only toward a server whose hello lists {@link Feature.Udp}; "tls": an end-to-end TLS tunnel,
+   * routed by SNI on the server's HTTPS port and never decrypted.
+   */
+  kind: "tcp" | "http" | "udp" | "tls";
   /** Public port wanted (tcp, udp); absent for any. */
   port?: number;
-  /** Name wanted under the server's domain (http); absent for a random one. */
+  /** Name wanted under the server's domain (http, tls); absent for a random one. */
   subdomain?: string;
+  /** A full host name outside the server's domain (http, tls: a custom domain the server allows). */
+  hostname?: string;
   /** Host header to send the local service (http): its own address; absent to keep the visitor's. */
   hostHeader?: string;
   /** `user:password` every visitor request must present (http, basic auth); absent for none. */
@@ -312,6 +317,10 @@ export type ControlMessage =
 
 /** What an HTTP tunnel's name may look like: one DNS label, lower case. */
 export const SUBDOMAIN = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/** A full host name (a custom domain): dot-separated DNS labels, lower case, at least two, at most 253 characters. */
+export const HOSTNAME =
+  /^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 
 /** What a tunnel id may look like (nanoid's alphabet). */
 export const TUNNEL_ID = /^[A-Za-z0-9_-]{1,64}$/;
@@ -409,7 +418,9 @@ export function parseControl(text: string): ControlMessage {
     case "expose":
       if (
         isCount(value.id) &&
-        (value.kind === "tcp" || value.kind === "http" || value.kind === "udp") &&
+        (value.kind === "tcp" || value.kind === "http" || value.kind === "udp" || value.kind === "tls") &&
+        (value.hostname === undefined ||
+          (typeof value.hostname === "string" && value.hostname.length <= 253)) &&
         (value.port === undefined || isPort(value.port)) &&
         (value.subdomain === undefined ||
           (typeof value.subdomain === "string" && value.subdomain.length <= 63)) &&

@@ -18,7 +18,12 @@ export interface ControlClient {
   /** The server's hello. */
   hello: ControlReply;
   /** Asks for a tunnel; resolves with the answer (`exposed` or `error`). */
-  expose(request: { kind: "tcp" | "http"; port?: number; subdomain?: string }): Promise<ControlReply>;
+  expose(request: {
+    kind: "tcp" | "http" | "tls";
+    port?: number;
+    subdomain?: string;
+    hostname?: string;
+  }): Promise<ControlReply>;
   /** Asks to close a tunnel; resolves with the answer (`unexposed` or `error`). */
   unexpose(tunnel: string): Promise<ControlReply>;
   /** Resolves with the close code and reason once the connection closed, or rejects after `timeoutMs`. */

@@ -329,7 +329,7 @@ describe("bad input: one line naming FILE:LINE:COL", () => {
     [
       "unknown type",
       tunnel("", "sctp"),
-      /^FILE:3:1: tunnel 'a': unknown type "sctp" \(one of: tcp, http, udp\)$/,
+      /^FILE:3:1: tunnel 'a': unknown type "sctp" \(one of: tcp, http, udp, tls\)$/,
     ],
     ["bad name", `[[tunnels]]\nname = "a b"\ntype = "tcp"\nlocal = "1"\n`, /^FILE:2:1: name must be/],
     [

@@ -30,7 +30,7 @@ import { connectionView, exchangeDetail, exchangeSummary } from "./view.ts";
 export interface InspectedTunnel {
   /** The tunnel's name in the client's set (`http-1`, a config file's name). */
   name: string;
-  kind: "tcp" | "http" | "udp";
+  kind: "tcp" | "http" | "udp" | "tls";
   /** Its public URL (`udp://HOST:PORT` for UDP tunnels). */
   url: string;
   /** The local service, and the PROXY protocol header it wants first (replays send one too). */

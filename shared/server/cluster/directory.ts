@@ -48,6 +48,8 @@ export interface LeaseRecord {
   hostHeader?: string;
   /** sha256 hex of "user:password" when the tunnel asks visitors for basic auth. */
   basicAuthHash?: string;
+  /** "tls" for an end-to-end TLS tunnel: its visitors are carried raw (acme/tls-front.ts). */
+  kind?: "tls";
   /**
    * A pool's place (`--pool`): other nodes with members of the same user hold member leases beside it
    * (`KEY~NODE`, see {@link poolMemberKey}) and share its visitors.
@@ -675,6 +677,7 @@ export class ClusterDirectory {
     if (record.pool === true) request.pool = true;
     if (record.hostHeader !== undefined) request.hostHeader = record.hostHeader;
     if (record.basicAuthHash !== undefined) request.basicAuthHash = record.basicAuthHash;
+    if (record.kind !== undefined) request.kind = record.kind;
     const keys = [LEASE_PREFIX + key, EPOCH_KEY];
     if (record.user !== undefined) keys.push(USER_PREFIX + record.user);
     const seq = ++this.seq;

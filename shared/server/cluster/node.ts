@@ -52,6 +52,8 @@ export interface LeaseRequest {
   basicAuth?: string;
   /** The tunnel shares its place with the same user's other `--pool` tunnels, on any node. */
   pool?: boolean;
+  /** "tls": an end-to-end TLS tunnel (visitors carried raw). */
+  kind?: "tls";
 }
 
 /** How the node reaches its own server. */
@@ -109,6 +111,8 @@ export interface RemoteRoute {
   hostHeader?: string;
   /** sha256 hex of the tunnel's `user:password` (basic auth), if it asks for one. */
   basicAuthHash?: string;
+  /** An end-to-end TLS tunnel: carried raw from the HTTPS front, no plain HTTP route. */
+  passthrough?: boolean;
   /**
    * Carries a visitor's connection to the holding node; a promise while that node is a moment away
    * (see {@link ClusterNode.remoteRoute}); undefined when it cannot.
@@ -229,6 +233,7 @@ export class ClusterNode {
       hostHeader: request.hostHeader,
       basicAuthHash: request.basicAuth === undefined ? undefined : secretHash(request.basicAuth),
       pool: request.pool === true ? true : undefined,
+      kind: request.kind,
     };
     let result = await this.directory.acquire(key, record, request.claim, request.userLimit);
     // Redis away: a new tunnel waits a while for it (a restart takes seconds) before it is refused.
@@ -311,12 +316,14 @@ export class ClusterNode {
     return {
       hostHeader: record.hostHeader,
       basicAuthHash: record.basicAuthHash,
+      passthrough: record.kind === "tls" || undefined,
       open: (socket) => {
+        const kind = record.kind === "tls" ? StreamKind.Tcp : StreamKind.Http;
         if (where.kind === "route") {
-          const stream = this.carry(record, where.target, StreamKind.Http, socket);
+          const stream = this.carry(record, where.target, kind, socket);
           if (stream !== undefined) return stream;
         }
-        return this.waitFor(key, StreamKind.Http, socket, record).then(
+        return this.waitFor(key, kind, socket, record).then(
           (answer) =>
             answer ?? {
               status: 404,

@@ -45,6 +45,8 @@ export interface TunnelHolder {
   readonly claim?: string;
   /** The user whose token opened the session (absent on a server without users). */
   readonly account?: Account;
+  /** The client's IP address (what certificate orders count against without users). */
+  readonly address?: string;
   /** True while its client is connected and its frames flow: only then are visitors carried. */
   readonly live: boolean;
   /** True while the session waits for its client to come back (its grace period). */
@@ -68,10 +70,11 @@ export interface Tunnel {
   readonly id: string;
   /** Small number that OPEN frames use to name this tunnel on its client's connection. */
   readonly ref: number;
-  readonly kind: "tcp" | "http" | "udp";
+  /** "tls": an end-to-end TLS tunnel on the HTTPS port, routed by SNI like an HTTP name (acme/tls-front.ts). */
+  readonly kind: "tcp" | "http" | "udp" | "tls";
   /** Its public port (for HTTP tunnels, the server's HTTP port). */
   port: number;
-  /** HTTP tunnels: the name under the server's domain. */
+  /** HTTP and TLS tunnels: the name under the server's domain, or a custom domain's whole host name. */
   name?: string;
   /** UDP tunnels: the place's public socket (shared by a pool's members) and this member's share. */
   udp?: UdpPort;
@@ -121,6 +124,8 @@ export interface HttpRoute {
    * bounds the wait).
    */
   open(socket: RelaySocket): RouteAnswer | Promise<RouteAnswer>;
+  /** An end-to-end TLS tunnel: its raw bytes go to the client from the HTTPS front; no plain HTTP route. */
+  passthrough?: boolean;
 }
 
 /** What {@link HttpRoute.open} answers: the visitor's stream, or the refusal it is answered with. */

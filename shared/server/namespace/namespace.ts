@@ -16,6 +16,7 @@ import type { Logger } from "../../log.ts";
 import type { RelaySocket, RelaySocketData, Stream } from "../../relay/stream.ts";
 import { relaySocketHandlers } from "../../relay/stream.ts";
 import { type ExposeRequest, StreamKind } from "../../wire/protocol.ts";
+import { customHost, hostOfKey, type NameHooks } from "../acme/hostnames.ts";
 import { placeOfLease } from "../cluster/directory.ts";
 import type { ClusterNode } from "../cluster/node.ts";
 import { listenPublic, PortError } from "../public-port.ts";
@@ -59,6 +60,8 @@ export interface NamespaceSettings {
   tunnelFilter?(request: ExposeRequest): VisitorFilter | undefined;
   /** UDP places' flow settings (a reload applies them to UDP ports opened afterwards); default 60 s, 1,024. */
   udp?: UdpSettings;
+  /** Without users: the custom domains (`--custom-domains` patterns) clients may hold. */
+  customDomains?: readonly string[];
 }
 
 /** `--udp-idle-timeout` and `--udp-max-flows` when the settings name none. */
@@ -83,6 +86,8 @@ class Place {
   turn = 0;
   /** HTTP: the route the ingress uses, made once. */
   route?: HttpRoute;
+  /** The host name told to {@link Namespace.names} for it, and for whom (automatic HTTPS). */
+  claimed?: { host: string; owner: string };
 
   constructor(
     readonly key: PlaceKey,
@@ -120,6 +125,10 @@ export class Namespace {
     for (const place of this.places.values()) if (place.udp !== undefined) ports.push(place.udp);
     return ports;
   }
+  /** The HTTPS port (`--https-port`): HTTP tunnels get https URLs on it, and TLS tunnels live there. */
+  private httpsPort?: number;
+  /** Told when an HTTP name opens or closes (automatic HTTPS orders its certificate). */
+  names?: NameHooks;
 
   /**
    * @param settings the rules (replaced on reload by {@link Namespace.reconfigure}).
@@ -131,8 +140,14 @@ export class Namespace {
   ) {}
 
   /** The server's listeners are bound: HTTP tunnels go on `httpPort`, and no tunnel gets an own port. */
-  bind(listeners: { httpPort: number; https: boolean; ownPorts: readonly number[] }): void {
+  bind(listeners: {
+    httpPort: number;
+    https: boolean;
+    ownPorts: readonly number[];
+    httpsPort?: number;
+  }): void {
     this.httpPort = listeners.httpPort;
+    this.httpsPort = listeners.httpsPort;
     this.httpScheme = listeners.https ? "https" : "http";
     this.ownPorts = listeners.ownPorts;
   }
@@ -209,11 +224,11 @@ export class Namespace {
     // Taken before a cluster lease is awaited: two claims in flight never get one id.
     this.tunnelIds.add(id);
     const placed =
-      request.kind === "http"
-        ? this.placeHttp(tunnel, request)
+      request.kind === "tcp"
+        ? this.placeTcp(tunnel, request)
         : request.kind === "udp"
           ? this.placeUdp(tunnel, request)
-          : this.placeTcp(tunnel, request);
+          : this.placeHttp(tunnel, request);
     if (placed instanceof Promise) return placed.then((result) => this.settle(tunnel, result));
     return this.settle(tunnel, placed);
   }
@@ -227,10 +242,15 @@ export class Namespace {
     const account = tunnel.holder.account;
     if (account !== undefined) account.tunnels++;
     const domain = this.settings.domain;
+    const host = tunnel.name === undefined ? undefined : hostOfKey(tunnel.name, domain);
+    // With --https-port, HTTP tunnels are announced there (their plain port serves http:// too).
+    const https = this.httpsPort;
+    const scheme = tunnel.kind === "tls" ? "tls" : https !== undefined ? "https" : this.httpScheme;
+    const port = tunnel.kind === "http" && https !== undefined ? https : tunnel.port;
     tunnel.url =
-      tunnel.name === undefined
+      host === undefined
         ? `${tunnel.kind === "udp" ? "udp://" : ""}${formatHost(domain)}:${tunnel.port}`
-        : `${this.httpScheme}://${tunnel.name}.${domain}:${tunnel.port}`;
+        : `${scheme}://${host}:${port}`;
     return tunnel;
   }
 
@@ -263,6 +283,10 @@ export class Namespace {
       this.cluster?.release(place.lease);
       place.lease = undefined;
     }
+    if (place.claimed !== undefined) {
+      this.names?.released(place.claimed.host, place.claimed.owner);
+      place.claimed = undefined;
+    }
   }
 
   private enter(place: Place, tunnel: Tunnel): null {
@@ -282,6 +306,7 @@ export class Namespace {
       hostHeader: tunnel.hostHeader,
       basicAuth: tunnel.basicAuth,
       pool: tunnel.pool,
+      kind: tunnel.kind === "tls" ? ("tls" as const) : undefined,
     };
   }
 
@@ -333,13 +358,20 @@ export class Namespace {
   /** An HTTP tunnel: a name on the server's HTTP port (leased first in a cluster). */
   private placeHttp(tunnel: Tunnel, request: ExposeRequest): Refusal | null | Promise<Refusal | null> {
     if (this.httpPort === undefined) return { code: "no_http", message: "this server has no --http-port" };
-    const name = httpName(request.subdomain, tunnel.holder.account);
+    const tls = tunnel.kind === "tls";
+    if (tls && this.httpsPort === undefined)
+      return { code: "no_https", message: "this server has no --https-port for end-to-end TLS tunnels" };
+    const { account } = tunnel.holder;
+    const custom = customHost(request.hostname, this.settings.domain, account, this.settings.customDomains);
+    const name = custom ?? httpName(request.subdomain, account);
     if (typeof name !== "string") return name;
     tunnel.name = name;
-    tunnel.port = this.httpPort;
+    tunnel.port = tls ? (this.httpsPort as number) : this.httpPort;
     const key: PlaceKey = `http:${name}`;
-    const what = `subdomain '${name}'`;
+    const what = custom === undefined ? `subdomain '${name}'` : `host name '${name}'`;
     const held = this.places.get(key);
+    if (held !== undefined && held.tunnels[0] !== undefined && held.tunnels[0].kind !== tunnel.kind)
+      return { code: "subdomain_taken", message: `${what} is taken (by a tunnel of another type)` };
     if (held !== undefined) return this.joinHeld(held, tunnel, what);
     const cluster = this.cluster;
     if (cluster === undefined) return this.open(new Place(key, tunnel.pool, tunnel.holder.account), tunnel);
@@ -382,7 +414,15 @@ export class Namespace {
       place.listener = listener;
       this.listening.set(listener, place);
     }
-    if (tunnel.kind === "http") place.route = this.httpRoute(place);
+    if (tunnel.kind !== "tcp") place.route = this.httpRoute(place, tunnel.kind === "tls");
+    // A terminated name gets its certificate ordered now (automatic HTTPS); a passthrough one needs none.
+    if (tunnel.kind === "http" && tunnel.name !== undefined && this.names !== undefined) {
+      const { account } = tunnel.holder;
+      const owner =
+        account !== undefined ? `user ${account.name}` : `client ${tunnel.holder.address ?? "(unknown)"}`;
+      place.claimed = { host: hostOfKey(tunnel.name, this.settings.domain), owner };
+      this.names.claimed(place.claimed.host, owner);
+    }
     return this.enter(place, tunnel);
   }
 
@@ -610,9 +650,11 @@ export class Namespace {
   }
 
   /** An HTTP place's route: each visitor connection to the member it goes to, or a page saying why not. */
-  private httpRoute(place: Place): HttpRoute {
+  private httpRoute(place: Place, passthrough: boolean): HttpRoute {
     const first = place.tunnels[0];
+    const kind = passthrough ? StreamKind.Tcp : StreamKind.Http;
     return {
+      passthrough: passthrough || undefined,
       // A pool's Host rewrite and basic auth are its first member's.
       get hostHeader() {
         return (place.tunnels[0] ?? first)?.hostHeader;
@@ -631,7 +673,7 @@ export class Namespace {
           this.refused(chosen, place.key, ip);
           return { status: 502, message: "the tunnel's client is offline; try again shortly" };
         }
-        const opened = chosen.holder.openVisitor(chosen, socket, StreamKind.Http);
+        const opened = chosen.holder.openVisitor(chosen, socket, kind);
         if (typeof opened !== "string") return opened;
         this.refused("limit", place.key, ip, chosen, opened);
         return { status: 502, message: "too many connections to this tunnel" };
@@ -654,6 +696,7 @@ export class Namespace {
     return {
       hostHeader: remote.hostHeader,
       basicAuthHash: remote.basicAuthHash,
+      passthrough: remote.passthrough,
       open: (socket) =>
         remote.open(socket) ?? {
           status: 502,
