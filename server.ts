@@ -130,6 +130,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${listeners.control.port}`;
   logStart(log, url, registry, listeners, options);
   const running = listeners;
+  let closing = false;
   return {
     host,
     port: running.control.port,
@@ -149,14 +150,28 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       void registry.cluster?.reloaded(settingsDigest(next));
     },
     async close() {
-      if (registry.draining) return;
+      if (registry.draining || closing) return;
+      closing = true;
       running.stop(false);
+      // A cluster node first tells its clients (so that their standbys' 4002 does not cut what is in
+      // flight: they move when the drain closes them), then leaves the node list while it still serves:
+      // the other nodes stop carrying new visitors here and hold them while the names move, rather
+      // than have them refused by the drain or answered 404. Then the drain, as alone.
+      if (registry.cluster !== undefined) {
+        registry.announceGoingAway();
+        await registry.cluster.leaving();
+        // The others learn of it by pub/sub within a Redis round trip or two.
+        await Bun.sleep(LEAVE_PROPAGATION_MS);
+      }
       await registry.drainAll();
       await registry.cluster?.leave();
       running.stop(true);
     },
   };
 }
+
+/** How long a leaving cluster node keeps serving after it left the node list, before it drains. */
+const LEAVE_PROPAGATION_MS = 250;
 
 /** Metrics, counted only when someone can read them (the admin listener); nothing otherwise. */
 function countMetrics(registry: SessionRegistry, options: ServerOptions): ServerMetrics {

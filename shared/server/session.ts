@@ -510,6 +510,12 @@ export class Session implements TunnelHolder, WebSocketPeer {
    * Server shutdown: no new visitors (the public ports close), tell the client, let streams finish.
    * Resolves when no stream is left or `drainMs` passed.
    */
+  /** Tells the client the server is about to shut down (a cluster node leaving: see server.ts). */
+  announceGoingAway(drainMs: number): void {
+    if (this.state === "live")
+      this.ws?.send(JSON.stringify({ type: "going-away", drain: Math.round(drainMs / 1000) }));
+  }
+
   async drain(drainMs: number): Promise<void> {
     if (this.state !== "live") return this.end();
     this.state = "draining";

@@ -385,6 +385,8 @@ export class ClusterDirectory {
   private seq = 0;
   private alive = new Map<string, NodeInfo>();
   private state: "starting" | "up" | "down" = "starting";
+  /** Shutting down: out of the node list, and heartbeats register it no more. */
+  private leavingList = false;
   /** performance.now() when the link last came back after an outage (or a master switch). */
   private recoveredAt = Number.NEGATIVE_INFINITY;
   /** performance.now() when the link went down. */
@@ -804,6 +806,20 @@ export class ClusterDirectory {
     };
   }
 
+  /**
+   * Takes the node out of the node list now (it keeps its leases, renewals stop registering it: a
+   * shutting-down node). Never throws.
+   */
+  async deregister(): Promise<void> {
+    this.leavingList = true;
+    if (this.state !== "up" || this.clientsClosed) return;
+    try {
+      await this.eval(DEREGISTER_LUA, [NODES_KEY, NODE_PREFIX + this.name], [this.name, CHANNEL]);
+    } catch {
+      // Its registration expires within the lease.
+    }
+  }
+
   /** Releases every lease, deregisters the node, closes the clients. Never throws; bounded in time. */
   close(): Promise<void> {
     this.closing ??= (async () => {
@@ -969,6 +985,7 @@ export class ClusterDirectory {
    * process that registered under this name meanwhile (e.g. while this node was cut off) is logged once.
    */
   private async heartbeat(): Promise<void> {
+    if (this.leavingList) return;
     const reply = await this.eval(
       HEARTBEAT_LUA,
       [NODES_KEY, NODE_PREFIX + this.name],

@@ -93,6 +93,9 @@ export interface ClusterNodeOptions {
   log: Logger;
 }
 
+/** Most a leaving node waits for the streams on its links to finish before it closes them. */
+const LINK_DRAIN_MS = 5000;
+
 /** How long a visitor for a moving name or port waits before it is refused (503 with Retry-After). */
 const VISITOR_WAIT_MS = 5000;
 /** Visitors that may wait at once; more are refused at once (each wait polls every 50 ms). */
@@ -380,9 +383,8 @@ export class ClusterNode {
     if (record !== undefined) {
       if (record.node === this.options.name)
         return this.directory.holds(key) ? { kind: "self", record } : { kind: "moving", record };
-      return this.links.get(record.node)?.up
-        ? { kind: "route", record, target: key }
-        : { kind: "moving", record };
+      // A node that left the list (shutting down, or gone) takes no new visitors: its names are moving.
+      return this.routable(record.node) ? { kind: "route", record, target: key } : { kind: "moving", record };
     }
     const gone = this.vanished.get(key);
     if (gone === undefined) return { kind: "none" };
@@ -407,11 +409,16 @@ export class ClusterNode {
     for (let i = 0; i < count; i++) {
       const at = (turn + i) % count;
       const candidate = candidates[at] as { key: LeaseKey; record: LeaseRecord };
-      if (candidate.record.node === this.options.name || !this.links.get(candidate.record.node)?.up) continue;
+      if (candidate.record.node === this.options.name || !this.routable(candidate.record.node)) continue;
       this.poolTurns.set(key, (at + 1) % count);
       return { kind: "route", record: candidate.record, target: candidate.key };
     }
     return undefined;
+  }
+
+  /** Whether new visitors may be carried to node `name`: its link is up and it is in the node list. */
+  private routable(name: string): boolean {
+    return this.links.get(name)?.up === true && this.alive(name);
   }
 
   /** Pool places: where each one's next visitor from this node goes among the nodes serving it. */
@@ -554,11 +561,24 @@ export class ClusterNode {
       link?.close();
       this.links.set(peer.name, new OutboundLink(peer, name, this.directory.secret, acceptRemote, log, ca));
     }
+    // A link to a node that left is closed once nothing travels on it: a node shutting down finishes
+    // the visitors in flight over it (a dead one's link drops by itself within 3 s).
     for (const [name, link] of this.links)
       if (!alive.has(name) && settling === 0) {
-        link.close();
         this.links.delete(name);
+        if (link.up && link.streams > 0) this.retire(link);
+        else link.close();
       }
+  }
+
+  /** Closes a link of a node that left once its streams are done or it went down (checked every second, at most a minute). */
+  private retire(link: NodeLink): void {
+    let rounds = 0;
+    const timer = setInterval(() => {
+      if (!this.closed && link.up && link.streams > 0 && ++rounds < 60) return;
+      clearInterval(timer);
+      link.close();
+    }, 1000);
   }
 
   /** A key's holder changed in the view: remember who held a key that went (it may be moving). */
@@ -625,12 +645,28 @@ export class ClusterNode {
     return { ...directory, links, mirrors: this.mirrors.size };
   }
 
+  /**
+   * Shutting down: out of the cluster's node list at once (the drain follows, and then {@link leave}).
+   * The other nodes take this node's names as moving (their visitors wait for the clients to arrive)
+   * rather than released, and its clients' standbys move them.
+   */
+  async leaving(): Promise<void> {
+    await this.directory.deregister();
+  }
+
   /** Leaves: closes links and mirrors, gives back every lease, deregisters. */
   async leave(): Promise<void> {
     this.closed = true;
     clearTimeout(this.settleTimer);
     clearInterval(this.visitorTimer);
     for (const standby of [...this.standbys]) standby.close();
+    // Streams still on the links (visitors of this node's tunnels carried from other nodes, their last
+    // bytes and acknowledgements on their way) finish first: a closed link resets what is left on it.
+    const deadline = performance.now() + LINK_DRAIN_MS;
+    for (let round = 0; round < LINK_DRAIN_MS / 50 && performance.now() < deadline; round++) {
+      if (![...this.links.values()].some((link) => link.up && link.streams > 0)) break;
+      await Bun.sleep(50);
+    }
     for (const link of this.links.values()) link.close();
     this.links.clear();
     for (const port of [...this.mirrors.keys()]) this.unmirror(port);
