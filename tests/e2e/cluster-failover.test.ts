@@ -237,3 +237,74 @@ describe("a node shut down (SIGTERM)", () => {
     client.kill("SIGKILL");
   }, 60_000);
 });
+
+describe("a rolling restart", () => {
+  test("three nodes restarted one after the other under load: 0 errors through the nodes that stay up", async () => {
+    const own = await startRedis();
+    const ips = ["127.0.0.4", "127.0.0.5", "127.0.0.6"];
+    const nodes: ClusterNodeProcess[] = [];
+    for (const ip of ips) {
+      const node = await startClusterNode(ip, own.url);
+      deferContinue(node);
+      nodes.push(node);
+    }
+    const app = startNamedApp("rolling");
+    const client = await startClusterClient(
+      nodes,
+      ["--http", `127.0.0.1:${app}`, "--subdomain", "rolling"],
+      1,
+      [],
+    );
+    const body = new Uint8Array(16);
+    const expected = `rolling ${sha256(body)}`;
+    for (const node of nodes)
+      await eventually(
+        async () => (await visitName(node, "rolling", body).catch(() => ({ text: "" }))).text === expected,
+        10_000,
+        `served through ${node.name}`,
+      );
+    const errors: string[] = [];
+    let visits = 0;
+    let restarting = -1;
+    let running = true;
+    // The load: one request at a time through each node that stays up, in turn, every 20 ms.
+    const load = (async () => {
+      for (let i = 0; running && i < 100_000; i++) {
+        const at = i % nodes.length;
+        if (at === restarting) continue;
+        const node = nodes[at] as ClusterNodeProcess;
+        const answer = await visitName(node, "rolling", body, 8000).catch((error: Error) => ({
+          status: 0,
+          text: error.message,
+        }));
+        visits++;
+        if (at !== restarting && (answer.status !== 200 || answer.text !== expected))
+          errors.push(`${node.name}: ${answer.status} ${answer.text}`);
+        await Bun.sleep(20);
+      }
+    })();
+    for (const [i, old] of nodes.entries()) {
+      restarting = i;
+      old.kill("SIGTERM");
+      expect(await old.exited(20_000)).toBe(0);
+      const again = await startClusterNode(old.ip, own.url, [], old.port);
+      deferContinue(again);
+      expect(again.name).toBe(old.name);
+      nodes[i] = again;
+      // Back: it serves the name again (over its link to wherever the client is now).
+      await eventually(
+        async () => (await visitName(again, "rolling", body).catch(() => ({ text: "" }))).text === expected,
+        10_000,
+        `${again.name} serves the name after its restart`,
+      );
+      restarting = -1;
+    }
+    running = false;
+    await load;
+    if (process.env.CLUSTER_DEBUG)
+      console.log(`rolling restart: ${visits} visits, errors ${JSON.stringify(errors)}`);
+    expect(errors).toEqual([]);
+    expect(visits).toBeGreaterThan(3);
+    client.kill("SIGKILL");
+  }, 120_000);
+});

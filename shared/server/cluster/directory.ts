@@ -779,6 +779,11 @@ export class ClusterDirectory {
     return this.view.get(key)?.record;
   }
 
+  /** Every key in the view with its holder's record (what a node joining starts from). */
+  entries(): [LeaseKey, LeaseRecord][] {
+    return [...this.view].map(([key, entry]) => [key, entry.record]);
+  }
+
   /** Every TCP port leased in the cluster with its record (for the port mirrors). */
   ports(): Map<number, LeaseRecord> {
     const ports = new Map<number, LeaseRecord>();

@@ -174,6 +174,8 @@ export class ClusterNode {
       onNodes: (nodes) => node?.syncLinks(nodes),
     });
     node = new ClusterNode(options, directory);
+    // The view loaded at start came without callbacks: its holders are the ones a vanishing key had.
+    for (const [key, record] of directory.entries()) node.records.set(key, record);
     node.syncLinks(directory.nodes());
     for (const port of directory.ports().keys()) node.reconcile(`tcp:${port}`);
     node.reportDifferences();
