@@ -34,7 +34,7 @@ import {
 } from "./shared/client/options.ts";
 import { type ApplyResult, applyTunnels, ConfigReloader, type TunnelSet } from "./shared/client/reload.ts";
 import { batchedLines } from "./shared/client/request-log.ts";
-import { ClientError, TunnelClient, type TunnelInfo } from "./shared/client/tunnel-client.ts";
+import { ClientError, RefusedError, TunnelClient, type TunnelInfo } from "./shared/client/tunnel-client.ts";
 import type { UdpClientCounters } from "./shared/client/udp-flows.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
@@ -220,7 +220,8 @@ async function main(): Promise<void> {
   } catch (error) {
     if (stopping) return;
     process.stderr.write(`error: ${describeError(error)}\n`);
-    process.exit(1);
+    // The server refused what the command line asked for (a name, a port, a pool): as bad input, 2.
+    process.exit(error instanceof RefusedError ? 2 : 1);
   }
   // The server actually connected to (with several, the first that answered); logged once the tunnels
   // are up, so that a refused tunnel still leaves one error line alone on stderr.

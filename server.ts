@@ -14,12 +14,13 @@
  * @module
  */
 
-import { hostname } from "node:os";
 import { formatHost, usageLine } from "./shared/args.ts";
 import { commandName, createLogger, describeError, type Logger } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
 import { controlApp } from "./shared/server/app.ts";
+import { defaultNodeName, defaultNodeUrl, settingsDigest } from "./shared/server/cluster/identity.ts";
 import { ClusterNode } from "./shared/server/cluster/node.ts";
+import { isSentinelUrl, redactSentinelUrl } from "./shared/server/cluster/sentinel.ts";
 import {
   ConfigReloader,
   describeUsersChange,
@@ -98,8 +99,11 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       ownPorts: [control.port, ...(http ? [http.port] : []), ...(admin ? [admin.port] : [])],
     });
     // Cluster: names and ports are leased in Redis, visitors for other nodes' tunnels carried there.
-    if (options.cluster !== undefined)
+    if (options.cluster !== undefined) {
       registry.join(await joinCluster(options, registry, host, control.port));
+      // Clients learn their node's name in hello: their standby connections watch it.
+      registry.context.limits.node = registry.cluster?.name;
+    }
   } catch (error) {
     listeners?.stop(true);
     throw error;
@@ -123,6 +127,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
           `config: ${restart.join(", ")} changed; a restart is needed to apply that (the rest applies now)`,
         );
       log.info(describeUsersChange(registry.reconfigure(resolveServerSettings(next), host)));
+      void registry.cluster?.reloaded(settingsDigest(next));
     },
     async close() {
       if (registry.draining) return;
@@ -140,6 +145,8 @@ function countMetrics(registry: SessionRegistry, options: ServerOptions): Server
     perTunnel: options.metricsPerTunnel === true,
     buffered: () => registry.stats().buffered,
     cluster: () => registry.cluster?.stats(),
+    pools: () =>
+      registry.namespace.pools().map(({ key, members }) => ({ place: key, members: members.length })),
     udp: () => registry.udpStats(),
   });
   registry.context.metrics = metrics;
@@ -165,16 +172,22 @@ function logStart(
   if (options.users?.length) log.info(`users: ${options.users.map((u) => u.name).join(", ")}`);
 }
 
-/** Joins the cluster `--cluster` names, as `--node-name` at `--node-url` (defaults from the control port). */
+/**
+ * Joins the cluster `--cluster` names, as `--node-name` at `--node-url`. Defaults: the URL of the
+ * control port at the bind address (bound to all addresses: at this machine's address toward Redis),
+ * and a name made of that URL's HOST:PORT, unique as node URLs are.
+ */
 async function joinCluster(options: ServerOptions, registry: SessionRegistry, host: string, port: number) {
-  const reachable = host === "::" || host === "0.0.0.0" ? "127.0.0.1" : host;
   const { namespace } = registry;
+  const cluster = options.cluster as string;
   try {
+    const url = options.nodeUrl ?? (await defaultNodeUrl(host, port, options.tls !== undefined, cluster));
     return await ClusterNode.join({
-      redis: options.cluster as string,
+      redis: cluster,
       ca: options.clusterCa,
-      name: options.nodeName ?? `${hostname()}:${port}`,
-      url: options.nodeUrl ?? `${options.tls ? "wss" : "ws"}://${formatHost(reachable)}:${port}`,
+      name: options.nodeName ?? defaultNodeName(url),
+      url,
+      digest: settingsDigest(options),
       leaseSeconds: options.clusterLeaseSeconds ?? SERVER_OPTIONS["cluster-lease"].default,
       host,
       settings: registry.context.limits,
@@ -193,6 +206,7 @@ async function joinCluster(options: ServerOptions, registry: SessionRegistry, ho
 /** A Redis URL for the log: without its password. */
 function redacted(url: string | undefined): string {
   if (url === undefined) return "";
+  if (isSentinelUrl(url)) return redactSentinelUrl(url);
   const parsed = new URL(url);
   if (parsed.password) parsed.password = "***";
   return parsed.href;

@@ -56,12 +56,28 @@ export function layoutTree(): string {
   return ["```text", ...lines, "```"].join("\n");
 }
 
+/** The test support modules, one line each (name and what it is for), as README's Development lists them. */
+export function supportList(): string {
+  const dir = join(ROOT, "tests", "support");
+  return entries(dir)
+    .files.map((file) => {
+      const comment = /\/\*\*([\s\S]*?)\*\//.exec(readFileSync(join(dir, file), "utf8"))?.[1] ?? "";
+      const text = comment.replace(/\n\s*\*\s?/g, " ").trim();
+      const sentence = text.replace(/^Test support(, [^:]+)?: */, "").split(/[.;:](?:\s|$)/)[0] ?? "";
+      const what =
+        sentence.length > 110 ? `${sentence.slice(0, sentence.lastIndexOf(" ", 107))} …` : sentence;
+      return `- \`${file}\`: ${what}`;
+    })
+    .join("\n");
+}
+
 /** Every generated part of README, by marker name. */
 export function generatedParts(): Record<string, string> {
   return {
     "server-options": markdownTable(SERVER_OPTIONS, SERVER_ENVIRONMENT),
     "client-options": markdownTable(CLIENT_OPTIONS, CLIENT_ENVIRONMENT),
     layout: layoutTree(),
+    "test-support": supportList(),
   };
 }
 

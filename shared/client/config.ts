@@ -11,11 +11,12 @@
  * type = "http"          # tcp | http | udp
  * local = "127.0.0.1:3000"
  * subdomain = "demo"     # http: subdomain, basic_auth, host_header, log_requests; tcp, udp: port
+ * allow = ["10.0.0.0/8"] # both: pool, allow, deny, proxy_protocol
  * ```
  *
  * Options on the command line (and `SOCKETS_SERVER`) win over the file's; tunnels on the command line
  * (`--expose`, `--http`) replace the file's. A tunnel's own keys win over the top-level `host_header`,
- * `basic_auth` and `log_requests`. {@link clientSetup} is the one function that merges them, at start
+ * `basic_auth`, `log_requests`, `pool`, `allow`, `deny` and `proxy_protocol`. {@link clientSetup} is the one function that merges them, at start
  * and on every reload; every error is one line naming FILE:LINE:COL where it is known.
  * @module
  */
@@ -34,6 +35,8 @@ import {
   type ServiceDefaults,
   serversFromEnv,
   servicesFromValues,
+  type TunnelSettings,
+  withTunnelSettings,
 } from "./options.ts";
 
 /** The file `--init` writes when given no name. */
@@ -54,12 +57,20 @@ const COMMON_KEYS = ["name", "type", "local"] as const;
 export const TUNNEL_TYPES = {
   tcp: {
     port: { ...CLIENT_OPTIONS.port, key: "publicPort", multiple: false },
+    pool: CLIENT_OPTIONS.pool,
+    allow: CLIENT_OPTIONS.allow,
+    deny: CLIENT_OPTIONS.deny,
+    "proxy-protocol": CLIENT_OPTIONS["proxy-protocol"],
   },
   http: {
     subdomain: { ...CLIENT_OPTIONS.subdomain, key: "subdomain", multiple: false },
     "basic-auth": CLIENT_OPTIONS["basic-auth"],
     "host-header": CLIENT_OPTIONS["host-header"],
     "log-requests": CLIENT_OPTIONS["log-requests"],
+    pool: CLIENT_OPTIONS.pool,
+    allow: CLIENT_OPTIONS.allow,
+    deny: CLIENT_OPTIONS.deny,
+    "proxy-protocol": CLIENT_OPTIONS["proxy-protocol"],
   },
   udp: {
     port: { ...CLIENT_OPTIONS.port, key: "publicPort", multiple: false },
@@ -167,17 +178,29 @@ export function fileTunnels(
     } catch (error) {
       throw new ConfigError(`${at("local")}: ${(error as Error).message}`);
     }
-    if (type === "http") {
-      const settings: ServiceDefaults = {
-        hostHeader: (own.hostHeader as ServiceDefaults["hostHeader"]) ?? defaults.hostHeader,
-        basicAuth: (own.basicAuth as string | undefined) ?? defaults.basicAuth,
-        logRequests: (own.logRequests as boolean | undefined) ?? defaults.logRequests,
-      };
-      return httpService(name, target, own.subdomain as string | undefined, settings);
+    // A tunnel's own pool, allow, deny and proxy_protocol replace the top level's (lists are not merged).
+    const tunnelSettings: TunnelSettings = {
+      pool: (own.pool as boolean | undefined) ?? defaults.pool,
+      allow: (own.allow as string[] | undefined) ?? defaults.allow,
+      deny: (own.deny as string[] | undefined) ?? defaults.deny,
+      proxyProtocol: (own.proxyProtocol as TunnelSettings["proxyProtocol"]) ?? defaults.proxyProtocol,
+    };
+    try {
+      if (type === "http") {
+        const settings: ServiceDefaults = {
+          hostHeader: (own.hostHeader as ServiceDefaults["hostHeader"]) ?? defaults.hostHeader,
+          basicAuth: (own.basicAuth as string | undefined) ?? defaults.basicAuth,
+          logRequests: (own.logRequests as boolean | undefined) ?? defaults.logRequests,
+          ...tunnelSettings,
+        };
+        return httpService(name, target, own.subdomain as string | undefined, settings);
+      }
+      const service: NamedService = type === "udp" ? { name, ...target, kind: "udp" } : { name, ...target };
+      if (own.publicPort !== undefined) service.publicPort = own.publicPort as number;
+      return withTunnelSettings(service, tunnelSettings);
+    } catch (error) {
+      throw new ConfigError(`${header}: tunnel '${name}': ${(error as Error).message.replace(/^--/, "")}`);
     }
-    const service: NamedService = type === "udp" ? { name, ...target, kind: "udp" } : { name, ...target };
-    if (own.publicPort !== undefined) service.publicPort = own.publicPort as number;
-    return service;
   });
 }
 
@@ -207,6 +230,10 @@ export function clientSetup(
     hostHeader: values.hostHeader,
     basicAuth: values.basicAuth,
     logRequests: values.logRequests ?? tty,
+    pool: values.pool,
+    allow: values.allow,
+    deny: values.deny,
+    proxyProtocol: values.proxyProtocol,
   };
   const onCommandLine =
     (commandLine.tcp?.length ?? 0) + (commandLine.http?.length ?? 0) + (commandLine.udp?.length ?? 0) > 0;
@@ -290,8 +317,9 @@ export async function parseClientArgs(
   }
   if (commandLine.basicAuth !== undefined && !services.some((service) => service.kind === "http"))
     throw new UsageError("--basic-auth needs --http");
-  const { tcp, http, udp, ports, subdomains, hostHeader, basicAuth, ca, server, config, init, ...rest } =
+  const { tcp, http, udp, ports, subdomains, hostHeader, basicAuth, ca, server, config, init, ...others } =
     values;
+  const { pool, allow, deny, proxyProtocol, ...rest } = others;
   let caText: string | undefined;
   if (ca !== undefined) {
     const file = Bun.file(ca);

@@ -8,12 +8,15 @@ import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
 import { connect as tlsConnect } from "node:tls";
 import { describeError } from "../log.ts";
+import { SendWatch } from "../relay/send-watch.ts";
 import {
   AUTH_HEADER,
   CONNECT_PATH,
   type Hello,
+  NODE_HEADER,
   parseControl,
   RESUME_HEADER,
+  STANDBY_PATH,
   SUBPROTOCOL,
   type SyncMessage,
 } from "../wire/protocol.ts";
@@ -111,11 +114,6 @@ export class ConnectError extends Error {
   }
 }
 
-// The client WebSocket has no drain event; bufferedAmount is the only signal, polled while high.
-const HIGH_WATER = 8 * 1024 * 1024;
-const LOW_WATER = 2 * 1024 * 1024;
-const POLL_MS = 1;
-
 const TLS_CODES = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|TLS|SSL|HOSTNAME|ALTNAME/i;
 
 /** Opens the control WebSocket and waits for the server's hello. */
@@ -184,27 +182,38 @@ export async function connectControl(options: ConnectOptions): Promise<ControlCo
     ws.addEventListener("message", onMessage);
   });
 
-  let blocked = false;
+  const queue = new SendWatch(ws, (blocked) => connection.onBlocked(blocked));
   const connection: ControlConnection = {
     ws,
     ...greeting,
     onBlocked: () => {},
     send(frame) {
       ws.send(frame);
-      if (!blocked && ws.bufferedAmount > HIGH_WATER) {
-        blocked = true;
-        connection.onBlocked(true);
-        setTimeout(poll, POLL_MS);
-      }
+      queue.sent();
     },
   };
-  const poll = () => {
-    if (ws.readyState !== WebSocket.OPEN || ws.bufferedAmount < LOW_WATER) {
-      blocked = false;
-      connection.onBlocked(false);
-    } else setTimeout(poll, POLL_MS);
-  };
   return connection;
+}
+
+/**
+ * Opens a standby connection to a cluster node (PROTOCOL.md "Standby connections"): an idle WebSocket
+ * that the node closes with {@link CloseCode.MoveHere} when `node` (the client's own node) leaves the
+ * cluster. Returned at once; its events are the caller's.
+ */
+export function openStandby(options: ConnectOptions & { node: string }): WebSocket {
+  const url = new URL(STANDBY_PATH, options.url);
+  const headers: Record<string, string> = { [NODE_HEADER]: options.node };
+  if (options.apiKey) headers[AUTH_HEADER] = `Bearer ${options.apiKey}`;
+  const tls: ProbeTls = { ca: options.ca, rejectUnauthorized: !options.insecure };
+  const dial = new URL(url);
+  if (options.address !== undefined) {
+    dial.hostname = isIP(options.address) === 6 ? `[${options.address}]` : options.address;
+    headers.Host = url.host;
+    tls.serverName = url.hostname;
+  }
+  const ws = new WebSocket(dial.href, { protocols: [SUBPROTOCOL], headers, tls } as unknown as string[]);
+  ws.binaryType = "arraybuffer";
+  return ws;
 }
 
 /** The server's default control port, suggested when a URL without a port reached nothing. */

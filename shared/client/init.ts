@@ -37,6 +37,9 @@ name = "ssh"
 type = "tcp"                # a raw TCP tunnel: visitors connect to SERVER:PORT
 local = "127.0.0.1:8000"
 # port = 2222               # ask for this public port (default: any free one)
+# allow = ["192.0.2.0/24"]  # only visitors from these ranges or addresses (both types; also deny = [...])
+# proxy_protocol = "v1"     # tell the service each visitor's address in a PROXY header (v1 or v2)
+# pool = true               # share the port with your other clients that say pool = true
 
 [[tunnels]]
 name = "web"

@@ -15,8 +15,10 @@ import {
   parseServerUrl,
   UsageError,
 } from "../args.ts";
+import { parseCidr } from "../ip.ts";
 import type { EnvSpec, OptionTable, OptionValues } from "../options.ts";
-import { SUBDOMAIN } from "../wire/protocol.ts";
+import { MAX_ACCESS_RULES, SUBDOMAIN } from "../wire/protocol.ts";
+import { PROXY_VERSIONS, type ProxyVersion } from "../wire/proxy-protocol.ts";
 import { DEFAULT_CAPACITY, type InspectSetting, parseInspect } from "./inspector/settings.ts";
 
 /** One local service to publish. */
@@ -35,12 +37,29 @@ export interface ExposeOption extends HostPort {
   basicAuth?: string;
   /** HTTP: one line per request through the client's request log (false: none; absent: when one is set). */
   logRequests?: boolean;
+  /** Share the port or name with the user's other clients that ask with `pool` too. */
+  pool?: boolean;
+  /** Visitor addresses the server lets through (canonical CIDR); absent or empty: all not denied. */
+  allow?: string[];
+  /** Visitor addresses the server refuses, whatever `allow` says (canonical CIDR). */
+  deny?: string[];
+  /** Write a PROXY protocol header of this version into each connection to the local service. */
+  proxyProtocol?: ProxyVersion;
 }
 
 /** A service with its name: how the client keys its tunnels (a reload compares them by name). */
 export type NamedService = ExposeOption & { name: string };
 
 const seconds = (text: string, flag: string): number => parseSeconds(text, flag, 0.1, 3600);
+
+/** A CIDR range or address as its canonical text (`192.0.2.7/24` → `192.0.2.0/24`), or one line naming the flag. */
+function cidrOption(text: string, flag: string): string {
+  try {
+    return parseCidr(text).text;
+  } catch (error) {
+    throw new UsageError(`${flag}: ${(error as Error).message}`, false);
+  }
+}
 
 /** Every client option, in `--help` order. */
 export const CLIENT_OPTIONS = {
@@ -134,6 +153,38 @@ export const CLIENT_OPTIONS = {
     help: "HTTP requests (and TCP connections) the inspector keeps, newest first; each body kept up to 1 MiB",
     parse: (text: string, flag: string): number => parseCount(text, flag),
   },
+  pool: {
+    key: "pool",
+    defaultText: "off",
+    help: "share each tunnel's port or name with the same user's other clients that also say --pool: visitors are spread over them (README: Pools)",
+  },
+  allow: {
+    key: "allow",
+    value: "CIDR",
+    multiple: true,
+    defaultText: "everyone",
+    help: `only visitors from these addresses reach the tunnels (repeatable, at most ${MAX_ACCESS_RULES}; IPv4 or IPv6, a range or one address; checked by the server; README: Allow and deny lists)`,
+    parse: cidrOption,
+  },
+  deny: {
+    key: "deny",
+    value: "CIDR",
+    multiple: true,
+    defaultText: "nobody",
+    help: `visitors from these addresses are refused, whatever --allow says (repeatable, at most ${MAX_ACCESS_RULES})`,
+    parse: cidrOption,
+  },
+  "proxy-protocol": {
+    key: "proxyProtocol",
+    value: "VERSION",
+    defaultText: "off",
+    help: "write a PROXY protocol header (text v1 or binary v2) with the visitor's address into each connection to the local service (README: The visitor's address)",
+    parse: (text: string, flag: string): ProxyVersion => {
+      if (!(PROXY_VERSIONS as readonly string[]).includes(text))
+        throw new UsageError(`${flag}: '${text}' is not a PROXY protocol version (v1 or v2)`, false);
+      return text as ProxyVersion;
+    },
+  },
   ca: {
     key: "ca",
     value: "FILE",
@@ -207,6 +258,10 @@ export type ClientArgs = Omit<
   | "server"
   | "config"
   | "init"
+  | "pool"
+  | "allow"
+  | "deny"
+  | "proxyProtocol"
 > & {
   /** The first of {@link ClientArgs.servers} (what a one-server caller reads). */
   server: URL;
@@ -224,10 +279,37 @@ export type ClientArgs = Omit<
 };
 
 /** Top-level settings a service takes when it does not set its own. */
-export interface ServiceDefaults {
+export interface ServiceDefaults extends TunnelSettings {
   hostHeader?: "rewrite" | "preserve";
   basicAuth?: string;
   logRequests?: boolean;
+}
+
+/** The settings every tunnel type takes: pooling, who may visit, the PROXY protocol. */
+export interface TunnelSettings {
+  pool?: boolean;
+  allow?: string[];
+  deny?: string[];
+  proxyProtocol?: ProxyVersion;
+}
+
+/**
+ * `service` with the tunnel settings of `settings` that are set (absent fields stay absent: a reload
+ * compares them).
+ * @throws {UsageError} when `allow` and `deny` together name more than the wire carries.
+ */
+export function withTunnelSettings(service: NamedService, settings: TunnelSettings): NamedService {
+  if (settings.pool) service.pool = true;
+  if (settings.allow !== undefined && settings.allow.length > 0) service.allow = [...settings.allow];
+  if (settings.deny !== undefined && settings.deny.length > 0) service.deny = [...settings.deny];
+  if (settings.proxyProtocol !== undefined) service.proxyProtocol = settings.proxyProtocol;
+  for (const key of ["allow", "deny"] as const)
+    if ((service[key]?.length ?? 0) > MAX_ACCESS_RULES)
+      throw new UsageError(
+        `--${key}: at most ${MAX_ACCESS_RULES} ranges per tunnel (use wider ranges)`,
+        false,
+      );
+  return service;
 }
 
 /**
@@ -245,7 +327,9 @@ export function servicesFromValues(values: ClientValues, defaults: ServiceDefaul
     ...tcp.map((target, i): NamedService => {
       const publicPort = ports[i];
       const name = `tcp-${i + 1}`;
-      return publicPort === undefined ? { name, ...target } : { name, ...target, publicPort };
+      const service: NamedService =
+        publicPort === undefined ? { name, ...target } : { name, ...target, publicPort };
+      return withTunnelSettings(service, defaults);
     }),
     ...http.map((target, i): NamedService => httpService(`http-${i + 1}`, target, subdomains[i], defaults)),
     ...udp.map((target, i): NamedService => {
@@ -272,7 +356,7 @@ export function httpService(
   if (subdomain !== undefined) service.subdomain = subdomain;
   if (settings.basicAuth !== undefined) service.basicAuth = settings.basicAuth;
   if (settings.logRequests !== undefined) service.logRequests = settings.logRequests;
-  return service;
+  return withTunnelSettings(service, settings);
 }
 
 /** Gives each service without a name one (`tcp-1`, `http-1`, … by kind and position); keeps the others. */

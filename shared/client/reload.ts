@@ -44,6 +44,10 @@ function fingerprint(service: NamedService): string {
     http ? service.preserveHost === true : null,
     service.basicAuth ?? null,
     http ? (service.logRequests ?? null) : null,
+    service.pool === true,
+    service.allow ?? [],
+    service.deny ?? [],
+    service.proxyProtocol ?? null,
   ]);
 }
 

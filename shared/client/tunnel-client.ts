@@ -41,11 +41,13 @@ import {
   type Unexposed,
   type UnexposeRequest,
 } from "../wire/protocol.ts";
+import { encodeProxyHeader, visitorAddresses } from "../wire/proxy-protocol.ts";
 import { backoffDelay } from "./backoff.ts";
 import {
   ConnectError,
   type ControlConnection,
   connectControl,
+  openStandby,
   resolveServers,
   type ServerTarget,
   sameTarget,
@@ -97,6 +99,12 @@ export interface TunnelClientSettings {
   log: Logger;
 }
 
+/** Where a tunnel's visitors go: its local service, and its public address as the server announced it. */
+interface LocalTarget {
+  service: NamedService;
+  announced: { host: string; port: number };
+}
+
 /** A tunnel the client holds: what it asked for, what the server gave, and the ref its OPEN frames use. */
 interface Held {
   info: TunnelInfo;
@@ -121,7 +129,20 @@ interface Waiter {
 /** The server refused a request (as opposed to the connection failing under it). */
 export class RefusedError extends ClientError {
   override name = "RefusedError";
+  /** The server's error code (`subdomain_taken`, `cluster_unavailable`…). */
+  constructor(
+    message: string,
+    readonly code = "",
+  ) {
+    super(message);
+  }
 }
+
+/**
+ * Refusals that pass by themselves: the request is asked again (with backoff) rather than given up.
+ * `cluster_unavailable`: the cluster's Redis is unreachable from the server's node.
+ */
+const TEMPORARY_REFUSALS = new Set(["cluster_unavailable"]);
 
 /** One client's session with the server, across the connections it resumes it with. */
 export class TunnelClient {
@@ -131,8 +152,8 @@ export class TunnelClient {
   readonly closed: Promise<string>;
   private giveUp: (reason: string) => void = () => {};
   private connection: ControlConnection;
-  /** Local service of each tunnel, by the ref the server's OPEN frames use. */
-  private readonly targets = new Map<number, NamedService>();
+  /** Local service of each tunnel (and its public address), by the ref the server's OPEN frames use. */
+  private readonly targets = new Map<number, LocalTarget>();
   private readonly pending = new Map<number, Waiter>();
   private nextRequest = 1;
   private closing = false;
@@ -145,14 +166,26 @@ export class TunnelClient {
 
   /** The server the connection goes (or last went) to. */
   private target: ServerTarget;
+  /** The servers as last resolved (a standby connection goes to the first other one). */
+  private known: ServerTarget[];
+  /** Cluster: the idle connection to another node that says when to move there (see {@link keepStandby}). */
+  private standby: { ws: WebSocket; target: ServerTarget; ping: ReturnType<typeof setInterval> } | null =
+    null;
+  private standbyRetry: ReturnType<typeof setTimeout> | undefined;
+  /** Where the next reconnect goes first (a standby said its node is the one to move to). */
+  private preferred: ServerTarget | undefined;
+  /** Drops the current connection at once and starts the reconnect (set by {@link bind}). */
+  private dropConnection: (reason: string) => void = () => {};
 
   private constructor(
     private readonly settings: TunnelClientSettings,
     connection: ControlConnection,
     target: ServerTarget,
+    known: ServerTarget[],
   ) {
     this.connection = connection;
     this.target = target;
+    this.known = known;
     this.closed = new Promise<string>((resolve) => {
       this.giveUp = resolve;
     });
@@ -184,6 +217,7 @@ export class TunnelClient {
           settings,
           await TunnelClient.dial(settings, target, undefined, timeout),
           target,
+          targets,
         );
       } catch (error) {
         last = failure(target, error);
@@ -310,12 +344,43 @@ export class TunnelClient {
       hostHeader: http && !local.preserveHost ? `${formatHost(local.host)}:${local.port}` : undefined,
       basicAuth: http ? local.basicAuth : undefined,
       tunnel: wanted.id,
+      pool: local.pool === true ? true : undefined,
+      allow: local.allow,
+      deny: local.deny,
     };
-    const m = (await this.ask(request, "server refused the tunnel")) as Exposed;
+    const m = (await this.askUntilAnswered(request)) as Exposed;
     if (udp) this.udp.addTunnel(m.ref, local);
-    else this.targets.set(m.ref, local);
+    else this.targets.set(m.ref, { service: local, announced: { host: m.host, port: m.port } });
+    const lists = (local.allow?.length ?? 0) + (local.deny?.length ?? 0) > 0;
+    if (lists && m.access !== true) {
+      // An older server ignores the lists: better no tunnel than one open to everyone.
+      await this.closeTunnel(m.tunnel, m.ref).catch(() => {});
+      throw new RefusedError(
+        "server refused the tunnel: it does not enforce --allow/--deny lists (older than this client); tunnel closed",
+      );
+    }
     const info = { id: m.tunnel, name: m.name, url: m.url, host: m.host, port: m.port, local: { ...local } };
     return { info, ref: m.ref };
+  }
+
+  /**
+   * Sends an expose; a temporary refusal (the cluster's Redis is away) is logged with its reason and
+   * asked again after a backoff, as long as the connection stands (a lost connection rejects, and the
+   * reconnect exposes everything again).
+   */
+  private async askUntilAnswered(request: ExposeRequest): Promise<Exposed | Unexposed> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.ask(request, "server refused the tunnel");
+      } catch (error) {
+        if (!(error instanceof RefusedError) || !TEMPORARY_REFUSALS.has(error.code)) throw error;
+        // The server itself waited for Redis before it answered: a short pause is enough here.
+        const delay = backoffDelay(attempt, 500, 1000);
+        this.settings.log.warn(`${error.message}; asking again in ${(delay / 1000).toFixed(1)} s`);
+        await Bun.sleep(delay);
+        request = { ...request, id: this.nextRequest++ };
+      }
+    }
   }
 
   /** Sends a request and resolves with the server's answer to it. */
@@ -334,6 +399,7 @@ export class TunnelClient {
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    this.closeStandby();
     const { ws } = this.connection;
     if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
       const done = new Promise((resolve) => ws.addEventListener("close", resolve, { once: true }));
@@ -347,8 +413,9 @@ export class TunnelClient {
 
   /** Route: a visitor arrived; connect to the local service and relay, or reset the stream. */
   private accept(frame: OpenFrame): void {
-    const target = this.targets.get(frame.tunnel);
-    if (target === undefined) throw new ProtocolError(`OPEN for unknown tunnel ${frame.tunnel}`);
+    const local = this.targets.get(frame.tunnel);
+    if (local === undefined) throw new ProtocolError(`OPEN for unknown tunnel ${frame.tunnel}`);
+    const target = local.service;
     const stream = this.mux.acceptStream(frame.stream);
     const { log, logRequest, inspector } = this.settings;
     if (frame.kind !== StreamKind.Tcp && frame.kind !== StreamKind.Http) {
@@ -369,6 +436,13 @@ export class TunnelClient {
         kind: http ? "http" : "tcp",
         logRequest: printRequest,
       });
+    // The PROXY header goes first, once per connection to the local service (for HTTP tunnels too:
+    // each visitor connection is one), written on its own: the relay's chunks are never copied for it.
+    const version = target.proxyProtocol;
+    const header =
+      version === undefined
+        ? undefined
+        : encodeProxyHeader(version, visitorAddresses(frame.meta.remote, frame.meta.local, local.announced));
     Bun.connect<RelaySocketData>({
       hostname: target.host,
       port: target.port,
@@ -376,7 +450,18 @@ export class TunnelClient {
       data: { stream: null },
       socket: relaySocketHandlers,
     }).then(
-      (socket: RelaySocket) => stream.attach(socket),
+      (socket: RelaySocket) => {
+        // A fresh connection's send buffer is empty: the header (at most 232 bytes) goes whole, or the
+        // service has already closed it.
+        if (header !== undefined && socket.write(header) !== header.length) {
+          socket.terminate();
+          const reason = `local service ${target.host}:${target.port} closed before the PROXY header was written`;
+          log.warn(reason);
+          stream.reset(ResetCode.ConnectFailed, reason);
+          return;
+        }
+        stream.attach(socket);
+      },
       (error: unknown) => {
         const reason = `local service ${target.host}:${target.port} refused ${frame.meta.remote}: ${describeError(error)}`;
         log.warn(reason);
@@ -402,7 +487,8 @@ export class TunnelClient {
       return;
     }
     this.pending.delete(message.id as number);
-    if (message.type === "error") waiter.reject(new RefusedError(`${waiter.refused}: ${message.message}`));
+    if (message.type === "error")
+      waiter.reject(new RefusedError(`${waiter.refused}: ${message.message}`, message.code));
     else waiter.resolve(message);
   }
 
@@ -435,12 +521,14 @@ export class TunnelClient {
       if (silence <= deadAfter(heartbeatMs)) return ws.ping();
       log.warn(`server silent for ${Math.round(silence / 1000)} s: connection is dead`);
       ws.terminate();
-      lost("server silent");
+      // A frozen server takes a connection and never answers: with other servers, go there first.
+      lost("server silent", false, true);
     }, heartbeatMs);
     let gone = false;
-    const lost = (reason: string, revoked = false) => {
+    const lost = (reason: string, revoked = false, skipHome = false) => {
       if (gone) return;
       gone = true;
+      this.closeStandby();
       clearInterval(heartbeat);
       this.mux.detach();
       for (const waiter of this.pending.values())
@@ -452,7 +540,11 @@ export class TunnelClient {
         this.mux.destroyAll();
         this.udp.destroyAll();
         this.giveUp(reason);
-      } else if (!this.closing) void this.reconnect(reason);
+      } else if (!this.closing) void this.reconnect(reason, skipHome);
+    };
+    this.dropConnection = (reason) => {
+      ws.terminate();
+      lost(reason, false, true);
     };
     ws.addEventListener("close", (event) => {
       if (event.code === CloseCode.Revoked)
@@ -460,6 +552,59 @@ export class TunnelClient {
       else lost(`closed (${event.code}${event.reason ? `: ${event.reason}` : ""})`);
     });
     conn.onBlocked = (blocked) => this.mux.setBlocked(blocked);
+    this.keepStandby();
+  }
+
+  /**
+   * Cluster (the hello names this server's node) with another server known: keeps an idle standby
+   * connection to the first other server. That node closes it with 4002 (MoveHere) the moment this
+   * client's node leaves the cluster (killed, frozen, cut off from Redis, shut down): the client then
+   * moves there at once, within the node's lease, where its own heartbeat would take three silent
+   * intervals (and a node cut off from Redis never falls silent at all).
+   */
+  private keepStandby(): void {
+    this.closeStandby();
+    const node = this.connection.hello.node;
+    const target = this.known.find((t) => !sameTarget(t, this.target));
+    if (node === undefined || target === undefined || this.closing) return;
+    const { apiKey, ca, insecure, heartbeatMs, log } = this.settings;
+    const ws = openStandby({ url: target.url, address: target.address, apiKey, ca, insecure, node });
+    const primary = this.connection;
+    // The node drops a standby silent for 35 s: ping well within that.
+    const ping = setInterval(
+      () => {
+        if (ws.readyState === WebSocket.OPEN) ws.ping();
+      },
+      Math.min(heartbeatMs, 10_000),
+    );
+    const standby = { ws, target, ping };
+    this.standby = standby;
+    ws.addEventListener("close", (event) => {
+      clearInterval(ping);
+      if (this.standby !== standby) return;
+      this.standby = null;
+      if (this.closing || this.connection !== primary) return;
+      if (event.code === CloseCode.MoveHere) {
+        log.warn(`${event.reason || `node ${node} left the cluster`}: moving to ${targetLabel(target)}`);
+        this.preferred = target;
+        this.dropConnection(`node ${node} left the cluster`);
+        return;
+      }
+      // Not in a cluster after all, or refused: no standby there. Anything else: open it again shortly.
+      if (event.code === 1002 || event.code === 4001) return;
+      this.standbyRetry = setTimeout(() => {
+        if (this.connection === primary && this.standby === null) this.keepStandby();
+      }, 2000);
+    });
+  }
+
+  private closeStandby(): void {
+    clearTimeout(this.standbyRetry);
+    const standby = this.standby;
+    if (standby === null) return;
+    this.standby = null;
+    clearInterval(standby.ping);
+    standby.ws.close(CloseCode.Normal, "standby no longer needed");
   }
 
   /**
@@ -467,7 +612,7 @@ export class TunnelClient {
    * on), later ones to the next servers in turn. A server that does not know the session (restarted, or
    * another one) gets the tunnels exposed again with the same ports, names and ids.
    */
-  private async reconnect(reason: string): Promise<void> {
+  private async reconnect(reason: string, skipHome = false): Promise<void> {
     const { log, maxBackoffMs } = this.settings;
     log.warn(`connection to server lost (${reason}); reconnecting`);
     const home = this.target;
@@ -478,13 +623,22 @@ export class TunnelClient {
       ? Math.min(SEVERAL_TIMEOUT_MS, Math.max(1000, 2 * this.settings.heartbeatMs))
       : undefined;
     for (let attempt = 1; !this.closing; attempt++) {
+      // A standby said where to go: there first, at once. A silent server: not back to it first.
+      const preferred = this.preferred;
+      this.preferred = undefined;
+      const first = attempt === 1 && !(skipHome && several);
       // Resolved again at each attempt: a round robin's records may have changed.
-      const targets = attempt === 1 ? [home] : await resolveServers(this.settings.servers);
+      const targets = first ? [home] : await resolveServers(this.settings.servers);
+      if (!first) this.known = targets;
       const at = targets.findIndex((target) => sameTarget(target, home));
-      const target = attempt === 1 ? home : (targets[(at + attempt - 1) % targets.length] ?? home);
+      const step = skipHome && several ? attempt : attempt - 1;
+      const target = preferred ?? (first ? home : (targets[(at + step) % targets.length] ?? home));
       // The first round over the other servers waits no longer than the first attempt (a dead server
       // refuses at once, and the client should be elsewhere within a second or two); then back off.
-      const delay = backoffDelay(Math.max(1, attempt - Math.max(targets.length, 1) + 1), 250, maxBackoffMs);
+      const delay =
+        preferred !== undefined
+          ? 0
+          : backoffDelay(Math.max(1, attempt - Math.max(targets.length, 1) + 1), 250, maxBackoffMs);
       const where = several || targets.length > 1 ? ` to ${targetLabel(target)}` : "";
       log.info(`reconnecting${where} in ${(delay / 1000).toFixed(1)} s (attempt ${attempt})`);
       await Bun.sleep(delay);

@@ -29,6 +29,9 @@ class SpliceEnd {
     /** The visitor's address, for a stream that announces it (OPEN's `remote`). */
     readonly remoteAddress: string,
     readonly remotePort: number,
+    /** The public address the visitor connected to (OPEN's `local`); "" and 0 when unknown. */
+    readonly localAddress: string,
+    readonly localPort: number,
   ) {}
 
   /** The stream at the other end: it reads what our stream writes. */
@@ -89,12 +92,18 @@ class SpliceEnd {
  * Joins `a` and `b`: bytes `a` receives from its peer go out on `b` and back, with each stream's
  * window, END and RESET carried to the other.
  * @param remote the visitor's address (`ip:port`), reported by either end as its socket's address.
+ * @param local the public address the visitor connected to (`ip:port`), reported as the local address.
  */
-export function splice(a: Stream, b: Stream, remote: string): void {
-  spliceOnto(a, remote, (socket) => {
-    b.attach(socket);
-    return b;
-  });
+export function splice(a: Stream, b: Stream, remote: string, local?: string): void {
+  spliceOnto(
+    a,
+    remote,
+    (socket) => {
+      b.attach(socket);
+      return b;
+    },
+    local,
+  );
 }
 
 /**
@@ -106,8 +115,9 @@ export function spliceOnto(
   a: Stream,
   remote: string,
   open: (socket: SpliceSocket) => Stream | string,
+  local?: string,
 ): Stream | string {
-  const [forA, forB] = spliceEnds(remote);
+  const [forA, forB] = spliceEnds(remote, local);
   const b = open(forB);
   if (typeof b === "string") return b;
   a.attach(forA);
@@ -117,6 +127,13 @@ export function spliceOnto(
   return b;
 }
 
+/** `ip:port` or `[ipv6]:port` as a socket reports it: address without brackets, and port (0 if none). */
+function hostAndPort(text: string): [string, number] {
+  const colon = text.lastIndexOf(":");
+  const address = colon < 0 ? text : text.slice(0, colon).replace(/^\[|\]$/g, "");
+  return [address, colon < 0 ? 0 : Number(text.slice(colon + 1)) || 0];
+}
+
 /** The socket of a stream that is to be spliced: a {@link RelaySocket} as far as the stream can tell. */
 export type SpliceSocket = RelaySocket;
 
@@ -124,12 +141,11 @@ export type SpliceSocket = RelaySocket;
  * Two joined ends, not yet attached: attach the first to one stream and the second to another
  * (`Stream.attach`).
  */
-function spliceEnds(remote: string): [SpliceSocket, SpliceSocket] {
-  const colon = remote.lastIndexOf(":");
-  const address = colon < 0 ? remote : remote.slice(0, colon).replace(/^\[|\]$/g, "");
-  const port = colon < 0 ? 0 : Number(remote.slice(colon + 1)) || 0;
-  const first = new SpliceEnd(address, port);
-  const second = new SpliceEnd(address, port);
+function spliceEnds(remote: string, local = ""): [SpliceSocket, SpliceSocket] {
+  const [address, port] = hostAndPort(remote);
+  const [localAddress, localPort] = hostAndPort(local);
+  const first = new SpliceEnd(address, port, localAddress, localPort);
+  const second = new SpliceEnd(address, port, localAddress, localPort);
   first.other = second;
   second.other = first;
   return [first as unknown as SpliceSocket, second as unknown as SpliceSocket];

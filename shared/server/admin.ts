@@ -94,6 +94,7 @@ export function adminApp(source: AdminSource, token?: string): Hono {
       authFailures: source.metrics.authFailures,
       resumes: source.metrics.resumes,
       heartbeatMisses: source.metrics.heartbeatMisses,
+      visitorsRefused: Object.fromEntries(source.metrics.refused),
     }),
   );
   app.notFound((c) =>

@@ -16,6 +16,7 @@ import {
   NODE_LINK_PATH,
   NODE_NAME,
   RESUME_HEADER,
+  STANDBY_PATH,
   SUBPROTOCOL,
 } from "../wire/protocol.ts";
 import { bearerKey, keyMatches } from "./auth.ts";
@@ -62,6 +63,32 @@ export function controlApp({ registry, authFailLimit, log, metrics }: ControlApp
     const data: SessionSocketData = { peer: null, resume: null, remote, link };
     if (c.env.upgrade(c.req.raw, { data, headers: { "Sec-WebSocket-Protocol": SUBPROTOCOL } }))
       return new Response(null);
+    link.close();
+    return c.text("expected a WebSocket upgrade\n", 400);
+  });
+  // A client of another node keeps a standby connection here (cluster/standby.ts): its key, its node.
+  app.get(STANDBY_PATH, (c) => {
+    const address = c.env.requestIP(c.req.raw);
+    const ip = address?.address ?? "?";
+    const remote = address ? `${formatHost(ip)}:${address.port}` : "?";
+    const cluster = registry.cluster;
+    if (cluster === undefined) return c.text("this server is not in a cluster\n", 404);
+    if (registry.draining) return c.text("server is shutting down\n", 503);
+    if (authFailures.blocked(ip)) return c.text("too many failed attempts; try again in a minute\n", 429);
+    if (registry.authenticate(bearerKey(c.req.header(AUTH_HEADER))) === null) {
+      authFailures.fail(ip);
+      return c.text("authentication failed: missing or wrong API key\n", 401);
+    }
+    const watched = c.req.header(NODE_HEADER) ?? "";
+    if (!NODE_NAME.test(watched))
+      return c.text(`a standby connection names its node in ${NODE_HEADER}\n`, 400);
+    const link = cluster.standby(`client ${remote} (standby, watching node ${watched})`, watched);
+    const data: SessionSocketData = { peer: null, resume: null, remote, link };
+    if (c.env.upgrade(c.req.raw, { data, headers: { "Sec-WebSocket-Protocol": SUBPROTOCOL } })) {
+      // Its node is gone already (it froze while the client dialled here): move at once.
+      if (!cluster.alive(watched) && cluster.directory.redisUp) link.moveHere();
+      return new Response(null);
+    }
     link.close();
     return c.text("expected a WebSocket upgrade\n", 400);
   });

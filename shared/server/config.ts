@@ -17,8 +17,10 @@ import {
   watchConfigFile,
   where,
 } from "../config.ts";
+import { type Cidr, parseCidr } from "../ip.ts";
 import type { Logger } from "../log.ts";
 import { type OptionTable, parseOptions } from "../options.ts";
+import { AccessList, MAX_RULES } from "./access-list.ts";
 import {
   finishServerOptions,
   SERVER_OPTIONS,
@@ -49,6 +51,8 @@ const USER_KEYS = [
   "max_tunnels",
   "max_visitors",
   "random_subdomain",
+  "allow",
+  "deny",
 ] as const;
 
 /** Options that a running server cannot take up (marked `restart` in the option table), by flag. */
@@ -169,6 +173,26 @@ export function usersFromConfig(source: ConfigSource): UserConfig[] {
         fail("random_subdomain", `random_subdomain of user ${user} must be true or false`);
       limits.randomSubdomain = entry.random_subdomain as boolean;
     }
+    const rules = (key: "allow" | "deny"): Cidr[] => {
+      const raw = entry[key];
+      if (raw === undefined) return [];
+      return check(key, () => {
+        const list = Array.isArray(raw) ? raw : [raw];
+        if (list.length > MAX_RULES)
+          throw new Error(`${key} of user ${user}: at most ${MAX_RULES} ranges (use wider ranges)`);
+        return list.map((rule) => {
+          if (typeof rule !== "string")
+            throw new Error(`${key} of user ${user} must be a list of strings ("10.0.0.0/8", "2001:db8::1")`);
+          try {
+            return parseCidr(rule);
+          } catch (error) {
+            throw new Error(`${key} of user ${user}: ${(error as Error).message}`);
+          }
+        });
+      });
+    };
+    const [allow, deny] = [rules("allow"), rules("deny")];
+    if (allow.length + deny.length > 0) limits.access = new AccessList(allow, deny, "user");
     seen.set(user, { at: at("name"), hash: tokenHash });
     users.push({ name: user, tokenHash, limits });
   });

@@ -71,6 +71,7 @@ td a { color: var(--accent); word-break: break-all; }
     <div class="total"><b id="t-visitors">–</b><span>visitors open</span></div>
     <div class="total"><b id="t-in">–</b><span>in (from visitors)</span></div>
     <div class="total"><b id="t-out">–</b><span>out (to visitors)</span></div>
+    <div class="total"><b id="t-refused">–</b><span>visitors refused</span></div>
     <div class="total"><b id="t-udp-flows">–</b><span>UDP flows open</span></div>
     <div class="total"><b id="t-udp-drops" title="">–</b><span>UDP datagrams dropped</span></div>
   </section>
@@ -136,6 +137,9 @@ function render() {
   $("t-visitors").textContent = server.streams;
   $("t-in").textContent = bytes(tunnels.reduce((n, t) => n + t.bytes.in, 0));
   $("t-out").textContent = bytes(tunnels.reduce((n, t) => n + t.bytes.out, 0));
+  const refused = server.visitorsRefused ?? {};
+  $("t-refused").textContent = Object.values(refused).reduce((n, v) => n + v, 0);
+  $("t-refused").title = Object.entries(refused).map(([reason, n]) => reason + ": " + n).join(", ") || "none";
   if (server.udp) {
     const drops = Object.entries(server.udp.drops);
     $("t-udp-flows").textContent = server.udp.open;
@@ -171,7 +175,7 @@ function render() {
     row.dataset.tunnel = t.id;
     const tag = document.createElement("span");
     tag.className = "tag";
-    tag.textContent = t.type;
+    tag.textContent = t.pool ? t.type + " · pool" : t.type;
     cell(row, "Type", tag);
     let url = t.url;
     if (t.type === "http") {

@@ -43,9 +43,9 @@ import type { Logger } from "../log.ts";
 import type { RelaySocket, RelaySocketData, Stream } from "../relay/stream.ts";
 import { ResetCode } from "../wire/protocol.ts";
 import { keyMatches } from "./auth.ts";
-import type { HttpRoute } from "./namespace/holding.ts";
+import type { HttpRoute, RouteAnswer } from "./namespace/holding.ts";
 
-export type { HttpRoute };
+export type { HttpRoute, RouteAnswer };
 
 /** The `data` slot of a visitor socket on the HTTP port. */
 export interface HttpSocketData extends RelaySocketData {
@@ -253,120 +253,193 @@ export class HttpConnection {
 
 /** Opens the HTTP port; visitors are routed as described in the module comment. */
 export function listenHttp(options: HttpIngressOptions): HttpIngress {
-  const { domain, log, metrics } = options;
-  const proto = options.tls ? "https" : "http";
-  const heads = options.heads ?? new HeadBudget();
-  const requestTimeoutMs = (options.requestTimeoutSeconds ?? DEFAULT_REQUEST_TIMEOUT_SECONDS) * 1000;
+  return new HttpListener(options);
+}
+
+/**
+ * An open HTTP port: its listener, the connections that have a deadline, and what a visitor's
+ * connection goes through (route, relay, respond, expire), each a method taking the connection.
+ */
+class HttpListener implements HttpIngress {
+  private readonly domain: string;
+  private readonly log: Logger;
+  private readonly metrics?: HttpResponseCounter;
+  private readonly proto: "http" | "https";
+  private readonly heads: HeadBudget;
+  private readonly requestTimeoutMs: number;
   /**
    * Every open connection; the sweep looks at those with a deadline (waiting for a head, lingering
    * after an answer or a FIN). A connection stays in the set from open to close: disarming is then a
    * field write, where a delete and an add per request cost ~0.1 µs under load.
    */
-  const timed = new Set<HttpConnection>();
+  private readonly timed = new Set<HttpConnection>();
+  private readonly sweep: ReturnType<typeof setInterval>;
+  private readonly listener: TCPSocketListener<HttpSocketData>;
+  private readonly lingerFor = (conn: HttpConnection) => this.arm(conn, LINGER_MS);
 
-  const arm = (conn: HttpConnection, ms: number) => {
+  constructor(private readonly options: HttpIngressOptions) {
+    this.domain = options.domain;
+    this.log = options.log;
+    this.metrics = options.metrics;
+    this.proto = options.tls ? "https" : "http";
+    this.heads = options.heads ?? new HeadBudget();
+    this.requestTimeoutMs = (options.requestTimeoutSeconds ?? DEFAULT_REQUEST_TIMEOUT_SECONDS) * 1000;
+    this.sweep = setInterval(() => {
+      const now = performance.now();
+      for (const conn of this.timed) if (conn.deadline !== 0 && now >= conn.deadline) this.expire(conn);
+    }, SWEEP_MS);
+    this.sweep.unref?.();
+    this.listener = this.listen();
+  }
+
+  /** The bound port. */
+  get port(): number {
+    return this.listener.port;
+  }
+
+  /** Stops accepting; with `closeActive`, closes every visitor connection too. */
+  stop(closeActive = false): void {
+    this.listener.stop(closeActive);
+    if (closeActive) {
+      clearInterval(this.sweep);
+      for (const conn of this.timed) conn.socket.terminate();
+      this.timed.clear();
+    }
+  }
+
+  private arm(conn: HttpConnection, ms: number): void {
     conn.deadline = performance.now() + ms;
     conn.unwrittenAtArm = conn.stream?.unwritten ?? 0;
-    timed.add(conn);
-  };
-  const lingerFor = (conn: HttpConnection) => arm(conn, LINGER_MS);
-  const disarm = (conn: HttpConnection) => {
-    conn.deadline = 0;
-  };
+    this.timed.add(conn);
+  }
 
-  const sweep = setInterval(() => {
-    const now = performance.now();
-    for (const conn of timed) if (conn.deadline !== 0 && now >= conn.deadline) expire(conn);
-  }, SWEEP_MS);
-  sweep.unref?.();
+  private disarm(conn: HttpConnection): void {
+    conn.deadline = 0;
+  }
 
   /** A deadline passed: a head never completed, an idle connection, or a visitor that never closed. */
-  function expire(conn: HttpConnection): void {
+  private expire(conn: HttpConnection): void {
     const stream = conn.stream;
     // A response the visitor is still reading (slowly) is not idle: only a stalled one is.
     const unwritten = stream?.unwritten ?? 0;
     if (unwritten > 0 && unwritten !== conn.unwrittenAtArm) {
-      arm(conn, requestTimeoutMs);
+      this.arm(conn, this.requestTimeoutMs);
       return;
     }
-    disarm(conn);
+    this.disarm(conn);
     if (stream) stream.reset(ResetCode.Idle, conn.visitorEnded ? "visitor done" : "request timeout");
+    else if (!conn.answered && !conn.visitorEnded && !conn.busy && !conn.requests.betweenMessages)
+      // A head begun and not finished in time: say so (RFC 9110 §15.5.9) before closing.
+      this.respond(conn, 408, "request timeout: the request head did not arrive in time");
     else conn.socket.terminate();
   }
 
   /** Writes a small text response, sends FIN, and gives the visitor {@link LINGER_MS} to close. */
-  function respond(conn: HttpConnection, status: number, message: string, extraHeaders = ""): void {
+  private respond(conn: HttpConnection, status: number, message: string, extraHeaders = ""): void {
     const body = `${message}\n`;
-    metrics?.httpResponse(status);
+    this.metrics?.httpResponse(status);
     const head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Error"}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extraHeaders}connection: close\r\n\r\n`;
     conn.socket.write(head + body);
     conn.close();
   }
 
   /** A visitor broke HTTP: a page if nothing was relayed yet, else a reset of its stream. */
-  function refuse(conn: HttpConnection, error: unknown): void {
+  private refuse(conn: HttpConnection, error: unknown): void {
     const status = error instanceof HttpParseError ? error.status : 400;
     const message = (error as Error).message;
-    log.info(`http visitor ${formatHost(unmappedAddress(conn.socket.remoteAddress))}: ${message}`);
+    this.log.info(`http visitor ${formatHost(unmappedAddress(conn.socket.remoteAddress))}: ${message}`);
     const stream = conn.stream;
     if (stream) stream.reset(ResetCode.Protocol, `bad request: ${message}`);
-    else respond(conn, status, message);
+    else this.respond(conn, status, message);
   }
 
-  /** Counts what the connection's heads hold now; false (and a 503) when the server's budget is spent. */
-  function account(conn: HttpConnection): boolean {
+  /** Counts what the connection's this.heads hold now; false (and a 503) when the server's budget is spent. */
+  private account(conn: HttpConnection): boolean {
     const held = conn.requests.pendingBytes + conn.responses.pendingBytes;
     const grown = held - conn.heldBytes;
-    heads.used += grown;
+    this.heads.used += grown;
     conn.heldBytes = held;
-    if (grown <= 0 || heads.used <= heads.limit) return true;
-    log.warn(`http visitor refused: incomplete heads hold ${heads.used} bytes (limit ${heads.limit})`);
-    release(conn);
+    if (grown <= 0 || this.heads.used <= this.heads.limit) return true;
+    this.log.warn(
+      `http visitor refused: incomplete this.heads hold ${this.heads.used} bytes (limit ${this.heads.limit})`,
+    );
+    this.release(conn);
     const stream = conn.stream;
     if (stream) stream.reset(ResetCode.Limit, "server busy");
-    else respond(conn, 503, "server busy: too many incomplete requests; try again shortly");
+    else this.respond(conn, 503, "server busy: too many incomplete requests; try again shortly");
     return false;
   }
 
-  function release(conn: HttpConnection): void {
-    heads.used -= conn.heldBytes;
+  private release(conn: HttpConnection): void {
+    this.heads.used -= conn.heldBytes;
     conn.heldBytes = 0;
   }
 
-  /** Route: the first request's authority picks the tunnel for the whole connection. */
-  function route(conn: HttpConnection, head: RequestHead): Stream | null {
+  /**
+   * Route: the first request's authority picks the tunnel for the whole connection. "waiting": the
+   * route answers later (see {@link HttpRoute.open}); the request's events wait in the backlog.
+   */
+  private route(conn: HttpConnection, head: RequestHead): Stream | null | "waiting" {
     const host = requestHost(head);
-    const name = nameOf(host, domain);
-    const target = name === undefined ? undefined : options.route(name);
+    const name = nameOf(host, this.domain);
+    const target = name === undefined ? undefined : this.options.route(name);
     if (target === undefined) {
-      respond(conn, 404, `no tunnel at ${host || "(no Host header)"}`);
+      this.respond(conn, 404, `no tunnel at ${host || "(no Host header)"}`);
       return null;
     }
     if (!authorized(head, target)) {
-      respond(conn, 401, "this tunnel needs a user name and password", UNAUTHORIZED);
+      this.respond(conn, 401, "this tunnel needs a user name and password", UNAUTHORIZED);
       return null;
     }
     const opened = target.open(conn.socket);
+    if (opened instanceof Promise) {
+      // A cluster's name whose node is a moment away: the connection waits unread, as for a local request.
+      this.disarm(conn);
+      conn.busy = true;
+      conn.socket.pause();
+      opened.then(
+        (answer) => {
+          conn.busy = false;
+          if (conn.answered) return;
+          if (this.routed(conn, target, name as string, answer) === null) return;
+          conn.socket.resume();
+          const backlog = conn.backlog;
+          conn.backlog = [];
+          this.relay(conn, backlog);
+        },
+        (error) => {
+          this.log.error(`routing to ${name} failed: ${(error as Error).message}`);
+          conn.socket.terminate();
+        },
+      );
+      return "waiting";
+    }
+    return this.routed(conn, target, name as string, opened);
+  }
+
+  /** Route, continued: the route's answer (a stream, or a refusal the visitor is answered with). */
+  private routed(conn: HttpConnection, target: HttpRoute, name: string, opened: RouteAnswer): Stream | null {
     if (!(opened as Stream).id) {
-      const refusal = opened as { status: number; message: string };
-      respond(conn, refusal.status, refusal.message);
+      const refusal = opened as { status: number; message: string; retryAfter?: number };
+      const retry = refusal.retryAfter === undefined ? "" : `retry-after: ${refusal.retryAfter}\r\n`;
+      this.respond(conn, refusal.status, refusal.message, retry);
       return null;
     }
     const stream = opened as Stream;
     conn.route = target;
     conn.name = name;
     // Nothing came back yet: answer the visitor with a page rather than a reset. The reason (which
-    // names the client's loopback addresses) goes to the log, not to the visitor.
+    // names the client's loopback addresses) goes to the this.log, not to the visitor.
     stream.onPeerReset = (_code, reason, received) => {
       if (received > 0) return false;
-      log.info(`tunnel ${name}: ${reason}`);
-      respond(conn, 502, "the tunnel's local service did not answer");
+      this.log.info(`tunnel ${name}: ${reason}`);
+      this.respond(conn, 502, "the tunnel's local service did not answer");
       return true;
     };
     stream.tap = {
-      toSocket: (bytes) => onResponseBytes(conn, bytes),
+      toSocket: (bytes) => this.onResponseBytes(conn, bytes),
       fromSocket: () => {},
-      end: () => onBackendEnd(conn),
+      end: () => this.onBackendEnd(conn),
       // The response framer copies what it keeps (a partial head): bodies are freed early as without it.
       keepsViews: false,
     };
@@ -374,7 +447,7 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
   }
 
   /** Relays the visitor's request events onto the tunnel's stream. */
-  function relay(conn: HttpConnection, events: RequestEvent[]): void {
+  private relay(conn: HttpConnection, events: RequestEvent[]): void {
     for (let i = 0; i < events.length; i++) {
       const event = events[i] as RequestEvent;
       if (conn.busy) {
@@ -386,16 +459,24 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
         continue;
       }
       if (event.type === "head") {
-        if (conn.stream === null && options.local && nameOf(requestHost(event.head), domain) === undefined) {
-          answerLocally(conn, event.head, options.local);
+        if (
+          conn.stream === null &&
+          this.options.local &&
+          nameOf(requestHost(event.head), this.domain) === undefined
+        ) {
+          this.answerLocally(conn, event.head, this.options.local);
           continue;
         }
-        const stream = conn.stream ?? route(conn, event.head);
+        const stream = conn.stream ?? this.route(conn, event.head);
+        if (stream === "waiting") {
+          conn.backlog.push(...events.slice(i));
+          return;
+        }
         if (stream === null || conn.route === null) return;
-        disarm(conn); // a request is in progress: its response is the backend's business
+        this.disarm(conn); // a request is in progress: its response is the backend's business
         const host = requestHost(event.head);
         if (host !== conn.routedHost) {
-          if (nameOf(host, domain) !== conn.name) {
+          if (nameOf(host, this.domain) !== conn.name) {
             // A connection belongs to the tunnel of its first request: never carry a request elsewhere.
             stream.reset(ResetCode.Protocol, "request for another host on the same connection");
             return;
@@ -420,7 +501,7 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
           event.head,
           {
             remoteIp: conn.remoteIp,
-            proto,
+            proto: this.proto,
             rewriteHost: conn.route.hostHeader,
             dropAuthorization: basicAuth,
             cache: conn.forwarding,
@@ -432,7 +513,7 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
           i++;
         }
         conn.responses.expectResponse(event.head.method);
-        if (metrics) conn.started.push(performance.now());
+        if (this.metrics) conn.started.push(performance.now());
         if (!event.head.keepAlive) conn.lastExchange = true;
         stream.onSocketData(head);
       } else if (event.type === "body" || event.type === "passthrough")
@@ -441,8 +522,8 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
   }
 
   /** A request for the port itself: the connection waits (unread) until it is answered. */
-  function answerLocally(conn: HttpConnection, head: RequestHead, local: LocalRequests): void {
-    disarm(conn);
+  private answerLocally(conn: HttpConnection, head: RequestHead, local: LocalRequests): void {
+    this.disarm(conn);
     conn.busy = true;
     conn.inLocalBody = true;
     conn.socket.pause();
@@ -458,39 +539,39 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
         conn.socket.resume();
         const backlog = conn.backlog;
         conn.backlog = [];
-        relay(conn, backlog);
-        if (conn.idle && !conn.busy && conn.stream === null) becameIdle(conn);
+        this.relay(conn, backlog);
+        if (conn.idle && !conn.busy && conn.stream === null) this.becameIdle(conn);
       },
       (error) => {
-        log.error(`local request failed: ${(error as Error).message}`);
+        this.log.error(`local request failed: ${(error as Error).message}`);
         conn.socket.terminate();
       },
     );
   }
 
   /** Bytes of the backend's responses, about to be written to the visitor: framed, never changed. */
-  function onResponseBytes(conn: HttpConnection, bytes: Uint8Array): void {
+  private onResponseBytes(conn: HttpConnection, bytes: Uint8Array): void {
     if (conn.upgraded) return;
     let events: ReturnType<ResponseFramer["feed"]>;
     try {
       events = conn.responses.feed(bytes);
     } catch (error) {
-      log.info(`tunnel ${conn.name}: bad response from the local service: ${(error as Error).message}`);
+      this.log.info(`tunnel ${conn.name}: bad response from the local service: ${(error as Error).message}`);
       // Inside the stream's own receive path: reset once it returned.
       const stream = conn.stream;
       queueMicrotask(() => stream?.reset(ResetCode.Protocol, "bad response"));
       return;
     }
-    if (!account(conn)) return;
+    if (!this.account(conn)) return;
     for (const event of events) {
       if (event.type === "head") {
         const head = event.head;
         // The answer to an upgrade request is the only final answer outstanding (bytes after that
         // request wait in the framer): 101 switches to raw bytes, anything else resumes framing.
         if (head.status < 200 && head.status !== 101) continue;
-        if (metrics) {
+        if (this.metrics) {
           const started = conn.started.shift();
-          metrics.httpResponse(
+          this.metrics.httpResponse(
             head.status,
             started === undefined ? undefined : (performance.now() - started) / 1000,
           );
@@ -504,13 +585,13 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
             return;
           }
           conn.upgraded = true;
-          release(conn);
-          relay(conn, conn.requests.switchToPassthrough());
+          this.release(conn);
+          this.relay(conn, conn.requests.switchToPassthrough());
           if (conn.visitorEnded) conn.stream?.onSocketEnd();
           return;
         }
-        if (answersUpgrade) declined(conn);
-      } else if (event.type === "end-of-message" && conn.idle) becameIdle(conn);
+        if (answersUpgrade) this.declined(conn);
+      } else if (event.type === "end-of-message" && conn.idle) this.becameIdle(conn);
     }
   }
 
@@ -518,113 +599,103 @@ export function listenHttp(options: HttpIngressOptions): HttpIngress {
    * The backend closed its side: nothing more will come back, so once the visitor has what came (the
    * stream then sends it FIN), it has {@link LINGER_MS} to close, more while it is still reading.
    */
-  function onBackendEnd(conn: HttpConnection): void {
+  private onBackendEnd(conn: HttpConnection): void {
     if (!conn.upgraded)
       try {
         conn.responses.end(); // ends a close-delimited body
       } catch {}
-    if (!conn.upgraded || conn.visitorEnded) arm(conn, LINGER_MS);
+    if (!conn.upgraded || conn.visitorEnded) this.arm(conn, LINGER_MS);
   }
 
   /** The upgrade was answered with a final status: held bytes are requests again. */
-  function declined(conn: HttpConnection): void {
+  private declined(conn: HttpConnection): void {
     let events: RequestEvent[];
     try {
       events = conn.requests.declineUpgrade();
     } catch (error) {
-      refuse(conn, error);
+      this.refuse(conn, error);
       return;
     }
-    relay(conn, events);
+    this.relay(conn, events);
     if (conn.visitorEnded && !conn.requests.awaitingUpgrade) conn.stream?.onSocketEnd();
   }
 
   /** Between requests: wait for the next head, or for a visitor that sent FIN to close. */
-  function becameIdle(conn: HttpConnection): void {
-    arm(conn, conn.visitorEnded || conn.lastExchange ? LINGER_MS : requestTimeoutMs);
+  private becameIdle(conn: HttpConnection): void {
+    this.arm(conn, conn.visitorEnded || conn.lastExchange ? LINGER_MS : this.requestTimeoutMs);
   }
 
-  const listener: TCPSocketListener<HttpSocketData> = Bun.listen<HttpSocketData>({
-    hostname: options.host,
-    port: options.port,
-    tls: options.tls,
-    allowHalfOpen: true,
-    socket: {
-      open(socket) {
-        const conn = new HttpConnection(socket as HttpSocket, lingerFor);
-        socket.data = { stream: null, connection: conn };
-        arm(conn, requestTimeoutMs);
+  private listen(): TCPSocketListener<HttpSocketData> {
+    return Bun.listen<HttpSocketData>({
+      hostname: this.options.host,
+      port: this.options.port,
+      tls: this.options.tls,
+      allowHalfOpen: true,
+      socket: {
+        open: (socket) => {
+          const conn = new HttpConnection(socket as HttpSocket, this.lingerFor);
+          socket.data = { stream: null, connection: conn };
+          this.arm(conn, this.requestTimeoutMs);
+        },
+        data: (socket, chunk: Uint8Array) => {
+          const conn = socket.data.connection;
+          if (conn.takenOver) {
+            conn.takenOver.onData(chunk);
+            return;
+          }
+          if (conn.answered) return;
+          if (conn.upgraded) {
+            socket.data.stream?.onSocketData(chunk, true);
+            return;
+          }
+          let events: RequestEvent[];
+          try {
+            events = conn.requests.feed(chunk);
+          } catch (error) {
+            this.refuse(conn, error);
+            return;
+          }
+          if (this.account(conn)) this.relay(conn, events);
+        },
+        drain: (socket) => {
+          const conn = socket.data.connection;
+          if (conn.takenOver) conn.takenOver.onDrain();
+          else socket.data.stream?.onSocketDrain();
+        },
+        end: (socket) => {
+          const conn = socket.data.connection;
+          if (conn.takenOver) {
+            conn.takenOver.onEnd();
+            return;
+          }
+          conn.visitorEnded = true;
+          const stream = socket.data.stream;
+          if (conn.answered || stream === null) {
+            // Nothing to relay (never routed, or answered with a page): both sides are done.
+            socket.end();
+            this.arm(conn, LINGER_MS);
+          } else if (conn.upgraded || !conn.requests.awaitingUpgrade) {
+            // Passed on as END: the backend may still answer what it got (the bytes after an upgrade
+            // request wait for its answer, and so does this FIN).
+            stream.onSocketEnd();
+            if (conn.idle) this.becameIdle(conn);
+          }
+        },
+        close: (socket, error?: Error) => {
+          // A TLS handshake that failed closes a socket that never opened: no data slot.
+          const conn = socket.data?.connection;
+          if (conn === undefined) return;
+          this.disarm(conn);
+          this.timed.delete(conn);
+          this.release(conn);
+          conn.takenOver?.onClose();
+          socket.data.stream?.onSocketClose(error);
+        },
+        error: (socket, error?: Error) => {
+          const conn = socket.data?.connection;
+          if (conn !== undefined && !conn.takenOver) socket.data.stream?.onSocketClose(error);
+        },
       },
-      data(socket, chunk) {
-        const conn = socket.data.connection;
-        if (conn.takenOver) {
-          conn.takenOver.onData(chunk);
-          return;
-        }
-        if (conn.answered) return;
-        if (conn.upgraded) {
-          socket.data.stream?.onSocketData(chunk, true);
-          return;
-        }
-        let events: RequestEvent[];
-        try {
-          events = conn.requests.feed(chunk);
-        } catch (error) {
-          refuse(conn, error);
-          return;
-        }
-        if (account(conn)) relay(conn, events);
-      },
-      drain(socket) {
-        const conn = socket.data.connection;
-        if (conn.takenOver) conn.takenOver.onDrain();
-        else socket.data.stream?.onSocketDrain();
-      },
-      end(socket) {
-        const conn = socket.data.connection;
-        if (conn.takenOver) {
-          conn.takenOver.onEnd();
-          return;
-        }
-        conn.visitorEnded = true;
-        const stream = socket.data.stream;
-        if (conn.answered || stream === null) {
-          // Nothing to relay (never routed, or answered with a page): both sides are done.
-          socket.end();
-          arm(conn, LINGER_MS);
-        } else if (conn.upgraded || !conn.requests.awaitingUpgrade) {
-          // Passed on as END: the backend may still answer what it got (the bytes after an upgrade
-          // request wait for its answer, and so does this FIN).
-          stream.onSocketEnd();
-          if (conn.idle) becameIdle(conn);
-        }
-      },
-      close(socket, error) {
-        // A TLS handshake that failed closes a socket that never opened: no data slot.
-        const conn = socket.data?.connection;
-        if (conn === undefined) return;
-        disarm(conn);
-        timed.delete(conn);
-        release(conn);
-        conn.takenOver?.onClose();
-        socket.data.stream?.onSocketClose(error);
-      },
-      error(socket, error) {
-        const conn = socket.data?.connection;
-        if (conn !== undefined && !conn.takenOver) socket.data.stream?.onSocketClose(error);
-      },
-    },
-  });
-
-  return {
-    port: listener.port,
-    stop(closeActive = false) {
-      listener.stop(closeActive);
-      if (closeActive) {
-        clearInterval(sweep);
-        for (const conn of timed) conn.socket.terminate();
-        timed.clear();
-      }
-    },
-  };
+    });
+  }
 }

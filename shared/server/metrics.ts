@@ -74,6 +74,8 @@ export interface TunnelInfo {
   bytes: ByteCounts;
   /** Bytes per second over the last second or so (0 on the first look). */
   rate: ByteCounts;
+  /** Whether it serves its port or name as a member of a pool (`--pool`). */
+  pool: boolean;
 }
 
 /** Where the metrics read the sessions from, and how they label. */
@@ -84,6 +86,8 @@ export interface MetricsOptions {
   buffered?: () => { received: number; sent: number };
   /** With `--cluster`: the node's view of the cluster, for the `sockets_cluster_*` families. */
   cluster?: () => ClusterStats | undefined;
+  /** Places shared by pools and their members' count, for `sockets_pool_members`. */
+  pools?: () => { place: string; members: number }[];
   /** UDP tunnels' flows, datagrams, bytes and drops, for the `sockets_udp_*` families. */
   udp?: () => UdpStats;
 }
@@ -320,6 +324,7 @@ export class ServerMetrics {
         const type = tunnelType(tunnel);
         const info: TunnelInfo = {
           id: tunnel.id,
+          pool: tunnel.pool,
           type,
           url: tunnel.url ?? "",
           name: tunnel.name ?? String(tunnel.port),
@@ -502,6 +507,14 @@ export class ServerMetrics {
           [{ direction: "received" }, buffered.received],
           [{ direction: "sent" }, buffered.sent],
         ],
+      );
+    const pools = this.options.pools?.() ?? [];
+    if (pools.length > 0)
+      out.family(
+        "sockets_pool_members",
+        "gauge",
+        "Members of each pool (clients that share a port or name with --pool).",
+        pools.map(({ place, members }) => [{ place }, members]),
       );
     const cluster = this.options.cluster?.();
     if (cluster) {

@@ -6,16 +6,28 @@
 
 import { readFileSync } from "node:fs";
 import { type PortRange, parseCount, parsePort, parsePortRange, parseSeconds, UsageError } from "../args.ts";
+import { parseCidr } from "../ip.ts";
 import { describeError } from "../log.ts";
 import { type EnvSpec, type OptionTable, type OptionValues, parseOptions } from "../options.ts";
 import { DEFAULT_CLIENT_BUDGET, DEFAULT_SERVER_BUDGET } from "../relay/budget.ts";
 import { DEFAULTS, NODE_NAME } from "../wire/protocol.ts";
+import { AccessList, MAX_RULES } from "./access-list.ts";
 import { adminProblem, parseAdminAddress } from "./admin.ts";
+import { isSentinelUrl, parseSentinelUrl } from "./cluster/sentinel.ts";
 import { DEFAULT_REQUEST_TIMEOUT_SECONDS } from "./http-ingress.ts";
 import type { UserConfig } from "./users.ts";
 
 const seconds = (min: number, max: number) => (text: string, flag: string) =>
   parseSeconds(text, flag, min, max);
+
+/** A CIDR range or address as its canonical text, or one line naming the flag (or config key). */
+function cidrOption(text: string, flag: string): string {
+  try {
+    return parseCidr(text).text;
+  } catch (error) {
+    throw new UsageError(`${flag}: ${(error as Error).message}`, false);
+  }
+}
 
 /** Reads a PEM file named by a flag; one line naming the flag when it is unreadable or not PEM. */
 function readPem(file: string, flag: string, what: string, label: RegExp): string {
@@ -184,6 +196,22 @@ export const SERVER_OPTIONS = {
     help: "close visitor connections that move no byte either way for this long (0 = never)",
     parse: seconds(0, 86_400),
   },
+  allow: {
+    key: "allow",
+    value: "CIDR",
+    multiple: true,
+    defaultText: "everyone",
+    help: "only visitors from these addresses reach any tunnel (repeatable; IPv4 or IPv6, a range or one address); binds every user's and tunnel's own lists (README: Allow and deny lists)",
+    parse: cidrOption,
+  },
+  deny: {
+    key: "deny",
+    value: "CIDR",
+    multiple: true,
+    defaultText: "nobody",
+    help: "visitors from these addresses are refused by every tunnel, whatever any allow list says (repeatable)",
+    parse: cidrOption,
+  },
   "udp-idle-timeout": {
     key: "udpIdleSeconds",
     value: "SECONDS",
@@ -229,7 +257,7 @@ export const SERVER_OPTIONS = {
     value: "URL",
     env: "SOCKETS_CLUSTER",
     defaultText: "one server alone, no Redis",
-    help: "join a cluster whose namespace lives in this Redis: redis://[:PASSWORD@]HOST:PORT[/DB] or rediss:// (README: Run a cluster)",
+    help: "join a cluster whose namespace lives in this Redis: redis://[:PASSWORD@]HOST:PORT[/DB], rediss://, or redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT…]/MASTER_NAME (README: Run a cluster)",
     parse: parseRedisUrl,
   },
   "cluster-ca": {
@@ -243,8 +271,8 @@ export const SERVER_OPTIONS = {
     restart: true,
     key: "nodeName",
     value: "NAME",
-    defaultText: "HOSTNAME:PORT",
-    help: "this node's name in the cluster (unique per node)",
+    defaultText: "HOST:PORT of --node-url",
+    help: "this node's name in the cluster (unique per node; a node whose name a live node uses refuses to start)",
     parse: (text: string, flag: string): string => {
       if (!NODE_NAME.test(text))
         throw new UsageError(`${flag}: '${text}' is not a node name (1-64 of A-Z a-z 0-9 . _ : -)`);
@@ -255,7 +283,8 @@ export const SERVER_OPTIONS = {
     restart: true,
     key: "nodeUrl",
     value: "URL",
-    defaultText: "ws(s)://HOST:PORT of the control port (127.0.0.1 when bound to all addresses)",
+    defaultText:
+      "ws(s)://HOST:PORT of the control port (bound to all addresses: this machine's address toward Redis)",
     help: "where the other nodes reach this one (its control port) to carry visitors to it",
     parse: (text: string, flag: string): string => {
       let url: URL;
@@ -280,8 +309,16 @@ export const SERVER_OPTIONS = {
   quiet: { key: "quiet", short: "q", restart: true, help: "log warnings and errors only" },
 } as const satisfies OptionTable;
 
-/** Checks a `--cluster` Redis URL: redis:// or rediss://, with a host. */
+/** Checks a `--cluster` Redis URL: redis:// or rediss://, with a host, or a sentinel URL. */
 function parseRedisUrl(text: string, flag: string): string {
+  if (isSentinelUrl(text)) {
+    try {
+      parseSentinelUrl(text);
+    } catch (error) {
+      throw new UsageError(`${flag}: ${describeError(error)}`);
+    }
+    return text;
+  }
   let url: URL;
   try {
     url = new URL(text);
@@ -289,7 +326,7 @@ function parseRedisUrl(text: string, flag: string): string {
     throw new UsageError(`${flag}: '${text}' is not a URL (e.g. redis://127.0.0.1:6379)`);
   }
   if (url.protocol !== "redis:" && url.protocol !== "rediss:")
-    throw new UsageError(`${flag}: '${text}' must be redis:// or rediss://`);
+    throw new UsageError(`${flag}: '${text}' must be redis://, rediss:// or redis+sentinel://`);
   if (url.hostname === "") throw new UsageError(`${flag}: '${text}' names no host`);
   return text;
 }
@@ -318,6 +355,8 @@ export interface ServerSettings {
   healthDetail: boolean;
   users: UserConfig[];
   apiKey?: string;
+  /** The server's own allow and deny lists (`--allow`, `--deny`). */
+  access?: AccessList;
 }
 
 /** {@link ServerSettings} from the options: each absent one takes its option table default. */
@@ -342,6 +381,7 @@ export function resolveServerSettings(options: ServerOptions): ServerSettings {
     healthDetail: options.healthDetail === true,
     users: options.users ?? [],
     apiKey: options.apiKey,
+    access: options.access,
   };
 }
 
@@ -367,6 +407,11 @@ export type ServerOptions = Omit<ServerOptionValues, "tlsCert" | "tlsKey" | "clu
   apiKey?: string;
   /** The config file's users (tokens as hashes, limits). */
   users?: UserConfig[];
+  /**
+   * The server's own allow and deny lists (`--allow`, `--deny`), parsed; absent when neither is
+   * given. They bind every visitor of every tunnel (shared/server/access-list.ts, `accessRefusal`).
+   */
+  access?: AccessList;
 };
 
 /**
@@ -389,7 +434,12 @@ export function finishServerOptions(
     );
   const admin = adminProblem(values.admin, values.adminToken);
   if (admin !== undefined) throw new UsageError(admin);
+  for (const key of ["allow", "deny"] as const)
+    if ((values[key]?.length ?? 0) > MAX_RULES)
+      throw new UsageError(`--${key}: at most ${MAX_RULES} ranges (use wider ranges)`, false);
+  const { allow = [], deny = [] } = values;
   return {
+    access: allow.length + deny.length > 0 ? AccessList.parse(allow, deny, "server") : undefined,
     ...rest,
     tls:
       tlsCert !== undefined && tlsKey !== undefined

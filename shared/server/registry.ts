@@ -10,7 +10,8 @@ import { deadAfter } from "../liveness.ts";
 import type { Logger } from "../log.ts";
 import { Budget } from "../relay/budget.ts";
 import { DEFAULTS, Feature, PROTOCOL_VERSION } from "../wire/protocol.ts";
-import type { InboundLink } from "./cluster/link.ts";
+import { accessPermits, tunnelAccess } from "./access-list.ts";
+import type { LinkEndpoint } from "./cluster/link.ts";
 import type { ClusterNode, ClusterStats } from "./cluster/node.ts";
 import { Namespace, type NamespaceSettings } from "./namespace/namespace.ts";
 import type { ServerSettings } from "./options.ts";
@@ -277,17 +278,21 @@ export class SessionRegistry {
 
 /** The namespace's rules, from the server's settings. */
 function namespaceSettings(settings: ServerSettings, host: string): NamespaceSettings {
+  const server = settings.access;
   return {
     host,
     domain: settings.domain,
     tcpPorts: settings.tcpPorts,
     maxTunnelsPerClient: settings.maxTunnelsPerClient,
+    // The server's lists and the user's bind every tunnel of the user; a reload swaps them at once.
+    operatorRefuses: (account, ip) => !accessPermits(ip, server, account?.limits.access),
+    tunnelFilter: (request) => tunnelAccess(request),
     udp: { idleMs: settings.udpIdleSeconds * 1000, maxFlows: settings.udpMaxFlows },
   };
 }
 
 /** A node link as the peer of its WebSocket. */
-function linkPeer(link: InboundLink, log: Logger): WebSocketPeer {
+function linkPeer(link: LinkEndpoint, log: Logger): WebSocketPeer {
   return {
     onMessage: (message) => link.onMessage(message),
     onDrain: () => link.onDrain(),

@@ -17,6 +17,7 @@
 import { randomBytes } from "node:crypto";
 import { nanoid } from "nanoid";
 import { formatHost, unmappedAddress } from "../args.ts";
+import { joinAddress } from "../ip.ts";
 import { Liveness } from "../liveness.ts";
 import { describeError, type Logger } from "../log.ts";
 import type { Budget } from "../relay/budget.ts";
@@ -34,7 +35,7 @@ import {
   type UnexposeRequest,
 } from "../wire/protocol.ts";
 import { keyMatches } from "./auth.ts";
-import type { InboundLink } from "./cluster/link.ts";
+import type { LinkEndpoint } from "./cluster/link.ts";
 import { secretHash } from "./cluster/node.ts";
 import type { ServerMetrics } from "./metrics.ts";
 import type { Namespace, Refusal, Tunnel, TunnelHolder } from "./namespace/namespace.ts";
@@ -68,8 +69,8 @@ export interface SessionSocketData {
    * client moved here from another node): proves it owns that session's names and ports.
    */
   claim?: string;
-  /** Set instead of a session when another node of the cluster opened this connection (its link). */
-  link?: InboundLink;
+  /** Set instead of a session when another node of the cluster opened this connection (its link), or a client's standby connection. */
+  link?: LinkEndpoint;
 }
 
 /** A client's WebSocket on the server (the control port's own, see ws-server.ts). */
@@ -135,6 +136,8 @@ export class Session implements TunnelHolder, WebSocketPeer {
   /** When the grace period ends (ms since the epoch), while reserved: told to whoever wants its ports. */
   graceEnds = 0;
   private handshakeTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Exposes waiting for a cluster lease: the handshake deadline waits for them. */
+  private exposing = 0;
   private nextRef = 1;
   /** Per stream: its byte count at the last idle sweep that saw it move, and when. */
   private readonly idleMarks = new Map<number, { progress: number; since: number }>();
@@ -234,12 +237,7 @@ export class Session implements TunnelHolder, WebSocketPeer {
     };
     ws.send(JSON.stringify(hello));
     // A connection that upgrades and then says nothing holds resources for nothing: bound it.
-    if (this.tunnels.size === 0 || resumed)
-      this.handshakeTimer = setTimeout(
-        () =>
-          this.fail(CloseCode.PolicyViolation, `no expose or sync within ${this.context.handshakeSeconds} s`),
-        this.context.handshakeSeconds * 1000,
-      );
+    if (this.tunnels.size === 0 || resumed) this.armHandshake();
     if (resumed) {
       this.resumes++;
       if (this.context.metrics) this.context.metrics.resumes++;
@@ -250,6 +248,18 @@ export class Session implements TunnelHolder, WebSocketPeer {
       this.mux.start((frame) => this.sendFrame(frame));
     }
     this.applyPause();
+  }
+
+  /**
+   * The handshake deadline. An expose still waiting for its cluster lease (Redis away) is no silent
+   * connection: the deadline waits for its answer, which tells the client the real reason.
+   */
+  private armHandshake(): void {
+    this.handshakeTimer = setTimeout(() => {
+      if (this.exposing > 0) this.armHandshake();
+      else
+        this.fail(CloseCode.PolicyViolation, `no expose or sync within ${this.context.handshakeSeconds} s`);
+    }, this.context.handshakeSeconds * 1000);
   }
 
   private sendFrame(frame: Uint8Array): void {
@@ -310,18 +320,27 @@ export class Session implements TunnelHolder, WebSocketPeer {
   /** Expose: the namespace places the tunnel (in a cluster, once Redis leased it); tell the client. */
   private expose(request: ExposeRequest): void {
     const claimed = this.context.namespace.claim(this, request, this.nextRef++, this.tunnels.size);
-    if (claimed instanceof Promise)
-      claimed.then(
-        (result) => this.exposed(request, result),
-        (error) => this.exposed(request, { code: "internal", message: describeError(error) }),
-      );
-    else this.exposed(request, claimed);
+    // Alone, a tunnel opens at once; in a cluster, once Redis has leased its name or port.
+    if (claimed instanceof Promise) {
+      this.exposing++;
+      claimed
+        .finally(() => this.exposing--)
+        .then(
+          (result) => this.exposed(request, result),
+          (error) => this.exposed(request, { code: "internal", message: describeError(error) }),
+        );
+    } else this.exposed(request, claimed);
   }
 
   /** Expose, continued: the tunnel is live (or refused); tell the client. */
   private exposed(request: ExposeRequest, result: Tunnel | Refusal): void {
     if ("code" in result) {
       this.refuse(request, result.code, result.message);
+      // The cluster's Redis is away: the client asks again; its deadline starts again with the answer.
+      if (result.code === "cluster_unavailable" && this.tunnels.size === 0 && this.state === "live") {
+        clearTimeout(this.handshakeTimer);
+        this.armHandshake();
+      }
       return;
     }
     const tunnel = result;
@@ -340,7 +359,8 @@ export class Session implements TunnelHolder, WebSocketPeer {
     );
     const domain = this.context.namespace.http.domain;
     const host = name === undefined ? domain : `${name}.${domain}`;
-    const exposed = { type: "exposed", id: request.id, tunnel: id, ref, name, host, port, url };
+    // access: this server checks the tunnel's allow and deny lists (a client refuses to rely on an older one).
+    const exposed = { type: "exposed", id: request.id, tunnel: id, ref, name, host, port, url, access: true };
     this.ws?.send(JSON.stringify(exposed));
   }
 
@@ -391,7 +411,10 @@ export class Session implements TunnelHolder, WebSocketPeer {
     });
     tunnel.visitors.add(stream);
     const remote = `${formatHost(unmappedAddress(socket.remoteAddress))}:${socket.remotePort}`;
-    this.mux.sendOpen(stream, kind, tunnel.ref, { remote });
+    // The public address the visitor reached (for PROXY protocol headers); a spliced socket (a visitor
+    // another node carried here) reports the address at that node.
+    const local = socket.localAddress ? joinAddress(socket.localAddress, socket.localPort) : undefined;
+    this.mux.sendOpen(stream, kind, tunnel.ref, { remote, local });
     stream.attach(socket);
     return stream;
   }

@@ -1,7 +1,7 @@
 /**
  * Users of a shared server: each with a name, a token stored only as its sha256, and optional limits
  * (subdomain patterns, TCP port ranges, most tunnels, most visitors, whether it may get a random
- * name); the matching of names and ports against those limits; and the {@link Account} that counts
+ * name, allow and deny lists for its visitors); the matching of names and ports against those limits; and the {@link Account} that counts
  * what a user holds now across all its sessions.
  *
  * Why sha256 and not `Bun.password` (argon2/bcrypt): a token is a long random secret (`hash-token`
@@ -15,6 +15,7 @@
 
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { PortRange } from "../args.ts";
+import type { AccessList } from "./access-list.ts";
 
 /** What a user may do; an absent field means no limit beyond the server's own. */
 export interface UserLimits {
@@ -28,6 +29,12 @@ export interface UserLimits {
   maxVisitors?: number;
   /** Whether an HTTP tunnel that names no subdomain gets a random one (default true). */
   randomSubdomain?: boolean;
+  /**
+   * The operator's allow and deny lists for this user's tunnels (`allow`, `deny` in `[[users]]`): a
+   * visitor passes only if these and the tunnel's own lists permit it (`accessRefusal` in
+   * access-list.ts). Absent: the user's tunnels are bound by their own lists (and the server's) only.
+   */
+  access?: AccessList;
 }
 
 /** A user as the config file declares it. */

@@ -242,6 +242,9 @@ function parseMeta(text: string): OpenMeta {
   const target = (value as OpenMeta).target;
   if (target !== undefined && (typeof target !== "string" || target.length > 80))
     throw new ProtocolError("OPEN metadata has a bad target");
+  const local = (value as OpenMeta).local;
+  if (local !== undefined && (typeof local !== "string" || local.length > 80))
+    throw new ProtocolError("OPEN metadata has a bad local address");
   return value as OpenMeta;
 }
 

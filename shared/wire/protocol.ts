@@ -22,6 +22,13 @@ export const CONNECT_PATH = "/_sockets/connect";
 /** Path on the control port where another node of a cluster opens its link (see PROTOCOL.md). */
 export const NODE_LINK_PATH = "/_sockets/node";
 
+/**
+ * Path on the control port where a client of another node of the cluster keeps a standby connection:
+ * it names its node in {@link NODE_HEADER}, and is closed with {@link CloseCode.MoveHere} when that node
+ * leaves the cluster (PROTOCOL.md "Standby connections").
+ */
+export const STANDBY_PATH = "/_sockets/standby";
+
 /** Request header with which a node opening a link names itself (its `--node-name`). */
 export const NODE_HEADER = "sockets-node";
 
@@ -138,6 +145,8 @@ export const CloseCode = {
   Replaced: 4000,
   /** The client's credentials were revoked (its user's token removed or changed): do not retry. */
   Revoked: 4001,
+  /** On a standby connection: the client's node left the cluster; connect here now (with its old session). */
+  MoveHere: 4002,
 } as const;
 
 /** Fixed header length of every binary frame: type (1) + stream id (4). */
@@ -187,6 +196,8 @@ export interface Hello {
   secret: string;
   /** True when this connection resumed an earlier session: its tunnels and streams still stand. */
   resumed: boolean;
+  /** In a cluster: this node's name (a client with other servers keeps a standby connection watching it). */
+  node?: string;
   /**
    * What this server can do beyond the base protocol ({@link Feature}); absent from older servers,
    * which a client then asks for none of it.
@@ -256,6 +267,12 @@ export interface Exposed {
   host: string;
   port: number;
   url: string;
+  /**
+   * True when the server enforces the request's `allow`/`deny` lists. A client that sent lists and
+   * reads no `true` here (a server older than the lists) closes the tunnel rather than leave it open
+   * to everyone.
+   */
+  access?: boolean;
 }
 
 /** Client → server: stop publishing one of its tunnels (its public port or name is released at once). */
@@ -301,8 +318,14 @@ export const TUNNEL_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** Metadata carried by OPEN and FLOW_OPEN frames (JSON after the fixed part). */
 export interface OpenMeta {
-  /** The visitor's address as `ip:port`. */
+  /** The visitor's address as `ip:port` (`[ipv6]:port`; IPv4-mapped addresses as IPv4). */
   remote: string;
+  /**
+   * The public address the visitor connected to, as `ip:port` (the server's side of the visitor's
+   * connection: what a PROXY protocol header names as destination). Across a cluster hop, the address
+   * at the node the visitor reached. Absent from servers older than it.
+   */
+  local?: string;
   /**
    * On a node link only (cluster): what the visitor came for, `http:NAME` or `tcp:PORT`; the receiving
    * node hands the stream to the client holding it. Absent on a client's connection.
@@ -315,6 +338,10 @@ export class ProtocolError extends Error {
   override name = "ProtocolError";
 }
 
+/** Most rules in an expose request's `allow` or `deny`, and the longest rule. */
+export const MAX_ACCESS_RULES = 64;
+const MAX_RULE_LENGTH = 64;
+
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null;
 const isPort = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0 && (v as number) < 65536;
 const isCount = (v: unknown): v is number => Number.isInteger(v) && (v as number) > 0;
@@ -323,7 +350,9 @@ const isStreamId = (v: unknown): v is number => isCount(v) && (v as number) <= 0
 /** An allow or deny list in an expose: absent, or at most 64 short strings (parsed by the server). */
 const isAddressList = (v: unknown): boolean =>
   v === undefined ||
-  (Array.isArray(v) && v.length <= 64 && v.every((a) => typeof a === "string" && a.length <= 64));
+  (Array.isArray(v) &&
+    v.length <= MAX_ACCESS_RULES &&
+    v.every((a) => typeof a === "string" && a.length <= MAX_RULE_LENGTH));
 const isPosition = (v: unknown): boolean =>
   Array.isArray(v) &&
   v.length === 5 &&
@@ -358,6 +387,7 @@ export function parseControl(text: string): ControlMessage {
         typeof value.session === "string" &&
         typeof value.secret === "string" &&
         typeof value.resumed === "boolean" &&
+        (value.node === undefined || typeof value.node === "string") &&
         (value.features === undefined ||
           (Array.isArray(value.features) && value.features.every((f) => typeof f === "string")))
       )
@@ -401,7 +431,8 @@ export function parseControl(text: string): ControlMessage {
         isCount(value.ref) &&
         typeof value.host === "string" &&
         isPort(value.port) &&
-        typeof value.url === "string"
+        typeof value.url === "string" &&
+        (value.access === undefined || typeof value.access === "boolean")
       )
         return value as unknown as Exposed;
       break;

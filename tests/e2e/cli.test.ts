@@ -72,7 +72,7 @@ describe("client: bad input", () => {
       ["--expose", "127.0.0.1:80", "--bogus"],
       /^error: unknown option --bogus \(see --help\)$/,
     ],
-    ["no --expose", [], /--expose HOST:PORT or --http HOST:PORT is required/],
+    ["no --expose", [], /--expose HOST:PORT, --http HOST:PORT or --expose-udp HOST:PORT is required/],
     [
       "--subdomain that is not a DNS label",
       ["--http", "3000", "--subdomain", "UPPER"],
@@ -184,6 +184,53 @@ describe("client: bad input", () => {
     const data = randomData(1000);
     expect(await echoThrough(wanted, data)).toBe(sha256(data));
   });
+});
+
+describe("allow, deny and PROXY protocol: bad input is one line and exit 2", () => {
+  const cases: [string, string[], string[], RegExp][] = [
+    [
+      "client: a malformed CIDR",
+      CLIENT,
+      ["--expose", "80", "--allow", "10.0.0"],
+      /^error: --allow: '10\.0\.0' is not an IP address or CIDR range \(e\.g\. 203\.0\.113\.0\/24/,
+    ],
+    [
+      "client: an IPv4 /33",
+      CLIENT,
+      ["--expose", "80", "--deny", "10.0.0.0/33"],
+      /^error: --deny: '10\.0\.0\.0\/33': \/33 is longer than an IPv4 address \(at most \/32\)$/,
+    ],
+    [
+      "client: an IPv6 /129",
+      CLIENT,
+      ["--http", "80", "--allow", "2001:db8::/129"],
+      /^error: --allow: '2001:db8::\/129': \/129 is longer than an IPv6 address \(at most \/128\)$/,
+    ],
+    [
+      "client: an unknown PROXY protocol version",
+      CLIENT,
+      ["--expose", "80", "--proxy-protocol", "v3"],
+      /^error: --proxy-protocol: 'v3' is not a PROXY protocol version \(v1 or v2\)$/,
+    ],
+    [
+      "server: a malformed CIDR",
+      [...SERVER, "--port", "0"],
+      ["--allow", "localhost"],
+      /^error: --allow: 'localhost' is not an IP address or CIDR range/,
+    ],
+    [
+      "server: an IPv4 /33",
+      [...SERVER, "--port", "0"],
+      ["--deny", "127.0.0.1/33"],
+      /^error: --deny: '127\.0\.0\.1\/33': \/33 is longer than an IPv4 address/,
+    ],
+  ];
+  for (const [name, command, args, pattern] of cases)
+    test(name, async () => {
+      const result = await runToExit([...command, ...args]);
+      expectOneLineError(result, pattern);
+      expect(result.code).toBe(2);
+    });
 });
 
 describe("--help", () => {

@@ -189,6 +189,11 @@ describe("reload", () => {
       `max_tunels = 3\n${usersToml([alice])}`,
       /unknown key 'max_tunels' \(did you mean max_tunnels\?\)/,
     ],
+    [
+      "a user's deny list with a /33",
+      `${usersToml([alice])}\ndeny = ["10.0.0.0/33"]`,
+      /deny of user alice: '10\.0\.0\.0\/33': \/33 is longer than an IPv4 address/,
+    ],
   ] as const)
     test(`a bad file (${what}): one log line, the old configuration stays whole`, async () => {
       const before = server.stderr().split("\n").length;

@@ -76,6 +76,21 @@ describe("bad input at start-up: one line with the place, exit 2", () => {
       /bad\.toml:4:1: subdomains of user alice: "Alice\.\*" is not a pattern/,
     ],
     [
+      "a malformed CIDR in a user's allow list",
+      user(`token_hash = "${HASH}"\nallow = ["10.0.0.0/8", "10.0.0"]`),
+      /bad\.toml:4:1: allow of user alice: '10\.0\.0' is not an IP address or CIDR range/,
+    ],
+    [
+      "an IPv4 /33 in a user's deny list",
+      user(`token_hash = "${HASH}"\ndeny = "192.0.2.0/33"`),
+      /bad\.toml:4:1: deny of user alice: '192\.0\.2\.0\/33': \/33 is longer than an IPv4 address \(at most \/32\)/,
+    ],
+    [
+      "a bad CIDR in the server's own deny list",
+      'deny = ["::1/129"]\n',
+      /bad\.toml:1:1: deny: '::1\/129': \/129 is longer than an IPv6 address \(at most \/128\)/,
+    ],
+    [
       "two users with one token",
       `${user(`token_hash = "${HASH}"`)}\n[[users]]\nname = "bob"\ntoken_hash = "${HASH.toUpperCase()}"`,
       /bad\.toml:6:1: users alice and bob have the same token_hash/,

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { mkdtempSync } from "node:fs";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { defer, type RoleProcess, spawnRole, withTimeout } from "./processes.ts";
@@ -118,4 +118,99 @@ export async function startRedis(setup: RedisSetup = {}): Promise<RedisProcess> 
       current = await spawnRedis(port, dir, setup);
     },
   };
+}
+
+/** The redis-sentinel binary: Debian's, else whichever is on the PATH. */
+const REDIS_SENTINEL = Bun.which("redis-sentinel") ?? "/usr/bin/redis-sentinel";
+
+/** A master, a replica and three sentinels watching them (name `mymaster`), all on loopback. */
+export interface SentinelSet {
+  /** `redis+sentinel://127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3/mymaster`. */
+  readonly url: string;
+  /** The master at start, and the replica (promoted when the master dies). */
+  readonly master: RoleProcess & { port: number };
+  readonly replica: RoleProcess & { port: number };
+  readonly sentinels: (RoleProcess & { port: number })[];
+  /** The sentinels' failover settings, in ms (down-after-milliseconds, failover-timeout). */
+  readonly downAfterMs: number;
+}
+
+/** Spawns a redis process on a free port (three tries: another process may take it first). */
+async function spawnOnFreePort(
+  start: (port: number) => Promise<RoleProcess>,
+): Promise<RoleProcess & { port: number }> {
+  let lastError: unknown;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = freePort();
+    try {
+      return Object.assign(await start(port), { port });
+    } catch (error) {
+      lastError = error;
+    }
+  }
+  throw lastError;
+}
+
+/** Waits for `pattern` in a redis process's output, or rejects with its output when it exits first. */
+async function ready(role: RoleProcess, pattern: RegExp, what: string): Promise<RoleProcess> {
+  await Promise.race([
+    role.waitFor(pattern, 15_000),
+    role.proc.exited.then((code) => {
+      throw new Error(`${what} exited (${code}) before it was ready: ${role.stdout()}${role.stderr()}`);
+    }),
+  ]);
+  return role;
+}
+
+/**
+ * Starts a master, a replica of it (synced) and three sentinels (quorum 2) that fail over after
+ * `downAfterMs` of silence. Every process is stopped by PID at the file's cleanup.
+ */
+export async function startSentinels(downAfterMs = 1000): Promise<SentinelSet> {
+  if (!(await Bun.file(REDIS_SENTINEL).exists()))
+    throw new Error(
+      `${REDIS_SENTINEL} not found: the Sentinel test needs it (apt-get install redis-sentinel)`,
+    );
+  const dir = mkdtempSync(join(tmpdir(), "sockets-sentinel-"));
+  defer(() => Bun.$`rm -rf ${dir}`.quiet().nothrow());
+  const common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+  const master = await spawnOnFreePort(async (port) => {
+    const folder = join(dir, `redis-${port}`);
+    mkdirSync(folder);
+    const role = spawnRole([REDIS_SERVER, "--port", String(port), ...common, "--dir", folder]);
+    return ready(role, /Ready to accept connections/, "redis-server (master)");
+  });
+  const replica = await spawnOnFreePort(async (port) => {
+    const folder = join(dir, `redis-${port}`);
+    mkdirSync(folder);
+    const role = spawnRole([
+      REDIS_SERVER,
+      ...["--port", String(port), ...common, "--dir", folder],
+      ...["--replicaof", "127.0.0.1", String(master.port)],
+    ]);
+    return ready(role, /MASTER <-> REPLICA sync: Finished with success/, "redis-server (replica)");
+  });
+  const sentinels: (RoleProcess & { port: number })[] = [];
+  for (let i = 0; i < 3; i++)
+    sentinels.push(
+      await spawnOnFreePort(async (port) => {
+        const file = join(dir, `sentinel-${port}.conf`);
+        writeFileSync(
+          file,
+          [
+            `port ${port}`,
+            "bind 127.0.0.1",
+            `dir ${dir}`,
+            `sentinel monitor mymaster 127.0.0.1 ${master.port} 2`,
+            `sentinel down-after-milliseconds mymaster ${downAfterMs}`,
+            `sentinel failover-timeout mymaster ${Math.max(3000, 3 * downAfterMs)}`,
+            "sentinel parallel-syncs mymaster 1",
+            "",
+          ].join("\n"),
+        );
+        return ready(spawnRole([REDIS_SENTINEL, file]), /\+monitor master mymaster/, "redis-sentinel");
+      }),
+    );
+  const hosts = sentinels.map((s) => `127.0.0.1:${s.port}`).join(",");
+  return { url: `redis+sentinel://${hosts}/mymaster`, master, replica, sentinels, downAfterMs };
 }

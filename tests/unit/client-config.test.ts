@@ -156,6 +156,56 @@ local = "22"
     expect(list[2]).toEqual({ name: "c", host: "127.0.0.1", port: 22 });
   });
 
+  test("pool, allow, deny and proxy_protocol: per tunnel (both types), top-level defaults, canonical ranges", () => {
+    const list = services(`
+allow = ["10.0.0.0/8"]
+proxy_protocol = "v1"
+
+[[tunnels]]
+name = "db"
+type = "tcp"
+local = "5432"
+pool = true
+deny = ["10.1.2.3", "2001:DB8::/32"]
+
+[[tunnels]]
+name = "web"
+type = "http"
+local = "3000"
+allow = ["192.0.2.77/24", "::1"]
+proxy_protocol = "v2"
+`);
+    expect(list).toEqual([
+      {
+        name: "db",
+        host: "127.0.0.1",
+        port: 5432,
+        pool: true,
+        allow: ["10.0.0.0/8"],
+        deny: ["10.1.2.3/32", "2001:db8::/32"],
+        proxyProtocol: "v1",
+      },
+      {
+        name: "web",
+        host: "127.0.0.1",
+        port: 3000,
+        kind: "http",
+        preserveHost: false,
+        logRequests: false,
+        allow: ["192.0.2.0/24", "::1/128"],
+        proxyProtocol: "v2",
+      },
+    ]);
+    // The command line's flags apply to its own tunnels, TCP and HTTP alike.
+    const flags = clientSetup(
+      commandLine("--expose", "1", "--http", "2", "--pool", "--deny", "::1", "--proxy-protocol", "v2"),
+      undefined,
+      false,
+    ).services;
+    for (const service of flags)
+      expect(service).toMatchObject({ pool: true, deny: ["::1/128"], proxyProtocol: "v2" });
+  });
+
   test("the command line's top-level options win over the file's; its tunnels replace the file's", () => {
     const text = `
 server = "ws://file.example:1"
@@ -299,6 +349,27 @@ describe("bad input: one line naming FILE:LINE:COL", () => {
       /^FILE:5:1: host_header: 'keep' is not rewrite or preserve$/,
     ],
     ["config in a config file", `config = "x.toml"\n`, /^FILE:1:1: unknown key 'config'/],
+    [
+      "a malformed CIDR in a tunnel",
+      tunnel("allow = ['10.0.0']\n"),
+      /^FILE:5:1: allow: '10\.0\.0' is not an IP address or CIDR range/,
+    ],
+    [
+      "an IPv4 /33 at the top level",
+      `deny = ["10.0.0.0/33"]\n`,
+      /^FILE:1:1: deny: '10\.0\.0\.0\/33': \/33 is longer than an IPv4 address \(at most \/32\)$/,
+    ],
+    [
+      "an unknown PROXY protocol version",
+      tunnel("proxy_protocol = 'v3'\n", "http"),
+      /^FILE:5:1: proxy_protocol: 'v3' is not a PROXY protocol version \(v1 or v2\)$/,
+    ],
+    ["pool not a switch", tunnel("pool = 'yes'\n"), /^FILE:5:1: pool must be true or false$/],
+    [
+      "too many ranges",
+      tunnel(`allow = [${Array.from({ length: 65 }, (_, i) => `"10.0.${i}.0/24"`).join(", ")}]\n`),
+      /^FILE:1:1: tunnel 'a': allow: at most 64 ranges per tunnel/,
+    ],
   ])("%s", (_, text, pattern) => {
     expect(errorOf(text)).toMatch(pattern);
   });
@@ -350,7 +421,7 @@ describe("reload diff by name", () => {
     expect(diff.added.map((s) => s.name)).toEqual(["e"]);
   });
 
-  test("a change of type, host, subdomain, basic auth, host header or request log is a change", () => {
+  test("a change of type, host, subdomain, basic auth, host header, request log, pool, lists or PROXY protocol is a change", () => {
     const web: NamedService = { name: "w", host: "h", port: 1, kind: "http", preserveHost: false };
     for (const change of [
       { kind: undefined },
@@ -359,6 +430,10 @@ describe("reload diff by name", () => {
       { basicAuth: "u:p" },
       { preserveHost: true },
       { logRequests: true },
+      { pool: true },
+      { allow: ["10.0.0.0/8"] },
+      { deny: ["::1/128"] },
+      { proxyProtocol: "v1" },
     ] as Partial<NamedService>[])
       expect(sameService(web, { ...web, ...change })).toBe(false);
     expect(sameService(web, { ...web })).toBe(true);

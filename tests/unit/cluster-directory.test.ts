@@ -223,10 +223,12 @@ describe("the view", () => {
         "both ports in the view",
       );
       await eventually(() => node.dir.nodes().length === 2, 2000, "both nodes in the list");
-      expect(node.dir.nodes()).toEqual([
+      expect(node.dir.nodes().map(({ name, url }) => ({ name, url }))).toEqual([
         { name: "a", url: "ws://a.test:7070" },
         { name: "b", url: "ws://b.test:7070" },
       ]);
+      // Each registration carries its process's instance id (what tells a restart from a name clash).
+      expect(new Set(node.dir.nodes().map((n) => n.instance)).size).toBe(2);
     }
     expect(a.dir.stats()).toEqual({ node: "a", redis: "up", nodes: ["a", "b"], held: 1, elsewhere: 1 });
     expect(a.changes.some((c) => c.key === `tcp:${portB}` && c.record?.node === "b")).toBe(true);
@@ -234,7 +236,9 @@ describe("the view", () => {
     expect(a.dir.secret).toBe((await raw.get("sockets:secret")) as string);
     await b.dir.close();
     await eventually(() => a.dir.nodes().length === 1, 2000, "b leaves a's list");
-    expect(a.nodeLists.at(-1)).toEqual([{ name: "a", url: "ws://a.test:7070" }]);
+    expect(a.nodeLists.at(-1)?.map(({ name, url }) => ({ name, url }))).toEqual([
+      { name: "a", url: "ws://a.test:7070" },
+    ]);
     // Closing released b's port.
     await eventually(() => !a.dir.ports().has(portB), 2000, "b's port released");
   });

@@ -77,6 +77,11 @@ describe("frames round-trip", () => {
     });
   });
 
+  test("OPEN with the public address the visitor connected to (local)", () => {
+    const meta = { remote: "127.0.0.1:40000", local: "[::1]:7070" };
+    expect(decodeFrame(encodeOpen(9, StreamKind.Http, 1, meta), MAX)).toMatchObject({ meta });
+  });
+
   test("DATA, with and without a scratch buffer", () => {
     const payload = new Uint8Array([1, 2, 3, 255]);
     expect(decodeFrame(encodeData(0xffffffff, payload), MAX)).toEqual({
@@ -233,7 +238,7 @@ describe("frames round-trip", () => {
       }),
       RUNS,
     );
-  });
+  }, 30_000); // a property run: seconds on a loaded machine, not the 5 s default
 
   test("property: DATA through a reused, offset scratch buffer keeps the payload intact", () => {
     const scratch = new Uint8Array(4096 + DATA_SCRATCH_EXTRA + 64);
@@ -341,6 +346,8 @@ describe("malformed frames are ProtocolErrors", () => {
     for (const text of ["null", "1", '"x"', "[]", "{}", '{"remote":1}', '{"remote":null}', "true"])
       expectProtocolError(open(text), /remote/);
     expect(decodeError(open('{"remote":"1.2.3.4:5","other":[1]}'))).toBeNull();
+    for (const text of ['{"remote":"x","local":1}', `{"remote":"x","local":"${"1".repeat(81)}"}`])
+      expectProtocolError(open(text), /bad local address/);
   });
 
   test("property: random bytes either decode or throw ProtocolError, never anything else", () => {
@@ -391,6 +398,9 @@ describe("control messages", () => {
     { type: "expose", id: 1, kind: "tcp" },
     { type: "expose", id: 4, kind: "tcp", port: 5000, tunnel: "V1StGXR8_Z5j" },
     { type: "expose", id: 2, kind: "tcp", port: 65535 },
+    { type: "expose", id: 5, kind: "http", pool: true, allow: ["10.0.0.0/8", "::1"], deny: [] },
+    { type: "expose", id: 6, kind: "tcp", deny: Array.from({ length: 64 }, () => "x".repeat(64)) },
+    { type: "exposed", id: 5, tunnel: "abc", ref: 2, host: "h", port: 1, url: "u", access: true },
     { type: "exposed", id: 1, tunnel: "abc", ref: 1, host: "localhost", port: 4000, url: "localhost:4000" },
     { type: "error", id: 3, code: "port_taken", message: "port 4000 is already in use on the server" },
     { type: "error", code: "limit", message: "session-wide problem" },
@@ -429,6 +439,12 @@ describe("control messages", () => {
       '{"type":"expose","id":1,"kind":"tcp","port":0}',
       '{"type":"expose","id":1,"kind":"tcp","port":70000}',
       '{"type":"expose","id":1,"kind":"tcp","port":"80"}',
+      '{"type":"expose","id":1,"kind":"tcp","pool":"yes"}',
+      '{"type":"expose","id":1,"kind":"tcp","allow":"10.0.0.0/8"}',
+      '{"type":"expose","id":1,"kind":"tcp","allow":[1]}',
+      `{"type":"expose","id":1,"kind":"tcp","deny":["${"1".repeat(65)}"]}`,
+      `{"type":"expose","id":1,"kind":"tcp","deny":${JSON.stringify(Array(65).fill("::1"))}}`,
+      '{"type":"exposed","id":1,"tunnel":"a","ref":1,"host":"h","port":1,"url":"u","access":1}',
       '{"type":"exposed","id":1,"tunnel":"a","ref":1,"host":"h","port":0,"url":"u"}',
       '{"type":"exposed","id":1,"tunnel":1,"ref":1,"host":"h","port":1,"url":"u"}',
       '{"type":"error","code":"x"}',

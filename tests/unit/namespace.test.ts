@@ -206,7 +206,7 @@ describe("allow and deny lists", () => {
     const alice = new Account("alice", "0".repeat(64), {});
     const ns = namespace({
       tunnelFilter: (request) => (request.allow ? only(request.allow[0] as string) : undefined),
-      userFilter: (account) => (account === alice ? { permits: (ip) => ip !== "127.0.0.3" } : undefined),
+      operatorRefuses: (account, ip) => account === alice && ip === "127.0.0.3",
     });
     ns.onRefused = (reason) => refusals.push(reason);
     const holder = new FakeHolder("a", alice);
@@ -240,6 +240,8 @@ describe("cluster leases", () => {
       release: (key: string) => leases.delete(key),
       holds: (key: string) => held && leases.has(key),
       remoteRoute: () => undefined,
+      poolOf: () => undefined,
+      memberKey: (key: string) => `${key}~n1`,
       unmirror() {},
       forwardTcp: () => false,
     };
@@ -341,7 +343,7 @@ describe("UDP places", () => {
     expect(open.holding(`udp:${tunnel.port}`)).toMatchObject({ state: "held", tunnel });
     expect(await refusedUdp(open.claim(new UdpHolder("b"), udp(tunnel.port), 1, 0))).toEqual({
       code: "port_taken",
-      message: `port ${tunnel.port}/udp is taken`,
+      message: `port ${tunnel.port}/udp is already in use on the server`,
     });
     holder.live = false;
     holder.reserved = true;

@@ -9,7 +9,7 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { Mux } from "../../shared/relay/mux.ts";
-import { splice } from "../../shared/relay/splice.ts";
+import { type SpliceSocket, splice, spliceOnto } from "../../shared/relay/splice.ts";
 import type { RelaySocket, Stream } from "../../shared/relay/stream.ts";
 import { StreamKind } from "../../shared/wire/protocol.ts";
 import { FakeSocket } from "../support/fake-socket.ts";
@@ -152,7 +152,7 @@ describe("splice", () => {
       ),
       { numRuns: 40 },
     );
-  });
+  }, 30_000); // a property run: seconds on a loaded machine, not the 5 s default
 
   test("a reset on the service's side reaches the visitor through the splice", async () => {
     const t = chain();
@@ -170,5 +170,24 @@ describe("splice", () => {
     await t.settle();
     expect(t.service.aborted).toBe(true);
     expect(t.a.streams.size + t.b.streams.size + t.c.streams.size + t.d.streams.size).toBe(0);
+  });
+});
+
+describe("the addresses a spliced socket reports", () => {
+  test("the visitor's (remote) and the public address it reached (local), brackets off; unknown local is empty", () => {
+    const mux = new Mux(() => {}, settings);
+    const seen: [string, number, string, number][] = [];
+    const look = (socket: SpliceSocket) => {
+      seen.push([socket.remoteAddress, socket.remotePort, socket.localAddress, socket.localPort]);
+      return "not opened";
+    };
+    spliceOnto(mux.createStream(), "[::1]:40000", look, "[2001:db8::7]:443");
+    spliceOnto(mux.createStream(), "127.0.0.1:5", look, "10.0.0.1:80");
+    spliceOnto(mux.createStream(), "127.0.0.1:5", look);
+    expect(seen).toEqual([
+      ["::1", 40000, "2001:db8::7", 443],
+      ["127.0.0.1", 5, "10.0.0.1", 80],
+      ["127.0.0.1", 5, "", 0],
+    ]);
   });
 });

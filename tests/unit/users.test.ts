@@ -4,6 +4,13 @@
  */
 
 import { describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { readConfig } from "../../shared/config.ts";
+import { AccessList, accessRefusal } from "../../shared/server/access-list.ts";
+import { usersFromConfig } from "../../shared/server/config.ts";
+import { parseServerArgs } from "../../shared/server/options.ts";
 import {
   describeRanges,
   hashToken,
@@ -116,5 +123,57 @@ describe("UserDirectory", () => {
       "user bob was removed from the server's configuration",
     ]);
     expect(users.authenticate("k")?.name).toBe(SINGLE_KEY_USER);
+  });
+});
+
+describe("allow and deny lists of users and of the server", () => {
+  const hash = "a".repeat(64);
+  const load = (text: string) => {
+    const dir = mkdtempSync(join(tmpdir(), "sockets-users-"));
+    try {
+      const file = join(dir, "server.toml");
+      writeFileSync(file, text);
+      return usersFromConfig(readConfig(file));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+
+  test("a user's allow and deny become limits.access (canonical rules), absent when neither is set", () => {
+    const [ann, bob] = load(
+      `[[users]]\nname = "ann"\ntoken_hash = "${hash}"\nallow = ["10.1.2.3/8", "::1"]\ndeny = "10.9.9.9"\n` +
+        `[[users]]\nname = "bob"\ntoken_hash = "${"b".repeat(64)}"\n`,
+    );
+    expect(ann?.limits.access?.toJSON()).toEqual({ allow: ["10.0.0.0/8", "::1/128"], deny: ["10.9.9.9/32"] });
+    expect(ann?.limits.access?.source).toBe("user");
+    expect(bob?.limits.access).toBeUndefined();
+  });
+
+  test("a reload that changes only a user's lists is a change of limits, on the same account", () => {
+    const rules = (allow: string[]) => ({ access: AccessList.parse(allow, [], "user") });
+    const users = new UserDirectory([
+      { name: "ann", tokenHash: hashToken("t"), limits: rules(["10.0.0.0/8"]) },
+    ]);
+    const account = users.accounts.get("ann");
+    const same = users.update([{ name: "ann", tokenHash: hashToken("t"), limits: rules(["10.0.0.0/8"]) }]);
+    expect(same.limitsChanged).toEqual([]);
+    const change = users.update([{ name: "ann", tokenHash: hashToken("t"), limits: rules(["10.0.0.0/16"]) }]);
+    expect(change.limitsChanged).toEqual(["ann"]);
+    expect(users.accounts.get("ann")).toBe(account);
+    expect(account?.limits.access?.permits("10.1.0.1")).toBe(false);
+  });
+
+  test("the server's --allow/--deny become options.access; it binds a user's allow", () => {
+    const options = parseServerArgs(["--deny", "127.0.0.3", "--deny", "::1"], {});
+    if (options === "help") throw new Error("help");
+    expect(options.access?.toJSON()).toEqual({ allow: [], deny: ["127.0.0.3/32", "::1/128"] });
+    const user = AccessList.parse(["127.0.0.0/8"], [], "user");
+    expect(accessRefusal("127.0.0.3", options.access, user)?.label).toBe("server_deny");
+    expect(accessRefusal("127.0.0.2", options.access, user)).toBeUndefined();
+    const none = parseServerArgs([], {});
+    expect(none !== "help" && none.access).toBeUndefined();
+    expect(() => parseServerArgs(["--allow", "10.0.0.0/33"], {})).toThrow(
+      "--allow: '10.0.0.0/33': /33 is longer than an IPv4 address (at most /32)",
+    );
   });
 });

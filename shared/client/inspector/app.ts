@@ -19,6 +19,7 @@
 import { Hono } from "hono";
 import type { HostPort } from "../../args.ts";
 import type { HeaderList } from "../../http1/framer.ts";
+import type { ProxyVersion } from "../../wire/proxy-protocol.ts";
 import { PAGE_HTML, PAGE_SCRIPT, PAGE_STYLE } from "./page.ts";
 import { type ReplayEdits, ReplayError, replay } from "./replay.ts";
 import type { InspectorStore, StoreEvent } from "./store.ts";
@@ -31,8 +32,8 @@ export interface InspectedTunnel {
   kind: "tcp" | "http" | "udp";
   /** Its public URL (`udp://HOST:PORT` for UDP tunnels). */
   url: string;
-  /** The local service. */
-  local: HostPort;
+  /** The local service, and the PROXY protocol header it wants first (replays send one too). */
+  local: HostPort & { proxyProtocol?: ProxyVersion };
 }
 
 /** What the app reads from the client. */
@@ -276,7 +277,12 @@ export function inspectorApp(source: InspectorSource): Hono {
         name: tunnel.name,
         uri: `/api/tunnels/${encodeURIComponent(tunnel.name)}`,
         public_url: tunnel.url,
-        proto: tunnel.kind === "http" ? (tunnel.url.startsWith("https:") ? "https" : "http") : (tunnel.kind ?? "tcp"),
+        proto:
+          tunnel.kind === "http"
+            ? tunnel.url.startsWith("https:")
+              ? "https"
+              : "http"
+            : (tunnel.kind ?? "tcp"),
         config: { addr: `${tunnel.local.host}:${tunnel.local.port}` },
       })),
     }),

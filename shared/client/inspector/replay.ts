@@ -8,6 +8,7 @@
 import type { HostPort } from "../../args.ts";
 import { type HeaderList, isField, serializeHead } from "../../http1/framer.ts";
 import { ResetCode } from "../../wire/protocol.ts";
+import { encodeProxyHeader, type ProxyVersion } from "../../wire/proxy-protocol.ts";
 import { decodedBody, type HttpExchange, InspectorTap } from "./capture.ts";
 import type { InspectorStore } from "./store.ts";
 
@@ -86,11 +87,16 @@ export function replayRequest(original: HttpExchange, edits: ReplayEdits = {}): 
 export async function replay(
   store: InspectorStore,
   original: HttpExchange,
-  target: HostPort,
+  target: HostPort & { proxyProtocol?: ProxyVersion },
   edits: ReplayEdits = {},
   timeoutMs = 30_000,
 ): Promise<HttpExchange> {
-  const bytes = replayRequest(original, edits);
+  const request = replayRequest(original, edits);
+  // A service behind --proxy-protocol wants its header first. A replay comes from this machine, not
+  // from a visitor: the header says so (v1 UNKNOWN, v2 LOCAL: "use the connection's own addresses").
+  const header =
+    target.proxyProtocol === undefined ? undefined : encodeProxyHeader(target.proxyProtocol, undefined);
+  const bytes = header === undefined ? request : concatBytes(header, request);
   const tap = new InspectorTap({
     store,
     tunnelName: original.tunnelName,
@@ -98,7 +104,7 @@ export async function replay(
     kind: "http",
     replayOf: original.id,
   });
-  tap.toSocket(bytes);
+  tap.toSocket(request);
   const exchange = tap.lastExchange as HttpExchange;
   let sent = 0;
   const { promise, resolve } = Promise.withResolvers<void>();
@@ -133,4 +139,12 @@ export async function replay(
   await promise;
   clearTimeout(timer);
   return exchange;
+}
+
+/** `a` then `b`, in one new buffer. */
+function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const joined = new Uint8Array(a.length + b.length);
+  joined.set(a);
+  joined.set(b, a.length);
+  return joined;
 }

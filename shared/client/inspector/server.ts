@@ -10,6 +10,7 @@
 import type { Server } from "bun";
 import { formatHost, type HostPort, trustedHost } from "../../args.ts";
 import { describeError, type Logger } from "../../log.ts";
+import type { ProxyVersion } from "../../wire/proxy-protocol.ts";
 import { type InspectorSource, inspectorApp } from "./app.ts";
 import { DEFAULT_INSPECT } from "./settings.ts";
 import type { InspectorStore } from "./store.ts";
@@ -74,7 +75,13 @@ export function startInspector(
 /** A tunnel as the client holds it (the fields the inspector reads). */
 interface HeldTunnel {
   url: string;
-  local: { name: string; kind?: "tcp" | "http" | "udp"; host: string; port: number };
+  local: {
+    name: string;
+    kind?: "tcp" | "http" | "udp";
+    host: string;
+    port: number;
+    proxyProtocol?: ProxyVersion;
+  };
 }
 
 /**
@@ -95,7 +102,11 @@ export function serveInspector(
         name: tunnel.local.name,
         kind: tunnel.local.kind ?? "tcp",
         url: tunnel.url,
-        local: { host: tunnel.local.host, port: tunnel.local.port },
+        local: {
+          host: tunnel.local.host,
+          port: tunnel.local.port,
+          proxyProtocol: tunnel.local.proxyProtocol,
+        },
       })),
   };
   if (setting !== "default") return startInspector(source, setting, true);

@@ -18,6 +18,15 @@ import { randomBytes } from "node:crypto";
 import { RedisClient } from "bun";
 import { describeError, type Logger } from "../../log.ts";
 import { explainRedisFailure } from "./redis-probe.ts";
+import {
+  askMaster,
+  isSentinelUrl,
+  masterUrl,
+  parseSentinelUrl,
+  redactSentinelUrl,
+  type SentinelUrl,
+  SentinelWatch,
+} from "./sentinel.ts";
 
 /**
  * A lease's name: an HTTP tunnel's name or a public TCP port (a UDP port's `udp:PORT` is in the type
@@ -39,6 +48,22 @@ export interface LeaseRecord {
   hostHeader?: string;
   /** sha256 hex of "user:password" when the tunnel asks visitors for basic auth. */
   basicAuthHash?: string;
+  /**
+   * A pool's place (`--pool`): other nodes with members of the same user hold member leases beside it
+   * (`KEY~NODE`, see {@link poolMemberKey}) and share its visitors.
+   */
+  pool?: boolean;
+}
+
+/** The lease a node's pool members hold beside a pool's place `key` (node names never contain `~`). */
+export function poolMemberKey(key: LeaseKey, node: string): LeaseKey {
+  return `${key}~${node}` as LeaseKey;
+}
+
+/** The place a lease is for: `key` itself, or the pool place of a member lease (`KEY~NODE`). */
+export function placeOfLease(key: LeaseKey): LeaseKey {
+  const at = key.indexOf("~");
+  return at < 0 ? key : (key.slice(0, at) as LeaseKey);
 }
 
 /** A node of the cluster, as registered in Redis. */
@@ -47,6 +72,10 @@ export interface NodeInfo {
   name: string;
   /** Where the other nodes reach this one (`--node-url`). */
   url: string;
+  /** Random per process: tells a node restarted under its name from another node using the same name. */
+  instance?: string;
+  /** Hashes of its users and shared settings (identity.ts), compared between nodes. */
+  digest?: { users: string; settings: string };
 }
 
 /** What {@link ClusterDirectory.acquire} answers. */
@@ -56,7 +85,7 @@ export type AcquireResult =
 
 /** How {@link ClusterDirectory.open} connects and whom it tells about changes. */
 export interface DirectoryOptions {
-  /** redis:// or rediss:// URL (password in the URL). */
+  /** redis://, rediss:// or redis+sentinel:// URL (password in the URL). */
   url: string;
   /** PEM certificate(s) trusted for a rediss:// Redis (`--cluster-ca`); absent: the system's CAs. */
   ca?: string;
@@ -178,8 +207,9 @@ return 1
 `;
 
 /**
- * KEYS: nodes zset, node key. ARGV: name, node JSON, lease ms, channel. Prunes dead nodes, renews this
- * one; returns 1 (and publishes node:NAME) when it was not registered.
+ * KEYS: nodes zset, node key. ARGV: name, node JSON, lease ms, channel, instance. Prunes dead nodes,
+ * renews this one; returns 1 (and publishes node:NAME) when it was not registered, or the registration
+ * of another process (another instance) that registered under this name meanwhile (it is kept).
  */
 const HEARTBEAT_LUA = `
 local t = redis.call('TIME')
@@ -188,12 +218,34 @@ local lease = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local fresh = not redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+local cur = redis.call('GET', KEYS[2])
+if cur and not fresh and ARGV[5] ~= '' and not string.find(cur, ARGV[5], 1, true) then
+  redis.call('PEXPIRE', KEYS[2], lease)
+  return cur
+end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', lease)
 if fresh then
   redis.call('PUBLISH', ARGV[4], 'node:' .. ARGV[1])
   return 1
 end
 return 0
+`;
+
+/**
+ * KEYS: nodes zset, node key. ARGV: name, instance, url, lease ms. At start: returns the registration
+ * of another live node under this name at another URL (a clash), else "". Same URL: this node restarted
+ * (only one process can listen there), its old registration is taken over.
+ */
+const CLASH_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cur = redis.call('GET', KEYS[2])
+if not cur then return '' end
+local ok, rec = pcall(cjson.decode, cur)
+if not ok or type(rec) ~= 'table' then return '' end
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if rec.instance ~= ARGV[2] and rec.url ~= ARGV[3] and score and tonumber(score) > now then return cur end
+return ''
 `;
 
 /** KEYS: nodes zset, node key. ARGV: name, channel. */
@@ -204,17 +256,24 @@ redis.call('PUBLISH', ARGV[2], 'node:' .. ARGV[1])
 return 1
 `;
 
-/** KEYS: nodes zset. ARGV: node key prefix. Returns the JSON NodeInfo of every node alive now. */
+/**
+ * KEYS: nodes zset. ARGV: node key prefix, this node's name. Returns {the JSON NodeInfo of every node
+ * alive now, ms until the first other node's registration runs out (-1: none)}.
+ */
 const NODES_LUA = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local names = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+local names = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
 local out = {}
-for _, name in ipairs(names) do
+local soonest = -1
+for i = 1, #names, 2 do
+  local name = names[i]
   local info = redis.call('GET', ARGV[1] .. name)
   if info then out[#out + 1] = info end
+  local left = tonumber(names[i + 1]) - now
+  if name ~= ARGV[2] and (soonest < 0 or left < soonest) then soonest = left end
 end
-return out
+return {out, soonest}
 `;
 
 /** A lease this node holds. */
@@ -235,8 +294,19 @@ class RedisDownError extends Error {}
 /** Server replies that mean "Redis cannot serve now" rather than "this command is wrong". */
 const UNAVAILABLE_REPLY = /^(LOADING|READONLY|MASTERDOWN|BUSY|OOM|NOAUTH|WRONGPASS|TRYAGAIN|CLUSTERDOWN)\b/;
 
+/** A stored node registration, or undefined when the value is not one. */
+function parseNode(json: string): NodeInfo | undefined {
+  try {
+    const info = JSON.parse(json) as NodeInfo;
+    return typeof info?.name === "string" && typeof info.url === "string" ? info : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The URL without its password, for logs and errors. */
 function redactUrl(url: string): string {
+  if (isSentinelUrl(url)) return redactSentinelUrl(url);
   try {
     const parsed = new URL(url);
     if (parsed.password !== "") parsed.password = "***";
@@ -246,10 +316,10 @@ function redactUrl(url: string): string {
   }
 }
 
-/** `http:NAME` / `tcp:PORT` from a message or a Redis key's tail, or undefined. */
+/** `http:NAME` / `tcp:PORT` (or a pool member's `…~NODE`) from a message or a Redis key's tail, or undefined. */
 function toLeaseKey(text: string): LeaseKey | undefined {
   if (text.startsWith("http:") && text.length > 5) return text as LeaseKey;
-  if (/^tcp:\d+$/.test(text)) return text as LeaseKey;
+  if (/^tcp:\d+(?:~[A-Za-z0-9._:-]{1,64})?$/.test(text)) return text as LeaseKey;
   return undefined;
 }
 
@@ -272,16 +342,20 @@ export class ClusterDirectory {
   private readonly renewMs: number;
   /** No answer within this → the link counts as down (a hung Redis looks connected). */
   private readonly commandTimeoutMs: number;
-  private readonly nodeJson: string;
+  private nodeJson: string;
   private readonly held = new Map<LeaseKey, Held>();
   /** Every lease in the cluster as last read, with its stored JSON (compared to spot changes). */
   private readonly view = new Map<LeaseKey, { record: LeaseRecord; json: string }>();
+  /** Pool member leases in the view, by the place they are for (kept with the view). */
+  private readonly members = new Map<LeaseKey, Set<LeaseKey>>();
   /** Per key, the sequence number of the read applied last: an older read arriving later is dropped. */
   private readonly stamps = new Map<LeaseKey, number>();
   /** Numbers every command as it is sent; one connection answers in order, so it orders the reads. */
   private seq = 0;
   private alive = new Map<string, NodeInfo>();
   private state: "starting" | "up" | "down" = "starting";
+  /** performance.now() when the link last came back after an outage (or a master switch). */
+  private recoveredAt = Number.NEGATIVE_INFINITY;
   /** performance.now() when the link went down. */
   private downSince = 0;
   private stopping = false;
@@ -289,6 +363,8 @@ export class ClusterDirectory {
   private frozen = false;
   private renewTimer: ReturnType<typeof setTimeout> | undefined;
   private resyncTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Fires when the first other node's registration runs out (see watchExpiry). */
+  private expiryTimer: ReturnType<typeof setTimeout> | undefined;
   private recovering: Promise<void> | null = null;
   private resyncing = false;
   private nodesRefresh: { running: boolean; again: boolean } = { running: false, again: false };
@@ -302,36 +378,75 @@ export class ClusterDirectory {
   private readonly warned = new Set<string>();
   private closing: Promise<void> | null = null;
 
+  /** This process's instance id (in its registration): tells it from another process under its name. */
+  private readonly instance = randomBytes(9).toString("base64url");
+  /** With Sentinel: follows the master; the clients move when it changes. */
+  private sentinel: SentinelWatch | undefined;
+  /** The Redis the clients talk to now (the master's URL with Sentinel). */
+  private redisUrl: string;
+
   private constructor(
     private readonly options: DirectoryOptions,
-    private readonly cmd: RedisClient,
-    private readonly sub: RedisClient,
+    private cmd: RedisClient,
+    private sub: RedisClient,
     secret: string,
+    redisUrl: string,
   ) {
     this.secret = secret;
+    this.redisUrl = redisUrl;
     this.name = options.node.name;
     this.renewMs = Math.max(10, Math.floor(options.leaseMs / 3));
     this.commandTimeoutMs = Math.min(1000, Math.max(100, Math.floor(options.leaseMs / 3)));
-    this.nodeJson = JSON.stringify({ name: options.node.name, url: options.node.url });
-    this.alive.set(this.name, { ...options.node });
+    this.nodeJson = this.registration();
+    this.alive.set(this.name, this.self());
   }
 
-  /**
-   * Connects both clients, SET NX the secret (reads it back), registers the node, subscribes, loads the
-   * view, starts timers. Rejects with a one-line Error when Redis is unreachable at start. The initial
-   * load calls no callback: read {@link ports}, {@link nodes} and {@link holder} after it resolves.
-   */
-  static async open(options: DirectoryOptions): Promise<ClusterDirectory> {
+  /** This node as registered (with its instance and digest). */
+  private self(): NodeInfo {
+    return { ...this.options.node, instance: this.instance };
+  }
+
+  private registration(): string {
+    const { name, url, digest } = this.options.node;
+    return JSON.stringify({ name, url, instance: this.instance, ...(digest ? { digest } : {}) });
+  }
+
+  /** The two clients' settings for a Redis at `url`. */
+  private static clients(url: string, ca: string | undefined): { cmd: RedisClient; sub: RedisClient } {
     const clientOptions = {
       enableOfflineQueue: false, // reject at once while disconnected: callers answer redis_down
       autoReconnect: true,
       maxRetries: MAX_RETRIES,
       connectionTimeout: CONNECT_TIMEOUT_MS,
       // Bun takes TLS from the rediss:// scheme; --cluster-ca is what it checks Redis' certificate against.
-      ...(options.ca !== undefined && /^rediss:/i.test(options.url) ? { tls: { ca: options.ca } } : {}),
+      ...(ca !== undefined && /^rediss:/i.test(url) ? { tls: { ca } } : {}),
     };
-    const cmd = new RedisClient(options.url, clientOptions);
-    const sub = new RedisClient(options.url, clientOptions);
+    return { cmd: new RedisClient(url, clientOptions), sub: new RedisClient(url, clientOptions) };
+  }
+
+  /**
+   * Connects both clients, SET NX the secret (reads it back), registers the node, subscribes, loads the
+   * view, starts timers. Rejects with a one-line Error when Redis is unreachable at start, or when
+   * another live node uses this node's name. The initial load calls no callback: read {@link ports},
+   * {@link nodes} and {@link holder} after it resolves. A `redis+sentinel://` URL: the sentinels are
+   * asked for the master first, and followed from then on.
+   */
+  static async open(options: DirectoryOptions): Promise<ClusterDirectory> {
+    let url = options.url;
+    let sentinel: SentinelUrl | undefined;
+    let master: { host: string; port: number } | undefined;
+    if (isSentinelUrl(options.url)) {
+      try {
+        sentinel = parseSentinelUrl(options.url);
+        master = await askMaster(sentinel);
+      } catch (error) {
+        throw new Error(
+          `cluster: cannot use redis at ${redactSentinelUrl(options.url)}: ${describeError(error)}`,
+        );
+      }
+      url = masterUrl(sentinel, master.host, master.port);
+    }
+    const { cmd, sub } = ClusterDirectory.clients(url, options.ca);
     let directory: ClusterDirectory | undefined;
     try {
       try {
@@ -339,30 +454,115 @@ export class ClusterDirectory {
       } catch (error) {
         // Bun says "Connection closed" for a wrong password, an untrusted certificate, TLS to a plain
         // port…: one connection of our own tells which.
-        throw new Error((await explainRedisFailure(options.url, options.ca)) ?? describeError(error));
+        throw new Error((await explainRedisFailure(url, options.ca)) ?? describeError(error));
       }
       const mine = randomBytes(32).toString("base64url");
       await deadline(cmd.send("SET", [SECRET_KEY, mine, "NX"]), CONNECT_TIMEOUT_MS, "no answer");
       const secret = await deadline(cmd.get(SECRET_KEY), CONNECT_TIMEOUT_MS, "no answer");
       if (typeof secret !== "string" || secret === "")
         throw new Error("the cluster secret could not be read");
-      directory = new ClusterDirectory(options, cmd, sub, secret);
+      directory = new ClusterDirectory(options, cmd, sub, secret, url);
       await directory.start();
-      return directory;
     } catch (error) {
       directory?.stopTimers();
       cmd.close();
       sub.close();
-      throw new Error(`cluster: cannot use redis at ${redactUrl(options.url)}: ${describeError(error)}`);
+      const why = describeError(error);
+      if (why.startsWith("cluster:")) throw error;
+      throw new Error(`cluster: cannot use redis at ${redactUrl(options.url)}: ${why}`);
     }
+    if (sentinel !== undefined && master !== undefined) {
+      const parsed = sentinel;
+      const started = directory;
+      directory.sentinel = new SentinelWatch(
+        parsed,
+        master,
+        (host, port) => started.switchTo(masterUrl(parsed, host, port)),
+        options.log,
+      );
+    }
+    return directory;
   }
 
-  /** Registers, subscribes, loads the view, then hooks the reconnect handlers and starts the timers. */
+  /**
+   * The master moved (a Sentinel failover): both clients go to `url`. Until the new master answered
+   * the recovery (register, renew every lease, setting again those it never saw), the link counts as
+   * down: new leases wait, live tunnels keep serving.
+   */
+  switchTo(url: string): void {
+    if (this.stopping || url === this.redisUrl) return;
+    this.options.log.warn(`cluster: redis master moved to ${redactUrl(url)}`);
+    this.markDown("the master moved");
+    const old = { cmd: this.cmd, sub: this.sub };
+    this.unhook(old.cmd, old.sub);
+    old.cmd.close();
+    old.sub.close();
+    this.redisUrl = url;
+    const { cmd, sub } = ClusterDirectory.clients(url, this.options.ca);
+    this.cmd = cmd;
+    this.sub = sub;
+    // Listeners of the old subscription are gone with its client.
+    this.listener = null;
+    this.stale.clear();
+    this.hook();
+    cmd.connect().catch(() => {});
+    sub.connect().catch(() => {});
+  }
+
+  /**
+   * Registers (refusing to start when another live node uses this name), subscribes, loads the view,
+   * then hooks the reconnect handlers and starts the timers.
+   */
   private async start(): Promise<void> {
+    const { name, url } = this.options.node;
+    const clash = (await this.eval(
+      CLASH_LUA,
+      [NODES_KEY, NODE_PREFIX + name],
+      [name, this.instance, url, String(this.options.leaseMs)],
+    )) as string;
+    if (clash !== "") {
+      const other = parseNode(clash);
+      throw new Error(
+        `cluster: node name ${name} is already used by a live node at ${other?.url ?? "(unknown URL)"} (this node: ${url}); give each node its own --node-name, or leave it out (the default is unique per node URL)`,
+      );
+    }
     await this.heartbeat();
     await this.subscribe();
     this.state = "up";
     await this.resync(true);
+    this.hook();
+    this.renewTimer = setTimeout(this.renewTick, this.renewMs);
+    this.resyncTimer = setTimeout(this.resyncTick, RESYNC_MS);
+  }
+
+  /** The other live nodes whose users or shared settings differ from this node's: what differs, per node. */
+  differences(): { node: string; users: boolean; settings: boolean }[] {
+    const mine = this.options.node.digest;
+    if (mine === undefined) return [];
+    const out: { node: string; users: boolean; settings: boolean }[] = [];
+    for (const info of this.alive.values()) {
+      if (info.name === this.name || info.digest === undefined) continue;
+      const users = info.digest.users !== mine.users;
+      const settings = info.digest.settings !== mine.settings;
+      if (users || settings) out.push({ node: info.name, users, settings });
+    }
+    return out;
+  }
+
+  /** The node's users or settings changed (a reload): registered again at once, with the new digest. */
+  async setDigest(digest: { users: string; settings: string }): Promise<void> {
+    this.options.node.digest = digest;
+    this.nodeJson = this.registration();
+    try {
+      await this.heartbeat();
+      await this.refreshNodes(false);
+    } catch {
+      // Redis away: the next heartbeat registers it.
+    }
+  }
+
+  /** Hooks the reconnect handlers of the current clients. */
+  private hook(): void {
     this.cmd.onconnect = () => {
       this.gaveUp = false;
       // Also when no command noticed the outage: Redis may have come back empty (secret, registration).
@@ -384,8 +584,22 @@ export class ClusterDirectory {
     this.sub.onclose = () => {
       if (!this.clientsClosed) this.gaveUp = true;
     };
-    this.renewTimer = setTimeout(this.renewTick, this.renewMs);
-    this.resyncTimer = setTimeout(this.resyncTick, RESYNC_MS);
+  }
+
+  private unhook(cmd: RedisClient, sub: RedisClient): void {
+    cmd.onconnect = null;
+    cmd.onclose = null;
+    sub.onconnect = null;
+    sub.onclose = null;
+  }
+
+  /**
+   * Ms left of the lease after this node's Redis link came back, else 0. Meanwhile a node missing from
+   * the list may only be reconnecting too (the outage, or the master switch, cut every node off): its
+   * absence is not yet a departure.
+   */
+  get settlingMs(): number {
+    return Math.max(0, this.recoveredAt + this.options.leaseMs - performance.now());
   }
 
   /** True while Redis answers (after a loss: once this node registered and renewed its leases again). */
@@ -406,8 +620,9 @@ export class ClusterDirectory {
     userLimit?: number,
   ): Promise<AcquireResult> {
     if (this.stopping || this.state !== "up") return this.downResult();
-    const request: Record<string, string> = { owner: record.owner };
+    const request: Record<string, string | boolean> = { owner: record.owner };
     if (record.user !== undefined) request.user = record.user;
+    if (record.pool === true) request.pool = true;
     if (record.hostHeader !== undefined) request.hostHeader = record.hostHeader;
     if (record.basicAuthHash !== undefined) request.basicAuthHash = record.basicAuthHash;
     const keys = [LEASE_PREFIX + key, EPOCH_KEY];
@@ -492,6 +707,18 @@ export class ClusterDirectory {
     return this.state !== "up" && this.downSince < mine.validUntil;
   }
 
+  /** The member leases of pool place `key` in the view (other nodes' members, and this node's). */
+  poolMembers(key: LeaseKey): { key: LeaseKey; record: LeaseRecord }[] {
+    const keys = this.members.get(key);
+    if (keys === undefined) return [];
+    const out: { key: LeaseKey; record: LeaseRecord }[] = [];
+    for (const member of keys) {
+      const entry = this.view.get(member);
+      if (entry !== undefined) out.push({ key: member, record: entry.record });
+    }
+    return out;
+  }
+
   /** The view: who holds `key` now (synchronous; at most ~1 s stale: pub/sub + a resync every second). */
   holder(key: LeaseKey): LeaseRecord | undefined {
     return this.view.get(key)?.record;
@@ -501,7 +728,7 @@ export class ClusterDirectory {
   ports(): Map<number, LeaseRecord> {
     const ports = new Map<number, LeaseRecord>();
     for (const [key, entry] of this.view) {
-      if (key.startsWith("tcp:")) ports.set(Number(key.slice(4)), entry.record);
+      if (key.startsWith("tcp:")) ports.set(Number.parseInt(key.slice(4), 10), entry.record);
     }
     return ports;
   }
@@ -562,6 +789,8 @@ export class ClusterDirectory {
   private stopTimers(): void {
     clearTimeout(this.renewTimer);
     clearTimeout(this.resyncTimer);
+    clearTimeout(this.expiryTimer);
+    this.expiryTimer = undefined;
     this.renewTimer = undefined;
     this.resyncTimer = undefined;
   }
@@ -569,10 +798,8 @@ export class ClusterDirectory {
   private closeClients(): void {
     if (this.clientsClosed) return;
     this.clientsClosed = true;
-    this.cmd.onconnect = null;
-    this.cmd.onclose = null;
-    this.sub.onconnect = null;
-    this.sub.onclose = null;
+    this.sentinel?.stop();
+    this.unhook(this.cmd, this.sub);
     this.cmd.close();
     this.sub.close();
   }
@@ -637,6 +864,7 @@ export class ClusterDirectory {
         await this.renewAll();
         if (this.stopping || this.state !== "down") return;
         this.state = "up";
+        this.recoveredAt = performance.now();
         this.warned.clear();
         this.options.log.info("cluster: redis link back");
         await this.resync();
@@ -683,13 +911,23 @@ export class ClusterDirectory {
     this.apply(key, mine.json, seq);
   }
 
-  /** Registers (or keeps registered) this node; a new registration is published by the script. */
+  /**
+   * Registers (or keeps registered) this node; a new registration is published by the script. Another
+   * process that registered under this name meanwhile (e.g. while this node was cut off) is logged once.
+   */
   private async heartbeat(): Promise<void> {
-    await this.eval(
+    const reply = await this.eval(
       HEARTBEAT_LUA,
       [NODES_KEY, NODE_PREFIX + this.name],
-      [this.name, this.nodeJson, String(this.options.leaseMs), CHANNEL],
+      [this.name, this.nodeJson, String(this.options.leaseMs), CHANNEL, `"instance":"${this.instance}"`],
     );
+    if (typeof reply === "string") {
+      const other = parseNode(reply);
+      this.warnOnce(
+        "clash",
+        `cluster: another node registered under this node's name ${this.name} (at ${other?.url ?? "(unknown URL)"}; this node: ${this.options.node.url}): give each node its own --node-name`,
+      );
+    }
   }
 
   /** Subscribes with a fresh listener, then drops the previous one (else each message would come twice). */
@@ -795,16 +1033,18 @@ export class ClusterDirectory {
     try {
       for (let round = 0; round < 3; round++) {
         this.nodesRefresh.again = false;
-        const list = (await this.eval(NODES_LUA, [NODES_KEY], [NODE_PREFIX])) as string[];
+        const [list, soonest] = (await this.eval(NODES_LUA, [NODES_KEY], [NODE_PREFIX, this.name])) as [
+          string[],
+          number,
+        ];
+        this.watchExpiry(soonest);
         const next = new Map<string, NodeInfo>();
         for (const json of list) {
-          try {
-            const info = JSON.parse(json) as NodeInfo;
-            if (typeof info.name === "string" && typeof info.url === "string") next.set(info.name, info);
-          } catch {}
+          const info = parseNode(json);
+          if (info !== undefined) next.set(info.name, info);
         }
         // This node counts as alive for itself whatever Redis says (e.g. just after Redis came back empty).
-        next.set(this.name, { ...this.options.node });
+        next.set(this.name, this.self());
         const changed =
           next.size !== this.alive.size ||
           [...next].some(([name, info]) => this.alive.get(name)?.url !== info.url);
@@ -817,12 +1057,27 @@ export class ClusterDirectory {
           }
           this.alive = next;
           if (!initial) this.call("onNodes", () => this.options.onNodes?.(this.nodes()));
-        }
+        } else this.alive = next; // digests may have changed
         if (!this.nodesRefresh.again) break;
       }
     } finally {
       this.nodesRefresh.running = false;
     }
+  }
+
+  /**
+   * Reads the node list again right after the first other node's registration runs out, unless it is
+   * renewed meanwhile (a later read moves the check): a node that stopped renewing is seen gone within
+   * milliseconds of its expiry, not at the next resync.
+   */
+  private watchExpiry(soonestMs: number): void {
+    clearTimeout(this.expiryTimer);
+    this.expiryTimer = undefined;
+    if (soonestMs < 0 || this.stopping || this.frozen) return;
+    this.expiryTimer = setTimeout(() => {
+      this.expiryTimer = undefined;
+      if (this.state === "up") void this.refreshNodes(true).catch(() => {});
+    }, soonestMs + 5);
   }
 
   /**
@@ -839,6 +1094,12 @@ export class ClusterDirectory {
     const record = value === null ? undefined : parseRecord(value);
     if (value !== null && record !== undefined) this.view.set(key, { record, json: value });
     else this.view.delete(key);
+    const place = placeOfLease(key);
+    if (place !== key) {
+      const set = this.members.get(place) ?? new Set<LeaseKey>();
+      if (this.view.has(key)) this.members.set(place, set.add(key));
+      else if (set.delete(key) && set.size === 0) this.members.delete(place);
+    }
     if (!initial) this.call("onChange", () => this.options.onChange?.(key, record));
     const mine = this.held.get(key);
     if (mine && record && seq > mine.seq && (record.node !== this.name || record.epoch !== mine.epoch)) {
@@ -904,6 +1165,8 @@ export class ClusterDirectory {
     if (this.state !== "up" || this.stopping) return;
     this.state = "down";
     this.downSince = performance.now();
+    // With Sentinel: the master may have moved (READONLY, or gone): ask at once rather than at the next poll.
+    this.sentinel?.check();
     this.options.log.warn(
       `cluster: redis link lost (${reason}); live tunnels keep serving, new ones are refused`,
     );

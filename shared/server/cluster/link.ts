@@ -13,6 +13,7 @@ import { deadAfter, Liveness } from "../../liveness.ts";
 import { describeError, type Logger } from "../../log.ts";
 import type { Budget } from "../../relay/budget.ts";
 import { Mux } from "../../relay/mux.ts";
+import { SendWatch } from "../../relay/send-watch.ts";
 import { type SpliceSocket, spliceOnto } from "../../relay/splice.ts";
 import type { RelaySocket, Stream } from "../../relay/stream.ts";
 import type { OpenFrame } from "../../wire/codec.ts";
@@ -33,9 +34,6 @@ export interface LinkPeer {
   url: string;
 }
 
-/** Bytes queued on a link's WebSocket past which its streams stop reading, and where they start again. */
-const HIGH_WATER = 8 * 1024 * 1024;
-const LOW_WATER = 2 * 1024 * 1024;
 /** A link pings this often and is dead after three silent intervals (a frozen or vanished node). */
 const LINK_HEARTBEAT_MS = 1000;
 /** Error codes of a refused certificate. */
@@ -56,16 +54,31 @@ export interface NodeLink {
   readonly up: boolean;
   /** Streams open on it now (both ways). */
   readonly streams: number;
-  /** Carries a visitor's socket to the peer (undefined while the link is down). */
-  open(kind: StreamKind, target: string, remote: string, socket: RelaySocket): Stream | undefined;
+  /**
+   * Carries a visitor's socket to the peer (undefined while the link is down); `visitor`: its address
+   * and the public address it connected to (OPEN's `remote` and `local`).
+   */
+  open(kind: StreamKind, target: string, visitor: VisitorAddresses, socket: RelaySocket): Stream | undefined;
   /** Closes the link for good. */
   close(): void;
 }
 
+/** A visitor's address and the public address it connected to, as OPEN carries them (`ip:port`). */
+export interface VisitorAddresses {
+  remote: string;
+  local?: string;
+}
+
 /** Opens a stream for a visitor on `mux`: an OPEN naming `target`, then the visitor's socket. */
-function openOn(mux: Mux, kind: StreamKind, target: string, remote: string, socket: RelaySocket): Stream {
+function openOn(
+  mux: Mux,
+  kind: StreamKind,
+  target: string,
+  visitor: VisitorAddresses,
+  socket: RelaySocket,
+): Stream {
   const stream = mux.createStream();
-  mux.sendOpen(stream, kind, 0, { remote, target });
+  mux.sendOpen(stream, kind, 0, { remote: visitor.remote, local: visitor.local, target });
   stream.attach(socket);
   return stream;
 }
@@ -78,8 +91,11 @@ function acceptOn(mux: Mux, frame: OpenFrame, accept: RemoteAcceptor): void {
     stream.reset(ResetCode.Protocol, "OPEN on a node link names no target");
     return;
   }
-  const carried = spliceOnto(stream, frame.meta.remote, (socket) =>
-    accept(target, frame.kind as StreamKind, socket),
+  const carried = spliceOnto(
+    stream,
+    frame.meta.remote,
+    (socket) => accept(target, frame.kind as StreamKind, socket),
+    frame.meta.local,
   );
   if (typeof carried === "string") stream.reset(ResetCode.ConnectFailed, carried);
 }
@@ -124,9 +140,9 @@ export class OutboundLink implements NodeLink {
    * Carries a visitor's socket to the peer: a new stream whose OPEN names `target`. Undefined when
    * the link is down (the caller refuses the visitor).
    */
-  open(kind: StreamKind, target: string, remote: string, socket: RelaySocket): Stream | undefined {
+  open(kind: StreamKind, target: string, visitor: VisitorAddresses, socket: RelaySocket): Stream | undefined {
     const mux = this.mux;
-    return mux === null ? undefined : openOn(mux, kind, target, remote, socket);
+    return mux === null ? undefined : openOn(mux, kind, target, visitor, socket);
   }
 
   /** Closes the link for good (the node left the cluster, or this one shuts down). */
@@ -155,7 +171,6 @@ export class OutboundLink implements NodeLink {
     this.ws = ws;
     const liveness = new Liveness();
     let heartbeat: ReturnType<typeof setInterval> | undefined;
-    let blockedPoll: ReturnType<typeof setInterval> | undefined;
     ws.addEventListener("message", (event) => {
       liveness.heard();
       try {
@@ -177,17 +192,10 @@ export class OutboundLink implements NodeLink {
         onGone();
       }, LINK_HEARTBEAT_MS);
     });
+    const queue = new SendWatch(ws, (blocked) => this.mux?.setBlocked(blocked));
     const send = (frame: Uint8Array) => {
       ws.send(frame);
-      if (blockedPoll !== undefined || ws.bufferedAmount <= HIGH_WATER) return;
-      this.mux?.setBlocked(true);
-      // The client WebSocket has no drain event: watch the queue until it is low again.
-      blockedPoll = setInterval(() => {
-        if (ws.bufferedAmount > LOW_WATER) return;
-        clearInterval(blockedPoll);
-        blockedPoll = undefined;
-        this.mux?.setBlocked(false);
-      }, 1);
+      queue.sent();
     };
     this.sendFrame = send;
     let gone = false;
@@ -195,7 +203,7 @@ export class OutboundLink implements NodeLink {
       if (gone) return;
       gone = true;
       clearInterval(heartbeat);
-      clearInterval(blockedPoll);
+      queue.stop();
       if (this.ws === ws) {
         this.ws = null;
         this.down();
@@ -260,6 +268,22 @@ export class OutboundLink implements NodeLink {
   }
 }
 
+/**
+ * What the control port's WebSocket handlers drive for a connection that is no client session: a link
+ * another node opened ({@link InboundLink}), or a client's standby connection (standby.ts).
+ */
+export interface LinkEndpoint {
+  /** Who is at the other end, for logs. */
+  readonly remote: string;
+  attach(ws: LinkSocket): void;
+  onMessage(message: string | Uint8Array): void;
+  onDrain(): void;
+  /** A ping or pong arrived. */
+  heard(): void;
+  onClose(): void;
+  close(): void;
+}
+
 /** The minimal WebSocket a node's inbound link is served on (the control port's own, ws-server.ts). */
 export interface LinkSocket {
   send(message: string | Uint8Array): number;
@@ -279,7 +303,7 @@ const INBOUND_HIGH_WATER = 4 * 1024 * 1024;
  * A link another node opened to this one: its streams become visitors of this node's tunnels, and this
  * node carries its own visitors for that node's tunnels over it.
  */
-export class InboundLink implements NodeLink {
+export class InboundLink implements NodeLink, LinkEndpoint {
   readonly mux: Mux;
   private ws: LinkSocket | null = null;
   /** Heard from the dialling node (it pings every second). */
@@ -353,8 +377,8 @@ export class InboundLink implements NodeLink {
   }
 
   /** Carries a visitor of this node to the dialling node's tunnel `target`. */
-  open(kind: StreamKind, target: string, remote: string, socket: RelaySocket): Stream | undefined {
-    return this.ws === null ? undefined : openOn(this.mux, kind, target, remote, socket);
+  open(kind: StreamKind, target: string, visitor: VisitorAddresses, socket: RelaySocket): Stream | undefined {
+    return this.ws === null ? undefined : openOn(this.mux, kind, target, visitor, socket);
   }
 
   /** Anything from the dialling node (a frame, a ping) shows it alive. */

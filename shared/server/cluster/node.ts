@@ -13,8 +13,10 @@
 import { createHash } from "node:crypto";
 import type { TCPSocketListener } from "bun";
 import { formatHost, unmappedAddress } from "../../args.ts";
+import { joinAddress } from "../../ip.ts";
 import type { Logger } from "../../log.ts";
 import type { Budget } from "../../relay/budget.ts";
+import type { SpliceSocket } from "../../relay/splice.ts";
 import {
   type RelaySocket,
   type RelaySocketData,
@@ -22,8 +24,17 @@ import {
   type Stream,
 } from "../../relay/stream.ts";
 import { type Hello, StreamKind } from "../../wire/protocol.ts";
-import { ClusterDirectory, type LeaseKey, type LeaseRecord, type NodeInfo } from "./directory.ts";
+import type { RouteAnswer } from "../namespace/holding.ts";
+import {
+  ClusterDirectory,
+  type LeaseKey,
+  type LeaseRecord,
+  type NodeInfo,
+  placeOfLease,
+  poolMemberKey,
+} from "./directory.ts";
 import { InboundLink, type NodeLink, OutboundLink, type RemoteAcceptor } from "./link.ts";
+import { StandbyWatch } from "./standby.ts";
 
 export type { LeaseKey };
 
@@ -39,6 +50,8 @@ export interface LeaseRequest {
   /** HTTP tunnels: what the other nodes need to serve its visitors (Host rewrite, basic auth). */
   hostHeader?: string;
   basicAuth?: string;
+  /** The tunnel shares its place with the same user's other `--pool` tunnels, on any node. */
+  pool?: boolean;
 }
 
 /** How the node reaches its own server. */
@@ -50,6 +63,8 @@ export interface ClusterNodeOptions {
   name: string;
   /** Where the other nodes reach this one (`--node-url`). */
   url: string;
+  /** Hashes of its users and shared settings, compared with the other nodes' (identity.ts). */
+  digest?: { users: string; settings: string };
   leaseSeconds: number;
   /** Bind address of public ports (the mirrors too). */
   host: string;
@@ -66,6 +81,11 @@ export interface ClusterNodeOptions {
   log: Logger;
 }
 
+/** How long a visitor for a moving name or port waits before it is refused (503 with Retry-After). */
+const VISITOR_WAIT_MS = 5000;
+/** Visitors that may wait at once; more are refused at once (each wait polls every 50 ms). */
+const MAX_WAITING = 1024;
+
 /** How long a new tunnel waits for Redis to come back before it is refused. */
 const REDIS_WAIT_MS = 15_000;
 
@@ -79,8 +99,11 @@ export interface RemoteRoute {
   hostHeader?: string;
   /** sha256 hex of the tunnel's `user:password` (basic auth), if it asks for one. */
   basicAuthHash?: string;
-  /** Carries a visitor's connection to the holding node; undefined while the link there is down. */
-  open(socket: RelaySocket): Stream | undefined;
+  /**
+   * Carries a visitor's connection to the holding node; a promise while that node is a moment away
+   * (see {@link ClusterNode.remoteRoute}); undefined when it cannot.
+   */
+  open(socket: RelaySocket): Stream | Promise<RouteAnswer> | undefined;
 }
 
 /** Why a lease was refused, for the client's one line. */
@@ -94,6 +117,16 @@ export class ClusterNode {
   /** One link per other node: dialled by this node when its name sorts first, else the one it opened. */
   private readonly links = new Map<string, NodeLink>();
   private readonly mirrors = new Map<number, TCPSocketListener<RelaySocketData>>();
+  /** The last holder of each key that left the view, and when: a move may bring it back. */
+  private readonly vanished = new Map<LeaseKey, { record: LeaseRecord; at: number }>();
+  /** The record of each key in the view, as last told (what `vanished` keeps when it goes). */
+  private readonly records = new Map<LeaseKey, LeaseRecord>();
+  /** Looks at the node list again once a Redis outage's settling time is over (see syncLinks). */
+  private settleTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Visitors waiting for a moving name or port now. */
+  private waiting = 0;
+  /** Standby connections of other nodes' clients, each watching its client's node. */
+  private readonly standbys = new Set<StandbyWatch>();
   private closed = false;
 
   private constructor(
@@ -110,20 +143,44 @@ export class ClusterNode {
     const directory = await ClusterDirectory.open({
       url: options.redis,
       ca: options.ca,
-      node: { name: options.name, url: options.url },
+      node: { name: options.name, url: options.url, ...(options.digest ? { digest: options.digest } : {}) },
       leaseMs: options.leaseSeconds * 1000,
       log: options.log,
       onLost: (key) => {
         options.onLost(key);
         node?.reconcile(key);
       },
-      onChange: (key) => node?.reconcile(key),
+      onChange: (key, record) => node?.changed(key, record),
       onNodes: (nodes) => node?.syncLinks(nodes),
     });
     node = new ClusterNode(options, directory);
     node.syncLinks(directory.nodes());
     for (const port of directory.ports().keys()) node.reconcile(`tcp:${port}`);
+    node.reportDifferences();
     return node;
+  }
+
+  /** The node's users or settings were reloaded: the others see the new digest; differences are logged. */
+  async reloaded(digest: { users: string; settings: string }): Promise<void> {
+    await this.directory.setDigest(digest);
+    this.reportDifferences();
+  }
+
+  /** Logs, once, which live nodes have other users or shared settings than this one. */
+  private reportDifferences(): void {
+    const differences = this.directory.differences();
+    if (differences.length === 0) return;
+    const users = differences.filter((d) => d.users).map((d) => d.node);
+    const settings = differences.filter((d) => d.settings).map((d) => d.node);
+    const parts = [
+      users.length > 0 ? `users or API key differ from node ${users.join(", ")}` : "",
+      settings.length > 0
+        ? `settings (domain, TCP ports, lease, TLS) differ from node ${settings.join(", ")}`
+        : "",
+    ].filter(Boolean);
+    this.options.log.warn(
+      `cluster: this node's ${parts.join("; its ")}: give every node the same --config, users and SOCKETS_SINGLE_API_KEY`,
+    );
   }
 
   /** The node's name. */
@@ -141,6 +198,7 @@ export class ClusterNode {
       user: request.user,
       hostHeader: request.hostHeader,
       basicAuthHash: request.basicAuth === undefined ? undefined : secretHash(request.basicAuth),
+      pool: request.pool === true ? true : undefined,
     };
     let result = await this.directory.acquire(key, record, request.claim, request.userLimit);
     // Redis away: a new tunnel waits a while for it (a restart takes seconds) before it is refused.
@@ -171,6 +229,26 @@ export class ClusterNode {
     };
   }
 
+  /**
+   * A pool that other nodes serve `key` with, if any: its user and nodes (the place's holder when it
+   * was leased as a pool, and every node with a member lease beside it). Undefined when `key` is free
+   * or held by one tunnel alone.
+   */
+  poolOf(key: LeaseKey): { user?: string; nodes: string[] } | undefined {
+    const main = this.directory.holder(key);
+    const members = this.directory.poolMembers(key);
+    if (main !== undefined && main.pool !== true) return undefined;
+    const first = main ?? members[0]?.record;
+    if (first === undefined) return undefined;
+    const nodes = [...(main ? [main.node] : []), ...members.map((m) => m.record.node)];
+    return { user: first.user, nodes: [...new Set(nodes)] };
+  }
+
+  /** The member lease this node's members of pool `key` hold beside the place's own. */
+  memberKey(key: LeaseKey): LeaseKey {
+    return poolMemberKey(key, this.options.name);
+  }
+
   /** Gives a lease back (the tunnel closed). */
   release(key: LeaseKey): void {
     void this.directory.release(key);
@@ -189,29 +267,171 @@ export class ClusterNode {
     mirror.stop(false);
   }
 
-  /** The route to an HTTP name held by another node, if the cluster knows one. */
+  /**
+   * The route to an HTTP name held by another node, if the cluster knows one. While the name's node is
+   * a moment away (the link to it coming up, or the name moving: its node left the cluster and its
+   * client is moving), the route's visitors wait for it (at most {@link VISITOR_WAIT_MS}), then get a
+   * 503 with Retry-After; a name nobody holds any more and that no move can bring back is undefined (404).
+   */
   remoteRoute(name: string): RemoteRoute | undefined {
     const key: LeaseKey = `http:${name}`;
-    const record = this.directory.holder(key);
-    if (record === undefined || record.node === this.options.name) return undefined;
+    const where = this.where(key);
+    if (where.kind === "none" || where.kind === "self") return undefined;
+    const { record } = where;
     return {
       hostHeader: record.hostHeader,
       basicAuthHash: record.basicAuthHash,
-      open: (socket) => this.carry(record, key, StreamKind.Http, socket),
+      open: (socket) => {
+        if (where.kind === "route") {
+          const stream = this.carry(record, where.target, StreamKind.Http, socket);
+          if (stream !== undefined) return stream;
+        }
+        return this.waitFor(key, StreamKind.Http, socket, record).then(
+          (answer) =>
+            answer ?? {
+              status: 404,
+              message: `no tunnel named ${name} any more (it was held by node ${record.node})`,
+            },
+        );
+      },
     };
   }
 
   /**
    * A visitor on a TCP port held by another node (a mirror, or a local tunnel's port whose lease was
-   * lost): carries it there. False when no node can take it (the caller closes the socket).
+   * lost): carries it there, after a wait while the port is moving (as {@link remoteRoute}). False when
+   * no node can take it (the caller closes the socket).
    */
   forwardTcp(port: number, socket: RelaySocket): boolean {
     const key: LeaseKey = `tcp:${port}`;
-    const record = this.directory.holder(key);
-    if (record === undefined || record.node === this.options.name) return false;
-    return this.carry(record, key, StreamKind.Tcp, socket) !== undefined;
+    const where = this.where(key);
+    if (where.kind === "none" || where.kind === "self") return false;
+    if (
+      where.kind === "route" &&
+      this.carry(where.record, where.target, StreamKind.Tcp, socket) !== undefined
+    )
+      return true;
+    socket.pause();
+    this.waitFor(key, StreamKind.Tcp, socket, where.record).then(
+      (answer) => {
+        if (answer === undefined || !("id" in answer)) socket.terminate();
+        else socket.resume();
+      },
+      () => socket.terminate(),
+    );
+    return true;
   }
 
+  /**
+   * Where a visitor for `key` goes now: over a link that is up ("route"), to a tunnel of this node
+   * ("self"), nowhere yet but maybe soon ("moving": its node's link is not up, its node just left, or
+   * its lease just lapsed while a move is possible), or nowhere ("none").
+   */
+  private where(
+    key: LeaseKey,
+  ):
+    | { kind: "route"; record: LeaseRecord; target: LeaseKey }
+    | { kind: "moving"; record: LeaseRecord }
+    | { kind: "self"; record: LeaseRecord }
+    | { kind: "none" } {
+    const record = this.directory.holder(key);
+    // A pool served from other nodes: the next node in turn whose link is up.
+    if (record === undefined || record.pool === true) {
+      const pooled = this.poolRoute(key, record);
+      if (pooled !== undefined) return pooled;
+    }
+    if (record !== undefined) {
+      if (record.node === this.options.name)
+        return this.directory.holds(key) ? { kind: "self", record } : { kind: "moving", record };
+      return this.links.get(record.node)?.up
+        ? { kind: "route", record, target: key }
+        : { kind: "moving", record };
+    }
+    const gone = this.vanished.get(key);
+    if (gone === undefined) return { kind: "none" };
+    // Released by a node that is still here: gone for good. Its node left: its client may bring it back.
+    if (performance.now() - gone.at > this.moveWindowMs || this.alive(gone.record.node)) {
+      this.vanished.delete(key);
+      return { kind: "none" };
+    }
+    return { kind: "moving", record: gone.record };
+  }
+
+  /** Where the turn of pool place `key` goes among the other nodes serving it (undefined: no pool, or none up). */
+  private poolRoute(
+    key: LeaseKey,
+    main: LeaseRecord | undefined,
+  ): { kind: "route"; record: LeaseRecord; target: LeaseKey } | undefined {
+    const members = this.directory.poolMembers(key);
+    if (members.length === 0) return undefined;
+    const candidates = main === undefined ? members : [{ key, record: main }, ...members];
+    const count = candidates.length;
+    const turn = this.poolTurns.get(key) ?? 0;
+    for (let i = 0; i < count; i++) {
+      const at = (turn + i) % count;
+      const candidate = candidates[at] as { key: LeaseKey; record: LeaseRecord };
+      if (candidate.record.node === this.options.name || !this.links.get(candidate.record.node)?.up) continue;
+      this.poolTurns.set(key, (at + 1) % count);
+      return { kind: "route", record: candidate.record, target: candidate.key };
+    }
+    return undefined;
+  }
+
+  /** Pool places: where each one's next visitor from this node goes among the nodes serving it. */
+  private readonly poolTurns = new Map<LeaseKey, number>();
+
+  /**
+   * Waits (polling every 50 ms, at most {@link VISITOR_WAIT_MS}) until `key` can be served, then carries
+   * the visitor there. Undefined: nobody holds it and nobody will (404, or a closed socket). A holder
+   * whose Host rewrite or basic auth differ from what the visitor was checked against (another client
+   * took the name meanwhile) is not served: 503, asked again.
+   */
+  private async waitFor(
+    key: LeaseKey,
+    kind: StreamKind,
+    socket: RelaySocket,
+    expected: LeaseRecord,
+  ): Promise<RouteAnswer | undefined> {
+    const retry = {
+      status: 503,
+      message: "this tunnel is moving to another node; try again shortly",
+      retryAfter: 2,
+    };
+    if (this.waiting >= MAX_WAITING) return retry;
+    this.waiting++;
+    try {
+      const deadline = performance.now() + VISITOR_WAIT_MS;
+      for (
+        let round = 0;
+        round < VISITOR_WAIT_MS / 50 && performance.now() < deadline && !this.closed;
+        round++
+      ) {
+        await Bun.sleep(50);
+        if (socket.readyState !== 1) return undefined;
+        const where = this.where(key);
+        if (where.kind === "none") return undefined;
+        if (where.kind === "moving") continue;
+        const { record } = where;
+        if (
+          kind === StreamKind.Http &&
+          (record.hostHeader !== expected.hostHeader || record.basicAuthHash !== expected.basicAuthHash)
+        )
+          return { ...retry, message: "this tunnel changed hands; try again", retryAfter: 0 };
+        if (where.kind === "route") {
+          const stream = this.carry(record, where.target, kind, socket);
+          if (stream !== undefined) return stream;
+          continue;
+        }
+        const local = this.options.acceptRemote(key, kind, socket as unknown as SpliceSocket);
+        return typeof local === "string" ? { status: 502, message: local } : local;
+      }
+      return retry;
+    } finally {
+      this.waiting--;
+    }
+  }
+
+  /** Opens a stream for the visitor on the link to the holder's node (undefined while that link is down). */
   private carry(
     record: LeaseRecord,
     key: LeaseKey,
@@ -221,7 +441,9 @@ export class ClusterNode {
     const link = this.links.get(record.node);
     if (link === undefined) return undefined;
     const remote = `${formatHost(unmappedAddress(socket.remoteAddress))}:${socket.remotePort}`;
-    return link.open(kind, key, remote, socket);
+    // The visitor's own public address goes along: the client sees where it connected, not this hop.
+    const local = socket.localAddress ? joinAddress(socket.localAddress, socket.localPort) : undefined;
+    return link.open(kind, key, { remote, local }, socket);
   }
 
   /**
@@ -242,6 +464,22 @@ export class ClusterNode {
     return link;
   }
 
+  /**
+   * A client of node `watched` opens a standby connection here: it is told to move here the moment
+   * that node leaves the cluster (see standby.ts).
+   */
+  standby(remote: string, watched: string): StandbyWatch {
+    const standby = new StandbyWatch(watched, remote, (gone) => this.standbys.delete(gone));
+    if (this.closed) standby.close();
+    else this.standbys.add(standby);
+    return standby;
+  }
+
+  /** Whether node `name` is alive in the cluster now (as this node last read it). */
+  alive(name: string): boolean {
+    return this.directory.nodes().some((node) => node.name === name);
+  }
+
   /** Whether a presented link secret is the cluster's. */
   get secret(): string {
     return this.directory.secret;
@@ -254,6 +492,21 @@ export class ClusterNode {
   private syncLinks(nodes: NodeInfo[]): void {
     if (this.closed) return;
     const alive = new Set<string>();
+    // Just after this node's own Redis outage, a missing node may be reconnecting too: its links and
+    // its clients stay until the lease has passed (then the list is looked at again).
+    const settling = this.directory.settlingMs;
+    clearTimeout(this.settleTimer);
+    if (settling > 0)
+      this.settleTimer = setTimeout(() => this.syncLinks(this.directory.nodes()), settling + 10);
+    // A node that left (stopped renewing, or shut down): its clients' standbys here move them here now.
+    const names = new Set(nodes.map((node) => node.name));
+    for (const standby of [...this.standbys])
+      if (!names.has(standby.watched) && this.directory.redisUp && settling === 0) {
+        this.options.log.info(
+          `cluster: node ${standby.watched} left: its client ${standby.remote} moves here`,
+        );
+        standby.moveHere();
+      }
     const { name, acceptRemote, log, ca } = this.options;
     for (const peer of nodes) {
       if (peer.name === name) continue;
@@ -265,10 +518,28 @@ export class ClusterNode {
       this.links.set(peer.name, new OutboundLink(peer, name, this.directory.secret, acceptRemote, log, ca));
     }
     for (const [name, link] of this.links)
-      if (!alive.has(name)) {
+      if (!alive.has(name) && settling === 0) {
         link.close();
         this.links.delete(name);
       }
+  }
+
+  /** A key's holder changed in the view: remember who held a key that went (it may be moving). */
+  private changed(key: LeaseKey, record: LeaseRecord | undefined): void {
+    const before = this.records.get(key);
+    if (record !== undefined) {
+      this.records.set(key, record);
+      this.vanished.delete(key);
+    } else if (before !== undefined) {
+      this.records.delete(key);
+      this.vanished.set(key, { record: before, at: performance.now() });
+    }
+    this.reconcile(key);
+  }
+
+  /** How long after its lease went a name counts as moving (its client has other servers to move to). */
+  private get moveWindowMs(): number {
+    return 2 * this.options.leaseSeconds * 1000 + 5000;
   }
 
   /**
@@ -277,9 +548,11 @@ export class ClusterNode {
    */
   private reconcile(key: LeaseKey): void {
     if (this.closed || !key.startsWith("tcp:")) return;
-    const port = Number(key.slice(4));
-    const record = this.directory.holder(key);
-    const wanted = record !== undefined && record.node !== this.options.name && !this.options.listensOn(port);
+    const place = placeOfLease(key);
+    const port = Number(place.slice(4));
+    const holders = [this.directory.holder(place), ...this.directory.poolMembers(place).map((m) => m.record)];
+    const record = holders.find((r) => r !== undefined && r.node !== this.options.name);
+    const wanted = record !== undefined && !this.options.listensOn(port);
     const mirror = this.mirrors.get(port);
     if (!wanted) {
       if (mirror !== undefined) this.unmirror(port);
@@ -318,6 +591,8 @@ export class ClusterNode {
   /** Leaves: closes links and mirrors, gives back every lease, deregisters. */
   async leave(): Promise<void> {
     this.closed = true;
+    clearTimeout(this.settleTimer);
+    for (const standby of [...this.standbys]) standby.close();
     for (const link of this.links.values()) link.close();
     this.links.clear();
     for (const port of [...this.mirrors.keys()]) this.unmirror(port);

@@ -114,6 +114,14 @@ export interface HttpRoute {
    * never leaves the node its client is on.
    */
   basicAuthHash?: string;
-  /** Opens a stream for this visitor, or says why not (an HTTP status and a one-line page). */
-  open(socket: RelaySocket): Stream | { status: number; message: string };
+  /**
+   * Opens a stream for this visitor, or says why not (an HTTP status and a one-line page; with
+   * `retryAfter`, seconds, a Retry-After header). A promise: the connection waits unread for the answer
+   * (a cluster's name whose node is a moment away: its link coming up, or the name moving; the cluster
+   * bounds the wait).
+   */
+  open(socket: RelaySocket): RouteAnswer | Promise<RouteAnswer>;
 }
+
+/** What {@link HttpRoute.open} answers: the visitor's stream, or the refusal it is answered with. */
+export type RouteAnswer = Stream | { status: number; message: string; retryAfter?: number };

@@ -16,6 +16,7 @@ import type { Logger } from "../../log.ts";
 import type { RelaySocket, RelaySocketData, Stream } from "../../relay/stream.ts";
 import { relaySocketHandlers } from "../../relay/stream.ts";
 import { type ExposeRequest, StreamKind } from "../../wire/protocol.ts";
+import { placeOfLease } from "../cluster/directory.ts";
 import type { ClusterNode } from "../cluster/node.ts";
 import { listenPublic, PortError } from "../public-port.ts";
 import { newUdpCounters, type UdpCounters, UdpPort, type UdpSettings } from "../udp-port.ts";
@@ -46,9 +47,15 @@ export interface NamespaceSettings {
   tcpPorts?: PortRange;
   /** `--max-tunnels`: most tunnels one client may hold. */
   maxTunnelsPerClient: number;
-  /** The operator's allow and deny lists for a user's tunnels (absent: none). */
-  userFilter?(account: Account): VisitorFilter | undefined;
-  /** The lists a tunnel asked for (`--allow`, `--deny`), built once when it is claimed. */
+  /**
+   * Whether the operator's lists (the server's own, and the user's in its config) refuse a visitor
+   * from `ip` to a place of `account` (absent: none refuses). A user cannot allow what these deny.
+   */
+  operatorRefuses?(account: Account | undefined, ip: string): boolean;
+  /**
+   * The lists a tunnel asked for (`--allow`, `--deny`), built once when it is claimed.
+   * @throws {Error} one line naming a bad rule: the claim is refused with it.
+   */
   tunnelFilter?(request: ExposeRequest): VisitorFilter | undefined;
   /** UDP places' flow settings (a reload applies them to UDP ports opened afterwards); default 60 s, 1,024. */
   udp?: UdpSettings;
@@ -65,10 +72,13 @@ class Place {
   readonly tunnels: Tunnel[] = [];
   /** TCP: the public listener, shared by a pool's members. */
   listener?: PublicListener;
+  /**
+   * Cluster: the lease this node holds for the place (taken before it went live): its key itself, or
+   * for a pool that other nodes hold too, this node's member lease beside it (`KEY~NODE`).
+   */
+  lease?: PlaceKey;
   /** UDP: the public socket and its flows, shared by a pool's members. */
   udp?: UdpPort;
-  /** Cluster: whether the lease on {@link key} is ours (taken before the place went live). */
-  leased = false;
   /** Where the next visitor's round-robin turn starts among equally loaded members. */
   turn = 0;
   /** HTTP: the route the ingress uses, made once. */
@@ -146,7 +156,7 @@ export class Namespace {
   holding(key: PlaceKey): Holding {
     const place = this.places.get(key);
     const cluster = this.cluster;
-    if (place === undefined || (place.leased && cluster !== undefined && !cluster.holds(key))) {
+    if (place === undefined || (place.lease && cluster !== undefined && !cluster.holds(place.lease))) {
       const remote = cluster?.directory.holder(key);
       return remote === undefined || remote.node === cluster?.name
         ? { state: "free" }
@@ -175,6 +185,12 @@ export class Namespace {
   ): Tunnel | Refusal | Promise<Tunnel | Refusal> {
     const refused = tunnelAllowance(clientTunnels, this.settings.maxTunnelsPerClient, holder.account);
     if (refused !== null) return refused;
+    let filter: VisitorFilter | undefined;
+    try {
+      filter = this.settings.tunnelFilter?.(request);
+    } catch (error) {
+      return { code: "bad_request", message: (error as Error).message };
+    }
     // A client re-exposing after a server restart keeps its tunnel id unless another client holds it.
     const wanted = request.tunnel;
     const id = wanted !== undefined && !this.tunnelIds.has(wanted) ? wanted : nanoid(12);
@@ -186,7 +202,7 @@ export class Namespace {
       visitors: new Set(),
       holder,
       pool: request.pool === true,
-      filter: this.settings.tunnelFilter?.(request),
+      filter,
       hostHeader: request.hostHeader,
       basicAuth: request.basicAuth,
     };
@@ -243,9 +259,9 @@ export class Namespace {
       place.listener.stop(closeVisitors);
     }
     place.udp?.close(this.udpClosed);
-    if (place.leased) {
-      place.leased = false;
-      this.cluster?.release(place.key);
+    if (place.lease !== undefined) {
+      this.cluster?.release(place.lease);
+      place.lease = undefined;
     }
   }
 
@@ -265,7 +281,36 @@ export class Namespace {
       userLimit: holder.account?.limits.maxTunnels,
       hostHeader: tunnel.hostHeader,
       basicAuth: tunnel.basicAuth,
+      pool: tunnel.pool,
     };
+  }
+
+  /**
+   * Cluster: leases place `key` for a tunnel, or, when other nodes serve it as a pool of the same
+   * user and the tunnel asks for a pool, a member lease beside it. The lease taken, or why not.
+   */
+  private async lease(
+    cluster: ClusterNode,
+    key: PlaceKey,
+    tunnel: Tunnel,
+    what: string,
+  ): Promise<PlaceKey | Refusal> {
+    const request = this.leaseRequest(tunnel);
+    const pool = cluster.poolOf(key);
+    if (pool !== undefined) {
+      const code = key.startsWith("http:") ? "subdomain_taken" : "port_taken";
+      const nodes = pool.nodes.join(", ");
+      if (pool.user !== request.user)
+        return {
+          code,
+          message: `${what} is taken (held by another user; pools are per user; node ${nodes})`,
+        };
+      if (!tunnel.pool)
+        return { code, message: `${what} is served by a pool (node ${nodes}): ask with --pool to join it` };
+      const member = cluster.memberKey(key);
+      return (await cluster.acquire(member, request)) ?? member;
+    }
+    return (await cluster.acquire(key, request)) ?? key;
   }
 
   /** A place is held here already: join its pool, or be told which rule forbids it. */
@@ -279,7 +324,7 @@ export class Namespace {
       const verb = what.startsWith("port") ? "is reserved" : "is taken: reserved";
       return {
         code,
-        message: `${what} ${verb} for a dropped client's session for up to ${left} s more (the server's --grace); wait, or ask for another`,
+        message: `${what} ${verb} for a dropped client's session for up to ${left} s more (the server's --grace); wait, or ask for another ${what.startsWith("port") ? "port" : "name"}`,
       };
     }
     return refused;
@@ -312,18 +357,21 @@ export class Namespace {
     what: string,
     bind?: () => PublicListener | Refusal,
   ): Promise<Refusal | null> {
-    const refused = await cluster.acquire(key, this.leaseRequest(tunnel));
-    if (refused !== null) return refused;
+    const leased = await this.lease(cluster, key, tunnel, what);
+    if (typeof leased !== "string") return leased;
     // Another local tunnel may have opened the place while Redis answered.
     const held = this.places.get(key);
-    if (held !== undefined) return this.joinHeld(held, tunnel, what);
+    if (held !== undefined) {
+      if (held.lease !== leased) cluster.release(leased);
+      return this.joinHeld(held, tunnel, what);
+    }
     const listener = bind?.();
     if (listener !== undefined && !("stop" in listener)) {
-      cluster.release(key);
+      cluster.release(leased);
       return listener;
     }
     const place = new Place(key, tunnel.pool, tunnel.holder.account);
-    place.leased = true;
+    place.lease = leased;
     return this.open(place, tunnel, listener);
   }
 
@@ -452,7 +500,7 @@ export class Namespace {
       const refused = await cluster.acquire(key, this.leaseRequest(tunnel));
       if (refused === null && !this.places.has(key)) {
         const place = new Place(key, tunnel.pool, tunnel.holder.account);
-        place.leased = true;
+        place.lease = key;
         return this.open(place, tunnel, listener);
       }
       listener.stop(true);
@@ -506,8 +554,7 @@ export class Namespace {
   private choose(place: Place, ip: string): Tunnel | RefusedReason {
     const { tunnels } = place;
     const count = tunnels.length;
-    const userFilter = place.account && this.settings.userFilter?.(place.account);
-    if (userFilter !== undefined && !userFilter.permits(ip)) return "denied";
+    if (this.settings.operatorRefuses?.(place.account, ip) === true) return "denied";
     let best: Tunnel | undefined;
     let bestAt = 0;
     let live = false;
@@ -543,7 +590,7 @@ export class Namespace {
     // A node whose lease lapsed (frozen, or taken over before it heard) serves the port no more: the
     // visitor goes to whichever node holds it now, if any.
     const cluster = this.cluster;
-    if (place.leased && cluster !== undefined && !cluster.holds(place.key)) {
+    if (place.lease !== undefined && cluster !== undefined && !cluster.holds(place.lease)) {
       if (!cluster.forwardTcp(Number(place.key.slice(4)), socket)) socket.terminate();
       return;
     }
@@ -601,7 +648,7 @@ export class Namespace {
     const place = this.places.get(key);
     const cluster = this.cluster;
     if (cluster === undefined) return place?.route;
-    if (place !== undefined && cluster.holds(key)) return place.route;
+    if (place?.lease !== undefined && cluster.holds(place.lease)) return place.route;
     const remote = cluster.remoteRoute(name);
     if (remote === undefined) return undefined;
     return {
@@ -620,9 +667,10 @@ export class Namespace {
    * the stream of the member it goes to, or why not.
    */
   acceptRemote(target: string, kind: StreamKind, socket: RelaySocket): Stream | string {
-    const key = target as PlaceKey;
-    if (this.cluster !== undefined && !this.cluster.holds(key)) return `${target} is not held here`;
-    const place = this.places.get(key);
+    // A pool member lease (`KEY~NODE`) names this node's share of the place `KEY`.
+    if (this.cluster !== undefined && !this.cluster.holds(target as PlaceKey))
+      return `${target} is not held here`;
+    const place = this.places.get(placeOfLease(target as PlaceKey));
     if (place === undefined) return `no tunnel ${target} here`;
     const chosen = this.choose(place, socket.remoteAddress);
     if (chosen === "denied") return "forbidden: this address may not reach this tunnel";
@@ -635,7 +683,7 @@ export class Namespace {
 
   /** Cluster: the lease of `key` went to another node: every tunnel of that place stops here at once. */
   leaseLost(key: PlaceKey): void {
-    const place = this.places.get(key);
+    const place = this.places.get(placeOfLease(key));
     if (place === undefined) return;
     for (const tunnel of [...place.tunnels]) tunnel.holder.lose(tunnel);
   }

@@ -111,7 +111,11 @@ export function poolJoin(
   const code = what.startsWith("port") ? "port_taken" : "subdomain_taken";
   if (held.account !== joining.account)
     return { code, message: `${what} is taken (held by another user; pools are per user)` };
-  if (!held.pool && !joining.pool) return { code, message: `${what} is taken` };
+  if (!held.pool && !joining.pool)
+    return {
+      code,
+      message: what.startsWith("port") ? `${what} is already in use on the server` : `${what} is taken`,
+    };
   if (!held.pool)
     return {
       code,
