@@ -34,12 +34,28 @@ import {
 } from "./shared/client/options.ts";
 import { type ApplyResult, applyTunnels, ConfigReloader, type TunnelSet } from "./shared/client/reload.ts";
 import { batchedLines } from "./shared/client/request-log.ts";
-import { ClientError, RefusedError, TunnelClient, type TunnelInfo } from "./shared/client/tunnel-client.ts";
+import {
+  ClientError,
+  type ConnectionChange,
+  RefusedError,
+  TunnelClient,
+  type TunnelInfo,
+  type VisitorInfo,
+} from "./shared/client/tunnel-client.ts";
 import type { UdpClientCounters } from "./shared/client/udp-flows.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
+import { versionLine } from "./shared/version.ts";
 
-export { ClientError, type ExposeOption, type NamedService, parseClientArgs, type TunnelInfo };
+export {
+  ClientError,
+  type ConnectionChange,
+  type ExposeOption,
+  type NamedService,
+  parseClientArgs,
+  type TunnelInfo,
+  type VisitorInfo,
+};
 
 /** Everything the client can be told; the CLI fills it from flags, env and the config file. */
 export type ClientOptions = Omit<ClientArgs, "server" | "servers" | "expose" | "inspect"> & {
@@ -56,6 +72,10 @@ export type ClientOptions = Omit<ClientArgs, "server" | "servers" | "expose" | "
   onExposed?: (tunnel: TunnelInfo) => void;
   /** Called for every tunnel closed at run time (removed or changed by a reload). */
   onClosed?: (tunnel: TunnelInfo) => void;
+  /** Called when the connection to the server is lost (the client reconnects by itself) and when it is back. */
+  onConnection?: (change: ConnectionChange) => void;
+  /** Called for every visitor connection a tunnel receives. */
+  onVisitor?: (visitor: VisitorInfo) => void;
   /** The request inspector: off when absent; `default` is 127.0.0.1:4040 or the next free port. */
   inspect?: InspectSetting | "default";
 };
@@ -101,6 +121,8 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     inspector: store,
     onExposed: options.onExposed,
     onClosed: options.onClosed,
+    onConnection: options.onConnection,
+    onVisitor: options.onVisitor,
     log,
   });
   let inspector: InspectorListener | undefined;
@@ -155,7 +177,8 @@ export const HELP = helpText(
   `\nConfig file: ${commandName("client.ts")} --init writes a commented example; README.md, section "Config file",\nlists every key, which tunnels are published, and what a reload (SIGHUP, --watch) changes.\n`,
 );
 
-async function main(): Promise<void> {
+/** The `client` command: reads process.argv and runs until a signal (the package's `bin` entry calls it too). */
+export async function main(): Promise<void> {
   let options: Awaited<ReturnType<typeof parseClientArgs>>;
   try {
     options = await parseClientArgs(process.argv.slice(2), process.env);
@@ -167,6 +190,7 @@ async function main(): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
+  if (options === "version") return void process.stdout.write(versionLine("client"));
   if ("init" in options) {
     try {
       return void process.stdout.write(writeExample(options.init));

@@ -285,18 +285,19 @@ function withInitDefault(argv: string[]): string[] {
 }
 
 /**
- * Turns argv, env and the `--config` file into the client's options; "help" for `-h`; `{ init }`
+ * Turns argv, env and the `--config` file into the client's options; "help" for `-h`, "version" for `-V`; `{ init }`
  * for `--init [FILE]`.
  * @throws {UsageError} (a {@link ConfigError} for the file) on bad input, with one line.
  */
 export async function parseClientArgs(
   argv: string[],
   env: Record<string, string | undefined>,
-): Promise<ClientArgs | "help" | { init: string }> {
+): Promise<ClientArgs | "help" | "version" | { init: string }> {
   // SOCKETS_SERVER may hold a list, which the generic parser would read as one URL: split here.
   const serverEnv = CLIENT_OPTIONS.server.env;
   const parsed = parseOptions(CLIENT_OPTIONS, withInitDefault(argv), { ...env, [serverEnv]: undefined });
   if (parsed.help) return "help";
+  if (parsed.version) return "version";
   const commandLine = parsed.values as ClientValues;
   const listed = env[serverEnv];
   if (commandLine.server === undefined && listed) {

@@ -96,7 +96,25 @@ export interface TunnelClientSettings {
   onClosed?: (tunnel: TunnelInfo) => void;
   /** `--udp-idle-timeout` in ms: a UDP flow's local socket closes after this long without a datagram. */
   udpIdleMs?: number;
+  /** Called when the connection to the server is lost, and again once it is back (resumed or not). */
+  onConnection?: (change: ConnectionChange) => void;
+  /** Called for every visitor connection a tunnel receives (once per connection, not per byte). */
+  onVisitor?: (visitor: VisitorInfo) => void;
   log: Logger;
+}
+
+/** The connection to the server was lost (the client is reconnecting), or is back. */
+export type ConnectionChange =
+  | { type: "disconnected"; reason: string }
+  /** `resumed`: the same session went on (visitors carried on); else the tunnels were exposed again. */
+  | { type: "reconnected"; server: string; resumed: boolean };
+
+/** A visitor connection that arrived through a tunnel. */
+export interface VisitorInfo {
+  /** The tunnel it came through. */
+  tunnel: TunnelInfo;
+  /** The visitor's address as the server saw it (`HOST:PORT`). */
+  remote: string;
 }
 
 /** Where a tunnel's visitors go: its local service, and its public address as the server announced it. */
@@ -417,7 +435,11 @@ export class TunnelClient {
     if (local === undefined) throw new ProtocolError(`OPEN for unknown tunnel ${frame.tunnel}`);
     const target = local.service;
     const stream = this.mux.acceptStream(frame.stream);
-    const { log, logRequest, inspector } = this.settings;
+    const { log, logRequest, inspector, onVisitor } = this.settings;
+    if (onVisitor !== undefined) {
+      const tunnel = this.held.get(target.name)?.info;
+      if (tunnel !== undefined) onVisitor({ tunnel, remote: frame.meta.remote });
+    }
     if (frame.kind !== StreamKind.Tcp && frame.kind !== StreamKind.Http) {
       stream.reset(ResetCode.Protocol, `stream kind ${frame.kind} is not supported by this client`);
       return;
@@ -615,6 +637,7 @@ export class TunnelClient {
   private async reconnect(reason: string, skipHome = false): Promise<void> {
     const { log, maxBackoffMs } = this.settings;
     log.warn(`connection to server lost (${reason}); reconnecting`);
+    this.settings.onConnection?.({ type: "disconnected", reason });
     const home = this.target;
     // A frozen server takes the TCP connection and never answers: with others to go to, wait less.
     const several = this.settings.servers.length > 1 || home.address !== undefined;
@@ -661,7 +684,11 @@ export class TunnelClient {
       if (moved) log.info(`moved to server ${targetLabel(target)}`);
       this.bind(conn);
       try {
-        if (conn.hello.resumed) return this.resume(conn.sync as SyncMessage);
+        if (conn.hello.resumed) {
+          this.resume(conn.sync as SyncMessage);
+          this.settings.onConnection?.({ type: "reconnected", server: this.server, resumed: true });
+          return;
+        }
         log.info(
           moved
             ? "the new server does not know the session; exposing the tunnels again (same ports, names and ids)"
@@ -674,7 +701,9 @@ export class TunnelClient {
         this.renewMux(conn);
         this.mux.start((frame) => this.connection.send(frame));
         const previous = new Map(this.tunnels.map((tunnel) => [tunnel.local.name, tunnel]));
-        return await this.exposeAll(this.services, previous);
+        await this.exposeAll(this.services, previous);
+        this.settings.onConnection?.({ type: "reconnected", server: this.server, resumed: false });
+        return;
       } catch (error) {
         // Lost again while exposing: the close handler has already started the next reconnect.
         if (conn.ws.readyState !== WebSocket.OPEN) return;

@@ -103,6 +103,17 @@ const RTT_REFRESH_MS = 2000;
 /** A PING unanswered this long (ms) is taken as lost (a blip dropped it) and sent again when asked. */
 const PING_LOST_MS = 5000;
 
+/**
+ * The buffer outgoing DATA frames are built in: one copy per chunk, no allocation. One for the whole
+ * process (as large as the largest `maxFramePayload` of any mux): a frame is sent, and so copied or
+ * written, before the next is built, and a buffer per session cost every idle client its pages.
+ */
+let dataScratch = new Uint8Array(0);
+/** The same for WINDOW, GROW and END frames (the batcher copies them). */
+const smallScratch = new Uint8Array(16);
+/** The default clock, one function for every mux. */
+const now = () => performance.now();
+
 /** Why a mux's streams stop reading their sockets (bits). */
 const BLOCKED_BY_TRANSPORT = 1;
 const BLOCKED_BY_BUDGET = 2;
@@ -115,9 +126,6 @@ export class Mux implements StreamHost {
   readonly initialWindow?: number;
   readonly disposeMinBytes?: number;
   readonly maxFramePayload: number;
-  /** One reused buffer for outgoing DATA frames: one copy per chunk, no allocation. */
-  private readonly scratch: Uint8Array;
-  private readonly small = new Uint8Array(16);
   /** {@link BLOCKED_BY_TRANSPORT} and {@link BLOCKED_BY_BUDGET}: streams read while none is set. */
   private blocked = 0;
   /** @inheritdoc */
@@ -169,7 +177,7 @@ export class Mux implements StreamHost {
     this.batcher = new Batcher(send ?? (() => {}));
     this.window = settings.window;
     this.initialWindow = settings.initialWindow;
-    this.clock = settings.clock ?? (() => performance.now());
+    this.clock = settings.clock ?? now;
     if (budgets !== undefined) {
       this.received = new Budget(budgets.limit, budgets.shared?.received, budgets.onReceivePressure);
       this.sent = new Budget(budgets.limit, budgets.shared?.sent, (over) =>
@@ -181,7 +189,8 @@ export class Mux implements StreamHost {
     this.firstId = settings.streamIds?.first ?? 1;
     this.lastId = settings.streamIds?.last ?? 0xffffffff;
     this.nextId = this.firstId;
-    this.scratch = new Uint8Array(DATA_SCRATCH_EXTRA + settings.maxFramePayload);
+    if (dataScratch.length < DATA_SCRATCH_EXTRA + settings.maxFramePayload)
+      dataScratch = new Uint8Array(DATA_SCRATCH_EXTRA + settings.maxFramePayload);
     if (send === null) this.detach();
   }
 
@@ -443,33 +452,33 @@ export class Mux implements StreamHost {
     if (!this.live) return false;
     if (payload.length + HEADER_LENGTH <= BATCHABLE_BYTES)
       this.batcher.pushFrame(FrameType.Datagram, flow, payload);
-    else this.batcher.push(encodeDatagram(flow, payload, this.scratch));
+    else this.batcher.push(encodeDatagram(flow, payload, dataScratch));
     return true;
   }
 
   /** Tells the peer a flow is gone (FLOW_CLOSE); dropped while detached. */
   sendFlowClose(flow: number, code: number): void {
-    if (this.live) this.batcher.push(encodeFlowClose(flow, code, this.small));
+    if (this.live) this.batcher.push(encodeFlowClose(flow, code, smallScratch));
   }
 
   /** @inheritdoc */
   sendData(stream: number, payload: Uint8Array): void {
-    if (this.live) this.batcher.push(encodeData(stream, payload, this.scratch));
+    if (this.live) this.batcher.push(encodeData(stream, payload, dataScratch));
   }
 
   /** @inheritdoc */
   sendWindow(stream: number, increment: number): void {
-    if (this.live) this.batcher.push(encodeWindow(stream, increment, this.small));
+    if (this.live) this.batcher.push(encodeWindow(stream, increment, smallScratch));
   }
 
   /** @inheritdoc */
   sendGrow(stream: number, increment: number): void {
-    if (this.live) this.batcher.push(encodeGrow(stream, increment, this.small));
+    if (this.live) this.batcher.push(encodeGrow(stream, increment, smallScratch));
   }
 
   /** @inheritdoc */
   sendEnd(stream: number): void {
-    if (this.live) this.batcher.push(encodeEnd(stream, this.small));
+    if (this.live) this.batcher.push(encodeEnd(stream, smallScratch));
   }
 
   /** @inheritdoc */

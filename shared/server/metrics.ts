@@ -17,6 +17,7 @@ import packageJson from "../../package.json" with { type: "json" };
 import type { Stream } from "../relay/stream.ts";
 import { PROTOCOL_VERSION } from "../wire/protocol.ts";
 import type { ClusterStats } from "./cluster/node.ts";
+import type { CountsSource, TunnelCounts } from "./history.ts";
 import type { Tunnel } from "./namespace/holding.ts";
 import type { Session } from "./session.ts";
 import { UDP_DROP_REASONS, type UdpStats } from "./udp-port.ts";
@@ -295,6 +296,30 @@ export class ServerMetrics {
       if (user !== undefined) info.user = user;
       return info;
     });
+  }
+
+  /**
+   * Every tunnel's byte counts and open visitors, and the totals since the start (closed tunnels'
+   * visitors included), for the dashboard's history; unlike {@link tunnels}, no rate state changes.
+   */
+  counts(): CountsSource {
+    const total = {
+      in: this.closedByType.tcp.in + this.closedByType.http.in,
+      out: this.closedByType.tcp.out + this.closedByType.http.out,
+      open: 0,
+    };
+    const tunnels: TunnelCounts[] = [];
+    for (const session of this.sessions.values())
+      for (const tunnel of session.tunnels.values()) {
+        const totals = this.tunnelTotals(tunnel);
+        tunnels.push({ id: tunnel.id, in: totals.in, out: totals.out, open: totals.open });
+        total.open += totals.open;
+        for (const stream of tunnel.visitors) {
+          total.in += stream.bytesSent;
+          total.out += stream.bytesReceived;
+        }
+      }
+    return { tunnels, total };
   }
 
   /** Every tunnel, for `GET /api/tunnels`; rates from the previous look at least a second ago. */

@@ -9,6 +9,7 @@
 import { deadAfter } from "../liveness.ts";
 import type { Logger } from "../log.ts";
 import { Budget } from "../relay/budget.ts";
+import { releaseAfterBursts } from "../relay/release.ts";
 import { DEFAULTS, Feature, PROTOCOL_VERSION } from "../wire/protocol.ts";
 import { accessPermits, tunnelAccess } from "./access-list.ts";
 import type { LinkEndpoint } from "./cluster/link.ts";
@@ -72,6 +73,7 @@ export class SessionRegistry {
   /** This server's cluster membership, once it joined one. */
   cluster?: ClusterNode;
   private timers: ReturnType<typeof setInterval>[] = [];
+  private stopRelease?: () => void;
 
   /**
    * @param settings the server's options with their defaults applied.
@@ -186,8 +188,10 @@ export class SessionRegistry {
     close: (ws, code, reason) => ws.data.peer?.onClose(ws, code, reason),
   };
 
-  /** Starts the heartbeat and, when asked for, the visitor idle sweep. */
+  /** Starts the heartbeat, the release of memory after bursts and, when asked for, the visitor idle sweep. */
   watch(): void {
+    const budgets = this.context.budgets;
+    if (budgets) this.stopRelease = releaseAfterBursts([budgets.received, budgets.sent]);
     // Heartbeat: ping every client each interval; one silent for three intervals is dead.
     const heartbeatMs = this.settings.heartbeatSeconds * 1000;
     this.timers.push(
@@ -270,6 +274,7 @@ export class SessionRegistry {
   async drainAll(): Promise<void> {
     this.draining = true;
     for (const timer of this.timers) clearInterval(timer);
+    this.stopRelease?.();
     const drainMs = this.settings.drainSeconds * 1000;
     await Promise.all([...this.sessions.values()].map((session) => session.drain(drainMs)));
     for (const session of [...this.sessions.values()]) session.end();

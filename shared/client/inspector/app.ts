@@ -12,6 +12,7 @@
  * GET    /api/connections/tcp        open and recent TCP connections
  * GET    /api/tunnels                the client's tunnels
  * GET    /api/status                 the client's figures: tunnels, connections, bytes each way
+ * GET    /api/history                requests per second and latency p50/p90/p99, per second, last 5 min
  * ```
  * @module
  */
@@ -289,6 +290,7 @@ export function inspectorApp(source: InspectorSource): Hono {
   );
 
   app.get("/api/status", (c) => c.json(statusOf(source)));
+  app.get("/api/history", (c) => c.json(source.store.history.view()));
 
   app.notFound((c) => c.json({ error: `no such path ${c.req.path}` }, 404));
   return app;
