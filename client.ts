@@ -18,7 +18,7 @@
 
 import { lookup } from "node:dns/promises";
 import { existsSync } from "node:fs";
-import { type HostPort, usageLine } from "./shared/args.ts";
+import { usageLine } from "./shared/args.ts";
 import { DEFAULT_CONFIG_FILE, parseClientArgs } from "./shared/client/config.ts";
 import { writeExample } from "./shared/client/init.ts";
 import { type InspectorListener, serveInspector } from "./shared/client/inspector/server.ts";
@@ -42,6 +42,7 @@ import {
   type TunnelInfo,
   type VisitorInfo,
 } from "./shared/client/tunnel-client.ts";
+import type { UdpClientCounters } from "./shared/client/udp-flows.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
 import { versionLine } from "./shared/version.ts";
@@ -87,8 +88,8 @@ export interface ClientHandle extends TunnelSet {
   readonly server: string;
   /** Brings the tunnels to `services` by name: adds, closes, re-exposes the changed, leaves the rest. */
   update(services: NamedService[]): Promise<ApplyResult>;
-  /** Open streams (visitor connections) on this client. */
-  stats(): { streams: number };
+  /** Open streams (visitor connections) on this client, and its UDP tunnels' flows and counts. */
+  stats(): { streams: number; udp: { open: number } & UdpClientCounters };
   /** The request inspector, when on: its URL and what it captured. */
   inspector?: { url: string; store: InspectorStore };
   /** Resolves with the reason once the client gave up (auth rejected, …) or was closed. */
@@ -115,6 +116,7 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     insecure: options.insecure,
     heartbeatMs: (options.heartbeatSeconds ?? CLIENT_OPTIONS.heartbeat.default) * 1000,
     maxBackoffMs: (options.maxBackoffSeconds ?? CLIENT_OPTIONS["max-backoff"].default) * 1000,
+    udpIdleMs: (options.udpIdleSeconds ?? CLIENT_OPTIONS["udp-idle-timeout"].default) * 1000,
     logRequest: options.logRequest,
     inspector: store,
     onExposed: options.onExposed,
@@ -144,7 +146,10 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     add: (service, previous) => client.add(service, previous),
     unexpose: (name) => client.unexpose(name),
     update: (services) => applyTunnels(client, services, log),
-    stats: () => ({ streams: client.mux.streams.size }),
+    stats: () => ({
+      streams: client.mux.streams.size,
+      udp: { ...client.udp.counters, open: client.udp.flows.size },
+    }),
     inspector: inspector && store && { url: inspector.url, store },
     closed: client.closed,
     close: () => {
@@ -155,11 +160,12 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
 }
 
 /** Fails early, with one line, when an `--expose` host does not resolve. */
-async function checkResolves(target: HostPort): Promise<void> {
+async function checkResolves(target: ExposeOption): Promise<void> {
   try {
     await lookup(target.host);
   } catch {
-    throw new ClientError(`--expose: cannot resolve host '${target.host}'`);
+    const flag = target.kind === "udp" ? "--expose-udp" : target.kind === "http" ? "--http" : "--expose";
+    throw new ClientError(`${flag}: cannot resolve host '${target.host}'`);
   }
 }
 

@@ -148,6 +148,7 @@ function countMetrics(registry: SessionRegistry, options: ServerOptions): Server
     cluster: () => registry.cluster?.stats(),
     pools: () =>
       registry.namespace.pools().map(({ key, members }) => ({ place: key, members: members.length })),
+    udp: () => registry.udpStats(),
   });
   registry.context.metrics = metrics;
   registry.namespace.onRefused = (reason) => metrics.visitorRefused(reason);

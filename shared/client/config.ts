@@ -8,9 +8,9 @@
  *
  * [[tunnels]]
  * name = "web"           # unique; a reload compares tunnels by name
- * type = "http"          # tcp | http
+ * type = "http"          # tcp | http | udp
  * local = "127.0.0.1:3000"
- * subdomain = "demo"     # http: subdomain, basic_auth, host_header, log_requests; tcp: port
+ * subdomain = "demo"     # http: subdomain, basic_auth, host_header, log_requests; tcp, udp: port
  * allow = ["10.0.0.0/8"] # both: pool, allow, deny, proxy_protocol
  * ```
  *
@@ -71,6 +71,9 @@ export const TUNNEL_TYPES = {
     allow: CLIENT_OPTIONS.allow,
     deny: CLIENT_OPTIONS.deny,
     "proxy-protocol": CLIENT_OPTIONS["proxy-protocol"],
+  },
+  udp: {
+    port: { ...CLIENT_OPTIONS.port, key: "publicPort", multiple: false },
   },
 } as const satisfies Record<string, OptionTable>;
 
@@ -145,7 +148,7 @@ export function fileTunnels(
     const type = table.type;
     if (type === undefined)
       throw new ConfigError(
-        `${header}: tunnel '${name}' has no type (type = "tcp" or "http"; one of: ${types})`,
+        `${header}: tunnel '${name}' has no type (type = "tcp", "http" or "udp"; one of: ${types})`,
       );
     if (typeof type !== "string" || !(type in TUNNEL_TYPES))
       throw new ConfigError(
@@ -192,7 +195,7 @@ export function fileTunnels(
         };
         return httpService(name, target, own.subdomain as string | undefined, settings);
       }
-      const service: NamedService = { name, ...target };
+      const service: NamedService = type === "udp" ? { name, ...target, kind: "udp" } : { name, ...target };
       if (own.publicPort !== undefined) service.publicPort = own.publicPort as number;
       return withTunnelSettings(service, tunnelSettings);
     } catch (error) {
@@ -232,7 +235,8 @@ export function clientSetup(
     deny: values.deny,
     proxyProtocol: values.proxyProtocol,
   };
-  const onCommandLine = (commandLine.tcp?.length ?? 0) + (commandLine.http?.length ?? 0) > 0;
+  const onCommandLine =
+    (commandLine.tcp?.length ?? 0) + (commandLine.http?.length ?? 0) + (commandLine.udp?.length ?? 0) > 0;
   if (source === undefined || onCommandLine)
     return { values, services: servicesFromValues(commandLine, defaults) };
   let topLevel: NamedService[];
@@ -306,14 +310,16 @@ export async function parseClientArgs(
   const source = commandLine.config === undefined ? undefined : readConfig(commandLine.config);
   const { values, services } = clientSetup(commandLine, source);
   if (services.length === 0) {
-    if (source === undefined) throw new UsageError("--expose HOST:PORT or --http HOST:PORT is required");
+    if (source === undefined)
+      throw new UsageError("--expose HOST:PORT, --http HOST:PORT or --expose-udp HOST:PORT is required");
     throw new ConfigError(
       `${source.file}: no tunnels: add a [[tunnels]] table (bun client.ts --init writes an example) or give --expose/--http`,
     );
   }
   if (commandLine.basicAuth !== undefined && !services.some((service) => service.kind === "http"))
     throw new UsageError("--basic-auth needs --http");
-  const { tcp, http, ports, subdomains, hostHeader, basicAuth, ca, server, config, init, ...others } = values;
+  const { tcp, http, udp, ports, subdomains, hostHeader, basicAuth, ca, server, config, init, ...others } =
+    values;
   const { pool, allow, deny, proxyProtocol, ...rest } = others;
   let caText: string | undefined;
   if (ca !== undefined) {

@@ -25,9 +25,9 @@ import { DEFAULT_CAPACITY, type InspectSetting, parseInspect } from "./inspector
 export interface ExposeOption extends HostPort {
   /** The tunnel's name in the client's set (unique; a config file's `name`, else `tcp-1`, `http-1`, …). */
   name?: string;
-  /** A raw TCP tunnel (default) or an HTTP tunnel at `NAME.DOMAIN`. */
-  kind?: "tcp" | "http";
-  /** TCP: the public port to ask for; absent for any. */
+  /** A raw TCP tunnel (default), an HTTP tunnel at `NAME.DOMAIN`, or a UDP tunnel. */
+  kind?: "tcp" | "http" | "udp";
+  /** TCP, UDP: the public port to ask for; absent for any. */
   publicPort?: number;
   /** HTTP: the name to ask for; absent for a random one. */
   subdomain?: string;
@@ -70,6 +70,13 @@ export const CLIENT_OPTIONS = {
     help: "local service to publish as a TCP tunnel (repeatable: one tunnel each); PORT alone means 127.0.0.1:PORT; IPv6 as [::1]:PORT",
     parse: (text: string, flag: string): HostPort => parseHostPort(text, flag),
   },
+  "expose-udp": {
+    key: "udp",
+    value: "HOST:PORT",
+    multiple: true,
+    help: "local UDP service to publish as a UDP tunnel (repeatable; README: UDP tunnels): each visitor address gets its own socket toward it; PORT alone means 127.0.0.1:PORT",
+    parse: (text: string, flag: string): HostPort => parseHostPort(text, flag),
+  },
   server: {
     key: "server",
     value: "URL",
@@ -84,7 +91,7 @@ export const CLIENT_OPTIONS = {
     value: "N",
     multiple: true,
     defaultText: "any",
-    help: "ask for this public port (repeatable: the n-th --port goes with the n-th --expose)",
+    help: "ask for this public port (repeatable: the n-th --port goes with the n-th --expose, those past the --expose flags with the --expose-udp flags in order)",
     parse: (text: string, flag: string): number => parsePort(text, flag),
   },
   http: {
@@ -196,6 +203,13 @@ export const CLIENT_OPTIONS = {
     help: "ping interval; a server silent for 3 intervals is dead",
     parse: seconds,
   },
+  "udp-idle-timeout": {
+    key: "udpIdleSeconds",
+    value: "SECONDS",
+    default: 60,
+    help: "close a UDP flow's local socket after this long without a datagram either way (the server forgets flows after its own --udp-idle-timeout)",
+    parse: seconds,
+  },
   "max-backoff": {
     key: "maxBackoffSeconds",
     value: "SECONDS",
@@ -235,6 +249,7 @@ export type ClientArgs = Omit<
   ClientValues,
   | "tcp"
   | "http"
+  | "udp"
   | "ports"
   | "subdomains"
   | "hostHeader"
@@ -304,8 +319,9 @@ export function withTunnelSettings(service: NamedService, settings: TunnelSettin
  * @throws {UsageError} for a `--port` or `--subdomain` without its tunnel.
  */
 export function servicesFromValues(values: ClientValues, defaults: ServiceDefaults = values): NamedService[] {
-  const { tcp = [], http = [], ports = [], subdomains = [] } = values;
-  if (ports.length > tcp.length) throw new UsageError("--port given more times than --expose");
+  const { tcp = [], http = [], udp = [], ports = [], subdomains = [] } = values;
+  if (ports.length > tcp.length + udp.length)
+    throw new UsageError("--port given more times than --expose and --expose-udp together");
   if (subdomains.length > http.length) throw new UsageError("--subdomain given more times than --http");
   return [
     ...tcp.map((target, i): NamedService => {
@@ -316,6 +332,11 @@ export function servicesFromValues(values: ClientValues, defaults: ServiceDefaul
       return withTunnelSettings(service, defaults);
     }),
     ...http.map((target, i): NamedService => httpService(`http-${i + 1}`, target, subdomains[i], defaults)),
+    ...udp.map((target, i): NamedService => {
+      const publicPort = ports[tcp.length + i];
+      const service: NamedService = { name: `udp-${i + 1}`, ...target, kind: "udp" };
+      return publicPort === undefined ? service : { ...service, publicPort };
+    }),
   ];
 }
 
@@ -340,7 +361,7 @@ export function httpService(
 
 /** Gives each service without a name one (`tcp-1`, `http-1`, … by kind and position); keeps the others. */
 export function nameServices(services: ExposeOption[]): NamedService[] {
-  const seen = { tcp: 0, http: 0 };
+  const seen = { tcp: 0, http: 0, udp: 0 };
   return services.map((service) => {
     const kind = service.kind ?? "tcp";
     seen[kind]++;

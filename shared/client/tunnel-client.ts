@@ -32,6 +32,7 @@ import {
   CloseCode,
   type Exposed,
   type ExposeRequest,
+  Feature,
   ProtocolError,
   parseControl,
   ResetCode,
@@ -56,6 +57,7 @@ import { InspectorTap } from "./inspector/capture.ts";
 import type { InspectorStore } from "./inspector/store.ts";
 import type { NamedService } from "./options.ts";
 import { RequestLogTap } from "./request-log.ts";
+import { UdpFlows } from "./udp-flows.ts";
 
 /** A live tunnel, as the server announced it. */
 export interface TunnelInfo {
@@ -92,6 +94,8 @@ export interface TunnelClientSettings {
   onExposed?: (tunnel: TunnelInfo) => void;
   /** Called for every tunnel closed at run time ({@link TunnelClient.unexpose}). */
   onClosed?: (tunnel: TunnelInfo) => void;
+  /** `--udp-idle-timeout` in ms: a UDP flow's local socket closes after this long without a datagram. */
+  udpIdleMs?: number;
   /** Called when the connection to the server is lost, and again once it is back (resumed or not). */
   onConnection?: (change: ConnectionChange) => void;
   /** Called for every visitor connection a tunnel receives (once per connection, not per byte). */
@@ -175,6 +179,8 @@ export class TunnelClient {
   private readonly held = new Map<string, Held>();
   /** Tunnels whose unexpose a lost connection cut short: closed again once the session is resumed. */
   private readonly orphans = new Map<string, number>();
+  /** UDP tunnels' flows, each with its socket toward the local service; they outlive a blip. */
+  readonly udp: UdpFlows;
 
   /** The server the connection goes (or last went) to. */
   private target: ServerTarget;
@@ -201,7 +207,14 @@ export class TunnelClient {
     this.closed = new Promise<string>((resolve) => {
       this.giveUp = resolve;
     });
+    this.udp = new UdpFlows({
+      mux: () => this.mux,
+      queued: () => this.connection.ws.bufferedAmount,
+      idleMs: settings.udpIdleMs ?? 60_000,
+      log: settings.log,
+    });
     this.mux = new Mux(null, connection.hello, (frame) => this.accept(frame));
+    this.mux.datagrams = this.udp;
     this.bind(connection);
     this.mux.start((frame) => this.connection.send(frame));
   }
@@ -313,6 +326,7 @@ export class TunnelClient {
     const request: UnexposeRequest = { type: "unexpose", id: this.nextRequest++, tunnel };
     await this.ask(request, "server refused to close the tunnel");
     this.targets.delete(ref);
+    this.udp.removeTunnel(ref);
   }
 
   /** Exposes `service`, asking for what `previous` had; when that is refused and the service did not name a port or name, takes any. */
@@ -333,10 +347,16 @@ export class TunnelClient {
   /** Expose: asks for one tunnel (the same port, name and id again when `wanted` says so). */
   private async expose(local: NamedService, wanted: Wanted = {}): Promise<Held> {
     const http = local.kind === "http";
+    const udp = local.kind === "udp";
+    // An older server would take `kind: "udp"` for a broken client and end the session: ask first.
+    if (udp && !this.connection.hello.features?.includes(Feature.Udp))
+      throw new RefusedError(
+        `server ${this.server} does not serve UDP tunnels (an older sockets server): upgrade it, or drop --expose-udp ${formatHost(local.host)}:${local.port}`,
+      );
     const request: ExposeRequest = {
       type: "expose",
       id: this.nextRequest++,
-      kind: http ? "http" : "tcp",
+      kind: http ? "http" : udp ? "udp" : "tcp",
       port: http ? undefined : (local.publicPort ?? wanted.port),
       subdomain: http ? (local.subdomain ?? wanted.name) : undefined,
       hostHeader: http && !local.preserveHost ? `${formatHost(local.host)}:${local.port}` : undefined,
@@ -347,7 +367,8 @@ export class TunnelClient {
       deny: local.deny,
     };
     const m = (await this.askUntilAnswered(request)) as Exposed;
-    this.targets.set(m.ref, { service: local, announced: { host: m.host, port: m.port } });
+    if (udp) this.udp.addTunnel(m.ref, local);
+    else this.targets.set(m.ref, { service: local, announced: { host: m.host, port: m.port } });
     const lists = (local.allow?.length ?? 0) + (local.deny?.length ?? 0) > 0;
     if (lists && m.access !== true) {
       // An older server ignores the lists: better no tunnel than one open to everyone.
@@ -404,6 +425,7 @@ export class TunnelClient {
       await Promise.race([done, Bun.sleep(2000)]);
     }
     this.mux.destroyAll();
+    this.udp.destroyAll();
     this.giveUp("client closed");
   }
 
@@ -503,7 +525,11 @@ export class TunnelClient {
       liveness.heard();
       try {
         if (typeof event.data === "string") this.onControl(event.data);
-        else this.mux.receive(new Uint8Array(event.data as ArrayBuffer), true);
+        else {
+          this.mux.receive(new Uint8Array(event.data as ArrayBuffer), true);
+          // The datagrams of this message, each flow's in one sendmmsg (their views die with the message).
+          this.udp.flush();
+        }
       } catch (error) {
         const reason = `protocol error: ${describeError(error)}`;
         log.error(reason);
@@ -534,6 +560,7 @@ export class TunnelClient {
         // Credentials withdrawn: trying again cannot help. One line, from whoever awaits `closed`.
         this.closing = true;
         this.mux.destroyAll();
+        this.udp.destroyAll();
         this.giveUp(reason);
       } else if (!this.closing) void this.reconnect(reason, skipHome);
     };
@@ -668,6 +695,7 @@ export class TunnelClient {
             : "server lost the session (restarted?); exposing the tunnels again",
         );
         this.mux.destroyAll();
+        this.udp.destroyAll();
         this.targets.clear();
         this.orphans.clear();
         this.renewMux(conn);
@@ -701,6 +729,7 @@ export class TunnelClient {
     )
       return;
     this.mux = new Mux(null, conn.hello, (frame) => this.accept(frame));
+    this.mux.datagrams = this.udp;
   }
 
   /** Resume: tell the server our positions, then resend what the blip lost. */

@@ -81,6 +81,8 @@ ${CHART_STYLE}
     <div class="total"><b id="t-in">–</b><span>in (from visitors)</span></div>
     <div class="total"><b id="t-out">–</b><span>out (to visitors)</span></div>
     <div class="total"><b id="t-refused">–</b><span>visitors refused</span></div>
+    <div class="total"><b id="t-udp-flows">–</b><span>UDP flows open</span></div>
+    <div class="total"><b id="t-udp-drops" title="">–</b><span>UDP datagrams dropped</span></div>
   </section>
   <h2 id="charts-title">Over time</h2>
   <section class="charts" id="charts" aria-labelledby="charts-title"></section>
@@ -197,6 +199,12 @@ function render() {
   const refused = server.visitorsRefused ?? {};
   $("t-refused").textContent = Object.values(refused).reduce((n, v) => n + v, 0);
   $("t-refused").title = Object.entries(refused).map(([reason, n]) => reason + ": " + n).join(", ") || "none";
+  if (server.udp) {
+    const drops = Object.entries(server.udp.drops);
+    $("t-udp-flows").textContent = server.udp.open;
+    $("t-udp-drops").textContent = drops.reduce((n, [, v]) => n + v, 0);
+    $("t-udp-drops").title = drops.map(([reason, v]) => reason + ": " + v).join(", ");
+  }
 
   const cbody = $("clients");
   const shownClients = clients.filter((c) => matches([c.id, c.user, c.address, c.state]));

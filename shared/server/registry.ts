@@ -9,13 +9,15 @@
 import { deadAfter } from "../liveness.ts";
 import type { Logger } from "../log.ts";
 import { Budget } from "../relay/budget.ts";
-import { DEFAULTS, PROTOCOL_VERSION } from "../wire/protocol.ts";
+import { releaseAfterBursts } from "../relay/release.ts";
+import { DEFAULTS, Feature, PROTOCOL_VERSION } from "../wire/protocol.ts";
 import { accessPermits, tunnelAccess } from "./access-list.ts";
 import type { LinkEndpoint } from "./cluster/link.ts";
 import type { ClusterNode, ClusterStats } from "./cluster/node.ts";
 import { Namespace, type NamespaceSettings } from "./namespace/namespace.ts";
 import type { ServerSettings } from "./options.ts";
 import { Session, type SessionContext, type SessionSocketData, type WebSocketPeer } from "./session.ts";
+import { type UdpStats, udpStats } from "./udp-port.ts";
 import { type Account, SINGLE_KEY_USER, UserDirectory } from "./users.ts";
 import type { WebSocketHandlers } from "./ws-server.ts";
 
@@ -41,6 +43,8 @@ export interface ServerStats {
   pools?: { place: string; members: { tunnel: string; visitors: number; live: boolean }[] }[];
   /** With `--cluster`: this node's name, the nodes alive, names held here and elsewhere, Redis and links. */
   cluster?: ClusterStats;
+  /** UDP tunnels: flows open, datagrams and bytes each way, drops by reason, and the flow settings. */
+  udp: UdpStats;
 }
 
 /** What a reload changed among the users. */
@@ -69,6 +73,7 @@ export class SessionRegistry {
   /** This server's cluster membership, once it joined one. */
   cluster?: ClusterNode;
   private timers: ReturnType<typeof setInterval>[] = [];
+  private stopRelease?: () => void;
 
   /**
    * @param settings the server's options with their defaults applied.
@@ -90,6 +95,7 @@ export class SessionRegistry {
         maxFramePayload: DEFAULTS.maxFramePayload,
         maxStreamsPerTunnel: settings.maxStreamsPerTunnel,
         maxTunnelsPerClient: settings.maxTunnelsPerClient,
+        features: [Feature.Udp],
       },
       graceSeconds: settings.graceSeconds,
       handshakeSeconds: settings.handshakeSeconds,
@@ -182,8 +188,10 @@ export class SessionRegistry {
     close: (ws, code, reason) => ws.data.peer?.onClose(ws, code, reason),
   };
 
-  /** Starts the heartbeat and, when asked for, the visitor idle sweep. */
+  /** Starts the heartbeat, the release of memory after bursts and, when asked for, the visitor idle sweep. */
   watch(): void {
+    const budgets = this.context.budgets;
+    if (budgets) this.stopRelease = releaseAfterBursts([budgets.received, budgets.sent]);
     // Heartbeat: ping every client each interval; one silent for three intervals is dead.
     const heartbeatMs = this.settings.heartbeatSeconds * 1000;
     this.timers.push(
@@ -204,6 +212,12 @@ export class SessionRegistry {
           Math.min(1000, idleMs / 4),
         ),
       );
+  }
+
+  /** Every UDP place's counts and the closed ones' (for /health and /metrics). */
+  udpStats(): UdpStats {
+    const ns = this.namespace;
+    return udpStats(ns.udpSettings, ns.udpClosed, ns.udpPorts());
   }
 
   /** What `/health` says. */
@@ -234,6 +248,7 @@ export class SessionRegistry {
       buffered: { received: budgets?.received.used ?? 0, sent: budgets?.sent.used ?? 0 },
       largestWindow,
       ...(this.context.healthDetail ? { users: this.userStats(all) } : {}),
+      udp: this.udpStats(),
       ...(pools.length > 0 ? { pools } : {}),
       ...(this.cluster ? { cluster: this.cluster.stats() } : {}),
     };
@@ -259,6 +274,7 @@ export class SessionRegistry {
   async drainAll(): Promise<void> {
     this.draining = true;
     for (const timer of this.timers) clearInterval(timer);
+    this.stopRelease?.();
     const drainMs = this.settings.drainSeconds * 1000;
     await Promise.all([...this.sessions.values()].map((session) => session.drain(drainMs)));
     for (const session of [...this.sessions.values()]) session.end();
@@ -276,6 +292,7 @@ function namespaceSettings(settings: ServerSettings, host: string): NamespaceSet
     // The server's lists and the user's bind every tunnel of the user; a reload swaps them at once.
     operatorRefuses: (account, ip) => !accessPermits(ip, server, account?.limits.access),
     tunnelFilter: (request) => tunnelAccess(request),
+    udp: { idleMs: settings.udpIdleSeconds * 1000, maxFlows: settings.udpMaxFlows },
   };
 }
 

@@ -72,7 +72,7 @@ describe("client: bad input", () => {
       ["--expose", "127.0.0.1:80", "--bogus"],
       /^error: unknown option --bogus \(see --help\)$/,
     ],
-    ["no --expose", [], /--expose HOST:PORT or --http HOST:PORT is required/],
+    ["no --expose", [], /--expose HOST:PORT, --http HOST:PORT or --expose-udp HOST:PORT is required/],
     [
       "--subdomain that is not a DNS label",
       ["--http", "3000", "--subdomain", "UPPER"],

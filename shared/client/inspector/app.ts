@@ -30,8 +30,8 @@ import { connectionView, exchangeDetail, exchangeSummary } from "./view.ts";
 export interface InspectedTunnel {
   /** The tunnel's name in the client's set (`http-1`, a config file's name). */
   name: string;
-  kind: "tcp" | "http";
-  /** Its public URL. */
+  kind: "tcp" | "http" | "udp";
+  /** Its public URL (`udp://HOST:PORT` for UDP tunnels). */
   url: string;
   /** The local service, and the PROXY protocol header it wants first (replays send one too). */
   local: HostPort & { proxyProtocol?: ProxyVersion };
@@ -278,7 +278,12 @@ export function inspectorApp(source: InspectorSource): Hono {
         name: tunnel.name,
         uri: `/api/tunnels/${encodeURIComponent(tunnel.name)}`,
         public_url: tunnel.url,
-        proto: tunnel.kind === "http" ? (tunnel.url.startsWith("https:") ? "https" : "http") : "tcp",
+        proto:
+          tunnel.kind === "http"
+            ? tunnel.url.startsWith("https:")
+              ? "https"
+              : "http"
+            : (tunnel.kind ?? "tcp"),
         config: { addr: `${tunnel.local.host}:${tunnel.local.port}` },
       })),
     }),

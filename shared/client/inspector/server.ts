@@ -75,7 +75,13 @@ export function startInspector(
 /** A tunnel as the client holds it (the fields the inspector reads). */
 interface HeldTunnel {
   url: string;
-  local: { name: string; kind?: "tcp" | "http"; host: string; port: number; proxyProtocol?: ProxyVersion };
+  local: {
+    name: string;
+    kind?: "tcp" | "http" | "udp";
+    host: string;
+    port: number;
+    proxyProtocol?: ProxyVersion;
+  };
 }
 
 /**

@@ -28,8 +28,11 @@ import {
   SentinelWatch,
 } from "./sentinel.ts";
 
-/** A lease's name: an HTTP tunnel's name or a public TCP port. */
-export type LeaseKey = `http:${string}` | `tcp:${number}`;
+/**
+ * A lease's name: an HTTP tunnel's name or a public TCP port (a UDP port's `udp:PORT` is in the type
+ * because the namespace's places are; no node leases one yet: UDP tunnels are refused in a cluster).
+ */
+export type LeaseKey = `http:${string}` | `tcp:${number}` | `udp:${number}`;
 
 /** What Redis stores for a lease (JSON at `sockets:lease:KEY`). */
 export interface LeaseRecord {

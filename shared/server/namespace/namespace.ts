@@ -1,5 +1,5 @@
 /**
- * The server's namespace: which public TCP ports and HTTP names exist, who holds each (a session's
+ * The server's namespace: which public TCP and UDP ports and HTTP names exist, who holds each (a session's
  * tunnel, a pool of them, a session in its grace period, or another node through its cluster lease),
  * the rules for taking one, and where each visitor goes (port or name → a tunnel → a stream).
  *
@@ -19,6 +19,7 @@ import { type ExposeRequest, StreamKind } from "../../wire/protocol.ts";
 import { placeOfLease } from "../cluster/directory.ts";
 import type { ClusterNode } from "../cluster/node.ts";
 import { listenPublic, PortError } from "../public-port.ts";
+import { newUdpCounters, type UdpCounters, UdpPort, type UdpSettings } from "../udp-port.ts";
 import { type Account, describeRanges } from "../users.ts";
 import type {
   Holding,
@@ -56,7 +57,12 @@ export interface NamespaceSettings {
    * @throws {Error} one line naming a bad rule: the claim is refused with it.
    */
   tunnelFilter?(request: ExposeRequest): VisitorFilter | undefined;
+  /** UDP places' flow settings (a reload applies them to UDP ports opened afterwards); default 60 s, 1,024. */
+  udp?: UdpSettings;
 }
+
+/** `--udp-idle-timeout` and `--udp-max-flows` when the settings name none. */
+const DEFAULT_UDP: UdpSettings = { idleMs: 60_000, maxFlows: 1024 };
 
 /** Why a visitor was refused before reaching a client (`sockets_visitors_refused_total{reason}`). */
 export type RefusedReason = "denied" | "offline" | "limit" | "unknown";
@@ -71,6 +77,8 @@ class Place {
    * for a pool that other nodes hold too, this node's member lease beside it (`KEY~NODE`).
    */
   lease?: PlaceKey;
+  /** UDP: the public socket and its flows, shared by a pool's members. */
+  udp?: UdpPort;
   /** Where the next visitor's round-robin turn starts among equally loaded members. */
   turn = 0;
   /** HTTP: the route the ingress uses, made once. */
@@ -98,6 +106,20 @@ export class Namespace {
   private cluster?: ClusterNode;
   /** Told of each visitor refused before it reached a client (the metrics count them). */
   onRefused?: (reason: RefusedReason) => void;
+  /** UDP counts of places already closed, and of datagrams no place can be named for. */
+  readonly udpClosed: UdpCounters = newUdpCounters();
+
+  /** The UDP flow settings now (`--udp-idle-timeout`, `--udp-max-flows`). */
+  get udpSettings(): UdpSettings {
+    return this.settings.udp ?? DEFAULT_UDP;
+  }
+
+  /** Every UDP place's public port (for /health and /metrics). */
+  udpPorts(): UdpPort[] {
+    const ports: UdpPort[] = [];
+    for (const place of this.places.values()) if (place.udp !== undefined) ports.push(place.udp);
+    return ports;
+  }
 
   /**
    * @param settings the rules (replaced on reload by {@link Namespace.reconfigure}).
@@ -186,7 +208,12 @@ export class Namespace {
     };
     // Taken before a cluster lease is awaited: two claims in flight never get one id.
     this.tunnelIds.add(id);
-    const placed = request.kind === "http" ? this.placeHttp(tunnel, request) : this.placeTcp(tunnel, request);
+    const placed =
+      request.kind === "http"
+        ? this.placeHttp(tunnel, request)
+        : request.kind === "udp"
+          ? this.placeUdp(tunnel, request)
+          : this.placeTcp(tunnel, request);
     if (placed instanceof Promise) return placed.then((result) => this.settle(tunnel, result));
     return this.settle(tunnel, placed);
   }
@@ -202,7 +229,7 @@ export class Namespace {
     const domain = this.settings.domain;
     tunnel.url =
       tunnel.name === undefined
-        ? `${formatHost(domain)}:${tunnel.port}`
+        ? `${tunnel.kind === "udp" ? "udp://" : ""}${formatHost(domain)}:${tunnel.port}`
         : `${this.httpScheme}://${tunnel.name}.${domain}:${tunnel.port}`;
     return tunnel;
   }
@@ -219,6 +246,7 @@ export class Namespace {
       const at = place.tunnels.indexOf(tunnel);
       if (at >= 0) place.tunnels.splice(at, 1);
       if (place.tunnels.length === 0) this.close(place, closeVisitors);
+      else if (tunnel.udpMember !== undefined) place.udp?.forgetMember(tunnel.udpMember);
     }
     if (this.tunnelIds.delete(tunnel.id) && tunnel.holder.account !== undefined)
       tunnel.holder.account.tunnels--;
@@ -230,6 +258,7 @@ export class Namespace {
       this.listening.delete(place.listener);
       place.listener.stop(closeVisitors);
     }
+    place.udp?.close(this.udpClosed);
     if (place.lease !== undefined) {
       this.cluster?.release(place.lease);
       place.lease = undefined;
@@ -389,6 +418,73 @@ export class Namespace {
         return bind();
       });
     return this.leaseAnyPort(cluster, tunnel, bind);
+  }
+
+  /**
+   * A UDP tunnel: its own public UDP port, under the TCP ports' rules (the server's `--tcp-ports`,
+   * the user's ranges, no privileged port without a range, pools of one user, grace). Binding is
+   * asynchronous; a port asked for that a claim in flight is binding is refused as taken. Not yet in a
+   * cluster: the node link does not carry datagrams.
+   */
+  private placeUdp(tunnel: Tunnel, request: ExposeRequest): Refusal | null | Promise<Refusal | null> {
+    if (this.cluster !== undefined)
+      return {
+        code: "no_udp",
+        message: "UDP tunnels are not served by a cluster yet (this server runs with --cluster)",
+      };
+    const where = tcpRanges(request.port, tunnel.holder.account, this.settings.tcpPorts);
+    if (!("ranges" in where)) return where;
+    const asked = request.port;
+    const flows = tunnel.holder.udpFlows?.();
+    if (flows === undefined) return { code: "no_udp", message: "this session cannot hold UDP tunnels" };
+    tunnel.udpMember = { ref: tunnel.ref, flows };
+    if (asked !== undefined) {
+      tunnel.port = asked;
+      const held = this.places.get(`udp:${asked}`);
+      if (held !== undefined) return this.joinUdp(held, tunnel, `port ${asked}/udp`);
+    }
+    let place: Place | undefined;
+    const choose = (address: string) => {
+      const chosen = place === undefined ? "offline" : this.choose(place, address);
+      return typeof chosen === "string"
+        ? chosen === "denied"
+          ? "denied"
+          : "offline"
+        : (chosen.udpMember ?? "offline");
+    };
+    const request_ = { host: this.settings.host, port: asked, ranges: where.ranges, own: this.ownPorts };
+    return UdpPort.open(request_, this.udpSettings, choose).then(
+      (port) => {
+        const key: PlaceKey = `udp:${port.port}`;
+        // Another claim opened the same place while this one was binding (port 0 twice cannot happen).
+        const held = this.places.get(key);
+        if (held !== undefined) {
+          port.close(this.udpClosed);
+          return this.joinUdp(held, tunnel, `port ${port.port}/udp`);
+        }
+        place = new Place(key, tunnel.pool, tunnel.holder.account);
+        place.udp = port;
+        tunnel.udp = port;
+        tunnel.port = port.port;
+        return this.open(place, tunnel);
+      },
+      (error: unknown) => {
+        const refusal = {
+          code: error instanceof PortError ? error.code : "listen_failed",
+          message: (error as Error).message,
+        };
+        // "In use" is true but useless when a dropped client's session holds it: say for how long.
+        const held = asked === undefined ? undefined : this.places.get(`udp:${asked}`);
+        return held === undefined ? refusal : this.joinUdp(held, tunnel, `port ${asked}/udp`);
+      },
+    );
+  }
+
+  /** A UDP place held here already: join its pool (sharing its socket), or be told why not. */
+  private joinUdp(place: Place, tunnel: Tunnel, what: string): Refusal | null {
+    const refused = this.joinHeld(place, tunnel, what);
+    if (refused === null) tunnel.udp = place.udp;
+    return refused;
   }
 
   /** Cluster, any port: bind one, lease it; another one when some node holds it already (8 tries). */
