@@ -48,6 +48,8 @@ export interface StartClientOptions {
   expose?: readonly ServiceSpec[];
   /** Services to publish as HTTP tunnels at `NAME.DOMAIN` (`--http`). */
   http?: readonly ServiceSpec[];
+  /** UDP services to publish as UDP tunnels (`--expose-udp`). */
+  udp?: readonly ServiceSpec[];
   /** API key the server wants (`SOCKETS_API_KEY` on the command line). */
   apiKey?: string;
   /** PEM CA certificate(s) to trust for `wss://` (the text, not a path). */
@@ -105,15 +107,26 @@ export interface Client extends ClientHandle {
 type TunnelDefaults = Pick<StartClientOptions, "pool" | "allow" | "deny" | "proxyProtocol">;
 
 /** Command-line options a program does not pass (it has `expose`/`http` objects, and no config file). */
-const COMMAND_LINE_ONLY = ["expose", "http", "port", "subdomain", "server", "ca", "config", "watch", "init"];
+const COMMAND_LINE_ONLY = [
+  "expose",
+  "expose-udp",
+  "http",
+  "port",
+  "subdomain",
+  "server",
+  "ca",
+  "config",
+  "watch",
+  "init",
+];
 /** The options table a library call is checked against. */
 const LIBRARY_TABLE: OptionTable = Object.fromEntries(
   Object.entries(CLIENT_OPTIONS).filter(([flag]) => !COMMAND_LINE_ONLY.includes(flag)),
 );
-const OWN = ["server", "expose", "http", "apiKey", "ca", "logRequest"];
+const OWN = ["server", "expose", "http", "udp", "apiKey", "ca", "logRequest"];
 
 /** One service of `expose` or `http`, checked as `flag` checks it on the command line. */
-function service(spec: ServiceSpec, kind: "tcp" | "http", flag: string): ExposeOption {
+function service(spec: ServiceSpec, kind: "tcp" | "http" | "udp", flag: string): ExposeOption {
   if (typeof spec === "number" || typeof spec === "string")
     return { ...parseHostPort(String(spec), flag), kind };
   if (typeof spec !== "object" || spec === null)
@@ -150,6 +163,7 @@ export function clientOptions(input: StartClientOptions): ClientOptions {
     server = CLIENT_OPTIONS.server.default,
     expose = [],
     http = [],
+    udp = [],
     hostHeader,
     basicAuth,
     logRequests,
@@ -162,13 +176,15 @@ export function clientOptions(input: StartClientOptions): ClientOptions {
   for (const [flag, list] of [
     ["--expose", expose],
     ["--http", http],
+    ["--expose-udp", udp],
   ] as const)
     if (!Array.isArray(list))
       throw new UsageError(`${flag}: a list of services is expected (e.g. [3000, "127.0.0.1:8080"])`);
-  if (expose.length === 0 && http.length === 0)
-    throw new UsageError("--expose HOST:PORT or --http HOST:PORT is required");
+  if (expose.length === 0 && http.length === 0 && udp.length === 0)
+    throw new UsageError("--expose HOST:PORT, --http HOST:PORT or --expose-udp HOST:PORT is required");
   const services = [
     ...expose.map((spec) => service(spec, "tcp", "--expose")),
+    ...udp.map((spec) => service(spec, "udp", "--expose-udp")),
     // HTTP services take the top-level host-header mode, basic auth and request log unless they set their own.
     ...http.map((spec): ExposeOption => {
       const checked: ExposeOption = {
