@@ -48,7 +48,7 @@ export interface StartClientOptions {
   expose?: readonly ServiceSpec[];
   /** Services to publish as HTTP tunnels at `NAME.DOMAIN` (`--http`). */
   http?: readonly ServiceSpec[];
-  /** UDP services to publish as UDP tunnels (`--expose-udp`). */
+  /** UDP services to publish, datagrams kept whole (`--expose-udp`). */
   udp?: readonly ServiceSpec[];
   /** API key the server wants (`SOCKETS_API_KEY` on the command line). */
   apiKey?: string;
@@ -109,8 +109,8 @@ type TunnelDefaults = Pick<StartClientOptions, "pool" | "allow" | "deny" | "prox
 /** Command-line options a program does not pass (it has `expose`/`http` objects, and no config file). */
 const COMMAND_LINE_ONLY = [
   "expose",
-  "expose-udp",
   "http",
+  "expose-udp",
   "port",
   "subdomain",
   "server",
