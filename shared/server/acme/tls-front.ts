@@ -108,7 +108,15 @@ const ACME_TLS_ALPN = "acme-tls/1";
 interface Terminator {
   certificate: Certificate;
   ingress: HttpIngress;
+  /** Loopback connections to it open now. */
+  pipes: number;
+  /** Replaced (a renewal) or idle: accepts no more, and closes for good once its last pipe closed. */
+  retired: boolean;
+  lastUsed: number;
 }
+
+/** A terminator unused this long is retired (its listener and timers go; the next visitor makes a new one). */
+const TERMINATOR_IDLE_MS = 10 * 60_000;
 
 /** Opens the HTTPS front; see the module comment. */
 export function listenTlsFront(options: TlsFrontOptions): TlsFront {
@@ -116,6 +124,8 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
   const headTimeoutMs = options.headTimeoutSeconds * 1000;
   const open = new Set<Socket<FrontData>>();
   const terminators = new Map<Certificate, Terminator>();
+  /** Every terminator not closed for good yet, retired ones included. */
+  const living = new Set<Terminator>();
   const challengeListeners = new Map<string, { pem: string; listener: TCPSocketListener<undefined> }>();
   /** Visitor addresses by the local port of the front's loopback connection (the ingress's remote port). */
   const visitors = new Map<number, string>();
@@ -131,15 +141,34 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
   }, SWEEP_MS);
   sweep.unref?.();
 
-  /** The terminator for a certificate, made on first use; those of replaced certificates stop. */
+  /**
+   * Retires a terminator: no new connections (those open go on); once its last pipe closed, its
+   * listener and timers are gone.
+   */
+  function retire(terminator: Terminator): void {
+    if (!terminator.retired) {
+      terminator.retired = true;
+      terminator.ingress.stop(false);
+      if (terminators.get(terminator.certificate) === terminator) terminators.delete(terminator.certificate);
+    }
+    if (terminator.pipes === 0) {
+      terminator.ingress.stop(true);
+      living.delete(terminator);
+    }
+  }
+
+  const idleSweep = setInterval(() => {
+    const now = performance.now();
+    for (const terminator of [...terminators.values()])
+      if (terminator.pipes === 0 && now - terminator.lastUsed > TERMINATOR_IDLE_MS) retire(terminator);
+  }, 60_000);
+  idleSweep.unref?.();
+
+  /** The terminator for a certificate, made on first use; those of replaced certificates retire. */
   function terminatorFor(certificate: Certificate): Terminator {
     if (certificates.version !== version) {
       version = certificates.version;
-      for (const [cert, old] of terminators)
-        if (!certificates.isCurrent(cert)) {
-          old.ingress.stop(false); // no new connections; those open go on
-          terminators.delete(cert);
-        }
+      for (const [cert, old] of [...terminators]) if (!certificates.isCurrent(cert)) retire(old);
     }
     let terminator = terminators.get(certificate);
     if (terminator === undefined) {
@@ -151,9 +180,11 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
         visitorAddress: (socket) => visitors.get(socket.remotePort),
         log,
       });
-      terminator = { certificate, ingress };
+      terminator = { certificate, ingress, pipes: 0, retired: false, lastUsed: 0 };
       terminators.set(certificate, terminator);
+      living.add(terminator);
     }
+    terminator.lastUsed = performance.now();
     return terminator;
   }
 
@@ -222,8 +253,14 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
       return;
     }
     const certificate = certificates.select(serverName);
-    if (certificate !== undefined) pipeTo(socket, terminatorFor(certificate).ingress.port);
-    else
+    if (certificate !== undefined) {
+      const terminator = terminatorFor(certificate);
+      terminator.pipes++;
+      pipeTo(socket, terminator.ingress.port, () => {
+        terminator.pipes--;
+        if (terminator.retired) retire(terminator);
+      });
+    } else
       refuse(
         socket,
         Alert.UnrecognizedName,
@@ -246,12 +283,18 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
   }
 
   /** Carries the connection to a loopback TLS listener, the bytes read so far first. */
-  function pipeTo(socket: Socket<FrontData>, port: number): void {
+  function pipeTo(socket: Socket<FrontData>, port: number, onClosed?: () => void): void {
     const pipe: Pipe = { toPeer: socket.data.head, visitorEnded: false, closed: false };
     socket.data.phase = "pipe";
     socket.data.head = EMPTY;
     socket.data.pipe = pipe;
     const visitor = `${formatHost(unmappedAddress(socket.remoteAddress))}`;
+    let finished = false;
+    const finish = () => {
+      if (finished) return;
+      finished = true;
+      onClosed?.();
+    };
     Bun.connect<PipeData>({
       hostname: "127.0.0.1",
       port,
@@ -294,16 +337,19 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
             pipe.closed = true;
             socket.end();
           }
+          finish();
         },
         error() {},
         connectError() {
           pipe.closed = true;
           socket.terminate();
+          finish();
         },
       },
     }).catch(() => {
       pipe.closed = true;
       socket.terminate();
+      finish();
     });
   }
 
@@ -425,9 +471,10 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
     port: listener.port,
     stop(closeActive = false) {
       listener.stop(closeActive);
-      for (const terminator of terminators.values()) terminator.ingress.stop(closeActive);
+      for (const terminator of living) terminator.ingress.stop(closeActive);
       if (closeActive) {
         clearInterval(sweep);
+        clearInterval(idleSweep);
         for (const socket of open) socket.terminate();
         open.clear();
         for (const { listener: challenge } of challengeListeners.values()) challenge.stop(true);
