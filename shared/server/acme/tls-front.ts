@@ -86,6 +86,8 @@ interface Pipe {
   /** Bytes for the visitor not taken yet. */
   toVisitor?: Uint8Array;
   visitorEnded: boolean;
+  /** The terminator sent FIN: passed on once {@link toVisitor} is written. */
+  peerEnded: boolean;
   closed: boolean;
 }
 
@@ -99,6 +101,9 @@ interface PipeData {
  * quadratic time until the head timeout.
  */
 const MAX_HELLO_READS = 32;
+
+/** How long a visitor has to read the last bytes of a connection its terminator closed. */
+const LINGER_MS = 10_000;
 
 /** How often deadlines are checked. */
 const SWEEP_MS = 250;
@@ -133,11 +138,16 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
 
   const sweep = setInterval(() => {
     const now = performance.now();
-    for (const socket of open)
-      if (socket.data.phase === "hello" && now >= socket.data.deadline) {
-        socket.data.phase = "done";
+    for (const socket of open) {
+      const data = socket.data;
+      // A ClientHello not complete in time, or a visitor that does not take the last bytes of a
+      // connection the terminator closed.
+      const lingering = data.phase === "pipe" && data.pipe?.closed === true;
+      if ((data.phase === "hello" || lingering) && now >= data.deadline) {
+        data.phase = "done";
         socket.terminate();
       }
+    }
   }, SWEEP_MS);
   sweep.unref?.();
 
@@ -284,7 +294,7 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
 
   /** Carries the connection to a loopback TLS listener, the bytes read so far first. */
   function pipeTo(socket: Socket<FrontData>, port: number, onClosed?: () => void): void {
-    const pipe: Pipe = { toPeer: socket.data.head, visitorEnded: false, closed: false };
+    const pipe: Pipe = { toPeer: socket.data.head, visitorEnded: false, peerEnded: false, closed: false };
     socket.data.phase = "pipe";
     socket.data.head = EMPTY;
     socket.data.pipe = pipe;
@@ -329,13 +339,19 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
           }
         },
         end() {
-          socket.shutdown();
+          pipe.peerEnded = true;
+          if (pipe.toVisitor === undefined) socket.shutdown();
         },
         close(peer) {
           visitors.delete(peer.localPort);
           if (!pipe.closed) {
             pipe.closed = true;
-            socket.end();
+            // What the terminator sent last still goes out first; the visitor has a while to read it.
+            if (pipe.toVisitor === undefined) socket.end();
+            else {
+              pipe.peerEnded = true;
+              socket.data.deadline = performance.now() + LINGER_MS;
+            }
           }
           finish();
         },
@@ -431,7 +447,9 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
             if (n < pending.length) pipe.toVisitor = pending.subarray(n);
             else {
               pipe.toVisitor = undefined;
-              pipe.peer?.resume();
+              if (pipe.closed) socket.end();
+              else if (pipe.peerEnded) socket.shutdown();
+              else pipe.peer?.resume();
             }
           }
         }
