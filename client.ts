@@ -18,7 +18,7 @@
 
 import { lookup } from "node:dns/promises";
 import { existsSync } from "node:fs";
-import { type HostPort, usageLine } from "./shared/args.ts";
+import { usageLine } from "./shared/args.ts";
 import { DEFAULT_CONFIG_FILE, parseClientArgs } from "./shared/client/config.ts";
 import { writeExample } from "./shared/client/init.ts";
 import { type InspectorListener, serveInspector } from "./shared/client/inspector/server.ts";
@@ -34,11 +34,28 @@ import {
 } from "./shared/client/options.ts";
 import { type ApplyResult, applyTunnels, ConfigReloader, type TunnelSet } from "./shared/client/reload.ts";
 import { batchedLines } from "./shared/client/request-log.ts";
-import { ClientError, RefusedError, TunnelClient, type TunnelInfo } from "./shared/client/tunnel-client.ts";
+import {
+  ClientError,
+  type ConnectionChange,
+  RefusedError,
+  TunnelClient,
+  type TunnelInfo,
+  type VisitorInfo,
+} from "./shared/client/tunnel-client.ts";
+import type { UdpClientCounters } from "./shared/client/udp-flows.ts";
 import { commandName, createLogger, describeError } from "./shared/log.ts";
 import { helpText } from "./shared/options.ts";
+import { versionLine } from "./shared/version.ts";
 
-export { ClientError, type ExposeOption, type NamedService, parseClientArgs, type TunnelInfo };
+export {
+  ClientError,
+  type ConnectionChange,
+  type ExposeOption,
+  type NamedService,
+  parseClientArgs,
+  type TunnelInfo,
+  type VisitorInfo,
+};
 
 /** Everything the client can be told; the CLI fills it from flags, env and the config file. */
 export type ClientOptions = Omit<ClientArgs, "server" | "servers" | "expose" | "inspect"> & {
@@ -55,6 +72,10 @@ export type ClientOptions = Omit<ClientArgs, "server" | "servers" | "expose" | "
   onExposed?: (tunnel: TunnelInfo) => void;
   /** Called for every tunnel closed at run time (removed or changed by a reload). */
   onClosed?: (tunnel: TunnelInfo) => void;
+  /** Called when the connection to the server is lost (the client reconnects by itself) and when it is back. */
+  onConnection?: (change: ConnectionChange) => void;
+  /** Called for every visitor connection a tunnel receives. */
+  onVisitor?: (visitor: VisitorInfo) => void;
   /** The request inspector: off when absent; `default` is 127.0.0.1:4040 or the next free port. */
   inspect?: InspectSetting | "default";
 };
@@ -67,8 +88,8 @@ export interface ClientHandle extends TunnelSet {
   readonly server: string;
   /** Brings the tunnels to `services` by name: adds, closes, re-exposes the changed, leaves the rest. */
   update(services: NamedService[]): Promise<ApplyResult>;
-  /** Open streams (visitor connections) on this client. */
-  stats(): { streams: number };
+  /** Open streams (visitor connections) on this client, and its UDP tunnels' flows and counts. */
+  stats(): { streams: number; udp: { open: number } & UdpClientCounters };
   /** The request inspector, when on: its URL and what it captured. */
   inspector?: { url: string; store: InspectorStore };
   /** Resolves with the reason once the client gave up (auth rejected, …) or was closed. */
@@ -95,10 +116,13 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     insecure: options.insecure,
     heartbeatMs: (options.heartbeatSeconds ?? CLIENT_OPTIONS.heartbeat.default) * 1000,
     maxBackoffMs: (options.maxBackoffSeconds ?? CLIENT_OPTIONS["max-backoff"].default) * 1000,
+    udpIdleMs: (options.udpIdleSeconds ?? CLIENT_OPTIONS["udp-idle-timeout"].default) * 1000,
     logRequest: options.logRequest,
     inspector: store,
     onExposed: options.onExposed,
     onClosed: options.onClosed,
+    onConnection: options.onConnection,
+    onVisitor: options.onVisitor,
     log,
   });
   let inspector: InspectorListener | undefined;
@@ -122,7 +146,10 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
     add: (service, previous) => client.add(service, previous),
     unexpose: (name) => client.unexpose(name),
     update: (services) => applyTunnels(client, services, log),
-    stats: () => ({ streams: client.mux.streams.size }),
+    stats: () => ({
+      streams: client.mux.streams.size,
+      udp: { ...client.udp.counters, open: client.udp.flows.size },
+    }),
     inspector: inspector && store && { url: inspector.url, store },
     closed: client.closed,
     close: () => {
@@ -133,11 +160,12 @@ export async function startClient(options: ClientOptions): Promise<ClientHandle>
 }
 
 /** Fails early, with one line, when an `--expose` host does not resolve. */
-async function checkResolves(target: HostPort): Promise<void> {
+async function checkResolves(target: ExposeOption): Promise<void> {
   try {
     await lookup(target.host);
   } catch {
-    throw new ClientError(`--expose: cannot resolve host '${target.host}'`);
+    const flag = target.kind === "udp" ? "--expose-udp" : target.kind === "http" ? "--http" : "--expose";
+    throw new ClientError(`${flag}: cannot resolve host '${target.host}'`);
   }
 }
 
@@ -149,7 +177,8 @@ export const HELP = helpText(
   `\nConfig file: ${commandName("client.ts")} --init writes a commented example; README.md, section "Config file",\nlists every key, which tunnels are published, and what a reload (SIGHUP, --watch) changes.\n`,
 );
 
-async function main(): Promise<void> {
+/** The `client` command: reads process.argv and runs until a signal (the package's `bin` entry calls it too). */
+export async function main(): Promise<void> {
   let options: Awaited<ReturnType<typeof parseClientArgs>>;
   try {
     options = await parseClientArgs(process.argv.slice(2), process.env);
@@ -161,6 +190,7 @@ async function main(): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
+  if (options === "version") return void process.stdout.write(versionLine("client"));
   if ("init" in options) {
     try {
       return void process.stdout.write(writeExample(options.init));

@@ -40,11 +40,12 @@ import {
 } from "./shared/server/options.ts";
 import { defaultHost } from "./shared/server/public-port.ts";
 import { type ServerStats, SessionRegistry } from "./shared/server/registry.ts";
+import { versionLine } from "./shared/version.ts";
 
 export { parseServerArgs, type ServerOptions, type ServerStats };
 
 /** What the command line asked for: the options, and how to read the config file again. */
-type ServerCommand = Exclude<ReturnType<typeof parseServerCommand>, "help">;
+type ServerCommand = Exclude<ReturnType<typeof parseServerCommand>, "help" | "version">;
 
 /** A running server. */
 export interface ServerHandle {
@@ -166,6 +167,7 @@ function countMetrics(registry: SessionRegistry, options: ServerOptions): Server
     certificates: () => registry.certificateStats?.(),
     pools: () =>
       registry.namespace.pools().map(({ key, members }) => ({ place: key, members: members.length })),
+    udp: () => registry.udpStats(),
   });
   registry.context.metrics = metrics;
   registry.namespace.onRefused = (reason) => metrics.visitorRefused(reason);
@@ -242,9 +244,10 @@ export const HELP = helpText(
     'See README.md, section "Config file".\n',
 );
 
-async function main(): Promise<void> {
+/** The `server` command: reads process.argv and runs until a signal (the package's `bin` entry calls it too). */
+export async function main(): Promise<void> {
   const argv = process.argv.slice(2);
-  let command: ServerCommand | "help";
+  let command: ServerCommand | "help" | "version";
   try {
     if (argv[0] === "hash-token") {
       process.stdout.write(await hashTokenCommand(argv.slice(1), () => Bun.stdin.text()));
@@ -259,6 +262,7 @@ async function main(): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
+  if (command === "version") return void process.stdout.write(versionLine("server"));
   const { options, reload } = command;
   // Signals are handled from the first moment: one arriving during start-up still exits cleanly.
   let handle: ServerHandle | undefined;

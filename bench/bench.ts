@@ -10,6 +10,7 @@
  * bun run bench --only direct,ssh,sockets --measures longpath   # the long-path section alone
  * bun run bench --measures http      # the HTTP section alone: HTTP tunnels (both ports), TCP tunnel, direct
  * bun run bench --measures cluster   # the cluster section alone (also: bun bench/cluster.ts)
+ * bun run bench --measures udp       # the UDP section alone (also: bun bench/udp.ts)
  * ```
  * @module
  */
@@ -17,9 +18,11 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { cpus, release } from "node:os";
 import { parseArgs } from "node:util";
+import { type BudgetMemoryResult, budgetMemoryReport, runBudgetMemory } from "./budget-memory.ts";
 import { CLUSTER_FULL, CLUSTER_QUICK, type ClusterResult, clusterReport, runCluster } from "./cluster.ts";
 import { HTTP_FULL, HTTP_QUICK, type HttpResult, httpReport, runHttp } from "./http.ts";
 import { LONG_PATH_PROVIDERS, type LongPathProvider, longPathReport, runLongPath } from "./longpath.ts";
+import { type ManyClientsResult, manyClientsReport, runManyClients } from "./many-clients.ts";
 import {
   bulk,
   connRate,
@@ -34,7 +37,7 @@ import {
 } from "./measure.ts";
 import { buildNative, ROOT } from "./native.ts";
 import { killAll, type Proc, run, spawn } from "./procs.ts";
-import { PROVIDER_NAMES, PROVIDERS, type ProviderName } from "./providers.ts";
+import { PROVIDER_NAMES, PROVIDERS, type ProviderName, setSocketsBase } from "./providers.ts";
 import {
   cpuTable,
   floorTable,
@@ -43,8 +46,10 @@ import {
   markdownTable,
   othersPct,
   type ProviderResult,
+  referenceTable,
   type SampleKey,
 } from "./report.ts";
+import { runUdp, UDP_FULL, UDP_QUICK, type UdpResult, udpReport } from "./udp.ts";
 
 /** Measurement groups, in the order they run on each tunnel. */
 export const MEASURES = [
@@ -56,6 +61,9 @@ export const MEASURES = [
   "longpath",
   "http",
   "cluster",
+  "udp",
+  "budget",
+  "clients",
 ] as const;
 
 /** A measurement group name. */
@@ -86,7 +94,14 @@ Options:
                        small GET and 64 B POST (wrk), 200 MiB each way (sha256), WebSocket echo (http.ts)
                        cluster: a redis-server and two nodes: a visitor at node A for a client at node B
                        against the same visitor at B, two nodes' aggregate bulk against one (cluster.ts)
-  --sockets-root DIR   longpath, http: run sockets from another checkout (for a before/after table)
+                       udp: UDP tunnels: 64 B request/response beside direct and the TCP tunnel, iperf3 -u
+                       at 10/100/500 Mbit/s beside direct, a TCP stream beside a saturating UDP flow (udp.ts)
+                       budget: 40 visitors flood a local service that never reads: the server's RSS
+                       idle, at the peak and 10 s after, against its client budget (budget-memory.ts)
+                       clients: 2,000 idle clients with a TCP tunnel each: the server's KiB per client and
+                       CPU while they idle (many-clients.ts)
+  --sockets-root DIR   longpath, http, budget: run sockets from another checkout (for a before/after table);
+                       the loopback measures run it as provider sockets-base
   -h, --help           show this help
 `;
 
@@ -298,10 +313,26 @@ function floorSection(
   ];
 }
 
+/** The table against rathole (issue 30's targets are ratios to it), with its lead-in; nothing when it did not run. */
+function ratholeSection(
+  results: Partial<Record<ProviderName, ProviderResult>>,
+  params: { bulkConns: number; holdCount: number },
+): string[] {
+  const table = referenceTable(results, "rathole", params.bulkConns, params.holdCount, true);
+  if (!table) return [];
+  return [
+    "Against rathole 0.5.0 (the fastest peer tunnel; each figure and its ratio to rathole's in this run; for latency, connection p99 and memory lower is better):",
+    "",
+    table,
+    "",
+  ];
+}
+
 /** Runs the benchmark; resolves with the markdown report. */
 export async function runBench(options: BenchOptions): Promise<string> {
   const started = performance.now();
   const params = { ...(options.quick ? QUICK : FULL) };
+  setSocketsBase(options.socketsRoot);
   if (options.repeat !== undefined) params.repeat = options.repeat;
   const limit = fdLimit();
   if (limit > 0 && limit < 2 * params.holdCount + 256)
@@ -311,7 +342,10 @@ export async function runBench(options: BenchOptions): Promise<string> {
   const native = await buildNative();
   const service = spawn([native.service, "2"], { stdin: true });
   const results: Partial<Record<ProviderName, ProviderResult>> = {};
-  const loopback = options.measures.filter((m) => m !== "longpath" && m !== "http" && m !== "cluster");
+  const loopback = options.measures.filter(
+    (m) =>
+      m !== "longpath" && m !== "http" && m !== "cluster" && m !== "udp" && m !== "budget" && m !== "clients",
+  );
   try {
     await service.waitFor(/port (\d+)/, 10_000);
     for (const name of loopback.length > 0 ? options.only : [])
@@ -345,6 +379,31 @@ export async function runBench(options: BenchOptions): Promise<string> {
     cluster = await runCluster({ params: clusterParams, log });
   } else if (options.measures.includes("cluster"))
     log("cluster: skipped: it measures sockets (add it to --only)");
+  let udp: UdpResult | undefined;
+  if (options.measures.includes("udp") && options.only.includes("sockets")) {
+    const udpParams = { ...(options.quick ? UDP_QUICK : UDP_FULL) };
+    if (options.repeat !== undefined) udpParams.repeat = options.repeat;
+    udp = await runUdp({ params: udpParams, log });
+  } else if (options.measures.includes("udp")) log("udp: skipped: it measures sockets (add it to --only)");
+  const budget: [string, BudgetMemoryResult][] = [];
+  if (options.measures.includes("budget") && options.only.includes("sockets")) {
+    budget.push(["bun server.ts", await runBudgetMemory({ log })]);
+    if (options.socketsRoot)
+      budget.push([options.socketsRoot, await runBudgetMemory({ root: options.socketsRoot, log })]);
+  } else if (options.measures.includes("budget"))
+    log("budget: skipped: it measures sockets (add it to --only)");
+  const clients: [string, ManyClientsResult][] = [];
+  if (options.measures.includes("clients") && options.only.includes("sockets")) {
+    const count = options.quick ? 500 : 2000;
+    const seconds = options.quick ? 10 : 20;
+    clients.push(["bun server.ts", await runManyClients({ clients: count, seconds, log })]);
+    if (options.socketsRoot)
+      clients.push([
+        options.socketsRoot,
+        await runManyClients({ clients: count, seconds, root: options.socketsRoot, log }),
+      ]);
+  } else if (options.measures.includes("clients"))
+    log("clients: skipped: it measures sockets (add it to --only)");
   const elapsed = (performance.now() - started) / 1000;
   const info = await machine();
   const report = [
@@ -362,6 +421,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
           ...footnotes(results, options.only).map((n) => `- ${n}`),
           "",
           ...floorSection(results, params),
+          ...ratholeSection(results, params),
           "CPU during each measurement (median run), % of one core per process (its busiest thread in brackets when lower; other = kernel threads and processes outside the benchmark), and what bounds it:",
           "",
           cpuTable(results, options.only),
@@ -371,11 +431,28 @@ export async function runBench(options: BenchOptions): Promise<string> {
     longPathReport(longPath, longPathSeconds),
     http ? httpReport(http) : "",
     cluster ? clusterReport(cluster) : "",
+    udp ? udpReport(udp) : "",
+    budget.length > 0
+      ? [
+          "### Memory under the budgets (a local service that never reads; server RSS)",
+          "",
+          budgetMemoryReport(budget),
+          "",
+        ].join("\n")
+      : "",
+    clients.length > 0
+      ? [
+          "### Idle clients (one TCP tunnel each; server RSS and CPU)",
+          "",
+          manyClientsReport(clients),
+          "",
+        ].join("\n")
+      : "",
   ].join("\n");
   if (options.json)
     writeFileSync(
       options.json,
-      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster }, null, 2)}\n`,
+      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster, udp, budget, clients }, null, 2)}\n`,
     );
   return report;
 }

@@ -2,13 +2,15 @@
  * The providers the benchmark compares: `direct` (no tunnel, the limit), `mux-floor` (a minimal
  * multiplexing relay in C: the tunnel's topology with the least work it allows), `ssh` (ssh -N -R, in
  * ssh.ts), `sockets` (bun server.ts + bun client.ts), `sockets-compiled` (dist/ executables) and
- * `sockets-tuned`.
+ * `sockets-tuned`, and `rathole` (rathole 0.5.0, the fastest peer tunnel, when its binary is there).
  * @module
  */
 
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildNative, EXECUTABLES, ensureExecutables, ROOT } from "./native.ts";
-import { type Proc, spawn, waitForPort } from "./procs.ts";
+import { atExit, freePort, type Proc, spawn, waitForPort } from "./procs.ts";
 import { sshProvider } from "./ssh.ts";
 
 /** One process of a tunnel: its role in the report and its PID. */
@@ -39,6 +41,8 @@ export const PROVIDER_NAMES = [
   "sockets",
   "sockets-compiled",
   "sockets-tuned",
+  "sockets-base",
+  "rathole",
 ] as const;
 
 /** A provider name. */
@@ -201,6 +205,101 @@ const socketsTuned: Provider = {
     }),
 };
 
+/**
+ * Where peer tunnels built from their sources live (never in the checkout; see
+ * ../shared/notes/peers-build.md): `$SOCKETS_PEERS/bin`, else `../peers/bin` beside the checkout.
+ */
+export const PEERS_BIN = join(process.env.SOCKETS_PEERS ?? join(ROOT, "..", "peers"), "bin");
+
+/** rathole's binary: in {@link PEERS_BIN}, else on PATH; null when neither has it. */
+function ratholeBinary(): string | null {
+  const local = join(PEERS_BIN, "rathole");
+  return existsSync(local) ? local : Bun.which("rathole");
+}
+
+/**
+ * rathole 0.5.0 (TCP, no TLS or noise): a server and a client process with one service, configured by
+ * TOML files in a temp dir (ports picked free on 127.0.0.1, a fixed token). Not multiplexed: each
+ * visitor gets a data channel (a TCP connection) of its own between the two.
+ */
+const rathole: Provider = {
+  name: "rathole",
+  async prepare() {
+    return ratholeBinary()
+      ? null
+      : `no rathole binary in ${PEERS_BIN} or on PATH (build it as ../shared/notes/peers-build.md says)`;
+  },
+  async start(servicePort) {
+    const dir = mkdtempSync(join(tmpdir(), "bench-rathole-"));
+    const removeDir = () => rmSync(dir, { recursive: true, force: true });
+    const forget = atExit(removeDir);
+    const cleanup = () => {
+      removeDir();
+      forget();
+    };
+    try {
+      const tunnel = await launch(async (track) => {
+        const binary = ratholeBinary() as string;
+        const control = freePort();
+        const port = freePort();
+        const server = join(dir, "server.toml");
+        const client = join(dir, "client.toml");
+        writeFileSync(
+          server,
+          `[server]\nbind_addr = "127.0.0.1:${control}"\n[server.services.bench]\ntoken = "bench-token"\nbind_addr = "127.0.0.1:${port}"\n`,
+        );
+        writeFileSync(
+          client,
+          `[client]\nremote_addr = "127.0.0.1:${control}"\n[client.services.bench]\ntoken = "bench-token"\nlocal_addr = "127.0.0.1:${servicePort}"\n`,
+        );
+        // Warnings only: rathole logs every data channel at info, which would cost it CPU here.
+        const env = { RUST_LOG: "warn" };
+        const srv = track(spawn([binary, "-s", server], { env }));
+        await waitForPort(control, 10_000, () => srv.exitCode() === null);
+        const cli = track(spawn([binary, "-c", client], { env }));
+        // The server opens the service's port once the client's control channel is up.
+        await waitForPort(port, 10_000, () => srv.exitCode() === null && cli.exitCode() === null);
+        return {
+          port,
+          processes: () => [
+            { role: "server", pid: srv.pid },
+            { role: "client", pid: cli.pid },
+          ],
+          describe: () => `rathole server ${srv.pid} + client ${cli.pid}`,
+        };
+      });
+      return {
+        ...tunnel,
+        async stop() {
+          await tunnel.stop();
+          cleanup();
+        },
+      };
+    } catch (error) {
+      cleanup();
+      throw error;
+    }
+  },
+};
+
+/** The other checkout `sockets-base` runs (`--sockets-root`); undefined: it is skipped. */
+let baseRoot: string | undefined;
+
+/** Names the checkout the `sockets-base` provider runs (bench.ts passes `--sockets-root`). */
+export function setSocketsBase(root: string | undefined): void {
+  baseRoot = root;
+}
+
+/** `bun server.ts` + `bun client.ts` of another checkout (`--sockets-root`): before and after in one run. */
+const socketsBase: Provider = {
+  name: "sockets-base",
+  async prepare() {
+    return baseRoot === undefined ? "no --sockets-root given" : null;
+  },
+  start: (port) =>
+    startSockets(["bun", "server.ts"], ["bun", "client.ts"], port, { cwd: baseRoot as string }),
+};
+
 /** Every provider, by name. */
 export const PROVIDERS: Record<ProviderName, Provider> = {
   direct,
@@ -209,4 +308,6 @@ export const PROVIDERS: Record<ProviderName, Provider> = {
   sockets,
   "sockets-compiled": socketsCompiled,
   "sockets-tuned": socketsTuned,
+  "sockets-base": socketsBase,
+  rathole,
 };

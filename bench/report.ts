@@ -32,12 +32,13 @@ export type SampleKey =
   | "integrity";
 
 /** Providers that the targets are about. */
-const SUBJECTS: ProviderName[] = ["sockets", "sockets-compiled", "sockets-tuned"];
+const SUBJECTS: ProviderName[] = ["sockets", "sockets-compiled", "sockets-tuned", "sockets-base"];
 /** How the "met?" column names each subject. */
 const SHORT: Partial<Record<ProviderName, string>> = {
   sockets: "src",
   "sockets-compiled": "bin",
   "sockets-tuned": "tuned",
+  "sockets-base": "base",
 };
 
 type Results = Partial<Record<ProviderName, ProviderResult>>;
@@ -269,19 +270,38 @@ export function markdownTable(results: Results, order: ProviderName[], nBulk: nu
  * Empty when the floor did not run.
  */
 export function floorTable(results: Results, nBulk: number, held: number): string {
-  const floor = results["mux-floor"];
-  if (!floor || floor.skipped) return "";
+  return referenceTable(results, "mux-floor", nBulk, held);
+}
+
+/**
+ * Each subject's figures as a ratio to `reference`'s in the same run (timed figures, and with
+ * `memory` the memory rows too; for latency, the connection p99 and memory lower is better). Empty
+ * when the reference did not run.
+ */
+export function referenceTable(
+  results: Results,
+  reference: ProviderName,
+  nBulk: number,
+  held: number,
+  memory = false,
+): string {
+  const ref = results[reference];
+  if (!ref || ref.skipped) return "";
   const subjects = SUBJECTS.filter((n) => results[n] && !results[n]?.skipped);
-  const header = ["figure", ...subjects.map((n) => `${n} ÷ mux-floor`)];
+  const header = ["figure", `${reference}`, ...subjects.map((n) => `${n} (÷ ${reference})`)];
   const lines = tableHead(header);
   for (const row of rows(nBulk, held)) {
-    if (!row.ratio) continue;
-    const ref = row.value(floor);
+    if (!row.ratio && !(memory && row.unit !== "")) continue;
+    if (row.label.includes("after they closed")) continue;
+    const base = row.value(ref);
     const cells = subjects.map((n) => {
       const v = row.value(results[n] as ProviderResult);
-      return v === undefined || ref === undefined || ref <= 0 ? "—" : `${fixed(2)(v / ref)}×`;
+      if (v === undefined) return "—";
+      return base === undefined || base <= 0 ? row.format(v) : `${row.format(v)} (${fixed(2)(v / base)}×)`;
     });
-    lines.push(`| ${[row.label, ...cells].join(" | ")} |`);
+    lines.push(
+      `| ${[`${row.label} (${row.unit})`, base === undefined ? "—" : row.format(base), ...cells].join(" | ")} |`,
+    );
   }
   return lines.join("\n");
 }

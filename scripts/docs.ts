@@ -1,6 +1,6 @@
 /**
  * README's generated parts: the option tables of both roles (from their option tables) and the
- * layout tree (from the files under shared/ and each module's own first words). `bun scripts/docs.ts`
+ * layout tree (from the files under lib/ and shared/ and each module's own first words). `bun scripts/docs.ts`
  * rewrites them in place between their markers; `--check` exits 1 when README differs (the unit test
  * `tests/unit/readme.test.ts` does the same check).
  * @module
@@ -48,11 +48,16 @@ export function layoutTree(): string {
       walk(join(dir, folder), indent + 1);
     }
   };
+  row(0, "lib/", "the package's exports (`sockets/client`, `sockets/server`)");
+  walk(join(ROOT, "lib"), 1);
   row(0, "shared/", "the modules behind both roles, by layer");
   walk(join(ROOT, "shared"), 1);
   row(0, "tests/", "unit/ (in-process), e2e/ (real processes), support/ (their helpers)");
   row(0, "bench/", "`bun run bench` (native/ holds its C programs)");
-  row(0, "scripts/", "build, demo, README's generated parts");
+  row(0, "scripts/", "build (release executables), demo, README's generated parts");
+  row(0, "bin/", "the package's commands (`sockets-server`, `sockets-client`: run on Bun)");
+  row(0, "deploy/systemd/", "unit files for both roles (README: Run as a service)");
+  row(0, "examples/", "tunnel.ts: use it from code (README: Use it from code)");
   return ["```text", ...lines, "```"].join("\n");
 }
 

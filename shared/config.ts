@@ -12,7 +12,7 @@
 
 import { type FSWatcher, readFileSync, watch } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
-import { parse, TomlError } from "smol-toml";
+import type * as SmolToml from "smol-toml";
 import { UsageError } from "./args.ts";
 import type { Logger } from "./log.ts";
 import { configKey, type OptionTable } from "./options.ts";
@@ -44,6 +44,8 @@ export function readConfig(file: string): ConfigSource {
     const code = (error as NodeJS.ErrnoException).code ?? String(error);
     throw new ConfigError(`${file}: cannot read the config file (${code})`);
   }
+  // Loaded on first use: a run without a config file never needs the parser (memory at rest).
+  const { parse, TomlError } = require("smol-toml") as typeof SmolToml;
   try {
     return { file, text, data: parse(text) as Record<string, unknown> };
   } catch (error) {

@@ -65,16 +65,18 @@ export function configKey(flag: string): string {
 
 /**
  * Parses argv (and the table's environment fallbacks) into the role's options object: parsed values
- * under each option's `key`, absent options absent; `help` is true when `-h/--help` was given.
+ * under each option's `key`, absent options absent; `help` is true when `-h/--help` was given,
+ * `version` when `-V/--version` was.
  * @throws {UsageError} for an unknown flag, a missing value, or a value the option's parser refuses.
  */
 export function parseOptions(
   table: OptionTable,
   argv: string[],
   env: Record<string, string | undefined>,
-): { values: Record<string, unknown>; help: boolean } {
+): { values: Record<string, unknown>; help: boolean; version: boolean } {
   const options: Record<string, { type: "string" | "boolean"; short?: string; multiple?: boolean }> = {
     help: { type: "boolean", short: "h" },
+    version: { type: "boolean", short: "V" },
   };
   for (const [flag, spec] of Object.entries(table)) {
     // parseArgs refuses keys present with an undefined value: set only what the option has.
@@ -97,7 +99,7 @@ export function parseOptions(
     if (parse === undefined || typeof given === "boolean") values[spec.key] = given;
     else values[spec.key] = Array.isArray(given) ? given.map((v) => parse(v, name)) : parse(given, name);
   }
-  return { values, help: raw.help === true };
+  return { values, help: raw.help === true, version: raw.version === true };
 }
 
 /** The default as help shows it, if any. */
@@ -142,6 +144,7 @@ export function helpText(usage: string, table: OptionTable, environment: EnvSpec
       `${spec.help}${envNote}${fallback === undefined ? "" : ` (default ${fallback})`}`,
     ];
   });
+  rows.push(["-V, --version", "print the version, protocol version and build commit"]);
   rows.push(["-h, --help", "show this help"]);
   for (const [flags, help] of rows) {
     const head = `  ${flags}`;
@@ -161,6 +164,9 @@ export function markdownTable(table: OptionTable, environment: EnvSpec[]): strin
   const rows = Object.entries(table).map(
     ([flag, spec]) =>
       `| \`${usageOf(flag, spec)}\` | ${spec.help}${spec.env === undefined ? "" : ` (else env \`${spec.env}\`)`} | ${defaultOf(spec, true) ?? ""} |`,
+  );
+  rows.push(
+    "| `-V, --version` | print the version, protocol version and git commit built from, and exit 0 | |",
   );
   rows.push("| `-h, --help` | print the options and exit 0 | |");
   for (const variable of environment)

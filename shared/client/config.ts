@@ -8,10 +8,10 @@
  *
  * [[tunnels]]
  * name = "web"           # unique; a reload compares tunnels by name
- * type = "http"          # tcp | http | tls
+ * type = "http"          # tcp | http | udp | tls
  * local = "127.0.0.1:3000"
  * subdomain = "demo"     # http: subdomain or hostname, basic_auth, host_header, log_requests;
- *                        # tls: subdomain or hostname; tcp: port
+ *                        # tls: subdomain or hostname; tcp, udp: port
  * allow = ["10.0.0.0/8"] # all: pool, allow, deny, proxy_protocol
  * ```
  *
@@ -74,6 +74,12 @@ export const TUNNEL_TYPES = {
     allow: CLIENT_OPTIONS.allow,
     deny: CLIENT_OPTIONS.deny,
     "proxy-protocol": CLIENT_OPTIONS["proxy-protocol"],
+  },
+  udp: {
+    port: { ...CLIENT_OPTIONS.port, key: "publicPort", multiple: false },
+    pool: CLIENT_OPTIONS.pool,
+    allow: CLIENT_OPTIONS.allow,
+    deny: CLIENT_OPTIONS.deny,
   },
   tls: {
     subdomain: { ...CLIENT_OPTIONS.subdomain, key: "subdomain", multiple: false },
@@ -156,7 +162,7 @@ export function fileTunnels(
     const type = table.type;
     if (type === undefined)
       throw new ConfigError(
-        `${header}: tunnel '${name}' has no type (type = "tcp", "http" or "tls"; one of: ${types})`,
+        `${header}: tunnel '${name}' has no type (type = "tcp", "http", "udp" or "tls"; one of: ${types})`,
       );
     if (typeof type !== "string" || !(type in TUNNEL_TYPES))
       throw new ConfigError(
@@ -211,7 +217,7 @@ export function fileTunnels(
       }
       if (type === "tls")
         return withHostname(tlsService(name, target, own.subdomain as string | undefined, tunnelSettings));
-      const service: NamedService = { name, ...target };
+      const service: NamedService = type === "udp" ? { name, ...target, kind: "udp" } : { name, ...target };
       if (own.publicPort !== undefined) service.publicPort = own.publicPort as number;
       return withTunnelSettings(service, tunnelSettings);
     } catch (error) {
@@ -252,7 +258,11 @@ export function clientSetup(
     proxyProtocol: values.proxyProtocol,
   };
   const onCommandLine =
-    (commandLine.tcp?.length ?? 0) + (commandLine.http?.length ?? 0) + (commandLine.tls?.length ?? 0) > 0;
+    (commandLine.tcp?.length ?? 0) +
+      (commandLine.http?.length ?? 0) +
+      (commandLine.udp?.length ?? 0) +
+      (commandLine.tls?.length ?? 0) >
+    0;
   if (source === undefined || onCommandLine)
     return { values, services: servicesFromValues(commandLine, defaults) };
   let topLevel: NamedService[];
@@ -301,18 +311,19 @@ function withInitDefault(argv: string[]): string[] {
 }
 
 /**
- * Turns argv, env and the `--config` file into the client's options; "help" for `-h`; `{ init }`
+ * Turns argv, env and the `--config` file into the client's options; "help" for `-h`, "version" for `-V`; `{ init }`
  * for `--init [FILE]`.
  * @throws {UsageError} (a {@link ConfigError} for the file) on bad input, with one line.
  */
 export async function parseClientArgs(
   argv: string[],
   env: Record<string, string | undefined>,
-): Promise<ClientArgs | "help" | { init: string }> {
+): Promise<ClientArgs | "help" | "version" | { init: string }> {
   // SOCKETS_SERVER may hold a list, which the generic parser would read as one URL: split here.
   const serverEnv = CLIENT_OPTIONS.server.env;
   const parsed = parseOptions(CLIENT_OPTIONS, withInitDefault(argv), { ...env, [serverEnv]: undefined });
   if (parsed.help) return "help";
+  if (parsed.version) return "version";
   const commandLine = parsed.values as ClientValues;
   const listed = env[serverEnv];
   if (commandLine.server === undefined && listed) {
@@ -326,7 +337,9 @@ export async function parseClientArgs(
   const { values, services } = clientSetup(commandLine, source);
   if (services.length === 0) {
     if (source === undefined)
-      throw new UsageError("--expose HOST:PORT, --http HOST:PORT or --tls-passthrough HOST:PORT is required");
+      throw new UsageError(
+        "--expose HOST:PORT, --http HOST:PORT, --expose-udp HOST:PORT or --tls-passthrough HOST:PORT is required",
+      );
     throw new ConfigError(
       `${source.file}: no tunnels: add a [[tunnels]] table (bun client.ts --init writes an example) or give --expose/--http`,
     );
@@ -336,6 +349,7 @@ export async function parseClientArgs(
   const {
     tcp,
     http,
+    udp,
     tls,
     ports,
     subdomains,

@@ -280,7 +280,10 @@ async function explainFailure(
       `${where} is not a sockets server (it answered HTTP ${answer} instead of a WebSocket upgrade); check the host and port in --server${portNote(url)}`,
     );
   }
-  if (response.status === 401) return new ConnectError(`server ${where} rejected the API key: ${body}`, true);
+  if (response.status === 401)
+    return headers[AUTH_HEADER] === undefined
+      ? new ConnectError(`server ${where} wants an API key and none was sent: set SOCKETS_API_KEY`, true)
+      : new ConnectError(`server ${where} rejected the API key: ${body}`, true);
   // 426: another protocol version; 403: the resume secret does not match. Neither heals by retrying.
   const fatal = response.status === 426 || response.status === 403;
   return new ConnectError(`server ${where} refused the connection: ${response.status} ${body}`, fatal);

@@ -26,11 +26,11 @@ export interface ExposeOption extends HostPort {
   /** The tunnel's name in the client's set (unique; a config file's `name`, else `tcp-1`, `http-1`, …). */
   name?: string;
   /**
-   * A raw TCP tunnel (default), an HTTP tunnel at `NAME.DOMAIN`, or an end-to-end TLS tunnel (the
-   * server routes by SNI on its HTTPS port and never decrypts: the local service holds the key).
+   * A raw TCP tunnel (default), an HTTP tunnel at `NAME.DOMAIN`, a UDP tunnel, or an end-to-end TLS
+   * tunnel (the server routes by SNI on its HTTPS port and never decrypts: the local service holds the key).
    */
-  kind?: "tcp" | "http" | "tls";
-  /** TCP: the public port to ask for; absent for any. */
+  kind?: "tcp" | "http" | "udp" | "tls";
+  /** TCP, UDP: the public port to ask for; absent for any. */
   publicPort?: number;
   /** HTTP, TLS: the name to ask for; absent for a random one. */
   subdomain?: string;
@@ -75,6 +75,13 @@ export const CLIENT_OPTIONS = {
     help: "local service to publish as a TCP tunnel (repeatable: one tunnel each); PORT alone means 127.0.0.1:PORT; IPv6 as [::1]:PORT",
     parse: (text: string, flag: string): HostPort => parseHostPort(text, flag),
   },
+  "expose-udp": {
+    key: "udp",
+    value: "HOST:PORT",
+    multiple: true,
+    help: "local UDP service to publish as a UDP tunnel (repeatable; README: UDP tunnels): each visitor address gets its own socket toward it; PORT alone means 127.0.0.1:PORT",
+    parse: (text: string, flag: string): HostPort => parseHostPort(text, flag),
+  },
   server: {
     key: "server",
     value: "URL",
@@ -89,7 +96,7 @@ export const CLIENT_OPTIONS = {
     value: "N",
     multiple: true,
     defaultText: "any",
-    help: "ask for this public port (repeatable: the n-th --port goes with the n-th --expose)",
+    help: "ask for this public port (repeatable: the n-th --port goes with the n-th --expose, those past the --expose flags with the --expose-udp flags in order)",
     parse: (text: string, flag: string): number => parsePort(text, flag),
   },
   http: {
@@ -222,6 +229,13 @@ export const CLIENT_OPTIONS = {
     help: "ping interval; a server silent for 3 intervals is dead",
     parse: seconds,
   },
+  "udp-idle-timeout": {
+    key: "udpIdleSeconds",
+    value: "SECONDS",
+    default: 60,
+    help: "close a UDP flow's local socket after this long without a datagram either way (the server forgets flows after its own --udp-idle-timeout)",
+    parse: seconds,
+  },
   "max-backoff": {
     key: "maxBackoffSeconds",
     value: "SECONDS",
@@ -261,6 +275,7 @@ export type ClientArgs = Omit<
   ClientValues,
   | "tcp"
   | "http"
+  | "udp"
   | "tls"
   | "ports"
   | "subdomains"
@@ -332,8 +347,9 @@ export function withTunnelSettings(service: NamedService, settings: TunnelSettin
  * @throws {UsageError} for a `--port` or `--subdomain` without its tunnel.
  */
 export function servicesFromValues(values: ClientValues, defaults: ServiceDefaults = values): NamedService[] {
-  const { tcp = [], http = [], tls = [], ports = [], subdomains = [], hostnames = [] } = values;
-  if (ports.length > tcp.length) throw new UsageError("--port given more times than --expose");
+  const { tcp = [], http = [], udp = [], tls = [], ports = [], subdomains = [], hostnames = [] } = values;
+  if (ports.length > tcp.length + udp.length)
+    throw new UsageError("--port given more times than --expose and --expose-udp together");
   const named = http.length + tls.length;
   if (subdomains.length > named)
     throw new UsageError("--subdomain given more times than --http and --tls-passthrough");
@@ -369,6 +385,11 @@ export function servicesFromValues(values: ClientValues, defaults: ServiceDefaul
           tlsService(`tls-${i + 1}`, target, subdomains[http.length + i], defaults),
         ),
     ),
+    ...udp.map((target, i): NamedService => {
+      const publicPort = ports[tcp.length + i];
+      const service: NamedService = { name: `udp-${i + 1}`, ...target, kind: "udp" };
+      return publicPort === undefined ? service : { ...service, publicPort };
+    }),
   ];
 }
 
@@ -405,7 +426,7 @@ export function tlsService(
 
 /** Gives each service without a name one (`tcp-1`, `http-1`, … by kind and position); keeps the others. */
 export function nameServices(services: ExposeOption[]): NamedService[] {
-  const seen = { tcp: 0, http: 0, tls: 0 };
+  const seen = { tcp: 0, http: 0, udp: 0, tls: 0 };
   return services.map((service) => {
     const kind = service.kind ?? "tcp";
     seen[kind]++;

@@ -32,6 +32,7 @@ import {
   CloseCode,
   type Exposed,
   type ExposeRequest,
+  Feature,
   ProtocolError,
   parseControl,
   ResetCode,
@@ -56,6 +57,7 @@ import { InspectorTap } from "./inspector/capture.ts";
 import type { InspectorStore } from "./inspector/store.ts";
 import type { NamedService } from "./options.ts";
 import { RequestLogTap } from "./request-log.ts";
+import { UdpFlows } from "./udp-flows.ts";
 
 /** A live tunnel, as the server announced it. */
 export interface TunnelInfo {
@@ -92,7 +94,27 @@ export interface TunnelClientSettings {
   onExposed?: (tunnel: TunnelInfo) => void;
   /** Called for every tunnel closed at run time ({@link TunnelClient.unexpose}). */
   onClosed?: (tunnel: TunnelInfo) => void;
+  /** `--udp-idle-timeout` in ms: a UDP flow's local socket closes after this long without a datagram. */
+  udpIdleMs?: number;
+  /** Called when the connection to the server is lost, and again once it is back (resumed or not). */
+  onConnection?: (change: ConnectionChange) => void;
+  /** Called for every visitor connection a tunnel receives (once per connection, not per byte). */
+  onVisitor?: (visitor: VisitorInfo) => void;
   log: Logger;
+}
+
+/** The connection to the server was lost (the client is reconnecting), or is back. */
+export type ConnectionChange =
+  | { type: "disconnected"; reason: string }
+  /** `resumed`: the same session went on (visitors carried on); else the tunnels were exposed again. */
+  | { type: "reconnected"; server: string; resumed: boolean };
+
+/** A visitor connection that arrived through a tunnel. */
+export interface VisitorInfo {
+  /** The tunnel it came through. */
+  tunnel: TunnelInfo;
+  /** The visitor's address as the server saw it (`HOST:PORT`). */
+  remote: string;
 }
 
 /** Where a tunnel's visitors go: its local service, and its public address as the server announced it. */
@@ -157,6 +179,8 @@ export class TunnelClient {
   private readonly held = new Map<string, Held>();
   /** Tunnels whose unexpose a lost connection cut short: closed again once the session is resumed. */
   private readonly orphans = new Map<string, number>();
+  /** UDP tunnels' flows, each with its socket toward the local service; they outlive a blip. */
+  readonly udp: UdpFlows;
 
   /** The server the connection goes (or last went) to. */
   private target: ServerTarget;
@@ -183,7 +207,14 @@ export class TunnelClient {
     this.closed = new Promise<string>((resolve) => {
       this.giveUp = resolve;
     });
+    this.udp = new UdpFlows({
+      mux: () => this.mux,
+      queued: () => this.connection.ws.bufferedAmount,
+      idleMs: settings.udpIdleMs ?? 60_000,
+      log: settings.log,
+    });
     this.mux = new Mux(null, connection.hello, (frame) => this.accept(frame));
+    this.mux.datagrams = this.udp;
     this.bind(connection);
     this.mux.start((frame) => this.connection.send(frame));
   }
@@ -295,6 +326,7 @@ export class TunnelClient {
     const request: UnexposeRequest = { type: "unexpose", id: this.nextRequest++, tunnel };
     await this.ask(request, "server refused to close the tunnel");
     this.targets.delete(ref);
+    this.udp.removeTunnel(ref);
   }
 
   /** Exposes `service`, asking for what `previous` had; when that is refused and the service did not name a port or name, takes any. */
@@ -320,6 +352,12 @@ export class TunnelClient {
   /** Expose: asks for one tunnel (the same port, name and id again when `wanted` says so). */
   private async expose(local: NamedService, wanted: Wanted = {}): Promise<Held> {
     const http = local.kind === "http";
+    const udp = local.kind === "udp";
+    // An older server would take `kind: "udp"` for a broken client and end the session: ask first.
+    if (udp && !this.connection.hello.features?.includes(Feature.Udp))
+      throw new RefusedError(
+        `server ${this.server} does not serve UDP tunnels (an older sockets server): upgrade it, or drop --expose-udp ${formatHost(local.host)}:${local.port}`,
+      );
     // HTTP and end-to-end TLS tunnels hold a name: a subdomain, or a custom domain's full host name.
     const named = local.kind === "http" || local.kind === "tls";
     const wantedName = local.hostname ?? local.subdomain ?? wanted.name;
@@ -339,7 +377,8 @@ export class TunnelClient {
       deny: local.deny,
     };
     const m = (await this.askUntilAnswered(request)) as Exposed;
-    this.targets.set(m.ref, { service: local, announced: { host: m.host, port: m.port } });
+    if (udp) this.udp.addTunnel(m.ref, local);
+    else this.targets.set(m.ref, { service: local, announced: { host: m.host, port: m.port } });
     const lists = (local.allow?.length ?? 0) + (local.deny?.length ?? 0) > 0;
     if (lists && m.access !== true) {
       // An older server ignores the lists: better no tunnel than one open to everyone.
@@ -396,6 +435,7 @@ export class TunnelClient {
       await Promise.race([done, Bun.sleep(2000)]);
     }
     this.mux.destroyAll();
+    this.udp.destroyAll();
     this.giveUp("client closed");
   }
 
@@ -405,7 +445,11 @@ export class TunnelClient {
     if (local === undefined) throw new ProtocolError(`OPEN for unknown tunnel ${frame.tunnel}`);
     const target = local.service;
     const stream = this.mux.acceptStream(frame.stream);
-    const { log, logRequest, inspector } = this.settings;
+    const { log, logRequest, inspector, onVisitor } = this.settings;
+    if (onVisitor !== undefined) {
+      const tunnel = this.held.get(target.name)?.info;
+      if (tunnel !== undefined) onVisitor({ tunnel, remote: frame.meta.remote });
+    }
     if (frame.kind !== StreamKind.Tcp && frame.kind !== StreamKind.Http) {
       stream.reset(ResetCode.Protocol, `stream kind ${frame.kind} is not supported by this client`);
       return;
@@ -491,7 +535,11 @@ export class TunnelClient {
       liveness.heard();
       try {
         if (typeof event.data === "string") this.onControl(event.data);
-        else this.mux.receive(new Uint8Array(event.data as ArrayBuffer), true);
+        else {
+          this.mux.receive(new Uint8Array(event.data as ArrayBuffer), true);
+          // The datagrams of this message, each flow's in one sendmmsg (their views die with the message).
+          this.udp.flush();
+        }
       } catch (error) {
         const reason = `protocol error: ${describeError(error)}`;
         log.error(reason);
@@ -522,6 +570,7 @@ export class TunnelClient {
         // Credentials withdrawn: trying again cannot help. One line, from whoever awaits `closed`.
         this.closing = true;
         this.mux.destroyAll();
+        this.udp.destroyAll();
         this.giveUp(reason);
       } else if (!this.closing) void this.reconnect(reason, skipHome);
     };
@@ -598,6 +647,7 @@ export class TunnelClient {
   private async reconnect(reason: string, skipHome = false): Promise<void> {
     const { log, maxBackoffMs } = this.settings;
     log.warn(`connection to server lost (${reason}); reconnecting`);
+    this.settings.onConnection?.({ type: "disconnected", reason });
     const home = this.target;
     // A frozen server takes the TCP connection and never answers: with others to go to, wait less.
     const several = this.settings.servers.length > 1 || home.address !== undefined;
@@ -644,19 +694,26 @@ export class TunnelClient {
       if (moved) log.info(`moved to server ${targetLabel(target)}`);
       this.bind(conn);
       try {
-        if (conn.hello.resumed) return this.resume(conn.sync as SyncMessage);
+        if (conn.hello.resumed) {
+          this.resume(conn.sync as SyncMessage);
+          this.settings.onConnection?.({ type: "reconnected", server: this.server, resumed: true });
+          return;
+        }
         log.info(
           moved
             ? "the new server does not know the session; exposing the tunnels again (same ports, names and ids)"
             : "server lost the session (restarted?); exposing the tunnels again",
         );
         this.mux.destroyAll();
+        this.udp.destroyAll();
         this.targets.clear();
         this.orphans.clear();
         this.renewMux(conn);
         this.mux.start((frame) => this.connection.send(frame));
         const previous = new Map(this.tunnels.map((tunnel) => [tunnel.local.name, tunnel]));
-        return await this.exposeAll(this.services, previous);
+        await this.exposeAll(this.services, previous);
+        this.settings.onConnection?.({ type: "reconnected", server: this.server, resumed: false });
+        return;
       } catch (error) {
         // Lost again while exposing: the close handler has already started the next reconnect.
         if (conn.ws.readyState !== WebSocket.OPEN) return;
@@ -682,6 +739,7 @@ export class TunnelClient {
     )
       return;
     this.mux = new Mux(null, conn.hello, (frame) => this.accept(frame));
+    this.mux.datagrams = this.udp;
   }
 
   /** Resume: tell the server our positions, then resend what the blip lost. */

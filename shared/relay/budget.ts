@@ -14,13 +14,21 @@
 /** A budget over its limit lets its owner go on once its use fell to this fraction of the limit. */
 export const RESUME_FRACTION = 0.75;
 
+/** The {@link Budget.held} of every budget that never held one back (never added to). */
+const NONE_HELD: ReadonlySet<Budget> = new Set<Budget>();
+
 /** A byte counter with a limit, optionally counted into a wider (server-wide) budget too. */
 export class Budget {
   /** Bytes counted now. */
   used = 0;
+  /** The most bytes counted since the last {@link Budget.takePeak}. */
+  private peak = 0;
   private over = false;
-  /** Narrower budgets held back because this one was over (server-wide: the clients it paused). */
-  private readonly held = new Set<Budget>();
+  /**
+   * Narrower budgets held back because this one was over (server-wide: the clients it paused). Only a
+   * wider budget ever holds any: an empty shared set spares every session's budgets one each.
+   */
+  private held = NONE_HELD as Set<Budget>;
 
   /**
    * @param limit most bytes before the owner is told to stop taking more.
@@ -44,10 +52,12 @@ export class Budget {
     const parent = this.parent;
     if (parent !== undefined) parent.used += n;
     if (n > 0) {
+      if (this.used > this.peak) this.peak = this.used;
+      if (parent !== undefined && parent.used > parent.peak) parent.peak = parent.used;
       if (this.over) return;
       if (this.used > this.limit) this.set(true);
       else if (parent !== undefined && parent.used > parent.limit) {
-        parent.held.add(this);
+        parent.hold(this);
         this.set(true);
       }
     } else {
@@ -66,6 +76,13 @@ export class Budget {
     return this.used + n <= this.limit && (parent === undefined || parent.used + n <= parent.limit);
   }
 
+  /** The most bytes counted since the last call (or since the start); the next period starts at `used`. */
+  takePeak(): number {
+    const peak = Math.max(this.peak, this.used);
+    this.peak = this.used;
+    return peak;
+  }
+
   /** Forgets this budget's bytes and its place in the wider one (its owner is gone). */
   dispose(): void {
     const parent = this.parent;
@@ -82,11 +99,16 @@ export class Budget {
     const parent = this.parent;
     if (this.used > this.limit * RESUME_FRACTION) return;
     if (parent !== undefined && parent.used > parent.limit * RESUME_FRACTION) {
-      parent.held.add(this); // still over the wider one: it lets this go when it has room
+      parent.hold(this); // still over the wider one: it lets this go when it has room
       return;
     }
     parent?.held.delete(this);
     this.set(false);
+  }
+
+  private hold(budget: Budget): void {
+    if (this.held === NONE_HELD) this.held = new Set();
+    this.held.add(budget);
   }
 
   /** Room again in this (wider) budget: let every budget it held back recheck. */

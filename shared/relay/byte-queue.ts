@@ -10,6 +10,8 @@ export class ByteQueue {
   private head = 0;
   /** Total bytes queued. */
   length = 0;
+  /** Bytes dropped from the front of the first chunk, whose memory that chunk still keeps alive. */
+  private headDropped = 0;
 
   /** @param onDropped called with each chunk once all of it was dropped (not on {@link ByteQueue.clear}). */
   constructor(private readonly onDropped?: (chunk: Uint8Array) => void) {}
@@ -19,6 +21,14 @@ export class ByteQueue {
     if (chunk.length === 0) return;
     this.chunks.push(chunk);
     this.length += chunk.length;
+  }
+
+  /**
+   * Bytes the queue keeps alive: {@link ByteQueue.length} plus what was dropped from the front of the
+   * first chunk, which still holds that memory (a socket read acknowledged in part).
+   */
+  get retained(): number {
+    return this.length + this.headDropped;
   }
 
   /** The first chunk, or undefined when empty. */
@@ -35,9 +45,11 @@ export class ByteQueue {
       if (first.length <= left) {
         left -= first.length;
         this.head++;
+        this.headDropped = 0;
         this.onDropped?.(first);
       } else {
         this.chunks[this.head] = first.subarray(left);
+        this.headDropped += left;
         left = 0;
       }
     }
@@ -58,11 +70,17 @@ export class ByteQueue {
     }
   }
 
+  /** Drops every byte, telling `onDropped` of each chunk (the relay frees them at once). */
+  dropAll(): void {
+    this.drop(this.length);
+  }
+
   /** Empties the queue. */
   clear(): void {
     this.chunks = [];
     this.head = 0;
     this.length = 0;
+    this.headDropped = 0;
   }
 
   private compact(): void {

@@ -7,21 +7,27 @@
  * @module
  */
 
-import { Batcher } from "../wire/batcher.ts";
+import { BATCHABLE_BYTES, Batcher } from "../wire/batcher.ts";
 import {
   DATA_SCRATCH_EXTRA,
+  type DatagramFrame,
   decodeFrame,
   encodeData,
+  encodeDatagram,
   encodeEnd,
+  encodeFlowClose,
+  encodeFlowOpen,
   encodeGrow,
   encodeOpen,
   encodePing,
   encodeReset,
   encodeWindow,
+  type FlowCloseFrame,
+  type FlowOpenFrame,
   forEachInBatch,
   type OpenFrame,
 } from "../wire/codec.ts";
-import { FrameType, type OpenMeta, ProtocolError, type StreamKind } from "../wire/protocol.ts";
+import { FrameType, HEADER_LENGTH, type OpenMeta, ProtocolError, type StreamKind } from "../wire/protocol.ts";
 import { Budget } from "./budget.ts";
 import { markDisposable } from "./disposable.ts";
 import { Stream, type StreamHost, type StreamPosition } from "./stream.ts";
@@ -59,6 +65,18 @@ export interface MuxBudgets {
   onReceivePressure?: (over: boolean) => void;
 }
 
+/**
+ * Where a mux hands the frames of UDP tunnels (FLOW_OPEN, DATAGRAM, FLOW_CLOSE): the server's and
+ * the client's flow tables. Without one, those frames are a protocol error (a peer that was never
+ * offered UDP sent them).
+ */
+export interface DatagramHandler {
+  onFlowOpen(frame: FlowOpenFrame): void;
+  /** `frame.payload` is a view into the message: use it before returning. */
+  onDatagram(frame: DatagramFrame): void;
+  onFlowClose(frame: FlowCloseFrame): void;
+}
+
 /** Sends one binary frame on the WebSocket. The role reports backpressure with {@link Mux.setBlocked}. */
 export type FrameSender = (frame: Uint8Array) => void;
 
@@ -85,6 +103,17 @@ const RTT_REFRESH_MS = 2000;
 /** A PING unanswered this long (ms) is taken as lost (a blip dropped it) and sent again when asked. */
 const PING_LOST_MS = 5000;
 
+/**
+ * The buffer outgoing DATA frames are built in: one copy per chunk, no allocation. One for the whole
+ * process (as large as the largest `maxFramePayload` of any mux): a frame is sent, and so copied or
+ * written, before the next is built, and a buffer per session cost every idle client its pages.
+ */
+let dataScratch = new Uint8Array(0);
+/** The same for WINDOW, GROW and END frames (the batcher copies them). */
+const smallScratch = new Uint8Array(16);
+/** The default clock, one function for every mux. */
+const now = () => performance.now();
+
 /** Why a mux's streams stop reading their sockets (bits). */
 const BLOCKED_BY_TRANSPORT = 1;
 const BLOCKED_BY_BUDGET = 2;
@@ -97,9 +126,6 @@ export class Mux implements StreamHost {
   readonly initialWindow?: number;
   readonly disposeMinBytes?: number;
   readonly maxFramePayload: number;
-  /** One reused buffer for outgoing DATA frames: one copy per chunk, no allocation. */
-  private readonly scratch: Uint8Array;
-  private readonly small = new Uint8Array(16);
   /** {@link BLOCKED_BY_TRANSPORT} and {@link BLOCKED_BY_BUDGET}: streams read while none is set. */
   private blocked = 0;
   /** @inheritdoc */
@@ -131,6 +157,8 @@ export class Mux implements StreamHost {
   private finishedNext = 0;
   /** Every frame leaves through here: small ones coalesced per event-loop round. */
   private readonly batcher: Batcher;
+  /** The flow table that takes UDP tunnels' frames (see {@link DatagramHandler}); none: refused. */
+  datagrams?: DatagramHandler;
 
   /**
    * @param send writes one binary frame to the WebSocket; `null` builds the mux detached (frames are
@@ -149,7 +177,7 @@ export class Mux implements StreamHost {
     this.batcher = new Batcher(send ?? (() => {}));
     this.window = settings.window;
     this.initialWindow = settings.initialWindow;
-    this.clock = settings.clock ?? (() => performance.now());
+    this.clock = settings.clock ?? now;
     if (budgets !== undefined) {
       this.received = new Budget(budgets.limit, budgets.shared?.received, budgets.onReceivePressure);
       this.sent = new Budget(budgets.limit, budgets.shared?.sent, (over) =>
@@ -161,7 +189,8 @@ export class Mux implements StreamHost {
     this.firstId = settings.streamIds?.first ?? 1;
     this.lastId = settings.streamIds?.last ?? 0xffffffff;
     this.nextId = this.firstId;
-    this.scratch = new Uint8Array(DATA_SCRATCH_EXTRA + settings.maxFramePayload);
+    if (dataScratch.length < DATA_SCRATCH_EXTRA + settings.maxFramePayload)
+      dataScratch = new Uint8Array(DATA_SCRATCH_EXTRA + settings.maxFramePayload);
     if (send === null) this.detach();
   }
 
@@ -264,6 +293,18 @@ export class Mux implements StreamHost {
     }
     if (frame.type === FrameType.Pong) {
       this.onPong(frame.token);
+      return;
+    }
+    if (
+      frame.type === FrameType.Datagram ||
+      frame.type === FrameType.FlowOpen ||
+      frame.type === FrameType.FlowClose
+    ) {
+      const datagrams = this.datagrams;
+      if (datagrams === undefined) throw new ProtocolError("UDP frames were not agreed on this connection");
+      if (frame.type === FrameType.Datagram) datagrams.onDatagram(frame);
+      else if (frame.type === FrameType.FlowOpen) datagrams.onFlowOpen(frame);
+      else datagrams.onFlowClose(frame);
       return;
     }
     // Frames for a stream that is gone are normal races with a RESET we sent: drop them.
@@ -391,24 +432,53 @@ export class Mux implements StreamHost {
     if (this.live && open) this.batcher.push(encodeOpen(stream.id, open.kind, open.tunnel, open.meta));
   }
 
+  /** True while frames reach the peer (not detached). */
+  get isLive(): boolean {
+    return this.live;
+  }
+
+  /** Announces a UDP flow (FLOW_OPEN); false while detached (nothing sent). */
+  sendFlowOpen(flow: number, tunnel: number, meta: OpenMeta): boolean {
+    if (this.live) this.batcher.push(encodeFlowOpen(flow, tunnel, meta));
+    return this.live;
+  }
+
+  /**
+   * Sends one datagram of a flow, whole: small ones with this round's batch (one copy), larger ones at
+   * once. False while detached (dropped: UDP resends nothing). The caller checks the size and the
+   * WebSocket's queue first.
+   */
+  sendDatagram(flow: number, payload: Uint8Array): boolean {
+    if (!this.live) return false;
+    if (payload.length + HEADER_LENGTH <= BATCHABLE_BYTES)
+      this.batcher.pushFrame(FrameType.Datagram, flow, payload);
+    else this.batcher.push(encodeDatagram(flow, payload, dataScratch));
+    return true;
+  }
+
+  /** Tells the peer a flow is gone (FLOW_CLOSE); dropped while detached. */
+  sendFlowClose(flow: number, code: number): void {
+    if (this.live) this.batcher.push(encodeFlowClose(flow, code, smallScratch));
+  }
+
   /** @inheritdoc */
   sendData(stream: number, payload: Uint8Array): void {
-    if (this.live) this.batcher.push(encodeData(stream, payload, this.scratch));
+    if (this.live) this.batcher.push(encodeData(stream, payload, dataScratch));
   }
 
   /** @inheritdoc */
   sendWindow(stream: number, increment: number): void {
-    if (this.live) this.batcher.push(encodeWindow(stream, increment, this.small));
+    if (this.live) this.batcher.push(encodeWindow(stream, increment, smallScratch));
   }
 
   /** @inheritdoc */
   sendGrow(stream: number, increment: number): void {
-    if (this.live) this.batcher.push(encodeGrow(stream, increment, this.small));
+    if (this.live) this.batcher.push(encodeGrow(stream, increment, smallScratch));
   }
 
   /** @inheritdoc */
   sendEnd(stream: number): void {
-    if (this.live) this.batcher.push(encodeEnd(stream, this.small));
+    if (this.live) this.batcher.push(encodeEnd(stream, smallScratch));
   }
 
   /** @inheritdoc */

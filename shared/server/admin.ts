@@ -1,7 +1,7 @@
 /**
  * The server's admin listener (`--admin ADDR`, off by default): `GET /metrics` in Prometheus text
  * format, the dashboard page (`GET /`) and its JSON API (`/api/clients`, `/api/tunnels`,
- * `/api/server`), on an address of its own, never on the control port.
+ * `/api/server`, `/api/history` for the charts), on an address of its own, never on the control port.
  *
  * With an admin token (`SOCKETS_ADMIN_TOKEN`, `admin_token` in `--config`, or `--admin-token`) every
  * request must carry it, as `Authorization: Bearer TOKEN` or `?token=TOKEN` (compared in constant
@@ -16,6 +16,7 @@ import { Hono } from "hono";
 import { formatHost, type HostPort, parsePort, trustedHost, UsageError } from "../args.ts";
 import { keyMatches } from "./auth.ts";
 import { DASHBOARD_HTML } from "./dashboard.ts";
+import { TrafficHistory } from "./history.ts";
 import type { ServerMetrics } from "./metrics.ts";
 
 /** The Prometheus text format's content type. */
@@ -52,6 +53,8 @@ export function adminProblem(address: HostPort | undefined, token: string | unde
 /** What the admin app reads. */
 export interface AdminSource {
   metrics: ServerMetrics;
+  /** The charts' history (`/api/history`); none: an empty one. */
+  history?: TrafficHistory;
   /** What `/health` says (counts, status), for `/api/server`. */
   stats(): object;
 }
@@ -86,6 +89,12 @@ export function adminApp(source: AdminSource, token?: string): Hono {
   app.get("/metrics", (c) => c.body(source.metrics.render(), 200, { "Content-Type": METRICS_CONTENT_TYPE }));
   app.get("/api/clients", (c) => c.json({ clients: source.metrics.clients() }));
   app.get("/api/tunnels", (c) => c.json({ tunnels: source.metrics.tunnels() }));
+  // `?since=MS`: only the samples taken after that time (the page asks for what it has not seen).
+  app.get("/api/history", (c) => {
+    const since = Number(c.req.query("since") ?? 0);
+    const history = source.history ?? new TrafficHistory(() => source.metrics.counts());
+    return c.json(history.view(Number.isFinite(since) ? since : 0));
+  });
   app.get("/api/server", (c) =>
     c.json({
       ...source.stats(),
@@ -98,7 +107,10 @@ export function adminApp(source: AdminSource, token?: string): Hono {
     }),
   );
   app.notFound((c) =>
-    c.json({ error: `no ${c.req.path} here: try /, /metrics, /api/clients or /api/tunnels` }, 404),
+    c.json(
+      { error: `no ${c.req.path} here: try /, /metrics, /api/clients, /api/tunnels or /api/history` },
+      404,
+    ),
   );
   return app;
 }
@@ -118,7 +130,9 @@ export interface AdminListener {
 export function startAdmin(source: AdminSource, address: HostPort, token?: string): AdminListener {
   const problem = adminProblem(address, token);
   if (problem !== undefined) throw new Error(problem);
-  const app = adminApp(source, token || undefined);
+  // Sampled once a second while the listener is up, for the dashboard's charts.
+  const history = source.history ?? new TrafficHistory(() => source.metrics.counts());
+  const app = adminApp({ ...source, history }, token || undefined);
   let server: Server<undefined>;
   try {
     server = Bun.serve({ hostname: address.host, port: address.port, fetch: app.fetch });
@@ -128,9 +142,13 @@ export function startAdmin(source: AdminSource, address: HostPort, token?: strin
     );
   }
   const port = server.port as number;
+  history.start();
   return {
     url: `http://${formatHost(address.host)}:${port}`,
     port,
-    stop: () => void server.stop(true),
+    stop: () => {
+      history.stop();
+      void server.stop(true);
+    },
   };
 }

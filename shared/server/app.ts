@@ -1,7 +1,9 @@
 /**
  * The control port's own requests, as a Hono app: `GET /health`, and the clients' upgrade with its
  * refusal ladder (503 shutting down, 429 too many failures, 401 wrong key, 426 wrong protocol
- * version, 403 wrong resume secret), each a one-line text answer and a log line. Visitors of HTTP
+ * version, 403 wrong resume secret), each a one-line text answer and a log line. A plain request to the
+ * upgrade path (a client asking why its upgrade was refused) is told the last refusal of its address
+ * and is never authenticated itself: an explanation never counts as a second failure. Visitors of HTTP
  * tunnels never reach it: the control port routes `NAME.DOMAIN` before (control-port.ts).
  * @module
  */
@@ -22,7 +24,7 @@ import {
 import { bearerKey, keyMatches } from "./auth.ts";
 import { secretHash } from "./cluster/node.ts";
 import type { ControlEnv } from "./control-port.ts";
-import { FailureLimiter } from "./rate-limit.ts";
+import { FailureLimiter, RecentRefusals, type Refusal } from "./rate-limit.ts";
 import type { SessionRegistry } from "./registry.ts";
 import type { SessionSocketData } from "./session.ts";
 
@@ -40,6 +42,7 @@ export interface ControlAppOptions {
 /** Builds the control port's app (see the module comment). */
 export function controlApp({ registry, authFailLimit, log, metrics }: ControlAppOptions) {
   const authFailures = new FailureLimiter(authFailLimit);
+  const refusals = new RecentRefusals();
   const app = new Hono<{ Bindings: ControlEnv<SessionSocketData> }>();
   app.get("/health", (c) => c.json(registry.stats()));
   // Another node of the cluster opens its link: the cluster's secret, the same protocol version.
@@ -97,18 +100,34 @@ export function controlApp({ registry, authFailLimit, log, metrics }: ControlApp
     const address = c.env.requestIP(c.req.raw);
     const ip = address?.address ?? "?";
     const remote = address ? `${formatHost(ip)}:${address.port}` : "?";
-    const refuse = (status: 401 | 403 | 426 | 429 | 503, message: string) => {
+    // Explain: a plain request is told why this address's last upgrade was refused (see the module comment).
+    if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
+      const last: Refusal | undefined = registry.draining
+        ? { status: 503, message: "server is shutting down" }
+        : refusals.take(ip);
+      return last === undefined
+        ? c.text("expected a WebSocket upgrade\n", 400)
+        : c.text(`${last.message}\n`, last.status);
+    }
+    const refuse = (status: Refusal["status"], message: string) => {
       log.info(`refused ${remote}: ${status} ${message}`);
       if (metrics && (status === 401 || status === 403)) metrics.authFailures++;
+      refusals.remember(ip, { status, message });
       return c.text(`${message}\n`, status);
     };
     if (registry.draining) return refuse(503, "server is shutting down");
     if (authFailures.blocked(ip)) return refuse(429, "too many failed attempts; try again in a minute");
     // The token names the user (compared in constant time with every user's hash); never logged.
-    const account = registry.authenticate(bearerKey(c.req.header(AUTH_HEADER)));
+    const key = bearerKey(c.req.header(AUTH_HEADER));
+    const account = registry.authenticate(key);
     if (account === null) {
       authFailures.fail(ip);
-      return refuse(401, "authentication failed: missing or wrong API key");
+      return refuse(
+        401,
+        key === undefined
+          ? "authentication failed: no API key was sent"
+          : "authentication failed: wrong API key",
+      );
     }
     const offered = (c.req.header("sec-websocket-protocol") ?? "").split(",").map((p) => p.trim());
     if (!offered.includes(SUBPROTOCOL))

@@ -248,15 +248,16 @@ export interface ServerCommand {
 }
 
 /**
- * Parses argv, env and the `--config` file (if any) into the server's options, or "help".
+ * Parses argv, env and the `--config` file (if any) into the server's options, or "help" / "version".
  * @throws {UsageError} (a {@link ConfigError} for the file) as one line.
  */
 export function parseServerCommand(
   argv: string[],
   env: Record<string, string | undefined>,
-): ServerCommand | "help" {
-  const { values, help } = parseOptions(SERVER_OPTIONS, argv, env);
+): ServerCommand | "help" | "version" {
+  const { values, help, version } = parseOptions(SERVER_OPTIONS, argv, env);
   if (help) return "help";
+  if (version) return "version";
   const commandLine = values as ServerOptionValues;
   const file = commandLine.config;
   if (file === undefined) {
@@ -340,7 +341,8 @@ export function describeUsersChange(change: {
   if (change.removed.length > 0) parts.push(`removed ${change.removed.join(", ")}`);
   if (change.tokenChanged.length > 0) parts.push(`new token for ${change.tokenChanged.join(", ")}`);
   if (change.limitsChanged.length > 0) parts.push(`new limits for ${change.limitsChanged.join(", ")}`);
-  if (change.sessionsClosed > 0) parts.push(`${change.sessionsClosed} sessions closed (4001 revoked)`);
+  const closed = change.sessionsClosed;
+  if (closed > 0) parts.push(`${closed} session${closed === 1 ? "" : "s"} closed (4001 revoked)`);
   return `configuration reloaded: ${parts.length > 0 ? `users: ${parts.join("; ")}` : "no user changed"}`;
 }
 

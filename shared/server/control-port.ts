@@ -11,9 +11,9 @@
  * @module
  */
 
-import { STATUS_CODES } from "node:http";
 import { unmappedAddress } from "../args.ts";
 import type { RequestHead } from "../http1/framer.ts";
+import { STATUS_CODES } from "../http1/status.ts";
 import {
   type HttpConnection,
   type HttpIngress,

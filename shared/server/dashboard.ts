@@ -1,9 +1,13 @@
 /**
  * The admin dashboard page: plain HTML, CSS and a small script (no build step, nothing fetched from
- * elsewhere), polling the admin JSON API once a second. Clients and tunnels as tables on a wide
- * window, as cards on a phone; a filter box and a pause button, both reachable with the keyboard.
+ * elsewhere), polling the admin JSON API once a second. Charts of the last five minutes (bytes per
+ * second in and out and visitors open, in all and per tunnel, from `/api/history`), clients and
+ * tunnels as tables on a wide window, as cards on a phone; a filter box and a pause button, both
+ * reachable with the keyboard.
  * @module
  */
+
+import { CHART_SCRIPT, CHART_STYLE } from "../chart.ts";
 
 /** The page `GET /` on the admin listener serves. */
 export const DASHBOARD_HTML = `<!doctype html>
@@ -14,8 +18,8 @@ export const DASHBOARD_HTML = `<!doctype html>
 <link rel="icon" href="data:,">
 <title>sockets server</title>
 <style>
-:root { color-scheme: light dark; --fg: #1b1f24; --muted: #5b636d; --bg: #fff; --panel: #f5f7f9; --line: #d8dde3; --accent: #0a66c2; --ok: #1a7f37; --warn: #9a6700; }
-@media (prefers-color-scheme: dark) { :root { --fg: #e6e9ed; --muted: #9aa4af; --bg: #14171a; --panel: #1d2126; --line: #333a42; --accent: #58a6ff; --ok: #3fb950; --warn: #d29922; } }
+:root { color-scheme: light dark; --fg: #1b1f24; --muted: #5b636d; --bg: #fff; --panel: #f5f7f9; --line: #d8dde3; --accent: #0a66c2; --ok: #1a7f37; --warn: #9a6700; --in: #0a66c2; --out: #c2410c; --visitors: #7c3aed; }
+@media (prefers-color-scheme: dark) { :root { --fg: #e6e9ed; --muted: #9aa4af; --bg: #14171a; --panel: #1d2126; --line: #333a42; --accent: #58a6ff; --ok: #3fb950; --warn: #d29922; --in: #58a6ff; --out: #fb923c; --visitors: #c4b5fd; } }
 * { box-sizing: border-box; }
 body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: var(--bg); }
 header { display: flex; flex-wrap: wrap; gap: .5rem 1rem; align-items: center; padding: .75rem 1rem; border-bottom: 1px solid var(--line); background: var(--panel); }
@@ -40,6 +44,9 @@ td a { color: var(--accent); word-break: break-all; }
 .live { color: var(--ok); } .reserved { color: var(--warn); }
 .empty { color: var(--muted); padding: .75rem .5rem; }
 #status { font-size: .85rem; color: var(--muted); }
+td.chart { min-width: 12rem; width: 22%; }
+td.chart figure.chart { border: 0; background: none; padding: 0; }
+${CHART_STYLE}
 #status.error { color: #cf222e; }
 @media (max-width: 640px) {
   header .tools { margin-left: 0; width: 100%; }
@@ -49,6 +56,8 @@ td a { color: var(--accent); word-break: break-all; }
   tr { border: 1px solid var(--line); border-radius: 8px; margin-bottom: .6rem; padding: .3rem .5rem; background: var(--panel); }
   td { border: 0; padding: .15rem 0; display: flex; justify-content: space-between; gap: 1rem; text-align: right; }
   td.num { text-align: right; }
+  td.chart { display: block; width: 100%; }
+  td.chart::before { display: block; margin-bottom: .2rem; }
   td::before { content: attr(data-label); color: var(--muted); font-size: .8rem; text-align: left; }
 }
 </style>
@@ -72,7 +81,11 @@ td a { color: var(--accent); word-break: break-all; }
     <div class="total"><b id="t-in">–</b><span>in (from visitors)</span></div>
     <div class="total"><b id="t-out">–</b><span>out (to visitors)</span></div>
     <div class="total"><b id="t-refused">–</b><span>visitors refused</span></div>
+    <div class="total"><b id="t-udp-flows">–</b><span>UDP flows open</span></div>
+    <div class="total"><b id="t-udp-drops" title="">–</b><span>UDP datagrams dropped</span></div>
   </section>
+  <h2 id="charts-title">Over time</h2>
+  <section class="charts" id="charts" aria-labelledby="charts-title"></section>
   <p id="certificates" class="meta" hidden></p>
   <h2 id="clients-title">Clients</h2>
   <table aria-labelledby="clients-title">
@@ -81,17 +94,65 @@ td a { color: var(--accent); word-break: break-all; }
   </table>
   <h2 id="tunnels-title">Tunnels</h2>
   <table aria-labelledby="tunnels-title">
-    <thead><tr><th>Type</th><th>URL</th><th class="user">User</th><th class="num">Visitors open</th><th class="num">Visitors total</th><th class="num">In</th><th class="num">Out</th><th class="num">Rate in</th><th class="num">Rate out</th></tr></thead>
+    <thead><tr><th>Type</th><th>URL</th><th class="user">User</th><th class="num">Visitors open</th><th class="num">Visitors total</th><th class="num">In</th><th class="num">Out</th><th class="num">Rate in</th><th class="num">Rate out</th><th>Over time</th></tr></thead>
     <tbody id="tunnels"></tbody>
   </table>
 </main>
 <script>
 "use strict";
+${CHART_SCRIPT}
 const token = new URLSearchParams(location.search).get("token");
 const headers = token ? { Authorization: "Bearer " + token } : {};
 const $ = (id) => document.getElementById(id);
 let paused = false;
 let last = null;
+/** The charts' samples, merged from /api/history (only what is new is asked for). */
+const hist = { times: [], total: { in: [], out: [], visitors: [] }, tunnels: new Map(), window: 300000 };
+const KINDS = ["in", "out", "visitors"];
+function mergeHistory(h) {
+  hist.window = h.windowSeconds * 1000;
+  const before = hist.times.length;
+  const added = h.times.length;
+  if (added === 0) return;
+  hist.times.push(...h.times);
+  for (const k of KINDS) hist.total[k].push(...h.total[k]);
+  for (const [id, s] of Object.entries(h.tunnels)) {
+    let mine = hist.tunnels.get(id);
+    if (!mine) {
+      mine = { in: new Array(before).fill(null), out: new Array(before).fill(null), visitors: new Array(before).fill(null) };
+      hist.tunnels.set(id, mine);
+    }
+    for (const k of KINDS) mine[k].push(...s[k]);
+  }
+  for (const [id, mine] of hist.tunnels) if (!(id in h.tunnels)) for (const k of KINDS) mine[k].push(...new Array(added).fill(null));
+  const cutoff = hist.times[hist.times.length - 1] - hist.window;
+  let drop = 0;
+  while (drop < hist.times.length && hist.times[drop] <= cutoff) drop++;
+  if (drop > 0) {
+    hist.times.splice(0, drop);
+    for (const k of KINDS) hist.total[k].splice(0, drop);
+    for (const mine of hist.tunnels.values()) for (const k of KINDS) mine[k].splice(0, drop);
+  }
+  for (const [id, mine] of hist.tunnels) if (mine.in.every((v) => v === null)) hist.tunnels.delete(id);
+}
+function chartWindow() {
+  return { times: hist.times, ...chartSpan(hist.times, hist.window) };
+}
+const count = (v) => String(Math.round(v));
+function trafficChart(name, title, series, height) {
+  return lineChart({ ...chartWindow(), name, title, height, format: rate, series: [
+    { name: "in", label: "in", values: series.in, color: "var(--in)" },
+    { name: "out", label: "out", values: series.out, color: "var(--out)", dash: true }] });
+}
+function visitorsChart(name, title, series, height) {
+  return lineChart({ ...chartWindow(), name, title, height, format: count, series: [
+    { name: "visitors", label: "open", values: series.visitors, color: "var(--visitors)" }] });
+}
+function renderCharts() {
+  $("charts").replaceChildren(
+    trafficChart("traffic", "Bytes per second, all tunnels", hist.total, 120),
+    visitorsChart("visitors", "Visitors open, all tunnels", hist.total, 120));
+}
 
 function bytes(n) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -139,6 +200,12 @@ function render() {
   const refused = server.visitorsRefused ?? {};
   $("t-refused").textContent = Object.values(refused).reduce((n, v) => n + v, 0);
   $("t-refused").title = Object.entries(refused).map(([reason, n]) => reason + ": " + n).join(", ") || "none";
+  if (server.udp) {
+    const drops = Object.entries(server.udp.drops);
+    $("t-udp-flows").textContent = server.udp.open;
+    $("t-udp-drops").textContent = drops.reduce((n, [, v]) => n + v, 0);
+    $("t-udp-drops").title = drops.map(([reason, v]) => reason + ": " + v).join(", ");
+  }
   const certs = server.certificates;
   $("certificates").hidden = !certs;
   if (certs) {
@@ -170,7 +237,7 @@ function render() {
 
   const tbody = $("tunnels");
   const shownTunnels = tunnels.filter((t) => matches([t.id, t.type, t.url, t.name, t.user]));
-  if (shownTunnels.length === 0) empty(tbody, 9, tunnels.length ? "no tunnel matches the filter" : "no tunnel open");
+  if (shownTunnels.length === 0) empty(tbody, 10, tunnels.length ? "no tunnel matches the filter" : "no tunnel open");
   else tbody.replaceChildren(...shownTunnels.map((t) => {
     const row = document.createElement("tr");
     row.dataset.tunnel = t.id;
@@ -193,6 +260,13 @@ function render() {
     cell(row, "Out", bytes(t.bytes.out), "num bytes-out");
     cell(row, "Rate in", rate(t.rate.in), "num");
     cell(row, "Rate out", rate(t.rate.out), "num");
+    const series = hist.tunnels.get(t.id);
+    const charts = document.createElement("div");
+    if (series) {
+      charts.append(trafficChart("traffic-" + t.id, "bytes/s", series, 40), visitorsChart("visitors-" + t.id, "visitors", series, 24));
+      for (const figure of charts.children) figure.classList.add("mini");
+    } else charts.textContent = "–";
+    cell(row, "Over time", charts, "chart");
     return row;
   }));
 }
@@ -204,8 +278,11 @@ async function get(path) {
 async function poll() {
   if (!paused) {
     try {
-      const [server, clients, tunnels] = await Promise.all([get("/api/server"), get("/api/clients"), get("/api/tunnels")]);
+      const since = hist.times.length > 0 ? hist.times[hist.times.length - 1] : 0;
+      const [server, clients, tunnels, history] = await Promise.all([get("/api/server"), get("/api/clients"), get("/api/tunnels"), get("/api/history?since=" + since)]);
       last = { server, clients: clients.clients, tunnels: tunnels.tunnels };
+      mergeHistory(history);
+      renderCharts();
       render();
       $("status").className = "";
       $("status").textContent = "updated " + new Date().toLocaleTimeString();

@@ -24,7 +24,6 @@
  */
 
 import { createHash } from "node:crypto";
-import { STATUS_CODES } from "node:http";
 import type { TCPSocketListener } from "bun";
 import { formatHost, unmappedAddress } from "../args.ts";
 import {
@@ -39,6 +38,7 @@ import {
   requestHost,
   ScannedRequestHead,
 } from "../http1/framer.ts";
+import { STATUS_CODES } from "../http1/status.ts";
 import type { Logger } from "../log.ts";
 import type { RelaySocket, RelaySocketData, Stream } from "../relay/stream.ts";
 import { ResetCode } from "../wire/protocol.ts";

@@ -18,12 +18,14 @@ import type { Stream } from "../relay/stream.ts";
 import { PROTOCOL_VERSION } from "../wire/protocol.ts";
 import type { AcmeStats } from "./acme/manager.ts";
 import type { ClusterStats } from "./cluster/node.ts";
+import type { CountsSource, TunnelCounts } from "./history.ts";
 import type { Tunnel } from "./namespace/holding.ts";
 import type { Session } from "./session.ts";
+import { UDP_DROP_REASONS, type UdpStats } from "./udp-port.ts";
 import { SINGLE_KEY_USER } from "./users.ts";
 
 /** The kinds of tunnel, as the `type` label names them. */
-export type TunnelType = "tcp" | "http";
+export type TunnelType = "tcp" | "http" | "udp" | "tls";
 
 /** Upper bounds (seconds) of the HTTP request duration histogram's buckets (`+Inf` is added). */
 export const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30] as const;
@@ -61,14 +63,14 @@ export interface TunnelInfo {
   id: string;
   type: TunnelType;
   url: string;
-  /** The HTTP tunnel's name, or the TCP tunnel's public port. */
+  /** The HTTP tunnel's name, or the TCP or UDP tunnel's public port. */
   name: string;
   /** The session (client) holding it. */
   client: string;
   user?: string;
-  /** Visitor connections open now. */
+  /** Visitor connections open now (UDP: flows of its place). */
   visitors: number;
-  /** Visitor connections since the tunnel opened. */
+  /** Visitor connections since the tunnel opened (UDP: flows of its place). */
   visitorsTotal: number;
   /** Bytes relayed since the tunnel opened. */
   bytes: ByteCounts;
@@ -90,6 +92,8 @@ export interface MetricsOptions {
   certificates?: () => AcmeStats | undefined;
   /** Places shared by pools and their members' count, for `sockets_pool_members`. */
   pools?: () => { place: string; members: number }[];
+  /** UDP tunnels' flows, datagrams, bytes and drops, for the `sockets_udp_*` families. */
+  udp?: () => UdpStats;
 }
 
 /** Totals of the visitors that already closed, per tunnel or per type. */
@@ -110,9 +114,9 @@ interface RateSample {
 /** The shortest span (ms) over which a rate is measured; looks closer together reuse the last rate. */
 const RATE_SPAN_MS = 900;
 
-/** A tunnel's type: HTTP tunnels have a name under the domain. */
+/** A tunnel's type, as its client asked for it. */
 export function tunnelType(tunnel: Tunnel): TunnelType {
-  return tunnel.name === undefined ? "tcp" : "http";
+  return tunnel.kind;
 }
 
 /** The user a session belongs to, when the server has users (the single API key names nobody). */
@@ -200,6 +204,8 @@ export class ServerMetrics {
   private readonly closedByType: Record<TunnelType, Closed> = {
     tcp: { visitors: 0, in: 0, out: 0 },
     http: { visitors: 0, in: 0, out: 0 },
+    udp: { visitors: 0, in: 0, out: 0 },
+    tls: { visitors: 0, in: 0, out: 0 },
   };
   /** Closed visitors per tunnel, while the tunnel lives (weakly held: nothing to forget). */
   private readonly closedByTunnel = new WeakMap<Tunnel, Closed>();
@@ -257,6 +263,11 @@ export class ServerMetrics {
 
   /** A tunnel's totals: open visitors, all visitors and bytes, closed and open together. */
   private tunnelTotals(tunnel: Tunnel): Closed & { open: number } {
+    const udp = tunnel.udp;
+    if (udp !== undefined) {
+      const c = udp.counters;
+      return { open: udp.flowCount, visitors: c.flows, in: c.bytesIn, out: c.bytesOut };
+    }
     const closed = this.closedByTunnel.get(tunnel);
     const totals = {
       open: tunnel.visitors.size,
@@ -289,6 +300,30 @@ export class ServerMetrics {
       if (user !== undefined) info.user = user;
       return info;
     });
+  }
+
+  /**
+   * Every tunnel's byte counts and open visitors, and the totals since the start (closed tunnels'
+   * visitors included), for the dashboard's history; unlike {@link tunnels}, no rate state changes.
+   */
+  counts(): CountsSource {
+    const total = {
+      in: this.closedByType.tcp.in + this.closedByType.http.in,
+      out: this.closedByType.tcp.out + this.closedByType.http.out,
+      open: 0,
+    };
+    const tunnels: TunnelCounts[] = [];
+    for (const session of this.sessions.values())
+      for (const tunnel of session.tunnels.values()) {
+        const totals = this.tunnelTotals(tunnel);
+        tunnels.push({ id: tunnel.id, in: totals.in, out: totals.out, open: totals.open });
+        total.open += totals.open;
+        for (const stream of tunnel.visitors) {
+          total.in += stream.bytesSent;
+          total.out += stream.bytesReceived;
+        }
+      }
+    return { tunnels, total };
   }
 
   /** Every tunnel, for `GET /api/tunnels`; rates from the previous look at least a second ago. */
@@ -339,16 +374,20 @@ export class ServerMetrics {
   /** The Prometheus text exposition (format 0.0.4) of every metric. */
   render(): string {
     const out = new Exposition();
-    const types: TunnelType[] = ["tcp", "http"];
-    const tunnels: Record<TunnelType, number> = { tcp: 0, http: 0 };
-    const open: Record<TunnelType, number> = { tcp: 0, http: 0 };
+    const types: TunnelType[] = ["tcp", "http", "tls"];
+    const tunnels: Record<TunnelType, number> = { tcp: 0, http: 0, udp: 0, tls: 0 };
+    const open: Record<TunnelType, number> = { tcp: 0, http: 0, udp: 0, tls: 0 };
     const total: Record<TunnelType, number> = {
       tcp: this.closedByType.tcp.visitors,
       http: this.closedByType.http.visitors,
+      udp: 0,
+      tls: this.closedByType.tls.visitors,
     };
     const bytes: Record<TunnelType, ByteCounts> = {
       tcp: { in: this.closedByType.tcp.in, out: this.closedByType.tcp.out },
       http: { in: this.closedByType.http.in, out: this.closedByType.http.out },
+      udp: { in: 0, out: 0 },
+      tls: { in: this.closedByType.tls.in, out: this.closedByType.tls.out },
     };
     let clients = 0;
     let reserved = 0;
@@ -388,7 +427,7 @@ export class ServerMetrics {
       "sockets_tunnels",
       "gauge",
       "Tunnels, live and reserved, by type.",
-      types.map((type) => [{ type }, tunnels[type]]),
+      [...types, "udp" as const].map((type) => [{ type }, tunnels[type]]),
     );
     out.family(
       "sockets_visitor_connections",
@@ -446,6 +485,49 @@ export class ServerMetrics {
       "Clients declared dead after 3 heartbeat intervals of silence.",
       [[{}, this.heartbeatMisses]],
     );
+    const udp = this.options.udp?.();
+    if (udp) {
+      out.family(
+        "sockets_udp_flows",
+        "gauge",
+        "UDP flows (visitor addresses) open now, over every UDP tunnel.",
+        [[{}, udp.open]],
+      );
+      out.family(
+        "sockets_udp_flows_total",
+        "counter",
+        "UDP flows opened, and closed for idleness or evicted at the most-flows limit.",
+        [
+          [{ event: "opened" }, udp.flows],
+          [{ event: "idle" }, udp.idled],
+          [{ event: "evicted" }, udp.evicted],
+        ],
+      );
+      out.family(
+        "sockets_udp_datagrams_total",
+        "counter",
+        "Datagrams relayed through UDP tunnels: in = from visitors, out = to visitors.",
+        [
+          [{ direction: "in" }, udp.datagramsIn],
+          [{ direction: "out" }, udp.datagramsOut],
+        ],
+      );
+      out.family(
+        "sockets_udp_bytes_total",
+        "counter",
+        "Datagram payload bytes relayed through UDP tunnels: in = from visitors, out = to visitors.",
+        [
+          [{ direction: "in" }, udp.bytesIn],
+          [{ direction: "out" }, udp.bytesOut],
+        ],
+      );
+      out.family(
+        "sockets_udp_drops_total",
+        "counter",
+        "Datagrams the server dropped, by reason (backpressure, offline, denied, send_failed, truncated, unknown_flow).",
+        UDP_DROP_REASONS.map((reason) => [{ reason }, udp.drops[reason]]),
+      );
+    }
     const buffered = this.options.buffered?.();
     if (buffered)
       out.family(

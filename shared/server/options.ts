@@ -368,6 +368,20 @@ export const SERVER_OPTIONS = {
     help: "visitors from these addresses are refused by every tunnel, whatever any allow list says (repeatable)",
     parse: cidrOption,
   },
+  "udp-idle-timeout": {
+    key: "udpIdleSeconds",
+    value: "SECONDS",
+    default: 60,
+    help: "a UDP flow (one visitor's IP and port) that carries no datagram either way this long is forgotten, and its client's socket closed",
+    parse: seconds(0.1, 86_400),
+  },
+  "udp-max-flows": {
+    key: "udpMaxFlows",
+    value: "N",
+    default: 1024,
+    help: "most flows per UDP tunnel; a new visitor past it takes the place of the least recently active flow",
+    parse: (text: string, flag: string): number => parseCount(text, flag),
+  },
   "health-detail": {
     key: "healthDetail",
     help: "GET /health and tunnel log lines name the user holding each tunnel (per-user counts)",
@@ -491,6 +505,9 @@ export interface ServerSettings {
   handshakeSeconds: number;
   authFailLimit: number;
   visitorIdleSeconds: number;
+  /** `--udp-idle-timeout`, `--udp-max-flows`. */
+  udpIdleSeconds: number;
+  udpMaxFlows: number;
   healthDetail: boolean;
   users: UserConfig[];
   apiKey?: string;
@@ -517,6 +534,8 @@ export function resolveServerSettings(options: ServerOptions): ServerSettings {
     handshakeSeconds: options.handshakeSeconds ?? o["handshake-timeout"].default,
     authFailLimit: options.authFailLimit ?? o["auth-fail-limit"].default,
     visitorIdleSeconds: options.visitorIdleSeconds ?? o["visitor-idle-timeout"].default,
+    udpIdleSeconds: options.udpIdleSeconds ?? o["udp-idle-timeout"].default,
+    udpMaxFlows: options.udpMaxFlows ?? o["udp-max-flows"].default,
     healthDetail: options.healthDetail === true,
     users: options.users ?? [],
     apiKey: options.apiKey,

@@ -9,7 +9,8 @@
 import { deadAfter } from "../liveness.ts";
 import type { Logger } from "../log.ts";
 import { Budget } from "../relay/budget.ts";
-import { DEFAULTS, PROTOCOL_VERSION } from "../wire/protocol.ts";
+import { releaseAfterBursts } from "../relay/release.ts";
+import { DEFAULTS, Feature, PROTOCOL_VERSION } from "../wire/protocol.ts";
 import { accessPermits, tunnelAccess } from "./access-list.ts";
 import type { AcmeStats as CertificateStats } from "./acme/manager.ts";
 import type { LinkEndpoint } from "./cluster/link.ts";
@@ -17,6 +18,7 @@ import type { ClusterNode, ClusterStats } from "./cluster/node.ts";
 import { Namespace, type NamespaceSettings } from "./namespace/namespace.ts";
 import type { ServerSettings } from "./options.ts";
 import { Session, type SessionContext, type SessionSocketData, type WebSocketPeer } from "./session.ts";
+import { type UdpStats, udpStats } from "./udp-port.ts";
 import { type Account, SINGLE_KEY_USER, UserDirectory } from "./users.ts";
 import type { WebSocketHandlers } from "./ws-server.ts";
 
@@ -42,6 +44,8 @@ export interface ServerStats {
   pools?: { place: string; members: { tunnel: string; visitors: number; live: boolean }[] }[];
   /** With `--cluster`: this node's name, the nodes alive, names held here and elsewhere, Redis and links. */
   cluster?: ClusterStats;
+  /** UDP tunnels: flows open, datagrams and bytes each way, drops by reason, and the flow settings. */
+  udp: UdpStats;
   /** With certificates (`--tls-cert`, `--acme-email`): how many, the soonest expiry, ACME orders and the last failure. */
   certificates?: CertificateStats;
 }
@@ -74,6 +78,7 @@ export class SessionRegistry {
   /** This server's cluster membership, once it joined one. */
   cluster?: ClusterNode;
   private timers: ReturnType<typeof setInterval>[] = [];
+  private stopRelease?: () => void;
 
   /**
    * @param settings the server's options with their defaults applied.
@@ -95,6 +100,7 @@ export class SessionRegistry {
         maxFramePayload: DEFAULTS.maxFramePayload,
         maxStreamsPerTunnel: settings.maxStreamsPerTunnel,
         maxTunnelsPerClient: settings.maxTunnelsPerClient,
+        features: [Feature.Udp],
       },
       graceSeconds: settings.graceSeconds,
       handshakeSeconds: settings.handshakeSeconds,
@@ -187,8 +193,10 @@ export class SessionRegistry {
     close: (ws, code, reason) => ws.data.peer?.onClose(ws, code, reason),
   };
 
-  /** Starts the heartbeat and, when asked for, the visitor idle sweep. */
+  /** Starts the heartbeat, the release of memory after bursts and, when asked for, the visitor idle sweep. */
   watch(): void {
+    const budgets = this.context.budgets;
+    if (budgets) this.stopRelease = releaseAfterBursts([budgets.received, budgets.sent]);
     // Heartbeat: ping every client each interval; one silent for three intervals is dead.
     const heartbeatMs = this.settings.heartbeatSeconds * 1000;
     this.timers.push(
@@ -209,6 +217,12 @@ export class SessionRegistry {
           Math.min(1000, idleMs / 4),
         ),
       );
+  }
+
+  /** Every UDP place's counts and the closed ones' (for /health and /metrics). */
+  udpStats(): UdpStats {
+    const ns = this.namespace;
+    return udpStats(ns.udpSettings, ns.udpClosed, ns.udpPorts());
   }
 
   /** What `/health` says. */
@@ -240,6 +254,7 @@ export class SessionRegistry {
       buffered: { received: budgets?.received.used ?? 0, sent: budgets?.sent.used ?? 0 },
       largestWindow,
       ...(this.context.healthDetail ? { users: this.userStats(all) } : {}),
+      udp: this.udpStats(),
       ...(pools.length > 0 ? { pools } : {}),
       ...(this.cluster ? { cluster: this.cluster.stats() } : {}),
       ...(certificates ? { certificates } : {}),
@@ -266,6 +281,7 @@ export class SessionRegistry {
   async drainAll(): Promise<void> {
     this.draining = true;
     for (const timer of this.timers) clearInterval(timer);
+    this.stopRelease?.();
     const drainMs = this.settings.drainSeconds * 1000;
     await Promise.all([...this.sessions.values()].map((session) => session.drain(drainMs)));
     for (const session of [...this.sessions.values()]) session.end();
@@ -284,6 +300,7 @@ function namespaceSettings(settings: ServerSettings, host: string): NamespaceSet
     // The server's lists and the user's bind every tunnel of the user; a reload swaps them at once.
     operatorRefuses: (account, ip) => !accessPermits(ip, server, account?.limits.access),
     tunnelFilter: (request) => tunnelAccess(request),
+    udp: { idleMs: settings.udpIdleSeconds * 1000, maxFlows: settings.udpMaxFlows },
   };
 }
 

@@ -39,6 +39,7 @@ import type { LinkEndpoint } from "./cluster/link.ts";
 import { secretHash } from "./cluster/node.ts";
 import type { ServerMetrics } from "./metrics.ts";
 import type { Namespace, Refusal, Tunnel, TunnelHolder } from "./namespace/namespace.ts";
+import { UdpSessionFlows } from "./udp-port.ts";
 import type { Account } from "./users.ts";
 import type { RawWebSocket } from "./ws-server.ts";
 
@@ -143,6 +144,8 @@ export class Session implements TunnelHolder, WebSocketPeer {
 
   /** True while the receive budget is spent: the WebSocket is not read (see {@link Session.applyPause}). */
   private receivePaused = false;
+  /** The session's UDP flows, made with its first UDP tunnel (udp-port.ts). */
+  private udp?: UdpSessionFlows;
   /** Cluster: what the client proved it owned on another node (see {@link SessionSocketData.claim}). */
   claim?: string;
   private ownerHash?: string;
@@ -419,6 +422,16 @@ export class Session implements TunnelHolder, WebSocketPeer {
     this.mux.sendOpen(stream, kind, tunnel.ref, { remote, local });
     stream.attach(socket);
     return stream;
+  }
+
+  /** @inheritdoc */
+  udpFlows(): UdpSessionFlows {
+    this.udp ??= new UdpSessionFlows(
+      this.mux,
+      () => this.ws?.getBufferedAmount() ?? 0,
+      this.context.namespace.udpClosed,
+    );
+    return this.udp;
   }
 
   private refuse(request: ExposeRequest, code: string, message: string): void {

@@ -43,6 +43,10 @@ export interface WebSocketLimits {
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /** Messages up to this size go out in one write with their header (copied); larger ones in two. */
 const SMALL_FRAME = 16 * 1024;
+/** Every connection's small messages are built here, then written or copied: one per process. */
+const SEND_SCRATCH = new Uint8Array(SMALL_FRAME + 10);
+/** And every outgoing header (used within one send). */
+const SEND_HEADER = new Uint8Array(10);
 /** How long a closing handshake may take before the socket is dropped. */
 const CLOSE_TIMEOUT_MS = 2000;
 
@@ -111,8 +115,9 @@ export class RawWebSocket<T> {
   private headerLength = 0;
   private readonly mask = new Uint8Array(4);
   /** Outgoing frame header, and small frames whole: reused, never queued (queued bytes are copies). */
-  private readonly outHeader = new Uint8Array(10);
-  private readonly scratch = new Uint8Array(SMALL_FRAME + 10);
+  private readonly outHeader = SEND_HEADER;
+  /** Where a small message is joined to its header (one per process: a send copies it or writes it). */
+  private readonly scratch = SEND_SCRATCH;
   /** The frame being read: its opcode, whether it ends a message, its payload length and where we are. */
   private opcode = 0;
   private fin = false;

@@ -12,11 +12,21 @@
  * GROW    body: increment u32 BE (> 0)
  * PING    stream id 0; body: token u32 BE
  * PONG    stream id 0; body: token u32 BE (the PING's)
+ * FLOW_OPEN  id = flow id; body: tunnel ref u32 BE | metadata (UTF-8 JSON)
+ * DATAGRAM   id = flow id; body: the datagram, whole (0 .. 65,507 bytes)
+ * FLOW_CLOSE id = flow id; body: code u16 BE
  * ```
  * @module
  */
 
-import { FrameType, HEADER_LENGTH, type OpenMeta, ProtocolError, type StreamKind } from "./protocol.ts";
+import {
+  FrameType,
+  HEADER_LENGTH,
+  MAX_DATAGRAM,
+  type OpenMeta,
+  ProtocolError,
+  type StreamKind,
+} from "./protocol.ts";
 
 /** A decoded OPEN frame. */
 export interface OpenFrame {
@@ -62,8 +72,40 @@ export interface PingFrame {
   stream: 0;
   token: number;
 }
+/** A decoded FLOW_OPEN frame (UDP tunnels): a new flow of tunnel `tunnel`. */
+export interface FlowOpenFrame {
+  type: typeof FrameType.FlowOpen;
+  /** The flow id (the header's id field). */
+  stream: number;
+  tunnel: number;
+  meta: OpenMeta;
+}
+/** A decoded DATAGRAM frame; `payload` is a view into the message (it may be empty). */
+export interface DatagramFrame {
+  type: typeof FrameType.Datagram;
+  /** The flow id. */
+  stream: number;
+  payload: Uint8Array;
+}
+/** A decoded FLOW_CLOSE frame. */
+export interface FlowCloseFrame {
+  type: typeof FrameType.FlowClose;
+  /** The flow id. */
+  stream: number;
+  code: number;
+}
 /** Any decoded frame. */
-export type Frame = OpenFrame | DataFrame | WindowFrame | EndFrame | ResetFrame | GrowFrame | PingFrame;
+export type Frame =
+  | OpenFrame
+  | DataFrame
+  | WindowFrame
+  | EndFrame
+  | ResetFrame
+  | GrowFrame
+  | PingFrame
+  | FlowOpenFrame
+  | DatagramFrame
+  | FlowCloseFrame;
 
 /** Longest RESET reason in bytes; longer reasons are truncated when encoding. */
 export const MAX_REASON_BYTES = 256;
@@ -142,6 +184,20 @@ export function decodeFrame(b: Uint8Array, maxPayload: number): Frame {
       const meta = parseMeta(decodeText(b.subarray(10), "OPEN metadata"));
       return { type, stream, kind, tunnel, meta };
     }
+    case FrameType.FlowOpen: {
+      if (bodyLength < 4 || bodyLength > 4 + MAX_META_BYTES)
+        throw new ProtocolError("FLOW_OPEN frame of bad length");
+      const tunnel = readU32(b, 5);
+      const meta = parseMeta(decodeText(b.subarray(9), "FLOW_OPEN metadata"));
+      return { type, stream, tunnel, meta };
+    }
+    case FrameType.Datagram:
+      if (bodyLength > MAX_DATAGRAM)
+        throw new ProtocolError(`DATAGRAM of ${bodyLength} bytes exceeds ${MAX_DATAGRAM}`);
+      return { type, stream, payload: b.subarray(HEADER_LENGTH) };
+    case FrameType.FlowClose:
+      if (bodyLength !== 2) throw new ProtocolError("FLOW_CLOSE frame must carry exactly 2 bytes");
+      return { type, stream, code: ((b[5] as number) << 8) | (b[6] as number) };
     default:
       throw new ProtocolError(`unknown frame type ${type}`);
   }
@@ -201,6 +257,43 @@ export function encodeOpen(stream: number, kind: StreamKind, tunnel: number, met
   writeU32(b, 6, tunnel);
   b.set(json, 10);
   return b;
+}
+
+/** Encodes a FLOW_OPEN frame (one per flow, so it allocates). */
+export function encodeFlowOpen(flow: number, tunnel: number, meta: OpenMeta): Uint8Array {
+  const json = encoder.encode(JSON.stringify(meta));
+  if (json.length > MAX_META_BYTES) throw new RangeError("FLOW_OPEN metadata too long");
+  const b = header(new Uint8Array(9 + json.length), FrameType.FlowOpen, flow);
+  writeU32(b, 5, tunnel);
+  b.set(json, 9);
+  return b;
+}
+
+/** Encodes a FLOW_CLOSE frame into `into` (at least 7 bytes) and returns the frame view. */
+export function encodeFlowClose(
+  flow: number,
+  code: number,
+  into: Uint8Array = new Uint8Array(7),
+): Uint8Array {
+  header(into, FrameType.FlowClose, flow);
+  into[5] = code >>> 8;
+  into[6] = code;
+  return into.subarray(0, 7);
+}
+
+/**
+ * Encodes a DATAGRAM frame into `into` (at least payload + 5 bytes, else a new buffer is made) and
+ * returns the frame view. The batcher writes small ones straight into its batch instead
+ * ({@link Batcher.pushFrame}).
+ * @throws {RangeError} for a payload over {@link MAX_DATAGRAM}: a caller counts and drops those first.
+ */
+export function encodeDatagram(flow: number, payload: Uint8Array, into?: Uint8Array): Uint8Array {
+  if (payload.length > MAX_DATAGRAM) throw new RangeError(`datagram of ${payload.length} bytes`);
+  const needed = payload.length + HEADER_LENGTH;
+  const b = into && into.length >= needed ? into : new Uint8Array(needed);
+  header(b, FrameType.Datagram, flow);
+  b.set(payload, HEADER_LENGTH);
+  return b.subarray(0, needed);
 }
 
 /** Encodes a RESET frame; the reason is truncated to {@link MAX_REASON_BYTES}. */

@@ -70,6 +70,15 @@ export const FrameType = {
   Ping: 8,
   /** Either way, stream id 0: the answer to a PING, echoing its token. */
   Pong: 9,
+  /**
+   * Server → client, UDP tunnels: a new flow (a visitor's IP and port); the id field is the flow id.
+   * Body as OPEN's without the kind: tunnel ref u32 | metadata `{"remote":"ip:port"}`.
+   */
+  FlowOpen: 10,
+  /** Either way, UDP tunnels: one datagram of a flow, whole (0 to {@link MAX_DATAGRAM} bytes). */
+  Datagram: 11,
+  /** Either way, UDP tunnels: the sender forgot this flow (idle, evicted, tunnel closed); code u16. */
+  FlowClose: 12,
 } as const;
 
 /** A binary frame type number. */
@@ -100,6 +109,29 @@ export const ResetCode = {
   Protocol: 5,
   /** The visitor sent and received nothing for the server's `--visitor-idle-timeout`. */
   Idle: 6,
+} as const;
+
+/** Largest UDP payload over IPv4 (65,535 − 8 − 20): the largest datagram a DATAGRAM frame carries. */
+export const MAX_DATAGRAM = 65_507;
+
+/** Why a flow was closed (FLOW_CLOSE's code). A receiver treats a code it does not know as `Gone`. */
+export const FlowCloseCode = {
+  /** The flow is unknown or gone on the sender's side (also the answer to a DATAGRAM for an unknown flow). */
+  Gone: 1,
+  /** No datagram either way for the sender's idle timeout. */
+  Idle: 2,
+  /** The tunnel reached its most flows; this one, the least recently active, gave way. */
+  Evicted: 3,
+  /** The tunnel closed. */
+  Shutdown: 4,
+  /** The client could not open a socket toward its local service. */
+  ConnectFailed: 5,
+} as const;
+
+/** Capabilities a server lists in `hello.features`; a client uses a feature only when listed. */
+export const Feature = {
+  /** UDP tunnels: `expose` with kind `udp`, and the FLOW_OPEN, DATAGRAM and FLOW_CLOSE frames. */
+  Udp: "udp",
 } as const;
 
 /** WebSocket close codes used by sockets. */
@@ -166,6 +198,11 @@ export interface Hello {
   resumed: boolean;
   /** In a cluster: this node's name (a client with other servers keeps a standby connection watching it). */
   node?: string;
+  /**
+   * What this server can do beyond the base protocol ({@link Feature}); absent from older servers,
+   * which a client then asks for none of it.
+   */
+  features?: string[];
 }
 
 /**
@@ -197,9 +234,12 @@ export interface ExposeRequest {
   type: "expose";
   /** Request number chosen by the client; echoed in the answer. */
   id: number;
-  /** "tls": an end-to-end TLS tunnel, routed by SNI on the server's HTTPS port and never decrypted. */
-  kind: "tcp" | "http" | "tls";
-  /** Public port wanted (tcp); absent for any. */
+  /**
+   * `udp` only toward a server whose hello lists {@link Feature.Udp}; "tls": an end-to-end TLS tunnel,
+   * routed by SNI on the server's HTTPS port and never decrypted.
+   */
+  kind: "tcp" | "http" | "udp" | "tls";
+  /** Public port wanted (tcp, udp); absent for any. */
   port?: number;
   /** Name wanted under the server's domain (http, tls); absent for a random one. */
   subdomain?: string;
@@ -285,7 +325,7 @@ export const HOSTNAME =
 /** What a tunnel id may look like (nanoid's alphabet). */
 export const TUNNEL_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
-/** Metadata carried by OPEN frames (JSON after the fixed part). */
+/** Metadata carried by OPEN and FLOW_OPEN frames (JSON after the fixed part). */
 export interface OpenMeta {
   /** The visitor's address as `ip:port` (`[ipv6]:port`; IPv4-mapped addresses as IPv4). */
   remote: string;
@@ -356,7 +396,9 @@ export function parseControl(text: string): ControlMessage {
         typeof value.session === "string" &&
         typeof value.secret === "string" &&
         typeof value.resumed === "boolean" &&
-        (value.node === undefined || typeof value.node === "string")
+        (value.node === undefined || typeof value.node === "string") &&
+        (value.features === undefined ||
+          (Array.isArray(value.features) && value.features.every((f) => typeof f === "string")))
       )
         return value as unknown as Hello;
       break;
@@ -376,7 +418,7 @@ export function parseControl(text: string): ControlMessage {
     case "expose":
       if (
         isCount(value.id) &&
-        (value.kind === "tcp" || value.kind === "http" || value.kind === "tls") &&
+        (value.kind === "tcp" || value.kind === "http" || value.kind === "udp" || value.kind === "tls") &&
         (value.hostname === undefined ||
           (typeof value.hostname === "string" && value.hostname.length <= 253)) &&
         (value.port === undefined || isPort(value.port)) &&

@@ -5,9 +5,10 @@
  */
 
 import { beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { CONNECT_PATH } from "../../shared/wire/protocol.ts";
 import { makeCertificate } from "../support/certificates.ts";
 import { randomData, sha256 } from "../support/hashing.ts";
 import {
@@ -65,9 +66,13 @@ describe("API key", () => {
     await stopClient(client, server);
   });
 
-  for (const [name, env] of [
-    ["a wrong key", { SOCKETS_API_KEY: `${key}x` }],
-    ["no key", {}],
+  for (const [name, env, line] of [
+    [
+      "a wrong key",
+      { SOCKETS_API_KEY: `${key}x` },
+      /rejected the API key: authentication failed: wrong API key$/,
+    ],
+    ["no key", {}, /wants an API key and none was sent: set SOCKETS_API_KEY$/],
   ] as const)
     test(`${name}: one clear line, exit non-zero, no tunnel on the server`, async () => {
       const before = await server.health();
@@ -75,9 +80,44 @@ describe("API key", () => {
         [...CLIENT, "--server", server.url, "--expose", `127.0.0.1:${service.port}`],
         env,
       );
-      expectOneLineError(result, /rejected the API key.*authentication failed/);
+      expectOneLineError(result, line);
       expect(await server.health()).toMatchObject({ clients: before.clients, tunnels: before.tunnels });
     });
+});
+
+test("each wrong key counts once toward --auth-fail-limit: the client's explanation is no second attempt", async () => {
+  const key = `key-${crypto.randomUUID()}`;
+  const service = startEchoService();
+  const server = await startServerProcess(["--auth-fail-limit", "6", "--admin", "127.0.0.1:0"], {
+    SOCKETS_SINGLE_API_KEY: key,
+  });
+  const admin = (await server.waitFor(/admin on (http:\/\/\S+)\//))[1] as string;
+  const failures = async () => {
+    const text = await (await fetch(`${admin}/metrics`)).text();
+    return Number(/^sockets_auth_failures_total (\d+)$/m.exec(text)?.[1]);
+  };
+  // Five typos: five failures (each client asks again over HTTP to learn why; that is not counted).
+  for (let typo = 1; typo <= 5; typo++) {
+    const result = await runToExit([...CLIENT, "--server", server.url, "--expose", `${service.port}`], {
+      SOCKETS_API_KEY: `${key}-${typo}`,
+    });
+    expectOneLineError(result, /rejected the API key: authentication failed: wrong API key$/);
+  }
+  expect(await failures()).toBe(5);
+  // Under the limit of 6: the right key still gets in.
+  const client = await startClientProcess(server.url, [`127.0.0.1:${service.port}`], [], {
+    SOCKETS_API_KEY: key,
+  });
+  await expectEcho(client);
+  await stopClient(client, server);
+  // A plain request to the upgrade path, with a key, is never checked: it cannot be used to try keys.
+  for (let i = 0; i < 8; i++) {
+    const probe = await fetch(`${server.url.replace("ws:", "http:")}${CONNECT_PATH}`, {
+      headers: { authorization: "Bearer guess" },
+    });
+    expect(probe.status).toBe(400);
+  }
+  expect(await failures()).toBe(5);
 });
 
 test("wss:// to a plain server, even with --insecure: one line naming the scheme ws://", async () => {
@@ -240,18 +280,24 @@ test("README's TLS recipe runs as written on one machine (free ports in place of
     `cd '${dir}' && exec ${line.replace(/ (server|client)\.ts /, ` '${ROOT}/$1.ts' `)}`,
   ];
 
-  const made = await runToExit(inDir(find("openssl req ")));
+  // The recipe keeps its files in $TLS (outside the checkout): here, the temp folder.
+  expect(find("TLS=")).toStartWith("TLS=~/.config/sockets-tls && mkdir -p $TLS");
+  const env = { TLS: dir };
+  const made = await runToExit(inDir(find("openssl req ")), env);
   expect(made.code, made.stderr).toBe(0);
   const web = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("hello\n") });
   defer(() => web.stop(true));
-  const server = spawnRole(inDir(find("bun server.ts ").replace("--port 7443", "--port 0")));
+  const server = spawnRole(inDir(find("bun server.ts ").replace("--port 7443", "--port 0")), env);
   const port = Number((await server.waitFor(/listening on wss:\/\/\S+:(\d+)/))[1]);
   const client = spawnRole(
     inDir(find("bun client.ts ").replaceAll(":7443", `:${port}`).replace(":8080", `:${web.port}`)),
+    env,
   );
   await client.waitFor(
     new RegExp(`exposed with tunnel id \\S+, url: https://demo\\.tunnel\\.localhost:${port}`),
   );
-  const visitor = await runToExit(inDir(find("curl ").replaceAll(":7443", `:${port}`)));
+  const visitor = await runToExit(inDir(find("curl ").replaceAll(":7443", `:${port}`)), env);
+  // Nothing was written where the commands ran from but into $TLS.
+  expect(readdirSync(dir).sort()).toEqual(["cert.pem", "key.pem"]);
   expect(visitor, visitor.stderr).toMatchObject({ code: 0, stdout: "hello\n" });
 });

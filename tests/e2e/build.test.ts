@@ -68,6 +68,21 @@ test("--help on both exits 0 with usage on stdout; a bad flag is one line on std
   }
 });
 
+test("--version on both: package and protocol version, and the commit built from (a build-time define)", async () => {
+  for (const [file, role] of [
+    [SERVER, "server"],
+    [CLIENT, "client"],
+  ]) {
+    const result = await runToExit([file as string, "--version"]);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(
+      new RegExp(
+        `^sockets-${role} \\d+\\.\\d+\\.\\d+\\S* \\(protocol \\d+, commit [0-9a-f]{12}(-dirty)?, bun `,
+      ),
+    );
+  }
+});
+
 test("end to end: compiled server and client, exposed line, echo with sha256, /health", async () => {
   const service = startEchoService();
   const server = await startServerProcess([], {}, { cmd: [SERVER] });

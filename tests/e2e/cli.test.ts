@@ -72,7 +72,11 @@ describe("client: bad input", () => {
       ["--expose", "127.0.0.1:80", "--bogus"],
       /^error: unknown option --bogus \(see --help\)$/,
     ],
-    ["no --expose", [], /--expose HOST:PORT, --http HOST:PORT or --tls-passthrough HOST:PORT is required/],
+    [
+      "no --expose",
+      [],
+      /--expose HOST:PORT, --http HOST:PORT, --expose-udp HOST:PORT or --tls-passthrough HOST:PORT is required/,
+    ],
     [
       "--subdomain that is not a DNS label",
       ["--http", "3000", "--subdomain", "UPPER"],

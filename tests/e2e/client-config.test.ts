@@ -389,8 +389,8 @@ describe("bad input at start-up: one line, exit 2", () => {
     ],
     [
       "unknown type",
-      tunnel("a", "udp", "9"),
-      /^error: \S+:3:1: tunnel 'a': unknown type "udp" \(one of: tcp, http, tls\)$/,
+      tunnel("a", "sctp", "9"),
+      /^error: \S+:3:1: tunnel 'a': unknown type "sctp" \(one of: tcp, http, udp, tls\)$/,
     ],
     ["no tunnels", "quiet = true\n", /^error: \S+: no tunnels: add a \[\[tunnels\]\] table/],
   ])("%s", async (name, text, pattern) => {

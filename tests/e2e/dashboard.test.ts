@@ -13,6 +13,7 @@ import { beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { openBrowserPage } from "../support/browser.ts";
+import { rawStatus, upgradeHeaders } from "../support/faults.ts";
 import { MiB, randomData, sha256 } from "../support/hashing.ts";
 import {
   type ClientProcess,
@@ -296,12 +297,13 @@ describe("/metrics", () => {
       statuses.push(await visit(`${http.url}${path}`));
     statuses.push(await visit(`http://nobody.localhost:${server.httpPort}/`));
     expect(statuses).toEqual([200, 200, 200, 200, 404, 404, 500, 404]);
-    // One client with a wrong key.
-    const refused = await fetch(`http://127.0.0.1:${server.port}/_sockets/connect`, {
-      headers: { Authorization: "Bearer wrong-key" },
-      signal: AbortSignal.timeout(5000),
-    });
-    expect(refused.status).toBe(401);
+    // One client with a wrong key (an upgrade: a plain request is never authenticated).
+    const refused = await rawStatus(
+      server.port,
+      "/_sockets/connect",
+      upgradeHeaders({ Authorization: "Bearer wrong-key" }),
+    );
+    expect(refused).toBe(401);
 
     // The streams close on the server a moment after the visitors saw their ends.
     let after = before;

@@ -130,7 +130,9 @@ describe("reload", () => {
     const a = await connectControl(server.url, alice.token);
     await eventually(async () => (await server.health()).streams === 1, 5000, "carol's visitor open");
 
-    expect(await reload(usersToml([alice]))).toMatch(/users: removed carol; 1 sessions closed/);
+    expect(await reload(usersToml([alice]))).toMatch(
+      /users: removed carol; 1 session closed \(4001 revoked\)/,
+    );
     expect(await c.closed()).toEqual({
       code: 4001,
       reason: "user carol was removed from the server's configuration",
@@ -151,7 +153,9 @@ describe("reload", () => {
     h.ws.close(3000, "blip");
     await eventually(async () => (await server.health()).reserved === 1, 5000, "hana's session reserved");
 
-    expect(await reload(usersToml([alice]))).toMatch(/users: removed hana; 1 sessions closed/);
+    expect(await reload(usersToml([alice]))).toMatch(
+      /users: removed hana; 1 session closed \(4001 revoked\)/,
+    );
     expect(await server.health()).toMatchObject({ reserved: 0, tunnels: 0 });
     const again = Bun.listen({ hostname: "127.0.0.1", port: tunnel.port as number, socket: { data() {} } });
     again.stop(true);

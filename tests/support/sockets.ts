@@ -90,8 +90,13 @@ export async function recordingVisitor(port: number): Promise<RecordingVisitor> 
  * Sends `data` through a visitor connection, half-closes, and reads the echo to its end.
  * Resolves with the sha256 of what came back.
  */
-export async function echoThrough(port: number, data: Uint8Array, timeoutMs = 30_000): Promise<string> {
-  const socket = await connectVisitor(port);
+export async function echoThrough(
+  port: number,
+  data: Uint8Array,
+  timeoutMs = 30_000,
+  host = "127.0.0.1",
+): Promise<string> {
+  const socket = await connectVisitor(port, host);
   const received = readAll(socket);
   socket.end(data);
   const result = await withTimeout(received, timeoutMs, `echo of ${data.length} bytes did not complete`);

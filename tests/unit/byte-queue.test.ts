@@ -117,3 +117,38 @@ test("a long queue drained from the front (compaction) keeps its order", () => {
   queue.drop(99);
   expect(from(queue, 0)).toEqual([299 & 255, ...new Array(50).fill(7)]);
 });
+
+test("retained: the bytes queued plus what was dropped from the first chunk, which keeps that memory", () => {
+  fc.assert(
+    fc.property(
+      fc.array(fc.integer({ min: 1, max: 64 }), { minLength: 1, maxLength: 20 }),
+      fc.array(fc.integer({ min: 0, max: 80 }), { maxLength: 20 }),
+      (sizes, drops) => {
+        const queue = new ByteQueue();
+        for (const size of sizes) queue.push(new Uint8Array(size));
+        // A model: the chunks' sizes and how much of the first is gone.
+        const left = [...sizes];
+        let headGone = 0;
+        for (const n of drops) {
+          queue.drop(n);
+          let rest = Math.min(n, left.reduce((a, b) => a + b, 0) - headGone);
+          while (rest > 0) {
+            const first = (left[0] as number) - headGone;
+            if (rest >= first) {
+              rest -= first;
+              left.shift();
+              headGone = 0;
+            } else {
+              headGone += rest;
+              rest = 0;
+            }
+          }
+          expect(queue.retained).toBe(left.reduce((a, b) => a + b, 0));
+          expect(queue.length).toBe(queue.retained - headGone);
+        }
+        queue.dropAll();
+        expect(queue.retained).toBe(0);
+      },
+    ),
+  );
+});

@@ -78,6 +78,12 @@ local = "[::1]:22"
 name = "bare"
 type = "http"
 local = 8080
+
+[[tunnels]]
+name = "dns"
+type = "udp"
+local = "127.0.0.1:53"
+port = 5353
 `);
     expect(list).toEqual([
       { name: "db", host: "127.0.0.1", port: 5432, publicPort: 15432 },
@@ -93,7 +99,35 @@ local = 8080
       },
       { name: "v6", host: "::1", port: 22 },
       { name: "bare", host: "127.0.0.1", port: 8080, kind: "http", preserveHost: false, logRequests: false },
+      { name: "dns", host: "127.0.0.1", port: 53, kind: "udp", publicPort: 5353 },
     ]);
+  });
+
+  test("--expose-udp: --port values past the --expose flags go to the --expose-udp flags in order", () => {
+    const setup = clientSetup(
+      commandLine(
+        "--expose",
+        "9000",
+        "--expose-udp",
+        "53",
+        "--expose-udp",
+        "[::1]:51820",
+        "--port",
+        "9001",
+        "--port",
+        "5353",
+      ),
+      undefined,
+      false,
+    );
+    expect(setup.services).toEqual([
+      { name: "tcp-1", host: "127.0.0.1", port: 9000, publicPort: 9001 },
+      { name: "udp-1", host: "127.0.0.1", port: 53, kind: "udp", publicPort: 5353 },
+      { name: "udp-2", host: "::1", port: 51820, kind: "udp" },
+    ]);
+    expect(() =>
+      clientSetup(commandLine("--expose-udp", "53", "--port", "1", "--port", "2"), undefined, false),
+    ).toThrow(/--port given more times than --expose and --expose-udp together/);
   });
 
   test("top-level host_header, basic_auth and log_requests are defaults an HTTP tunnel's own keys override", () => {
@@ -294,8 +328,8 @@ describe("bad input: one line naming FILE:LINE:COL", () => {
     ["no type", `[[tunnels]]\nname = "a"\nlocal = "1"\n`, /^FILE:1:1: tunnel 'a' has no type/],
     [
       "unknown type",
-      tunnel("", "udp"),
-      /^FILE:3:1: tunnel 'a': unknown type "udp" \(one of: tcp, http, tls\)$/,
+      tunnel("", "sctp"),
+      /^FILE:3:1: tunnel 'a': unknown type "sctp" \(one of: tcp, http, udp, tls\)$/,
     ],
     ["bad name", `[[tunnels]]\nname = "a b"\ntype = "tcp"\nlocal = "1"\n`, /^FILE:2:1: name must be/],
     [

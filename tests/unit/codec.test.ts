@@ -10,7 +10,10 @@ import {
   DATA_SCRATCH_EXTRA,
   decodeFrame,
   encodeData,
+  encodeDatagram,
   encodeEnd,
+  encodeFlowClose,
+  encodeFlowOpen,
   encodeGrow,
   encodeOpen,
   encodePing,
@@ -25,6 +28,7 @@ import {
   DEFAULTS,
   FrameType,
   HEADER_LENGTH,
+  MAX_DATAGRAM,
   ProtocolError,
   parseControl,
   StreamKind,
@@ -179,6 +183,20 @@ describe("frames round-trip", () => {
         })
         .filter(({ reason }) => utf8.encode(reason).length <= MAX_REASON_BYTES)
         .map(({ stream, code, reason }) => ({ type: FrameType.Reset, stream, code, reason })),
+      fc
+        .record({ stream: streamId, tunnel: fc.integer({ min: 0, max: 0xffffffff }), m: kindAndMeta })
+        .map(({ stream, tunnel, m }) => ({
+          type: FrameType.FlowOpen,
+          stream,
+          tunnel,
+          meta: { ...m.extra, remote: m.remote },
+        })),
+      fc
+        .record({ stream: streamId, payload: fc.uint8Array({ maxLength: 3000 }) })
+        .map(({ stream, payload }) => ({ type: FrameType.Datagram, stream, payload })),
+      fc
+        .record({ stream: streamId, code: fc.integer({ min: 0, max: 0xffff }) })
+        .map(({ stream, code }) => ({ type: FrameType.FlowClose, stream, code })),
     );
     fc.assert(
       fc.property(frame, (f) => {
@@ -205,6 +223,15 @@ describe("frames round-trip", () => {
           case FrameType.Ping:
           case FrameType.Pong:
             bytes = encodePing(f.token, f.type === FrameType.Pong);
+            break;
+          case FrameType.FlowOpen:
+            bytes = encodeFlowOpen(f.stream, f.tunnel, f.meta);
+            break;
+          case FrameType.Datagram:
+            bytes = encodeDatagram(f.stream, f.payload);
+            break;
+          case FrameType.FlowClose:
+            bytes = encodeFlowClose(f.stream, f.code);
             break;
         }
         expect(decodeFrame(bytes, MAX)).toEqual(f);
@@ -266,7 +293,7 @@ describe("malformed frames are ProtocolErrors", () => {
   });
 
   test("unknown frame types", () => {
-    for (const type of [0, 6, 10, 42, 128, 255])
+    for (const type of [0, 6, 13, 42, 128, 255])
       expectProtocolError(raw(type, 1, [1, 2, 3]), /unknown frame type/);
   });
 
@@ -277,6 +304,28 @@ describe("malformed frames are ProtocolErrors", () => {
     expectProtocolError(encodeEnd(0), /stream id 0/);
     expectProtocolError(encodeReset(0, 1, "x"), /stream id 0/);
     expectProtocolError(encodeGrow(0, 1), /stream id 0/);
+  });
+
+  test("UDP frames: DATAGRAM of 0 and 65,507 bytes whole, 65,508 refused both ways; FLOW_OPEN and FLOW_CLOSE bounds", () => {
+    for (const size of [0, 1, 1400, 9000, MAX_DATAGRAM]) {
+      const payload = new Uint8Array(size).map((_, i) => i * 7);
+      const frame = decodeFrame(encodeDatagram(9, payload), MAX) as { payload: Uint8Array };
+      expect(frame).toMatchObject({ type: FrameType.Datagram, stream: 9 });
+      expect(Buffer.from(frame.payload).equals(Buffer.from(payload))).toBe(true);
+    }
+    expect(() => encodeDatagram(9, new Uint8Array(MAX_DATAGRAM + 1))).toThrow(RangeError);
+    expectProtocolError(raw(FrameType.Datagram, 9, new Uint8Array(MAX_DATAGRAM + 1)), /exceeds 65507/);
+    expectProtocolError(raw(FrameType.Datagram, 0, [1]), /stream id 0/);
+    expectProtocolError(raw(FrameType.FlowClose, 9, [1]), /FLOW_CLOSE/);
+    expectProtocolError(raw(FrameType.FlowClose, 9, [0, 1, 2]), /FLOW_CLOSE/);
+    expectProtocolError(raw(FrameType.FlowOpen, 9, [0, 0, 1]), /FLOW_OPEN/);
+    expectProtocolError(raw(FrameType.FlowOpen, 9, [0, 0, 0, 1, ...utf8.encode("{}")]), /remote/);
+    expect(decodeFrame(encodeFlowOpen(9, 3, { remote: "1.2.3.4:5" }), MAX)).toEqual({
+      type: FrameType.FlowOpen,
+      stream: 9,
+      tunnel: 3,
+      meta: { remote: "1.2.3.4:5" },
+    });
   });
 
   test("WINDOW increment 0", () => {
@@ -306,7 +355,7 @@ describe("malformed frames are ProtocolErrors", () => {
       fc.uint8Array({ maxLength: 64 }),
       // Biased towards known types so that bodies get exercised, not just the type check.
       fc
-        .tuple(fc.integer({ min: 0, max: 6 }), fc.uint8Array({ minLength: 4, maxLength: 80 }))
+        .tuple(fc.integer({ min: 0, max: 13 }), fc.uint8Array({ minLength: 4, maxLength: 80 }))
         .map(([type, rest]) => new Uint8Array([type, ...rest])),
       fc
         .tuple(streamId, fc.json({ maxDepth: 2 }))
@@ -384,7 +433,7 @@ describe("control messages", () => {
       '{"type":{"toString":1}}',
       '{"type":"hello","protocol":1}',
       '{"type":"hello","protocol":0,"window":1,"maxFramePayload":1,"maxStreamsPerTunnel":1,"maxTunnelsPerClient":1}',
-      '{"type":"expose","id":1,"kind":"udp"}',
+      '{"type":"expose","id":1,"kind":"sctp"}',
       '{"type":"expose","id":0,"kind":"tcp"}',
       '{"type":"expose","id":1.5,"kind":"tcp"}',
       '{"type":"expose","id":1,"kind":"tcp","port":0}',

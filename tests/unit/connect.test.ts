@@ -111,7 +111,7 @@ describe("greeting", () => {
 
 describe("a refused upgrade: the server's own one line, fatal only where retrying cannot help", () => {
   const cases: [number, boolean, RegExp][] = [
-    [401, true, /^server ws:\/\/127\.0\.0\.1:\d+ rejected the API key: why not$/],
+    [401, true, /^server ws:\/\/127\.0\.0\.1:\d+ wants an API key and none was sent: set SOCKETS_API_KEY$/],
     [426, true, /^server ws:\/\/127\.0\.0\.1:\d+ refused the connection: 426 why not$/],
     [403, true, /refused the connection: 403 why not$/],
     [429, false, /refused the connection: 429 why not$/],
@@ -124,6 +124,11 @@ describe("a refused upgrade: the server's own one line, fatal only where retryin
       expect(error.message).toMatch(message);
       expect(error.fatal).toBe(fatal);
     });
+  test("401 with a key sent: the key was rejected, in the server's words", async () => {
+    const error = await failure({ url: httpServer(401, "why not\n"), apiKey: "typo" });
+    expect(error.message).toMatch(/^server ws:\/\/127\.0\.0\.1:\d+ rejected the API key: why not$/);
+    expect(error.fatal).toBe(true);
+  });
 });
 
 describe("something else on the port", () => {

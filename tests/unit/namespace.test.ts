@@ -1,10 +1,12 @@
 /**
  * The namespace alone (shared/server/namespace): placement rules, grace reservations, pools and
  * cluster leases, with holders that stand in for sessions and a cluster that stands in for Redis.
- * HTTP places need no socket, so every case here but the TCP refusals opens none.
+ * HTTP places need no socket, so every case here but the TCP refusals and the UDP places opens none.
  */
 
 import { describe, expect, test } from "bun:test";
+import type { udp } from "bun";
+import { Mux } from "../../shared/relay/mux.ts";
 import type { ClusterNode, LeaseRequest } from "../../shared/server/cluster/node.ts";
 import {
   Namespace,
@@ -13,8 +15,10 @@ import {
   type Tunnel,
   type TunnelHolder,
 } from "../../shared/server/namespace/namespace.ts";
+import { newUdpCounters, type UdpPort, UdpSessionFlows } from "../../shared/server/udp-port.ts";
 import { Account } from "../../shared/server/users.ts";
-import type { ExposeRequest } from "../../shared/wire/protocol.ts";
+import { decodeFrame, type Frame, forEachInBatch } from "../../shared/wire/codec.ts";
+import { DEFAULTS, type ExposeRequest, FrameType } from "../../shared/wire/protocol.ts";
 
 const log = { info() {}, warn() {}, error() {} };
 
@@ -236,6 +240,8 @@ describe("cluster leases", () => {
       release: (key: string) => leases.delete(key),
       holds: (key: string) => held && leases.has(key),
       remoteRoute: () => undefined,
+      poolOf: () => undefined,
+      memberKey: (key: string) => `${key}~n1`,
       unmirror() {},
       forwardTcp: () => false,
     };
@@ -268,5 +274,120 @@ describe("cluster leases", () => {
     expect(ns.routeHttp("moving")).toBeUndefined();
     ns.leaseLost("http:moving");
     expect(holder.lost).toEqual([tunnel]);
+  });
+});
+
+describe("UDP places", () => {
+  /** A holder whose session carries UDP flows over a real mux; the frames it sends are decoded here. */
+  class UdpHolder extends FakeHolder {
+    readonly frames: Frame[] = [];
+    private flows?: UdpSessionFlows;
+    udpFlows(): UdpSessionFlows {
+      const keep = (message: Uint8Array) => {
+        const take = (bytes: Uint8Array) => {
+          const frame = decodeFrame(bytes.slice(), DEFAULTS.maxFramePayload);
+          this.frames.push(frame);
+        };
+        if (message[0] === FrameType.Batch) forEachInBatch(message, take);
+        else take(message);
+      };
+      this.flows ??= new UdpSessionFlows(
+        new Mux(keep, { window: DEFAULTS.window, maxFramePayload: DEFAULTS.maxFramePayload }),
+        () => 0,
+        newUdpCounters(),
+      );
+      return this.flows;
+    }
+    opens(): number {
+      return this.frames.filter((f) => f.type === FrameType.FlowOpen).length;
+    }
+  }
+  const udp = (port?: number, more: Partial<ExposeRequest> = {}): ExposeRequest => ({
+    type: "expose",
+    id: 1,
+    kind: "udp",
+    ...(port === undefined ? {} : { port }),
+    ...more,
+  });
+  async function placed(result: Tunnel | Refusal | Promise<Tunnel | Refusal>): Promise<Tunnel> {
+    const tunnel = await result;
+    if ("code" in tunnel) throw new Error(`expected a tunnel: ${JSON.stringify(tunnel)}`);
+    return tunnel;
+  }
+  async function refusedUdp(result: Tunnel | Refusal | Promise<Tunnel | Refusal>): Promise<Refusal> {
+    const refusal = await result;
+    if (!("code" in refusal)) throw new Error("expected a refusal");
+    return refusal;
+  }
+  /** Sends one datagram from each of `senders` to `port` and waits until `until` holds (2 s at most). */
+  async function send(senders: udp.Socket<"buffer">[], port: number, until: () => boolean): Promise<void> {
+    for (const s of senders) s.send(new Uint8Array([1, 2, 3]), port, "127.0.0.1");
+    const deadline = Date.now() + 2000;
+    while (!until() && Date.now() < deadline) await Bun.sleep(5);
+  }
+  const sockets = (n: number) =>
+    Promise.all(Array.from({ length: n }, () => Bun.udpSocket({ hostname: "127.0.0.1", port: 0 })));
+
+  test("the TCP ports' rules: privileged without --tcp-ports, outside the range, taken, reserved for a dropped session", async () => {
+    const ns = namespace({ tcpPorts: { min: 40000, max: 40010 } });
+    expect((await refusedUdp(ns.claim(new UdpHolder("a"), udp(50000), 1, 0))).message).toMatch(
+      /outside the server's range 40000-40010/,
+    );
+    expect((await refusedUdp(namespace().claim(new UdpHolder("a"), udp(53), 1, 0))).message).toMatch(
+      /privileged/,
+    );
+    const open = namespace();
+    const holder = new UdpHolder("a");
+    const tunnel = await placed(open.claim(holder, udp(), 1, 0));
+    expect(tunnel.url).toBe(`udp://example.test:${tunnel.port}`);
+    expect(open.holding(`udp:${tunnel.port}`)).toMatchObject({ state: "held", tunnel });
+    expect(await refusedUdp(open.claim(new UdpHolder("b"), udp(tunnel.port), 1, 0))).toEqual({
+      code: "port_taken",
+      message: `port ${tunnel.port}/udp is already in use on the server`,
+    });
+    holder.live = false;
+    holder.reserved = true;
+    holder.graceEnds = Date.now() + 20_000;
+    expect((await refusedUdp(open.claim(new UdpHolder("b"), udp(tunnel.port), 1, 0))).message).toMatch(
+      /is reserved for a dropped client's session for up to 20 s more/,
+    );
+    open.release(tunnel, true);
+    expect(open.holding(`udp:${tunnel.port}`)).toEqual({ state: "free" });
+  });
+
+  test("a pool shares the socket: new flows go to its members in turn; a member that leaves takes its flows only", async () => {
+    const ns = namespace();
+    const [a, b] = [new UdpHolder("a"), new UdpHolder("b")];
+    const ta = await placed(ns.claim(a, udp(undefined, { pool: true }), 1, 0));
+    const tb = await placed(ns.claim(b, udp(ta.port, { pool: true }), 1, 0));
+    expect(tb.udp).toBe(ta.udp as UdpPort);
+    const senders = await sockets(4);
+    await send(senders, ta.port, () => a.opens() + b.opens() === 4);
+    expect([a.opens(), b.opens()]).toEqual([2, 2]);
+    ns.release(ta, true);
+    expect(ta.udp?.flowCount).toBe(2);
+    for (const s of senders) s.close();
+    ns.release(tb, true);
+  });
+
+  test("allow and deny lists and an away client: datagrams dropped and counted, no flow opened", async () => {
+    const ns = namespace({ tunnelFilter: () => ({ permits: (ip) => ip !== "127.0.0.1" }) });
+    const holder = new UdpHolder("a");
+    const tunnel = await placed(ns.claim(holder, udp(), 1, 0));
+    const [s] = await sockets(1);
+    const port = tunnel.udp as UdpPort;
+    await send([s as udp.Socket<"buffer">], tunnel.port, () => port.counters.drops.denied === 1);
+    expect(port.counters.drops.denied).toBe(1);
+    const open = namespace();
+    const away = new UdpHolder("b");
+    const other = await placed(open.claim(away, udp(), 1, 0));
+    away.live = false;
+    const otherPort = other.udp as UdpPort;
+    await send([s as udp.Socket<"buffer">], other.port, () => otherPort.counters.drops.offline === 1);
+    expect(otherPort.counters.drops.offline).toBe(1);
+    expect(holder.opens() + away.opens()).toBe(0);
+    s?.close();
+    ns.release(tunnel, true);
+    open.release(other, true);
   });
 });

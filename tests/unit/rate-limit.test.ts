@@ -1,7 +1,10 @@
-/** Failed-auth counting per address: a limit per fixed window, and a bound on the addresses tracked. */
+/**
+ * Failed-auth counting per address: a limit per fixed window, and a bound on the addresses tracked;
+ * the last refusal per address, told once to the request that explains it.
+ */
 
 import { expect, test } from "bun:test";
-import { FailureLimiter } from "../../shared/server/rate-limit.ts";
+import { FailureLimiter, RecentRefusals } from "../../shared/server/rate-limit.ts";
 
 test("an address is blocked once it used up its failures, until its window ends; others are not", () => {
   const limiter = new FailureLimiter(3, 60_000);
@@ -38,4 +41,20 @@ test("at most maxKeys addresses: expired entries go first, then the oldest", () 
   expect(limiter.blocked("b", 1300)).toBe(false);
   expect(limiter.blocked("c", 1300)).toBe(true);
   expect(limiter.blocked("d", 1300)).toBe(true);
+});
+
+test("a refusal is told once, while recent; the addresses kept are bounded (the oldest go first)", () => {
+  const refusals = new RecentRefusals(1000, 2);
+  const wrongKey = { status: 401, message: "authentication failed: wrong API key" } as const;
+  refusals.remember("a", wrongKey, 0);
+  expect(refusals.take("a", 500)).toEqual(wrongKey);
+  expect(refusals.take("a", 600)).toBeUndefined();
+  refusals.remember("a", wrongKey, 0);
+  expect(refusals.take("a", 1000)).toBeUndefined();
+  refusals.remember("a", wrongKey, 2000);
+  refusals.remember("b", { status: 429, message: "too many" }, 2001);
+  refusals.remember("c", { status: 426, message: "version" }, 2002);
+  expect(refusals.take("a", 2003)).toBeUndefined();
+  expect(refusals.take("b", 2003)?.status).toBe(429);
+  expect(refusals.take("c", 2003)?.status).toBe(426);
 });

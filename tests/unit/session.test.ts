@@ -151,6 +151,7 @@ describe("liveness: heard since the last tick, or dead after the timeout of sile
   test("silent for longer than the timeout: terminated and the session ends (nothing to keep)", () => {
     const { session, ws, ended, warnings } = setup();
     const t = Date.now();
+    session.liveness.restart(t); // silence counts from t exactly (attach read the clock a moment before)
     session.heartbeat(t + 2000, 3000); // silent 2 s: still alive
     expect(ws.terminated).toBe(false);
     expect(ws.pings).toBe(1);

@@ -12,6 +12,7 @@
  * GET    /api/connections/tcp        open and recent TCP connections
  * GET    /api/tunnels                the client's tunnels
  * GET    /api/status                 the client's figures: tunnels, connections, bytes each way
+ * GET    /api/history                requests per second and latency p50/p90/p99, per second, last 5 min
  * ```
  * @module
  */
@@ -29,8 +30,8 @@ import { connectionView, exchangeDetail, exchangeSummary } from "./view.ts";
 export interface InspectedTunnel {
   /** The tunnel's name in the client's set (`http-1`, a config file's name). */
   name: string;
-  kind: "tcp" | "http" | "tls";
-  /** Its public URL. */
+  kind: "tcp" | "http" | "udp" | "tls";
+  /** Its public URL (`udp://HOST:PORT` for UDP tunnels). */
   url: string;
   /** The local service, and the PROXY protocol header it wants first (replays send one too). */
   local: HostPort & { proxyProtocol?: ProxyVersion };
@@ -277,13 +278,19 @@ export function inspectorApp(source: InspectorSource): Hono {
         name: tunnel.name,
         uri: `/api/tunnels/${encodeURIComponent(tunnel.name)}`,
         public_url: tunnel.url,
-        proto: tunnel.kind === "http" ? (tunnel.url.startsWith("https:") ? "https" : "http") : "tcp",
+        proto:
+          tunnel.kind === "http"
+            ? tunnel.url.startsWith("https:")
+              ? "https"
+              : "http"
+            : (tunnel.kind ?? "tcp"),
         config: { addr: `${tunnel.local.host}:${tunnel.local.port}` },
       })),
     }),
   );
 
   app.get("/api/status", (c) => c.json(statusOf(source)));
+  app.get("/api/history", (c) => c.json(source.store.history.view()));
 
   app.notFound((c) => c.json({ error: `no such path ${c.req.path}` }, 404));
   return app;

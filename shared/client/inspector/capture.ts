@@ -132,7 +132,7 @@ let wallOffset = Date.now() - performance.now();
 let wallReadAt = performance.now();
 
 /** The wall-clock time (ms since the epoch) of `performance.now()` reading `now`, without a second clock read. */
-function wallClock(now: number): number {
+export function wallClock(now: number): number {
   if (now - wallReadAt > 1000 || now < wallReadAt) {
     wallOffset = Date.now() - now;
     wallReadAt = now;

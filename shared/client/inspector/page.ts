@@ -2,9 +2,12 @@
  * Inspector page: the HTML, CSS and script the app serves, as strings (no build step, no CDN; the
  * compiled client carries them). The script keeps the list live from `/api/events`, filters it, shows
  * an exchange's detail and replays it; every action has a key (`/` filter, ↑/↓ or j/k move, `r`
- * replay, `e` edit and replay, `Esc` close).
+ * replay, `e` edit and replay, `Esc` close). Charts of requests per second and latency percentiles
+ * over the last five minutes come from `/api/history`, read once a second while the page is shown.
  * @module
  */
+
+import { CHART_SCRIPT, CHART_STYLE } from "../../chart.ts";
 
 /** The page. */
 export const PAGE_HTML = `<!doctype html>
@@ -27,6 +30,7 @@ export const PAGE_HTML = `<!doctype html>
   <button role="tab" id="tab-tcp" aria-selected="false" aria-controls="view-tcp">TCP connections <b id="count-tcp">0</b></button>
 </nav>
 <section id="view-http" role="tabpanel" aria-labelledby="tab-http">
+  <section class="charts" id="charts" aria-label="last 5 minutes"></section>
   <form id="filters" role="search" onsubmit="return false">
     <label>Path <input id="f-path" type="search" placeholder="/api  (press /)" autocomplete="off"></label>
     <label>Method <select id="f-method"><option value="">any</option><option>GET</option><option>POST</option><option>PUT</option><option>PATCH</option><option>DELETE</option><option>HEAD</option><option>OPTIONS</option></select></label>
@@ -50,7 +54,10 @@ export const PAGE_HTML = `<!doctype html>
 /** The style sheet: one column on a phone, list and detail side by side from 900 px. */
 export const PAGE_STYLE = `
 :root { --bg: #fafafa; --fg: #1b1f24; --muted: #5b6470; --line: #d9dde3; --accent: #0b62d6; --sel: #e3edfb;
-  --ok: #1a7f37; --warn: #9a6700; --bad: #cf222e; --mono: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+  --ok: #1a7f37; --warn: #9a6700; --bad: #cf222e; --mono: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+  --p50: #0b62d6; --p90: #c2410c; --p99: #7c3aed; --panel: #fff; }
+#charts { padding: 10px 14px 0; margin: 0; }
+${CHART_STYLE}
 * { box-sizing: border-box; }
 body { margin: 0; font: 15px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: var(--bg); }
 header { display: flex; flex-wrap: wrap; align-items: center; gap: 6px 18px; padding: 10px 14px; background: #1b1f24; color: #fff; }
@@ -115,8 +122,9 @@ form.edit textarea { min-height: 6em; }
 }
 `;
 
-/** The page's script: live list, filters, detail, replay, keys. */
+/** The page's script: live list, filters, detail, replay, keys, charts. */
 export const PAGE_SCRIPT = `"use strict";
+${CHART_SCRIPT}
 const $ = (id) => document.getElementById(id);
 const state = { requests: new Map(), order: [], connections: new Map(), selected: null, detail: null, editing: false };
 const filters = { path: $("f-path"), method: $("f-method"), status: $("f-status"), ms: $("f-ms") };
@@ -349,6 +357,25 @@ function connect() {
 }
 
 setInterval(() => { api("/api/status").then(renderFigures, () => {}); }, 2000);
+
+function renderCharts(h) {
+  const common = { times: h.times, ...chartSpan(h.times, h.window_seconds * 1000) };
+  const rps = (v) => (Number.isInteger(v) ? String(v) : v.toFixed(1)) + "/s";
+  $("charts").replaceChildren(
+    lineChart({ ...common, name: "requests", title: "Requests per second", format: rps, series: [
+      { name: "rps", label: "all", values: h.rps, color: "var(--accent)" },
+      { name: "errors", label: "failed", values: h.errors, color: "var(--bad)", dash: true }] }),
+    lineChart({ ...common, name: "latency", title: "Latency", format: ms, series: [
+      { name: "p50_ms", label: "p50", values: h.p50_ms, color: "var(--p50)" },
+      { name: "p90_ms", label: "p90", values: h.p90_ms, color: "var(--p90)", dash: true },
+      { name: "p99_ms", label: "p99", values: h.p99_ms, color: "var(--p99)" }] }));
+}
+function refreshCharts() {
+  if (document.hidden || $("view-http").hidden) return;
+  api("/api/history").then(renderCharts, () => {});
+}
+setInterval(refreshCharts, 1000);
+refreshCharts();
 for (const input of Object.values(filters)) input.addEventListener("input", render);
 $("clear").addEventListener("click", () => api("/api/requests/http", { method: "DELETE" }).catch(() => {}));
 $("list").addEventListener("keydown", (e) => {

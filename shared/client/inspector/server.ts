@@ -77,7 +77,7 @@ interface HeldTunnel {
   url: string;
   local: {
     name: string;
-    kind?: "tcp" | "http" | "tls";
+    kind?: "tcp" | "http" | "udp" | "tls";
     host: string;
     port: number;
     proxyProtocol?: ProxyVersion;

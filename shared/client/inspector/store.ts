@@ -11,7 +11,8 @@
  * @module
  */
 
-import { DEFAULT_BODY_CAP, type HttpExchange, type TcpConnection } from "./capture.ts";
+import { DEFAULT_BODY_CAP, type HttpExchange, type TcpConnection, wallClock } from "./capture.ts";
+import { RequestHistory } from "./history.ts";
 import { DEFAULT_CAPACITY } from "./settings.ts";
 import { SlabPool } from "./slabs.ts";
 
@@ -129,6 +130,8 @@ export class InspectorStore {
    * first), so one is found by its number's distance from the oldest: no map, no id string per request.
    */
   private readonly exchanges: Ring<HttpExchange>;
+  /** Requests per second and latency percentiles over the last minutes, for the charts. */
+  readonly history = new RequestHistory();
   /** Where the taps keep captured bytes; slabs are reused once their exchanges left the ring. */
   readonly slabs = new SlabPool();
   /** The number of the oldest exchange kept (meaningful while any is kept). */
@@ -203,6 +206,12 @@ export class InspectorStore {
 
   /** An exchange changed (its response ended, or it failed): counts its bodies, tells subscribers. */
   update(exchange: HttpExchange): void {
+    // Its second by the capture's own clock reading (its end): no clock read here.
+    if (exchange.state !== "pending")
+      this.history.record(
+        exchange.state === "complete" ? exchange.durationMs : undefined,
+        wallClock(exchange.startedAt + (exchange.durationMs ?? 0)),
+      );
     if (this.bySeq(exchange.seq) !== exchange) return; // cleared or pushed out meanwhile
     this.bodyBytes += bodyBytesOf(exchange);
     this.publishExchange(exchange); // first: a listener that keeps it holds the slabs before any trim

@@ -28,8 +28,11 @@ import {
   SentinelWatch,
 } from "./sentinel.ts";
 
-/** A lease's name: an HTTP tunnel's name or a public TCP port. */
-export type LeaseKey = `http:${string}` | `tcp:${number}`;
+/**
+ * A lease's name: an HTTP tunnel's name or a public TCP port (a UDP port's `udp:PORT` is in the type
+ * because the namespace's places are; no node leases one yet: UDP tunnels are refused in a cluster).
+ */
+export type LeaseKey = `http:${string}` | `tcp:${number}` | `udp:${number}`;
 
 /** What Redis stores for a lease (JSON at `sockets:lease:KEY`). */
 export interface LeaseRecord {
@@ -47,6 +50,22 @@ export interface LeaseRecord {
   basicAuthHash?: string;
   /** "tls" for an end-to-end TLS tunnel: its visitors are carried raw (acme/tls-front.ts). */
   kind?: "tls";
+  /**
+   * A pool's place (`--pool`): other nodes with members of the same user hold member leases beside it
+   * (`KEY~NODE`, see {@link poolMemberKey}) and share its visitors.
+   */
+  pool?: boolean;
+}
+
+/** The lease a node's pool members hold beside a pool's place `key` (node names never contain `~`). */
+export function poolMemberKey(key: LeaseKey, node: string): LeaseKey {
+  return `${key}~${node}` as LeaseKey;
+}
+
+/** The place a lease is for: `key` itself, or the pool place of a member lease (`KEY~NODE`). */
+export function placeOfLease(key: LeaseKey): LeaseKey {
+  const at = key.indexOf("~");
+  return at < 0 ? key : (key.slice(0, at) as LeaseKey);
 }
 
 /** A node of the cluster, as registered in Redis. */
@@ -299,10 +318,10 @@ function redactUrl(url: string): string {
   }
 }
 
-/** `http:NAME` / `tcp:PORT` from a message or a Redis key's tail, or undefined. */
+/** `http:NAME` / `tcp:PORT` (or a pool member's `…~NODE`) from a message or a Redis key's tail, or undefined. */
 function toLeaseKey(text: string): LeaseKey | undefined {
   if (text.startsWith("http:") && text.length > 5) return text as LeaseKey;
-  if (/^tcp:\d+$/.test(text)) return text as LeaseKey;
+  if (/^tcp:\d+(?:~[A-Za-z0-9._:-]{1,64})?$/.test(text)) return text as LeaseKey;
   return undefined;
 }
 
@@ -329,6 +348,8 @@ export class ClusterDirectory {
   private readonly held = new Map<LeaseKey, Held>();
   /** Every lease in the cluster as last read, with its stored JSON (compared to spot changes). */
   private readonly view = new Map<LeaseKey, { record: LeaseRecord; json: string }>();
+  /** Pool member leases in the view, by the place they are for (kept with the view). */
+  private readonly members = new Map<LeaseKey, Set<LeaseKey>>();
   /** Per key, the sequence number of the read applied last: an older read arriving later is dropped. */
   private readonly stamps = new Map<LeaseKey, number>();
   /** Numbers every command as it is sent; one connection answers in order, so it orders the reads. */
@@ -601,8 +622,9 @@ export class ClusterDirectory {
     userLimit?: number,
   ): Promise<AcquireResult> {
     if (this.stopping || this.state !== "up") return this.downResult();
-    const request: Record<string, string> = { owner: record.owner };
+    const request: Record<string, string | boolean> = { owner: record.owner };
     if (record.user !== undefined) request.user = record.user;
+    if (record.pool === true) request.pool = true;
     if (record.hostHeader !== undefined) request.hostHeader = record.hostHeader;
     if (record.basicAuthHash !== undefined) request.basicAuthHash = record.basicAuthHash;
     if (record.kind !== undefined) request.kind = record.kind;
@@ -688,6 +710,18 @@ export class ClusterDirectory {
     return this.state !== "up" && this.downSince < mine.validUntil;
   }
 
+  /** The member leases of pool place `key` in the view (other nodes' members, and this node's). */
+  poolMembers(key: LeaseKey): { key: LeaseKey; record: LeaseRecord }[] {
+    const keys = this.members.get(key);
+    if (keys === undefined) return [];
+    const out: { key: LeaseKey; record: LeaseRecord }[] = [];
+    for (const member of keys) {
+      const entry = this.view.get(member);
+      if (entry !== undefined) out.push({ key: member, record: entry.record });
+    }
+    return out;
+  }
+
   /** The view: who holds `key` now (synchronous; at most ~1 s stale: pub/sub + a resync every second). */
   holder(key: LeaseKey): LeaseRecord | undefined {
     return this.view.get(key)?.record;
@@ -697,7 +731,7 @@ export class ClusterDirectory {
   ports(): Map<number, LeaseRecord> {
     const ports = new Map<number, LeaseRecord>();
     for (const [key, entry] of this.view) {
-      if (key.startsWith("tcp:")) ports.set(Number(key.slice(4)), entry.record);
+      if (key.startsWith("tcp:")) ports.set(Number.parseInt(key.slice(4), 10), entry.record);
     }
     return ports;
   }
@@ -1063,6 +1097,12 @@ export class ClusterDirectory {
     const record = value === null ? undefined : parseRecord(value);
     if (value !== null && record !== undefined) this.view.set(key, { record, json: value });
     else this.view.delete(key);
+    const place = placeOfLease(key);
+    if (place !== key) {
+      const set = this.members.get(place) ?? new Set<LeaseKey>();
+      if (this.view.has(key)) this.members.set(place, set.add(key));
+      else if (set.delete(key) && set.size === 0) this.members.delete(place);
+    }
     if (!initial) this.call("onChange", () => this.options.onChange?.(key, record));
     const mine = this.held.get(key);
     if (mine && record && seq > mine.seq && (record.node !== this.name || record.epoch !== mine.epoch)) {

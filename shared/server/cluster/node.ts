@@ -25,7 +25,14 @@ import {
 } from "../../relay/stream.ts";
 import { type Hello, StreamKind } from "../../wire/protocol.ts";
 import type { RouteAnswer } from "../namespace/holding.ts";
-import { ClusterDirectory, type LeaseKey, type LeaseRecord, type NodeInfo } from "./directory.ts";
+import {
+  ClusterDirectory,
+  type LeaseKey,
+  type LeaseRecord,
+  type NodeInfo,
+  placeOfLease,
+  poolMemberKey,
+} from "./directory.ts";
 import { InboundLink, type NodeLink, OutboundLink, type RemoteAcceptor } from "./link.ts";
 import { StandbyWatch } from "./standby.ts";
 
@@ -43,6 +50,8 @@ export interface LeaseRequest {
   /** HTTP tunnels: what the other nodes need to serve its visitors (Host rewrite, basic auth). */
   hostHeader?: string;
   basicAuth?: string;
+  /** The tunnel shares its place with the same user's other `--pool` tunnels, on any node. */
+  pool?: boolean;
   /** "tls": an end-to-end TLS tunnel (visitors carried raw). */
   kind?: "tls";
 }
@@ -193,6 +202,7 @@ export class ClusterNode {
       user: request.user,
       hostHeader: request.hostHeader,
       basicAuthHash: request.basicAuth === undefined ? undefined : secretHash(request.basicAuth),
+      pool: request.pool === true ? true : undefined,
       kind: request.kind,
     };
     let result = await this.directory.acquire(key, record, request.claim, request.userLimit);
@@ -222,6 +232,26 @@ export class ClusterNode {
       code: "cluster_unavailable",
       message: `the cluster's Redis is unreachable: new tunnels are refused until it is back (${result.message})`,
     };
+  }
+
+  /**
+   * A pool that other nodes serve `key` with, if any: its user and nodes (the place's holder when it
+   * was leased as a pool, and every node with a member lease beside it). Undefined when `key` is free
+   * or held by one tunnel alone.
+   */
+  poolOf(key: LeaseKey): { user?: string; nodes: string[] } | undefined {
+    const main = this.directory.holder(key);
+    const members = this.directory.poolMembers(key);
+    if (main !== undefined && main.pool !== true) return undefined;
+    const first = main ?? members[0]?.record;
+    if (first === undefined) return undefined;
+    const nodes = [...(main ? [main.node] : []), ...members.map((m) => m.record.node)];
+    return { user: first.user, nodes: [...new Set(nodes)] };
+  }
+
+  /** The member lease this node's members of pool `key` hold beside the place's own. */
+  memberKey(key: LeaseKey): LeaseKey {
+    return poolMemberKey(key, this.options.name);
   }
 
   /** Gives a lease back (the tunnel closed). */
@@ -260,7 +290,7 @@ export class ClusterNode {
       open: (socket) => {
         const kind = record.kind === "tls" ? StreamKind.Tcp : StreamKind.Http;
         if (where.kind === "route") {
-          const stream = this.carry(record, key, kind, socket);
+          const stream = this.carry(record, where.target, kind, socket);
           if (stream !== undefined) return stream;
         }
         return this.waitFor(key, kind, socket, record).then(
@@ -283,7 +313,10 @@ export class ClusterNode {
     const key: LeaseKey = `tcp:${port}`;
     const where = this.where(key);
     if (where.kind === "none" || where.kind === "self") return false;
-    if (where.kind === "route" && this.carry(where.record, key, StreamKind.Tcp, socket) !== undefined)
+    if (
+      where.kind === "route" &&
+      this.carry(where.record, where.target, StreamKind.Tcp, socket) !== undefined
+    )
       return true;
     socket.pause();
     this.waitFor(key, StreamKind.Tcp, socket, where.record).then(
@@ -304,15 +337,22 @@ export class ClusterNode {
   private where(
     key: LeaseKey,
   ):
-    | { kind: "route"; record: LeaseRecord }
+    | { kind: "route"; record: LeaseRecord; target: LeaseKey }
     | { kind: "moving"; record: LeaseRecord }
     | { kind: "self"; record: LeaseRecord }
     | { kind: "none" } {
     const record = this.directory.holder(key);
+    // A pool served from other nodes: the next node in turn whose link is up.
+    if (record === undefined || record.pool === true) {
+      const pooled = this.poolRoute(key, record);
+      if (pooled !== undefined) return pooled;
+    }
     if (record !== undefined) {
       if (record.node === this.options.name)
         return this.directory.holds(key) ? { kind: "self", record } : { kind: "moving", record };
-      return this.links.get(record.node)?.up ? { kind: "route", record } : { kind: "moving", record };
+      return this.links.get(record.node)?.up
+        ? { kind: "route", record, target: key }
+        : { kind: "moving", record };
     }
     const gone = this.vanished.get(key);
     if (gone === undefined) return { kind: "none" };
@@ -323,6 +363,29 @@ export class ClusterNode {
     }
     return { kind: "moving", record: gone.record };
   }
+
+  /** Where the turn of pool place `key` goes among the other nodes serving it (undefined: no pool, or none up). */
+  private poolRoute(
+    key: LeaseKey,
+    main: LeaseRecord | undefined,
+  ): { kind: "route"; record: LeaseRecord; target: LeaseKey } | undefined {
+    const members = this.directory.poolMembers(key);
+    if (members.length === 0) return undefined;
+    const candidates = main === undefined ? members : [{ key, record: main }, ...members];
+    const count = candidates.length;
+    const turn = this.poolTurns.get(key) ?? 0;
+    for (let i = 0; i < count; i++) {
+      const at = (turn + i) % count;
+      const candidate = candidates[at] as { key: LeaseKey; record: LeaseRecord };
+      if (candidate.record.node === this.options.name || !this.links.get(candidate.record.node)?.up) continue;
+      this.poolTurns.set(key, (at + 1) % count);
+      return { kind: "route", record: candidate.record, target: candidate.key };
+    }
+    return undefined;
+  }
+
+  /** Pool places: where each one's next visitor from this node goes among the nodes serving it. */
+  private readonly poolTurns = new Map<LeaseKey, number>();
 
   /**
    * Waits (polling every 50 ms, at most {@link VISITOR_WAIT_MS}) until `key` can be served, then carries
@@ -362,7 +425,7 @@ export class ClusterNode {
         )
           return { ...retry, message: "this tunnel changed hands; try again", retryAfter: 0 };
         if (where.kind === "route") {
-          const stream = this.carry(record, key, kind, socket);
+          const stream = this.carry(record, where.target, kind, socket);
           if (stream !== undefined) return stream;
           continue;
         }
@@ -492,9 +555,11 @@ export class ClusterNode {
    */
   private reconcile(key: LeaseKey): void {
     if (this.closed || !key.startsWith("tcp:")) return;
-    const port = Number(key.slice(4));
-    const record = this.directory.holder(key);
-    const wanted = record !== undefined && record.node !== this.options.name && !this.options.listensOn(port);
+    const place = placeOfLease(key);
+    const port = Number(place.slice(4));
+    const holders = [this.directory.holder(place), ...this.directory.poolMembers(place).map((m) => m.record)];
+    const record = holders.find((r) => r !== undefined && r.node !== this.options.name);
+    const wanted = record !== undefined && !this.options.listensOn(port);
     const mirror = this.mirrors.get(port);
     if (!wanted) {
       if (mirror !== undefined) this.unmirror(port);

@@ -16,10 +16,14 @@
 
 import type { RelaySocket, Stream } from "../../relay/stream.ts";
 import type { StreamKind } from "../../wire/protocol.ts";
+import type { UdpMember, UdpPort, UdpSessionFlows } from "../udp-port.ts";
 import type { Account } from "../users.ts";
 
-/** A place in the namespace: an HTTP tunnel's name or a public TCP port (the cluster's lease key too). */
-export type PlaceKey = `http:${string}` | `tcp:${number}`;
+/**
+ * A place in the namespace: an HTTP tunnel's name, a public TCP port (the cluster's lease key too) or
+ * a public UDP port (TCP's and UDP's port numbers are separate places, as they are to the kernel).
+ */
+export type PlaceKey = `http:${string}` | `tcp:${number}` | `udp:${number}`;
 
 /** Why a claim or a visitor was refused, for the client's (or the log's) one line. */
 export interface Refusal {
@@ -53,6 +57,11 @@ export interface TunnelHolder {
   openVisitor(tunnel: Tunnel, socket: RelaySocket, kind: StreamKind): Stream | string;
   /** Cluster: another node took the tunnel's key; the holder drops the tunnel and tells its client. */
   lose(tunnel: Tunnel): void;
+  /**
+   * The session's UDP flows (made with its first UDP tunnel): where a UDP place's flows are carried.
+   * A holder without it holds no UDP tunnel.
+   */
+  udpFlows?(): UdpSessionFlows;
 }
 
 /** One session's share of a place: what its client exposed, with its own visitors. */
@@ -62,11 +71,14 @@ export interface Tunnel {
   /** Small number that OPEN frames use to name this tunnel on its client's connection. */
   readonly ref: number;
   /** "tls": an end-to-end TLS tunnel on the HTTPS port, routed by SNI like an HTTP name (acme/tls-front.ts). */
-  readonly kind: "tcp" | "http" | "tls";
+  readonly kind: "tcp" | "http" | "udp" | "tls";
   /** Its public port (for HTTP tunnels, the server's HTTP port). */
   port: number;
   /** HTTP and TLS tunnels: the name under the server's domain, or a custom domain's whole host name. */
   name?: string;
+  /** UDP tunnels: the place's public socket (shared by a pool's members) and this member's share. */
+  udp?: UdpPort;
+  udpMember?: UdpMember;
   /** The URL its client was told. */
   url?: string;
   /** Its open visitor streams (their count is what `--max-streams` limits). */

@@ -1,5 +1,5 @@
 /**
- * The server's namespace: which public TCP ports and HTTP names exist, who holds each (a session's
+ * The server's namespace: which public TCP and UDP ports and HTTP names exist, who holds each (a session's
  * tunnel, a pool of them, a session in its grace period, or another node through its cluster lease),
  * the rules for taking one, and where each visitor goes (port or name → a tunnel → a stream).
  *
@@ -17,8 +17,10 @@ import type { RelaySocket, RelaySocketData, Stream } from "../../relay/stream.ts
 import { relaySocketHandlers } from "../../relay/stream.ts";
 import { type ExposeRequest, StreamKind } from "../../wire/protocol.ts";
 import { customHost, hostOfKey, type NameHooks } from "../acme/hostnames.ts";
+import { placeOfLease } from "../cluster/directory.ts";
 import type { ClusterNode } from "../cluster/node.ts";
 import { listenPublic, PortError } from "../public-port.ts";
+import { newUdpCounters, type UdpCounters, UdpPort, type UdpSettings } from "../udp-port.ts";
 import { type Account, describeRanges } from "../users.ts";
 import type {
   Holding,
@@ -56,9 +58,14 @@ export interface NamespaceSettings {
    * @throws {Error} one line naming a bad rule: the claim is refused with it.
    */
   tunnelFilter?(request: ExposeRequest): VisitorFilter | undefined;
+  /** UDP places' flow settings (a reload applies them to UDP ports opened afterwards); default 60 s, 1,024. */
+  udp?: UdpSettings;
   /** Without users: the custom domains (`--custom-domains` patterns) clients may hold. */
   customDomains?: readonly string[];
 }
+
+/** `--udp-idle-timeout` and `--udp-max-flows` when the settings name none. */
+const DEFAULT_UDP: UdpSettings = { idleMs: 60_000, maxFlows: 1024 };
 
 /** Why a visitor was refused before reaching a client (`sockets_visitors_refused_total{reason}`). */
 export type RefusedReason = "denied" | "offline" | "limit" | "unknown";
@@ -68,8 +75,13 @@ class Place {
   readonly tunnels: Tunnel[] = [];
   /** TCP: the public listener, shared by a pool's members. */
   listener?: PublicListener;
-  /** Cluster: whether the lease on {@link key} is ours (taken before the place went live). */
-  leased = false;
+  /**
+   * Cluster: the lease this node holds for the place (taken before it went live): its key itself, or
+   * for a pool that other nodes hold too, this node's member lease beside it (`KEY~NODE`).
+   */
+  lease?: PlaceKey;
+  /** UDP: the public socket and its flows, shared by a pool's members. */
+  udp?: UdpPort;
   /** Where the next visitor's round-robin turn starts among equally loaded members. */
   turn = 0;
   /** HTTP: the route the ingress uses, made once. */
@@ -99,6 +111,20 @@ export class Namespace {
   private cluster?: ClusterNode;
   /** Told of each visitor refused before it reached a client (the metrics count them). */
   onRefused?: (reason: RefusedReason) => void;
+  /** UDP counts of places already closed, and of datagrams no place can be named for. */
+  readonly udpClosed: UdpCounters = newUdpCounters();
+
+  /** The UDP flow settings now (`--udp-idle-timeout`, `--udp-max-flows`). */
+  get udpSettings(): UdpSettings {
+    return this.settings.udp ?? DEFAULT_UDP;
+  }
+
+  /** Every UDP place's public port (for /health and /metrics). */
+  udpPorts(): UdpPort[] {
+    const ports: UdpPort[] = [];
+    for (const place of this.places.values()) if (place.udp !== undefined) ports.push(place.udp);
+    return ports;
+  }
   /** The HTTPS port (`--https-port`): HTTP tunnels get https URLs on it, and TLS tunnels live there. */
   private httpsPort?: number;
   /** Told when an HTTP name opens or closes (automatic HTTPS orders its certificate). */
@@ -145,7 +171,7 @@ export class Namespace {
   holding(key: PlaceKey): Holding {
     const place = this.places.get(key);
     const cluster = this.cluster;
-    if (place === undefined || (place.leased && cluster !== undefined && !cluster.holds(key))) {
+    if (place === undefined || (place.lease && cluster !== undefined && !cluster.holds(place.lease))) {
       const remote = cluster?.directory.holder(key);
       return remote === undefined || remote.node === cluster?.name
         ? { state: "free" }
@@ -197,7 +223,12 @@ export class Namespace {
     };
     // Taken before a cluster lease is awaited: two claims in flight never get one id.
     this.tunnelIds.add(id);
-    const placed = request.kind === "tcp" ? this.placeTcp(tunnel, request) : this.placeHttp(tunnel, request);
+    const placed =
+      request.kind === "tcp"
+        ? this.placeTcp(tunnel, request)
+        : request.kind === "udp"
+          ? this.placeUdp(tunnel, request)
+          : this.placeHttp(tunnel, request);
     if (placed instanceof Promise) return placed.then((result) => this.settle(tunnel, result));
     return this.settle(tunnel, placed);
   }
@@ -216,7 +247,10 @@ export class Namespace {
     const https = this.httpsPort;
     const scheme = tunnel.kind === "tls" ? "tls" : https !== undefined ? "https" : this.httpScheme;
     const port = tunnel.kind === "http" && https !== undefined ? https : tunnel.port;
-    tunnel.url = host === undefined ? `${formatHost(domain)}:${tunnel.port}` : `${scheme}://${host}:${port}`;
+    tunnel.url =
+      host === undefined
+        ? `${tunnel.kind === "udp" ? "udp://" : ""}${formatHost(domain)}:${tunnel.port}`
+        : `${scheme}://${host}:${port}`;
     return tunnel;
   }
 
@@ -232,6 +266,7 @@ export class Namespace {
       const at = place.tunnels.indexOf(tunnel);
       if (at >= 0) place.tunnels.splice(at, 1);
       if (place.tunnels.length === 0) this.close(place, closeVisitors);
+      else if (tunnel.udpMember !== undefined) place.udp?.forgetMember(tunnel.udpMember);
     }
     if (this.tunnelIds.delete(tunnel.id) && tunnel.holder.account !== undefined)
       tunnel.holder.account.tunnels--;
@@ -243,9 +278,10 @@ export class Namespace {
       this.listening.delete(place.listener);
       place.listener.stop(closeVisitors);
     }
-    if (place.leased) {
-      place.leased = false;
-      this.cluster?.release(place.key);
+    place.udp?.close(this.udpClosed);
+    if (place.lease !== undefined) {
+      this.cluster?.release(place.lease);
+      place.lease = undefined;
     }
     if (place.claimed !== undefined) {
       this.names?.released(place.claimed.host, place.claimed.owner);
@@ -269,8 +305,37 @@ export class Namespace {
       userLimit: holder.account?.limits.maxTunnels,
       hostHeader: tunnel.hostHeader,
       basicAuth: tunnel.basicAuth,
+      pool: tunnel.pool,
       kind: tunnel.kind === "tls" ? ("tls" as const) : undefined,
     };
+  }
+
+  /**
+   * Cluster: leases place `key` for a tunnel, or, when other nodes serve it as a pool of the same
+   * user and the tunnel asks for a pool, a member lease beside it. The lease taken, or why not.
+   */
+  private async lease(
+    cluster: ClusterNode,
+    key: PlaceKey,
+    tunnel: Tunnel,
+    what: string,
+  ): Promise<PlaceKey | Refusal> {
+    const request = this.leaseRequest(tunnel);
+    const pool = cluster.poolOf(key);
+    if (pool !== undefined) {
+      const code = key.startsWith("http:") ? "subdomain_taken" : "port_taken";
+      const nodes = pool.nodes.join(", ");
+      if (pool.user !== request.user)
+        return {
+          code,
+          message: `${what} is taken (held by another user; pools are per user; node ${nodes})`,
+        };
+      if (!tunnel.pool)
+        return { code, message: `${what} is served by a pool (node ${nodes}): ask with --pool to join it` };
+      const member = cluster.memberKey(key);
+      return (await cluster.acquire(member, request)) ?? member;
+    }
+    return (await cluster.acquire(key, request)) ?? key;
   }
 
   /** A place is held here already: join its pool, or be told which rule forbids it. */
@@ -324,18 +389,21 @@ export class Namespace {
     what: string,
     bind?: () => PublicListener | Refusal,
   ): Promise<Refusal | null> {
-    const refused = await cluster.acquire(key, this.leaseRequest(tunnel));
-    if (refused !== null) return refused;
+    const leased = await this.lease(cluster, key, tunnel, what);
+    if (typeof leased !== "string") return leased;
     // Another local tunnel may have opened the place while Redis answered.
     const held = this.places.get(key);
-    if (held !== undefined) return this.joinHeld(held, tunnel, what);
+    if (held !== undefined) {
+      if (held.lease !== leased) cluster.release(leased);
+      return this.joinHeld(held, tunnel, what);
+    }
     const listener = bind?.();
     if (listener !== undefined && !("stop" in listener)) {
-      cluster.release(key);
+      cluster.release(leased);
       return listener;
     }
     const place = new Place(key, tunnel.pool, tunnel.holder.account);
-    place.leased = true;
+    place.lease = leased;
     return this.open(place, tunnel, listener);
   }
 
@@ -392,6 +460,73 @@ export class Namespace {
     return this.leaseAnyPort(cluster, tunnel, bind);
   }
 
+  /**
+   * A UDP tunnel: its own public UDP port, under the TCP ports' rules (the server's `--tcp-ports`,
+   * the user's ranges, no privileged port without a range, pools of one user, grace). Binding is
+   * asynchronous; a port asked for that a claim in flight is binding is refused as taken. Not yet in a
+   * cluster: the node link does not carry datagrams.
+   */
+  private placeUdp(tunnel: Tunnel, request: ExposeRequest): Refusal | null | Promise<Refusal | null> {
+    if (this.cluster !== undefined)
+      return {
+        code: "no_udp",
+        message: "UDP tunnels are not served by a cluster yet (this server runs with --cluster)",
+      };
+    const where = tcpRanges(request.port, tunnel.holder.account, this.settings.tcpPorts);
+    if (!("ranges" in where)) return where;
+    const asked = request.port;
+    const flows = tunnel.holder.udpFlows?.();
+    if (flows === undefined) return { code: "no_udp", message: "this session cannot hold UDP tunnels" };
+    tunnel.udpMember = { ref: tunnel.ref, flows };
+    if (asked !== undefined) {
+      tunnel.port = asked;
+      const held = this.places.get(`udp:${asked}`);
+      if (held !== undefined) return this.joinUdp(held, tunnel, `port ${asked}/udp`);
+    }
+    let place: Place | undefined;
+    const choose = (address: string) => {
+      const chosen = place === undefined ? "offline" : this.choose(place, address);
+      return typeof chosen === "string"
+        ? chosen === "denied"
+          ? "denied"
+          : "offline"
+        : (chosen.udpMember ?? "offline");
+    };
+    const request_ = { host: this.settings.host, port: asked, ranges: where.ranges, own: this.ownPorts };
+    return UdpPort.open(request_, this.udpSettings, choose).then(
+      (port) => {
+        const key: PlaceKey = `udp:${port.port}`;
+        // Another claim opened the same place while this one was binding (port 0 twice cannot happen).
+        const held = this.places.get(key);
+        if (held !== undefined) {
+          port.close(this.udpClosed);
+          return this.joinUdp(held, tunnel, `port ${port.port}/udp`);
+        }
+        place = new Place(key, tunnel.pool, tunnel.holder.account);
+        place.udp = port;
+        tunnel.udp = port;
+        tunnel.port = port.port;
+        return this.open(place, tunnel);
+      },
+      (error: unknown) => {
+        const refusal = {
+          code: error instanceof PortError ? error.code : "listen_failed",
+          message: (error as Error).message,
+        };
+        // "In use" is true but useless when a dropped client's session holds it: say for how long.
+        const held = asked === undefined ? undefined : this.places.get(`udp:${asked}`);
+        return held === undefined ? refusal : this.joinUdp(held, tunnel, `port ${asked}/udp`);
+      },
+    );
+  }
+
+  /** A UDP place held here already: join its pool (sharing its socket), or be told why not. */
+  private joinUdp(place: Place, tunnel: Tunnel, what: string): Refusal | null {
+    const refused = this.joinHeld(place, tunnel, what);
+    if (refused === null) tunnel.udp = place.udp;
+    return refused;
+  }
+
   /** Cluster, any port: bind one, lease it; another one when some node holds it already (8 tries). */
   private async leaseAnyPort(
     cluster: ClusterNode,
@@ -405,7 +540,7 @@ export class Namespace {
       const refused = await cluster.acquire(key, this.leaseRequest(tunnel));
       if (refused === null && !this.places.has(key)) {
         const place = new Place(key, tunnel.pool, tunnel.holder.account);
-        place.leased = true;
+        place.lease = key;
         return this.open(place, tunnel, listener);
       }
       listener.stop(true);
@@ -495,7 +630,7 @@ export class Namespace {
     // A node whose lease lapsed (frozen, or taken over before it heard) serves the port no more: the
     // visitor goes to whichever node holds it now, if any.
     const cluster = this.cluster;
-    if (place.leased && cluster !== undefined && !cluster.holds(place.key)) {
+    if (place.lease !== undefined && cluster !== undefined && !cluster.holds(place.lease)) {
       if (!cluster.forwardTcp(Number(place.key.slice(4)), socket)) socket.terminate();
       return;
     }
@@ -555,7 +690,7 @@ export class Namespace {
     const place = this.places.get(key);
     const cluster = this.cluster;
     if (cluster === undefined) return place?.route;
-    if (place !== undefined && cluster.holds(key)) return place.route;
+    if (place?.lease !== undefined && cluster.holds(place.lease)) return place.route;
     const remote = cluster.remoteRoute(name);
     if (remote === undefined) return undefined;
     return {
@@ -575,9 +710,10 @@ export class Namespace {
    * the stream of the member it goes to, or why not.
    */
   acceptRemote(target: string, kind: StreamKind, socket: RelaySocket): Stream | string {
-    const key = target as PlaceKey;
-    if (this.cluster !== undefined && !this.cluster.holds(key)) return `${target} is not held here`;
-    const place = this.places.get(key);
+    // A pool member lease (`KEY~NODE`) names this node's share of the place `KEY`.
+    if (this.cluster !== undefined && !this.cluster.holds(target as PlaceKey))
+      return `${target} is not held here`;
+    const place = this.places.get(placeOfLease(target as PlaceKey));
     if (place === undefined) return `no tunnel ${target} here`;
     const chosen = this.choose(place, socket.remoteAddress);
     if (chosen === "denied") return "forbidden: this address may not reach this tunnel";
@@ -590,7 +726,7 @@ export class Namespace {
 
   /** Cluster: the lease of `key` went to another node: every tunnel of that place stops here at once. */
   leaseLost(key: PlaceKey): void {
-    const place = this.places.get(key);
+    const place = this.places.get(placeOfLease(key));
     if (place === undefined) return;
     for (const tunnel of [...place.tunnels]) tunnel.holder.lose(tunnel);
   }
