@@ -102,6 +102,9 @@ interface PipeData {
  */
 const MAX_HELLO_READS = 32;
 
+/** Most distinct refusal lines logged per minute. */
+const MAX_LOGGED_REFUSALS = 100;
+
 /** How long a visitor has to read the last bytes of a connection its terminator closed. */
 const LINGER_MS = 10_000;
 
@@ -167,7 +170,10 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
     }
   }
 
+  /** Refusals logged this minute (cleared every minute; at most {@link MAX_LOGGED_REFUSALS}). */
+  const logged = new Set<string>();
   const idleSweep = setInterval(() => {
+    logged.clear();
     const now = performance.now();
     for (const terminator of [...terminators.values()])
       if (terminator.pipes === 0 && now - terminator.lastUsed > TERMINATOR_IDLE_MS) retire(terminator);
@@ -227,7 +233,11 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
 
   function refuse(socket: Socket<FrontData>, description: number, line?: string): void {
     socket.data.phase = "done";
-    if (line !== undefined) log.info(`https visitor ${describe(socket)}: ${line}`);
+    // One line per refused reason and minute: a scanner cycling names must not flood the log.
+    if (line !== undefined && !logged.has(line) && logged.size < MAX_LOGGED_REFUSALS) {
+      logged.add(line);
+      log.info(`https visitor ${describe(socket)}: ${line}`);
+    }
     socket.write(alertRecord(description));
     socket.end();
   }
