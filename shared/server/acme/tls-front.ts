@@ -26,7 +26,7 @@ import { formatHost, unmappedAddress } from "../../args.ts";
 import type { Logger } from "../../log.ts";
 import { type RelaySocket, relaySocketHandlers, type Stream } from "../../relay/stream.ts";
 import { ResetCode } from "../../wire/protocol.ts";
-import { type HttpIngress, type HttpIngressOptions, listenHttp } from "../http-ingress.ts";
+import { HeadBudget, type HttpIngress, type HttpIngressOptions, listenHttp } from "../http-ingress.ts";
 import type { Certificate, CertificateStore } from "./certificates.ts";
 import { Alert, alertRecord, readClientHello } from "./client-hello.ts";
 
@@ -74,6 +74,8 @@ interface FrontData {
   head: Uint8Array;
   /** Reads that went into {@link head}: a ClientHello comes in a few; a dribble is cut at {@link MAX_HELLO_READS}. */
   reads: number;
+  /** Bytes of an incomplete ClientHello counted against the server's head budget. */
+  held: number;
   deadline: number;
   pipe?: Pipe;
 }
@@ -130,6 +132,13 @@ const TERMINATOR_IDLE_MS = 10 * 60_000;
 export function listenTlsFront(options: TlsFrontOptions): TlsFront {
   const { log, certificates } = options;
   const headTimeoutMs = options.headTimeoutSeconds * 1000;
+  // Incomplete ClientHellos count against the same budget as the HTTP ports' incomplete heads.
+  const heads = options.http.heads ?? new HeadBudget();
+  /** Gives back what a connection's incomplete ClientHello held of the budget. */
+  const release = (data: FrontData) => {
+    heads.used -= data.held;
+    data.held = 0;
+  };
   const open = new Set<Socket<FrontData>>();
   const terminators = new Map<Certificate, Terminator>();
   /** Every terminator not closed for good yet, retired ones included. */
@@ -233,6 +242,7 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
 
   function refuse(socket: Socket<FrontData>, description: number, line?: string): void {
     socket.data.phase = "done";
+    release(socket.data);
     // One line per refused reason and minute: a scanner cycling names must not flood the log.
     if (line !== undefined && !logged.has(line) && logged.size < MAX_LOGGED_REFUSALS) {
       logged.add(line);
@@ -402,6 +412,7 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
           phase: "hello",
           head: EMPTY,
           reads: 0,
+          held: 0,
           deadline: performance.now() + headTimeoutMs,
         };
         open.add(socket);
@@ -437,9 +448,21 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
         data.head = data.head.length === 0 ? chunk.slice() : concat(data.head, chunk);
         const read = readClientHello(data.head);
         if (read.status === "more") {
-          if (++data.reads >= MAX_HELLO_READS) refuse(socket, Alert.HandshakeFailure);
+          if (++data.reads >= MAX_HELLO_READS) {
+            refuse(socket, Alert.HandshakeFailure);
+            return;
+          }
+          heads.used += data.head.length - data.held;
+          data.held = data.head.length;
+          if (heads.used > heads.limit) {
+            log.warn(
+              `https visitor refused: incomplete ClientHellos and heads hold ${heads.used} bytes (limit ${heads.limit})`,
+            );
+            refuse(socket, Alert.InternalError);
+          }
           return;
         }
+        release(data);
         if (read.status === "bad") {
           refuse(socket, Alert.HandshakeFailure);
           return;
@@ -480,6 +503,7 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
         open.delete(socket);
         const data = socket.data;
         if (data === undefined) return;
+        release(data);
         if (data.phase === "relay" || data.phase === "waiting")
           relaySocketHandlers.close(socket as unknown as RelaySocket, error);
         else if (data.pipe !== undefined && !data.pipe.closed) {
