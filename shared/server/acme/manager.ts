@@ -152,8 +152,6 @@ export class AcmeManager {
   coordinator?: OrderCoordinator;
   /** Cluster: where this node's challenges are announced. */
   challenges?: ChallengeShare;
-  /** Told when a certificate is stored (the front serves it to the next connection). */
-  onIssued?: (host: string) => void;
 
   constructor(
     readonly settings: AcmeSettings,
@@ -435,7 +433,6 @@ export class AcmeManager {
       this.log.info(
         `acme: certificate ${renewal ? "renewed" : "issued"} for ${name} through ${used} in ${ms} ms (valid until ${until})`,
       );
-      this.onIssued?.(name);
       await coordinator?.publish(name, cert, key.toString());
     } finally {
       await coordinator?.unlock(name);
@@ -452,7 +449,6 @@ export class AcmeManager {
     this.log.info(
       `acme: certificate for ${host} from the cluster (valid until ${new Date(incoming.notAfter).toISOString()})`,
     );
-    this.onIssued?.(host);
   }
 }
 
