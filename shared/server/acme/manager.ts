@@ -21,10 +21,32 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import { join } from "node:path";
 import { rootCertificates } from "node:tls";
-import * as acme from "acme-client";
+import type * as Acme from "acme-client";
 import { describeError, type Logger } from "../../log.ts";
 import { type CertificateStore, describeCertificate } from "./certificates.ts";
 import { type DnsUpdateTarget, updateChallengeRecord } from "./dns-update.ts";
+
+/**
+ * acme-client, loaded with the first order: it and its dependencies (axios, asn1, …) cost about 33 MiB
+ * of resident memory, which a server without `--acme-email` should never pay.
+ */
+let acmeLibrary: Promise<typeof Acme> | undefined;
+/** The CA trusted besides the system's (`--acme-ca`), applied to acme-client's HTTP when it loads. */
+let acmeCa: string | undefined;
+const loadAcme = (): Promise<typeof Acme> => {
+  acmeLibrary ??= import("acme-client").then((acme) => {
+    const http = (acme as unknown as { axios: AcmeHttp }).axios;
+    // acme-client's own HTTP retries wait up to 75 s on a refused connection, and as long as a 429's
+    // Retry-After says: the manager retries whole orders with its own backoff instead (and a refused
+    // connection then fails in milliseconds, not minutes).
+    http.defaults.acmeSettings.retryMaxAttempts = 0;
+    // acme-client speaks through axios, which takes a Node https agent for a private CA.
+    if (acmeCa !== undefined)
+      http.defaults.httpsAgent = new https.Agent({ ca: [...rootCertificates, acmeCa] });
+    return acme;
+  });
+  return acmeLibrary;
+};
 
 /** Challenge types the server can answer. */
 export type ChallengeType = "http-01" | "tls-alpn-01";
@@ -97,11 +119,7 @@ const HOUR_MS = 3_600_000;
 const ORDER_TIMEOUT_MS = 180_000;
 
 /** acme-client's axios instance (its HTTP settings are process-wide). */
-const ACME_HTTP = (
-  acme as unknown as {
-    axios: { defaults: { httpsAgent?: unknown; acmeSettings: { retryMaxAttempts: number } } };
-  }
-).axios;
+type AcmeHttp = { defaults: { httpsAgent?: unknown; acmeSettings: { retryMaxAttempts: number } } };
 
 /** One line for a failed order: acme-client reports a connection that failed as a TypeError of its own. */
 function orderFailure(error: unknown): string {
@@ -145,7 +163,7 @@ export class AcmeManager {
   private readonly ownerOrders = new Map<string, number[]>();
   private readonly orders = { issued: 0, failed: 0, refused: 0 };
   private lastFailure?: AcmeStats["lastFailure"];
-  private accountReady?: Promise<acme.Client>;
+  private accountReady?: Promise<Acme.Client>;
   private running = 0;
   private timer?: ReturnType<typeof setInterval>;
   /** Cluster coordination, when the server is a node of one. */
@@ -159,13 +177,7 @@ export class AcmeManager {
     private readonly log: Logger,
   ) {
     mkdirSync(settings.dir, { recursive: true, mode: 0o700 });
-    // acme-client's own HTTP retries wait up to 75 s on a refused connection, and as long as a 429's
-    // Retry-After says: the manager retries whole orders with its own backoff instead (and a refused
-    // connection then fails in milliseconds, not minutes).
-    ACME_HTTP.defaults.acmeSettings.retryMaxAttempts = 0;
-    if (settings.ca !== undefined)
-      // acme-client speaks through axios, which takes a Node https agent for a private CA.
-      ACME_HTTP.defaults.httpsAgent = new https.Agent({ ca: [...rootCertificates, settings.ca] });
+    acmeCa = settings.ca;
   }
 
   /** Loads stored certificates and starts the checks. */
@@ -345,8 +357,9 @@ export class AcmeManager {
   }
 
   /** The account: its key from `--acme-dir` (made once), registered (or found) at the CA. */
-  private account(): Promise<acme.Client> {
+  private account(): Promise<Acme.Client> {
     this.accountReady ??= (async () => {
+      const acme = await loadAcme();
       const keyFile = join(this.settings.dir, "account.key");
       let accountKey: string;
       if (existsSync(keyFile)) accountKey = readFileSync(keyFile, "utf8");
@@ -385,6 +398,7 @@ export class AcmeManager {
       }
       const started = performance.now();
       const client = await this.account();
+      const acme = await loadAcme();
       const key = await acme.crypto.createPrivateEcdsaKey();
       // A wildcard is ordered with its base name, through DNS-01 (the only challenge a CA takes for it).
       const wildcard = name.startsWith("*.");
