@@ -101,25 +101,18 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       https,
       log,
     });
-    const { control, http, httpsPort, admin } = listeners;
+    const { control, http, httpsPort } = listeners;
     registry.namespace.bind({
       httpPort: http?.port ?? control.port,
       // With --https-port, --http-port serves plain http (the control port keeps --tls-cert).
       https: options.tls !== undefined && (options.httpsPort === undefined || http === undefined),
       httpsPort,
-      ownPorts: [
-        control.port,
-        ...(http ? [http.port] : []),
-        ...(httpsPort !== undefined ? [httpsPort] : []),
-        ...(admin ? [admin.port] : []),
-      ],
+      ownPorts: listeners.ownPorts,
     });
     // Cluster: names and ports are leased in Redis, visitors for other nodes' tunnels carried there.
     if (options.cluster !== undefined) {
       const node = await joinCluster(options, registry, host, control.port);
       registry.join(node);
-      // Clients learn their node's name in hello: their standby connections watch it.
-      registry.context.limits.node = registry.cluster?.name;
       await https.joinCluster(node);
     }
   } catch (error) {

@@ -120,6 +120,8 @@ export class SessionRegistry {
   join(cluster: ClusterNode): void {
     this.cluster = cluster;
     this.namespace.join(cluster);
+    // Clients learn their node's name in hello: their standby connections watch it.
+    this.context.limits.node = cluster.name;
   }
 
   /**
