@@ -135,7 +135,9 @@ export class ClusterNode {
   private readonly links = new Map<string, NodeLink>();
   private readonly mirrors = new Map<number, TCPSocketListener<RelaySocketData>>();
   /** The last holder of each key that left the view, and when: a move may bring it back. */
-  private readonly vanished = new Map<LeaseKey, { record: LeaseRecord; at: number }>();
+  private readonly vanished = new Map<LeaseKey, { record: LeaseRecord; at: number; instance?: string }>();
+  /** The process (instance) last seen under each node name: a restarted node is another one. */
+  private readonly instances = new Map<string, string | undefined>();
   /** The record of each key in the view, as last told (what `vanished` keeps when it goes). */
   private readonly records = new Map<LeaseKey, LeaseRecord>();
   /** Looks at the node list again once a Redis outage's settling time is over (see syncLinks). */
@@ -390,8 +392,11 @@ export class ClusterNode {
     }
     const gone = this.vanished.get(key);
     if (gone === undefined) return { kind: "none" };
-    // Released by a node that is still here: gone for good. Its node left: its client may bring it back.
-    if (performance.now() - gone.at > this.moveWindowMs || this.alive(gone.record.node)) {
+    // Released by a node that is still here: gone for good. Its node left (or is another process under
+    // that name by now, restarted): its client may bring it back.
+    const holder = this.directory.nodes().find((node) => node.name === gone.record.node);
+    const sameProcess = holder !== undefined && holder.instance === gone.instance;
+    if (performance.now() - gone.at > this.moveWindowMs || sameProcess) {
       this.vanished.delete(key);
       return { kind: "none" };
     }
@@ -544,6 +549,7 @@ export class ClusterNode {
     clearTimeout(this.settleTimer);
     if (settling > 0)
       this.settleTimer = setTimeout(() => this.syncLinks(this.directory.nodes()), settling + 10);
+    for (const node of nodes) this.instances.set(node.name, node.instance);
     // A node that left (stopped renewing, or shut down): its clients' standbys here move them here now.
     const names = new Set(nodes.map((node) => node.name));
     for (const standby of [...this.standbys])
@@ -591,7 +597,8 @@ export class ClusterNode {
       this.vanished.delete(key);
     } else if (before !== undefined) {
       this.records.delete(key);
-      this.vanished.set(key, { record: before, at: performance.now() });
+      const instance = this.instances.get(before.node);
+      this.vanished.set(key, { record: before, at: performance.now(), instance });
     }
     this.reconcile(key);
   }
