@@ -38,6 +38,7 @@ import {
 import { buildNative, ROOT } from "./native.ts";
 import { killAll, type Proc, run, spawn } from "./procs.ts";
 import { PROVIDER_NAMES, PROVIDERS, type ProviderName, setSocketsBase } from "./providers.ts";
+import { type RedisResult, redisReport, runRedisGet } from "./redis-get.ts";
 import {
   cpuTable,
   floorTable,
@@ -64,6 +65,7 @@ export const MEASURES = [
   "udp",
   "budget",
   "clients",
+  "redis",
 ] as const;
 
 /** A measurement group name. */
@@ -100,6 +102,7 @@ Options:
                        idle, at the peak and 10 s after, against its client budget (budget-memory.ts)
                        clients: 2,000 idle clients with a TCP tunnel each: the server's KiB per client and
                        CPU while they idle (many-clients.ts)
+                       redis: redis-benchmark GET -c 50 direct and through the chosen tunnels (redis-get.ts)
   --sockets-root DIR   longpath, http, budget: run sockets from another checkout (for a before/after table);
                        the loopback measures run it as provider sockets-base
   -h, --help           show this help
@@ -344,7 +347,13 @@ export async function runBench(options: BenchOptions): Promise<string> {
   const results: Partial<Record<ProviderName, ProviderResult>> = {};
   const loopback = options.measures.filter(
     (m) =>
-      m !== "longpath" && m !== "http" && m !== "cluster" && m !== "udp" && m !== "budget" && m !== "clients",
+      m !== "longpath" &&
+      m !== "http" &&
+      m !== "cluster" &&
+      m !== "udp" &&
+      m !== "budget" &&
+      m !== "clients" &&
+      m !== "redis",
   );
   try {
     await service.waitFor(/port (\d+)/, 10_000);
@@ -404,6 +413,14 @@ export async function runBench(options: BenchOptions): Promise<string> {
       ]);
   } else if (options.measures.includes("clients"))
     log("clients: skipped: it measures sockets (add it to --only)");
+  let redis: RedisResult | null = null;
+  if (options.measures.includes("redis"))
+    redis = await runRedisGet({
+      providers: options.only.filter((n) => n === "direct" || n === "rathole" || n.startsWith("sockets")),
+      repeat: options.quick ? 1 : Math.min(params.repeat, 3),
+      requests: options.quick ? 50_000 : 100_000,
+      log,
+    });
   const elapsed = (performance.now() - started) / 1000;
   const info = await machine();
   const report = [
@@ -440,6 +457,14 @@ export async function runBench(options: BenchOptions): Promise<string> {
           "",
         ].join("\n")
       : "",
+    redis
+      ? [
+          "### redis-benchmark GET, 50 clients (a real client of small requests)",
+          "",
+          redisReport(redis),
+          "",
+        ].join("\n")
+      : "",
     clients.length > 0
       ? [
           "### Idle clients (one TCP tunnel each; server RSS and CPU)",
@@ -452,7 +477,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
   if (options.json)
     writeFileSync(
       options.json,
-      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster, udp, budget, clients }, null, 2)}\n`,
+      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster, udp, budget, clients, redis }, null, 2)}\n`,
     );
   return report;
 }

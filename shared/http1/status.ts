@@ -1,7 +1,6 @@
 /**
- * HTTP reason phrases by status code (the table of Node's `http.STATUS_CODES`, copied): importing
- * `node:http` for it loaded Node's whole HTTP module into every server (about 2 MiB of its memory at
- * rest) for a table of strings.
+ * HTTP reason phrases by status code. A copy of Node's `http.STATUS_CODES`: importing `node:http` for
+ * it loaded Node's whole HTTP module into every server (memory at rest) for a table of strings.
  * @module
  */
 

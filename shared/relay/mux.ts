@@ -11,6 +11,7 @@ import { BATCHABLE_BYTES, Batcher } from "../wire/batcher.ts";
 import {
   DATA_SCRATCH_EXTRA,
   type DatagramFrame,
+  dataFrameStream,
   decodeFrame,
   encodeData,
   encodeDatagram,
@@ -109,6 +110,8 @@ const PING_LOST_MS = 5000;
  * written, before the next is built, and a buffer per session cost every idle client its pages.
  */
 let dataScratch = new Uint8Array(0);
+/** DATA payloads up to this size are written into the round's batch directly. */
+const SMALL_DATA = BATCHABLE_BYTES - HEADER_LENGTH;
 /** The same for WINDOW, GROW and END frames (the batcher copies them). */
 const smallScratch = new Uint8Array(16);
 /** The default clock, one function for every mux. */
@@ -281,6 +284,12 @@ export class Mux implements StreamHost {
   private readonly receiveFrameInBatch = (frame: Uint8Array) => this.receiveFrame(frame);
 
   private receiveFrame(message: Uint8Array): void {
+    // DATA, the common case, without a frame object.
+    const id = dataFrameStream(message, this.maxFramePayload);
+    if (id !== 0) {
+      this.streams.get(id)?.onData(message.subarray(HEADER_LENGTH));
+      return;
+    }
     const frame = decodeFrame(message, this.maxFramePayload);
     if (frame.type === FrameType.Open) {
       if (!this.onOpen) throw new ProtocolError("OPEN frames are not accepted in this direction");
@@ -463,7 +472,9 @@ export class Mux implements StreamHost {
 
   /** @inheritdoc */
   sendData(stream: number, payload: Uint8Array): void {
-    if (this.live) this.batcher.push(encodeData(stream, payload, dataScratch));
+    if (!this.live) return;
+    if (payload.length <= SMALL_DATA) this.batcher.pushFrame(FrameType.Data, stream, payload);
+    else this.batcher.push(encodeData(stream, payload, dataScratch));
   }
 
   /** @inheritdoc */

@@ -466,6 +466,10 @@ export class RawWebSocket<T> {
         return;
       }
       this.queue.shift();
+      // Every queued chunk is a copy of our own (or the rest of one): freed now, not at the next
+      // collection (a flood through a slow client queued copies faster than the collector ran:
+      // 70 MiB of them past the server's budget).
+      (bytes.buffer as ArrayBuffer).transfer(0);
     }
     this.handlers.drain(this);
   }

@@ -1,7 +1,8 @@
 /**
- * A pool of equal-sized buffers that a holder takes for a short while (one event-loop round) and gives
- * back: many idle sessions then cost no buffer each. The batcher takes one when a round's first small
- * frame comes and gives it back once the round's message is sent (sending copies it).
+ * A pool of equal-sized buffers, each held for a short while. A holder takes one for an event-loop
+ * round and gives it back, so that many idle sessions cost no buffer each. The batcher takes one when
+ * a round's first small frame comes and gives it back once the round's message is sent (sending
+ * copies it).
  * @module
  */
 

@@ -137,6 +137,22 @@ function header(b: Uint8Array, type: FrameType, stream: number): Uint8Array {
 }
 
 /**
+ * The stream id of a well-formed DATA frame, or 0 when `b` is any other frame (decode it with
+ * {@link decodeFrame}): the receive path's common case without a frame object per message.
+ * @throws {ProtocolError} for a DATA frame that is empty or larger than `maxPayload`.
+ */
+export function dataFrameStream(b: Uint8Array, maxPayload: number): number {
+  if (b[0] !== FrameType.Data || b.length < HEADER_LENGTH) return 0;
+  const stream = readU32(b, 1);
+  if (stream === 0) return 0; // decodeFrame names the error
+  const bodyLength = b.length - HEADER_LENGTH;
+  if (bodyLength === 0) throw new ProtocolError("empty DATA frame");
+  if (bodyLength > maxPayload)
+    throw new ProtocolError(`DATA frame of ${bodyLength} bytes exceeds ${maxPayload}`);
+  return stream;
+}
+
+/**
  * Decodes one binary message.
  * @param maxPayload the largest DATA payload accepted.
  * @throws {ProtocolError} for truncated, oversized, unknown or otherwise malformed frames.

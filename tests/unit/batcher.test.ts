@@ -6,7 +6,7 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { BATCHABLE_BYTES, Batcher } from "../../shared/wire/batcher.ts";
-import { forEachInBatch } from "../../shared/wire/codec.ts";
+import { encodeData, forEachInBatch } from "../../shared/wire/codec.ts";
 import { FrameType, ProtocolError } from "../../shared/wire/protocol.ts";
 
 /** Runs frames through a batcher and splits every message it sent back into frames. */
@@ -94,4 +94,39 @@ describe("BATCH decoding", () => {
     test(`${what} is a ProtocolError`, () => {
       expect(() => forEachInBatch(new Uint8Array(bytes), () => {})).toThrow(ProtocolError);
     });
+});
+
+test("pushFrame batches the same DATA frame that push of an encoded one does, in order with other frames", () => {
+  fc.assert(
+    fc.property(
+      fc.array(
+        fc.record({
+          stream: fc.integer({ min: 1, max: 0xffffffff }),
+          size: fc.integer({ min: 1, max: BATCHABLE_BYTES - 5 }),
+          direct: fc.boolean(),
+        }),
+        { minLength: 1, maxLength: 40 },
+      ),
+      (items) => {
+        const viaPush: Uint8Array[] = [];
+        const viaData: Uint8Array[] = [];
+        const collect = (out: Uint8Array[]) => (message: Uint8Array) => {
+          if (message[0] === FrameType.Batch) forEachInBatch(message, (f) => out.push(f.slice()));
+          else out.push(message.slice());
+        };
+        const a = new Batcher(collect(viaPush));
+        const b = new Batcher(collect(viaData));
+        for (const [i, item] of items.entries()) {
+          const payload = new Uint8Array(item.size).fill(i & 255);
+          a.push(encodeData(item.stream, payload));
+          if (item.direct) b.pushFrame(FrameType.Data, item.stream, payload);
+          else b.push(encodeData(item.stream, payload));
+        }
+        a.flush();
+        b.flush();
+        expect(viaData).toEqual(viaPush);
+      },
+    ),
+    { numRuns: 200 },
+  );
 });

@@ -8,6 +8,7 @@ import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import {
   DATA_SCRATCH_EXTRA,
+  dataFrameStream,
   decodeFrame,
   encodeData,
   encodeDatagram,
@@ -498,4 +499,33 @@ describe("control messages", () => {
       { numRuns: 2000 },
     );
   });
+});
+
+test("dataFrameStream: a DATA frame's stream id as decodeFrame reads it, 0 for every other frame, the same errors", () => {
+  const max = 1024;
+  fc.assert(
+    fc.property(fc.integer({ min: 1, max: 0xffffffff }), fc.integer({ min: 1, max: max }), (stream, size) => {
+      const frame = encodeData(stream, new Uint8Array(size)).slice();
+      expect(dataFrameStream(frame, max)).toBe(stream);
+      expect(decodeFrame(frame, max)).toMatchObject({ type: FrameType.Data, stream });
+    }),
+  );
+  for (const other of [
+    encodeWindow(3, 5),
+    encodeEnd(3),
+    encodePing(7),
+    encodeReset(3, 1, "x"),
+    new Uint8Array(2),
+  ])
+    expect(dataFrameStream(other.slice(), max)).toBe(0);
+  // Stream 0 is left to decodeFrame, which names the error.
+  const zero = encodeData(1, new Uint8Array(4)).slice();
+  zero.fill(0, 1, 5);
+  expect(dataFrameStream(zero, max)).toBe(0);
+  expect(() => decodeFrame(zero, max)).toThrow(ProtocolError);
+  const empty = new Uint8Array(HEADER_LENGTH);
+  empty[0] = FrameType.Data;
+  empty[4] = 1;
+  expect(() => dataFrameStream(empty, max)).toThrow(ProtocolError);
+  expect(() => dataFrameStream(encodeData(1, new Uint8Array(max + 1)).slice(), max)).toThrow(ProtocolError);
 });
