@@ -101,25 +101,18 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       https,
       log,
     });
-    const { control, http, httpsPort, admin } = listeners;
+    const { control, http, httpsPort } = listeners;
     registry.namespace.bind({
       httpPort: http?.port ?? control.port,
       // With --https-port, --http-port serves plain http (the control port keeps --tls-cert).
       https: options.tls !== undefined && (options.httpsPort === undefined || http === undefined),
       httpsPort,
-      ownPorts: [
-        control.port,
-        ...(http ? [http.port] : []),
-        ...(httpsPort !== undefined ? [httpsPort] : []),
-        ...(admin ? [admin.port] : []),
-      ],
+      ownPorts: listeners.ownPorts,
     });
     // Cluster: names and ports are leased in Redis, visitors for other nodes' tunnels carried there.
     if (options.cluster !== undefined) {
       const node = await joinCluster(options, registry, host, control.port);
       registry.join(node);
-      // Clients learn their node's name in hello: their standby connections watch it.
-      registry.context.limits.node = registry.cluster?.name;
       await https.joinCluster(node);
     }
   } catch (error) {
@@ -130,6 +123,7 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${listeners.control.port}`;
   logStart(log, url, registry, listeners, options);
   const running = listeners;
+  let closing = false;
   return {
     host,
     port: running.control.port,
@@ -149,14 +143,28 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
       void registry.cluster?.reloaded(settingsDigest(next));
     },
     async close() {
-      if (registry.draining) return;
+      if (registry.draining || closing) return;
+      closing = true;
       running.stop(false);
+      // A cluster node first tells its clients (so that their standbys' 4002 does not cut what is in
+      // flight: they move when the drain closes them), then leaves the node list while it still serves:
+      // the other nodes stop carrying new visitors here and hold them while the names move, rather
+      // than have them refused by the drain or answered 404. Then the drain, as alone.
+      if (registry.cluster !== undefined) {
+        registry.announceGoingAway();
+        await registry.cluster.leaving();
+        // The others learn of it by pub/sub within a Redis round trip or two.
+        await Bun.sleep(LEAVE_PROPAGATION_MS);
+      }
       await registry.drainAll();
       await registry.cluster?.leave();
       running.stop(true);
     },
   };
 }
+
+/** How long a leaving cluster node keeps serving after it left the node list, before it drains. */
+const LEAVE_PROPAGATION_MS = 250;
 
 /** Metrics, counted only when someone can read them (the admin listener); nothing otherwise. */
 function countMetrics(registry: SessionRegistry, options: ServerOptions): ServerMetrics {
@@ -217,6 +225,7 @@ async function joinCluster(options: ServerOptions, registry: SessionRegistry, ho
       acceptRemote: (target, kind, socket) => namespace.acceptRemote(target, kind, socket),
       onLost: (key) => namespace.leaseLost(key),
       listensOn: (port) => namespace.listensOn(port),
+      accounts: () => registry.users.accounts.values(),
       log: registry.context.log,
     });
   } catch (error) {

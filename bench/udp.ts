@@ -81,7 +81,8 @@ export interface UdpResult {
   rates?: { offered: number; direct: RateRun; tunnel: RateRun; directRuns: number[]; tunnelRuns: number[] }[];
   /**
    * A TCP stream (bulk down, Mbit/s; 64 B RTT, µs) alone (`offered` 0) and beside a UDP flow of
-   * `offered` Mbit/s on the same client, with what that flow delivered meanwhile.
+   * `offered` Mbit/s on the same client, with what that flow sent meanwhile (iperf3 interrupted
+   * reports its sender side only).
    */
   contention?: { offered: number; mbps: number; p50: number; p99: number; flood?: RateRun }[];
   notes: string[];
@@ -120,7 +121,8 @@ function iperfResult(stdout: string, mbps: number): RateRun {
     end?: { sum?: { bits_per_second: number; lost_percent: number; jitter_ms: number } };
   };
   const sum = json.end?.sum;
-  if (json.error !== undefined || sum === undefined) throw new Error(`iperf3: ${json.error ?? "no result"}`);
+  // A run ended by SIGINT says "interrupt" in `error` and still has its sums.
+  if (sum === undefined) throw new Error(`iperf3: ${json.error ?? "no result"}`);
   return {
     offered: mbps,
     received: Math.round((sum.bits_per_second / 1e6) * (1 - sum.lost_percent / 100) * 10) / 10,
@@ -327,12 +329,12 @@ export function udpReport(result: UdpResult): string {
       "",
       "A TCP stream through the same client (bulk down on one connection; 64 B round trip), alone and beside an `iperf3 -u` flow on its UDP tunnel:",
       "",
-      "| UDP flow offered | TCP bulk down, Mbit/s | cost | 64 B RTT p50 / p99, µs | the UDP flow delivered |",
+      "| UDP flow offered | TCP bulk down, Mbit/s | cost | 64 B RTT p50 / p99, µs | the UDP flow sent (iperf3 is interrupted: sender side) |",
       "| ---: | ---: | ---: | ---: | --- |",
       ...c.map((row) => {
         const cost =
           row.offered === 0 ? "–" : `${((1 - row.mbps / Math.max(1, alone.mbps)) * 100).toFixed(1)}%`;
-        const flood = row.flood ? `${fmt(row.flood.received, 1)} Mbit/s, ${row.flood.lossPct}% lost` : "–";
+        const flood = row.flood ? `${fmt(row.flood.received, 1)} Mbit/s` : "–";
         return `| ${row.offered === 0 ? "none" : `${row.offered} Mbit/s`} | ${fmt(row.mbps)} | ${cost} | ${fmt(row.p50)} / ${fmt(row.p99)} | ${flood} |`;
       }),
       "",

@@ -190,6 +190,8 @@ export class TunnelClient {
   private standby: { ws: WebSocket; target: ServerTarget; ping: ReturnType<typeof setInterval> } | null =
     null;
   private standbyRetry: ReturnType<typeof setTimeout> | undefined;
+  /** The server said going-away: it closes the connection once its streams finished. */
+  private serverLeaving = false;
   /** Where the next reconnect goes first (a standby said its node is the one to move to). */
   private preferred: ServerTarget | undefined;
   /** Drops the current connection at once and starts the reconnect (set by {@link bind}). */
@@ -509,6 +511,9 @@ export class TunnelClient {
       this.settings.log.info(
         `server is shutting down; connections in flight have ${message.drain} s to finish`,
       );
+      // When it closes the connection, go straight to the standby's server (the one that is staying).
+      this.serverLeaving = true;
+      if (this.standby !== null) this.preferred = this.standby.target;
       return;
     }
     if (message.type !== "exposed" && message.type !== "unexposed" && message.type !== "error")
@@ -584,6 +589,7 @@ export class TunnelClient {
       else lost(`closed (${event.code}${event.reason ? `: ${event.reason}` : ""})`);
     });
     conn.onBlocked = (blocked) => this.mux.setBlocked(blocked);
+    this.serverLeaving = false;
     this.keepStandby();
   }
 
@@ -616,6 +622,11 @@ export class TunnelClient {
       if (this.standby !== standby) return;
       this.standby = null;
       if (this.closing || this.connection !== primary) return;
+      if (event.code === CloseCode.MoveHere && this.serverLeaving) {
+        // The node is shutting down and finishing what is in flight: move when it closes, not before.
+        this.preferred = target;
+        return;
+      }
       if (event.code === CloseCode.MoveHere) {
         log.warn(`${event.reason || `node ${node} left the cluster`}: moving to ${targetLabel(target)}`);
         this.preferred = target;

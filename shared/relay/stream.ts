@@ -429,7 +429,11 @@ export class Stream {
     this.socket = null;
     if (socket) {
       socket.data.stream = null;
-      socket.terminate();
+      // Both directions already finished at the socket (every byte written, FIN both ways): only the
+      // peer's last acknowledgement was missing. A reset would throw away what the kernel still holds
+      // for the socket; a close delivers it (a cluster node leaving right after its visitors finished).
+      if (this.writeShut && this.endSent) socket.end();
+      else socket.terminate();
     }
     this.host.release(this, false);
     this.onClosed?.(this);

@@ -89,7 +89,8 @@ export function controlApp({ registry, authFailLimit, log, metrics }: ControlApp
     const data: SessionSocketData = { peer: null, resume: null, remote, link };
     if (c.env.upgrade(c.req.raw, { data, headers: { "Sec-WebSocket-Protocol": SUBPROTOCOL } })) {
       // Its node is gone already (it froze while the client dialled here): move at once.
-      if (!cluster.alive(watched) && cluster.directory.redisUp) link.moveHere();
+      if (!cluster.alive(watched) && cluster.directory.redisUp && cluster.directory.settlingMs === 0)
+        link.moveHere();
       return new Response(null);
     }
     link.close();

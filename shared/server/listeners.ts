@@ -45,6 +45,8 @@ export interface Listeners {
   /** The bound `--https-port`. */
   httpsPort?: number;
   admin?: AdminListener;
+  /** Every port above: never a tunnel's. */
+  ownPorts: number[];
   /** Stops accepting on all of them; with `closeActive`, closes their connections too. */
   stop(closeActive: boolean): void;
 }
@@ -102,7 +104,10 @@ export function openListeners(parts: ListenerParts): Listeners {
       admin = startAdmin({ metrics, stats: parts.stats }, options.admin, options.adminToken);
       opened.push({ stop: () => admin?.stop() });
     }
-    return { control, http: httpPort, httpsPort, admin, stop };
+    const ownPorts = [control.port, httpPort?.port, httpsPort, admin?.port].filter(
+      (port): port is number => port !== undefined,
+    );
+    return { control, http: httpPort, httpsPort, admin, ownPorts, stop };
   } catch (error) {
     stop(true);
     throw error;

@@ -41,7 +41,7 @@ function parseChallenges(text: string, flag: string): ChallengeType[] {
   for (const type of list)
     if (type !== "http-01" && type !== "tls-alpn-01")
       throw new UsageError(
-        `${flag}: '${type}' is not a challenge type this server answers (http-01, tls-alpn-01)`,
+        `${flag}: '${type}' is not a challenge type this server answers (http-01, tls-alpn-01; DNS-01 comes with --acme-dns)`,
       );
   if (list.length === 0) throw new UsageError(`${flag}: no challenge type given (http-01, tls-alpn-01)`);
   return [...new Set(list)] as ChallengeType[];
@@ -70,6 +70,21 @@ function readPem(file: string, flag: string, what: string, label: RegExp): strin
   }
   if (!label.test(text)) throw new UsageError(`${flag}: '${file}' holds no PEM ${what}`);
   return text;
+}
+
+/** Checks a `--acme-dns-key` file: readable, and a key in BIND's format (one line naming the flag). */
+function checkTsigKey(file: string, flag: string): void {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? describeError(error);
+    throw new UsageError(`${flag}: cannot read '${file}': ${code}`);
+  }
+  if (!/\bkey\b[^{]*\{[^}]*\balgorithm\b[^}]*\bsecret\b/.test(text))
+    throw new UsageError(
+      `${flag}: '${file}' holds no TSIG key (key "NAME" { algorithm hmac-sha256; secret "…"; }; as tsig-keygen writes it)`,
+    );
 }
 
 /** Every server option, in `--help` order. */
@@ -579,7 +594,7 @@ export function finishServerOptions(
   if (
     values.acmeEmail !== undefined &&
     values.httpPort === undefined &&
-    !(values.acmeChallenges ?? []).includes("tls-alpn-01")
+    !(values.acmeChallenges ?? SERVER_OPTIONS["acme-challenge"].default).includes("tls-alpn-01")
   )
     throw new UsageError("--acme-challenge http-01 needs --http-port (the CA validates on port 80)");
   if ((values.acmeDns === undefined) !== (values.acmeDnsKey === undefined))
@@ -588,6 +603,7 @@ export function finishServerOptions(
     throw new UsageError("--acme-dns needs --acme-email (it is how ACME's DNS-01 is answered)");
   if (values.acmeDns !== undefined && !nsupdateAvailable())
     throw new UsageError("--acme-dns needs nsupdate to send its updates (apt-get install dnsutils)");
+  if (values.acmeDnsKey !== undefined) checkTsigKey(values.acmeDnsKey, "--acme-dns-key");
   if (acmeCa !== undefined && values.acmeEmail === undefined)
     throw new UsageError(`${name("acme-ca")} needs --acme-email (it is the CA of --acme-directory)`);
   if ((tlsCert === undefined) !== (tlsKey === undefined))

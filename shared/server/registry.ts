@@ -120,6 +120,8 @@ export class SessionRegistry {
   join(cluster: ClusterNode): void {
     this.cluster = cluster;
     this.namespace.join(cluster);
+    // Clients learn their node's name in hello: their standby connections watch it.
+    this.context.limits.node = cluster.name;
   }
 
   /**
@@ -278,6 +280,12 @@ export class SessionRegistry {
    * Shutdown: no new clients; every session is told and its streams may finish for the drain timeout;
    * then every session ends.
    */
+  /** Tells every client the server is about to shut down, before the drain starts (a leaving cluster node). */
+  announceGoingAway(): void {
+    for (const session of this.sessions.values())
+      session.announceGoingAway(this.settings.drainSeconds * 1000);
+  }
+
   async drainAll(): Promise<void> {
     this.draining = true;
     for (const timer of this.timers) clearInterval(timer);

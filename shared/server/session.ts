@@ -406,8 +406,9 @@ export class Session implements TunnelHolder, WebSocketPeer {
     if (tunnel.visitors.size >= limit) return `${tunnel.visitors.size} streams open (limit)`;
     const account = this.account;
     const max = account?.limits.maxVisitors;
-    if (account !== undefined && max !== undefined && account.visitors >= max)
-      return `${account} has ${account.visitors} visitors open (max_visitors)`;
+    // In a cluster `elsewhere` counts the user's visitors on the other nodes (a second or two old).
+    if (account !== undefined && max !== undefined && account.visitors + account.elsewhere >= max)
+      return `${account} has ${account.visitors + account.elsewhere} visitors open (max_visitors)`;
     if (account !== undefined) account.visitors++;
     const stream = this.mux.createStream((closed) => {
       tunnel.visitors.delete(closed);
@@ -509,6 +510,12 @@ export class Session implements TunnelHolder, WebSocketPeer {
    * Server shutdown: no new visitors (the public ports close), tell the client, let streams finish.
    * Resolves when no stream is left or `drainMs` passed.
    */
+  /** Tells the client the server is about to shut down (a cluster node leaving: see server.ts). */
+  announceGoingAway(drainMs: number): void {
+    if (this.state === "live")
+      this.ws?.send(JSON.stringify({ type: "going-away", drain: Math.round(drainMs / 1000) }));
+  }
+
   async drain(drainMs: number): Promise<void> {
     if (this.state !== "live") return this.end();
     this.state = "draining";

@@ -217,29 +217,33 @@ export class UdpPort {
   private last: Flow | undefined;
   /** Advances once per sweep: a flow's `seen` stamp costs no clock read per datagram. */
   private tick = 0;
-  private readonly idleTicks: number;
+  /** Milliseconds between sweeps (a tick), set from the idle timeout the port opened with. */
+  private readonly every: number;
   private readonly sweeper: ReturnType<typeof setInterval>;
   private closed = false;
 
   private constructor(
     private readonly socket: udp.Socket<"buffer">,
-    private readonly settings: UdpSettings,
+    private readonly settings: () => UdpSettings,
     private readonly choose: UdpChooser,
   ) {
-    const { idleMs } = settings;
-    const every = Math.min(1000, Math.max(25, idleMs / 4));
-    this.idleTicks = Math.max(1, Math.round(idleMs / every));
+    const every = Math.min(1000, Math.max(25, settings().idleMs / 4));
+    this.every = every;
     this.sweeper = setInterval(() => this.sweep(), every);
     this.sweeper.unref?.();
   }
 
   /**
    * Opens a tunnel's public UDP socket: on the port asked for, or the first free one of the ranges
-   * (from a random place in each), or any the kernel picks. `settings` is read at each new flow (a
-   * reload applies to the next one); `choose` gives each new flow its member.
+   * (from a random place in each), or any the kernel picks. `settings` is read at each new flow and
+   * each sweep (a reload applies at once); `choose` gives each new flow its member.
    * @throws {PortError} with a one-line message for the client.
    */
-  static async open(request: UdpPortRequest, settings: UdpSettings, choose: UdpChooser): Promise<UdpPort> {
+  static async open(
+    request: UdpPortRequest,
+    settings: () => UdpSettings,
+    choose: UdpChooser,
+  ): Promise<UdpPort> {
     let port: UdpPort | undefined;
     const socket = await bindUdp(request, {
       data: (_socket, data, remotePort, address, flags) =>
@@ -298,7 +302,7 @@ export class UdpPort {
   }
 
   private openFlow(key: string, address: string, remotePort: number, member: UdpMember): Flow {
-    if (this.byAddress.size >= this.settings.maxFlows) this.evictOne();
+    if (this.byAddress.size >= this.settings().maxFlows) this.evictOne();
     const flow: Flow = {
       id: member.flows.allocate(),
       port: this,
@@ -366,9 +370,10 @@ export class UdpPort {
   /** Idle sweep: flows with no datagram either way for `--udp-idle-timeout` are forgotten. */
   private sweep(): void {
     const tick = ++this.tick;
+    const idleTicks = Math.max(1, Math.round(this.settings().idleMs / this.every));
     // Oldest first: the first flow that is not idle ends the walk.
     for (const flow of this.byAddress.values()) {
-      if (tick - flow.seen <= this.idleTicks) break;
+      if (tick - flow.seen <= idleTicks) break;
       this.counters.idled++;
       this.forget(flow, FlowCloseCode.Idle);
     }

@@ -116,6 +116,8 @@ export class Account {
   tunnels = 0;
   /** Visitor connections open now. */
   visitors = 0;
+  /** In a cluster: the user's visitor connections open on the other nodes, as last read from Redis. */
+  elsewhere = 0;
   /** The token's sha256 as bytes, for the constant-time compare. */
   tokenHash: Buffer;
 

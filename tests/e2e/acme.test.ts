@@ -505,6 +505,53 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
     }
   });
 
+  test("two cluster nodes, TLS-ALPN-01: node b's order is validated on node a's HTTPS port (the challenge certificate shared)", async () => {
+    const redis = await startRedis();
+    const [httpA, httpsA, httpB, httpsB] = freePorts(4) as [number, number, number, number];
+    const pebble = await startPebble({ httpPort: httpA, tlsPort: httpsA, avoid: [httpB, httpsB] });
+    const dir = configFolder();
+    const node = (name: string, http: number, https: number) =>
+      startServerProcess([
+        ...["--domain", DOMAIN, "--http-port", String(http), "--https-port", String(https)],
+        ...[
+          "--acme-email",
+          "ops@tunnel.test",
+          "--acme-directory",
+          pebble.directory,
+          "--acme-ca",
+          pebble.listenerCa,
+        ],
+        ...[
+          "--acme-dir",
+          join(dir, name),
+          "--acme-challenge",
+          "tls-alpn-01",
+          "--cluster",
+          redis.url,
+          "--node-name",
+          name,
+        ],
+      ]);
+    const a = await node("a", httpA, httpsA);
+    const b = await node("b", httpB, httpsB);
+    const app = startApp("alpn");
+    try {
+      const client = await startClientProcess(
+        b.url,
+        [],
+        ["--http", `127.0.0.1:${app.port}`, "--subdomain", "alpn"],
+      );
+      await client.waitFor(/exposed with tunnel id/);
+      await b.waitFor(/certificate issued for alpn\.tunnel\.test through tls-alpn-01/, 20_000);
+      await a.waitFor(/certificate for alpn\.tunnel\.test from the cluster/, 10_000);
+      const result = await curl({ pebble, httpsPort: httpsA } as AcmeSetup, `alpn.${DOMAIN}`);
+      expect(result.stderr).toBe("");
+      expect(result.stdout).toBe("hello from alpn");
+    } finally {
+      app.stop(true);
+    }
+  });
+
   test.skipIf(!BIND9_INSTALLED)(
     "DNS-01 with bind9 and a TSIG key: a wildcard for the domain, and no order per tunnel name under it",
     async () => {

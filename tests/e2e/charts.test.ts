@@ -2,10 +2,13 @@
  * The charts, in Chromium at desktop and phone width: the dashboard's bytes per second and visitors
  * open (in all and per tunnel) and the inspector's requests per second and latency percentiles. Every
  * point drawn is read back from the SVG and compared with the JSON API the page drew it from; the
- * API's rates are checked against the bytes that went through. Screenshots go to docs/.
+ * API's rates are checked against the bytes that went through. Screenshots go to a temporary folder,
+ * or to docs/ with `UPDATE_SCREENSHOTS=1` (so that a test run leaves the checkout as it was).
  */
 
 import { expect, test } from "bun:test";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { openBrowserPage } from "../support/browser.ts";
 import { drawnCharts, expectDrawn } from "../support/charts.ts";
@@ -23,7 +26,9 @@ import { connectVisitor, echoThrough } from "../support/sockets.ts";
 
 setupFile();
 
-const DOCS = join(ROOT, "docs");
+const DOCS = process.env.UPDATE_SCREENSHOTS
+  ? join(ROOT, "docs")
+  : mkdtempSync(join(tmpdir(), "sockets-charts-"));
 
 /** `/api/history` of the admin listener. */
 interface History {

@@ -10,15 +10,18 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
   type ClusterNodeProcess,
+  nodeHealth,
   startClusterClient,
   startClusterNode,
   startNamedApp,
   startTcpProxy,
   visitName,
 } from "../support/cluster.ts";
-import { sha256 } from "../support/hashing.ts";
-import { deferContinue, eventually, setupFile } from "../support/processes.ts";
+import { MiB, randomData, sha256 } from "../support/hashing.ts";
+import { deferContinue, eventually, setupFile, withTimeout } from "../support/processes.ts";
 import { type RedisProcess, startRedis } from "../support/redis.ts";
+import { startEchoService } from "../support/services.ts";
+import { connectVisitor, readAll } from "../support/sockets.ts";
 
 setupFile();
 
@@ -170,4 +173,138 @@ describe("visitors while a route is not ready", () => {
     expect(answer?.status).toBe(503);
     expect(answer?.retryAfter).toBe("2");
   }, 60_000);
+});
+
+describe("a node shut down (SIGTERM)", () => {
+  test("visitors through the node that stays up see no error while its client moves there; one in flight finishes", async () => {
+    const node = await startClusterNode("127.0.0.1", redis.url);
+    deferContinue(node);
+    const app = startNamedApp("restarted");
+    const echo = startEchoService();
+    const client = await startClusterClient(
+      [node, steady],
+      ["--http", `127.0.0.1:${app}`, "--subdomain", "restarted", "--expose", `127.0.0.1:${echo.port}`],
+      2,
+      [],
+    );
+    const tcpPort = (client.tunnels.find((t) => t.port !== node.httpPort) as { port: number }).port;
+    const body = new Uint8Array(16);
+    const expected = `restarted ${sha256(body)}`;
+    await eventually(
+      async () => (await visitName(steady, "restarted", body).catch(() => ({ text: "" }))).text === expected,
+      10_000,
+      "served through the node that stays up",
+    );
+    // A TCP visitor through the node that stays up, carried to the stopping node, in flight across it.
+    const big = randomData(8 * MiB);
+    await eventually(
+      async () => (await nodeHealth(steady)).cluster.elsewhere === 2,
+      10_000,
+      "the steady node sees both tunnels",
+    );
+    const carried = await connectVisitor(tcpPort, steady.ip);
+    const echoed = readAll(carried);
+    carried.write(big.subarray(0, 4 * MiB));
+    node.kill("SIGTERM");
+    const stoppedAt = performance.now();
+    carried.end(big.subarray(4 * MiB));
+    const inFlight = await withTimeout(echoed, 20_000, "the visitor in flight").catch((error: Error) => {
+      throw new Error(
+        `${error.message}\n${node.stdout()}${node.stderr()}\n${client.stdout()}${client.stderr()}\n--- steady\n${steady.stdout().slice(-3000)}${steady.stderr().slice(-2000)}`,
+      );
+    });
+    expect(inFlight.sha256).toBe(sha256(big));
+    const errors: string[] = [];
+    let served = 0;
+    // Bounded: until the client moved and was answered 5 times through its new node, or 20 s.
+    while (performance.now() - stoppedAt < 20_000) {
+      const moved = /moved to server/.test(client.stdout() + client.stderr());
+      const answer = await visitName(steady, "restarted", body, 8000).catch((error: Error) => ({
+        status: 0,
+        text: error.message,
+      }));
+      if (answer.status !== 200 || answer.text !== expected) errors.push(`${answer.status} ${answer.text}`);
+      else if (moved && ++served >= 5) break;
+      await Bun.sleep(50);
+    }
+    if (process.env.CLUSTER_DEBUG)
+      console.log(
+        `SIGTERM: ${((performance.now() - stoppedAt) / 1000).toFixed(2)} s, errors ${JSON.stringify(errors)}\n${client.stdout()}${client.stderr()}`,
+      );
+    expect(errors).toEqual([]);
+    expect(served).toBe(5);
+    expect(await node.exited(15_000)).toBe(0);
+    client.kill("SIGKILL");
+  }, 60_000);
+});
+
+describe("a rolling restart", () => {
+  test("three nodes restarted one after the other under load: 0 errors through the nodes that stay up", async () => {
+    const own = await startRedis();
+    const ips = ["127.0.0.4", "127.0.0.5", "127.0.0.6"];
+    const nodes: ClusterNodeProcess[] = [];
+    for (const ip of ips) {
+      const node = await startClusterNode(ip, own.url);
+      deferContinue(node);
+      nodes.push(node);
+    }
+    const app = startNamedApp("rolling");
+    const client = await startClusterClient(
+      nodes,
+      ["--http", `127.0.0.1:${app}`, "--subdomain", "rolling"],
+      1,
+      [],
+    );
+    const body = new Uint8Array(16);
+    const expected = `rolling ${sha256(body)}`;
+    for (const node of nodes)
+      await eventually(
+        async () => (await visitName(node, "rolling", body).catch(() => ({ text: "" }))).text === expected,
+        10_000,
+        `served through ${node.name}`,
+      );
+    const errors: string[] = [];
+    let visits = 0;
+    let restarting = -1;
+    let running = true;
+    // The load: one request at a time through each node that stays up, in turn, every 20 ms.
+    const load = (async () => {
+      for (let i = 0; running && i < 100_000; i++) {
+        const at = i % nodes.length;
+        if (at === restarting) continue;
+        const node = nodes[at] as ClusterNodeProcess;
+        const answer = await visitName(node, "rolling", body, 8000).catch((error: Error) => ({
+          status: 0,
+          text: error.message,
+        }));
+        visits++;
+        if (at !== restarting && (answer.status !== 200 || answer.text !== expected))
+          errors.push(`${node.name}: ${answer.status} ${answer.text}`);
+        await Bun.sleep(20);
+      }
+    })();
+    for (const [i, old] of nodes.entries()) {
+      restarting = i;
+      old.kill("SIGTERM");
+      expect(await old.exited(20_000)).toBe(0);
+      const again = await startClusterNode(old.ip, own.url, [], old.port);
+      deferContinue(again);
+      expect(again.name).toBe(old.name);
+      nodes[i] = again;
+      // Back: it serves the name again (over its link to wherever the client is now).
+      await eventually(
+        async () => (await visitName(again, "rolling", body).catch(() => ({ text: "" }))).text === expected,
+        10_000,
+        `${again.name} serves the name after its restart`,
+      );
+      restarting = -1;
+    }
+    running = false;
+    await load;
+    if (process.env.CLUSTER_DEBUG)
+      console.log(`rolling restart: ${visits} visits, errors ${JSON.stringify(errors)}`);
+    expect(errors).toEqual([]);
+    expect(visits).toBeGreaterThan(3);
+    client.kill("SIGKILL");
+  }, 120_000);
 });

@@ -513,3 +513,70 @@ describe("users across a cluster", () => {
     await again.waitFor(/exposed with tunnel id/, 20_000);
   }, 60_000);
 });
+
+describe("visitors across a cluster", () => {
+  /** Connects to `ip:port` and echoes 16 bytes: true when they came back, false when the node closed it. */
+  async function echoes(ip: string, port: number): Promise<{ ok: boolean; socket: Socket }> {
+    const socket = createConnection({ host: ip, port });
+    const data = randomData(16);
+    const ok = await withTimeout(
+      new Promise<boolean>((resolve) => {
+        let got = 0;
+        socket.on("connect", () => socket.write(data));
+        socket.on("data", (chunk: Buffer) => {
+          got += chunk.length;
+          if (got >= data.length) resolve(true);
+        });
+        socket.on("close", () => resolve(false));
+        socket.on("error", () => resolve(false));
+      }),
+      5000,
+      `echo through ${ip}:${port}`,
+    );
+    return { ok, socket };
+  }
+
+  test("one user's max_visitors counts the visitors of every node", async () => {
+    const own = await startRedis();
+    const ann = testUser("ann", ["max_visitors = 2"]);
+    const config = writeConfig(configFolder(), "server.toml", usersToml([ann]));
+    const a = await startNode("v1", "127.0.0.6", ["--config", config], 0, own.url);
+    const b = await startNode("v2", "127.0.0.7", ["--config", config], 0, own.url);
+    deferContinue(a);
+    deferContinue(b);
+    const echo = startEcho();
+    const env = { SOCKETS_API_KEY: ann.token };
+    const onA = spawnRole(["bun", "client.ts", "--server", a.url, "--expose", `127.0.0.1:${echo}`], env);
+    const onB = spawnRole(["bun", "client.ts", "--server", b.url, "--expose", `127.0.0.1:${echo}`], env);
+    const portOf = async (client: RoleProcess) =>
+      Number((await client.waitFor(/exposed with tunnel id \S+, url: \S+:(\d+)/, 20_000))[1]);
+    const [portA, portB] = [await portOf(onA), await portOf(onB)];
+    // One visitor held at each node: two in all, her limit.
+    const first = await echoes(a.ip, portA);
+    const second = await echoes(b.ip, portB);
+    expect([first.ok, second.ok]).toEqual([true, true]);
+    // Once the nodes have told each other (every lease/3), a third one is refused at either node.
+    await eventually(
+      async () => {
+        const third = await echoes(a.ip, portA);
+        third.socket.destroy();
+        return !third.ok;
+      },
+      10_000,
+      "a third visitor refused at v1 though v1 holds only one of hers",
+    );
+    // One leaves at v2: v1 lets a new one in.
+    second.socket.destroy();
+    await eventually(
+      async () => {
+        const again = await echoes(a.ip, portA);
+        again.socket.destroy();
+        return again.ok;
+      },
+      10_000,
+      "a new visitor let in at v1 once one left at v2",
+    );
+    first.socket.destroy();
+    expect(a.stdout() + a.stderr()).toMatch(/max_visitors/);
+  }, 60_000);
+});

@@ -12,6 +12,7 @@ import { randomData, sha256 } from "../support/hashing.ts";
 import { defer, runToExit, setupFile, startServerProcess } from "../support/processes.ts";
 import { startEchoService } from "../support/services.ts";
 import { echoThrough } from "../support/sockets.ts";
+import { ask, startUdpEcho, udpPeer } from "../support/udp.ts";
 
 setupFile();
 
@@ -165,4 +166,16 @@ test("top-level allow reaches the server: a visitor from outside the range is cl
   defer(() => inside.close());
   const payload = randomData(64 * 1024);
   expect(await echoThrough((inside.tunnels[0] as { port: number }).port, payload)).toBe(sha256(payload));
+});
+
+test("udp: a UDP service published from code answers through its tunnel", async () => {
+  const echo = await startUdpEcho();
+  const server = await startServerProcess();
+  const client = await startClient({ server: server.url, udp: [echo.port], quiet: true });
+  defer(() => client.close());
+  const tunnel = client.tunnels[0] as { port: number; local: { kind?: string } };
+  expect(tunnel.local.kind).toBe("udp");
+  const peer = await udpPeer();
+  const payload = randomData(1200);
+  expect(sha256(await ask(peer, tunnel.port, payload))).toBe(sha256(payload));
 });

@@ -236,7 +236,12 @@ describe("a visitor through another node of a cluster", () => {
     const port = (client.tunnels[0] as { port: number }).port;
     // The second node opens the port too once it heard of the lease (pub/sub, or its resync).
     await eventually(
-      () => visit(n2.ip, port, "127.0.0.3").then((seen) => seen.reply.startsWith("HTTP/1.1 200")),
+      // Refused until the second node has opened the port: asked again, not failed.
+      () =>
+        visit(n2.ip, port, "127.0.0.3").then(
+          (seen) => seen.reply.startsWith("HTTP/1.1 200"),
+          () => false,
+        ),
       10_000,
       "the second node carries visitors of the first node's tunnel",
     );

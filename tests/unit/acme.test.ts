@@ -6,6 +6,7 @@
 
 import { describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import tls from "node:tls";
@@ -13,6 +14,8 @@ import * as fc from "fast-check";
 import { CertificateStore, covers } from "../../shared/server/acme/certificates.ts";
 import { MAX_CLIENT_HELLO, readClientHello } from "../../shared/server/acme/client-hello.ts";
 import { customHost, hostnameAllowed, validHostPattern } from "../../shared/server/acme/hostnames.ts";
+import { listenTlsFront } from "../../shared/server/acme/tls-front.ts";
+import { HeadBudget } from "../../shared/server/http-ingress.ts";
 import { makeCertificate } from "../support/certificates.ts";
 import { withTimeout } from "../support/processes.ts";
 
@@ -184,3 +187,68 @@ describe("custom domains", () => {
     });
   });
 });
+
+describe("the HTTPS front", () => {
+  test("incomplete ClientHellos count against the server's head budget: past it, an alert; released on close", async () => {
+    const heads = new HeadBudget(1000);
+    const logs: string[] = [];
+    const log = {
+      info: (line: string) => logs.push(line),
+      warn: (line: string) => logs.push(line),
+      error: (line: string) => logs.push(line),
+    };
+    const front = listenTlsFront({
+      host: "127.0.0.1",
+      port: 0,
+      headTimeoutSeconds: 5,
+      certificates: new CertificateStore(),
+      passthrough: () => undefined,
+      alpnCertificate: () => undefined,
+      http: { domain: "tunnel.test", route: () => undefined, heads },
+      log: log as never,
+    });
+    try {
+      // A record header announcing 2000 bytes, then 600 of them: incomplete, 605 bytes held.
+      const partial = new Uint8Array(605);
+      partial.set([0x16, 0x03, 0x01, 0x07, 0xd0, 0x01, 0x00, 0x07, 0xcc]);
+      const connect = () => {
+        const received: number[] = [];
+        let closed = false;
+        const socket = tcpConnect({ host: "127.0.0.1", port: front.port });
+        socket.on("data", (chunk: Buffer) => received.push(...chunk));
+        socket.on("close", () => {
+          closed = true;
+        });
+        socket.on("error", () => {});
+        return { socket, received, closed: () => closed };
+      };
+      const first = connect();
+      first.socket.write(partial);
+      await waitUntil(() => heads.used === 605);
+      const second = connect();
+      second.socket.write(partial);
+      await waitUntil(() => second.closed());
+      // The second gets a fatal alert (internal_error) and the budget is back to the first's bytes.
+      expect(second.received.slice(0, 7)).toEqual([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 80]);
+      expect(heads.used).toBe(605);
+      expect(
+        logs.some((line) => /incomplete ClientHellos and heads hold 1210 bytes \(limit 1000\)/.test(line)),
+      ).toBe(true);
+      first.socket.destroy();
+      await waitUntil(() => heads.used === 0);
+    } finally {
+      front.stop(true);
+    }
+  });
+});
+
+/** Polls `check` every 10 ms for at most 3 s. */
+async function waitUntil(check: () => boolean): Promise<void> {
+  await withTimeout(
+    (async () => {
+      while (!check()) await Bun.sleep(10);
+    })(),
+    3000,
+    "condition",
+  );
+}

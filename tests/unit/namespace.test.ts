@@ -370,6 +370,21 @@ describe("UDP places", () => {
     ns.release(tb, true);
   });
 
+  test("a reload's --udp-max-flows applies to a UDP port already open", async () => {
+    const base = { host: "127.0.0.1", domain: "example.test", maxTunnelsPerClient: 4 };
+    const ns = namespace();
+    const holder = new UdpHolder("a");
+    const tunnel = await placed(ns.claim(holder, udp(), 1, 0));
+    const port = tunnel.udp as UdpPort;
+    ns.reconfigure({ ...base, udp: { idleMs: 60_000, maxFlows: 1 } });
+    const senders = await sockets(2);
+    await send(senders, tunnel.port, () => holder.opens() === 2);
+    expect(port.flowCount).toBe(1);
+    expect(port.counters.evicted).toBe(1);
+    for (const s of senders) s.close();
+    ns.release(tunnel, true);
+  });
+
   test("allow and deny lists and an away client: datagrams dropped and counted, no flow opened", async () => {
     const ns = namespace({ tunnelFilter: () => ({ permits: (ip) => ip !== "127.0.0.1" }) });
     const holder = new UdpHolder("a");

@@ -47,7 +47,10 @@ export class HttpsSide {
           directory: options.acmeDirectory ?? SERVER_OPTIONS["acme-directory"].default,
           ca: options.acmeCa,
           dir: acmeDir,
-          challenges: options.acmeChallenges ?? SERVER_OPTIONS["acme-challenge"].default,
+          // Without a plain HTTP port, HTTP-01 cannot be answered: TLS-ALPN-01 alone then.
+          challenges: (options.acmeChallenges ?? SERVER_OPTIONS["acme-challenge"].default).filter(
+            (type) => type !== "http-01" || options.httpPort !== undefined,
+          ),
           userOrdersPerHour: options.acmeUserOrders ?? SERVER_OPTIONS["acme-user-orders"].default,
           serverOrdersPerHour: options.acmeServerOrders ?? SERVER_OPTIONS["acme-server-orders"].default,
           retrySeconds: options.acmeRetrySeconds ?? SERVER_OPTIONS["acme-retry"].default,

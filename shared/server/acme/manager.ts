@@ -21,29 +21,35 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import { join } from "node:path";
 import { rootCertificates } from "node:tls";
-import type * as AcmeClient from "acme-client";
+import type * as Acme from "acme-client";
 import { describeError, type Logger } from "../../log.ts";
 import { type CertificateStore, describeCertificate } from "./certificates.ts";
 import { type DnsUpdateTarget, updateChallengeRecord } from "./dns-update.ts";
 
-/** Challenge types the server can answer. */
-export type ChallengeType = "http-01" | "tls-alpn-01";
-
 /**
- * acme-client, loaded by the first order: importing it (axios and the rest) cost every server 35 MiB
- * at rest, ACME on or off. A private CA's agent is set on it once, when it loads.
+ * acme-client, loaded with the first order: it and its dependencies (axios, asn1, …) cost about 33 MiB
+ * of resident memory, which a server without `--acme-email` should never pay.
  */
-let loaded: Promise<typeof AcmeClient> | undefined;
-function acmeClient(ca: string | undefined): Promise<typeof AcmeClient> {
-  loaded ??= import("acme-client").then((acme) => {
-    if (ca !== undefined)
-      // acme-client speaks through axios, which takes a Node https agent for a private CA.
-      (acme as unknown as { axios: { defaults: { httpsAgent: unknown } } }).axios.defaults.httpsAgent =
-        new https.Agent({ ca: [...rootCertificates, ca] });
+let acmeLibrary: Promise<typeof Acme> | undefined;
+/** The CA trusted besides the system's (`--acme-ca`), applied to acme-client's HTTP when it loads. */
+let acmeCa: string | undefined;
+const loadAcme = (): Promise<typeof Acme> => {
+  acmeLibrary ??= import("acme-client").then((acme) => {
+    const http = (acme as unknown as { axios: AcmeHttp }).axios;
+    // acme-client's own HTTP retries wait up to 75 s on a refused connection, and as long as a 429's
+    // Retry-After says: the manager retries whole orders with its own backoff instead (and a refused
+    // connection then fails in milliseconds, not minutes).
+    http.defaults.acmeSettings.retryMaxAttempts = 0;
+    // acme-client speaks through axios, which takes a Node https agent for a private CA.
+    if (acmeCa !== undefined)
+      http.defaults.httpsAgent = new https.Agent({ ca: [...rootCertificates, acmeCa] });
     return acme;
   });
-  return loaded;
-}
+  return acmeLibrary;
+};
+
+/** Challenge types the server can answer. */
+export type ChallengeType = "http-01" | "tls-alpn-01";
 
 /** What the operator configured (see the `--acme-*` options). */
 export interface AcmeSettings {
@@ -109,6 +115,19 @@ export interface ChallengeShare {
 class OrderedElsewhere extends Error {}
 
 const HOUR_MS = 3_600_000;
+/** Most time one order may take (a CA that never answers must not hold the name for ever). */
+const ORDER_TIMEOUT_MS = 180_000;
+
+/** acme-client's axios instance (its HTTP settings are process-wide). */
+type AcmeHttp = { defaults: { httpsAgent?: unknown; acmeSettings: { retryMaxAttempts: number } } };
+
+/** One line for a failed order: acme-client reports a connection that failed as a TypeError of its own. */
+function orderFailure(error: unknown): string {
+  const message = describeError(error).replace(/\s+/g, " ");
+  return /response\.config|reading 'config'/.test(message)
+    ? "the CA's directory did not answer (connection failed)"
+    : message;
+}
 /** Cluster: how long a node waits before looking again at a name another node is ordering. */
 const ELSEWHERE_RETRY_MS = 5000;
 /** How long another node's challenge is kept at most (its withdrawal may never come if it died). */
@@ -144,15 +163,13 @@ export class AcmeManager {
   private readonly ownerOrders = new Map<string, number[]>();
   private readonly orders = { issued: 0, failed: 0, refused: 0 };
   private lastFailure?: AcmeStats["lastFailure"];
-  private accountReady?: Promise<AcmeClient.Client>;
+  private accountReady?: Promise<Acme.Client>;
   private running = 0;
   private timer?: ReturnType<typeof setInterval>;
   /** Cluster coordination, when the server is a node of one. */
   coordinator?: OrderCoordinator;
   /** Cluster: where this node's challenges are announced. */
   challenges?: ChallengeShare;
-  /** Told when a certificate is stored (the front serves it to the next connection). */
-  onIssued?: (host: string) => void;
 
   constructor(
     readonly settings: AcmeSettings,
@@ -160,6 +177,7 @@ export class AcmeManager {
     private readonly log: Logger,
   ) {
     mkdirSync(settings.dir, { recursive: true, mode: 0o700 });
+    acmeCa = settings.ca;
   }
 
   /** Loads stored certificates and starts the checks. */
@@ -284,7 +302,11 @@ export class AcmeManager {
       }
     state.ordering = true;
     this.running++;
-    this.order(name, renewal)
+    withDeadline(
+      this.order(name, renewal),
+      ORDER_TIMEOUT_MS,
+      `no answer from the CA within ${ORDER_TIMEOUT_MS / 1000} s`,
+    )
       .then(
         () => {
           state.failures = 0;
@@ -297,8 +319,8 @@ export class AcmeManager {
             return;
           }
           state.failures++;
-          const message = describeError(error).replace(/\s+/g, " ");
-          const rateLimited = /rate.?limit|too many/i.test(message);
+          const message = orderFailure(error);
+          const rateLimited = /rate.?limit|too many|\b429\b/i.test(message);
           const backoff = Math.min(this.settings.retrySeconds * 1000 * 2 ** (state.failures - 1), HOUR_MS);
           state.notBefore = Date.now() + (rateLimited ? Math.max(backoff, HOUR_MS) : backoff);
           this.orders.failed++;
@@ -335,9 +357,9 @@ export class AcmeManager {
   }
 
   /** The account: its key from `--acme-dir` (made once), registered (or found) at the CA. */
-  private account(): Promise<AcmeClient.Client> {
+  private account(): Promise<Acme.Client> {
     this.accountReady ??= (async () => {
-      const acme = await acmeClient(this.settings.ca);
+      const acme = await loadAcme();
       const keyFile = join(this.settings.dir, "account.key");
       let accountKey: string;
       if (existsSync(keyFile)) accountKey = readFileSync(keyFile, "utf8");
@@ -376,7 +398,7 @@ export class AcmeManager {
       }
       const started = performance.now();
       const client = await this.account();
-      const acme = await acmeClient(this.settings.ca);
+      const acme = await loadAcme();
       const key = await acme.crypto.createPrivateEcdsaKey();
       // A wildcard is ordered with its base name, through DNS-01 (the only challenge a CA takes for it).
       const wildcard = name.startsWith("*.");
@@ -425,7 +447,6 @@ export class AcmeManager {
       this.log.info(
         `acme: certificate ${renewal ? "renewed" : "issued"} for ${name} through ${used} in ${ms} ms (valid until ${until})`,
       );
-      this.onIssued?.(name);
       await coordinator?.publish(name, cert, key.toString());
     } finally {
       await coordinator?.unlock(name);
@@ -442,7 +463,6 @@ export class AcmeManager {
     this.log.info(
       `acme: certificate for ${host} from the cluster (valid until ${new Date(incoming.notAfter).toISOString()})`,
     );
-    this.onIssued?.(host);
   }
 }
 
@@ -451,4 +471,15 @@ function prune(times: number[], since: number): void {
   let n = 0;
   while (n < times.length && (times[n] as number) < since) n++;
   if (n > 0) times.splice(0, n);
+}
+
+/** `promise`, or a rejection with `message` after `ms`. */
+function withDeadline<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(message)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
 }

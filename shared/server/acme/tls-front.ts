@@ -26,7 +26,7 @@ import { formatHost, unmappedAddress } from "../../args.ts";
 import type { Logger } from "../../log.ts";
 import { type RelaySocket, relaySocketHandlers, type Stream } from "../../relay/stream.ts";
 import { ResetCode } from "../../wire/protocol.ts";
-import { type HttpIngress, type HttpIngressOptions, listenHttp } from "../http-ingress.ts";
+import { HeadBudget, type HttpIngress, type HttpIngressOptions, listenHttp } from "../http-ingress.ts";
 import type { Certificate, CertificateStore } from "./certificates.ts";
 import { Alert, alertRecord, readClientHello } from "./client-hello.ts";
 
@@ -74,6 +74,8 @@ interface FrontData {
   head: Uint8Array;
   /** Reads that went into {@link head}: a ClientHello comes in a few; a dribble is cut at {@link MAX_HELLO_READS}. */
   reads: number;
+  /** Bytes of an incomplete ClientHello counted against the server's head budget. */
+  held: number;
   deadline: number;
   pipe?: Pipe;
 }
@@ -86,6 +88,8 @@ interface Pipe {
   /** Bytes for the visitor not taken yet. */
   toVisitor?: Uint8Array;
   visitorEnded: boolean;
+  /** The terminator sent FIN: passed on once {@link toVisitor} is written. */
+  peerEnded: boolean;
   closed: boolean;
 }
 
@@ -100,6 +104,12 @@ interface PipeData {
  */
 const MAX_HELLO_READS = 32;
 
+/** Most distinct refusal lines logged per minute. */
+const MAX_LOGGED_REFUSALS = 100;
+
+/** How long a visitor has to read the last bytes of a connection its terminator closed. */
+const LINGER_MS = 10_000;
+
 /** How often deadlines are checked. */
 const SWEEP_MS = 250;
 const ACME_TLS_ALPN = "acme-tls/1";
@@ -108,14 +118,31 @@ const ACME_TLS_ALPN = "acme-tls/1";
 interface Terminator {
   certificate: Certificate;
   ingress: HttpIngress;
+  /** Loopback connections to it open now. */
+  pipes: number;
+  /** Replaced (a renewal) or idle: accepts no more, and closes for good once its last pipe closed. */
+  retired: boolean;
+  lastUsed: number;
 }
+
+/** A terminator unused this long is retired (its listener and timers go; the next visitor makes a new one). */
+const TERMINATOR_IDLE_MS = 10 * 60_000;
 
 /** Opens the HTTPS front; see the module comment. */
 export function listenTlsFront(options: TlsFrontOptions): TlsFront {
   const { log, certificates } = options;
   const headTimeoutMs = options.headTimeoutSeconds * 1000;
+  // Incomplete ClientHellos count against the same budget as the HTTP ports' incomplete heads.
+  const heads = options.http.heads ?? new HeadBudget();
+  /** Gives back what a connection's incomplete ClientHello held of the budget. */
+  const release = (data: FrontData) => {
+    heads.used -= data.held;
+    data.held = 0;
+  };
   const open = new Set<Socket<FrontData>>();
   const terminators = new Map<Certificate, Terminator>();
+  /** Every terminator not closed for good yet, retired ones included. */
+  const living = new Set<Terminator>();
   const challengeListeners = new Map<string, { pem: string; listener: TCPSocketListener<undefined> }>();
   /** Visitor addresses by the local port of the front's loopback connection (the ingress's remote port). */
   const visitors = new Map<number, string>();
@@ -123,23 +150,50 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
 
   const sweep = setInterval(() => {
     const now = performance.now();
-    for (const socket of open)
-      if (socket.data.phase === "hello" && now >= socket.data.deadline) {
-        socket.data.phase = "done";
+    for (const socket of open) {
+      const data = socket.data;
+      // A ClientHello not complete in time, or a visitor that does not take the last bytes of a
+      // connection the terminator closed.
+      const lingering = data.phase === "pipe" && data.pipe?.closed === true;
+      if ((data.phase === "hello" || lingering) && now >= data.deadline) {
+        data.phase = "done";
         socket.terminate();
       }
+    }
   }, SWEEP_MS);
   sweep.unref?.();
 
-  /** The terminator for a certificate, made on first use; those of replaced certificates stop. */
+  /**
+   * Retires a terminator: no new connections (those open go on); once its last pipe closed, its
+   * listener and timers are gone.
+   */
+  function retire(terminator: Terminator): void {
+    if (!terminator.retired) {
+      terminator.retired = true;
+      terminator.ingress.stop(false);
+      if (terminators.get(terminator.certificate) === terminator) terminators.delete(terminator.certificate);
+    }
+    if (terminator.pipes === 0) {
+      terminator.ingress.stop(true);
+      living.delete(terminator);
+    }
+  }
+
+  /** Refusals logged this minute (cleared every minute; at most {@link MAX_LOGGED_REFUSALS}). */
+  const logged = new Set<string>();
+  const idleSweep = setInterval(() => {
+    logged.clear();
+    const now = performance.now();
+    for (const terminator of [...terminators.values()])
+      if (terminator.pipes === 0 && now - terminator.lastUsed > TERMINATOR_IDLE_MS) retire(terminator);
+  }, 60_000);
+  idleSweep.unref?.();
+
+  /** The terminator for a certificate, made on first use; those of replaced certificates retire. */
   function terminatorFor(certificate: Certificate): Terminator {
     if (certificates.version !== version) {
       version = certificates.version;
-      for (const [cert, old] of terminators)
-        if (!certificates.isCurrent(cert)) {
-          old.ingress.stop(false); // no new connections; those open go on
-          terminators.delete(cert);
-        }
+      for (const [cert, old] of [...terminators]) if (!certificates.isCurrent(cert)) retire(old);
     }
     let terminator = terminators.get(certificate);
     if (terminator === undefined) {
@@ -151,9 +205,11 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
         visitorAddress: (socket) => visitors.get(socket.remotePort),
         log,
       });
-      terminator = { certificate, ingress };
+      terminator = { certificate, ingress, pipes: 0, retired: false, lastUsed: 0 };
       terminators.set(certificate, terminator);
+      living.add(terminator);
     }
+    terminator.lastUsed = performance.now();
     return terminator;
   }
 
@@ -186,7 +242,12 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
 
   function refuse(socket: Socket<FrontData>, description: number, line?: string): void {
     socket.data.phase = "done";
-    if (line !== undefined) log.info(`https visitor ${describe(socket)}: ${line}`);
+    release(socket.data);
+    // One line per refused reason and minute: a scanner cycling names must not flood the log.
+    if (line !== undefined && !logged.has(line) && logged.size < MAX_LOGGED_REFUSALS) {
+      logged.add(line);
+      log.info(`https visitor ${describe(socket)}: ${line}`);
+    }
     socket.write(alertRecord(description));
     socket.end();
   }
@@ -222,8 +283,14 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
       return;
     }
     const certificate = certificates.select(serverName);
-    if (certificate !== undefined) pipeTo(socket, terminatorFor(certificate).ingress.port);
-    else
+    if (certificate !== undefined) {
+      const terminator = terminatorFor(certificate);
+      terminator.pipes++;
+      pipeTo(socket, terminator.ingress.port, () => {
+        terminator.pipes--;
+        if (terminator.retired) retire(terminator);
+      });
+    } else
       refuse(
         socket,
         Alert.UnrecognizedName,
@@ -246,12 +313,18 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
   }
 
   /** Carries the connection to a loopback TLS listener, the bytes read so far first. */
-  function pipeTo(socket: Socket<FrontData>, port: number): void {
-    const pipe: Pipe = { toPeer: socket.data.head, visitorEnded: false, closed: false };
+  function pipeTo(socket: Socket<FrontData>, port: number, onClosed?: () => void): void {
+    const pipe: Pipe = { toPeer: socket.data.head, visitorEnded: false, peerEnded: false, closed: false };
     socket.data.phase = "pipe";
     socket.data.head = EMPTY;
     socket.data.pipe = pipe;
     const visitor = `${formatHost(unmappedAddress(socket.remoteAddress))}`;
+    let finished = false;
+    const finish = () => {
+      if (finished) return;
+      finished = true;
+      onClosed?.();
+    };
     Bun.connect<PipeData>({
       hostname: "127.0.0.1",
       port,
@@ -286,24 +359,33 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
           }
         },
         end() {
-          socket.shutdown();
+          pipe.peerEnded = true;
+          if (pipe.toVisitor === undefined) socket.shutdown();
         },
         close(peer) {
           visitors.delete(peer.localPort);
           if (!pipe.closed) {
             pipe.closed = true;
-            socket.end();
+            // What the terminator sent last still goes out first; the visitor has a while to read it.
+            if (pipe.toVisitor === undefined) socket.end();
+            else {
+              pipe.peerEnded = true;
+              socket.data.deadline = performance.now() + LINGER_MS;
+            }
           }
+          finish();
         },
         error() {},
         connectError() {
           pipe.closed = true;
           socket.terminate();
+          finish();
         },
       },
     }).catch(() => {
       pipe.closed = true;
       socket.terminate();
+      finish();
     });
   }
 
@@ -330,6 +412,7 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
           phase: "hello",
           head: EMPTY,
           reads: 0,
+          held: 0,
           deadline: performance.now() + headTimeoutMs,
         };
         open.add(socket);
@@ -365,9 +448,21 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
         data.head = data.head.length === 0 ? chunk.slice() : concat(data.head, chunk);
         const read = readClientHello(data.head);
         if (read.status === "more") {
-          if (++data.reads >= MAX_HELLO_READS) refuse(socket, Alert.HandshakeFailure);
+          if (++data.reads >= MAX_HELLO_READS) {
+            refuse(socket, Alert.HandshakeFailure);
+            return;
+          }
+          heads.used += data.head.length - data.held;
+          data.held = data.head.length;
+          if (heads.used > heads.limit) {
+            log.warn(
+              `https visitor refused: incomplete ClientHellos and heads hold ${heads.used} bytes (limit ${heads.limit})`,
+            );
+            refuse(socket, Alert.InternalError);
+          }
           return;
         }
+        release(data);
         if (read.status === "bad") {
           refuse(socket, Alert.HandshakeFailure);
           return;
@@ -385,7 +480,9 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
             if (n < pending.length) pipe.toVisitor = pending.subarray(n);
             else {
               pipe.toVisitor = undefined;
-              pipe.peer?.resume();
+              if (pipe.closed) socket.end();
+              else if (pipe.peerEnded) socket.shutdown();
+              else pipe.peer?.resume();
             }
           }
         }
@@ -406,6 +503,7 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
         open.delete(socket);
         const data = socket.data;
         if (data === undefined) return;
+        release(data);
         if (data.phase === "relay" || data.phase === "waiting")
           relaySocketHandlers.close(socket as unknown as RelaySocket, error);
         else if (data.pipe !== undefined && !data.pipe.closed) {
@@ -425,9 +523,10 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
     port: listener.port,
     stop(closeActive = false) {
       listener.stop(closeActive);
-      for (const terminator of terminators.values()) terminator.ingress.stop(closeActive);
+      for (const terminator of living) terminator.ingress.stop(closeActive);
       if (closeActive) {
         clearInterval(sweep);
+        clearInterval(idleSweep);
         for (const socket of open) socket.terminate();
         open.clear();
         for (const { listener: challenge } of challengeListeners.values()) challenge.stop(true);

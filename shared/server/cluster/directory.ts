@@ -113,6 +113,7 @@ const USER_PREFIX = `${PREFIX}user:`;
 const NODES_KEY = `${PREFIX}nodes`;
 const NODE_PREFIX = `${PREFIX}node:`;
 const SECRET_KEY = `${PREFIX}secret`;
+const VISITORS_PREFIX = `${PREFIX}visitors:`;
 const CHANNEL = `${PREFIX}changes`;
 
 /** How often the view is rebuilt from Redis: a missed message or an expiry is seen within this. */
@@ -250,6 +251,34 @@ if rec.instance ~= ARGV[2] and rec.url ~= ARGV[3] and score and tonumber(score) 
 return ''
 `;
 
+/**
+ * ARGV: node, lease ms, key prefix, then user/count pairs. For each user: sets this node's count in
+ * the user's hash (with an expiry of its own: a dead node's count stops counting), and returns
+ * {user, the sum of the other nodes' live counts} pairs, flattened.
+ */
+const VISITORS_LUA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+local out = {}
+for i = 4, #ARGV, 2 do
+  local key = ARGV[3] .. ARGV[i]
+  redis.call('HSET', key, ARGV[1], ARGV[i + 1] .. ':' .. (now + lease))
+  redis.call('PEXPIRE', key, 3 * lease)
+  local all = redis.call('HGETALL', key)
+  local sum = 0
+  for j = 1, #all, 2 do
+    if all[j] ~= ARGV[1] then
+      local count, expiry = string.match(all[j + 1], '^(%d+):(%d+)$')
+      if count and tonumber(expiry) > now then sum = sum + tonumber(count) else redis.call('HDEL', key, all[j]) end
+    end
+  end
+  out[#out + 1] = ARGV[i]
+  out[#out + 1] = sum
+end
+return out
+`;
+
 /** KEYS: nodes zset, node key. ARGV: name, channel. */
 const DEREGISTER_LUA = `
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -356,6 +385,8 @@ export class ClusterDirectory {
   private seq = 0;
   private alive = new Map<string, NodeInfo>();
   private state: "starting" | "up" | "down" = "starting";
+  /** Shutting down: out of the node list, and heartbeats register it no more. */
+  private leavingList = false;
   /** performance.now() when the link last came back after an outage (or a master switch). */
   private recoveredAt = Number.NEGATIVE_INFINITY;
   /** performance.now() when the link went down. */
@@ -563,6 +594,27 @@ export class ClusterDirectory {
     }
   }
 
+  /**
+   * Cluster-wide visitor counts: writes this node's count per user and reads the sum of the other
+   * nodes' (each count expires with the lease). Undefined while Redis is away (keep the last sums).
+   */
+  async syncVisitors(counts: Map<string, number>): Promise<Map<string, number> | undefined> {
+    if (this.state !== "up" || counts.size === 0) return undefined;
+    const pairs = [...counts].flatMap(([user, count]) => [user, String(count)]);
+    try {
+      const reply = (await this.eval(
+        VISITORS_LUA,
+        [],
+        [this.name, String(this.options.leaseMs), VISITORS_PREFIX, ...pairs],
+      )) as (string | number)[];
+      const sums = new Map<string, number>();
+      for (let i = 0; i + 1 < reply.length; i += 2) sums.set(String(reply[i]), Number(reply[i + 1]));
+      return sums;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** Hooks the reconnect handlers of the current clients. */
   private hook(): void {
     this.cmd.onconnect = () => {
@@ -727,6 +779,11 @@ export class ClusterDirectory {
     return this.view.get(key)?.record;
   }
 
+  /** Every key in the view with its holder's record (what a node joining starts from). */
+  entries(): [LeaseKey, LeaseRecord][] {
+    return [...this.view].map(([key, entry]) => [key, entry.record]);
+  }
+
   /** Every TCP port leased in the cluster with its record (for the port mirrors). */
   ports(): Map<number, LeaseRecord> {
     const ports = new Map<number, LeaseRecord>();
@@ -752,6 +809,20 @@ export class ClusterDirectory {
       held: this.held.size,
       elsewhere,
     };
+  }
+
+  /**
+   * Takes the node out of the node list now (it keeps its leases, renewals stop registering it: a
+   * shutting-down node). Never throws.
+   */
+  async deregister(): Promise<void> {
+    this.leavingList = true;
+    if (this.state !== "up" || this.clientsClosed) return;
+    try {
+      await this.eval(DEREGISTER_LUA, [NODES_KEY, NODE_PREFIX + this.name], [this.name, CHANNEL]);
+    } catch {
+      // Its registration expires within the lease.
+    }
   }
 
   /** Releases every lease, deregisters the node, closes the clients. Never throws; bounded in time. */
@@ -919,6 +990,7 @@ export class ClusterDirectory {
    * process that registered under this name meanwhile (e.g. while this node was cut off) is logged once.
    */
   private async heartbeat(): Promise<void> {
+    if (this.leavingList) return;
     const reply = await this.eval(
       HEARTBEAT_LUA,
       [NODES_KEY, NODE_PREFIX + this.name],

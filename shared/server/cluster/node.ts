@@ -78,10 +78,23 @@ export interface ClusterNodeOptions {
   acceptRemote: RemoteAcceptor;
   /** A lease this node held was lost (taken over elsewhere): the tunnel stops at once. */
   onLost(key: LeaseKey): void;
+  /**
+   * The users whose `max_visitors` counts over the cluster: their visitors here are published, and
+   * `elsewhere` set to theirs on the other nodes (every lease/3).
+   */
+  accounts?: () => Iterable<{
+    name: string;
+    visitors: number;
+    elsewhere: number;
+    limits: { maxVisitors?: number };
+  }>;
   /** Whether a local tunnel listens on this port now (then no mirror is opened on it). */
   listensOn(port: number): boolean;
   log: Logger;
 }
+
+/** Most a leaving node waits for the streams on its links to finish before it closes them. */
+const LINK_DRAIN_MS = 5000;
 
 /** How long a visitor for a moving name or port waits before it is refused (503 with Retry-After). */
 const VISITOR_WAIT_MS = 5000;
@@ -122,11 +135,16 @@ export class ClusterNode {
   private readonly links = new Map<string, NodeLink>();
   private readonly mirrors = new Map<number, TCPSocketListener<RelaySocketData>>();
   /** The last holder of each key that left the view, and when: a move may bring it back. */
-  private readonly vanished = new Map<LeaseKey, { record: LeaseRecord; at: number }>();
+  private readonly vanished = new Map<LeaseKey, { record: LeaseRecord; at: number; instance?: string }>();
+  /** The process (instance) last seen under each node name: a restarted node is another one. */
+  private readonly instances = new Map<string, string | undefined>();
   /** The record of each key in the view, as last told (what `vanished` keeps when it goes). */
   private readonly records = new Map<LeaseKey, LeaseRecord>();
   /** Looks at the node list again once a Redis outage's settling time is over (see syncLinks). */
   private settleTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Publishes and reads the cluster's visitor counts (see syncVisitors). */
+  private visitorTimer: ReturnType<typeof setInterval> | undefined;
+  private syncing = false;
   /** Visitors waiting for a moving name or port now. */
   private waiting = 0;
   /** Standby connections of other nodes' clients, each watching its client's node. */
@@ -158,10 +176,29 @@ export class ClusterNode {
       onNodes: (nodes) => node?.syncLinks(nodes),
     });
     node = new ClusterNode(options, directory);
+    // The view loaded at start came without callbacks: its holders are the ones a vanishing key had.
+    for (const [key, record] of directory.entries()) node.records.set(key, record);
     node.syncLinks(directory.nodes());
     for (const port of directory.ports().keys()) node.reconcile(`tcp:${port}`);
     node.reportDifferences();
+    node.visitorTimer = setInterval(
+      () => void node?.syncVisitors(),
+      Math.max(100, (options.leaseSeconds * 1000) / 3),
+    );
     return node;
+  }
+
+  /** Publishes this node's visitors per limited user and takes in the other nodes' (see `accounts`). */
+  private async syncVisitors(): Promise<void> {
+    if (this.syncing || this.closed || this.options.accounts === undefined) return;
+    this.syncing = true;
+    try {
+      const limited = [...this.options.accounts()].filter((a) => a.limits.maxVisitors !== undefined);
+      const sums = await this.directory.syncVisitors(new Map(limited.map((a) => [a.name, a.visitors])));
+      if (sums !== undefined) for (const account of limited) account.elsewhere = sums.get(account.name) ?? 0;
+    } finally {
+      this.syncing = false;
+    }
   }
 
   /** The node's users or settings were reloaded: the others see the new digest; differences are logged. */
@@ -350,14 +387,16 @@ export class ClusterNode {
     if (record !== undefined) {
       if (record.node === this.options.name)
         return this.directory.holds(key) ? { kind: "self", record } : { kind: "moving", record };
-      return this.links.get(record.node)?.up
-        ? { kind: "route", record, target: key }
-        : { kind: "moving", record };
+      // A node that left the list (shutting down, or gone) takes no new visitors: its names are moving.
+      return this.routable(record.node) ? { kind: "route", record, target: key } : { kind: "moving", record };
     }
     const gone = this.vanished.get(key);
     if (gone === undefined) return { kind: "none" };
-    // Released by a node that is still here: gone for good. Its node left: its client may bring it back.
-    if (performance.now() - gone.at > this.moveWindowMs || this.alive(gone.record.node)) {
+    // Released by a node that is still here: gone for good. Its node left (or is another process under
+    // that name by now, restarted): its client may bring it back.
+    const holder = this.directory.nodes().find((node) => node.name === gone.record.node);
+    const sameProcess = holder !== undefined && holder.instance === gone.instance;
+    if (performance.now() - gone.at > this.moveWindowMs || sameProcess) {
       this.vanished.delete(key);
       return { kind: "none" };
     }
@@ -377,11 +416,16 @@ export class ClusterNode {
     for (let i = 0; i < count; i++) {
       const at = (turn + i) % count;
       const candidate = candidates[at] as { key: LeaseKey; record: LeaseRecord };
-      if (candidate.record.node === this.options.name || !this.links.get(candidate.record.node)?.up) continue;
+      if (candidate.record.node === this.options.name || !this.routable(candidate.record.node)) continue;
       this.poolTurns.set(key, (at + 1) % count);
       return { kind: "route", record: candidate.record, target: candidate.key };
     }
     return undefined;
+  }
+
+  /** Whether new visitors may be carried to node `name`: its link is up and it is in the node list. */
+  private routable(name: string): boolean {
+    return this.links.get(name)?.up === true && this.alive(name);
   }
 
   /** Pool places: where each one's next visitor from this node goes among the nodes serving it. */
@@ -505,6 +549,7 @@ export class ClusterNode {
     clearTimeout(this.settleTimer);
     if (settling > 0)
       this.settleTimer = setTimeout(() => this.syncLinks(this.directory.nodes()), settling + 10);
+    for (const node of nodes) this.instances.set(node.name, node.instance);
     // A node that left (stopped renewing, or shut down): its clients' standbys here move them here now.
     const names = new Set(nodes.map((node) => node.name));
     for (const standby of [...this.standbys])
@@ -524,11 +569,24 @@ export class ClusterNode {
       link?.close();
       this.links.set(peer.name, new OutboundLink(peer, name, this.directory.secret, acceptRemote, log, ca));
     }
+    // A link to a node that left is closed once nothing travels on it: a node shutting down finishes
+    // the visitors in flight over it (a dead one's link drops by itself within 3 s).
     for (const [name, link] of this.links)
       if (!alive.has(name) && settling === 0) {
-        link.close();
         this.links.delete(name);
+        if (link.up && link.streams > 0) this.retire(link);
+        else link.close();
       }
+  }
+
+  /** Closes a link of a node that left once its streams are done or it went down (checked every second, at most a minute). */
+  private retire(link: NodeLink): void {
+    let rounds = 0;
+    const timer = setInterval(() => {
+      if (!this.closed && link.up && link.streams > 0 && ++rounds < 60) return;
+      clearInterval(timer);
+      link.close();
+    }, 1000);
   }
 
   /** A key's holder changed in the view: remember who held a key that went (it may be moving). */
@@ -539,7 +597,8 @@ export class ClusterNode {
       this.vanished.delete(key);
     } else if (before !== undefined) {
       this.records.delete(key);
-      this.vanished.set(key, { record: before, at: performance.now() });
+      const instance = this.instances.get(before.node);
+      this.vanished.set(key, { record: before, at: performance.now(), instance });
     }
     this.reconcile(key);
   }
@@ -595,11 +654,28 @@ export class ClusterNode {
     return { ...directory, links, mirrors: this.mirrors.size };
   }
 
+  /**
+   * Shutting down: out of the cluster's node list at once (the drain follows, and then {@link leave}).
+   * The other nodes take this node's names as moving (their visitors wait for the clients to arrive)
+   * rather than released, and its clients' standbys move them.
+   */
+  async leaving(): Promise<void> {
+    await this.directory.deregister();
+  }
+
   /** Leaves: closes links and mirrors, gives back every lease, deregisters. */
   async leave(): Promise<void> {
     this.closed = true;
     clearTimeout(this.settleTimer);
+    clearInterval(this.visitorTimer);
     for (const standby of [...this.standbys]) standby.close();
+    // Streams still on the links (visitors of this node's tunnels carried from other nodes, their last
+    // bytes and acknowledgements on their way) finish first: a closed link resets what is left on it.
+    const deadline = performance.now() + LINK_DRAIN_MS;
+    for (let round = 0; round < LINK_DRAIN_MS / 50 && performance.now() < deadline; round++) {
+      if (![...this.links.values()].some((link) => link.up && link.streams > 0)) break;
+      await Bun.sleep(50);
+    }
     for (const link of this.links.values()) link.close();
     this.links.clear();
     for (const port of [...this.mirrors.keys()]) this.unmirror(port);

@@ -493,7 +493,7 @@ export class Namespace {
         : (chosen.udpMember ?? "offline");
     };
     const request_ = { host: this.settings.host, port: asked, ranges: where.ranges, own: this.ownPorts };
-    return UdpPort.open(request_, this.udpSettings, choose).then(
+    return UdpPort.open(request_, () => this.udpSettings, choose).then(
       (port) => {
         const key: PlaceKey = `udp:${port.port}`;
         // Another claim opened the same place while this one was binding (port 0 twice cannot happen).
