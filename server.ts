@@ -122,7 +122,16 @@ export async function startServer(options: ServerOptions = {}): Promise<ServerHa
   registry.watch();
   const url = `${options.tls ? "wss" : "ws"}://${formatHost(host)}:${listeners.control.port}`;
   logStart(log, url, registry, listeners, options);
-  const running = listeners;
+  return serverHandle(options, registry, listeners, { host, url, log });
+}
+
+/** The running server's handle: its addresses, /health's counts, reload and close. */
+function serverHandle(
+  options: ServerOptions,
+  registry: SessionRegistry,
+  running: Listeners,
+  { host, url, log }: { host: string; url: string; log: Logger },
+): ServerHandle {
   let closing = false;
   return {
     host,

@@ -71,11 +71,12 @@ function visit(host: string, port: number, from: string, hostHeader = "nginx.tes
 }
 
 /** The access-log line nginx wrote for the visitor that came from `port` (waits for it). */
-async function logged(port: number): Promise<ProxyLogLine> {
+async function logged(port: number, from: string): Promise<ProxyLogLine> {
   let line: ProxyLogLine | undefined;
   await eventually(
     () => {
-      line = nginx.accessLog().find((entry) => entry.port === port);
+      // By address and port: an earlier visitor of the other family may have had the same port.
+      line = nginx.accessLog().find((entry) => entry.port === port && entry.addr === from);
       return line !== undefined;
     },
     5000,
@@ -94,7 +95,7 @@ async function expectVisitorSeen(
   const seen = await visit(host, port, from, hostHeader);
   expect(seen.reply).toStartWith("HTTP/1.1 200 OK\r\n");
   expect(seen.reply).toEndWith(NGINX_BODY);
-  expect(await logged(seen.localPort)).toMatchObject({
+  expect(await logged(seen.localPort, from)).toMatchObject({
     addr: from,
     port: seen.localPort,
     serverAddr: host,

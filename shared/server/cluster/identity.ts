@@ -11,7 +11,6 @@
 import { createHash } from "node:crypto";
 import { formatHost, unmappedAddress } from "../../args.ts";
 import { NODE_NAME } from "../../wire/protocol.ts";
-import type { ServerOptions } from "../options.ts";
 import { isSentinelUrl, parseSentinelUrl } from "./sentinel.ts";
 
 /** How long the connection that finds this node's address may take. */
@@ -111,8 +110,20 @@ function digest(value: unknown): string {
   return createHash("sha256").update(canonical(value)).digest("hex").slice(0, 16);
 }
 
+/** The server options a digest covers (the server's options, seen from the cluster's layer). */
+export interface DigestedOptions<User extends { name: string } = { name: string }> {
+  users?: readonly User[];
+  apiKey?: string;
+  domain?: string;
+  tcpPorts?: unknown;
+  clusterLeaseSeconds?: number;
+  tls?: unknown;
+}
+
 /** The digest of what every node of a cluster should have alike. */
-export function settingsDigest(options: ServerOptions): SettingsDigest {
+export function settingsDigest<User extends { name: string }>(
+  options: DigestedOptions<User>,
+): SettingsDigest {
   const users = [...(options.users ?? [])].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   return {
     users: digest({

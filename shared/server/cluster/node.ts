@@ -24,7 +24,6 @@ import {
   type Stream,
 } from "../../relay/stream.ts";
 import { type Hello, StreamKind } from "../../wire/protocol.ts";
-import type { RouteAnswer } from "../namespace/holding.ts";
 import {
   ClusterDirectory,
   type LeaseKey,
@@ -108,6 +107,9 @@ const REDIS_WAIT_MS = 15_000;
 export function secretHash(secret: string): string {
   return createHash("sha256").update(secret).digest("hex");
 }
+
+/** What a route answers a visitor: its stream, or the refusal it is answered with (an HTTP status, a line). */
+export type RouteAnswer = Stream | { status: number; message: string; retryAfter?: number };
 
 /** An HTTP name held by another node: what its visitors must present, and how to carry one there. */
 export interface RemoteRoute {

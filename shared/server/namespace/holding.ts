@@ -16,6 +16,7 @@
 
 import type { RelaySocket, Stream } from "../../relay/stream.ts";
 import type { StreamKind } from "../../wire/protocol.ts";
+import type { RouteAnswer } from "../cluster/node.ts";
 import type { UdpMember, UdpPort, UdpSessionFlows } from "../udp-port.ts";
 import type { Account } from "../users.ts";
 
@@ -129,4 +130,4 @@ export interface HttpRoute {
 }
 
 /** What {@link HttpRoute.open} answers: the visitor's stream, or the refusal it is answered with. */
-export type RouteAnswer = Stream | { status: number; message: string; retryAfter?: number };
+export type { RouteAnswer };
