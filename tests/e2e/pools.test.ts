@@ -16,6 +16,7 @@ import {
   eventually,
   expectOneLineError,
   openDescriptors,
+  rssKiB,
   runToExit,
   type ServerProcess,
   setupFile,
@@ -133,6 +134,9 @@ describe("a pool of three clients behind one port", () => {
     expect(health.pools?.[0]?.members).toHaveLength(3);
     const counts = [0, 0, 0];
     const small = randomData(64);
+    const pid = server.proc.pid;
+    const descriptors = openDescriptors(pid);
+    const rssBefore = await rssKiB(pid);
     // Three hundred visitors, 30 at a time: each is open while the next ones are placed.
     for (let batch = 0; batch < 10; batch++) {
       const results = await Promise.all(Array.from({ length: 30 }, () => visit(port, small)));
@@ -145,6 +149,9 @@ describe("a pool of three clients behind one port", () => {
       expect(count).toBeGreaterThanOrEqual(80);
       expect(count).toBeLessThanOrEqual(120);
     }
+    // Every visitor's socket is freed on the server, and its memory stays near where it was.
+    await eventually(() => openDescriptors(pid) <= descriptors, 5000, `descriptors back to ${descriptors}`);
+    expect((await rssKiB(pid)) - rssBefore).toBeLessThan(64 * 1024);
   });
 
   test("a member SIGKILLed mid-load takes only its own visitors; the rest finish intact; new visitors go to the two left", async () => {
