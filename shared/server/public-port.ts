@@ -69,23 +69,32 @@ export function listenPublic<T>(request: PublicPortRequest, socket: SocketHandle
       throw listenError(error, 0);
     }
   }
-  // Start at a random port in the range so that concurrent servers and restarts spread out.
+  for (const candidate of portsToTry(range, own))
+    try {
+      return listen(candidate);
+    } catch (error) {
+      if (!portBusy(error)) throw listenError(error, candidate);
+    }
+  throw new PortError("no_free_port", `no free port in the server's range ${range.min}-${range.max}`);
+}
+
+/**
+ * The ports of `range` to try, each once and never one of `own`, starting at a random one so that
+ * concurrent servers and restarts spread out.
+ */
+export function* portsToTry(range: PortRange, own: ReadonlySet<number>): Generator<number> {
   const size = range.max - range.min + 1;
   const start = Math.floor(Math.random() * size);
   for (let i = 0; i < size; i++) {
     const candidate = range.min + ((start + i) % size);
-    if (own.has(candidate)) continue;
-    try {
-      return listen(candidate);
-    } catch (error) {
-      if (
-        (error as { code?: string }).code !== "EADDRINUSE" &&
-        (error as { code?: string }).code !== "EACCES"
-      )
-        throw listenError(error, candidate);
-    }
+    if (!own.has(candidate)) yield candidate;
   }
-  throw new PortError("no_free_port", `no free port in the server's range ${range.min}-${range.max}`);
+}
+
+/** Whether a failed bind only says the port is taken or out of reach (the next one may do). */
+export function portBusy(error: unknown): boolean {
+  const code = (error as { code?: string }).code;
+  return code === "EADDRINUSE" || code === "EACCES";
 }
 
 function listenError(error: unknown, port: number): PortError {

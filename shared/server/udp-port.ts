@@ -24,7 +24,7 @@ import { formatHost, unmappedAddress } from "../args.ts";
 import type { DatagramHandler, Mux } from "../relay/mux.ts";
 import type { DatagramFrame, FlowCloseFrame } from "../wire/codec.ts";
 import { FlowCloseCode, ProtocolError } from "../wire/protocol.ts";
-import { FIRST_UNPRIVILEGED_PORT, PortError } from "./public-port.ts";
+import { FIRST_UNPRIVILEGED_PORT, PortError, portBusy, portsToTry } from "./public-port.ts";
 
 /**
  * Bytes queued on a client's WebSocket past which datagrams toward it are dropped: about 4 ms at
@@ -433,19 +433,13 @@ async function bindUdp(
         throw udpListenError(error, 0);
       }
     }
-    const size = range.max - range.min + 1;
-    const start = Math.floor(Math.random() * size);
-    for (let i = 0; i < size; i++) {
-      const candidate = range.min + ((start + i) % size);
-      if (own.has(candidate)) continue;
+    for (const candidate of portsToTry(range, own))
       try {
         return await bind(candidate);
       } catch (error) {
-        const code = (error as { code?: string }).code;
-        if (code !== "EADDRINUSE" && code !== "EACCES") throw udpListenError(error, candidate);
+        if (!portBusy(error)) throw udpListenError(error, candidate);
         last = error;
       }
-    }
   }
   const range = request.ranges[0];
   throw new PortError(

@@ -65,17 +65,7 @@ export class Batcher {
       this.send(frame);
       return;
     }
-    if (this.length + 2 + frame.length > CAPACITY) this.flush();
-    if (!this.scheduled) {
-      this.scheduled = true;
-      due.push(this);
-      if (due.length === 1) setImmediate(flushDue);
-    }
-    let b = this.buffer;
-    if (b === null) {
-      b = this.pool.take();
-      this.buffer = b;
-    }
+    const b = this.room(frame.length);
     b[this.length] = frame.length >>> 8;
     b[this.length + 1] = frame.length;
     b.set(frame, this.length + 2);
@@ -84,22 +74,28 @@ export class Batcher {
   }
 
   /**
-   * Batches the frame `type | id u32 | payload` without encoding it first: one copy, straight into the
-   * batch (a datagram's path). The caller sends frames over {@link BATCHABLE_BYTES} itself.
+   * The round's batch with room for one more frame of `length` bytes (and its 2-byte length): what is
+   * batched goes first when it would not fit; the first frame of a round takes a buffer from the pool
+   * and schedules the round's flush.
    */
-  pushFrame(type: number, id: number, payload: Uint8Array): void {
-    const length = HEADER_LENGTH + payload.length;
+  private room(length: number): Uint8Array {
     if (this.length + 2 + length > CAPACITY) this.flush();
     if (!this.scheduled) {
       this.scheduled = true;
       due.push(this);
       if (due.length === 1) setImmediate(flushDue);
     }
-    let b = this.buffer;
-    if (b === null) {
-      b = this.pool.take();
-      this.buffer = b;
-    }
+    this.buffer ??= this.pool.take();
+    return this.buffer;
+  }
+
+  /**
+   * Batches the frame `type | id u32 | payload` without encoding it first: one copy, straight into the
+   * batch (a datagram's path). The caller sends frames over {@link BATCHABLE_BYTES} itself.
+   */
+  pushFrame(type: number, id: number, payload: Uint8Array): void {
+    const length = HEADER_LENGTH + payload.length;
+    const b = this.room(length);
     let at = this.length;
     b[at] = length >>> 8;
     b[at + 1] = length;
