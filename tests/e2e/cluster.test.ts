@@ -8,8 +8,8 @@
  */
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { request } from "node:http";
 import { createConnection, type Socket } from "node:net";
+import { nodeHealth, startClusterClient, startNamedApp, visitName } from "../support/cluster.ts";
 import { rawStatus, upgradeHeaders } from "../support/faults.ts";
 import { MiB, randomData, sha256 } from "../support/hashing.ts";
 import {
@@ -96,90 +96,11 @@ async function startNode(
   return { ...role, name, ip, port: controlPort, httpPort, url: `ws://${ip}:${controlPort}` };
 }
 
-/** `GET /health` of a node. */
-async function health(node: Node): Promise<Record<string, unknown> & { cluster: Record<string, unknown> }> {
-  const response = await fetch(`http://${node.ip}:${node.port}/health`, {
-    signal: AbortSignal.timeout(3000),
-  });
-  return (await response.json()) as Record<string, unknown> & { cluster: Record<string, unknown> };
-}
-
-/** A web app that names itself in every answer (which client's app a request reached). */
-function startApp(id: string): number {
-  const server = Bun.serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    fetch: async (req) => {
-      const body = new Uint8Array(await req.arrayBuffer());
-      return new Response(`${id} ${sha256(body)}`);
-    },
-  });
-  defer(() => server.stop(true));
-  return server.port as number;
-}
-
 /** A TCP echo service that respects backpressure. */
 function startEcho(): number {
   const service = startEchoService();
   defer(() => service.stop());
   return service.port;
-}
-
-/** Starts a client against `servers` (in order) exposing `args`; resolves once `expected` tunnels are up. */
-async function startClient(servers: Node[], args: string[], expected: number): Promise<ClientProcess> {
-  const role = spawnRole([
-    "bun",
-    "client.ts",
-    ...servers.flatMap((node) => ["--server", node.url]),
-    "--heartbeat",
-    "1",
-    ...args,
-  ]);
-  const pattern = new RegExp(`(?:exposed with tunnel id \\S+, url: \\S+\\n[^]*){${expected}}`);
-  await Promise.race([
-    role.waitFor(pattern, 20_000),
-    role.proc.exited.then((code) => {
-      throw new Error(`client exited (${code}): ${role.stderr()}`);
-    }),
-  ]);
-  const tunnels = [...role.stdout().matchAll(/exposed with tunnel id (\S+), url: \S+:(\d+)/g)].map((m) => ({
-    id: m[1] as string,
-    port: Number(m[2]),
-  }));
-  return { ...role, tunnels };
-}
-
-/**
- * POSTs `body` to `NAME.localhost` through a node's HTTP port (node:http: fetch does not send a Host
- * of our choosing): the app's answer (`id sha256`) and status.
- */
-function visitHttp(node: Node, name: string, body: Uint8Array): Promise<{ status: number; text: string }> {
-  return withTimeout(
-    new Promise((resolve, reject) => {
-      const req = request(
-        {
-          host: node.ip,
-          port: node.httpPort,
-          method: "POST",
-          path: "/",
-          headers: { host: `${name}.localhost`, "content-length": String(body.length) },
-          agent: false,
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (chunk: Buffer) => chunks.push(chunk));
-          res.on("end", () =>
-            resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString() }),
-          );
-          res.on("error", reject);
-        },
-      );
-      req.on("error", reject);
-      req.end(body);
-    }),
-    10_000,
-    `POST to ${name} through ${node.name}`,
-  );
 }
 
 /** Sends `data` through a node's public TCP port to an echo service; resolves with the echo's sha256. */
@@ -198,8 +119,8 @@ describe("a cluster of three nodes", () => {
   let second: ClientProcess;
   let firstTcp: number;
   let secondTcp: number;
-  const firstApp = startApp("app-one");
-  const secondApp = startApp("app-two");
+  const firstApp = startNamedApp("app-one");
+  const secondApp = startNamedApp("app-two");
   const echo = startEcho();
 
   beforeAll(async () => {
@@ -212,12 +133,12 @@ describe("a cluster of three nodes", () => {
     for (const node of nodes) deferContinue(node);
     const [n1, n2, n3] = nodes as [Node, Node, Node];
     // Each client knows its own node first, then another one to move to.
-    first = await startClient(
+    first = await startClusterClient(
       [n1, n2],
       ["--expose", `127.0.0.1:${echo}`, "--http", `127.0.0.1:${firstApp}`, "--subdomain", "one"],
       2,
     );
-    second = await startClient(
+    second = await startClusterClient(
       [n2, n3],
       ["--expose", `127.0.0.1:${echo}`, "--http", `127.0.0.1:${secondApp}`, "--subdomain", "two"],
       2,
@@ -228,7 +149,7 @@ describe("a cluster of three nodes", () => {
     await eventually(
       async () => {
         for (const node of nodes) {
-          const h = await health(node);
+          const h = await nodeHealth(node);
           if ((h.cluster.nodes as string[]).length !== 3) return false;
           if ((h.cluster.held as number) + (h.cluster.elsewhere as number) < 4) return false;
           const links = Object.values(h.cluster.links as Record<string, { up: boolean }>);
@@ -250,18 +171,18 @@ describe("a cluster of three nodes", () => {
     const body = randomData(256 * 1024);
     const data = randomData(2 * MiB);
     for (const node of nodes) {
-      expect(await visitHttp(node, "one", body)).toEqual({ status: 200, text: `app-one ${sha256(body)}` });
-      expect(await visitHttp(node, "two", body)).toEqual({ status: 200, text: `app-two ${sha256(body)}` });
+      expect(await visitName(node, "one", body)).toEqual({ status: 200, text: `app-one ${sha256(body)}` });
+      expect(await visitName(node, "two", body)).toEqual({ status: 200, text: `app-two ${sha256(body)}` });
       expect(await echoVia(node.ip, firstTcp, data)).toBe(sha256(data));
       expect(await echoVia(node.ip, secondTcp, data)).toBe(sha256(data));
-      expect((await visitHttp(node, "nobody", body)).status).toBe(404);
+      expect((await visitName(node, "nobody", body)).status).toBe(404);
     }
-    const h = await health(nodes[0] as Node);
+    const h = await nodeHealth(nodes[0] as Node);
     expect(h.cluster.node).toBe("n1");
     expect(h.cluster.redis).toBe("up");
     // One link per pair of nodes, used both ways: each node has exactly one to each other node.
     for (const node of nodes) {
-      const links = (await health(node)).cluster.links as Record<string, { up: boolean }>;
+      const links = (await nodeHealth(node)).cluster.links as Record<string, { up: boolean }>;
       const others = nodes.filter((other) => other !== node).map((other) => other.name);
       expect(Object.keys(links).sort()).toEqual(others);
       for (const name of others) expect(links[name]?.up).toBe(true);
@@ -332,7 +253,8 @@ describe("a cluster of three nodes", () => {
       expect(rss - (rssBefore[i] as number)).toBeLessThan(96 * 1024);
     }
     await eventually(
-      async () => ((await health(n3)).cluster.links as Record<string, { streams: number }>).n2?.streams === 0,
+      async () =>
+        ((await nodeHealth(n3)).cluster.links as Record<string, { streams: number }>).n2?.streams === 0,
       10_000,
       "no stream left on n3's link to n2",
     );
@@ -343,7 +265,7 @@ describe("a cluster of three nodes", () => {
 
   test("two clients racing for one name through two nodes: exactly one wins", async () => {
     const [n1, , n3] = nodes as [Node, Node, Node];
-    const app = startApp("racer");
+    const app = startNamedApp("racer");
     const racers = [n1, n3].map((node) =>
       spawnRole([
         "bun",
@@ -375,13 +297,17 @@ describe("a cluster of three nodes", () => {
     const data = randomData(MiB);
     redis.kill();
     mark("redis: killed", true);
-    await eventually(async () => (await health(n1)).cluster.redis === "down", 10_000, "n1 sees Redis down");
+    await eventually(
+      async () => (await nodeHealth(n1)).cluster.redis === "down",
+      10_000,
+      "n1 sees Redis down",
+    );
     // Visitors through the holding node and through the others (the last known routes).
     expect(await echoVia(n1.ip, firstTcp, data)).toBe(sha256(data));
     expect(await echoVia(n3.ip, firstTcp, data)).toBe(sha256(data));
-    expect((await visitHttp(n2, "one", data)).text).toBe(`app-one ${sha256(data)}`);
+    expect((await visitName(n2, "one", data)).text).toBe(`app-one ${sha256(data)}`);
     // A new tunnel now waits for Redis.
-    const app = startApp("late");
+    const app = startNamedApp("late");
     const late = spawnRole([
       "bun",
       "client.ts",
@@ -399,12 +325,12 @@ describe("a cluster of three nodes", () => {
     await late.waitFor(/exposed with tunnel id/, 20_000);
     mark("redis: the waiting tunnel is live");
     await eventually(
-      async () => (await visitHttp(n1, "late", data)).text === `late ${sha256(data)}`,
+      async () => (await visitName(n1, "late", data)).text === `late ${sha256(data)}`,
       10_000,
       "the new tunnel reachable through another node",
     );
     // The old names were taken up again by their holders: still served everywhere.
-    expect((await visitHttp(n3, "one", data)).text).toBe(`app-one ${sha256(data)}`);
+    expect((await visitName(n3, "one", data)).text).toBe(`app-one ${sha256(data)}`);
     expect(n1.stderr() + n1.stdout()).toMatch(/redis link lost/i);
     late.kill("SIGKILL");
   }, 60_000);
@@ -427,7 +353,7 @@ describe("a cluster of three nodes", () => {
     await eventually(
       async () => {
         try {
-          return (await visitHttp(n3, "one", data)).text === `app-one ${sha256(data)}`;
+          return (await visitName(n3, "one", data)).text === `app-one ${sha256(data)}`;
         } catch {
           return false;
         }
@@ -451,7 +377,7 @@ describe("a cluster of three nodes", () => {
     await eventually(
       async () => {
         try {
-          return (await visitHttp(n3, "two", data)).text === `app-two ${sha256(data)}`;
+          return (await visitName(n3, "two", data)).text === `app-two ${sha256(data)}`;
         } catch {
           return false;
         }
@@ -466,7 +392,7 @@ describe("a cluster of three nodes", () => {
     const deadline = Date.now() + 10_000;
     let served = false;
     while (Date.now() < deadline && !served) {
-      const answer = await visitHttp(n2, "two", data).catch(() => ({ status: 0, text: "" }));
+      const answer = await visitName(n2, "two", data).catch(() => ({ status: 0, text: "" }));
       if (answer.status === 200) {
         expect(answer.text).toBe(`app-two ${sha256(data)}`);
         served = true;
