@@ -18,6 +18,7 @@ import {
   startClientProcess,
   startServerProcess,
 } from "../support/processes.ts";
+import { startStalledSink } from "../support/services.ts";
 import { type Pumped, pumpPattern } from "../support/sockets.ts";
 
 setupFile();
@@ -33,22 +34,6 @@ interface BufferHealth {
 }
 
 const health = async (server: ServerProcess) => (await server.health()) as unknown as BufferHealth;
-
-/** A local service that accepts and never reads. */
-function startStalledSink(): { port: number } {
-  const listener = Bun.listen({
-    hostname: "127.0.0.1",
-    port: 0,
-    socket: {
-      open(socket) {
-        socket.pause();
-      },
-      data() {},
-    },
-  });
-  defer(() => listener.stop(true));
-  return { port: listener.port };
-}
 
 async function flood(port: number, size: number): Promise<import("bun").Socket<Pumped>> {
   const socket = await Bun.connect<Pumped>({

@@ -22,6 +22,7 @@ import {
   startServerProcess,
   withTimeout,
 } from "../support/processes.ts";
+import { startStalledSink } from "../support/services.ts";
 import { connectVisitor, type Pumped, pumpPattern, readAll } from "../support/sockets.ts";
 
 setupFile();
@@ -81,22 +82,6 @@ async function flood(port: number, size: number): Promise<import("bun").Socket<P
 function stalledWindowBound(): number {
   const field = (file: string, i: number) => Number(readFileSync(file, "utf8").trim().split(/\s+/)[i]);
   return MiB + 2 * (field("/proc/sys/net/ipv4/tcp_wmem", 2) + field("/proc/sys/net/ipv4/tcp_rmem", 1));
-}
-
-/** A local service that accepts and never reads. */
-function startStalledSink(): { port: number } {
-  const listener = Bun.listen({
-    hostname: "127.0.0.1",
-    port: 0,
-    socket: {
-      open(socket) {
-        socket.pause();
-      },
-      data() {},
-    },
-  });
-  defer(() => listener.stop(true));
-  return { port: listener.port };
 }
 
 /** Samples /health `count` times, 100 ms apart; returns the largest figures seen. */

@@ -85,3 +85,19 @@ export function startEchoService(port = 0): EchoService {
   defer(service.stop);
   return service;
 }
+
+/** A local service that accepts and never reads (it pauses every connection at once). */
+export function startStalledSink(): { port: number } {
+  const listener = Bun.listen({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      open(socket) {
+        socket.pause();
+      },
+      data() {},
+    },
+  });
+  defer(() => listener.stop(true));
+  return { port: listener.port };
+}
