@@ -292,9 +292,10 @@ describe("a rolling restart", () => {
       expect(again.name).toBe(old.name);
       nodes[i] = again;
       // Back: it serves the name again (over its link to wherever the client is now).
+      // A readiness wait, not a timing: under load the name may take its client's move plus a lease.
       await eventually(
         async () => (await visitName(again, "rolling", body).catch(() => ({ text: "" }))).text === expected,
-        10_000,
+        20_000,
         `${again.name} serves the name after its restart`,
       );
       restarting = -1;
