@@ -6,7 +6,6 @@
 
 import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
-import { connect as tlsConnect } from "node:tls";
 import { describeError } from "../log.ts";
 import { SendWatch } from "../relay/send-watch.ts";
 import {
@@ -349,7 +348,8 @@ function formatName(name: string): string {
  */
 function peerCertificate(host: string, port: number, name = host): Promise<{ names: string[] } | undefined> {
   return new Promise((resolve) => {
-    const socket = tlsConnect({
+    // node:tls is loaded by the first probe (a failed connection): a client that connects never pays for it.
+    const socket = process.getBuiltinModule("node:tls").connect({
       host,
       port,
       rejectUnauthorized: false,

@@ -18,9 +18,7 @@
  */
 
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import https from "node:https";
 import { join } from "node:path";
-import { rootCertificates } from "node:tls";
 import type * as Acme from "acme-client";
 import { describeError, type Logger } from "../../log.ts";
 import { type CertificateStore, describeCertificate } from "./certificates.ts";
@@ -34,15 +32,18 @@ let acmeLibrary: Promise<typeof Acme> | undefined;
 /** The CA trusted besides the system's (`--acme-ca`), applied to acme-client's HTTP when it loads. */
 let acmeCa: string | undefined;
 const loadAcme = (): Promise<typeof Acme> => {
-  acmeLibrary ??= import("acme-client").then((acme) => {
+  // node:https and node:tls too (about 4 MiB of a server's resident memory): only a private CA needs them.
+  acmeLibrary ??= import("acme-client").then(async (acme) => {
     const http = (acme as unknown as { axios: AcmeHttp }).axios;
     // acme-client's own HTTP retries wait up to 75 s on a refused connection, and as long as a 429's
     // Retry-After says: the manager retries whole orders with its own backoff instead (and a refused
     // connection then fails in milliseconds, not minutes).
     http.defaults.acmeSettings.retryMaxAttempts = 0;
     // acme-client speaks through axios, which takes a Node https agent for a private CA.
-    if (acmeCa !== undefined)
+    if (acmeCa !== undefined) {
+      const [https, { rootCertificates }] = await Promise.all([import("node:https"), import("node:tls")]);
       http.defaults.httpsAgent = new https.Agent({ ca: [...rootCertificates, acmeCa] });
+    }
     return acme;
   });
   return acmeLibrary;
