@@ -283,7 +283,11 @@ class HttpListener implements HttpIngress {
    * field write, where a delete and an add per request cost ~0.1 µs under load.
    */
   private readonly timed = new Set<HttpConnection>();
-  private readonly sweep: ReturnType<typeof setInterval>;
+  /**
+   * The deadline sweep, running only while a connection is open: an idle server is not woken four
+   * times a second for nothing (with 2,000 idle clients that was a tenth of its CPU).
+   */
+  private sweep: ReturnType<typeof setInterval> | undefined;
   private readonly listener: TCPSocketListener<HttpSocketData>;
   private readonly lingerFor = (conn: HttpConnection) => this.arm(conn, LINGER_MS);
 
@@ -294,11 +298,6 @@ class HttpListener implements HttpIngress {
     this.proto = options.tls ? "https" : "http";
     this.heads = options.heads ?? new HeadBudget();
     this.requestTimeoutMs = (options.requestTimeoutSeconds ?? DEFAULT_REQUEST_TIMEOUT_SECONDS) * 1000;
-    this.sweep = setInterval(() => {
-      const now = performance.now();
-      for (const conn of this.timed) if (conn.deadline !== 0 && now >= conn.deadline) this.expire(conn);
-    }, SWEEP_MS);
-    this.sweep.unref?.();
     this.listener = this.listen();
   }
 
@@ -312,6 +311,7 @@ class HttpListener implements HttpIngress {
     this.listener.stop(closeActive);
     if (closeActive) {
       clearInterval(this.sweep);
+      this.sweep = undefined;
       for (const conn of this.timed) conn.socket.terminate();
       this.timed.clear();
     }
@@ -321,6 +321,22 @@ class HttpListener implements HttpIngress {
     conn.deadline = performance.now() + ms;
     conn.unwrittenAtArm = conn.stream?.unwritten ?? 0;
     this.timed.add(conn);
+    this.sweep ??= this.startSweep();
+  }
+
+  /** Expires what passed its deadline every {@link SWEEP_MS}; stops once no connection is left. */
+  private startSweep(): ReturnType<typeof setInterval> {
+    const sweep = setInterval(() => {
+      if (this.timed.size === 0) {
+        clearInterval(sweep);
+        this.sweep = undefined;
+        return;
+      }
+      const now = performance.now();
+      for (const conn of this.timed) if (conn.deadline !== 0 && now >= conn.deadline) this.expire(conn);
+    }, SWEEP_MS);
+    sweep.unref?.();
+    return sweep;
   }
 
   private disarm(conn: HttpConnection): void {
