@@ -23,7 +23,16 @@ export interface ManyClientsResult {
   seconds: number;
 }
 
-/** The fleet: N WebSockets, each greeted and holding one TCP tunnel; prints `ready N` then idles. */
+/**
+ * Each of the fleet's WebSockets pings the server at `client.ts`'s default `--heartbeat` (10 s) when
+ * it heard nothing from it in the last interval, as `client.ts` does.
+ */
+const CLIENT_HEARTBEAT_MS = 10_000;
+
+/**
+ * The fleet: N WebSockets, each greeted and holding one TCP tunnel and pinging the server every
+ * {@link CLIENT_HEARTBEAT_MS} as `client.ts` does (when it heard nothing in between); prints `ready N` then idles.
+ */
 async function fleet(url: string, count: number): Promise<void> {
   const sockets: WebSocket[] = [];
   let ready = 0;
@@ -40,6 +49,16 @@ async function fleet(url: string, count: number): Promise<void> {
         if (m.type === "hello") ws.send(JSON.stringify({ type: "expose", id: 1, kind: "tcp" }));
         else if (m.type === "exposed") {
           ready++;
+          let heard = false;
+          const hear = () => {
+            heard = true;
+          };
+          ws.addEventListener("ping" as never, hear);
+          ws.addEventListener("pong" as never, hear);
+          setInterval(() => {
+            if (!heard) ws.ping();
+            heard = false;
+          }, CLIENT_HEARTBEAT_MS);
           if (next < count) open();
           if (ready === count) resolve();
         } else if (m.type === "error") reject(new Error(`expose refused: ${event.data}`));

@@ -457,7 +457,13 @@ export class Session implements TunnelHolder, WebSocketPeer {
     for (const id of marks.keys()) if (!this.mux.streams.has(id)) marks.delete(id);
   }
 
-  /** Heartbeat tick: ping a live client, or declare it dead after `timeoutMs` of silence. */
+  /**
+   * Heartbeat tick: ping a live client that was silent this interval, or declare it dead after
+   * `timeoutMs` of silence. A client heard from since the last tick is not pinged: `client.ts` pings
+   * at its own heartbeat and hears our pong (sent by Bun, no JS), so our ping would tell neither side
+   * anything; it halves what an idle client costs the server (a ping out and a pong in each interval).
+   * A client paused for its budget is pinged still: we do not read its pings then.
+   */
   heartbeat(now: number, timeoutMs: number): void {
     const ws = this.ws;
     if (ws === null || this.state === "reserved") return;
@@ -470,7 +476,8 @@ export class Session implements TunnelHolder, WebSocketPeer {
       this.onClose(ws, 1006);
       return;
     }
-    ws.ping();
+    // silence is 0 when the client was heard (or excused) since the last tick.
+    if (silence > 0 || ws.isPaused) ws.ping();
   }
 
   /**

@@ -136,15 +136,17 @@ describe("liveness: heard since the last tick, or dead after the timeout of sile
   /** A message from the client: a PING frame on stream 0 (the mux answers it; nothing else changes). */
   const message = (session: Session, n: number) => session.onMessage(encodePing(n));
 
-  test("a client heard from between ticks is pinged every tick and kept, however long it lives", () => {
+  test("a client heard from between ticks is kept however long it lives, and not pinged (it pings us)", () => {
     const { session, ws } = setup();
     const t = Date.now();
     for (let i = 1; i <= 20; i++) {
       message(session, i);
       session.heartbeat(t + i * 2000, 3000); // 20 ticks, 40 s in all, each after a message
     }
-    expect(ws.pings).toBe(20);
+    expect(ws.pings).toBe(0);
     expect(ws.terminated).toBe(false);
+    session.heartbeat(t + 42_000, 3000); // silent this interval: pinged
+    expect(ws.pings).toBe(1);
     expect(session.reserved).toBe(false);
   });
 
@@ -183,6 +185,7 @@ describe("liveness: heard since the last tick, or dead after the timeout of sile
     session.heartbeat(t + 10_000, 3000);
     session.heartbeat(t + 20_000, 3000);
     expect(ws.terminated).toBe(false);
+    expect(ws.pings).toBe(2); // we do not read its pings while paused: ours keep it alive
     ws.isPaused = false;
     session.heartbeat(t + 23_001, 3000);
     expect(ws.terminated).toBe(true);
@@ -192,7 +195,8 @@ describe("liveness: heard since the last tick, or dead after the timeout of sile
     const { session, ws, ended, context } = setup();
     session.onMessage(expose(1, { kind: "http", subdomain: "kept" })); // heard: the next tick restarts the count
     const t = Date.now();
-    session.heartbeat(t + 1000, 3000);
+    session.heartbeat(t + 1000, 3000); // heard: not pinged
+    session.heartbeat(t + 2000, 3000); // silent this interval: pinged
     session.heartbeat(t + 60_000, 3000);
     expect(ws.terminated).toBe(true);
     expect(session.reserved).toBe(true);
