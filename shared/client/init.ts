@@ -17,7 +17,7 @@ export const EXAMPLE_CONFIG = `# sockets client configuration (TOML). Run: bun c
 server = "ws://localhost:7070"
 # The API key is not kept here: set SOCKETS_API_KEY in the environment if the server wants one.
 
-# heartbeat = 10           # seconds between pings; a server silent for 3 of them is dead
+# heartbeat = 10           # seconds; a server silent for one is pinged, for 3 of them dead
 # max_backoff = 30         # longest wait between reconnect attempts, in seconds
 # ca = "cert.pem"          # trust this CA or self-signed certificate for wss:// (relative to this file)
 # insecure = false         # skip TLS certificate verification (unsafe)

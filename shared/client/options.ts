@@ -226,7 +226,7 @@ export const CLIENT_OPTIONS = {
     key: "heartbeatSeconds",
     value: "SECONDS",
     default: 10,
-    help: "ping interval; a server silent for 3 intervals is dead",
+    help: "heartbeat interval: a server silent for one is pinged, for 3 dead",
     parse: seconds,
   },
   "udp-idle-timeout": {

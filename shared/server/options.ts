@@ -311,7 +311,7 @@ export const SERVER_OPTIONS = {
     key: "heartbeatSeconds",
     value: "SECONDS",
     default: 10,
-    help: "ping interval; a client silent for 3 intervals is declared dead",
+    help: "heartbeat interval: a client silent for one is pinged, for 3 declared dead",
     parse: seconds(0.1, 3600),
   },
   "drain-timeout": {
