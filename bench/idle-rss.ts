@@ -1,7 +1,8 @@
 /**
  * `bun bench/idle-rss.ts [--server CMD] [--client CMD] [--runs N]`: each role's idle RSS split into
  * file-backed pages (Bun's executable mapped in) and anonymous memory (heap, JIT, allocator), after
- * the bench's 200-connection warm-up (issue 30's "memory at rest"). The commands are space-separated
+ * the bench's 200-connection warm-up (issue 30's "memory at rest"), and the proportional set size
+ * (the executable's pages, shared by both roles and any other Bun process, counted by their share). The commands are space-separated
  * (default `bun server.ts`, `bun client.ts`); the median of N starts is printed.
  * @module
  */
@@ -14,11 +15,27 @@ import { startSockets } from "./providers.ts";
 
 const ROOT = join(import.meta.dir, "..");
 
-/** VmRSS, RssAnon and RssFile of a process, in KiB. */
-function rssParts(pid: number): { rss: number; anon: number; file: number } {
+/** Memory of a process, in KiB. */
+interface Parts {
+  rss: number;
+  anon: number;
+  file: number;
+  /** Proportional set size: pages shared with other processes (Bun's executable) count by their share. */
+  pss: number;
+}
+
+/** VmRSS, RssAnon, RssFile and Pss of a process, in KiB. */
+function rssParts(pid: number): Parts {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const field = (name: string) => Number(status.match(new RegExp(`${name}:\\s+(\\d+)`))?.[1] ?? 0);
-  return { rss: field("VmRSS"), anon: field("RssAnon"), file: field("RssFile") + field("RssShmem") };
+  const field = (text: string, name: string) =>
+    Number(text.match(new RegExp(`${name}:\\s+(\\d+)`))?.[1] ?? 0);
+  const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
+  return {
+    rss: field(status, "VmRSS"),
+    anon: field(status, "RssAnon"),
+    file: field(status, "RssFile") + field(status, "RssShmem"),
+    pss: field(rollup, "Pss"),
+  };
 }
 
 const { values } = parseArgs({
@@ -34,7 +51,7 @@ const native = {
   loadgen: join(import.meta.dir, ".build/loadgen"),
   service: join(import.meta.dir, ".build/service"),
 };
-const rows: Record<string, { rss: number; anon: number; file: number }[]> = { server: [], client: [] };
+const rows: Record<string, Parts[]> = { server: [], client: [] };
 const service = spawn([native.service, "2"], { stdin: true });
 try {
   const [, servicePort] = await service.waitFor(/port (\d+)/, 10_000);
@@ -67,7 +84,7 @@ for (const [role, list] of Object.entries(rows)) {
   const rss = median(list.map((r) => r.rss));
   total += rss;
   process.stdout.write(
-    `${role}: RSS ${mib(rss)} MiB (anon ${mib(median(list.map((r) => r.anon)))}, file ${mib(median(list.map((r) => r.file)))})\n`,
+    `${role}: RSS ${mib(rss)} MiB (anon ${mib(median(list.map((r) => r.anon)))}, file ${mib(median(list.map((r) => r.file)))}; PSS ${mib(median(list.map((r) => r.pss)))})\n`,
   );
 }
 process.stdout.write(`both: ${mib(total)} MiB\n`);
