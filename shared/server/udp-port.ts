@@ -104,7 +104,11 @@ export interface UdpStats extends UdpCounters {
 }
 
 /** The server-wide UDP view: the closed places' counts plus every open port's. */
-export function udpStats(settings: UdpSettings, closed: UdpCounters, ports: Iterable<UdpPort>): UdpStats {
+export function udpStats(
+  settings: UdpSettings,
+  closed: UdpCounters,
+  ports: Iterable<{ readonly counters: UdpCounters; readonly flowCount: number }>,
+): UdpStats {
   const sum = newUdpCounters();
   addUdpCounters(sum, closed);
   let open = 0;
@@ -125,8 +129,19 @@ export interface UdpMember {
 /** Where a new flow goes: a member, or why none (`denied`, `offline`). */
 export type UdpChooser = (address: string) => UdpMember | "denied" | "offline";
 
+/**
+ * Where a relayed flow's replies go instead of the public socket: the node link its visitor's
+ * datagrams came over (a cluster node that is not the holder received them: cluster/udp-link.ts).
+ */
+export interface FlowRelay {
+  /** Sends a reply toward the visitor: true, or why it was dropped (counted here). */
+  send(payload: Uint8Array): true | UdpDropReason;
+  /** The flow was forgotten here (idle, evicted, its member gone, the port closed): tell the other node. */
+  closed(): void;
+}
+
 /** One visitor address of a place, carried by one member. */
-interface Flow {
+export interface UdpFlow {
   readonly id: number;
   readonly port: UdpPort;
   readonly member: UdpMember;
@@ -136,7 +151,11 @@ interface Flow {
   readonly key: string;
   /** The port's tick at its last datagram either way (see {@link UdpPort.tick}). */
   seen: number;
+  /** Set when the visitor reached another node: replies go back over the link, not the public socket. */
+  readonly relay?: FlowRelay;
 }
+
+type Flow = UdpFlow;
 
 /**
  * A session's UDP flows: one id space over all its UDP tunnels (the DATAGRAM frame names a flow, not a
@@ -285,6 +304,29 @@ export class UdpPort {
       }
       this.last = flow;
     }
+    this.forward(flow, data);
+  }
+
+  /**
+   * A datagram of a flow whose visitor reached another node of the cluster, carried here over the node
+   * link: its flow (opened on the first one, keyed by `key`, which names the link and its flow id),
+   * or why it is dropped (counted). `remote` is the visitor's `ip:port`, `ip` alone decides the lists.
+   */
+  openRelayed(key: string, ip: string, remote: string, relay: FlowRelay): UdpFlow | UdpDropReason {
+    const existing = this.byAddress.get(key);
+    if (existing !== undefined) return existing;
+    if (this.closed) return "offline";
+    const member = this.choose(ip);
+    if (typeof member === "string") {
+      this.counters.drops[member]++;
+      return member;
+    }
+    return this.openFlow(key, ip, 0, member, remote, relay);
+  }
+
+  /** A visitor's datagram of `flow` to its client: a DATAGRAM, or dropped and counted. */
+  forward(flow: UdpFlow, data: Uint8Array): void {
+    const counters = this.counters;
     if (flow.seen !== this.tick) this.touch(flow);
     const session = flow.member.flows;
     const mux = session.mux;
@@ -301,7 +343,14 @@ export class UdpPort {
     counters.bytesIn += data.length;
   }
 
-  private openFlow(key: string, address: string, remotePort: number, member: UdpMember): Flow {
+  private openFlow(
+    key: string,
+    address: string,
+    remotePort: number,
+    member: UdpMember,
+    remote = `${formatHost(unmappedAddress(address))}:${remotePort}`,
+    relay?: FlowRelay,
+  ): Flow {
     if (this.byAddress.size >= this.settings().maxFlows) this.evictOne();
     const flow: Flow = {
       id: member.flows.allocate(),
@@ -311,11 +360,11 @@ export class UdpPort {
       remotePort,
       key,
       seen: this.tick,
+      relay,
     };
     this.byAddress.set(key, flow);
     member.flows.flows.set(flow.id, flow);
     this.counters.flows++;
-    const remote = `${formatHost(unmappedAddress(address))}:${remotePort}`;
     member.flows.mux.sendFlowOpen(flow.id, member.ref, { remote });
     return flow;
   }
@@ -340,11 +389,19 @@ export class UdpPort {
     if (flow.seen !== this.tick) this.touch(flow);
     const counters = this.counters;
     let sent = false;
-    try {
-      sent = this.socket.send(payload, flow.remotePort, flow.address);
-    } catch {
-      // EMSGSIZE toward an IPv6 visitor on a smaller path, a visitor address gone: counted below.
-    }
+    if (flow.relay !== undefined) {
+      const relayed = flow.relay.send(payload);
+      if (relayed !== true) {
+        counters.drops[relayed]++;
+        return;
+      }
+      sent = true;
+    } else
+      try {
+        sent = this.socket.send(payload, flow.remotePort, flow.address);
+      } catch {
+        // EMSGSIZE toward an IPv6 visitor on a smaller path, a visitor address gone: counted below.
+      }
     if (!sent) {
       counters.drops.send_failed++;
       return;
@@ -360,6 +417,7 @@ export class UdpPort {
     if (this.last === flow) this.last = undefined;
     flow.member.flows.flows.delete(flow.id);
     if (code !== 0) flow.member.flows.mux.sendFlowClose(flow.id, code);
+    flow.relay?.closed();
   }
 
   /** A member left the place (a pool goes on): its flows are forgotten, no frame (its client knows). */
@@ -388,7 +446,10 @@ export class UdpPort {
     this.closed = true;
     clearInterval(this.sweeper);
     this.socket.close();
-    for (const flow of this.byAddress.values()) flow.member.flows.flows.delete(flow.id);
+    for (const flow of this.byAddress.values()) {
+      flow.member.flows.flows.delete(flow.id);
+      flow.relay?.closed();
+    }
     this.byAddress.clear();
     this.last = undefined;
     addUdpCounters(closed, this.counters);
