@@ -26,6 +26,7 @@ import type { udp } from "bun";
 import { formatHost, unmappedAddress } from "../args.ts";
 import type { Logger } from "../log.ts";
 import type { DatagramHandler, Mux } from "../relay/mux.ts";
+import { growReceiveBuffer } from "../udp-buffer.ts";
 import type { DatagramFrame, FlowCloseFrame, FlowOpenFrame } from "../wire/codec.ts";
 import { FlowCloseCode } from "../wire/protocol.ts";
 import type { LeaseKey } from "./cluster/directory.ts";
@@ -406,7 +407,8 @@ export class ClusterUdp implements ClusterUdpHooks {
         error: () => {},
       },
     }).then(
-      (socket) => {
+      async (socket) => {
+        await growReceiveBuffer(socket);
         // Unwanted meanwhile (a local tunnel took the port, or the lease went): let go at once.
         if (!this.binding.delete(port) || this.closed) {
           socket.close();

@@ -22,6 +22,7 @@ import type { udp } from "bun";
 import type { PortRange } from "../args.ts";
 import { formatHost, unmappedAddress } from "../args.ts";
 import type { DatagramHandler, Mux } from "../relay/mux.ts";
+import { growReceiveBuffer } from "../udp-buffer.ts";
 import type { DatagramFrame, FlowCloseFrame } from "../wire/codec.ts";
 import { FlowCloseCode, ProtocolError } from "../wire/protocol.ts";
 import { FIRST_UNPRIVILEGED_PORT, PortError, portBusy, portsToTry } from "./public-port.ts";
@@ -462,7 +463,12 @@ async function bindUdp(
   handler: udp.SocketHandler<"buffer">,
 ): Promise<udp.Socket<"buffer">> {
   const own = new Set(request.own ?? []);
-  const bind = (port: number) => Bun.udpSocket({ hostname: request.host, port, socket: handler });
+  const bind = async (port: number) => {
+    const socket = await Bun.udpSocket({ hostname: request.host, port, socket: handler });
+    // A burst larger than the default buffer would be dropped during one slow event-loop turn.
+    await growReceiveBuffer(socket);
+    return socket;
+  };
   const wanted = request.port;
   if (wanted !== undefined) {
     const at = request.ranges.findIndex((r) => r === undefined || (wanted >= r.min && wanted <= r.max));
