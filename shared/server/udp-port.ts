@@ -45,6 +45,8 @@ export const UDP_DROP_REASONS = [
   "send_failed",
   /** Larger than the receive buffer (the kernel cut it): never passed on cut. */
   "truncated",
+  /** Over the port's `--udp-rate-limit` (visitors toward the client). */
+  "rate_limited",
   /** From the client for a flow the server no longer has (idle, evicted): it was told. */
   "unknown_flow",
 ] as const;
@@ -88,11 +90,16 @@ export function addUdpCounters(into: UdpCounters, from: UdpCounters): void {
   for (const reason of UDP_DROP_REASONS) into.drops[reason] += from.drops[reason];
 }
 
-/** The server's UDP flow settings (`--udp-idle-timeout` in ms, `--udp-max-flows`). */
+/** The server's UDP flow settings (`--udp-idle-timeout` in ms, `--udp-max-flows`, `--udp-rate-limit`). */
 export interface UdpSettings {
   idleMs: number;
   maxFlows: number;
+  /** Most bytes per second from visitors toward the client, per UDP port; 0 or absent: no limit. */
+  rateBytes?: number;
 }
+
+/** The rate limit's bucket holds this many milliseconds of the rate (a burst's allowance). */
+const RATE_BURST_MS = 20;
 
 /** What `/health` says about UDP tunnels. */
 export interface UdpStats extends UdpCounters {
@@ -102,6 +109,8 @@ export interface UdpStats extends UdpCounters {
   idleTimeout: number;
   /** `--udp-max-flows`. */
   maxFlows: number;
+  /** `--udp-rate-limit`, Mbit/s per tunnel; null: none. */
+  rateLimit: number | null;
 }
 
 /** The server-wide UDP view: the closed places' counts plus every open port's. */
@@ -117,7 +126,14 @@ export function udpStats(
     addUdpCounters(sum, port.counters);
     open += port.flowCount;
   }
-  return { ...sum, open, idleTimeout: settings.idleMs / 1000, maxFlows: settings.maxFlows };
+  const rate = settings.rateBytes ?? 0;
+  return {
+    ...sum,
+    open,
+    idleTimeout: settings.idleMs / 1000,
+    maxFlows: settings.maxFlows,
+    rateLimit: rate > 0 ? (rate * 8) / 1_000_000 : null,
+  };
 }
 
 /** One member tunnel of a UDP place, as its flows see it: its ref and its session's flows. */
@@ -235,6 +251,9 @@ export class UdpPort {
   private readonly byAddress = new Map<string, Flow>();
   /** The flow of the last visitor datagram: a burst from one address skips the key and the lookup. */
   private last: Flow | undefined;
+  /** `--udp-rate-limit`: bytes a visitor's datagram may still take now, and when they were counted. */
+  private tokens = 0;
+  private refilledAt = performance.now();
   /** Advances once per sweep: a flow's `seen` stamp costs no clock read per datagram. */
   private tick = 0;
   /** Milliseconds between sweeps (a tick), set from the idle timeout the port opened with. */
@@ -328,6 +347,12 @@ export class UdpPort {
   /** A visitor's datagram of `flow` to its client: a DATAGRAM, or dropped and counted. */
   forward(flow: UdpFlow, data: Uint8Array): void {
     const counters = this.counters;
+    // `--udp-rate-limit`: a token bucket, refilled (and the setting read) only when it runs short.
+    if (this.tokens < data.length && !this.refill(data.length)) {
+      counters.drops.rate_limited++;
+      return;
+    }
+    this.tokens -= data.length;
     if (flow.seen !== this.tick) this.touch(flow);
     const session = flow.member.flows;
     const mux = session.mux;
@@ -368,6 +393,23 @@ export class UdpPort {
     this.counters.flows++;
     member.flows.mux.sendFlowOpen(flow.id, member.ref, { remote });
     return flow;
+  }
+
+  /**
+   * Refills the rate limit's bucket for the time since the last refill; false when it still holds
+   * fewer than `needed` bytes (the datagram is dropped). Without a limit the bucket is always full.
+   */
+  private refill(needed: number): boolean {
+    const rate = this.settings().rateBytes ?? 0;
+    if (rate <= 0) {
+      this.tokens = Number.MAX_SAFE_INTEGER;
+      return true;
+    }
+    const now = performance.now();
+    const burst = Math.max(65_536, (rate * RATE_BURST_MS) / 1000);
+    this.tokens = Math.min(burst, Math.max(0, this.tokens) + ((now - this.refilledAt) * rate) / 1000);
+    this.refilledAt = now;
+    return this.tokens >= needed;
   }
 
   /** A flow's first datagram in this tick: stamped, and moved to the end (most recently active). */
@@ -429,6 +471,8 @@ export class UdpPort {
   /** Idle sweep: flows with no datagram either way for `--udp-idle-timeout` are forgotten. */
   private sweep(): void {
     const tick = ++this.tick;
+    // Without a limit the bucket is "always full": a reload that sets one applies from the next sweep.
+    if (this.tokens > Number.MAX_SAFE_INTEGER / 2 && (this.settings().rateBytes ?? 0) > 0) this.tokens = 0;
     const idleTicks = Math.max(1, Math.round(this.settings().idleMs / this.every));
     // Oldest first: the first flow that is not idle ends the walk.
     for (const flow of this.byAddress.values()) {

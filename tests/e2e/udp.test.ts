@@ -198,6 +198,38 @@ test("flows idle out after --udp-idle-timeout, and past --udp-max-flows the leas
   expect(echo.peers.size).toBe(before + 1);
 });
 
+test("--udp-rate-limit: a burst past the tunnel's rate is dropped at once and counted; the flow passes again afterwards", async () => {
+  const echo = await startUdpEcho();
+  // 1 Mbit/s: 125,000 bytes a second, a bucket of 64 KiB.
+  const server = await startServerProcess(["--udp-rate-limit", "1"]);
+  const client = await startClientWith(server.url, ["--expose-udp", `127.0.0.1:${echo.port}`]);
+  const port = client.ports[0] as number;
+  const peer = await udpPeer();
+  const datagram = new Uint8Array(1000);
+  // 200 KB at once: about 64 datagrams fit the bucket, the rest is over the rate.
+  for (let i = 0; i < 200; i += 20)
+    peer.socket.sendMany(Array(20).fill([datagram, port, "127.0.0.1"]).flat());
+  await eventually(
+    async () => {
+      const udp = await udpHealth(server);
+      return udp.datagramsIn + udp.drops.rate_limited === 200;
+    },
+    5000,
+    "every datagram of the burst passed or was counted",
+  );
+  const udp = (await server.health()) as unknown as { udp: UdpHealth & { rateLimit: number } };
+  expect(udp.udp.rateLimit).toBe(1);
+  expect(udp.udp.drops.rate_limited).toBeGreaterThanOrEqual(50);
+  expect(udp.udp.datagramsIn).toBeGreaterThanOrEqual(1);
+  expect(udp.udp.datagramsIn).toBeLessThanOrEqual(150);
+  // Every datagram that passed came back; then the bucket fills again (1,000 bytes take 8 ms).
+  const passed = udp.udp.datagramsIn;
+  await eventually(async () => peer.inbox.length === passed, 5000, "the passed datagrams echoed");
+  peer.inbox.length = 0;
+  const later = new Uint8Array([7, 7, 7]);
+  expect([...(await ask(peer, port, later))]).toEqual([7, 7, 7]);
+});
+
 test("the client's --udp-idle-timeout closes its socket for a quiet flow and tells the server", async () => {
   const echo = await startUdpEcho();
   const server = await startServerProcess();
