@@ -212,7 +212,7 @@ test("--udp-rate-limit: a burst past the tunnel's rate is dropped at once and co
   await eventually(
     async () => {
       const udp = await udpHealth(server);
-      return udp.datagramsIn + udp.drops.rate_limited === 200;
+      return udp.datagramsIn + (udp.drops.rate_limited ?? 0) === 200;
     },
     5000,
     "every datagram of the burst passed or was counted",
