@@ -386,7 +386,7 @@ export const SERVER_OPTIONS = {
     key: "udpRateMbps",
     value: "MBIT",
     defaultText: "no limit",
-    help: "most Mbit/s of datagrams from visitors to one UDP tunnel's client (a pool's port counts once); past it datagrams are dropped at once, counted as rate_limited, so a flood costs the server and the client little CPU beside their TCP streams",
+    help: "most Mbit/s of datagrams from visitors to one UDP tunnel's client (a pool's port counts once); past it datagrams are dropped as they arrive, counted as rate_limited: a flood then costs the client and the WebSocket nothing more (the server still reads each datagram)",
     parse: (text: string, flag: string): number => parseCount(text, flag),
   },
   "health-detail": {
