@@ -30,7 +30,6 @@ import { growReceiveBuffer } from "../udp-buffer.ts";
 import type { DatagramFrame, FlowCloseFrame, FlowOpenFrame } from "../wire/codec.ts";
 import { FlowCloseCode } from "../wire/protocol.ts";
 import type { LeaseKey } from "./cluster/directory.ts";
-import type { LinkDatagrams } from "./cluster/link.ts";
 import type { ClusterUdpHooks } from "./cluster/node.ts";
 import {
   addUdpCounters,
@@ -364,7 +363,7 @@ export class ClusterUdp implements ClusterUdpHooks {
   }
 
   /** The flow table maker for each new connection of the link to node `peer` (cluster/link.ts). */
-  datagrams(peer: string): LinkDatagrams {
+  datagrams(peer: string): (mux: Mux, dialler: boolean, queued: () => number) => LinkFlows {
     return (mux, dialler, queued) => {
       const flows = new LinkFlows(peer, mux, dialler, queued, this);
       this.links.set(peer, flows);
