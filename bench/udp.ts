@@ -98,6 +98,8 @@ export interface UdpResult {
     p50: number;
     p99: number;
     flood?: RateRun;
+    /** The median over runs of the throughput lost beside the flood, each run against a run alone just before it (%). */
+    costPct?: number;
     /** How the flood went: through the tunnel (default), through it with `--udp-rate-limit`, or to iperf3 direct. */
     via?: "tunnel" | "limited" | "direct";
   }[];
@@ -315,13 +317,19 @@ export async function runUdp(options: {
       /** The TCP stream's figures, runs alternated with the flood's, beside a flood of `offered` (0: none). */
       const stream = async (offered: number, via: "tunnel" | "limited" | "direct" = "tunnel") => {
         const mbps: number[] = [];
+        const costs: number[] = [];
         const rtts: { p50: number; p99: number }[] = [];
         let flood: RateRun | undefined;
         for (let i = 0; i < params.repeat; i++) {
+          // The machine's load moves the stream's throughput by 2-3x between minutes: each flood run is
+          // paired with a run alone just before it, and the cost is the median of the pairs'.
+          const alone = offered > 0 ? mbpsOf(await bulk(target(tcpTunnel), bulkParams, false, 1)) : 0;
           const floodPort = via === "direct" ? iperfPort : publicIperf;
           const flooding = offered > 0 ? startIperf(floodPort, offered, 600) : undefined;
           if (flooding) await Bun.sleep(1000);
-          mbps.push(mbpsOf(await bulk(target(tcpTunnel), bulkParams, false, 1)));
+          const beside = mbpsOf(await bulk(target(tcpTunnel), bulkParams, false, 1));
+          mbps.push(beside);
+          if (alone > 0) costs.push(1 - beside / alone);
           rtts.push(rtt(await latency(target(tcpTunnel), tcpParams)));
           if (flooding === undefined) continue;
           // iperf3 ends its run on SIGINT and still prints its JSON; the server keeps listening.
@@ -334,7 +342,8 @@ export async function runUdp(options: {
             flood = iperfResult(flooding.stdout(), offered);
           } catch {}
         }
-        return { offered, mbps: median(mbps), ...mid(rtts), flood, via };
+        const costPct = costs.length > 0 ? Math.round(median(costs) * 1000) / 10 : undefined;
+        return { offered, mbps: median(mbps), costPct, ...mid(rtts), flood, via };
       };
       result.contention = [await stream(0), await stream(100), await stream(2000)];
       // What the flood costs the machine by itself: the same iperf3 sending to iperf3, not through the tunnel.
@@ -391,13 +400,17 @@ export function udpReport(result: UdpResult): string {
   if (c && alone) {
     lines.push(
       "",
-      "A TCP stream through the same client (bulk down on one connection; 64 B round trip), alone and beside an `iperf3 -u` flow on its UDP tunnel:",
+      "A TCP stream through the same client (bulk down on one connection; 64 B round trip), alone and beside an `iperf3 -u` flow on its UDP tunnel (cost: the median over runs of each flood run against a run alone just before it):",
       "",
       "| UDP flow offered | TCP bulk down, Mbit/s | cost | 64 B RTT p50 / p99, µs | the UDP flow sent (iperf3 is interrupted: sender side) |",
       "| ---: | ---: | ---: | ---: | --- |",
       ...c.map((row) => {
         const cost =
-          row.offered === 0 ? "–" : `${((1 - row.mbps / Math.max(1, alone.mbps)) * 100).toFixed(1)}%`;
+          row.offered === 0
+            ? "–"
+            : row.costPct !== undefined
+              ? `${row.costPct.toFixed(1)}%`
+              : `${((1 - row.mbps / Math.max(1, alone.mbps)) * 100).toFixed(1)}%`;
         const flood = row.flood ? `${fmt(row.flood.received, 1)} Mbit/s` : "–";
         const how =
           row.via === "direct"
