@@ -1,7 +1,7 @@
 /**
  * The UDP section of `bun run bench` (`--measures udp`, issue 27), also runnable alone
  * (`bun bench/udp.ts [--quick] [--repeat N] [--json FILE]`). One server and one client exposing, on
- * the same client: a UDP echo service (bench/udp-echo.ts), iperf3's port as a UDP tunnel and a TCP
+ * the same client: a UDP echo service (bench/native/udpping.c), iperf3's port as a UDP tunnel and a TCP
  * tunnel on the same public port number (iperf3's control connection is TCP), and the C service of
  * the TCP section as a TCP tunnel. Figures:
  *
@@ -125,11 +125,12 @@ function cpuTicks(pid: number): number {
   }
 }
 
-/** Runs `bun bench/udp-echo.ts ping` against `port`. */
-async function ping(port: number, params: UdpParams, size = 64): Promise<RoundTrip> {
-  const args = ["bun", `${ROOT}/bench/udp-echo.ts`, "ping", port, params.rounds, params.warmup, size].map(
-    String,
-  );
+/**
+ * Runs `udpping ping` (bench/native/udpping.c) against `port`: C, as the TCP round trip's load
+ * generator and service are, so that the two tunnels' round trips compare like with like.
+ */
+async function ping(udpping: string, port: number, params: UdpParams, size = 64): Promise<RoundTrip> {
+  const args = [udpping, "ping", port, params.rounds, params.warmup, size].map(String);
   const result = await run(args, 300_000);
   const line = result.stdout.trim().split("\n").pop() ?? "";
   if (result.code !== 0) throw new Error(`udp ping exited ${result.code}: ${result.stderr.slice(0, 200)}`);
@@ -214,7 +215,7 @@ export async function runUdp(options: {
   if (!hasIperf)
     notes.push("iperf3 not found (apt-get install iperf3): the offered-rate and flood figures are skipped");
   try {
-    const echo = track(spawn(["bun", `${ROOT}/bench/udp-echo.ts`, "echo"]));
+    const echo = track(spawn([native.udpping, "echo"]));
     const echoPort = Number((await echo.waitFor(/port (\d+)/, 10_000))[1]);
     const service = track(spawn([native.service, "2"], { stdin: true }));
     const servicePort = Number((await service.waitFor(/port (\d+)/, 10_000))[1]);
@@ -266,8 +267,8 @@ export async function runUdp(options: {
     };
 
     log("udp: 64 B request/response (direct, UDP tunnel, TCP tunnel)");
-    const udpDirect = await ping(echoPort, params);
-    const udpTunnel = await ping(udpEchoTunnel, params);
+    const udpDirect = await ping(native.udpping, echoPort, params);
+    const udpTunnel = await ping(native.udpping, udpEchoTunnel, params);
     const rtt = (s: { result: Record<string, unknown> }) => ({
       p50: Math.round(Number(s.result.p50)),
       p99: Math.round(Number(s.result.p99)),
