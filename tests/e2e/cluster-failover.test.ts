@@ -3,7 +3,9 @@
  * first; its node is then killed (SIGKILL), frozen (SIGSTOP), or cut off from Redis (a TCP proxy the
  * test controls, between that node and Redis, stops passing bytes). A visitor asks for the name through
  * the other node every 100 ms; the longest gap between two answers from the client's app through the
- * other node, from the fault until the client moved and was answered again, is measured, and asserted loosely (under 10 s: lease 5 s + 1 s is the aim).
+ * other node, from the fault until the client moved and was answered again, is measured
+ * (tests/support/failover.ts, which `bun run bench --measures failover` runs too), and asserted loosely
+ * (under 10 s: lease 5 s + 1 s is the aim).
  * No `--cluster-lease`, no `--heartbeat`: what an operator gets without tuning.
  */
 
@@ -14,9 +16,9 @@ import {
   startClusterClient,
   startClusterNode,
   startNamedApp,
-  startTcpProxy,
   visitName,
 } from "../support/cluster.ts";
+import { describeGap, type FailoverGap, type Fault, measureFailover } from "../support/failover.ts";
 import { MiB, randomData, sha256 } from "../support/hashing.ts";
 import { deferContinue, eventually, setupFile, withTimeout } from "../support/processes.ts";
 import { type RedisProcess, startRedis } from "../support/redis.ts";
@@ -39,85 +41,29 @@ afterAll(() => {
   if (process.env.CLUSTER_DEBUG) console.log(gaps);
 });
 
-/**
- * Starts a node on 127.0.0.1 (Redis at `redisUrl`), a client on it and `steady`, and a prober through
- * `steady`; applies `fault` to the node; resolves with the gap in ms and what the prober saw meanwhile.
- */
-async function measure(
-  name: string,
-  fault: (node: ClusterNodeProcess) => void,
-  redisUrl = redis.url,
-): Promise<{ gapMs: number; seen: Record<string, number> }> {
-  const node = await startClusterNode("127.0.0.1", redisUrl);
-  deferContinue(node);
-  const app = startNamedApp(name);
-  const client = await startClusterClient(
-    [node, steady],
-    ["--http", `127.0.0.1:${app}`, "--subdomain", name],
-    1,
-    [],
-  );
-  const body = new Uint8Array(16);
-  const expected = `${name} ${sha256(body)}`;
-  await eventually(
-    async () => (await visitName(steady, name, body).catch(() => ({ text: "" }))).text === expected,
-    10_000,
-    `${name} served through the other node`,
-  );
-  fault(node);
-  const faultAt = performance.now();
-  const seen: Record<string, number> = {};
-  // The gap: the longest time between two answers from the app (the fault counting as one), over the
-  // probes until the client moved and was answered through its new node. Bounded: 20 s of probes.
-  let gapMs = 0;
-  let lastOk = faultAt;
-  let movedAndServed = false;
-  while (!movedAndServed && performance.now() - faultAt < 20_000) {
-    const moved = /moved to server/.test(client.stdout() + client.stderr());
-    const answer = await visitName(steady, name, body, 2000).catch((error: Error) => ({
-      status: 0,
-      text: error.message,
-    }));
-    const now = performance.now();
-    if (answer.status === 200 && answer.text === expected) {
-      gapMs = Math.max(gapMs, now - lastOk);
-      lastOk = now;
-      movedAndServed = moved;
-    } else {
-      const label = answer.status === 0 ? "no answer" : String(answer.status);
-      seen[label] = (seen[label] ?? 0) + 1;
-    }
-    await Bun.sleep(100);
-  }
-  if (!movedAndServed) gapMs = Math.max(gapMs, performance.now() - lastOk);
-  gaps[name] = `${(gapMs / 1000).toFixed(2)} s ${JSON.stringify(seen)}`;
-  if (process.env.CLUSTER_DEBUG) console.log(`${name}: ${gaps[name]}\n${client.stdout()}${client.stderr()}`);
-  client.kill("SIGKILL");
-  return { gapMs, seen };
+/** Measures one fault (tests/support/failover.ts); the gap is kept for CLUSTER_DEBUG's summary. */
+async function measure(fault: Fault): Promise<FailoverGap> {
+  const gap = await measureFailover(steady, redis, fault);
+  gaps[fault] = describeGap(gap);
+  if (process.env.CLUSTER_DEBUG) console.log(`${fault}: ${gaps[fault]}\n${gap.clientLog}`);
+  return gap;
 }
 
 describe("failover at the default timings", () => {
   test("the client's node SIGKILLed: served through the other node within seconds", async () => {
-    const { gapMs } = await measure("killed", (node) => node.kill("SIGKILL"));
+    const { gapMs } = await measure("killed");
     expect(gapMs).toBeGreaterThan(0);
     expect(gapMs).toBeLessThan(10_000);
   }, 60_000);
 
   test("the client's node frozen (SIGSTOP): its client moves, served through the other node within the lease and a second or so", async () => {
-    let frozen: ClusterNodeProcess | undefined;
-    const { gapMs } = await measure("frozen", (node) => {
-      frozen = node;
-      node.kill("SIGSTOP");
-    });
-    frozen?.kill("SIGCONT");
+    const { gapMs } = await measure("frozen");
     expect(gapMs).toBeGreaterThan(0);
     expect(gapMs).toBeLessThan(10_000);
   }, 60_000);
 
   test("the client's node cut off from Redis: its client moves, served through the other node", async () => {
-    const proxy = startTcpProxy(redis.port);
-    const { gapMs } = await measure("partitioned", () => proxy.cut(), `redis://127.0.0.1:${proxy.port}`);
-    proxy.heal();
+    const { gapMs } = await measure("partitioned");
     expect(gapMs).toBeGreaterThan(0);
     expect(gapMs).toBeLessThan(10_000);
   }, 60_000);
