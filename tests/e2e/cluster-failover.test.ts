@@ -10,6 +10,7 @@
  */
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { Agent } from "node:http";
 import {
   type ClusterNodeProcess,
   nodeHealth,
@@ -211,28 +212,41 @@ describe("a rolling restart", () => {
       );
     const errors: string[] = [];
     let visits = 0;
+    let reused = 0;
     let restarting = -1;
     let running = true;
-    // The load: one request at a time through each node that stays up, in turn, every 20 ms.
+    // A visitor that keeps its connections alive (one per node, as browsers and proxies do): those
+    // through a node that stays up are carried to the client's node, which is among those restarted.
+    const agents = nodes.map(() => new Agent({ keepAlive: true, maxSockets: 1 }));
+    // The load: one request at a time through each node that stays up, in turn, every 20 ms; a new
+    // connection each time and a kept-alive one, alternately.
     const load = (async () => {
       for (let i = 0; running && i < 100_000; i++) {
         const at = i % nodes.length;
         if (at === restarting) continue;
         const node = nodes[at] as ClusterNodeProcess;
-        const answer = await visitName(node, "rolling", body, 8000).catch((error: Error) => ({
-          status: 0,
-          text: error.message,
-        }));
+        const keepAlive = Math.floor(i / nodes.length) % 2 === 1;
+        const answer = await visitName(
+          node,
+          "rolling",
+          body,
+          8000,
+          keepAlive ? (agents[at] as Agent) : false,
+        ).catch((error: Error) => ({ status: 0, text: error.message, reused: undefined }));
         visits++;
+        if (answer.reused) reused++;
         if (at !== restarting && (answer.status !== 200 || answer.text !== expected))
-          errors.push(`${node.name}: ${answer.status} ${answer.text}`);
+          errors.push(`${node.name}${keepAlive ? " (kept alive)" : ""}: ${answer.status} ${answer.text}`);
         await Bun.sleep(20);
       }
     })();
+    const exitSeconds: number[] = [];
     for (const [i, old] of nodes.entries()) {
       restarting = i;
+      const stopping = performance.now();
       old.kill("SIGTERM");
       expect(await old.exited(20_000)).toBe(0);
+      exitSeconds.push((performance.now() - stopping) / 1000);
       const again = await startClusterNode(old.ip, own.url, [], old.port);
       deferContinue(again);
       expect(again.name).toBe(old.name);
@@ -248,10 +262,16 @@ describe("a rolling restart", () => {
     }
     running = false;
     await load;
+    for (const agent of agents) agent.destroy();
     if (process.env.CLUSTER_DEBUG)
-      console.log(`rolling restart: ${visits} visits, errors ${JSON.stringify(errors)}`);
+      console.log(
+        `rolling restart: ${visits} visits (${reused} on kept-alive connections), nodes exited after ${exitSeconds.map((s) => s.toFixed(1)).join(", ")} s, errors ${JSON.stringify(errors)}`,
+      );
     expect(errors).toEqual([]);
     expect(visits).toBeGreaterThan(3);
+    expect(reused).toBeGreaterThan(0);
+    // No stopping node waited its whole drain (10 s) for a kept-alive connection carried to it.
+    for (const seconds of exitSeconds) expect(seconds).toBeLessThan(9);
     client.kill("SIGKILL");
   }, 120_000);
 });
