@@ -19,7 +19,7 @@ import { type ExposeRequest, StreamKind } from "../../wire/protocol.ts";
 import { customHost, hostOfKey, type NameHooks } from "../acme/hostnames.ts";
 import { placeOfLease } from "../cluster/directory.ts";
 import type { ClusterNode } from "../cluster/node.ts";
-import { listenPublic, PortError } from "../public-port.ts";
+import { clusterPickRange, listenPublic, PortError } from "../public-port.ts";
 import type { ClusterUdp } from "../udp-mirror.ts";
 import { newUdpCounters, type UdpCounters, UdpPort, type UdpSettings } from "../udp-port.ts";
 import { type Account, describeRanges } from "../users.ts";
@@ -561,7 +561,15 @@ export class Namespace {
       return chosen.udpMember ?? ("offline" as const);
     };
     let opened: UdpPort | undefined;
-    const request = { host: this.settings.host, port: asked, ranges, own: this.ownPorts };
+    // In a cluster, a port the kernel would pick comes from its ephemeral range, which every node's
+    // own sockets use: as for TCP (clusterPickRange), pick below it instead.
+    const pick = asked === undefined && this.cluster !== undefined ? clusterPickRange() : undefined;
+    const request = {
+      host: this.settings.host,
+      port: asked,
+      ranges: pick === undefined ? ranges : ranges.map((range) => range ?? pick),
+      own: this.ownPorts,
+    };
     return UdpPort.open(
       request,
       () => this.udpSettings,
@@ -631,7 +639,13 @@ export class Namespace {
     for (const range of ranges) {
       try {
         const listener: PublicListener = listenPublic<RelaySocketData>(
-          { host: this.settings.host, port, range, own: this.ownPorts },
+          {
+            host: this.settings.host,
+            port,
+            range,
+            own: this.ownPorts,
+            pick: this.cluster && clusterPickRange(),
+          },
           { ...relaySocketHandlers, open: (socket) => this.acceptTcp(this.listening.get(listener), socket) },
         );
         tunnel.port = listener.port;
