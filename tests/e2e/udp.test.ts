@@ -2,7 +2,7 @@
  * UDP tunnels (issue 27) with real server and client processes and real programs: dnsmasq behind a
  * tunnel answers `dig` and 1,000 queries whose ids are checked, and an EDNS answer over 1,232 bytes
  * arrives whole; 1,000 flows from distinct source ports each get their own content back, and the
- * service sees one peer per flow; datagrams of 0 to 65,507 bytes pass whole (65,508 is refused by the
+ * service sees one peer per flow, and once they idle out the sockets and memory they held are freed; datagrams of 0 to 65,507 bytes pass whole (65,508 is refused by the
  * sender's own stack); flows idle out and give way at the most-flows limit; a blip keeps the flow's
  * client-side socket; a taken UDP port, a name that does not resolve and an older server get one line.
  */
@@ -16,6 +16,8 @@ import {
   defer,
   eventually,
   expectOneLineError,
+  openDescriptors,
+  rssKiB,
   runToExit,
   setupFile,
   startServerProcess,
@@ -121,11 +123,14 @@ test("DNS: dnsmasq behind a UDP tunnel answers dig, 1,000 queries with their ids
   expect(tunnels.tunnels).toEqual([expect.objectContaining({ type: "udp", url: client.urls[0] })]);
 });
 
-test("1,000 flows from distinct source ports: each gets its own content back, the service sees 1,000 peers", async () => {
+test("1,000 flows from distinct source ports: each gets its own content back, the service sees 1,000 peers; once they idle out, descriptors and RSS return", async () => {
   const echo = await startUdpEcho();
-  const server = await startServerProcess();
+  const server = await startServerProcess(["--udp-idle-timeout", "3"]);
   const client = await startClientWith(server.url, ["--expose-udp", `127.0.0.1:${echo.port}`]);
   const port = client.ports[0] as number;
+  const serverRss = await rssKiB(server.proc.pid);
+  const serverFds = openDescriptors(server.proc.pid);
+  const clientFds = openDescriptors(client.proc.pid);
   const peers = await Promise.all(Array.from({ length: 1000 }, () => udpPeer()));
   expect(new Set(peers.map((p) => p.port)).size).toBe(1000);
   // In waves of 100, so that a burst does not overrun the kernel's socket buffers on a busy machine.
@@ -144,7 +149,18 @@ test("1,000 flows from distinct source ports: each gets its own content back, th
   const udp = await udpHealth(server);
   expect(udp.open).toBe(1000);
   expect(udp.flows).toBe(1000);
+  // A flow holds no descriptor on the server, and one socket on the client (toward the service).
+  expect(openDescriptors(server.proc.pid)).toBeLessThanOrEqual(serverFds + 2);
+  expect(openDescriptors(client.proc.pid)).toBeGreaterThanOrEqual(clientFds + 1000);
   for (const peer of peers) peer.close();
+  // Quiet for the idle timeout: the flows end on both sides and take their sockets and memory along.
+  await eventually(async () => (await udpHealth(server)).open === 0, 10_000, "the flows idled out");
+  await eventually(
+    async () => openDescriptors(client.proc.pid) <= clientFds + 2,
+    10_000,
+    `the client's descriptors back to ${clientFds}`,
+  );
+  expect((await rssKiB(server.proc.pid)) - serverRss).toBeLessThan(64 * 1024);
 });
 
 test("datagrams of 0, 1, 1,400, 9,000 and 65,507 bytes pass whole both ways; 65,508 is refused by the sender's stack", async () => {
