@@ -1,10 +1,11 @@
 /**
  * UDP tunnels (issue 27) with real server and client processes and real programs: dnsmasq behind a
  * tunnel answers `dig` and 1,000 queries whose ids are checked, and an EDNS answer over 1,232 bytes
- * arrives whole; 1,000 flows from distinct source ports each get their own content back, and the
- * service sees one peer per flow, and once they idle out the sockets and memory they held are freed; datagrams of 0 to 65,507 bytes pass whole (65,508 is refused by the
- * sender's own stack); flows idle out and give way at the most-flows limit; a blip keeps the flow's
- * client-side socket; a taken UDP port, a name that does not resolve and an older server get one line.
+ * arrives whole; 1,000 flows from distinct source ports each get their own content back, the service
+ * sees one peer per flow, and once they idle out the sockets and memory they held are freed;
+ * datagrams of 0 to 65,507 bytes pass whole (65,508 is refused by the sender's own stack); flows idle
+ * out and give way at the most-flows limit; a blip keeps the flow's client-side socket; a taken UDP
+ * port, a name that does not resolve and an older server get one line.
  */
 
 import { expect, test } from "bun:test";
