@@ -20,6 +20,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type * as Acme from "acme-client";
+import { withDeadline } from "../../deadline.ts";
 import { describeError, type Logger } from "../../log.ts";
 import { type CertificateStore, describeCertificate } from "./certificates.ts";
 import { type DnsUpdateTarget, updateChallengeRecord } from "./dns-update.ts";
@@ -472,15 +473,4 @@ function prune(times: number[], since: number): void {
   let n = 0;
   while (n < times.length && (times[n] as number) < since) n++;
   if (n > 0) times.splice(0, n);
-}
-
-/** `promise`, or a rejection with `message` after `ms`. */
-function withDeadline<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    promise,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(message)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
 }

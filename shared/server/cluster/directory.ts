@@ -16,6 +16,7 @@
 
 import { randomBytes } from "node:crypto";
 import { RedisClient } from "bun";
+import { withDeadline } from "../../deadline.ts";
 import { describeError, type Logger } from "../../log.ts";
 import { explainRedisFailure } from "./redis-probe.ts";
 import {
@@ -28,10 +29,7 @@ import {
   SentinelWatch,
 } from "./sentinel.ts";
 
-/**
- * A lease's name: an HTTP tunnel's name or a public TCP port (a UDP port's `udp:PORT` is in the type
- * because the namespace's places are; no node leases one yet: UDP tunnels are refused in a cluster).
- */
+/** A lease's name: an HTTP tunnel's name, or a public TCP or UDP port. */
 export type LeaseKey = `http:${string}` | `tcp:${number}` | `udp:${number}`;
 
 /** What Redis stores for a lease (JSON at `sockets:lease:KEY`). */
@@ -347,10 +345,10 @@ function redactUrl(url: string): string {
   }
 }
 
-/** `http:NAME` / `tcp:PORT` (or a pool member's `…~NODE`) from a message or a Redis key's tail, or undefined. */
+/** `http:NAME` / `tcp:PORT` / `udp:PORT` (or a pool member's `…~NODE`) from a message or a Redis key's tail, or undefined. */
 function toLeaseKey(text: string): LeaseKey | undefined {
   if (text.startsWith("http:") && text.length > 5) return text as LeaseKey;
-  if (/^tcp:\d+(?:~[A-Za-z0-9._:-]{1,64})?$/.test(text)) return text as LeaseKey;
+  if (/^(?:tcp|udp):\d+(?:~[A-Za-z0-9._:-]{1,64})?$/.test(text)) return text as LeaseKey;
   return undefined;
 }
 
@@ -483,15 +481,20 @@ export class ClusterDirectory {
     let directory: ClusterDirectory | undefined;
     try {
       try {
-        await deadline(Promise.all([cmd.connect(), sub.connect()]), CONNECT_TIMEOUT_MS, "no connection");
+        await withDeadline(
+          Promise.all([cmd.connect(), sub.connect()]),
+          CONNECT_TIMEOUT_MS,
+          `no connection within ${CONNECT_TIMEOUT_MS} ms`,
+        );
       } catch (error) {
         // Bun says "Connection closed" for a wrong password, an untrusted certificate, TLS to a plain
         // port…: one connection of our own tells which.
         throw new Error((await explainRedisFailure(url, options.ca)) ?? describeError(error));
       }
       const mine = randomBytes(32).toString("base64url");
-      await deadline(cmd.send("SET", [SECRET_KEY, mine, "NX"]), CONNECT_TIMEOUT_MS, "no answer");
-      const secret = await deadline(cmd.get(SECRET_KEY), CONNECT_TIMEOUT_MS, "no answer");
+      const noAnswer = `no answer within ${CONNECT_TIMEOUT_MS} ms`;
+      await withDeadline(cmd.send("SET", [SECRET_KEY, mine, "NX"]), CONNECT_TIMEOUT_MS, noAnswer);
+      const secret = await withDeadline(cmd.get(SECRET_KEY), CONNECT_TIMEOUT_MS, noAnswer);
       if (typeof secret !== "string" || secret === "")
         throw new Error("the cluster secret could not be read");
       directory = new ClusterDirectory(options, cmd, sub, secret, url);
@@ -1213,25 +1216,15 @@ export class ClusterDirectory {
       this.markDown("connection closed");
       throw new RedisDownError("not connected");
     }
-    let timer: ReturnType<typeof setTimeout> | undefined;
+    const ms = this.commandTimeoutMs;
     try {
-      return await Promise.race([
-        run(),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new RedisDownError(`no answer within ${this.commandTimeoutMs} ms`)),
-            this.commandTimeoutMs,
-          );
-        }),
-      ]);
+      return await withDeadline(run(), ms, () => new RedisDownError(`no answer within ${ms} ms`));
     } catch (error) {
       const code = (error as { code?: unknown } | null)?.code;
       const reply = code === "ERR_REDIS_SERVER_ERROR" && !UNAVAILABLE_REPLY.test(describeError(error));
       if (reply) throw error;
       this.markDown(describeError(error));
       throw error instanceof RedisDownError ? error : new RedisDownError(describeError(error));
-    } finally {
-      clearTimeout(timer);
     }
   }
 
@@ -1252,15 +1245,4 @@ export class ClusterDirectory {
     this.warned.add(tag);
     this.options.log.warn(message);
   }
-}
-
-/** Rejects with `what` if `promise` takes longer than `ms`. */
-function deadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    promise.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} within ${ms} ms`)), ms);
-    }),
-  ]);
 }
