@@ -7,14 +7,23 @@
  */
 
 import { describe, expect, test } from "bun:test";
-import { statSync } from "node:fs";
+import { X509Certificate } from "node:crypto";
+import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { BIND9_INSTALLED, startBind9 } from "../support/bind9.ts";
 import { openBrowserPage } from "../support/browser.ts";
 import { makeCertificate } from "../support/certificates.ts";
 import { connectControl } from "../support/control-client.ts";
 import { MiB, sha256 } from "../support/hashing.ts";
-import { freePorts, PEBBLE_INSTALLED, type Pebble, startPebble } from "../support/pebble.ts";
+import {
+  freePorts,
+  ocspIndexLine,
+  PEBBLE_INSTALLED,
+  type Pebble,
+  startOcspResponder,
+  startPebble,
+  writeOcspIndex,
+} from "../support/pebble.ts";
 import {
   count,
   eventually,
@@ -68,7 +77,7 @@ interface AcmeSetup {
  */
 async function startAcme(
   serverArgs: string[] = [],
-  pebble: { validitySeconds?: number; env?: Record<string, string> } = {},
+  pebble: { validitySeconds?: number; env?: Record<string, string>; ocsp?: boolean } = {},
   ports?: { httpPort: number; httpsPort: number; acmeDir: string; pebble: Pebble },
 ): Promise<AcmeSetup> {
   const [httpPort, httpsPort] = ports
@@ -264,6 +273,75 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
       expect(await open.get("/")).toContain("hello from renewed");
       open.close();
     } finally {
+      app.stop(true);
+    }
+  });
+
+  test("revocation (OCSP): a silent responder leaves the certificate served (one line); 'good' keeps it; 'revoked' drops it and a new one is ordered and served", async () => {
+    const setup = await startAcme(
+      ["--acme-challenge", "http-01", "--revocation-interval", "1", "--admin", "127.0.0.1:0"],
+      { ocsp: true },
+    );
+    const { server, pebble } = setup;
+    const ocsp = pebble.ocsp as NonNullable<Pebble["ocsp"]>;
+    const admin = (await server.waitFor(/admin on (http:\/\/\S+)\//))[1] as string;
+    // First the responder's port accepts and never answers: each check times out (1 s here).
+    const silent = Bun.listen({ hostname: "127.0.0.1", port: ocsp.port, socket: { data() {} } });
+    const app = startApp("revoked");
+    const host = `revoked.${DOMAIN}`;
+    try {
+      await server.waitFor(new RegExp(`certificate issued for ${DOMAIN}`), 20_000);
+      await publish(setup, app.port as number, "revoked");
+      await server.waitFor(/certificate issued for revoked\.tunnel\.test through http-01/, 20_000);
+      const softFailure =
+        /revocation check of certificate for revoked\.tunnel\.test \(serial \w+\) failed: no answer within 1 s; still served/g;
+      await server.waitFor(softFailure, 10_000);
+      expect((await curl(setup, host)).stdout).toBe("hello from revoked");
+      // The responder answers "good" for both certificates from its index.
+      silent.stop(true);
+      const certificateFile = (name: string) => join(setup.acmeDir, "certificates", `${name}.crt`);
+      const index = join(pebble.dir, "index.txt");
+      const domainLine = ocspIndexLine(readFileSync(certificateFile(DOMAIN), "utf8"), false);
+      const namePem = readFileSync(certificateFile(host), "utf8");
+      writeOcspIndex(index, domainLine + ocspIndexLine(namePem, false));
+      await startOcspResponder(pebble, index);
+      const checks = async (result: string) => {
+        const metrics = await (await fetch(`${admin}/metrics`)).text();
+        const found = new RegExp(
+          `^sockets_certificate_revocation_checks_total\\{result="${result}"\\} (\\d+)$`,
+          "m",
+        );
+        return Number(found.exec(metrics)?.[1] ?? -1);
+      };
+      await eventually(async () => (await checks("good")) >= 4, 10_000, "four good answers");
+      const before = await fingerprint(setup, host);
+      expect(before).toBe(new X509Certificate(namePem).fingerprint256);
+      // The timeouts were logged once, not once per check.
+      const log = () => server.stdout() + server.stderr();
+      expect(count(log(), softFailure)).toBe(1);
+      expect(log()).not.toMatch(/certificate renewed|is revoked/);
+      // Revoked: dropped at once, ordered again (a renewal), and the new certificate served.
+      writeOcspIndex(index, domainLine + ocspIndexLine(namePem, true));
+      await server.waitFor(
+        new RegExp(
+          `certificate for revoked\\.tunnel\\.test \\(serial \\w+\\) is revoked \\(OCSP at ${ocsp.url.replace(/\./g, "\\.")} since \\S+, keyCompromise\\): no longer served; a new one is ordered`,
+        ),
+        10_000,
+      );
+      await server.waitFor(/certificate renewed for revoked\.tunnel\.test through http-01/, 20_000);
+      const after = await fingerprint(setup, host);
+      expect(after).not.toBe(before);
+      expect(after).toBe(new X509Certificate(readFileSync(certificateFile(host), "utf8")).fingerprint256);
+      const result = await curl(setup, host);
+      expect(result.stderr).toBe("");
+      expect(result.stdout).toBe("hello from revoked");
+      expect(await checks("revoked")).toBe(1);
+      const metrics = await (await fetch(`${admin}/metrics`)).text();
+      // The revoked certificate was replaced: none held revoked now.
+      expect(metrics).toContain("sockets_certificates_revoked 0\n");
+      expect(count(log(), /is revoked/g)).toBe(1);
+    } finally {
+      silent.stop(true);
       app.stop(true);
     }
   });
@@ -607,6 +685,30 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
     expect(again.server.stderr() + again.server.stdout()).not.toMatch(/certificate issued/);
   });
 });
+
+/** The SHA-256 fingerprint (node's form) of the certificate the HTTPS port serves for `host`. */
+async function fingerprint(setup: AcmeSetup, host: string): Promise<string> {
+  const tls = await import("node:tls");
+  const socket = tls.connect({
+    host: "127.0.0.1",
+    port: setup.httpsPort,
+    servername: host,
+    ca: await Bun.file(setup.pebble.issuerCa).text(),
+  });
+  try {
+    await withTimeout(
+      new Promise<void>((resolve, reject) => {
+        socket.once("secureConnect", resolve);
+        socket.once("error", reject);
+      }),
+      5000,
+      "TLS handshake",
+    );
+    return socket.getPeerCertificate().fingerprint256;
+  } finally {
+    socket.destroy();
+  }
+}
 
 /** A keep-alive TLS connection to the HTTPS port naming `host`, trusting pebble's root. */
 async function openTls(setup: AcmeSetup, host: string) {
