@@ -461,8 +461,16 @@ export class RevocationChecker {
     const reordering = this.onRevoked(host, certificate);
     const since = answer.revokedAt === undefined ? "" : ` since ${new Date(answer.revokedAt).toISOString()}`;
     const reason = answer.reason === undefined ? "" : `, ${answer.reason}`;
+    // The operator's certificate also serves the control port (and a TLS --http-port), whose listeners
+    // take one certificate for their lifetime: only the operator can replace it there.
+    const next =
+      host === undefined
+        ? " on the HTTPS port; replace --tls-cert (the control port presents it until then)"
+        : reordering
+          ? "; a new one is ordered"
+          : "";
     this.log.warn(
-      `${describeHeld(host, certificate)} is revoked (${answer.source}${since}${reason}): no longer served${reordering ? "; a new one is ordered" : ""}`,
+      `${describeHeld(host, certificate)} is revoked (${answer.source}${since}${reason}): no longer served${next}`,
     );
   }
 }
