@@ -44,6 +44,8 @@ const SHA1 = "1.3.14.3.2.26";
 const OCSP_BASIC = "1.3.6.1.5.5.7.48.1.1";
 const OCSP_SIGNING = "1.3.6.1.5.5.7.3.9";
 const CRL_DISTRIBUTION_POINTS = "2.5.29.31";
+/** The same OID as DER (06 03 55 1d 1f), looked for in a certificate before parsing it. */
+const CRL_DISTRIBUTION_POINTS_DER = Buffer.from([0x06, 0x03, 0x55, 0x1d, 0x1f]);
 const CRL_REASONS = [
   "unspecified",
   "keyCompromise",
@@ -162,6 +164,9 @@ export async function checkRevocation(
   const issuer = rest.find((c) => leaf.checkIssued(c) && leaf.verify(c.publicKey));
   if (issuer === undefined) return undefined;
   const ocspUrl = /^OCSP - URI:(http:\/\/\S+)$/m.exec(leaf.infoAccess ?? "")?.[1];
+  // Neither an OCSP responder nor a CRL extension (node:crypto has no accessor for it: its OID's
+  // bytes): nothing to ask, and no ASN.1 library to load.
+  if (ocspUrl === undefined && !leaf.raw.includes(CRL_DISTRIBUTION_POINTS_DER)) return undefined;
   const lib = await loadLibraries();
   const leafAsn = lib.schema.AsnConvert.parse(leaf.raw, lib.x509.Certificate);
   if (ocspUrl !== undefined) return askOcsp(lib, ocspUrl, leafAsn, issuer, timeoutMs, now);
