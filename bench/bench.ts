@@ -10,6 +10,7 @@
  * bun run bench --only direct,ssh,sockets --measures longpath   # the long-path section alone
  * bun run bench --measures http      # the HTTP section alone: HTTP tunnels (both ports), TCP tunnel, direct
  * bun run bench --measures cluster   # the cluster section alone (also: bun bench/cluster.ts)
+ * bun run bench --measures failover  # cluster failover gaps (also: bun bench/failover.ts)
  * bun run bench --measures udp       # the UDP section alone (also: bun bench/udp.ts)
  * ```
  * @module
@@ -20,6 +21,7 @@ import { cpus, release } from "node:os";
 import { parseArgs } from "node:util";
 import { type BudgetMemoryResult, budgetMemoryReport, runBudgetMemory } from "./budget-memory.ts";
 import { CLUSTER_FULL, CLUSTER_QUICK, type ClusterResult, clusterReport, runCluster } from "./cluster.ts";
+import { type FailoverResult, failoverReport, runFailover } from "./failover.ts";
 import { HTTP_FULL, HTTP_QUICK, type HttpResult, httpReport, runHttp } from "./http.ts";
 import { LONG_PATH_PROVIDERS, type LongPathProvider, longPathReport, runLongPath } from "./longpath.ts";
 import { type ManyClientsResult, manyClientsReport, runManyClients } from "./many-clients.ts";
@@ -62,6 +64,7 @@ export const MEASURES = [
   "longpath",
   "http",
   "cluster",
+  "failover",
   "udp",
   "budget",
   "clients",
@@ -96,6 +99,8 @@ Options:
                        small GET and 64 B POST (wrk), 200 MiB each way (sha256), WebSocket echo (http.ts)
                        cluster: a redis-server and two nodes: a visitor at node A for a client at node B
                        against the same visitor at B, two nodes' aggregate bulk against one (cluster.ts)
+                       failover: the gap through a node that stays up when the client's node is SIGKILLed,
+                       SIGSTOPped or cut off from Redis, default timings, 3 runs each (failover.ts)
                        udp: UDP tunnels: 64 B request/response beside direct and the TCP tunnel, iperf3 -u
                        at 10/100/500 Mbit/s beside direct, a TCP stream beside a saturating UDP flow (udp.ts)
                        budget: 40 visitors flood a local service that never reads: the server's RSS
@@ -350,6 +355,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
       m !== "longpath" &&
       m !== "http" &&
       m !== "cluster" &&
+      m !== "failover" &&
       m !== "udp" &&
       m !== "budget" &&
       m !== "clients" &&
@@ -388,6 +394,11 @@ export async function runBench(options: BenchOptions): Promise<string> {
     cluster = await runCluster({ params: clusterParams, log });
   } else if (options.measures.includes("cluster"))
     log("cluster: skipped: it measures sockets (add it to --only)");
+  let failover: FailoverResult | undefined;
+  if (options.measures.includes("failover") && options.only.includes("sockets"))
+    failover = await runFailover({ runs: options.quick ? 1 : (options.repeat ?? 3), log });
+  else if (options.measures.includes("failover"))
+    log("failover: skipped: it measures sockets (add it to --only)");
   let udp: UdpResult | undefined;
   if (options.measures.includes("udp") && options.only.includes("sockets")) {
     const udpParams = { ...(options.quick ? UDP_QUICK : UDP_FULL) };
@@ -448,6 +459,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
     longPathReport(longPath, longPathSeconds),
     http ? httpReport(http) : "",
     cluster ? clusterReport(cluster) : "",
+    failover ? failoverReport(failover) : "",
     udp ? udpReport(udp) : "",
     budget.length > 0
       ? [
@@ -477,7 +489,7 @@ export async function runBench(options: BenchOptions): Promise<string> {
   if (options.json)
     writeFileSync(
       options.json,
-      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster, udp, budget, clients, redis }, null, 2)}\n`,
+      `${JSON.stringify({ quick: options.quick, elapsedSeconds: elapsed, machine: info, params, results, longPath, http, cluster, failover, udp, budget, clients, redis }, null, 2)}\n`,
     );
   return report;
 }

@@ -131,7 +131,7 @@ int connect(int fd, const struct sockaddr *addr, socklen_t len) {
 `;
 
 /** Builds the connect() preload into bench/.build when its source changed. */
-async function buildConnectTo(): Promise<string> {
+export async function buildConnectTo(): Promise<string> {
   mkdirSync(BUILD, { recursive: true });
   const source = join(BUILD, "connectto.c");
   const lib = join(BUILD, "connectto.so");
@@ -145,7 +145,7 @@ async function buildConnectTo(): Promise<string> {
 }
 
 /** A node of the bench's cluster. */
-interface Node {
+export interface Node {
   name: string;
   ip: string;
   proc: Proc;
@@ -154,7 +154,7 @@ interface Node {
 }
 
 /** A client and the public port of its one TCP tunnel. */
-interface Client {
+export interface Client {
   name: string;
   node: Node;
   proc: Proc;
@@ -170,7 +170,7 @@ const CLEAN_ENV = {
 };
 
 /** Starts redis-server on a free port (retried if another process takes it first), no persistence. */
-async function startRedis(dir: string): Promise<{ proc: Proc; url: string }> {
+export async function startRedis(dir: string): Promise<{ proc: Proc; url: string }> {
   let lastError: unknown;
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = freePort();
@@ -190,20 +190,27 @@ async function startRedis(dir: string): Promise<{ proc: Proc; url: string }> {
   throw lastError;
 }
 
-async function startNode(name: string, ip: string, redisUrl: string): Promise<Node> {
+/** Starts `bun server.ts` of checkout `root` as cluster node `name` on `ip`; resolves once it joined. */
+export async function startNode(name: string, ip: string, redisUrl: string, root = ROOT): Promise<Node> {
   const proc = spawn(
-    ["bun", join(ROOT, "server.ts"), "--host", ip, "--port", "0", "--cluster", redisUrl, "--node-name", name],
-    { cwd: ROOT, env: CLEAN_ENV },
+    ["bun", join(root, "server.ts"), "--host", ip, "--port", "0", "--cluster", redisUrl, "--node-name", name],
+    { cwd: root, env: CLEAN_ENV },
   );
   const [, url] = await proc.waitFor(/listening on (ws:\/\/\S+)/, 20_000);
   await proc.waitFor(/cluster: node \S+ joined/, 20_000);
   return { name, ip, proc, url: url as string };
 }
 
-async function startClient(name: string, node: Node, servicePort: number): Promise<Client> {
+/** Starts `bun client.ts` of checkout `root` on `node`, exposing the service's port; resolves once exposed. */
+export async function startClient(
+  name: string,
+  node: Node,
+  servicePort: number,
+  root = ROOT,
+): Promise<Client> {
   const proc = spawn(
-    ["bun", join(ROOT, "client.ts"), "--server", node.url, "--expose", `127.0.0.1:${servicePort}`],
-    { cwd: ROOT, env: CLEAN_ENV },
+    ["bun", join(root, "client.ts"), "--server", node.url, "--expose", `127.0.0.1:${servicePort}`],
+    { cwd: root, env: CLEAN_ENV },
   );
   const match = await proc.waitFor(/exposed with tunnel id \S+, url: \S+:(\d+)/, 20_000);
   return { name, node, proc, port: Number(match[1]) };
@@ -217,13 +224,13 @@ async function health(node: Node): Promise<Record<string, unknown>> {
   return (await response.json()) as Record<string, unknown>;
 }
 
-/** Streams on node A's link to node B, from A's /health. */
 /** Whether node `a`'s link to node `b` is up (its /health). */
-async function linkUp(a: Node, b: Node): Promise<boolean> {
+export async function linkUp(a: Node, b: Node): Promise<boolean> {
   const cluster = (await health(a)).cluster as { links?: Record<string, { up?: boolean }> } | undefined;
   return cluster?.links?.[b.name]?.up === true;
 }
 
+/** Streams on node A's link to node B, from A's /health. */
 async function linkStreams(a: Node, b: Node): Promise<number> {
   const cluster = (await health(a)).cluster as { links?: Record<string, { streams?: number }> } | undefined;
   return cluster?.links?.[b.name]?.streams ?? 0;

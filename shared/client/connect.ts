@@ -118,21 +118,9 @@ const TLS_CODES = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|TLS|SSL|HOSTNAME|ALTNAME/i;
 
 /** Opens the control WebSocket and waits for the server's hello. */
 export async function connectControl(options: ConnectOptions): Promise<ControlConnection> {
-  const url = new URL(CONNECT_PATH, options.url);
   const headers: Record<string, string> = {};
-  if (options.apiKey) headers[AUTH_HEADER] = `Bearer ${options.apiKey}`;
   if (options.resume) headers[RESUME_HEADER] = `${options.resume.session} ${options.resume.secret}`;
-  const tls: ProbeTls = { ca: options.ca, rejectUnauthorized: !options.insecure };
-  // One address of several: dial it, but name the server as the URL does. Bun's WebSocket (1.4.5) takes
-  // tls.serverName for both the SNI and the certificate check, and a Host header of the caller's.
-  const dial = new URL(url);
-  if (options.address !== undefined) {
-    dial.hostname = isIP(options.address) === 6 ? `[${options.address}]` : options.address;
-    headers.Host = url.host;
-    tls.serverName = url.hostname;
-  }
-  const ws = new WebSocket(dial.href, { protocols: [SUBPROTOCOL], headers, tls } as unknown as string[]);
-  ws.binaryType = "arraybuffer";
+  const { ws, url, dial, tls } = dialWebSocket(CONNECT_PATH, options, headers);
   const timeout = options.timeout ?? 10_000;
 
   const greeting = await new Promise<{ hello: Hello; sync?: SyncMessage }>((resolve, reject) => {
@@ -201,10 +189,20 @@ export async function connectControl(options: ConnectOptions): Promise<ControlCo
  * cluster. Returned at once; its events are the caller's.
  */
 export function openStandby(options: ConnectOptions & { node: string }): WebSocket {
-  const url = new URL(STANDBY_PATH, options.url);
-  const headers: Record<string, string> = { [NODE_HEADER]: options.node };
+  return dialWebSocket(STANDBY_PATH, options, { [NODE_HEADER]: options.node }).ws;
+}
+
+/** A WebSocket to `path` on the server, opening now: the URL asked for, the one dialled, and its TLS options. */
+function dialWebSocket(
+  path: string,
+  options: ConnectOptions,
+  headers: Record<string, string>,
+): { ws: WebSocket; url: URL; dial: URL; tls: ProbeTls } {
+  const url = new URL(path, options.url);
   if (options.apiKey) headers[AUTH_HEADER] = `Bearer ${options.apiKey}`;
   const tls: ProbeTls = { ca: options.ca, rejectUnauthorized: !options.insecure };
+  // One address of several: dial it, but name the server as the URL does. Bun's WebSocket (1.4.5) takes
+  // tls.serverName for both the SNI and the certificate check, and a Host header of the caller's.
   const dial = new URL(url);
   if (options.address !== undefined) {
     dial.hostname = isIP(options.address) === 6 ? `[${options.address}]` : options.address;
@@ -213,7 +211,7 @@ export function openStandby(options: ConnectOptions & { node: string }): WebSock
   }
   const ws = new WebSocket(dial.href, { protocols: [SUBPROTOCOL], headers, tls } as unknown as string[]);
   ws.binaryType = "arraybuffer";
-  return ws;
+  return { ws, url, dial, tls };
 }
 
 /** The server's default control port, suggested when a URL without a port reached nothing. */

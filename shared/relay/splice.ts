@@ -20,6 +20,11 @@ class SpliceEnd {
   data: RelaySocketData = { stream: null };
   /** The other end (the socket of the other stream). */
   other!: SpliceEnd;
+  /**
+   * What our stream writes here is kept by the other stream (by reference, until its peer acknowledges
+   * it), which frees it then: our stream must not free it once written (stream.ts).
+   */
+  readonly keepsWrites = true;
   /** Our stream asked its socket to stop producing bytes (its send credit ran out). */
   paused = false;
   /** Our stream is done with this end (ended or terminated): nothing more goes through it. */
@@ -46,8 +51,11 @@ class SpliceEnd {
     // The other stream reads no more until its credit returns (or is not attached yet): keep the bytes
     // pending here (and their credit withheld), as a full socket buffer would.
     if (reader === null || this.other.paused) return 0;
-    // The other stream keeps a view until its peer acknowledges it: never freed early by this one.
-    forgetDisposable(bytes);
+    // The other stream keeps a view until its peer acknowledges it, and frees the buffer then (a whole
+    // received message, marked by the mux, goes on marked: left to the collector, 512 KiB link messages
+    // made the allocator hand out freshly faulted pages for each). Unless its tap may keep views.
+    const tap = reader.tap;
+    if (tap !== undefined && tap.keepsViews !== false) forgetDisposable(bytes);
     reader.onSocketData(bytes, false);
     return bytes.length;
   }

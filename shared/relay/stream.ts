@@ -200,7 +200,14 @@ export class Stream {
   /** Of those, bytes credited back to the peer (WINDOW or resume). */
   private creditedSeq = 0;
   /** Bytes from the peer that the socket has not taken yet (bounded by the window). */
-  private readonly pending = new ByteQueue(dispose);
+  private readonly pending = new ByteQueue((chunk) => {
+    if (!this.keepsWrites) dispose(chunk);
+  });
+  /**
+   * The socket keeps what it is written by reference and frees it itself (a splice: the other stream
+   * holds the bytes until its peer acknowledges them), so written bytes are not freed here.
+   */
+  private keepsWrites = false;
   private readEnded = false;
   private endSent = false;
   private endReceived = false;
@@ -232,6 +239,7 @@ export class Stream {
     }
     socket.data.stream = this;
     this.socket = socket;
+    this.keepsWrites = (socket as { keepsWrites?: boolean }).keepsWrites === true;
     if (this.pauses !== 0) socket.pause();
     this.flushPending();
   }
@@ -346,7 +354,7 @@ export class Stream {
     if (written < payload.length) {
       this.pending.push(payload.subarray(written));
       this.host.accountReceived?.(payload.length - written);
-    } else dispose(payload);
+    } else if (!this.keepsWrites) dispose(payload);
   }
 
   /** WINDOW from the peer: forget what it acknowledged, send what was held, resume reading. */

@@ -84,7 +84,7 @@ export function listenControl<T>(options: ControlPortOptions<T>): HttpIngress {
       if (socket.write(switchingProtocols(key, wanted.headers)) < 0) return;
       const ws = new RawWebSocket<T>(socket, wanted.data, options.websocket, options.limits);
       const held = conn.takeOver({
-        onData: (chunk) => ws.onData(chunk),
+        onData: (chunk) => ws.onData(chunk, true),
         onDrain: () => ws.onDrain(),
         onEnd: () => socket.end(),
         onClose: () => ws.onClose(),

@@ -114,7 +114,11 @@ export interface HttpResponseCounter {
 export interface HttpIngress {
   /** The bound port. */
   readonly port: number;
-  /** Stops accepting; with `closeActive`, closes every visitor connection too. */
+  /**
+   * Stops accepting; with `closeActive`, closes every visitor connection too; without, each connection
+   * carried to a tunnel closes at its next request boundary (a draining server: keep-alive visitors
+   * come back on new connections, to wherever the tunnel is then, instead of holding the drain).
+   */
   stop(closeActive?: boolean): void;
 }
 
@@ -194,6 +198,8 @@ export class HttpConnection {
   lastExchange = false;
   /** A 101 came back: raw bytes both ways, no framing. */
   upgraded = false;
+  /** To be closed at its next request boundary (the node its stream goes to is leaving). */
+  retiring = false;
   /** A local request is being answered: events wait in {@link backlog}. */
   busy = false;
   /** Inside a local request's body (skipped). */
@@ -261,6 +267,24 @@ export class HttpConnection {
   }
 }
 
+/** How to retire the connection whose stream this is (see {@link retireAtRequestBoundary}). */
+const retirers = new WeakMap<Stream, () => void>();
+
+/**
+ * Closes the visitor connection carried on `stream` at its next request boundary: at once if it is
+ * between requests (our FIN to the visitor, END to the tunnel), else as soon as the response in flight
+ * ended. A cluster node does this to the keep-alive connections it carries to a node that is leaving:
+ * their next requests come on new connections, which go to wherever the name moves, and the leaving
+ * node's drain does not wait for connections that would otherwise stay open for its whole drain.
+ * False when the stream carries no HTTP connection (a TCP visitor), or one that was upgraded.
+ */
+export function retireAtRequestBoundary(stream: Stream): boolean {
+  const retire = retirers.get(stream);
+  if (retire === undefined) return false;
+  retire();
+  return true;
+}
+
 /** Opens the HTTP port; visitors are routed as described in the module comment. */
 export function listenHttp(options: HttpIngressOptions): HttpIngress {
   return new HttpListener(options);
@@ -307,14 +331,19 @@ class HttpListener implements HttpIngress {
     return this.listener.port;
   }
 
-  /** Stops accepting; with `closeActive`, closes every visitor connection too. */
+  /** Stopped: connections routed from now on close after their first request. */
+  private stopping = false;
+
+  /** @inheritdoc */
   stop(closeActive = false): void {
+    this.stopping = true;
     this.listener.stop(closeActive);
     if (closeActive) {
       clearInterval(this.sweep);
       for (const conn of this.timed) conn.socket.terminate();
       this.timed.clear();
-    }
+    } else
+      for (const conn of this.timed) if (conn.takenOver === null && conn.stream !== null) this.retire(conn);
   }
 
   private arm(conn: HttpConnection, ms: number): void {
@@ -458,6 +487,9 @@ class HttpListener implements HttpIngress {
       this.respond(conn, 502, "the tunnel's local service did not answer");
       return true;
     };
+    retirers.set(stream, () => this.retire(conn));
+    // Routed after the port stopped (it waited for a moving name): this request is its last.
+    if (this.stopping) conn.retiring = true;
     stream.tap = {
       toSocket: (bytes) => this.onResponseBytes(conn, bytes),
       fromSocket: () => {},
@@ -671,7 +703,33 @@ class HttpListener implements HttpIngress {
 
   /** Between requests: wait for the next head, or for a visitor that sent FIN to close. */
   private becameIdle(conn: HttpConnection): void {
-    this.arm(conn, conn.visitorEnded || conn.lastExchange ? LINGER_MS : this.requestTimeoutMs);
+    if (conn.retiring && !conn.visitorEnded && !conn.answered) this.closeRetired(conn);
+    else this.arm(conn, conn.visitorEnded || conn.lastExchange ? LINGER_MS : this.requestTimeoutMs);
+  }
+
+  /** {@link retireAtRequestBoundary}: an upgraded connection (a WebSocket) is left to the drain. */
+  private retire(conn: HttpConnection): void {
+    if (conn.upgraded || conn.answered || conn.retiring) return;
+    conn.retiring = true;
+    if (conn.idle && !conn.busy) this.closeRetired(conn);
+  }
+
+  /**
+   * A retiring connection between requests: FIN to the visitor at once when the kernel has every
+   * response byte (the sooner it knows, the less likely it sends another request on this connection),
+   * and END to the tunnel, whose FIN then comes back after any bytes still queued. What the visitor
+   * sends meanwhile is ignored: it comes again on a new connection. Deferred: the last response's end
+   * is seen before its bytes are written.
+   */
+  private closeRetired(conn: HttpConnection): void {
+    conn.answered = true;
+    queueMicrotask(() => {
+      const stream = conn.stream;
+      if (stream === null) return;
+      if (stream.unwritten === 0) conn.socket.end();
+      stream.onSocketEnd();
+      this.arm(conn, LINGER_MS);
+    });
   }
 
   private listen(): TCPSocketListener<HttpSocketData> {

@@ -59,28 +59,26 @@ function cidrOption(text: string, flag: string): string {
   }
 }
 
-/** Reads a PEM file named by a flag; one line naming the flag when it is unreadable or not PEM. */
-function readPem(file: string, flag: string, what: string, label: RegExp): string {
-  let text: string;
+/** Reads a text file named by a flag; one line naming the flag when it cannot. */
+function readFlagFile(file: string, flag: string): string {
   try {
-    text = readFileSync(file, "utf8");
+    return readFileSync(file, "utf8");
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? describeError(error);
     throw new UsageError(`${flag}: cannot read '${file}': ${code}`);
   }
+}
+
+/** Reads a PEM file named by a flag; one line naming the flag when it is unreadable or not PEM. */
+function readPem(file: string, flag: string, what: string, label: RegExp): string {
+  const text = readFlagFile(file, flag);
   if (!label.test(text)) throw new UsageError(`${flag}: '${file}' holds no PEM ${what}`);
   return text;
 }
 
 /** Checks a `--acme-dns-key` file: readable, and a key in BIND's format (one line naming the flag). */
 function checkTsigKey(file: string, flag: string): void {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code ?? describeError(error);
-    throw new UsageError(`${flag}: cannot read '${file}': ${code}`);
-  }
+  const text = readFlagFile(file, flag);
   if (!/\bkey\b[^{]*\{[^}]*\balgorithm\b[^}]*\bsecret\b/.test(text))
     throw new UsageError(
       `${flag}: '${file}' holds no TSIG key (key "NAME" { algorithm hmac-sha256; secret "…"; }; as tsig-keygen writes it)`,

@@ -211,8 +211,29 @@ export class RawWebSocket<T> {
     this.socket.terminate();
   }
 
-  /** Bytes read from the socket (owned: the socket's fresh read buffer, which this may unmask in place). */
-  onData(chunk: Uint8Array): void {
+  /**
+   * Bytes read from the socket, which this may unmask in place.
+   * @param owned `chunk` is the socket's fresh read buffer, whole, that nothing else keeps: when no
+   * frame was delivered as a view of it (every payload in it was gathered into a buffer of its own, as
+   * a node link's 512 KiB messages are), it is freed here at once, not left to the collector (garbage
+   * piling up between collections made the allocator hand out freshly faulted pages for each read).
+   */
+  onData(chunk: Uint8Array, owned = false): void {
+    this.viewDelivered = false;
+    this.readPayloadFrom(chunk);
+    if (
+      owned &&
+      !this.viewDelivered &&
+      chunk.byteOffset === 0 &&
+      chunk.byteLength === chunk.buffer.byteLength
+    )
+      (chunk.buffer as ArrayBuffer).transfer(0);
+  }
+
+  /** Set when a frame was delivered as a view of the current read (which must then stay alive). */
+  private viewDelivered = false;
+
+  private readPayloadFrom(chunk: Uint8Array): void {
     let at = 0;
     while (at < chunk.length && !this.closed) {
       if (this.payloadLength === 0 && this.headerLength === 0 && this.partial === null) {
@@ -307,6 +328,7 @@ export class RawWebSocket<T> {
       const payload = chunk.subarray(at, at + want);
       unmask(payload, this.mask, 0);
       this.payloadLength = 0;
+      this.viewDelivered = true;
       this.frame(payload);
       return at + want;
     }

@@ -3,7 +3,8 @@
  * 127.0.0.3, and that user's client exposing a TCP and an HTTP tunnel that allow 127.0.0.1, 127.0.0.3
  * and ::1. Visitors from 127.0.0.1, .2, .3 and ::1 each get their bytes (or 200), a close with no
  * byte (TCP) or 403 (HTTP), as the lists say: the operator's deny beats the tunnel's allow; a reload
- * that lifts the deny lets the next visitor from .3 in; every refusal is counted in /metrics.
+ * that lifts the deny lets the next visitor from .3 in; every refusal is counted in /metrics; 300
+ * refused visitors leave no descriptor or memory behind.
  */
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
@@ -15,6 +16,8 @@ import {
   count,
   defer,
   eventually,
+  openDescriptors,
+  rssKiB,
   type ServerProcess,
   setupFile,
   startClientProcess,
@@ -147,6 +150,25 @@ describe("allow and deny lists decide who reaches a tunnel, before anything reac
       visitorsRefused: { denied: number };
     };
     expect(api.visitorsRefused.denied).toBe(before + 2);
+  });
+
+  test("300 refused visitors (TCP and HTTP, 50 at a time) leave the server's descriptors and RSS where they were", async () => {
+    const pid = server.proc.pid;
+    const before = openDescriptors(pid);
+    const rssBefore = await rssKiB(pid);
+    const refusedBefore = await denied();
+    for (let batch = 0; batch < 300; batch += 50)
+      await Promise.all(
+        Array.from({ length: 50 }, (_, i) =>
+          i % 2 === 0
+            ? tcpVisit(tcpPort, "127.0.0.2").then((visit) => expect(visit.bytes).toBe(0))
+            : httpVisit(httpPort, "127.0.0.2").then((answer) => expect(answer).toMatch(/^HTTP\/1\.1 403 /)),
+        ),
+      );
+    expect(await denied()).toBe(refusedBefore + 300);
+    await eventually(async () => openDescriptors(pid) <= before + 2, 8000, `descriptors back to ${before}`);
+    expect((await rssKiB(pid)) - rssBefore).toBeLessThan(64 * 1024);
+    expect(await tcpVisit(tcpPort, "127.0.0.1")).toEqual({ bytes: 64, intact: true });
   });
 
   test("a reload that lifts the operator's deny lets the next visitor from .3 in; .2 stays out", async () => {

@@ -19,7 +19,7 @@ import {
   startServerProcess,
 } from "../support/processes.ts";
 import { startStalledSink } from "../support/services.ts";
-import { type Pumped, pumpPattern } from "../support/sockets.ts";
+import { floodVisitor } from "../support/sockets.ts";
 
 setupFile();
 
@@ -35,22 +35,7 @@ interface BufferHealth {
 
 const health = async (server: ServerProcess) => (await server.health()) as unknown as BufferHealth;
 
-async function flood(port: number, size: number): Promise<import("bun").Socket<Pumped>> {
-  const socket = await Bun.connect<Pumped>({
-    hostname: "127.0.0.1",
-    port,
-    allowHalfOpen: true,
-    data: { sent: 0, size },
-    socket: {
-      open: (s) => pumpPattern(s, PATTERN),
-      drain: (s) => pumpPattern(s, PATTERN),
-      data() {},
-      error() {},
-    },
-  });
-  defer(() => socket.terminate());
-  return socket;
-}
+const flood = (port: number, size: number) => floodVisitor(port, size, PATTERN);
 
 test("a never-reading local service: the server's RSS follows its budget up, and comes back down once the streams closed", async () => {
   const sink = startStalledSink();

@@ -23,7 +23,7 @@ import {
   withTimeout,
 } from "../support/processes.ts";
 import { startStalledSink } from "../support/services.ts";
-import { connectVisitor, type Pumped, pumpPattern, readAll } from "../support/sockets.ts";
+import { connectVisitor, floodVisitor, type Pumped, pumpPattern, readAll } from "../support/sockets.ts";
 
 setupFile();
 
@@ -62,17 +62,7 @@ function startSource(size: number): { port: number } {
 }
 
 /** A visitor that sends `size` bytes of {@link PATTERN} as fast as the tunnel takes them. */
-async function flood(port: number, size: number): Promise<import("bun").Socket<Pumped>> {
-  const socket = await Bun.connect<Pumped>({
-    hostname: "127.0.0.1",
-    port,
-    allowHalfOpen: true,
-    data: { sent: 0, size },
-    socket: { open: pump, drain: pump, data() {}, error() {} },
-  });
-  defer(() => socket.terminate());
-  return socket;
-}
+const flood = (port: number, size: number) => floodVisitor(port, size, PATTERN);
 
 /**
  * The most a stalled reader's window can grow to: a window doubles only after half of it was consumed

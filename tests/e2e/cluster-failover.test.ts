@@ -3,20 +3,23 @@
  * first; its node is then killed (SIGKILL), frozen (SIGSTOP), or cut off from Redis (a TCP proxy the
  * test controls, between that node and Redis, stops passing bytes). A visitor asks for the name through
  * the other node every 100 ms; the longest gap between two answers from the client's app through the
- * other node, from the fault until the client moved and was answered again, is measured, and asserted loosely (under 10 s: lease 5 s + 1 s is the aim).
+ * other node, from the fault until the client moved and was answered again, is measured
+ * (tests/support/failover.ts, which `bun run bench --measures failover` runs too), and asserted loosely
+ * (under 10 s: lease 5 s + 1 s is the aim).
  * No `--cluster-lease`, no `--heartbeat`: what an operator gets without tuning.
  */
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { Agent } from "node:http";
 import {
   type ClusterNodeProcess,
   nodeHealth,
   startClusterClient,
   startClusterNode,
   startNamedApp,
-  startTcpProxy,
   visitName,
 } from "../support/cluster.ts";
+import { describeGap, type FailoverGap, type Fault, measureFailover } from "../support/failover.ts";
 import { MiB, randomData, sha256 } from "../support/hashing.ts";
 import { deferContinue, eventually, setupFile, withTimeout } from "../support/processes.ts";
 import { type RedisProcess, startRedis } from "../support/redis.ts";
@@ -39,85 +42,29 @@ afterAll(() => {
   if (process.env.CLUSTER_DEBUG) console.log(gaps);
 });
 
-/**
- * Starts a node on 127.0.0.1 (Redis at `redisUrl`), a client on it and `steady`, and a prober through
- * `steady`; applies `fault` to the node; resolves with the gap in ms and what the prober saw meanwhile.
- */
-async function measure(
-  name: string,
-  fault: (node: ClusterNodeProcess) => void,
-  redisUrl = redis.url,
-): Promise<{ gapMs: number; seen: Record<string, number> }> {
-  const node = await startClusterNode("127.0.0.1", redisUrl);
-  deferContinue(node);
-  const app = startNamedApp(name);
-  const client = await startClusterClient(
-    [node, steady],
-    ["--http", `127.0.0.1:${app}`, "--subdomain", name],
-    1,
-    [],
-  );
-  const body = new Uint8Array(16);
-  const expected = `${name} ${sha256(body)}`;
-  await eventually(
-    async () => (await visitName(steady, name, body).catch(() => ({ text: "" }))).text === expected,
-    10_000,
-    `${name} served through the other node`,
-  );
-  fault(node);
-  const faultAt = performance.now();
-  const seen: Record<string, number> = {};
-  // The gap: the longest time between two answers from the app (the fault counting as one), over the
-  // probes until the client moved and was answered through its new node. Bounded: 20 s of probes.
-  let gapMs = 0;
-  let lastOk = faultAt;
-  let movedAndServed = false;
-  while (!movedAndServed && performance.now() - faultAt < 20_000) {
-    const moved = /moved to server/.test(client.stdout() + client.stderr());
-    const answer = await visitName(steady, name, body, 2000).catch((error: Error) => ({
-      status: 0,
-      text: error.message,
-    }));
-    const now = performance.now();
-    if (answer.status === 200 && answer.text === expected) {
-      gapMs = Math.max(gapMs, now - lastOk);
-      lastOk = now;
-      movedAndServed = moved;
-    } else {
-      const label = answer.status === 0 ? "no answer" : String(answer.status);
-      seen[label] = (seen[label] ?? 0) + 1;
-    }
-    await Bun.sleep(100);
-  }
-  if (!movedAndServed) gapMs = Math.max(gapMs, performance.now() - lastOk);
-  gaps[name] = `${(gapMs / 1000).toFixed(2)} s ${JSON.stringify(seen)}`;
-  if (process.env.CLUSTER_DEBUG) console.log(`${name}: ${gaps[name]}\n${client.stdout()}${client.stderr()}`);
-  client.kill("SIGKILL");
-  return { gapMs, seen };
+/** Measures one fault (tests/support/failover.ts); the gap is kept for CLUSTER_DEBUG's summary. */
+async function measure(fault: Fault): Promise<FailoverGap> {
+  const gap = await measureFailover(steady, redis, fault);
+  gaps[fault] = describeGap(gap);
+  if (process.env.CLUSTER_DEBUG) console.log(`${fault}: ${gaps[fault]}\n${gap.clientLog}`);
+  return gap;
 }
 
 describe("failover at the default timings", () => {
   test("the client's node SIGKILLed: served through the other node within seconds", async () => {
-    const { gapMs } = await measure("killed", (node) => node.kill("SIGKILL"));
+    const { gapMs } = await measure("killed");
     expect(gapMs).toBeGreaterThan(0);
     expect(gapMs).toBeLessThan(10_000);
   }, 60_000);
 
   test("the client's node frozen (SIGSTOP): its client moves, served through the other node within the lease and a second or so", async () => {
-    let frozen: ClusterNodeProcess | undefined;
-    const { gapMs } = await measure("frozen", (node) => {
-      frozen = node;
-      node.kill("SIGSTOP");
-    });
-    frozen?.kill("SIGCONT");
+    const { gapMs } = await measure("frozen");
     expect(gapMs).toBeGreaterThan(0);
     expect(gapMs).toBeLessThan(10_000);
   }, 60_000);
 
   test("the client's node cut off from Redis: its client moves, served through the other node", async () => {
-    const proxy = startTcpProxy(redis.port);
-    const { gapMs } = await measure("partitioned", () => proxy.cut(), `redis://127.0.0.1:${proxy.port}`);
-    proxy.heal();
+    const { gapMs } = await measure("partitioned");
     expect(gapMs).toBeGreaterThan(0);
     expect(gapMs).toBeLessThan(10_000);
   }, 60_000);
@@ -265,28 +212,41 @@ describe("a rolling restart", () => {
       );
     const errors: string[] = [];
     let visits = 0;
+    let reused = 0;
     let restarting = -1;
     let running = true;
-    // The load: one request at a time through each node that stays up, in turn, every 20 ms.
+    // A visitor that keeps its connections alive (one per node, as browsers and proxies do): those
+    // through a node that stays up are carried to the client's node, which is among those restarted.
+    const agents = nodes.map(() => new Agent({ keepAlive: true, maxSockets: 1 }));
+    // The load: one request at a time through each node that stays up, in turn, every 20 ms; a new
+    // connection each time and a kept-alive one, alternately.
     const load = (async () => {
       for (let i = 0; running && i < 100_000; i++) {
         const at = i % nodes.length;
         if (at === restarting) continue;
         const node = nodes[at] as ClusterNodeProcess;
-        const answer = await visitName(node, "rolling", body, 8000).catch((error: Error) => ({
-          status: 0,
-          text: error.message,
-        }));
+        const keepAlive = Math.floor(i / nodes.length) % 2 === 1;
+        const answer = await visitName(
+          node,
+          "rolling",
+          body,
+          8000,
+          keepAlive ? (agents[at] as Agent) : false,
+        ).catch((error: Error) => ({ status: 0, text: error.message, reused: undefined }));
         visits++;
+        if (answer.reused) reused++;
         if (at !== restarting && (answer.status !== 200 || answer.text !== expected))
-          errors.push(`${node.name}: ${answer.status} ${answer.text}`);
+          errors.push(`${node.name}${keepAlive ? " (kept alive)" : ""}: ${answer.status} ${answer.text}`);
         await Bun.sleep(20);
       }
     })();
+    const exitSeconds: number[] = [];
     for (const [i, old] of nodes.entries()) {
       restarting = i;
+      const stopping = performance.now();
       old.kill("SIGTERM");
       expect(await old.exited(20_000)).toBe(0);
+      exitSeconds.push((performance.now() - stopping) / 1000);
       const again = await startClusterNode(old.ip, own.url, [], old.port);
       deferContinue(again);
       expect(again.name).toBe(old.name);
@@ -302,10 +262,16 @@ describe("a rolling restart", () => {
     }
     running = false;
     await load;
+    for (const agent of agents) agent.destroy();
     if (process.env.CLUSTER_DEBUG)
-      console.log(`rolling restart: ${visits} visits, errors ${JSON.stringify(errors)}`);
+      console.log(
+        `rolling restart: ${visits} visits (${reused} on kept-alive connections), nodes exited after ${exitSeconds.map((s) => s.toFixed(1)).join(", ")} s, errors ${JSON.stringify(errors)}`,
+      );
     expect(errors).toEqual([]);
     expect(visits).toBeGreaterThan(3);
+    expect(reused).toBeGreaterThan(0);
+    // No stopping node waited its whole drain (10 s) for a kept-alive connection carried to it.
+    for (const seconds of exitSeconds) expect(seconds).toBeLessThan(9);
     client.kill("SIGKILL");
   }, 120_000);
 });

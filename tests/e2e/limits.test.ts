@@ -19,6 +19,8 @@ import {
   setupFile,
   spawnRole,
   startClientProcess,
+  startHttpClient,
+  startHttpServer,
   startServerProcess,
   withTimeout,
 } from "../support/processes.ts";
@@ -300,6 +302,54 @@ test("SIGTERM drains: a 16 MiB echo in flight completes, new visitors and client
   // SIGINT ends it cleanly.
   client.kill("SIGINT");
   expect(await client.exited(5000)).toBe(0);
+});
+
+test("SIGTERM with keep-alive HTTP visitors: each connection closes at its request boundary (one in flight gets its whole answer first), so the drain does not wait for them", async () => {
+  let release = () => {};
+  const answered = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const app = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch: async (req) => {
+      if (new URL(req.url).pathname === "/slow") await answered;
+      return new Response("x".repeat(100_000));
+    },
+  });
+  defer(() => app.stop(true));
+  const server = await startHttpServer(["--http-port", "0", "--drain-timeout", "15"]);
+  await startHttpClient(server.url, app.port as number, "kept");
+  const ask = (socket: Socket, path: string) =>
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: kept.localhost\r\n\r\n`);
+  /** Everything a socket receives until it closes. */
+  const collect = (socket: Socket) => {
+    const chunks: Buffer[] = [];
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    return () => Buffer.concat(chunks).toString("latin1");
+  };
+  const idle = await connectVisitor(server.httpPort);
+  const idleSeen = collect(idle);
+  ask(idle, "/");
+  await eventually(() => idleSeen().endsWith("x".repeat(1000)), 5000, "the first answer");
+  const busy = await connectVisitor(server.httpPort);
+  const busySeen = collect(busy);
+  ask(busy, "/slow");
+  await eventually(async () => (await server.health()).streams === 2, 5000, "two streams open");
+  const termAt = Date.now();
+  server.kill("SIGTERM");
+  await server.waitFor(/SIGTERM/, 3000);
+  // Between requests: closed at once.
+  await closedWithin(idle, 3000);
+  expect(idleSeen().match(/HTTP\/1\.1 200/g)?.length).toBe(1);
+  // In flight: answered whole, then closed.
+  release();
+  await closedWithin(busy, 5000);
+  expect(busySeen()).toStartWith("HTTP/1.1 200");
+  expect(busySeen().endsWith("x".repeat(100_000))).toBe(true);
+  expect(await server.exited(15_000)).toBe(0);
+  // Well within the drain timeout (15 s): nothing waited for a connection that stayed open.
+  expect(Date.now() - termAt).toBeLessThan(10_000);
 });
 
 test("SIGTERM with a stalled stream: the server exits 0 once --drain-timeout ran out", async () => {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { request } from "node:http";
+import { type Agent, request } from "node:http";
 import { sha256 } from "./hashing.ts";
 import { type ClientProcess, defer, type RoleProcess, spawnRole, withTimeout } from "./processes.ts";
 
@@ -108,17 +108,21 @@ export interface Visit {
   status: number;
   text: string;
   retryAfter?: string;
+  /** The request went on a kept-alive connection that had carried an earlier one (with an `agent`). */
+  reused?: boolean;
 }
 
 /**
  * POSTs `body` to `NAME.localhost` through a node's HTTP port (node:http: fetch does not send a Host
- * of our choosing). Rejects on a reset or after `timeoutMs`.
+ * of our choosing). Rejects on a reset or after `timeoutMs`. A new connection each time, unless an
+ * `agent` (a keep-alive one) is given.
  */
 export function visitName(
   node: { ip: string; httpPort: number },
   name: string,
   body: Uint8Array,
   timeoutMs = 10_000,
+  agent: Agent | false = false,
 ): Promise<Visit> {
   return withTimeout(
     new Promise((resolve, reject) => {
@@ -129,7 +133,7 @@ export function visitName(
           method: "POST",
           path: "/",
           headers: { host: `${name}.localhost`, "content-length": String(body.length) },
-          agent: false,
+          agent,
         },
         (res) => {
           const chunks: Buffer[] = [];
@@ -140,6 +144,7 @@ export function visitName(
               status: res.statusCode ?? 0,
               text: Buffer.concat(chunks).toString(),
               ...(retryAfter === undefined ? {} : { retryAfter: String(retryAfter) }),
+              ...(agent === false ? {} : { reused: req.reusedSocket }),
             });
           });
           res.on("error", reject);

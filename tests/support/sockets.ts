@@ -230,3 +230,24 @@ export function pumpPattern(socket: BunSocket<Pumped>, pattern: Uint8Array): voi
   }
   socket.shutdown();
 }
+
+/**
+ * A visitor at 127.0.0.1:`port` that sends `size` bytes of `pattern`, repeated, as fast as the tunnel
+ * takes them, then half-closes; it reads nothing back and is terminated when the test ends.
+ */
+export async function floodVisitor(
+  port: number,
+  size: number,
+  pattern: Uint8Array,
+): Promise<BunSocket<Pumped>> {
+  const pump = (socket: BunSocket<Pumped>) => pumpPattern(socket, pattern);
+  const socket = await Bun.connect<Pumped>({
+    hostname: "127.0.0.1",
+    port,
+    allowHalfOpen: true,
+    data: { sent: 0, size },
+    socket: { open: pump, drain: pump, data() {}, error() {} },
+  });
+  defer(() => socket.terminate());
+  return socket;
+}

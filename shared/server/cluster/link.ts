@@ -54,6 +54,8 @@ export interface NodeLink {
   readonly up: boolean;
   /** Streams open on it now (both ways). */
   readonly streams: number;
+  /** Those streams. */
+  openStreams(): Iterable<Stream>;
   /**
    * Carries a visitor's socket to the peer (undefined while the link is down); `visitor`: its address
    * and the public address it connected to (OPEN's `remote` and `local`).
@@ -134,6 +136,11 @@ export class OutboundLink implements NodeLink {
   /** Streams open on it now. */
   get streams(): number {
     return this.mux?.streams.size ?? 0;
+  }
+
+  /** Those streams. */
+  openStreams(): Iterable<Stream> {
+    return this.mux?.streams.values() ?? [];
   }
 
   /**
@@ -374,6 +381,11 @@ export class InboundLink implements NodeLink, LinkEndpoint {
   /** Streams open on it now (both ways). */
   get streams(): number {
     return this.mux.streams.size;
+  }
+
+  /** Those streams. */
+  openStreams(): Iterable<Stream> {
+    return this.mux.streams.values();
   }
 
   /** Carries a visitor of this node to the dialling node's tunnel `target`. */

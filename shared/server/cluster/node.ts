@@ -24,6 +24,7 @@ import {
   type Stream,
 } from "../../relay/stream.ts";
 import { type Hello, StreamKind } from "../../wire/protocol.ts";
+import { retireAtRequestBoundary } from "../http-ingress.ts";
 import {
   ClusterDirectory,
   type LeaseKey,
@@ -576,13 +577,24 @@ export class ClusterNode {
     for (const [name, link] of this.links)
       if (!alive.has(name) && settling === 0) {
         this.links.delete(name);
-        if (link.up && link.streams > 0) this.retire(link);
+        if (link.up && link.streams > 0) this.retire(name, link);
         else link.close();
       }
   }
 
-  /** Closes a link of a node that left once its streams are done or it went down (checked every second, at most a minute). */
-  private retire(link: NodeLink): void {
+  /**
+   * Closes a link of a node that left once its streams are done or it went down (checked every second,
+   * at most a minute). The keep-alive HTTP connections it carries are closed at their next request
+   * boundary: their next requests go where the names move, and the leaving node's drain is not held
+   * for its whole timeout by visitors that would keep their connections open (a rolling restart).
+   */
+  private retire(peer: string, link: NodeLink): void {
+    let retired = 0;
+    for (const stream of [...link.openStreams()]) if (retireAtRequestBoundary(stream)) retired++;
+    if (retired > 0)
+      this.options.log.info(
+        `cluster: node ${peer} left: ${retired} keep-alive HTTP connection(s) to it close at their next request boundary`,
+      );
     let rounds = 0;
     const timer = setInterval(() => {
       if (!this.closed && link.up && link.streams > 0 && ++rounds < 60) return;
