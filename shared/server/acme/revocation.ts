@@ -276,7 +276,7 @@ async function askOcsp(
   return { status: status.unknown !== undefined ? "unknown" : "good", source, nextUpdate };
 }
 
-/** CRLs by URL, reused until their nextUpdate or the cache time, whichever comes first. */
+/** CRLs by issuer and URL, reused until their nextUpdate or the cache time, whichever comes first. */
 const crlCache = new Map<string, { list: import("@peculiar/asn1-x509").CertificateList; until: number }>();
 const CRL_CACHE_ENTRIES = 32;
 
@@ -291,7 +291,9 @@ async function askCrl(
 ): Promise<RevocationAnswer> {
   const source = `CRL at ${url}`;
   const { timeoutMs } = limits;
-  let cached = crlCache.get(url);
+  // Keyed by issuer too: a CRL verified against one issuer's key says nothing of another's.
+  const key = `${issuer.fingerprint256} ${url}`;
+  let cached = crlCache.get(key);
   if (cached === undefined || cached.until <= now) {
     let body = await exchange(url, { method: "GET" }, MAX_CRL_BYTES, timeoutMs);
     const text = Buffer.from(body.subarray(0, 64)).toString("latin1");
@@ -309,7 +311,7 @@ async function askCrl(
     if (next !== undefined && next < now - SKEW_MS) throw new Error("the CRL is stale");
     cached = { list, until: Math.min(next ?? Number.POSITIVE_INFINITY, now + limits.crlCacheMs) };
     if (crlCache.size >= CRL_CACHE_ENTRIES) crlCache.delete(crlCache.keys().next().value as string);
-    crlCache.set(url, cached);
+    crlCache.set(key, cached);
   }
   const tbs = cached.list.tbsCertList;
   const nextUpdate = tbs.nextUpdate?.getTime().getTime();
@@ -427,7 +429,8 @@ export class RevocationChecker {
             return;
           }
           if (answer.status === "revoked") {
-            this.revoke(host, certificate, answer);
+            // Replaced meanwhile (a renewal): the new certificate has checks of its own.
+            if (this.store.all().includes(certificate)) this.revoke(host, certificate, answer);
             return;
           }
           state.failing = undefined;
