@@ -5,6 +5,7 @@
  * @module
  */
 
+import { readFileSync } from "node:fs";
 import type { SocketHandler, TCPSocketListener } from "bun";
 import type { PortRange } from "../args.ts";
 
@@ -28,6 +29,11 @@ export interface PublicPortRequest {
   range?: PortRange;
   /** The server's own ports (control, HTTP): never handed to a client. */
   own?: readonly number[];
+  /**
+   * Without a port or a range: where to pick one (at random) instead of letting the kernel pick from
+   * its ephemeral range ({@link clusterPickRange}).
+   */
+  pick?: PortRange;
 }
 
 /** Ports below this need privileges (ssh, http, smtp, …): no client gets one unless `--tcp-ports` allows it. */
@@ -61,6 +67,7 @@ export function listenPublic<T>(request: PublicPortRequest, socket: SocketHandle
       throw listenError(error, port);
     }
   }
+  if (!range && request.pick) return listenInRange(request.pick, own, listen);
   if (!range) {
     // The kernel picks from its ephemeral range (never privileged, never a port in use, so never ours).
     try {
@@ -69,6 +76,10 @@ export function listenPublic<T>(request: PublicPortRequest, socket: SocketHandle
       throw listenError(error, 0);
     }
   }
+  return listenInRange(range, own, listen);
+}
+
+function listenInRange<L>(range: PortRange, own: ReadonlySet<number>, listen: (port: number) => L): L {
   for (const candidate of portsToTry(range, own))
     try {
       return listen(candidate);
@@ -77,6 +88,27 @@ export function listenPublic<T>(request: PublicPortRequest, socket: SocketHandle
     }
   throw new PortError("no_free_port", `no free port in the server's range ${range.min}-${range.max}`);
 }
+
+/**
+ * Where a cluster node picks a tunnel's port when the operator set no `--tcp-ports`: from 10000 up to
+ * just below the kernel's ephemeral range. Every node mirrors the port, and a port from the ephemeral
+ * range is where any node's own outgoing connections (to Redis, its links, local services) take their
+ * local ports, so a mirror there could fail to bind; below it, only a service listening on the same
+ * port can clash. Undefined (the kernel picks) when that range leaves too little room.
+ */
+export function clusterPickRange(): PortRange | undefined {
+  if (clusterPick === null) {
+    let ephemeralMin = 32_768;
+    try {
+      const text = readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8");
+      ephemeralMin = Number.parseInt(text, 10) || ephemeralMin;
+    } catch {}
+    const range = { min: 10_000, max: ephemeralMin - 1 };
+    clusterPick = range.max - range.min >= 1_000 ? range : undefined;
+  }
+  return clusterPick;
+}
+let clusterPick: PortRange | undefined | null = null;
 
 /**
  * The ports of `range` to try, each once and never one of `own`, starting at a random one so that

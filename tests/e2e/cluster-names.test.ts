@@ -9,6 +9,7 @@
  */
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import {
   type ClusterNodeProcess,
   nodeHealth,
@@ -99,6 +100,15 @@ describe("three nodes on one port with default names", () => {
       10_000,
       "three nodes and six leases seen everywhere",
     );
+  });
+
+  test("TCP ports are picked below the ephemeral range, where no node's own connections take theirs", () => {
+    const ephemeralMin = Number.parseInt(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8"), 10);
+    for (const [i, client] of clients.entries()) {
+      const tcp = client.tunnels.find((t) => t.port !== nodes[i]?.httpPort) as { port: number };
+      expect(tcp.port).toBeGreaterThanOrEqual(10_000);
+      expect(tcp.port).toBeLessThan(ephemeralMin);
+    }
   });
 
   test("visitors through every node reach every client, HTTP and TCP", async () => {

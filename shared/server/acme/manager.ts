@@ -22,6 +22,7 @@ import https from "node:https";
 import { join } from "node:path";
 import { rootCertificates } from "node:tls";
 import type * as Acme from "acme-client";
+import { withDeadline } from "../../deadline.ts";
 import { describeError, type Logger } from "../../log.ts";
 import { type CertificateStore, describeCertificate } from "./certificates.ts";
 import { type DnsUpdateTarget, updateChallengeRecord } from "./dns-update.ts";
@@ -488,15 +489,4 @@ function prune(times: number[], since: number): void {
   let n = 0;
   while (n < times.length && (times[n] as number) < since) n++;
   if (n > 0) times.splice(0, n);
-}
-
-/** `promise`, or a rejection with `message` after `ms`. */
-function withDeadline<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    promise,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(message)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
 }

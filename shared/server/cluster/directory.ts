@@ -16,6 +16,7 @@
 
 import { randomBytes } from "node:crypto";
 import { RedisClient } from "bun";
+import { withDeadline } from "../../deadline.ts";
 import { describeError, type Logger } from "../../log.ts";
 import { explainRedisFailure } from "./redis-probe.ts";
 import {
@@ -483,15 +484,20 @@ export class ClusterDirectory {
     let directory: ClusterDirectory | undefined;
     try {
       try {
-        await deadline(Promise.all([cmd.connect(), sub.connect()]), CONNECT_TIMEOUT_MS, "no connection");
+        await withDeadline(
+          Promise.all([cmd.connect(), sub.connect()]),
+          CONNECT_TIMEOUT_MS,
+          `no connection within ${CONNECT_TIMEOUT_MS} ms`,
+        );
       } catch (error) {
         // Bun says "Connection closed" for a wrong password, an untrusted certificate, TLS to a plain
         // port…: one connection of our own tells which.
         throw new Error((await explainRedisFailure(url, options.ca)) ?? describeError(error));
       }
       const mine = randomBytes(32).toString("base64url");
-      await deadline(cmd.send("SET", [SECRET_KEY, mine, "NX"]), CONNECT_TIMEOUT_MS, "no answer");
-      const secret = await deadline(cmd.get(SECRET_KEY), CONNECT_TIMEOUT_MS, "no answer");
+      const noAnswer = `no answer within ${CONNECT_TIMEOUT_MS} ms`;
+      await withDeadline(cmd.send("SET", [SECRET_KEY, mine, "NX"]), CONNECT_TIMEOUT_MS, noAnswer);
+      const secret = await withDeadline(cmd.get(SECRET_KEY), CONNECT_TIMEOUT_MS, noAnswer);
       if (typeof secret !== "string" || secret === "")
         throw new Error("the cluster secret could not be read");
       directory = new ClusterDirectory(options, cmd, sub, secret, url);
@@ -1213,25 +1219,15 @@ export class ClusterDirectory {
       this.markDown("connection closed");
       throw new RedisDownError("not connected");
     }
-    let timer: ReturnType<typeof setTimeout> | undefined;
+    const ms = this.commandTimeoutMs;
     try {
-      return await Promise.race([
-        run(),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new RedisDownError(`no answer within ${this.commandTimeoutMs} ms`)),
-            this.commandTimeoutMs,
-          );
-        }),
-      ]);
+      return await withDeadline(run(), ms, () => new RedisDownError(`no answer within ${ms} ms`));
     } catch (error) {
       const code = (error as { code?: unknown } | null)?.code;
       const reply = code === "ERR_REDIS_SERVER_ERROR" && !UNAVAILABLE_REPLY.test(describeError(error));
       if (reply) throw error;
       this.markDown(describeError(error));
       throw error instanceof RedisDownError ? error : new RedisDownError(describeError(error));
-    } finally {
-      clearTimeout(timer);
     }
   }
 
@@ -1252,15 +1248,4 @@ export class ClusterDirectory {
     this.warned.add(tag);
     this.options.log.warn(message);
   }
-}
-
-/** Rejects with `what` if `promise` takes longer than `ms`. */
-function deadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    promise.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} within ${ms} ms`)), ms);
-    }),
-  ]);
 }

@@ -10,6 +10,7 @@
 
 import { createHash } from "node:crypto";
 import { formatHost, unmappedAddress } from "../../args.ts";
+import { withDeadline } from "../../deadline.ts";
 import { NODE_NAME } from "../../wire/protocol.ts";
 import { isSentinelUrl, parseSentinelUrl } from "./sentinel.ts";
 
@@ -46,16 +47,10 @@ async function localAddressToward(host: string, port: number): Promise<string> {
     (socket) => late && socket.end(),
     () => {},
   );
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const socket = await Promise.race([
-    connecting,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        late = true;
-        reject(new Error(`no connection within ${PROBE_TIMEOUT_MS} ms`));
-      }, PROBE_TIMEOUT_MS);
-    }),
-  ]).finally(() => clearTimeout(timer));
+  const socket = await withDeadline(connecting, PROBE_TIMEOUT_MS, () => {
+    late = true; // a connection that comes after all is ended at once
+    return new Error(`no connection within ${PROBE_TIMEOUT_MS} ms`);
+  });
   const address = unmappedAddress(socket.localAddress);
   socket.end();
   return address;

@@ -13,6 +13,7 @@
  * @module
  */
 
+import { withDeadline } from "../../deadline.ts";
 import { describeError, type Logger } from "../../log.ts";
 
 /** A sentinel's address. */
@@ -212,10 +213,10 @@ class SentinelConnection {
       (socket) => late && socket.end(),
       () => {},
     );
-    const socket = await deadline(
+    const socket = await withDeadline(
       connecting,
       ASK_TIMEOUT_MS,
-      `no connection to sentinel ${address.host}:${address.port}`,
+      `no connection to sentinel ${address.host}:${address.port} within ${ASK_TIMEOUT_MS} ms`,
     ).catch((error) => {
       late = true;
       throw error;
@@ -236,7 +237,7 @@ class SentinelConnection {
     if (this.closed || this.socket === undefined) return Promise.reject(new Error("connection closed"));
     const reply = new Promise<RespValue>((resolve) => this.waiting.push(resolve));
     this.socket.write(resp(args));
-    return deadline(reply, ASK_TIMEOUT_MS, "no answer from the sentinel");
+    return withDeadline(reply, ASK_TIMEOUT_MS, `no answer from the sentinel within ${ASK_TIMEOUT_MS} ms`);
   }
 
   /** Subscribes: from here on every value is a push. */
@@ -364,15 +365,4 @@ export class SentinelWatch {
       if (!this.stopped) setTimeout(() => void this.listen(), 500);
     }
   }
-}
-
-/** Rejects with `what` if `promise` takes longer than `ms`. */
-function deadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  return Promise.race([
-    promise.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${what} within ${ms} ms`)), ms);
-    }),
-  ]);
 }

@@ -19,7 +19,7 @@ import { type ExposeRequest, StreamKind } from "../../wire/protocol.ts";
 import { customHost, hostOfKey, type NameHooks } from "../acme/hostnames.ts";
 import { placeOfLease } from "../cluster/directory.ts";
 import type { ClusterNode } from "../cluster/node.ts";
-import { listenPublic, PortError } from "../public-port.ts";
+import { clusterPickRange, listenPublic, PortError } from "../public-port.ts";
 import { newUdpCounters, type UdpCounters, UdpPort, type UdpSettings } from "../udp-port.ts";
 import { type Account, describeRanges } from "../users.ts";
 import type {
@@ -563,7 +563,13 @@ export class Namespace {
     for (const range of ranges) {
       try {
         const listener: PublicListener = listenPublic<RelaySocketData>(
-          { host: this.settings.host, port, range, own: this.ownPorts },
+          {
+            host: this.settings.host,
+            port,
+            range,
+            own: this.ownPorts,
+            pick: this.cluster && clusterPickRange(),
+          },
           { ...relaySocketHandlers, open: (socket) => this.acceptTcp(this.listening.get(listener), socket) },
         );
         tunnel.port = listener.port;
