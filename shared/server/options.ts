@@ -251,7 +251,11 @@ export const SERVER_OPTIONS = {
     value: "SECONDS",
     default: 43_200,
     help: "how often each certificate held (ACME's, --tls-cert's) is checked for revocation through the OCSP responder or CRL it names, sooner when the answer says so; 0: never (README: Automatic HTTPS)",
-    parse: (text: string, flag: string): number => (text === "0" ? 0 : parseSeconds(text, flag, 1, 604_800)),
+    parse: (text: string, flag: string): number => {
+      if (text === "0") return 0;
+      if (/^\d+(\.\d+)?$/.test(text) && Number(text) >= 1 && Number(text) <= 604_800) return Number(text);
+      throw new UsageError(`${flag}: '${text}' is not 0 (never) or a number of seconds (1-604800)`);
+    },
   },
   "custom-domains": {
     key: "customDomains",
