@@ -328,7 +328,8 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
         ),
         10_000,
       );
-      await server.waitFor(/certificate renewed for revoked\.tunnel\.test through http-01/, 20_000);
+      // (pebble may take the name's authorization from the first order: no new challenge then.)
+      await server.waitFor(/certificate renewed for revoked\.tunnel\.test through /, 20_000);
       const after = await fingerprint(setup, host);
       expect(after).not.toBe(before);
       expect(after).toBe(new X509Certificate(readFileSync(certificateFile(host), "utf8")).fingerprint256);
@@ -578,6 +579,68 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
       ]);
       expect(stored.stdout).toContain("BEGIN CERTIFICATE");
       expect(stored.stdout).not.toContain("PRIVATE KEY");
+    } finally {
+      app.stop(true);
+    }
+  });
+
+  test("two cluster nodes, revocation (OCSP): both stop serving the revoked certificate; the node holding the tunnel orders a new one, both serve it", async () => {
+    const redis = await startRedis();
+    const [httpA, httpsA, httpB, httpsB] = freePorts(4) as [number, number, number, number];
+    const pebble = await startPebble({
+      httpPort: httpA,
+      tlsPort: httpsA,
+      avoid: [httpB, httpsB],
+      ocsp: true,
+    });
+    const dir = configFolder();
+    const node = (name: string, http: number, https: number) =>
+      startServerProcess([
+        ...["--domain", DOMAIN, "--http-port", String(http), "--https-port", String(https)],
+        ...["--acme-email", "ops@tunnel.test", "--acme-directory", pebble.directory],
+        ...["--acme-ca", pebble.listenerCa, "--acme-dir", join(dir, name), "--acme-challenge", "http-01"],
+        ...["--cluster", redis.url, "--node-name", name, "--revocation-interval", "1"],
+      ]);
+    const a = await node("a", httpA, httpsA);
+    const b = await node("b", httpB, httpsB);
+    const app = startApp("both");
+    const host = `both.${DOMAIN}`;
+    try {
+      const client = await startClientProcess(
+        b.url,
+        [],
+        ["--http", `127.0.0.1:${app.port}`, "--subdomain", "both"],
+      );
+      await client.waitFor(/exposed with tunnel id/);
+      await b.waitFor(/certificate issued for both\.tunnel\.test through http-01/, 20_000);
+      await a.waitFor(/certificate for both\.tunnel\.test from the cluster/, 10_000);
+      const namePem = readFileSync(join(dir, "b", "certificates", `${host}.crt`), "utf8");
+      const index = join(pebble.dir, "index.txt");
+      writeOcspIndex(index, ocspIndexLine(namePem, true));
+      await startOcspResponder(pebble, index);
+      const revoked =
+        /certificate for both\.tunnel\.test \(serial \w+\) is revoked \(OCSP at \S+ since \S+, keyCompromise\): no longer served/;
+      // Node b holds the tunnel: it orders a new one. (Node a, holding no tunnel for the name, drops
+      // the certificate if its own check comes first, else it takes the new one from the cluster first.)
+      await b.waitFor(new RegExp(`${revoked.source}; a new one is ordered`), 10_000);
+      await b.waitFor(/certificate renewed for both\.tunnel\.test through /, 20_000);
+      const renewed = new X509Certificate(
+        readFileSync(join(dir, "b", "certificates", `${host}.crt`), "utf8"),
+      );
+      expect(renewed.fingerprint256).not.toBe(new X509Certificate(namePem).fingerprint256);
+      // Node a serves it too, once the cluster's announcement came (its second certificate for the name).
+      await a.waitFor(
+        /certificate for both\.tunnel\.test from the cluster[\s\S]*certificate for both\.tunnel\.test from the cluster/,
+        10_000,
+      );
+      for (const httpsPort of [httpsA, httpsB]) {
+        const setup = { pebble, httpsPort } as AcmeSetup;
+        expect(await fingerprint(setup, host)).toBe(renewed.fingerprint256);
+        expect((await curl(setup, host)).stdout).toBe("hello from both");
+      }
+      // One order for the new certificate, on node b.
+      expect(count(a.stdout() + a.stderr(), /certificate (issued|renewed) for both/g)).toBe(0);
+      expect(count(b.stdout() + b.stderr(), /certificate renewed for both/g)).toBe(1);
     } finally {
       app.stop(true);
     }

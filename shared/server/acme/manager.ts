@@ -239,7 +239,16 @@ export class AcmeManager {
    */
   revoked(host: string): boolean {
     const state = this.names.get(host);
-    if (state === undefined || state.owners.size === 0) return false;
+    if (state === undefined || state.owners.size === 0) {
+      // Cluster: the node holding the name orders it; what the cluster holds now may be its new one.
+      this.coordinator
+        ?.current(host)
+        .then((shared) => {
+          if (shared !== undefined) this.adopt(host, shared.cert, shared.key);
+        })
+        .catch(() => {});
+      return false;
+    }
     state.notBefore = 0;
     state.failures = 0;
     this.consider(host, state, Date.now());
@@ -462,7 +471,7 @@ export class AcmeManager {
       const until = stored ? new Date(stored.notAfter).toISOString() : "?";
       const ms = Math.round(performance.now() - started);
       this.log.info(
-        `acme: certificate ${renewal ? "renewed" : "issued"} for ${name} through ${used} in ${ms} ms (valid until ${until})`,
+        `acme: certificate ${renewal ? "renewed" : "issued"} for ${name} through ${used || "an authorization the CA still held"} in ${ms} ms (valid until ${until})`,
       );
       await coordinator?.publish(name, cert, key.toString());
     } finally {
@@ -470,12 +479,14 @@ export class AcmeManager {
     }
   }
 
-  /** A certificate another node obtained: served here too (unless the one here lasts longer and is not revoked). */
+  /** A certificate another node obtained: served here too (unless the one here is newer and not revoked). */
   adopt(host: string, cert: string, key: string): void {
     const current = this.store.get(host);
     if (current !== undefined && current.cert === cert) return;
     const incoming = describeCertificate(cert, key, "acme");
-    if (current !== undefined && current.revoked === undefined && current.notAfter >= incoming.notAfter)
+    // A late announcement of an older certificate never replaces a newer one; the same second (pebble's
+    // short orders) counts as newer: the announcement is what the cluster ordered last.
+    if (current !== undefined && current.revoked === undefined && current.notBefore > incoming.notBefore)
       return;
     this.store.put(host, cert, key);
     this.log.info(
