@@ -40,6 +40,7 @@ import {
 } from "./shared/server/options.ts";
 import { defaultHost } from "./shared/server/public-port.ts";
 import { type ServerStats, SessionRegistry } from "./shared/server/registry.ts";
+import { ClusterUdp } from "./shared/server/udp-mirror.ts";
 import { versionLine } from "./shared/version.ts";
 
 export { parseServerArgs, type ServerOptions, type ServerStats };
@@ -219,9 +220,21 @@ function logStart(
 async function joinCluster(options: ServerOptions, registry: SessionRegistry, host: string, port: number) {
   const { namespace } = registry;
   const cluster = options.cluster as string;
+  let node: ClusterNode | undefined;
+  // UDP tunnels of other nodes: their public ports open here too, datagrams carried over the links.
+  const udp = new ClusterUdp({
+    host,
+    route: (udpPort) => node?.routeUdp(udpPort) ?? "offline",
+    place: (target) => namespace.udpPlace(target),
+    settings: () => namespace.udpSettings,
+    listensOn: (udpPort) => namespace.listensOnUdp(udpPort),
+    closed: namespace.udpClosed,
+    log: registry.context.log,
+  });
+  namespace.udpMirrors = udp;
   try {
     const url = options.nodeUrl ?? (await defaultNodeUrl(host, port, options.tls !== undefined, cluster));
-    return await ClusterNode.join({
+    node = await ClusterNode.join({
       redis: cluster,
       ca: options.clusterCa,
       name: options.nodeName ?? defaultNodeName(url),
@@ -234,9 +247,11 @@ async function joinCluster(options: ServerOptions, registry: SessionRegistry, ho
       acceptRemote: (target, kind, socket) => namespace.acceptRemote(target, kind, socket),
       onLost: (key) => namespace.leaseLost(key),
       listensOn: (port) => namespace.listensOn(port),
+      udp,
       accounts: () => registry.users.accounts.values(),
       log: registry.context.log,
     });
+    return node;
   } catch (error) {
     const why = describeError(error);
     throw new Error(why.startsWith("cluster:") ? why : `--cluster: ${why}`);

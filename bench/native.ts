@@ -29,10 +29,12 @@ export interface NativeTools {
   service: string;
   /** The minimal multiplexing relay of the `mux-floor` provider. */
   muxfloor: string;
+  /** The UDP section's echo service and request/response probe. */
+  udpping: string;
 }
 
 /**
- * Compiles bench/native/loadgen.c, service.c and muxfloor.c when the binary is missing or older than its source.
+ * Compiles bench/native/loadgen.c, service.c, muxfloor.c and udpping.c when the binary is missing or older than its source.
  * @throws {Error} when gcc is missing or fails; the benchmark cannot run without them.
  */
 export async function buildNative(): Promise<NativeTools> {
@@ -44,6 +46,7 @@ export async function buildNative(): Promise<NativeTools> {
     loadgen: join(BUILD, "loadgen"),
     service: join(BUILD, "service"),
     muxfloor: join(BUILD, "muxfloor"),
+    udpping: join(BUILD, "udpping"),
   };
   for (const [name, out] of Object.entries(tools)) {
     const source = join(NATIVE, `${name}.c`);

@@ -1,7 +1,7 @@
 /**
  * The UDP section of `bun run bench` (`--measures udp`, issue 27), also runnable alone
  * (`bun bench/udp.ts [--quick] [--repeat N] [--json FILE]`). One server and one client exposing, on
- * the same client: a UDP echo service (bench/udp-echo.ts), iperf3's port as a UDP tunnel and a TCP
+ * the same client: a UDP echo service (bench/native/udpping.c), iperf3's port as a UDP tunnel and a TCP
  * tunnel on the same public port number (iperf3's control connection is TCP), and the C service of
  * the TCP section as a TCP tunnel. Figures:
  *
@@ -19,7 +19,7 @@
  * @module
  */
 
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -78,13 +78,31 @@ export interface UdpResult {
   /** 64 B request/response, µs. */
   rr: { udpDirect: RoundTrip; udpTunnel: RoundTrip; tcpTunnel: RoundTrip; tcpDirect: RoundTrip };
   /** Per offered rate: the median run (by loss) direct and through the tunnel; absent without iperf3. */
-  rates?: { offered: number; direct: RateRun; tunnel: RateRun; directRuns: number[]; tunnelRuns: number[] }[];
+  rates?: {
+    offered: number;
+    direct: RateRun;
+    tunnel: RateRun;
+    directRuns: number[];
+    tunnelRuns: number[];
+    /** CPU (user + system) per datagram offered during the tunnel runs, µs: the server's and the client's. */
+    cpuUs?: { server: number; client: number };
+  }[];
   /**
    * A TCP stream (bulk down, Mbit/s; 64 B RTT, µs) alone (`offered` 0) and beside a UDP flow of
    * `offered` Mbit/s on the same client, with what that flow sent meanwhile (iperf3 interrupted
    * reports its sender side only).
    */
-  contention?: { offered: number; mbps: number; p50: number; p99: number; flood?: RateRun }[];
+  contention?: {
+    offered: number;
+    mbps: number;
+    p50: number;
+    p99: number;
+    flood?: RateRun;
+    /** The median over runs of the throughput lost beside the flood, each run against a run alone just before it (%). */
+    costPct?: number;
+    /** How the flood went: through the tunnel (default), through it with `--udp-rate-limit`, or to iperf3 direct. */
+    via?: "tunnel" | "limited" | "direct";
+  }[];
   notes: string[];
 }
 
@@ -97,11 +115,22 @@ export interface RoundTrip {
 
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? 0;
 
-/** Runs `bun bench/udp-echo.ts ping` against `port`. */
-async function ping(port: number, params: UdpParams, size = 64): Promise<RoundTrip> {
-  const args = ["bun", `${ROOT}/bench/udp-echo.ts`, "ping", port, params.rounds, params.warmup, size].map(
-    String,
-  );
+/** User + system CPU of process `pid` so far, in ticks (10 ms), from /proc (0 where there is none). */
+function cpuTicks(pid: number): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
+    return Number(fields[11]) + Number(fields[12]);
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Runs `udpping ping` (bench/native/udpping.c) against `port`: C, as the TCP round trip's load
+ * generator and service are, so that the two tunnels' round trips compare like with like.
+ */
+async function ping(udpping: string, port: number, params: UdpParams, size = 64): Promise<RoundTrip> {
+  const args = [udpping, "ping", port, params.rounds, params.warmup, size].map(String);
   const result = await run(args, 300_000);
   const line = result.stdout.trim().split("\n").pop() ?? "";
   if (result.code !== 0) throw new Error(`udp ping exited ${result.code}: ${result.stderr.slice(0, 200)}`);
@@ -110,7 +139,22 @@ async function ping(port: number, params: UdpParams, size = 64): Promise<RoundTr
 
 /** `iperf3 -u` against 127.0.0.1:port at `mbps` for `seconds`: the process (SIGINT ends it early). */
 function startIperf(port: number, mbps: number, seconds: number): Proc {
-  const args = ["iperf3", "-c", "127.0.0.1", "-p", String(port), "-u", "-b", `${mbps}M`, "-l", "1400"];
+  // -w: 4 MiB socket buffers at both iperf3 ends (the kernel caps them at rmem_max/wmem_max), so that
+  // iperf3's own receive buffer is not what loses datagrams, direct or through the tunnel.
+  const args = [
+    "iperf3",
+    "-c",
+    "127.0.0.1",
+    "-p",
+    String(port),
+    "-u",
+    "-b",
+    `${mbps}M`,
+    "-l",
+    "1400",
+    "-w",
+    "4M",
+  ];
   return spawn([...args, "-t", String(seconds), "--json"]);
 }
 
@@ -171,18 +215,23 @@ export async function runUdp(options: {
   if (!hasIperf)
     notes.push("iperf3 not found (apt-get install iperf3): the offered-rate and flood figures are skipped");
   try {
-    const echo = track(spawn(["bun", `${ROOT}/bench/udp-echo.ts`, "echo"]));
+    const echo = track(spawn([native.udpping, "echo"]));
     const echoPort = Number((await echo.waitFor(/port (\d+)/, 10_000))[1]);
     const service = track(spawn([native.service, "2"], { stdin: true }));
     const servicePort = Number((await service.waitFor(/port (\d+)/, 10_000))[1]);
     const iperfPort = await freeDualPort();
     const iperfServer = hasIperf ? track(spawn(["iperf3", "-s", "-p", String(iperfPort)])) : undefined;
-    const server = track(spawn(["bun", `${ROOT}/server.ts`, "--host", "127.0.0.1", "--port", "0"]));
+    // The server's config file: empty, then `udp_rate_limit` for one flood (SIGHUP reloads it).
+    const folder = mkdtempSync(join(tmpdir(), "sockets-bench-udp-"));
+    atExit(() => rmSync(folder, { recursive: true, force: true }));
+    const serverConfig = join(folder, "server.toml");
+    writeFileSync(serverConfig, "# bench/udp.ts\n");
+    const server = track(
+      spawn(["bun", `${ROOT}/server.ts`, "--host", "127.0.0.1", "--port", "0", "--config", serverConfig]),
+    );
     const controlPort = Number((await server.waitFor(/listening on ws:\/\/\S+:(\d+) /, 15_000))[1]);
     const publicIperf = await freeDualPort();
     // A config file: iperf3's TCP and UDP tunnels both ask for one public port number.
-    const folder = mkdtempSync(join(tmpdir(), "sockets-bench-udp-"));
-    atExit(() => rmSync(folder, { recursive: true, force: true }));
     const config = join(folder, "client.toml");
     const entry = (name: string, type: string, local: number, port?: number) =>
       `[[tunnels]]\nname = "${name}"\ntype = "${type}"\nlocal = "127.0.0.1:${local}"\n${port ? `port = ${port}\n` : ""}`;
@@ -218,8 +267,8 @@ export async function runUdp(options: {
     };
 
     log("udp: 64 B request/response (direct, UDP tunnel, TCP tunnel)");
-    const udpDirect = await ping(echoPort, params);
-    const udpTunnel = await ping(udpEchoTunnel, params);
+    const udpDirect = await ping(native.udpping, echoPort, params);
+    const udpTunnel = await ping(native.udpping, udpEchoTunnel, params);
     const rtt = (s: { result: Record<string, unknown> }) => ({
       p50: Math.round(Number(s.result.p50)),
       p99: Math.round(Number(s.result.p99)),
@@ -233,11 +282,18 @@ export async function runUdp(options: {
       for (const mbps of params.rates) {
         const direct: RateRun[] = [];
         const tunnel: RateRun[] = [];
+        const ticks = { server: 0, client: 0 };
         for (let i = 0; i < params.repeat; i++) {
           log(`udp: iperf3 -u ${mbps} Mbit/s, run ${i + 1}/${params.repeat} (direct, then tunnel)`);
           direct.push(await iperf(iperfPort, mbps, params.seconds));
+          const before = { server: cpuTicks(server.pid), client: cpuTicks(client.pid) };
           tunnel.push(await iperf(publicIperf, mbps, params.seconds));
+          ticks.server += cpuTicks(server.pid) - before.server;
+          ticks.client += cpuTicks(client.pid) - before.client;
         }
+        // Datagrams offered over the tunnel runs; a tick is 10 ms (USER_HZ 100).
+        const offeredDatagrams = (mbps * 1e6 * params.seconds * params.repeat) / 8 / 1400;
+        const perDatagram = (n: number) => Math.round(((n * 10_000) / offeredDatagrams) * 10) / 10;
         const pick = (runs: RateRun[]) =>
           [...runs].sort((a, b) => a.lossPct - b.lossPct)[Math.floor(runs.length / 2)] as RateRun;
         result.rates.push({
@@ -246,6 +302,7 @@ export async function runUdp(options: {
           tunnel: pick(tunnel),
           directRuns: direct.map((r) => r.lossPct),
           tunnelRuns: tunnel.map((r) => r.lossPct),
+          cpuUs: { server: perDatagram(ticks.server), client: perDatagram(ticks.client) },
         });
       }
 
@@ -259,14 +316,21 @@ export async function runUdp(options: {
         p99: median(list.map((r) => r.p99)),
       });
       /** The TCP stream's figures, runs alternated with the flood's, beside a flood of `offered` (0: none). */
-      const stream = async (offered: number) => {
+      const stream = async (offered: number, via: "tunnel" | "limited" | "direct" = "tunnel") => {
         const mbps: number[] = [];
+        const costs: number[] = [];
         const rtts: { p50: number; p99: number }[] = [];
         let flood: RateRun | undefined;
         for (let i = 0; i < params.repeat; i++) {
-          const flooding = offered > 0 ? startIperf(publicIperf, offered, 600) : undefined;
+          // The machine's load moves the stream's throughput by 2-3x between minutes: each flood run is
+          // paired with a run alone just before it, and the cost is the median of the pairs'.
+          const alone = offered > 0 ? mbpsOf(await bulk(target(tcpTunnel), bulkParams, false, 1)) : 0;
+          const floodPort = via === "direct" ? iperfPort : publicIperf;
+          const flooding = offered > 0 ? startIperf(floodPort, offered, 600) : undefined;
           if (flooding) await Bun.sleep(1000);
-          mbps.push(mbpsOf(await bulk(target(tcpTunnel), bulkParams, false, 1)));
+          const beside = mbpsOf(await bulk(target(tcpTunnel), bulkParams, false, 1));
+          mbps.push(beside);
+          if (alone > 0) costs.push(1 - beside / alone);
           rtts.push(rtt(await latency(target(tcpTunnel), tcpParams)));
           if (flooding === undefined) continue;
           // iperf3 ends its run on SIGINT and still prints its JSON; the server keeps listening.
@@ -279,9 +343,19 @@ export async function runUdp(options: {
             flood = iperfResult(flooding.stdout(), offered);
           } catch {}
         }
-        return { offered, mbps: median(mbps), ...mid(rtts), flood };
+        const costPct = costs.length > 0 ? Math.round(median(costs) * 1000) / 10 : undefined;
+        return { offered, mbps: median(mbps), costPct, ...mid(rtts), flood, via };
       };
       result.contention = [await stream(0), await stream(100), await stream(2000)];
+      // What the flood costs the machine by itself: the same iperf3 sending to iperf3, not through the tunnel.
+      log("udp: the TCP stream beside the 2 Gbit/s flood sent to iperf3 directly (the flood's own cost)");
+      result.contention.push(await stream(2000, "direct"));
+      // The operator's bound: --udp-rate-limit 100 (a reload of the server's config file).
+      log("udp: the TCP stream beside the 2 Gbit/s flood with --udp-rate-limit 100");
+      writeFileSync(serverConfig, "udp_rate_limit = 100\n");
+      process.kill(server.pid, "SIGHUP");
+      await server.waitFor(/reloading .*server\.toml/, 10_000);
+      result.contention.push(await stream(2000, "limited"));
     }
     return result;
   } finally {
@@ -314,11 +388,11 @@ export function udpReport(result: UdpResult): string {
       "",
       `iperf3 -u, 1,400-byte datagrams, ${result.params.seconds} s per run (median run by loss; every run's loss in brackets):`,
       "",
-      "| offered Mbit/s | direct: received, loss, jitter | tunnel: received, loss, jitter |",
-      "| ---: | --- | --- |",
+      "| offered Mbit/s | direct: received, loss, jitter | tunnel: received, loss, jitter | tunnel CPU per datagram, server / client |",
+      "| ---: | --- | --- | --- |",
       ...result.rates.map(
         (r) =>
-          `| ${r.offered} | ${fmt(r.direct.received, 1)} Mbit/s, ${r.direct.lossPct}% [${r.directRuns.join(", ")}], ${r.direct.jitterMs} ms | ${fmt(r.tunnel.received, 1)} Mbit/s, ${r.tunnel.lossPct}% [${r.tunnelRuns.join(", ")}], ${r.tunnel.jitterMs} ms |`,
+          `| ${r.offered} | ${fmt(r.direct.received, 1)} Mbit/s, ${r.direct.lossPct}% [${r.directRuns.join(", ")}], ${r.direct.jitterMs} ms | ${fmt(r.tunnel.received, 1)} Mbit/s, ${r.tunnel.lossPct}% [${r.tunnelRuns.join(", ")}], ${r.tunnel.jitterMs} ms | ${r.cpuUs ? `${r.cpuUs.server} / ${r.cpuUs.client} µs` : "–"} |`,
       ),
     );
   }
@@ -327,15 +401,25 @@ export function udpReport(result: UdpResult): string {
   if (c && alone) {
     lines.push(
       "",
-      "A TCP stream through the same client (bulk down on one connection; 64 B round trip), alone and beside an `iperf3 -u` flow on its UDP tunnel:",
+      "A TCP stream through the same client (bulk down on one connection; 64 B round trip), alone and beside an `iperf3 -u` flow on its UDP tunnel (cost: the median over runs of each flood run against a run alone just before it):",
       "",
       "| UDP flow offered | TCP bulk down, Mbit/s | cost | 64 B RTT p50 / p99, µs | the UDP flow sent (iperf3 is interrupted: sender side) |",
       "| ---: | ---: | ---: | ---: | --- |",
       ...c.map((row) => {
         const cost =
-          row.offered === 0 ? "–" : `${((1 - row.mbps / Math.max(1, alone.mbps)) * 100).toFixed(1)}%`;
+          row.offered === 0
+            ? "–"
+            : row.costPct !== undefined
+              ? `${row.costPct.toFixed(1)}%`
+              : `${((1 - row.mbps / Math.max(1, alone.mbps)) * 100).toFixed(1)}%`;
         const flood = row.flood ? `${fmt(row.flood.received, 1)} Mbit/s` : "–";
-        return `| ${row.offered === 0 ? "none" : `${row.offered} Mbit/s`} | ${fmt(row.mbps)} | ${cost} | ${fmt(row.p50)} / ${fmt(row.p99)} | ${flood} |`;
+        const how =
+          row.via === "direct"
+            ? " to iperf3 direct (not the tunnel)"
+            : row.via === "limited"
+              ? " with --udp-rate-limit 100"
+              : "";
+        return `| ${row.offered === 0 ? "none" : `${row.offered} Mbit/s${how}`} | ${fmt(row.mbps)} | ${cost} | ${fmt(row.p50)} / ${fmt(row.p99)} | ${flood} |`;
       }),
       "",
       "Target: a saturating UDP flow costs the TCP stream less than 20% of its throughput.",

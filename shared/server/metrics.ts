@@ -524,7 +524,7 @@ export class ServerMetrics {
       out.family(
         "sockets_udp_drops_total",
         "counter",
-        "Datagrams the server dropped, by reason (backpressure, offline, denied, send_failed, truncated, unknown_flow).",
+        "Datagrams the server dropped, by reason (backpressure, offline, denied, send_failed, truncated, rate_limited, unknown_flow).",
         UDP_DROP_REASONS.map((reason) => [{ reason }, udp.drops[reason]]),
       );
     }

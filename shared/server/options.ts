@@ -392,6 +392,13 @@ export const SERVER_OPTIONS = {
     help: "most flows per UDP tunnel; a new visitor past it takes the place of the least recently active flow",
     parse: (text: string, flag: string): number => parseCount(text, flag),
   },
+  "udp-rate-limit": {
+    key: "udpRateMbps",
+    value: "MBIT",
+    defaultText: "no limit",
+    help: "most Mbit/s of datagrams from visitors to one UDP tunnel's client (a pool's port counts once); past it datagrams are dropped as they arrive, counted as rate_limited: a flood then costs the client and the WebSocket nothing more (the server still reads each datagram)",
+    parse: (text: string, flag: string): number => parseCount(text, flag),
+  },
   "health-detail": {
     key: "healthDetail",
     help: "GET /health and tunnel log lines name the user holding each tunnel (per-user counts)",
@@ -518,6 +525,8 @@ export interface ServerSettings {
   /** `--udp-idle-timeout`, `--udp-max-flows`. */
   udpIdleSeconds: number;
   udpMaxFlows: number;
+  /** `--udp-rate-limit`, Mbit/s per UDP tunnel (absent: none). */
+  udpRateMbps?: number;
   healthDetail: boolean;
   users: UserConfig[];
   apiKey?: string;
@@ -546,6 +555,7 @@ export function resolveServerSettings(options: ServerOptions): ServerSettings {
     visitorIdleSeconds: options.visitorIdleSeconds ?? o["visitor-idle-timeout"].default,
     udpIdleSeconds: options.udpIdleSeconds ?? o["udp-idle-timeout"].default,
     udpMaxFlows: options.udpMaxFlows ?? o["udp-max-flows"].default,
+    udpRateMbps: options.udpRateMbps,
     healthDetail: options.healthDetail === true,
     users: options.users ?? [],
     apiKey: options.apiKey,

@@ -308,7 +308,11 @@ function namespaceSettings(settings: ServerSettings, host: string): NamespaceSet
     // The server's lists and the user's bind every tunnel of the user; a reload swaps them at once.
     operatorRefuses: (account, ip) => !accessPermits(ip, server, account?.limits.access),
     tunnelFilter: (request) => tunnelAccess(request),
-    udp: { idleMs: settings.udpIdleSeconds * 1000, maxFlows: settings.udpMaxFlows },
+    udp: {
+      idleMs: settings.udpIdleSeconds * 1000,
+      maxFlows: settings.udpMaxFlows,
+      rateBytes: ((settings.udpRateMbps ?? 0) * 1_000_000) / 8,
+    },
   };
 }
 

@@ -22,6 +22,7 @@ import type { udp } from "bun";
 import type { PortRange } from "../args.ts";
 import { formatHost, unmappedAddress } from "../args.ts";
 import type { DatagramHandler, Mux } from "../relay/mux.ts";
+import { growReceiveBuffer } from "../udp-buffer.ts";
 import type { DatagramFrame, FlowCloseFrame } from "../wire/codec.ts";
 import { FlowCloseCode, ProtocolError } from "../wire/protocol.ts";
 import { FIRST_UNPRIVILEGED_PORT, PortError, portBusy, portsToTry } from "./public-port.ts";
@@ -44,6 +45,8 @@ export const UDP_DROP_REASONS = [
   "send_failed",
   /** Larger than the receive buffer (the kernel cut it): never passed on cut. */
   "truncated",
+  /** Over the port's `--udp-rate-limit` (visitors toward the client). */
+  "rate_limited",
   /** From the client for a flow the server no longer has (idle, evicted): it was told. */
   "unknown_flow",
 ] as const;
@@ -87,11 +90,16 @@ export function addUdpCounters(into: UdpCounters, from: UdpCounters): void {
   for (const reason of UDP_DROP_REASONS) into.drops[reason] += from.drops[reason];
 }
 
-/** The server's UDP flow settings (`--udp-idle-timeout` in ms, `--udp-max-flows`). */
+/** The server's UDP flow settings (`--udp-idle-timeout` in ms, `--udp-max-flows`, `--udp-rate-limit`). */
 export interface UdpSettings {
   idleMs: number;
   maxFlows: number;
+  /** Most bytes per second from visitors toward the client, per UDP port; 0 or absent: no limit. */
+  rateBytes?: number;
 }
+
+/** The rate limit's bucket holds this many milliseconds of the rate (a burst's allowance). */
+const RATE_BURST_MS = 20;
 
 /** What `/health` says about UDP tunnels. */
 export interface UdpStats extends UdpCounters {
@@ -101,10 +109,16 @@ export interface UdpStats extends UdpCounters {
   idleTimeout: number;
   /** `--udp-max-flows`. */
   maxFlows: number;
+  /** `--udp-rate-limit`, Mbit/s per tunnel; null: none. */
+  rateLimit: number | null;
 }
 
 /** The server-wide UDP view: the closed places' counts plus every open port's. */
-export function udpStats(settings: UdpSettings, closed: UdpCounters, ports: Iterable<UdpPort>): UdpStats {
+export function udpStats(
+  settings: UdpSettings,
+  closed: UdpCounters,
+  ports: Iterable<{ readonly counters: UdpCounters; readonly flowCount: number }>,
+): UdpStats {
   const sum = newUdpCounters();
   addUdpCounters(sum, closed);
   let open = 0;
@@ -112,7 +126,14 @@ export function udpStats(settings: UdpSettings, closed: UdpCounters, ports: Iter
     addUdpCounters(sum, port.counters);
     open += port.flowCount;
   }
-  return { ...sum, open, idleTimeout: settings.idleMs / 1000, maxFlows: settings.maxFlows };
+  const rate = settings.rateBytes ?? 0;
+  return {
+    ...sum,
+    open,
+    idleTimeout: settings.idleMs / 1000,
+    maxFlows: settings.maxFlows,
+    rateLimit: rate > 0 ? (rate * 8) / 1_000_000 : null,
+  };
 }
 
 /** One member tunnel of a UDP place, as its flows see it: its ref and its session's flows. */
@@ -125,8 +146,19 @@ export interface UdpMember {
 /** Where a new flow goes: a member, or why none (`denied`, `offline`). */
 export type UdpChooser = (address: string) => UdpMember | "denied" | "offline";
 
+/**
+ * Where a relayed flow's replies go instead of the public socket: the node link its visitor's
+ * datagrams came over (a cluster node that is not the holder received them: cluster/udp-link.ts).
+ */
+export interface FlowRelay {
+  /** Sends a reply toward the visitor: true, or why it was dropped (counted here). */
+  send(payload: Uint8Array): true | UdpDropReason;
+  /** The flow was forgotten here (idle, evicted, its member gone, the port closed): tell the other node. */
+  closed(): void;
+}
+
 /** One visitor address of a place, carried by one member. */
-interface Flow {
+export interface UdpFlow {
   readonly id: number;
   readonly port: UdpPort;
   readonly member: UdpMember;
@@ -136,7 +168,11 @@ interface Flow {
   readonly key: string;
   /** The port's tick at its last datagram either way (see {@link UdpPort.tick}). */
   seen: number;
+  /** Set when the visitor reached another node: replies go back over the link, not the public socket. */
+  readonly relay?: FlowRelay;
 }
+
+type Flow = UdpFlow;
 
 /**
  * A session's UDP flows: one id space over all its UDP tunnels (the DATAGRAM frame names a flow, not a
@@ -215,6 +251,9 @@ export class UdpPort {
   private readonly byAddress = new Map<string, Flow>();
   /** The flow of the last visitor datagram: a burst from one address skips the key and the lookup. */
   private last: Flow | undefined;
+  /** `--udp-rate-limit`: bytes a visitor's datagram may still take now, and when they were counted. */
+  private tokens = 0;
+  private refilledAt = performance.now();
   /** Advances once per sweep: a flow's `seen` stamp costs no clock read per datagram. */
   private tick = 0;
   /** Milliseconds between sweeps (a tick), set from the idle timeout the port opened with. */
@@ -285,6 +324,35 @@ export class UdpPort {
       }
       this.last = flow;
     }
+    this.forward(flow, data);
+  }
+
+  /**
+   * A datagram of a flow whose visitor reached another node of the cluster, carried here over the node
+   * link: its flow (opened on the first one, keyed by `key`, which names the link and its flow id),
+   * or why it is dropped (counted). `remote` is the visitor's `ip:port`, `ip` alone decides the lists.
+   */
+  openRelayed(key: string, ip: string, remote: string, relay: FlowRelay): UdpFlow | UdpDropReason {
+    const existing = this.byAddress.get(key);
+    if (existing !== undefined) return existing;
+    if (this.closed) return "offline";
+    const member = this.choose(ip);
+    if (typeof member === "string") {
+      this.counters.drops[member]++;
+      return member;
+    }
+    return this.openFlow(key, ip, 0, member, remote, relay);
+  }
+
+  /** A visitor's datagram of `flow` to its client: a DATAGRAM, or dropped and counted. */
+  forward(flow: UdpFlow, data: Uint8Array): void {
+    const counters = this.counters;
+    // `--udp-rate-limit`: a token bucket, refilled (and the setting read) only when it runs short.
+    if (this.tokens < data.length && !this.refill(data.length)) {
+      counters.drops.rate_limited++;
+      return;
+    }
+    this.tokens -= data.length;
     if (flow.seen !== this.tick) this.touch(flow);
     const session = flow.member.flows;
     const mux = session.mux;
@@ -301,7 +369,14 @@ export class UdpPort {
     counters.bytesIn += data.length;
   }
 
-  private openFlow(key: string, address: string, remotePort: number, member: UdpMember): Flow {
+  private openFlow(
+    key: string,
+    address: string,
+    remotePort: number,
+    member: UdpMember,
+    remote = `${formatHost(unmappedAddress(address))}:${remotePort}`,
+    relay?: FlowRelay,
+  ): Flow {
     if (this.byAddress.size >= this.settings().maxFlows) this.evictOne();
     const flow: Flow = {
       id: member.flows.allocate(),
@@ -311,13 +386,30 @@ export class UdpPort {
       remotePort,
       key,
       seen: this.tick,
+      relay,
     };
     this.byAddress.set(key, flow);
     member.flows.flows.set(flow.id, flow);
     this.counters.flows++;
-    const remote = `${formatHost(unmappedAddress(address))}:${remotePort}`;
     member.flows.mux.sendFlowOpen(flow.id, member.ref, { remote });
     return flow;
+  }
+
+  /**
+   * Refills the rate limit's bucket for the time since the last refill; false when it still holds
+   * fewer than `needed` bytes (the datagram is dropped). Without a limit the bucket is always full.
+   */
+  private refill(needed: number): boolean {
+    const rate = this.settings().rateBytes ?? 0;
+    if (rate <= 0) {
+      this.tokens = Number.MAX_SAFE_INTEGER;
+      return true;
+    }
+    const now = performance.now();
+    const burst = Math.max(65_536, (rate * RATE_BURST_MS) / 1000);
+    this.tokens = Math.min(burst, Math.max(0, this.tokens) + ((now - this.refilledAt) * rate) / 1000);
+    this.refilledAt = now;
+    return this.tokens >= needed;
   }
 
   /** A flow's first datagram in this tick: stamped, and moved to the end (most recently active). */
@@ -340,11 +432,19 @@ export class UdpPort {
     if (flow.seen !== this.tick) this.touch(flow);
     const counters = this.counters;
     let sent = false;
-    try {
-      sent = this.socket.send(payload, flow.remotePort, flow.address);
-    } catch {
-      // EMSGSIZE toward an IPv6 visitor on a smaller path, a visitor address gone: counted below.
-    }
+    if (flow.relay !== undefined) {
+      const relayed = flow.relay.send(payload);
+      if (relayed !== true) {
+        counters.drops[relayed]++;
+        return;
+      }
+      sent = true;
+    } else
+      try {
+        sent = this.socket.send(payload, flow.remotePort, flow.address);
+      } catch {
+        // EMSGSIZE toward an IPv6 visitor on a smaller path, a visitor address gone: counted below.
+      }
     if (!sent) {
       counters.drops.send_failed++;
       return;
@@ -360,6 +460,7 @@ export class UdpPort {
     if (this.last === flow) this.last = undefined;
     flow.member.flows.flows.delete(flow.id);
     if (code !== 0) flow.member.flows.mux.sendFlowClose(flow.id, code);
+    flow.relay?.closed();
   }
 
   /** A member left the place (a pool goes on): its flows are forgotten, no frame (its client knows). */
@@ -370,6 +471,8 @@ export class UdpPort {
   /** Idle sweep: flows with no datagram either way for `--udp-idle-timeout` are forgotten. */
   private sweep(): void {
     const tick = ++this.tick;
+    // Without a limit the bucket is "always full": a reload that sets one applies from the next sweep.
+    if (this.tokens > Number.MAX_SAFE_INTEGER / 2 && (this.settings().rateBytes ?? 0) > 0) this.tokens = 0;
     const idleTicks = Math.max(1, Math.round(this.settings().idleMs / this.every));
     // Oldest first: the first flow that is not idle ends the walk.
     for (const flow of this.byAddress.values()) {
@@ -388,7 +491,10 @@ export class UdpPort {
     this.closed = true;
     clearInterval(this.sweeper);
     this.socket.close();
-    for (const flow of this.byAddress.values()) flow.member.flows.flows.delete(flow.id);
+    for (const flow of this.byAddress.values()) {
+      flow.member.flows.flows.delete(flow.id);
+      flow.relay?.closed();
+    }
     this.byAddress.clear();
     this.last = undefined;
     addUdpCounters(closed, this.counters);
@@ -401,7 +507,12 @@ async function bindUdp(
   handler: udp.SocketHandler<"buffer">,
 ): Promise<udp.Socket<"buffer">> {
   const own = new Set(request.own ?? []);
-  const bind = (port: number) => Bun.udpSocket({ hostname: request.host, port, socket: handler });
+  const bind = async (port: number) => {
+    const socket = await Bun.udpSocket({ hostname: request.host, port, socket: handler });
+    // A burst larger than the default buffer would be dropped during one slow event-loop turn.
+    await growReceiveBuffer(socket);
+    return socket;
+  };
   const wanted = request.port;
   if (wanted !== undefined) {
     const at = request.ranges.findIndex((r) => r === undefined || (wanted >= r.min && wanted <= r.max));

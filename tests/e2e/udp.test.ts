@@ -1,10 +1,11 @@
 /**
  * UDP tunnels (issue 27) with real server and client processes and real programs: dnsmasq behind a
  * tunnel answers `dig` and 1,000 queries whose ids are checked, and an EDNS answer over 1,232 bytes
- * arrives whole; 1,000 flows from distinct source ports each get their own content back, and the
- * service sees one peer per flow; datagrams of 0 to 65,507 bytes pass whole (65,508 is refused by the
- * sender's own stack); flows idle out and give way at the most-flows limit; a blip keeps the flow's
- * client-side socket; a taken UDP port, a name that does not resolve and an older server get one line.
+ * arrives whole; 1,000 flows from distinct source ports each get their own content back, the service
+ * sees one peer per flow, and once they idle out the sockets and memory they held are freed;
+ * datagrams of 0 to 65,507 bytes pass whole (65,508 is refused by the sender's own stack); flows idle
+ * out and give way at the most-flows limit; a blip keeps the flow's client-side socket; a taken UDP
+ * port, a name that does not resolve and an older server get one line.
  */
 
 import { expect, test } from "bun:test";
@@ -16,6 +17,8 @@ import {
   defer,
   eventually,
   expectOneLineError,
+  openDescriptors,
+  rssKiB,
   runToExit,
   setupFile,
   startServerProcess,
@@ -121,11 +124,14 @@ test("DNS: dnsmasq behind a UDP tunnel answers dig, 1,000 queries with their ids
   expect(tunnels.tunnels).toEqual([expect.objectContaining({ type: "udp", url: client.urls[0] })]);
 });
 
-test("1,000 flows from distinct source ports: each gets its own content back, the service sees 1,000 peers", async () => {
+test("1,000 flows from distinct source ports: each gets its own content back, the service sees 1,000 peers; once they idle out, descriptors and RSS return", async () => {
   const echo = await startUdpEcho();
-  const server = await startServerProcess();
+  const server = await startServerProcess(["--udp-idle-timeout", "3"]);
   const client = await startClientWith(server.url, ["--expose-udp", `127.0.0.1:${echo.port}`]);
   const port = client.ports[0] as number;
+  const serverRss = await rssKiB(server.proc.pid);
+  const serverFds = openDescriptors(server.proc.pid);
+  const clientFds = openDescriptors(client.proc.pid);
   const peers = await Promise.all(Array.from({ length: 1000 }, () => udpPeer()));
   expect(new Set(peers.map((p) => p.port)).size).toBe(1000);
   // In waves of 100, so that a burst does not overrun the kernel's socket buffers on a busy machine.
@@ -144,7 +150,18 @@ test("1,000 flows from distinct source ports: each gets its own content back, th
   const udp = await udpHealth(server);
   expect(udp.open).toBe(1000);
   expect(udp.flows).toBe(1000);
+  // A flow holds no descriptor on the server, and one socket on the client (toward the service).
+  expect(openDescriptors(server.proc.pid)).toBeLessThanOrEqual(serverFds + 2);
+  expect(openDescriptors(client.proc.pid)).toBeGreaterThanOrEqual(clientFds + 1000);
   for (const peer of peers) peer.close();
+  // Quiet for the idle timeout: the flows end on both sides and take their sockets and memory along.
+  await eventually(async () => (await udpHealth(server)).open === 0, 10_000, "the flows idled out");
+  await eventually(
+    async () => openDescriptors(client.proc.pid) <= clientFds + 2,
+    10_000,
+    `the client's descriptors back to ${clientFds}`,
+  );
+  expect((await rssKiB(server.proc.pid)) - serverRss).toBeLessThan(64 * 1024);
 });
 
 test("datagrams of 0, 1, 1,400, 9,000 and 65,507 bytes pass whole both ways; 65,508 is refused by the sender's stack", async () => {
@@ -196,6 +213,38 @@ test("flows idle out after --udp-idle-timeout, and past --udp-max-flows the leas
   const before = echo.peers.size;
   await ask(peers[0] as (typeof peers)[number], port, new Uint8Array([6]));
   expect(echo.peers.size).toBe(before + 1);
+});
+
+test("--udp-rate-limit: a burst past the tunnel's rate is dropped at once and counted; the flow passes again afterwards", async () => {
+  const echo = await startUdpEcho();
+  // 1 Mbit/s: 125,000 bytes a second, a bucket of 64 KiB.
+  const server = await startServerProcess(["--udp-rate-limit", "1"]);
+  const client = await startClientWith(server.url, ["--expose-udp", `127.0.0.1:${echo.port}`]);
+  const port = client.ports[0] as number;
+  const peer = await udpPeer();
+  const datagram = new Uint8Array(1000);
+  // 200 KB at once: about 64 datagrams fit the bucket, the rest is over the rate.
+  for (let i = 0; i < 200; i += 20)
+    peer.socket.sendMany(Array(20).fill([datagram, port, "127.0.0.1"]).flat());
+  await eventually(
+    async () => {
+      const udp = await udpHealth(server);
+      return udp.datagramsIn + (udp.drops.rate_limited ?? 0) === 200;
+    },
+    5000,
+    "every datagram of the burst passed or was counted",
+  );
+  const udp = (await server.health()) as unknown as { udp: UdpHealth & { rateLimit: number } };
+  expect(udp.udp.rateLimit).toBe(1);
+  expect(udp.udp.drops.rate_limited).toBeGreaterThanOrEqual(50);
+  expect(udp.udp.datagramsIn).toBeGreaterThanOrEqual(1);
+  expect(udp.udp.datagramsIn).toBeLessThanOrEqual(150);
+  // Every datagram that passed came back; then the bucket fills again (1,000 bytes take 8 ms).
+  const passed = udp.udp.datagramsIn;
+  await eventually(async () => peer.inbox.length === passed, 5000, "the passed datagrams echoed");
+  peer.inbox.length = 0;
+  const later = new Uint8Array([7, 7, 7]);
+  expect([...(await ask(peer, port, later))]).toEqual([7, 7, 7]);
 });
 
 test("the client's --udp-idle-timeout closes its socket for a quiet flow and tells the server", async () => {

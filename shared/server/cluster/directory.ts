@@ -29,10 +29,7 @@ import {
   SentinelWatch,
 } from "./sentinel.ts";
 
-/**
- * A lease's name: an HTTP tunnel's name or a public TCP port (a UDP port's `udp:PORT` is in the type
- * because the namespace's places are; no node leases one yet: UDP tunnels are refused in a cluster).
- */
+/** A lease's name: an HTTP tunnel's name, or a public TCP or UDP port. */
 export type LeaseKey = `http:${string}` | `tcp:${number}` | `udp:${number}`;
 
 /** What Redis stores for a lease (JSON at `sockets:lease:KEY`). */
@@ -348,10 +345,10 @@ function redactUrl(url: string): string {
   }
 }
 
-/** `http:NAME` / `tcp:PORT` (or a pool member's `…~NODE`) from a message or a Redis key's tail, or undefined. */
+/** `http:NAME` / `tcp:PORT` / `udp:PORT` (or a pool member's `…~NODE`) from a message or a Redis key's tail, or undefined. */
 function toLeaseKey(text: string): LeaseKey | undefined {
   if (text.startsWith("http:") && text.length > 5) return text as LeaseKey;
-  if (/^tcp:\d+(?:~[A-Za-z0-9._:-]{1,64})?$/.test(text)) return text as LeaseKey;
+  if (/^(?:tcp|udp):\d+(?:~[A-Za-z0-9._:-]{1,64})?$/.test(text)) return text as LeaseKey;
   return undefined;
 }
 

@@ -12,7 +12,7 @@ open streams over it (the dialler's ids below 2^31, the other's from 2^31 up).
 import { deadAfter, Liveness } from "../../liveness.ts";
 import { describeError, type Logger } from "../../log.ts";
 import type { Budget } from "../../relay/budget.ts";
-import { Mux } from "../../relay/mux.ts";
+import { type DatagramHandler, Mux } from "../../relay/mux.ts";
 import { SendWatch } from "../../relay/send-watch.ts";
 import { type SpliceSocket, spliceOnto } from "../../relay/splice.ts";
 import type { RelaySocket, Stream } from "../../relay/stream.ts";
@@ -47,6 +47,17 @@ const ACCEPTOR_IDS = { first: 0x80000000, last: 0xffffffff };
 
 /** What a node does with a stream another node opened: hand it to the tunnel named by its target. */
 export type RemoteAcceptor = (target: string, kind: StreamKind, socket: SpliceSocket) => Stream | string;
+
+/**
+ * Makes the UDP flow table of a link's multiplexer (server/udp-mirror.ts), once per connection:
+ * `dialler` says which half of the flow ids this end gives, `queued` reads the bytes waiting on its
+ * WebSocket. `gone()` is called when that connection is lost.
+ */
+export type LinkDatagrams = (
+  mux: Mux,
+  dialler: boolean,
+  queued: () => number,
+) => DatagramHandler & { gone(): void };
 
 /** Either end of a link, as the node uses it to carry visitors. */
 export interface NodeLink {
@@ -124,9 +135,13 @@ export class OutboundLink implements NodeLink {
     private readonly accept: RemoteAcceptor,
     private readonly log: Logger,
     private readonly ca?: string,
+    private readonly datagrams?: LinkDatagrams,
   ) {
     this.dial();
   }
+
+  /** The UDP flow table of the connection up now (see {@link LinkDatagrams}). */
+  private flows: (DatagramHandler & { gone(): void }) | undefined;
 
   /** True while visitors can be carried over it. */
   get up(): boolean {
@@ -254,6 +269,8 @@ export class OutboundLink implements NodeLink {
       acceptOn(mux, frame, this.accept),
     );
     mux.start((frame) => this.sendFrame(frame));
+    this.flows = this.datagrams?.(mux, true, () => ws.bufferedAmount);
+    mux.datagrams = this.flows;
     this.mux = mux;
     this.attempts = 0;
     this.upSince = Date.now();
@@ -262,6 +279,8 @@ export class OutboundLink implements NodeLink {
 
   /** Every stream over the link is lost with it (their visitors are closed). */
   private down(): void {
+    this.flows?.gone();
+    this.flows = undefined;
     this.mux?.destroyAll();
     this.mux = null;
     this.upSince = 0;
@@ -333,6 +352,7 @@ export class InboundLink implements NodeLink, LinkEndpoint {
     budgets?: { perClient: number; received: Budget; sent: Budget },
     /** Told once when the link is gone. */
     private readonly onGone?: (link: InboundLink) => void,
+    datagrams?: LinkDatagrams,
   ) {
     this.mux = new Mux(
       null,
@@ -348,7 +368,12 @@ export class InboundLink implements NodeLink, LinkEndpoint {
         },
       },
     );
+    this.flows = datagrams?.(this.mux, false, () => this.ws?.getBufferedAmount() ?? 0);
+    this.mux.datagrams = this.flows;
   }
+
+  /** The link's UDP flow table (see {@link LinkDatagrams}). */
+  private readonly flows: (DatagramHandler & { gone(): void }) | undefined;
 
   /** The WebSocket is open: greet, go live. */
   attach(ws: LinkSocket): void {
@@ -428,6 +453,7 @@ export class InboundLink implements NodeLink, LinkEndpoint {
     clearInterval(this.watch);
     this.watch = undefined;
     this.ws = null;
+    this.flows?.gone();
     this.mux.destroyAll();
     this.onGone?.(this);
   }

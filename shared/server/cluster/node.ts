@@ -1,6 +1,7 @@
 /**
  * One server as a node of a cluster: its leases in Redis (the directory), its links to the other
- * nodes, and the public TCP ports it opens for tunnels held elsewhere ("mirrors"). The server's
+ * nodes, and the public TCP and UDP ports it opens for tunnels held elsewhere ("mirrors"; UDP's are
+ * server/udp-mirror.ts's, driven from here). The server's
  * sessions ask it for leases before a name or port goes live, and the HTTP ingress and the mirrors ask
  * it where a visitor for a name or port held by another node goes.
  *
@@ -33,7 +34,7 @@ import {
   placeOfLease,
   poolMemberKey,
 } from "./directory.ts";
-import { InboundLink, type NodeLink, OutboundLink, type RemoteAcceptor } from "./link.ts";
+import { InboundLink, type LinkDatagrams, type NodeLink, OutboundLink, type RemoteAcceptor } from "./link.ts";
 import { StandbyWatch } from "./standby.ts";
 
 export type { LeaseKey };
@@ -90,7 +91,23 @@ export interface ClusterNodeOptions {
   }>;
   /** Whether a local tunnel listens on this port now (then no mirror is opened on it). */
   listensOn(port: number): boolean;
+  /** UDP tunnels across the cluster (server/udp-mirror.ts); absent: UDP leases get no mirrors here. */
+  udp?: ClusterUdpHooks;
   log: Logger;
+}
+
+/** What the node drives of the server's UDP mirrors (server/udp-mirror.ts). */
+export interface ClusterUdpHooks {
+  /** The UDP flow table of each new connection of the link to node `peer`. */
+  datagrams(peer: string): LinkDatagrams;
+  /** Opens (wanted) or closes the mirror of UDP port `port`, held by node `holder`. */
+  mirror(port: number, wanted: boolean, holder: string | undefined): void;
+  /** Whether a local UDP tunnel listens on `port` (then no mirror is opened on it). */
+  listensOn(port: number): boolean;
+  /** Mirrors open now. */
+  readonly size: number;
+  /** Closes every mirror (the node leaves). */
+  close(): void;
 }
 
 /** Most a leaving node waits for the streams on its links to finish before it closes them. */
@@ -183,6 +200,7 @@ export class ClusterNode {
     for (const [key, record] of directory.entries()) node.records.set(key, record);
     node.syncLinks(directory.nodes());
     for (const port of directory.ports().keys()) node.reconcile(`tcp:${port}`);
+    for (const [key] of directory.entries()) if (key.startsWith("udp:")) node.reconcile(key);
     node.reportDifferences();
     node.visitorTimer = setInterval(
       () => void node?.syncVisitors(),
@@ -370,6 +388,20 @@ export class ClusterNode {
   }
 
   /**
+   * Where a new UDP flow of port `port` goes (a mirror's visitor): the holder's node and the lease to
+   * name, when its link is up; "offline" otherwise (datagrams do not wait: they are dropped, counted).
+   */
+  routeUdp(port: number): { node: string; target: LeaseKey } | "offline" {
+    const where = this.where(`udp:${port}`);
+    return where.kind === "route" ? { node: where.record.node, target: where.target } : "offline";
+  }
+
+  /** A UDP port this node mirrors is wanted by a local tunnel: let go of it. */
+  unmirrorUdp(port: number): void {
+    this.options.udp?.mirror(port, false, undefined);
+  }
+
+  /**
    * Where a visitor for `key` goes now: over a link that is up ("route"), to a tunnel of this node
    * ("self"), nowhere yet but maybe soon ("moving": its node's link is not up, its node just left, or
    * its lease just lapsed while a move is possible), or nowhere ("none").
@@ -506,9 +538,17 @@ export class ClusterNode {
    */
   inbound(remote: string, peer: string): InboundLink {
     const { settings, acceptRemote, log, budgets } = this.options;
-    const link = new InboundLink(settings, acceptRemote, log, `node ${peer} (${remote})`, budgets, (gone) => {
-      if (this.links.get(peer) === gone) this.links.delete(peer);
-    });
+    const link = new InboundLink(
+      settings,
+      acceptRemote,
+      log,
+      `node ${peer} (${remote})`,
+      budgets,
+      (gone) => {
+        if (this.links.get(peer) === gone) this.links.delete(peer);
+      },
+      this.options.udp?.datagrams(peer),
+    );
     // The dialler is the node whose name sorts first; a newer link from it replaces an older one.
     if (!this.closed && dials(peer, this.options.name)) {
       const old = this.links.get(peer);
@@ -570,7 +610,11 @@ export class ClusterNode {
       const link = this.links.get(peer.name);
       if (link instanceof OutboundLink && link.peer.url === peer.url) continue;
       link?.close();
-      this.links.set(peer.name, new OutboundLink(peer, name, this.directory.secret, acceptRemote, log, ca));
+      const datagrams = this.options.udp?.datagrams(peer.name);
+      this.links.set(
+        peer.name,
+        new OutboundLink(peer, name, this.directory.secret, acceptRemote, log, ca, datagrams),
+      );
     }
     // A link to a node that left is closed once nothing travels on it: a node shutting down finishes
     // the visitors in flight over it (a dead one's link drops by itself within 3 s).
@@ -627,11 +671,18 @@ export class ClusterNode {
    * local tunnel listens there, closed otherwise.
    */
   private reconcile(key: LeaseKey): void {
-    if (this.closed || !key.startsWith("tcp:")) return;
+    if (this.closed) return;
+    const udp = key.startsWith("udp:");
+    if (!udp && !key.startsWith("tcp:")) return;
     const place = placeOfLease(key);
     const port = Number(place.slice(4));
     const holders = [this.directory.holder(place), ...this.directory.poolMembers(place).map((m) => m.record)];
     const record = holders.find((r) => r !== undefined && r.node !== this.options.name);
+    if (udp) {
+      const hooks = this.options.udp;
+      hooks?.mirror(port, record !== undefined && !hooks.listensOn(port), record?.node);
+      return;
+    }
     const wanted = record !== undefined && !this.options.listensOn(port);
     const mirror = this.mirrors.get(port);
     if (!wanted) {
@@ -665,7 +716,7 @@ export class ClusterNode {
     const directory = this.directory.stats();
     const links: ClusterStats["links"] = {};
     for (const [name, link] of this.links) links[name] = { up: link.up, streams: link.streams };
-    return { ...directory, links, mirrors: this.mirrors.size };
+    return { ...directory, links, mirrors: this.mirrors.size + (this.options.udp?.size ?? 0) };
   }
 
   /**
@@ -693,6 +744,7 @@ export class ClusterNode {
     for (const link of this.links.values()) link.close();
     this.links.clear();
     for (const port of [...this.mirrors.keys()]) this.unmirror(port);
+    this.options.udp?.close();
     await this.directory.close();
   }
 }

@@ -20,6 +20,7 @@ import { customHost, hostOfKey, type NameHooks } from "../acme/hostnames.ts";
 import { placeOfLease } from "../cluster/directory.ts";
 import type { ClusterNode } from "../cluster/node.ts";
 import { clusterPickRange, listenPublic, PortError } from "../public-port.ts";
+import type { ClusterUdp } from "../udp-mirror.ts";
 import { newUdpCounters, type UdpCounters, UdpPort, type UdpSettings } from "../udp-port.ts";
 import { type Account, describeRanges } from "../users.ts";
 import type {
@@ -119,10 +120,14 @@ export class Namespace {
     return this.settings.udp ?? DEFAULT_UDP;
   }
 
-  /** Every UDP place's public port (for /health and /metrics). */
-  udpPorts(): UdpPort[] {
-    const ports: UdpPort[] = [];
+  /** Cluster: the UDP ports this node opens for other nodes' tunnels (server/udp-mirror.ts). */
+  udpMirrors?: ClusterUdp;
+
+  /** Every UDP place's public port, and every UDP mirror (for /health and /metrics). */
+  udpPorts(): { readonly counters: UdpCounters; readonly flowCount: number }[] {
+    const ports: { readonly counters: UdpCounters; readonly flowCount: number }[] = [];
     for (const place of this.places.values()) if (place.udp !== undefined) ports.push(place.udp);
+    if (this.udpMirrors !== undefined) ports.push(...this.udpMirrors.mirrorList());
     return ports;
   }
   /** The HTTPS port (`--https-port`): HTTP tunnels get https URLs on it, and TLS tunnels live there. */
@@ -463,15 +468,11 @@ export class Namespace {
   /**
    * A UDP tunnel: its own public UDP port, under the TCP ports' rules (the server's `--tcp-ports`,
    * the user's ranges, no privileged port without a range, pools of one user, grace). Binding is
-   * asynchronous; a port asked for that a claim in flight is binding is refused as taken. Not yet in a
-   * cluster: the node link does not carry datagrams.
+   * asynchronous; a port asked for that a claim in flight is binding is refused as taken. In a cluster
+   * the port is leased as a TCP port is (`udp:PORT`): a port asked for is leased before it is bound
+   * (this node's mirror of it let go first), any other bound first and then leased.
    */
   private placeUdp(tunnel: Tunnel, request: ExposeRequest): Refusal | null | Promise<Refusal | null> {
-    if (this.cluster !== undefined)
-      return {
-        code: "no_udp",
-        message: "UDP tunnels are not served by a cluster yet (this server runs with --cluster)",
-      };
     const where = tcpRanges(request.port, tunnel.holder.account, this.settings.tcpPorts);
     if (!("ranges" in where)) return where;
     const asked = request.port;
@@ -483,41 +484,116 @@ export class Namespace {
       const held = this.places.get(`udp:${asked}`);
       if (held !== undefined) return this.joinUdp(held, tunnel, `port ${asked}/udp`);
     }
-    let place: Place | undefined;
-    const choose = (address: string) => {
-      const chosen = place === undefined ? "offline" : this.choose(place, address);
-      return typeof chosen === "string"
-        ? chosen === "denied"
-          ? "denied"
-          : "offline"
-        : (chosen.udpMember ?? "offline");
-    };
-    const request_ = { host: this.settings.host, port: asked, ranges: where.ranges, own: this.ownPorts };
-    return UdpPort.open(request_, () => this.udpSettings, choose).then(
-      (port) => {
-        const key: PlaceKey = `udp:${port.port}`;
-        // Another claim opened the same place while this one was binding (port 0 twice cannot happen).
-        const held = this.places.get(key);
+    const cluster = this.cluster;
+    if (cluster === undefined) return this.bindUdp(tunnel, where.ranges, asked);
+    if (asked !== undefined)
+      return this.lease(cluster, `udp:${asked}`, tunnel, `port ${asked}/udp`).then((leased) => {
+        if (typeof leased !== "string") return leased;
+        const held = this.places.get(`udp:${asked}`);
         if (held !== undefined) {
-          port.close(this.udpClosed);
-          return this.joinUdp(held, tunnel, `port ${port.port}/udp`);
+          if (held.lease !== leased) cluster.release(leased);
+          return this.joinUdp(held, tunnel, `port ${asked}/udp`);
         }
-        place = new Place(key, tunnel.pool, tunnel.holder.account);
-        place.udp = port;
-        tunnel.udp = port;
-        tunnel.port = port.port;
-        return this.open(place, tunnel);
+        cluster.unmirrorUdp(asked);
+        return this.bindUdp(tunnel, where.ranges, asked, leased);
+      });
+    return this.leaseAnyUdpPort(cluster, tunnel, where.ranges);
+  }
+
+  /** Cluster, any UDP port: bind one, lease it; another one when some node holds it already (8 tries). */
+  private async leaseAnyUdpPort(
+    cluster: ClusterNode,
+    tunnel: Tunnel,
+    ranges: readonly (PortRange | undefined)[],
+  ): Promise<Refusal | null> {
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const opened = await this.openUdp(ranges, undefined);
+      if (!(opened instanceof UdpPort)) return opened;
+      const key: PlaceKey = `udp:${opened.port}`;
+      const refused = await cluster.acquire(key, this.leaseRequest(tunnel));
+      if (refused === null && !this.places.has(key)) return this.openUdpPlace(tunnel, opened, key);
+      opened.close(this.udpClosed);
+      if (refused === null) cluster.release(key);
+      else if (refused.code !== "port_taken") return refused;
+    }
+    return { code: "no_free_port", message: "no UDP port free on this node that no other node holds" };
+  }
+
+  /** Binds a UDP tunnel's public socket (a fresh place with it), or why not; `lease`: taken already. */
+  private async bindUdp(
+    tunnel: Tunnel,
+    ranges: readonly (PortRange | undefined)[],
+    asked: number | undefined,
+    lease?: PlaceKey,
+  ): Promise<Refusal | null> {
+    const opened = await this.openUdp(ranges, asked);
+    if (!(opened instanceof UdpPort)) {
+      if (lease !== undefined) this.cluster?.release(lease);
+      // "In use" is true but useless when a dropped client's session holds it: say for how long.
+      const held = asked === undefined ? undefined : this.places.get(`udp:${asked}`);
+      return held === undefined ? opened : this.joinUdp(held, tunnel, `port ${asked}/udp`);
+    }
+    const key: PlaceKey = `udp:${opened.port}`;
+    // Another claim opened the same place while this one was binding (port 0 twice cannot happen).
+    const held = this.places.get(key);
+    if (held !== undefined) {
+      opened.close(this.udpClosed);
+      if (lease !== undefined && held.lease !== lease) this.cluster?.release(lease);
+      return this.joinUdp(held, tunnel, `port ${opened.port}/udp`);
+    }
+    return this.openUdpPlace(tunnel, opened, lease);
+  }
+
+  /** Opens a public UDP socket whose flows go to the members of the place on its port. */
+  private openUdp(
+    ranges: readonly (PortRange | undefined)[],
+    asked: number | undefined,
+  ): Promise<UdpPort | Refusal> {
+    const choose = (address: string, port: UdpPort) => {
+      const place = this.places.get(`udp:${port.port}`);
+      if (place === undefined || place.udp !== port) return "offline" as const;
+      // A node whose lease lapsed serves the port no more (its client is moving, or another holds it).
+      const cluster = this.cluster;
+      if (place.lease !== undefined && cluster !== undefined && !cluster.holds(place.lease))
+        return "offline" as const;
+      const chosen = this.choose(place, address);
+      if (typeof chosen === "string") return chosen === "denied" ? ("denied" as const) : ("offline" as const);
+      return chosen.udpMember ?? ("offline" as const);
+    };
+    let opened: UdpPort | undefined;
+    // In a cluster, a port the kernel would pick comes from its ephemeral range, which every node's
+    // own sockets use: as for TCP (clusterPickRange), pick below it instead.
+    const pick = asked === undefined && this.cluster !== undefined ? clusterPickRange() : undefined;
+    const request = {
+      host: this.settings.host,
+      port: asked,
+      ranges: pick === undefined ? ranges : ranges.map((range) => range ?? pick),
+      own: this.ownPorts,
+    };
+    return UdpPort.open(
+      request,
+      () => this.udpSettings,
+      (address) => (opened === undefined ? "offline" : choose(address, opened)),
+    ).then(
+      (port) => {
+        opened = port;
+        return port;
       },
-      (error: unknown) => {
-        const refusal = {
-          code: error instanceof PortError ? error.code : "listen_failed",
-          message: (error as Error).message,
-        };
-        // "In use" is true but useless when a dropped client's session holds it: say for how long.
-        const held = asked === undefined ? undefined : this.places.get(`udp:${asked}`);
-        return held === undefined ? refusal : this.joinUdp(held, tunnel, `port ${asked}/udp`);
-      },
+      (error: unknown) => ({
+        code: error instanceof PortError ? error.code : "listen_failed",
+        message: (error as Error).message,
+      }),
     );
+  }
+
+  /** A UDP place goes live with its first tunnel and its bound socket. */
+  private openUdpPlace(tunnel: Tunnel, port: UdpPort, lease?: PlaceKey): null {
+    const place = new Place(`udp:${port.port}`, tunnel.pool, tunnel.holder.account);
+    place.udp = port;
+    place.lease = lease;
+    tunnel.udp = port;
+    tunnel.port = port.port;
+    return this.open(place, tunnel);
   }
 
   /** A UDP place held here already: join its pool (sharing its socket), or be told why not. */
@@ -735,6 +811,20 @@ export class Namespace {
     const place = this.places.get(placeOfLease(key));
     if (place === undefined) return;
     for (const tunnel of [...place.tunnels]) tunnel.holder.lose(tunnel);
+  }
+
+  /**
+   * Cluster: the UDP port serving lease `target` (held here) for flows another node's mirror carries
+   * here (server/udp-mirror.ts), or why none.
+   */
+  udpPlace(target: PlaceKey): UdpPort | string {
+    if (this.cluster !== undefined && !this.cluster.holds(target)) return `${target} is not held here`;
+    return this.places.get(placeOfLease(target))?.udp ?? `no tunnel ${target} here`;
+  }
+
+  /** Whether a UDP place here listens on `port` (cluster: no UDP mirror there then). */
+  listensOnUdp(port: number): boolean {
+    return this.places.get(`udp:${port}`)?.udp !== undefined;
   }
 
   /** Whether a place here listens on `port` (cluster: no mirror there then). */
