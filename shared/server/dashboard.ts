@@ -212,7 +212,8 @@ function render() {
     const days = certs.soonestExpirySeconds === undefined ? "" : " · soonest expiry in " + (certs.soonestExpirySeconds / 86400).toFixed(1) + " days";
     const o = certs.orders;
     const failure = certs.lastFailure ? " · last failure " + ago(certs.lastFailure.at) + ": " + certs.lastFailure.host + ": " + certs.lastFailure.message : "";
-    $("certificates").textContent = "Certificates: " + certs.certificates + days + " · ACME orders: " + o.issued + " issued, " + o.failed + " failed, " + o.refused + " refused" + failure;
+    const revoked = certs.revocation && certs.revocation.revoked > 0 ? " · " + certs.revocation.revoked + " revoked (not served)" : "";
+    $("certificates").textContent = "Certificates: " + certs.certificates + revoked + days + " · ACME orders: " + o.issued + " issued, " + o.failed + " failed, " + o.refused + " refused" + failure;
   }
 
   const cbody = $("clients");

@@ -565,6 +565,21 @@ export class ServerMetrics {
           [{ result: "refused" }, orders.refused],
         ],
       );
+      const { revocation } = certificates;
+      if (revocation !== undefined) {
+        out.family(
+          "sockets_certificates_revoked",
+          "gauge",
+          "Certificates held that their CA revoked (OCSP or CRL): none of them is served.",
+          [[{}, revocation.revoked]],
+        );
+        out.family(
+          "sockets_certificate_revocation_checks_total",
+          "counter",
+          "Revocation checks by answer (failed: no trustworthy answer in time; the certificate stays served).",
+          Object.entries(revocation.checks).map(([result, n]) => [{ result }, n]),
+        );
+      }
       if (certificates.lastFailure !== undefined)
         out.family(
           "sockets_acme_last_failure_timestamp_seconds",

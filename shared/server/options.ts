@@ -245,6 +245,18 @@ export const SERVER_OPTIONS = {
     help: "first wait after a failed order; doubles per failure up to an hour (at least an hour after the CA's rate-limit answer)",
     parse: seconds(0.1, 86_400),
   },
+  "revocation-interval": {
+    key: "revocationIntervalSeconds",
+    restart: true,
+    value: "SECONDS",
+    default: 43_200,
+    help: "how often each certificate held (ACME's, --tls-cert's) is checked for revocation through the OCSP responder or CRL it names, sooner when the answer says so; 0: never (README: Automatic HTTPS)",
+    parse: (text: string, flag: string): number => {
+      if (text === "0") return 0;
+      if (/^\d+(\.\d+)?$/.test(text) && Number(text) >= 1 && Number(text) <= 604_800) return Number(text);
+      throw new UsageError(`${flag}: '${text}' is not 0 (never) or a number of seconds (1-604800)`);
+    },
+  },
   "custom-domains": {
     key: "customDomains",
     restart: true,

@@ -7,14 +7,23 @@
  */
 
 import { describe, expect, test } from "bun:test";
-import { statSync } from "node:fs";
+import { X509Certificate } from "node:crypto";
+import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { BIND9_INSTALLED, startBind9 } from "../support/bind9.ts";
 import { openBrowserPage } from "../support/browser.ts";
 import { makeCertificate } from "../support/certificates.ts";
 import { connectControl } from "../support/control-client.ts";
 import { MiB, sha256 } from "../support/hashing.ts";
-import { freePorts, PEBBLE_INSTALLED, type Pebble, startPebble } from "../support/pebble.ts";
+import {
+  freePorts,
+  ocspIndexLine,
+  PEBBLE_INSTALLED,
+  type Pebble,
+  startOcspResponder,
+  startPebble,
+  writeOcspIndex,
+} from "../support/pebble.ts";
 import {
   count,
   eventually,
@@ -68,7 +77,7 @@ interface AcmeSetup {
  */
 async function startAcme(
   serverArgs: string[] = [],
-  pebble: { validitySeconds?: number; env?: Record<string, string> } = {},
+  pebble: { validitySeconds?: number; env?: Record<string, string>; ocsp?: boolean } = {},
   ports?: { httpPort: number; httpsPort: number; acmeDir: string; pebble: Pebble },
 ): Promise<AcmeSetup> {
   const [httpPort, httpsPort] = ports
@@ -264,6 +273,76 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
       expect(await open.get("/")).toContain("hello from renewed");
       open.close();
     } finally {
+      app.stop(true);
+    }
+  });
+
+  test("revocation (OCSP): a silent responder leaves the certificate served (one line); 'good' keeps it; 'revoked' drops it and a new one is ordered and served", async () => {
+    const setup = await startAcme(
+      ["--acme-challenge", "http-01", "--revocation-interval", "1", "--admin", "127.0.0.1:0"],
+      { ocsp: true },
+    );
+    const { server, pebble } = setup;
+    const ocsp = pebble.ocsp as NonNullable<Pebble["ocsp"]>;
+    const admin = (await server.waitFor(/admin on (http:\/\/\S+)\//))[1] as string;
+    // First the responder's port accepts and never answers: each check times out (1 s here).
+    const silent = Bun.listen({ hostname: "127.0.0.1", port: ocsp.port, socket: { data() {} } });
+    const app = startApp("revoked");
+    const host = `revoked.${DOMAIN}`;
+    try {
+      await server.waitFor(new RegExp(`certificate issued for ${DOMAIN}`), 20_000);
+      await publish(setup, app.port as number, "revoked");
+      await server.waitFor(/certificate issued for revoked\.tunnel\.test through http-01/, 20_000);
+      const softFailure =
+        /revocation check of certificate for revoked\.tunnel\.test \(serial \w+\) failed: no answer within 1 s; still served/g;
+      await server.waitFor(softFailure, 10_000);
+      expect((await curl(setup, host)).stdout).toBe("hello from revoked");
+      // The responder answers "good" for both certificates from its index.
+      silent.stop(true);
+      const certificateFile = (name: string) => join(setup.acmeDir, "certificates", `${name}.crt`);
+      const index = join(pebble.dir, "index.txt");
+      const domainLine = ocspIndexLine(readFileSync(certificateFile(DOMAIN), "utf8"), false);
+      const namePem = readFileSync(certificateFile(host), "utf8");
+      writeOcspIndex(index, domainLine + ocspIndexLine(namePem, false));
+      await startOcspResponder(pebble, index);
+      const checks = async (result: string) => {
+        const metrics = await (await fetch(`${admin}/metrics`)).text();
+        const found = new RegExp(
+          `^sockets_certificate_revocation_checks_total\\{result="${result}"\\} (\\d+)$`,
+          "m",
+        );
+        return Number(found.exec(metrics)?.[1] ?? -1);
+      };
+      await eventually(async () => (await checks("good")) >= 4, 10_000, "four good answers");
+      const before = await fingerprint(setup, host);
+      expect(before).toBe(new X509Certificate(namePem).fingerprint256);
+      // The timeouts were logged once, not once per check.
+      const log = () => server.stdout() + server.stderr();
+      expect(count(log(), softFailure)).toBe(1);
+      expect(log()).not.toMatch(/certificate renewed|is revoked/);
+      // Revoked: dropped at once, ordered again (a renewal), and the new certificate served.
+      writeOcspIndex(index, domainLine + ocspIndexLine(namePem, true));
+      await server.waitFor(
+        new RegExp(
+          `certificate for revoked\\.tunnel\\.test \\(serial \\w+\\) is revoked \\(OCSP at ${ocsp.url.replace(/\./g, "\\.")} since \\S+, keyCompromise\\): no longer served; a new one is ordered`,
+        ),
+        10_000,
+      );
+      // (pebble may take the name's authorization from the first order: no new challenge then.)
+      await server.waitFor(/certificate renewed for revoked\.tunnel\.test through /, 20_000);
+      const after = await fingerprint(setup, host);
+      expect(after).not.toBe(before);
+      expect(after).toBe(new X509Certificate(readFileSync(certificateFile(host), "utf8")).fingerprint256);
+      const result = await curl(setup, host);
+      expect(result.stderr).toBe("");
+      expect(result.stdout).toBe("hello from revoked");
+      expect(await checks("revoked")).toBe(1);
+      const metrics = await (await fetch(`${admin}/metrics`)).text();
+      // The revoked certificate was replaced: none held revoked now.
+      expect(metrics).toContain("sockets_certificates_revoked 0\n");
+      expect(count(log(), /is revoked/g)).toBe(1);
+    } finally {
+      silent.stop(true);
       app.stop(true);
     }
   });
@@ -505,6 +584,68 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
     }
   });
 
+  test("two cluster nodes, revocation (OCSP): both stop serving the revoked certificate; the node holding the tunnel orders a new one, both serve it", async () => {
+    const redis = await startRedis();
+    const [httpA, httpsA, httpB, httpsB] = freePorts(4) as [number, number, number, number];
+    const pebble = await startPebble({
+      httpPort: httpA,
+      tlsPort: httpsA,
+      avoid: [httpB, httpsB],
+      ocsp: true,
+    });
+    const dir = configFolder();
+    const node = (name: string, http: number, https: number) =>
+      startServerProcess([
+        ...["--domain", DOMAIN, "--http-port", String(http), "--https-port", String(https)],
+        ...["--acme-email", "ops@tunnel.test", "--acme-directory", pebble.directory],
+        ...["--acme-ca", pebble.listenerCa, "--acme-dir", join(dir, name), "--acme-challenge", "http-01"],
+        ...["--cluster", redis.url, "--node-name", name, "--revocation-interval", "1"],
+      ]);
+    const a = await node("a", httpA, httpsA);
+    const b = await node("b", httpB, httpsB);
+    const app = startApp("both");
+    const host = `both.${DOMAIN}`;
+    try {
+      const client = await startClientProcess(
+        b.url,
+        [],
+        ["--http", `127.0.0.1:${app.port}`, "--subdomain", "both"],
+      );
+      await client.waitFor(/exposed with tunnel id/);
+      await b.waitFor(/certificate issued for both\.tunnel\.test through http-01/, 20_000);
+      await a.waitFor(/certificate for both\.tunnel\.test from the cluster/, 10_000);
+      const namePem = readFileSync(join(dir, "b", "certificates", `${host}.crt`), "utf8");
+      const index = join(pebble.dir, "index.txt");
+      writeOcspIndex(index, ocspIndexLine(namePem, true));
+      await startOcspResponder(pebble, index);
+      const revoked =
+        /certificate for both\.tunnel\.test \(serial \w+\) is revoked \(OCSP at \S+ since \S+, keyCompromise\): no longer served/;
+      // Node b holds the tunnel: it orders a new one. (Node a, holding no tunnel for the name, drops
+      // the certificate if its own check comes first, else it takes the new one from the cluster first.)
+      await b.waitFor(new RegExp(`${revoked.source}; a new one is ordered`), 10_000);
+      await b.waitFor(/certificate renewed for both\.tunnel\.test through /, 20_000);
+      const renewed = new X509Certificate(
+        readFileSync(join(dir, "b", "certificates", `${host}.crt`), "utf8"),
+      );
+      expect(renewed.fingerprint256).not.toBe(new X509Certificate(namePem).fingerprint256);
+      // Node a serves it too, once the cluster's announcement came (its second certificate for the name).
+      await a.waitFor(
+        /certificate for both\.tunnel\.test from the cluster[\s\S]*certificate for both\.tunnel\.test from the cluster/,
+        10_000,
+      );
+      for (const httpsPort of [httpsA, httpsB]) {
+        const setup = { pebble, httpsPort } as AcmeSetup;
+        expect(await fingerprint(setup, host)).toBe(renewed.fingerprint256);
+        expect((await curl(setup, host)).stdout).toBe("hello from both");
+      }
+      // One order for the new certificate, on node b.
+      expect(count(a.stdout() + a.stderr(), /certificate (issued|renewed) for both/g)).toBe(0);
+      expect(count(b.stdout() + b.stderr(), /certificate renewed for both/g)).toBe(1);
+    } finally {
+      app.stop(true);
+    }
+  });
+
   test("two cluster nodes, TLS-ALPN-01: node b's order is validated on node a's HTTPS port (the challenge certificate shared)", async () => {
     const redis = await startRedis();
     const [httpA, httpsA, httpB, httpsB] = freePorts(4) as [number, number, number, number];
@@ -607,6 +748,30 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
     expect(again.server.stderr() + again.server.stdout()).not.toMatch(/certificate issued/);
   });
 });
+
+/** The SHA-256 fingerprint (node's form) of the certificate the HTTPS port serves for `host`. */
+async function fingerprint(setup: AcmeSetup, host: string): Promise<string> {
+  const tls = await import("node:tls");
+  const socket = tls.connect({
+    host: "127.0.0.1",
+    port: setup.httpsPort,
+    servername: host,
+    ca: await Bun.file(setup.pebble.issuerCa).text(),
+  });
+  try {
+    await withTimeout(
+      new Promise<void>((resolve, reject) => {
+        socket.once("secureConnect", resolve);
+        socket.once("error", reject);
+      }),
+      5000,
+      "TLS handshake",
+    );
+    return socket.getPeerCertificate().fingerprint256;
+  } finally {
+    socket.destroy();
+  }
+}
 
 /** A keep-alive TLS connection to the HTTPS port naming `host`, trusting pebble's root. */
 async function openTls(setup: AcmeSetup, host: string) {

@@ -2,11 +2,14 @@
  * Test support, pebble: Let's Encrypt's test CA (Debian's `pebble` and `pebble-challtestsrv`) started on
  * free loopback ports with a config of its own: its DNS (challtestsrv) answers every name with
  * 127.0.0.1, its validations go to the ports the test names (the server under test), and the root
- * that signs what it issues is read from its management API for curl's `--cacert`.
+ * that signs what it issues is read from its management API for curl's `--cacert`. With `ocsp`, the
+ * certificates it issues name an OCSP responder on a port of the test's, which
+ * {@link startOcspResponder} runs with `openssl ocsp` signing as pebble's intermediate.
  * @module
  */
 
-import { writeFileSync } from "node:fs";
+import { X509Certificate } from "node:crypto";
+import { renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { makeCertificate } from "./certificates.ts";
 import { defer, type RoleProcess, spawnRole } from "./processes.ts";
@@ -26,6 +29,8 @@ export interface Pebble {
   process: RoleProcess;
   /** Folder of its config and certificates. */
   dir: string;
+  /** With `ocsp`: the responder's port and URL named in issued certificates, and its signer's files. */
+  ocsp?: { port: number; url: string; intermediate: string; intermediateKey: string };
 }
 
 /** How pebble is started. */
@@ -42,6 +47,8 @@ export interface PebbleSetup {
   avoid?: number[];
   /** Extra environment (e.g. `PEBBLE_VA_ALWAYS_VALID`). */
   env?: Record<string, string>;
+  /** Issued certificates name an OCSP responder (its port taken here; see {@link startOcspResponder}). */
+  ocsp?: boolean;
 }
 
 /**
@@ -76,10 +83,11 @@ export async function startPebble(setup: PebbleSetup): Promise<Pebble> {
   const [cert, key] = await makeCertificate(dir, "pebble-listener", "DNS:localhost,IP:127.0.0.1");
   // Distinct from each other and from the ports the test gave (taken before this call).
   const taken = [setup.httpPort, setup.tlsPort, ...(setup.avoid ?? [])];
-  const [dnsPort, dnsManagementPort, acmePort, managementPort] = freePorts(4 + taken.length)
+  const [dnsPort, dnsManagementPort, acmePort, managementPort, ocspPort] = freePorts(5 + taken.length)
     .filter((p) => !taken.includes(p))
-    .slice(0, 4) as number[];
-  if (managementPort === undefined) throw new Error("no four free ports distinct from the server's");
+    .slice(0, 5) as number[];
+  if (ocspPort === undefined) throw new Error("no five free ports distinct from the server's");
+  const ocspUrl = `http://127.0.0.1:${ocspPort}/`;
   const dns =
     setup.dnsServer !== undefined
       ? undefined
@@ -109,7 +117,7 @@ export async function startPebble(setup: PebbleSetup): Promise<Pebble> {
       privateKey: key,
       httpPort: setup.httpPort,
       tlsPort: setup.tlsPort,
-      ocspResponderURL: "",
+      ocspResponderURL: setup.ocsp ? ocspUrl : "",
       externalAccountBindingRequired: false,
       ...(setup.validitySeconds ? { certificateValidityPeriod: setup.validitySeconds } : {}),
     },
@@ -152,11 +160,20 @@ export async function startPebble(setup: PebbleSetup): Promise<Pebble> {
   const root = await get("/roots/0");
   writeFileSync(rootCa, root);
   writeFileSync(issuerCa, `${root}\n${await get("/intermediates/0")}\n`);
+  let ocsp: Pebble["ocsp"];
+  if (setup.ocsp) {
+    const intermediate = join(dir, "pebble-intermediate.pem");
+    const intermediateKey = join(dir, "pebble-intermediate.key");
+    writeFileSync(intermediate, await get("/intermediates/0"));
+    writeFileSync(intermediateKey, await get("/intermediate-keys/0"), { mode: 0o600 });
+    ocsp = { port: ocspPort, url: ocspUrl, intermediate, intermediateKey };
+  }
   defer(() => {
     pebble.kill("SIGKILL");
     dns?.kill("SIGKILL");
   });
   return {
+    ocsp,
     directory: `https://127.0.0.1:${acmePort}/dir`,
     listenerCa: cert,
     issuerCa,
@@ -164,4 +181,51 @@ export async function startPebble(setup: PebbleSetup): Promise<Pebble> {
     process: pebble,
     dir,
   };
+}
+
+/** An OpenSSL CA index line (`openssl ca`'s index.txt) for a PEM certificate: valid, or revoked now. */
+export function ocspIndexLine(pem: string, revoked: boolean): string {
+  const leaf = new X509Certificate(pem);
+  const asn1Time = (ms: number) => `${new Date(ms).toISOString().replace(/[-:T]/g, "").slice(2, 14)}Z`;
+  const status = revoked
+    ? `R\t${asn1Time(Date.parse(leaf.validTo))}\t${asn1Time(Date.now())},keyCompromise`
+    : `V\t${asn1Time(Date.parse(leaf.validTo))}\t`;
+  return `${status}\t${leaf.serialNumber}\tunknown\t/CN=${leaf.subject.replace(/^CN=/, "")}\n`;
+}
+
+/**
+ * Writes an OCSP responder's index (lines of {@link ocspIndexLine}) aside and renames it over the
+ * old one: `openssl ocsp` rereads its index when its mtime (whole seconds) or inode changed, so an
+ * index rewritten within the same second must be a new file. It rereads it before waiting for its
+ * next connection: a request already waiting is still answered from the old index.
+ */
+export function writeOcspIndex(file: string, lines: string): void {
+  writeFileSync(`${file}.tmp`, lines);
+  renameSync(`${file}.tmp`, file);
+}
+
+/**
+ * Runs `openssl ocsp` as pebble's OCSP responder on the port its certificates name, answering from
+ * `indexFile` (an OpenSSL CA index written by {@link writeOcspIndex}), signed
+ * by pebble's intermediate. Resolves once it listens; stopped (by PID) at cleanup.
+ */
+export async function startOcspResponder(pebble: Pebble, indexFile: string): Promise<RoleProcess> {
+  const ocsp = pebble.ocsp;
+  if (ocsp === undefined) throw new Error("pebble was started without ocsp");
+  const responder = spawnRole([
+    "openssl",
+    "ocsp",
+    "-index",
+    indexFile,
+    "-CA",
+    ocsp.intermediate,
+    "-rsigner",
+    ocsp.intermediate,
+    "-rkey",
+    ocsp.intermediateKey,
+    "-port",
+    String(ocsp.port),
+  ]);
+  await responder.waitFor(/waiting for OCSP client connections/, 10_000);
+  return responder;
 }

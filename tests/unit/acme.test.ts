@@ -1,7 +1,7 @@
 /**
  * The HTTPS side's pure parts: the ClientHello reader (real ClientHellos from node:tls, split at every
  * byte, truncated, oversized, not TLS), the certificate store's choice by name (own, wildcard,
- * operator's; never an expired one) and its private files, and the custom-domain patterns.
+ * operator's; never an expired or revoked one) and its private files, and the custom-domain patterns.
  */
 
 import { describe, expect, test } from "bun:test";
@@ -136,6 +136,38 @@ describe("CertificateStore", () => {
       const again = new CertificateStore(acmeDir);
       expect(again.load(() => {}).sort()).toEqual(["*.tunnel.test", "a.tunnel.test"]);
       expect(again.select("c.tunnel.test")?.names).toEqual(["*.tunnel.test"]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a revoked certificate is never chosen: its name falls back to the wildcard, the operator's, else nothing", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "sockets-acme-unit-"));
+    try {
+      const [ownCert, ownKey] = await makeCertificate(dir, "own", "DNS:a.tunnel.test");
+      const [wildCert, wildKey] = await makeCertificate(dir, "wild", "DNS:*.tunnel.test");
+      const [opCert, opKey] = await makeCertificate(dir, "op", "DNS:*.tunnel.test");
+      const read = (file: string) => Bun.file(file).text();
+      const store = new CertificateStore(undefined);
+      const operator = store.addOperator(await read(opCert), await read(opKey));
+      const own = store.put("a.tunnel.test", await read(ownCert), await read(ownKey));
+      const wild = store.put("*.tunnel.test", await read(wildCert), await read(wildKey));
+      expect(store.select("a.tunnel.test")).toBe(own);
+      const version = store.version;
+      store.revoke(own, "OCSP at http://127.0.0.1:1/");
+      // The TLS front sees a new version and retires the revoked certificate's listener.
+      expect(store.version).toBeGreaterThan(version);
+      expect(store.isCurrent(own)).toBe(false);
+      expect(store.select("a.tunnel.test")).toBe(wild);
+      store.revoke(wild, "CRL at http://127.0.0.1:1/ca.crl");
+      expect(store.select("a.tunnel.test")).toBe(operator);
+      store.revoke(operator, "OCSP at http://127.0.0.1:1/");
+      expect(store.select("a.tunnel.test")).toBeUndefined();
+      expect(store.select(undefined)).toBeUndefined();
+      expect(store.soonestExpiry()).toBeUndefined();
+      // A new certificate for the name (the order after the revocation) is served again.
+      const renewed = store.put("a.tunnel.test", await read(ownCert), await read(ownKey));
+      expect(store.select("a.tunnel.test")).toBe(renewed);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -2,8 +2,8 @@
  * The server's certificates by host name: the operator's own (`--tls-cert`, often a wildcard) and the
  * ones ACME issued, kept on disk in `--acme-dir` (private permissions) so that a restart serves them
  * again. {@link CertificateStore.select} picks what a ClientHello's name gets: a valid certificate of
- * its own, else a valid wildcard or the operator's certificate if it covers the name; an expired
- * certificate is never chosen while a valid one exists.
+ * its own, else a valid wildcard or the operator's certificate if it covers the name; an expired or
+ * revoked certificate is never chosen (revocation.ts finds the revoked ones).
  * @module
  */
 
@@ -24,6 +24,8 @@ export interface Certificate {
   notAfter: number;
   /** Where it came from: "acme" (renewed by the server) or "operator" (`--tls-cert`). */
   source: "acme" | "operator";
+  /** Set once its CA said it is revoked (where that was learned): never served again. */
+  revoked?: string;
 }
 
 /** Reads the names and validity of a PEM chain's leaf; throws on a PEM that is not a certificate. */
@@ -123,9 +125,26 @@ export class CertificateStore {
     return this.byHost.get(host);
   }
 
-  /** Whether a certificate is still one the store holds (not replaced by a renewal). */
+  /** Whether a certificate is still one the store serves (not replaced by a renewal, not revoked). */
   isCurrent(certificate: Certificate): boolean {
+    if (certificate.revoked !== undefined) return false;
     return this.operator.includes(certificate) || [...this.byHost.values()].includes(certificate);
+  }
+
+  /** Marks a certificate revoked (`source`: where that was learned): it is served no more. */
+  revoke(certificate: Certificate, source: string): void {
+    certificate.revoked = source;
+    this.version++;
+  }
+
+  /** The operator's certificates (`--tls-cert`). */
+  operatorCertificates(): readonly Certificate[] {
+    return this.operator;
+  }
+
+  /** Every certificate held, ACME's and the operator's. */
+  all(): Certificate[] {
+    return [...this.byHost.values(), ...this.operator];
   }
 
   /** Every ACME certificate, by host. */
@@ -140,11 +159,11 @@ export class CertificateStore {
 
   /**
    * What a visitor naming `host` is served: its own valid certificate, else a valid one that covers it
-   * (a wildcard, the operator's); never an expired one (the visitor gets an alert instead). Without a
+   * (a wildcard, the operator's); never an expired or revoked one (the visitor gets an alert instead). Without a
    * name, the operator's certificate.
    */
   select(host: string | undefined, now = Date.now()): Certificate | undefined {
-    const valid = (c: Certificate) => c.notBefore <= now && now < c.notAfter;
+    const valid = (c: Certificate) => c.notBefore <= now && now < c.notAfter && c.revoked === undefined;
     if (host === undefined) return this.operator.find(valid);
     const own = this.byHost.get(host);
     if (own !== undefined && valid(own)) return own;
@@ -159,11 +178,11 @@ export class CertificateStore {
     return this.operator.find((c) => valid(c) && c.names.some((name) => covers(name, host)));
   }
 
-  /** The soonest `notAfter` among the certificates, or undefined without any. */
+  /** The soonest `notAfter` among the certificates not revoked, or undefined without any. */
   soonestExpiry(): number | undefined {
     let soonest: number | undefined;
     for (const c of [...this.byHost.values(), ...this.operator])
-      if (soonest === undefined || c.notAfter < soonest) soonest = c.notAfter;
+      if (c.revoked === undefined && (soonest === undefined || c.notAfter < soonest)) soonest = c.notAfter;
     return soonest;
   }
 }

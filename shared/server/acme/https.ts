@@ -18,6 +18,7 @@ import { CertificateStore } from "./certificates.ts";
 import { AcmeClusterShare } from "./cluster-share.ts";
 import type { NameHooks } from "./hostnames.ts";
 import { AcmeManager, type AcmeStats } from "./manager.ts";
+import { RevocationChecker } from "./revocation.ts";
 import { listenTlsFront, type TlsFront } from "./tls-front.ts";
 
 /** The default `--acme-dir`: under the user's state directory (XDG). */
@@ -30,6 +31,8 @@ export function defaultAcmeDir(env: Record<string, string | undefined> = process
 export class HttpsSide {
   readonly certificates: CertificateStore;
   readonly acme?: AcmeManager;
+  /** Revocation checks of the certificates held (off with `--revocation-interval 0`). */
+  readonly revocation?: RevocationChecker;
   private front?: TlsFront;
   private share?: AcmeClusterShare;
 
@@ -63,6 +66,15 @@ export class HttpsSide {
         },
         this.certificates,
         log,
+      );
+    const interval = options.revocationIntervalSeconds ?? SERVER_OPTIONS["revocation-interval"].default;
+    if (interval > 0 && (this.acme !== undefined || this.certificates.size > 0))
+      this.revocation = new RevocationChecker(
+        this.certificates,
+        log,
+        // A slow responder must not hold a check for long: 10 s, or less with a short interval.
+        { intervalMs: interval * 1000, timeoutMs: Math.min(10, interval) * 1000 },
+        (host) => host !== undefined && this.acme?.revoked(host) === true,
       );
   }
 
@@ -121,6 +133,8 @@ export class HttpsSide {
         log: this.log,
       });
     }
+    // Checks what the store holds at each tick: certificates loaded or issued later are checked then.
+    this.revocation?.start();
     if (this.acme !== undefined) {
       // In a cluster, ACME starts once the cluster's certificates are loaded (see joinCluster).
       if (this.options.cluster === undefined) this.acme.start();
@@ -132,13 +146,15 @@ export class HttpsSide {
 
   /** Counts for /health, the dashboard and /metrics (undefined without certificates or ACME). */
   stats(): AcmeStats | undefined {
-    if (this.acme !== undefined) return this.acme.stats();
+    const revocation = this.revocation?.stats();
+    if (this.acme !== undefined) return { ...this.acme.stats(), revocation };
     if (this.certificates.size === 0) return undefined;
     const soonest = this.certificates.soonestExpiry();
     return {
       certificates: this.certificates.size,
       soonestExpirySeconds: soonest === undefined ? undefined : Math.round((soonest - Date.now()) / 1000),
       orders: { issued: 0, failed: 0, refused: 0 },
+      revocation,
     };
   }
 
@@ -173,6 +189,7 @@ export class HttpsSide {
     this.front?.stop(closeActive);
     if (closeActive) {
       this.acme?.stop();
+      this.revocation?.stop();
       this.share?.close();
     }
   }

@@ -24,6 +24,7 @@ import { withDeadline } from "../../deadline.ts";
 import { describeError, type Logger } from "../../log.ts";
 import { type CertificateStore, describeCertificate } from "./certificates.ts";
 import { type DnsUpdateTarget, updateChallengeRecord } from "./dns-update.ts";
+import type { RevocationStats } from "./revocation.ts";
 
 /**
  * acme-client, loaded with the first order: it and its dependencies (axios, asn1, …) cost about 33 MiB
@@ -88,6 +89,8 @@ export interface AcmeStats {
   orders: { issued: number; failed: number; refused: number };
   /** The last failure, one line, with its time (ISO). */
   lastFailure?: { host: string; message: string; at: string };
+  /** Revocation checks (revocation.ts), when on. */
+  revocation?: RevocationStats;
 }
 
 /**
@@ -231,6 +234,28 @@ export class AcmeManager {
     if (state.owners.size === 0 && !state.ordering) this.names.delete(name);
   }
 
+  /**
+   * The certificate of `host` was found revoked (and is no longer served): ordered again at once if a
+   * tunnel still holds the name, as a renewal (no owner's limit). Returns whether it is.
+   */
+  revoked(host: string): boolean {
+    const state = this.names.get(host);
+    if (state === undefined || state.owners.size === 0) {
+      // Cluster: the node holding the name orders it; what the cluster holds now may be its new one.
+      this.coordinator
+        ?.current(host)
+        .then((shared) => {
+          if (shared !== undefined) this.adopt(host, shared.cert, shared.key);
+        })
+        .catch(() => {});
+      return false;
+    }
+    state.notBefore = 0;
+    state.failures = 0;
+    this.consider(host, state, Date.now());
+    return true;
+  }
+
   /** The key authorization for an HTTP-01 token, while its order runs (here or on another node). */
   http01(token: string): string | undefined {
     return this.tokens.get(token) ?? this.sharedTokens.get(token)?.keyAuthorization;
@@ -275,7 +300,7 @@ export class AcmeManager {
 
   private due(name: string, now: number): boolean {
     const cert = this.store.get(name);
-    if (cert === undefined) return true;
+    if (cert === undefined || cert.revoked !== undefined) return true;
     const lifetime = cert.notAfter - cert.notBefore;
     return now >= cert.notAfter - lifetime / 3;
   }
@@ -447,7 +472,7 @@ export class AcmeManager {
       const until = stored ? new Date(stored.notAfter).toISOString() : "?";
       const ms = Math.round(performance.now() - started);
       this.log.info(
-        `acme: certificate ${renewal ? "renewed" : "issued"} for ${name} through ${used} in ${ms} ms (valid until ${until})`,
+        `acme: certificate ${renewal ? "renewed" : "issued"} for ${name} through ${used || "an authorization the CA still held"} in ${ms} ms (valid until ${until})`,
       );
       await coordinator?.publish(name, cert, key.toString());
     } finally {
@@ -455,12 +480,15 @@ export class AcmeManager {
     }
   }
 
-  /** A certificate another node obtained: served here too (unless the one here lasts longer). */
+  /** A certificate another node obtained: served here too (unless the one here is newer and not revoked). */
   adopt(host: string, cert: string, key: string): void {
     const current = this.store.get(host);
     if (current !== undefined && current.cert === cert) return;
     const incoming = describeCertificate(cert, key, "acme");
-    if (current !== undefined && current.notAfter >= incoming.notAfter) return;
+    // A late announcement of an older certificate never replaces a newer one; the same second (pebble's
+    // short orders) counts as newer: the announcement is what the cluster ordered last.
+    if (current !== undefined && current.revoked === undefined && current.notBefore > incoming.notBefore)
+      return;
     this.store.put(host, cert, key);
     this.log.info(
       `acme: certificate for ${host} from the cluster (valid until ${new Date(incoming.notAfter).toISOString()})`,

@@ -13,8 +13,9 @@
  * read, so terminating is done by a TLS listener per certificate on the loopback interface (each an
  * HTTP ingress of its own): the front connects to it, writes what it read, then pipes both ways with
  * backpressure (one chunk held at most per direction). A new certificate gets a new listener that
- * serves the next connection; the old one stops accepting and its connections go on. The ingress
- * learns the visitor's address from the front (X-Forwarded-For), not the loopback peer.
+ * serves the next connection; the old one gets no new ones, its open connections go on, and it
+ * closes with the last of them. The ingress learns the visitor's address from the front
+ * (X-Forwarded-For), not the loopback peer.
  *
  * A ClientHello must complete within the head timeout, {@link MAX_CLIENT_HELLO} bytes and
  * {@link MAX_HELLO_READS} reads.
@@ -120,7 +121,7 @@ interface Terminator {
   ingress: HttpIngress;
   /** Loopback connections to it open now. */
   pipes: number;
-  /** Replaced (a renewal) or idle: accepts no more, and closes for good once its last pipe closed. */
+  /** Replaced (a renewal) or idle: gets no more connections, and closes for good once its last pipe closed. */
   retired: boolean;
   lastUsed: number;
 }
@@ -170,7 +171,9 @@ export function listenTlsFront(options: TlsFrontOptions): TlsFront {
   function retire(terminator: Terminator): void {
     if (!terminator.retired) {
       terminator.retired = true;
-      terminator.ingress.stop(false);
+      // Its listener is not stopped yet: the ingress's stop() would close its keep-alive connections at
+      // their next request (a draining server's behaviour), and a renewal must let them go on. Only the
+      // front connects to it, and no longer does once it is out of the map.
       if (terminators.get(terminator.certificate) === terminator) terminators.delete(terminator.certificate);
     }
     if (terminator.pipes === 0) {
