@@ -105,6 +105,36 @@ async function startAcme(
   return { pebble: ca, server, httpPort, httpsPort, acmeDir };
 }
 
+/**
+ * Two cluster nodes, `a` and `b`, over one redis-server, ordering from one pebble that validates on
+ * a's ports only: b's orders are answered by a (challenges are shared through the cluster). `node`
+ * starts another member.
+ */
+async function startAcmeCluster(
+  challenge: "http-01" | "tls-alpn-01",
+  options: { ocsp?: boolean; nodeArgs?: string[] } = {},
+) {
+  const redis = await startRedis();
+  const [httpA, httpsA, httpB, httpsB] = freePorts(4) as [number, number, number, number];
+  const pebble = await startPebble({
+    httpPort: httpA,
+    tlsPort: httpsA,
+    avoid: [httpB, httpsB],
+    ...(options.ocsp ? { ocsp: true } : {}),
+  });
+  const dir = configFolder();
+  const node = (name: string, http: number, https: number) =>
+    startServerProcess([
+      ...["--domain", DOMAIN, "--http-port", String(http), "--https-port", String(https)],
+      ...["--acme-email", "ops@tunnel.test", "--acme-directory", pebble.directory],
+      ...["--acme-ca", pebble.listenerCa, "--acme-dir", join(dir, name), "--acme-challenge", challenge],
+      ...["--cluster", redis.url, "--node-name", name, ...(options.nodeArgs ?? [])],
+    ]);
+  const a = await node("a", httpA, httpsA);
+  const b = await node("b", httpB, httpsB);
+  return { redis, pebble, dir, node, a, b, httpsA, httpsB };
+}
+
 /** curl over HTTPS to `host` on the server's HTTPS port, trusting pebble's root only. */
 async function curl(setup: AcmeSetup, host: string, path = "/", extra: string[] = []) {
   return runToExit(
@@ -469,36 +499,7 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
   });
 
   test("two cluster nodes: one order per name, both serve it; the CA's validation reaches the node that did not order", async () => {
-    const redis = await startRedis();
-    const [httpA, httpsA, httpB, httpsB] = freePorts(4) as [number, number, number, number];
-    // pebble validates on node a's ports only: b's orders are answered by a (challenges are shared).
-    const pebble = await startPebble({ httpPort: httpA, tlsPort: httpsA, avoid: [httpB, httpsB] });
-    const dir = configFolder();
-    const node = (name: string, http: number, https: number) =>
-      startServerProcess([
-        "--domain",
-        DOMAIN,
-        "--http-port",
-        String(http),
-        "--https-port",
-        String(https),
-        "--acme-email",
-        "ops@tunnel.test",
-        "--acme-directory",
-        pebble.directory,
-        "--acme-ca",
-        pebble.listenerCa,
-        "--acme-dir",
-        join(dir, name),
-        "--acme-challenge",
-        "http-01",
-        "--cluster",
-        redis.url,
-        "--node-name",
-        name,
-      ]);
-    const a = await node("a", httpA, httpsA);
-    const b = await node("b", httpB, httpsB);
+    const { redis, pebble, dir, node, a, b, httpsA, httpsB } = await startAcmeCluster("http-01");
     const logs = () => a.stdout() + a.stderr() + b.stdout() + b.stderr();
     // Both claim the domain at start; one orders it, the other gets it through the cluster.
     await eventually(
@@ -585,24 +586,10 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
   });
 
   test("two cluster nodes, revocation (OCSP): both stop serving the revoked certificate; the node holding the tunnel orders a new one, both serve it", async () => {
-    const redis = await startRedis();
-    const [httpA, httpsA, httpB, httpsB] = freePorts(4) as [number, number, number, number];
-    const pebble = await startPebble({
-      httpPort: httpA,
-      tlsPort: httpsA,
-      avoid: [httpB, httpsB],
+    const { pebble, dir, a, b, httpsA, httpsB } = await startAcmeCluster("http-01", {
       ocsp: true,
+      nodeArgs: ["--revocation-interval", "1"],
     });
-    const dir = configFolder();
-    const node = (name: string, http: number, https: number) =>
-      startServerProcess([
-        ...["--domain", DOMAIN, "--http-port", String(http), "--https-port", String(https)],
-        ...["--acme-email", "ops@tunnel.test", "--acme-directory", pebble.directory],
-        ...["--acme-ca", pebble.listenerCa, "--acme-dir", join(dir, name), "--acme-challenge", "http-01"],
-        ...["--cluster", redis.url, "--node-name", name, "--revocation-interval", "1"],
-      ]);
-    const a = await node("a", httpA, httpsA);
-    const b = await node("b", httpB, httpsB);
     const app = startApp("both");
     const host = `both.${DOMAIN}`;
     try {
@@ -647,34 +634,7 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
   });
 
   test("two cluster nodes, TLS-ALPN-01: node b's order is validated on node a's HTTPS port (the challenge certificate shared)", async () => {
-    const redis = await startRedis();
-    const [httpA, httpsA, httpB, httpsB] = freePorts(4) as [number, number, number, number];
-    const pebble = await startPebble({ httpPort: httpA, tlsPort: httpsA, avoid: [httpB, httpsB] });
-    const dir = configFolder();
-    const node = (name: string, http: number, https: number) =>
-      startServerProcess([
-        ...["--domain", DOMAIN, "--http-port", String(http), "--https-port", String(https)],
-        ...[
-          "--acme-email",
-          "ops@tunnel.test",
-          "--acme-directory",
-          pebble.directory,
-          "--acme-ca",
-          pebble.listenerCa,
-        ],
-        ...[
-          "--acme-dir",
-          join(dir, name),
-          "--acme-challenge",
-          "tls-alpn-01",
-          "--cluster",
-          redis.url,
-          "--node-name",
-          name,
-        ],
-      ]);
-    const a = await node("a", httpA, httpsA);
-    const b = await node("b", httpB, httpsB);
+    const { pebble, a, b, httpsA } = await startAcmeCluster("tls-alpn-01");
     const app = startApp("alpn");
     try {
       const client = await startClientProcess(
