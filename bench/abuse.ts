@@ -21,6 +21,7 @@ import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AUTH_HEADER, CONNECT_PATH, SUBPROTOCOL } from "../shared/wire/protocol.ts";
+import { type Pumped, pumpPattern } from "../tests/support/sockets.ts";
 import { atExit, freePort, killAll, type Proc, rssKiB, run, spawn } from "./procs.ts";
 
 /** This checkout (git, the script's own imports). */
@@ -332,20 +333,8 @@ const sink = Bun.listen({
 
 /** Bytes the flooding visitors and the source send: 1 MiB of random bytes, repeated. */
 const PATTERN = new Uint8Array(MiB).map(() => (Math.random() * 256) | 0);
-type Pumped = { sent: number; size: number };
-
-/** Writes the rest of `size` bytes as far as the socket takes them, then half-closes. */
-function pump(socket: import("bun").Socket<Pumped>): void {
-  const state = socket.data;
-  while (state.sent < state.size) {
-    const at = state.sent % PATTERN.length;
-    const piece = PATTERN.subarray(at, Math.min(PATTERN.length, at + state.size - state.sent));
-    const written = socket.write(piece);
-    if (written > 0) state.sent += written;
-    if (written < piece.length) return;
-  }
-  socket.shutdown();
-}
+/** Writes the rest of `size` bytes of {@link PATTERN} as far as the socket takes them, then half-closes. */
+const pump = (socket: import("bun").Socket<Pumped>) => pumpPattern(socket, PATTERN);
 
 const FLOOD_BYTES = 64 * MiB;
 /** A local service that sends {@link FLOOD_BYTES} on every connection. */

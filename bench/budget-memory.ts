@@ -13,6 +13,7 @@
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { DEFAULT_CLIENT_BUDGET } from "../shared/relay/budget.ts";
+import { type Pumped, pumpPattern } from "../tests/support/sockets.ts";
 import { killAll, type Proc, rssKiB, spawn } from "./procs.ts";
 
 const MiB = 1024 * 1024;
@@ -36,19 +37,8 @@ export interface BudgetMemoryResult {
 
 /** Bytes every visitor sends: 1 MiB of random bytes, repeated. */
 const PATTERN = new Uint8Array(MiB).map(() => (Math.random() * 256) | 0);
-type Pumped = { sent: number; size: number };
-
-function pump(socket: import("bun").Socket<Pumped>): void {
-  const state = socket.data;
-  while (state.sent < state.size) {
-    const at = state.sent % PATTERN.length;
-    const piece = PATTERN.subarray(at, Math.min(PATTERN.length, at + state.size - state.sent));
-    const written = socket.write(piece);
-    if (written > 0) state.sent += written;
-    if (written < piece.length) return;
-  }
-  socket.shutdown();
-}
+/** Writes the rest of `size` bytes of {@link PATTERN} as far as the socket takes them, then half-closes. */
+const pump = (socket: import("bun").Socket<Pumped>) => pumpPattern(socket, PATTERN);
 
 interface Health {
   streams: number;
