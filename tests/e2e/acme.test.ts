@@ -132,7 +132,22 @@ async function startAcmeCluster(
     ]);
   const a = await node("a", httpA, httpsA);
   const b = await node("b", httpB, httpsB);
-  return { redis, pebble, dir, node, a, b, httpsA, httpsB };
+  /** A client at b publishing `name` (to the app on `appPort`): once b has its certificate and a got it from the cluster. */
+  const publishAtB = async (name: string, appPort: number) => {
+    const client = await startClientProcess(
+      b.url,
+      [],
+      ["--http", `127.0.0.1:${appPort}`, "--subdomain", name],
+    );
+    await client.waitFor(/exposed with tunnel id/);
+    await b.waitFor(
+      new RegExp(`certificate issued for ${name}\\.tunnel\\.test through ${challenge}`),
+      20_000,
+    );
+    await a.waitFor(new RegExp(`certificate for ${name}\\.tunnel\\.test from the cluster`), 10_000);
+    return client;
+  };
+  return { redis, pebble, dir, node, a, b, httpsA, httpsB, publishAtB };
 }
 
 /** curl over HTTPS to `host` on the server's HTTPS port, trusting pebble's root only. */
@@ -499,7 +514,7 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
   });
 
   test("two cluster nodes: one order per name, both serve it; the CA's validation reaches the node that did not order", async () => {
-    const { redis, pebble, dir, node, a, b, httpsA, httpsB } = await startAcmeCluster("http-01");
+    const { redis, pebble, dir, node, a, b, httpsA, httpsB, publishAtB } = await startAcmeCluster("http-01");
     const logs = () => a.stdout() + a.stderr() + b.stdout() + b.stderr();
     // Both claim the domain at start; one orders it, the other gets it through the cluster.
     await eventually(
@@ -510,14 +525,7 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
     expect(count(logs(), /certificate issued for tunnel\.test /g)).toBe(1);
     const app = startApp("clustered");
     try {
-      const client = await startClientProcess(
-        b.url,
-        [],
-        ["--http", `127.0.0.1:${app.port}`, "--subdomain", "clustered"],
-      );
-      await client.waitFor(/exposed with tunnel id/);
-      await b.waitFor(/certificate issued for clustered\.tunnel\.test through http-01/, 20_000);
-      await a.waitFor(/certificate for clustered\.tunnel\.test from the cluster/, 10_000);
+      await publishAtB("clustered", app.port as number);
       for (const httpsPort of [httpsA, httpsB]) {
         const result = await curl({ pebble, httpsPort } as AcmeSetup, `clustered.${DOMAIN}`);
         expect(result.stderr).toBe("");
@@ -586,21 +594,14 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
   });
 
   test("two cluster nodes, revocation (OCSP): both stop serving the revoked certificate; the node holding the tunnel orders a new one, both serve it", async () => {
-    const { pebble, dir, a, b, httpsA, httpsB } = await startAcmeCluster("http-01", {
+    const { pebble, dir, a, b, httpsA, httpsB, publishAtB } = await startAcmeCluster("http-01", {
       ocsp: true,
       nodeArgs: ["--revocation-interval", "1"],
     });
     const app = startApp("both");
     const host = `both.${DOMAIN}`;
     try {
-      const client = await startClientProcess(
-        b.url,
-        [],
-        ["--http", `127.0.0.1:${app.port}`, "--subdomain", "both"],
-      );
-      await client.waitFor(/exposed with tunnel id/);
-      await b.waitFor(/certificate issued for both\.tunnel\.test through http-01/, 20_000);
-      await a.waitFor(/certificate for both\.tunnel\.test from the cluster/, 10_000);
+      await publishAtB("both", app.port as number);
       const namePem = readFileSync(join(dir, "b", "certificates", `${host}.crt`), "utf8");
       const index = join(pebble.dir, "index.txt");
       writeOcspIndex(index, ocspIndexLine(namePem, true));
@@ -634,17 +635,10 @@ describe.skipIf(!PEBBLE_INSTALLED)("automatic HTTPS with pebble", () => {
   });
 
   test("two cluster nodes, TLS-ALPN-01: node b's order is validated on node a's HTTPS port (the challenge certificate shared)", async () => {
-    const { pebble, a, b, httpsA } = await startAcmeCluster("tls-alpn-01");
+    const { pebble, httpsA, publishAtB } = await startAcmeCluster("tls-alpn-01");
     const app = startApp("alpn");
     try {
-      const client = await startClientProcess(
-        b.url,
-        [],
-        ["--http", `127.0.0.1:${app.port}`, "--subdomain", "alpn"],
-      );
-      await client.waitFor(/exposed with tunnel id/);
-      await b.waitFor(/certificate issued for alpn\.tunnel\.test through tls-alpn-01/, 20_000);
-      await a.waitFor(/certificate for alpn\.tunnel\.test from the cluster/, 10_000);
+      await publishAtB("alpn", app.port as number);
       const result = await curl({ pebble, httpsPort: httpsA } as AcmeSetup, `alpn.${DOMAIN}`);
       expect(result.stderr).toBe("");
       expect(result.stdout).toBe("hello from alpn");
