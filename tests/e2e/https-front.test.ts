@@ -6,28 +6,22 @@
  */
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
 import { connect as tcpConnect } from "node:net";
 import tls from "node:tls";
-import { makeCertificate } from "../support/certificates.ts";
-import { freePorts } from "../support/pebble.ts";
+import { HTTPS_DOMAIN, startHttpsFront } from "../support/https-front.ts";
 import {
   type ClientProcess,
-  defer,
   eventually,
   openDescriptors,
   rssKiB,
   type ServerProcess,
   setupFile,
-  startClientProcess,
-  startServerProcess,
   withTimeout,
 } from "../support/processes.ts";
-import { configFolder } from "../support/server-config.ts";
 
 setupFile();
 
-const DOMAIN = "tunnel.test";
+const DOMAIN = HTTPS_DOMAIN;
 const VISITORS = 300;
 const AT_ONCE = 50;
 
@@ -42,53 +36,8 @@ let httpsPort: number;
 let wildcard: string;
 
 beforeAll(async () => {
-  const dir = configFolder();
-  const [wildcardCert, wildcardKey] = await makeCertificate(dir, "wildcard", `DNS:*.${DOMAIN},IP:127.0.0.1`);
-  wildcard = wildcardCert;
-  const [serviceCert, serviceKey] = await makeCertificate(dir, "service", `DNS:secure.${DOMAIN}`);
-  [httpsPort] = freePorts(1) as [number];
-  server = await startServerProcess([
-    "--domain",
-    DOMAIN,
-    "--https-port",
-    String(httpsPort),
-    "--http-port",
-    "0",
-    "--tls-cert",
-    wildcardCert,
-    "--tls-key",
-    wildcardKey,
-    "--request-timeout",
-    "2",
-  ]);
   const hello = () => new Response("hello\n");
-  const service = Bun.serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    tls: { cert: readFileSync(serviceCert, "utf8"), key: readFileSync(serviceKey, "utf8") },
-    fetch: hello,
-  });
-  const app = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: hello });
-  defer(() => service.stop(true));
-  defer(() => app.stop(true));
-  client = await startClientProcess(
-    server.url,
-    [],
-    [
-      "--tls-passthrough",
-      `127.0.0.1:${service.port}`,
-      "--http",
-      `127.0.0.1:${app.port}`,
-      "--subdomain", // names go to HTTP tunnels first, then TLS ones
-      "plain",
-      "--subdomain",
-      "secure",
-      "--ca",
-      wildcardCert,
-    ],
-  );
-  await client.waitFor(/url: tls:\/\/secure\.tunnel\.test:\d+/);
-  await client.waitFor(/url: https:\/\/plain\.tunnel\.test:\d+/);
+  ({ server, client, httpsPort, wildcard } = await startHttpsFront(hello, hello));
 });
 afterAll(() => client.kill());
 

@@ -12,85 +12,28 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { connect as tcpConnect } from "node:net";
 import { join } from "node:path";
 import tls from "node:tls";
-import { makeCertificate } from "../support/certificates.ts";
 import { MiB, randomData, sha256 } from "../support/hashing.ts";
-import { freePorts } from "../support/pebble.ts";
-import {
-  runToExit,
-  type ServerProcess,
-  setupFile,
-  startClientProcess,
-  startServerProcess,
-  withTimeout,
-} from "../support/processes.ts";
-import { configFolder } from "../support/server-config.ts";
+import { HTTPS_DOMAIN, type HttpsFront, startHttpsFront } from "../support/https-front.ts";
+import { runToExit, setupFile, withTimeout } from "../support/processes.ts";
 import { hashBodyResponse } from "../support/services.ts";
 
 setupFile();
 
-const DOMAIN = "tunnel.test";
+const DOMAIN = HTTPS_DOMAIN;
 
-interface Setup {
-  server: ServerProcess;
-  httpsPort: number;
-  /** The server's wildcard for *.DOMAIN (and 127.0.0.1, for the control port's wss). */
-  wildcard: string;
-  /** The local TLS service's own certificate. */
-  serviceCert: string;
-  dir: string;
-}
+type Setup = HttpsFront;
 
 /** A server with an HTTPS port and a wildcard; a local HTTPS service published end to end as `secure`; a plain app as `plain`. */
-async function start(): Promise<Setup> {
-  const dir = configFolder();
-  const [wildcard, wildcardKey] = await makeCertificate(dir, "wildcard", `DNS:*.${DOMAIN},IP:127.0.0.1`);
-  const [serviceCert, serviceKey] = await makeCertificate(dir, "service", `DNS:secure.${DOMAIN}`);
-  const [httpsPort] = freePorts(1) as [number];
-  const server = await startServerProcess([
-    "--domain",
-    DOMAIN,
-    "--https-port",
-    String(httpsPort),
-    "--http-port",
-    "0",
-    "--tls-cert",
-    wildcard,
-    "--tls-key",
-    wildcardKey,
-    "--request-timeout",
-    "2",
-  ]);
-  const service = Bun.serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    tls: { cert: readFileSync(serviceCert, "utf8"), key: readFileSync(serviceKey, "utf8") },
-    fetch(req) {
+function start(): Promise<Setup> {
+  return startHttpsFront(
+    (req) => {
       const url = new URL(req.url);
       if (url.pathname === "/sha256") return hashBodyResponse(req);
       if (url.pathname === "/bytes") return new Response(pattern(Number(url.searchParams.get("n"))));
       return new Response("hello from the TLS service");
     },
-  });
-  const app = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("hello from plain") });
-  const client = await startClientProcess(
-    server.url,
-    [],
-    [
-      "--tls-passthrough",
-      `127.0.0.1:${service.port}`,
-      "--http",
-      `127.0.0.1:${app.port}`,
-      "--subdomain",
-      "plain",
-      "--subdomain",
-      "secure",
-      "--ca",
-      wildcard,
-    ],
+    () => new Response("hello from plain"),
   );
-  await client.waitFor(/url: tls:\/\/secure\.tunnel\.test:\d+/);
-  await client.waitFor(/url: https:\/\/plain\.tunnel\.test:\d+/);
-  return { server, httpsPort, wildcard, serviceCert, dir };
 }
 
 /** `size` bytes of a fixed pattern. */
