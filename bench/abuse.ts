@@ -21,6 +21,7 @@ import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { AUTH_HEADER, CONNECT_PATH, SUBPROTOCOL } from "../shared/wire/protocol.ts";
+import { startStalledSink } from "../tests/support/services.ts";
 import { type Pumped, pumpPattern } from "../tests/support/sockets.ts";
 import { atExit, freePort, killAll, type Proc, rssKiB, run, spawn } from "./procs.ts";
 
@@ -320,16 +321,7 @@ const recorder = (() => {
 })();
 
 /** A local service that accepts and never reads. */
-const sink = Bun.listen({
-  hostname: "127.0.0.1",
-  port: 0,
-  socket: {
-    open(socket) {
-      socket.pause();
-    },
-    data() {},
-  },
-});
+const sink = startStalledSink();
 
 /** Bytes the flooding visitors and the source send: 1 MiB of random bytes, repeated. */
 const PATTERN = new Uint8Array(MiB).map(() => (Math.random() * 256) | 0);

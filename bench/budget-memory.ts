@@ -13,6 +13,7 @@
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { DEFAULT_CLIENT_BUDGET } from "../shared/relay/budget.ts";
+import { startStalledSink } from "../tests/support/services.ts";
 import { type Pumped, pumpPattern } from "../tests/support/sockets.ts";
 import { killAll, type Proc, rssKiB, spawn } from "./procs.ts";
 
@@ -81,16 +82,7 @@ export async function runBudgetMemory({
   /** Told the server's PID once it listens (a probe of its memory maps, a profiler). */
   onServer?: (pid: number) => void;
 } = {}): Promise<BudgetMemoryResult> {
-  const sink = Bun.listen({
-    hostname: "127.0.0.1",
-    port: 0,
-    socket: {
-      open(socket) {
-        socket.pause();
-      },
-      data() {},
-    },
-  });
+  const sink = startStalledSink();
   const procs: Proc[] = [];
   const sockets: import("bun").Socket<Pumped>[] = [];
   try {
@@ -201,7 +193,7 @@ export async function runBudgetMemory({
   } finally {
     for (const s of sockets) s.terminate();
     for (const p of procs.reverse()) await p.stop();
-    sink.stop(true);
+    sink.stop();
   }
 }
 

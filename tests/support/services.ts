@@ -86,8 +86,11 @@ export function startEchoService(port = 0): EchoService {
   return service;
 }
 
-/** A local service that accepts and never reads (it pauses every connection at once). */
-export function startStalledSink(): { port: number } {
+/**
+ * A local service that accepts and never reads (it pauses every connection at once); stopped when the
+ * test file ends, or by `stop()` (the benches).
+ */
+export function startStalledSink(): { port: number; stop(): void } {
   const listener = Bun.listen({
     hostname: "127.0.0.1",
     port: 0,
@@ -99,5 +102,5 @@ export function startStalledSink(): { port: number } {
     },
   });
   defer(() => listener.stop(true));
-  return { port: listener.port };
+  return { port: listener.port, stop: () => listener.stop(true) };
 }
